@@ -1,0 +1,136 @@
+"""The normalized model of one AI exchange.
+
+Every provider parser maps its wire format into an `Exchange`; DLP, policy and audit only ever see this model,
+so adding a provider never touches them. Nothing here imports mitmproxy: the model is built and inspected in unit
+tests and in worker processes.
+
+A `TextPart` remembers where its text lives in the request body (`path`, a JSON pointer as a tuple of keys and
+indexes), so redaction can rewrite exactly that string in the original JSON and keep the request valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+JsonPath = tuple[str | int, ...]
+
+
+@dataclass(slots=True)
+class TextPart:
+    """A piece of text the user or the model sent, and where it lives in the body (None: not addressable)."""
+
+    text: str
+    path: JsonPath | None = None
+
+
+@dataclass(slots=True)
+class Attachment:
+    """A non-text part: image, audio, file. `inspected` says whether its text reached DLP."""
+
+    kind: str  # image | audio | file | video | document
+    name: str = ""
+    mime_type: str = ""
+    size: int = 0  # bytes, decoded size when known
+    text: str | None = None  # text extracted for inspection (text-like uploads)
+    inspected: bool = False
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A tool call made by the model (or echoed back in history)."""
+
+    name: str
+    arguments: str  # JSON text as sent on the wire
+    id: str = ""
+    path: JsonPath | None = None
+
+
+@dataclass(slots=True)
+class ToolResult:
+    """What a tool returned, sent back to the model."""
+
+    call_id: str
+    text: str
+    path: JsonPath | None = None
+
+
+@dataclass(slots=True)
+class ToolDefinition:
+    name: str
+    description: str = ""
+    parameters: Any = None
+
+
+@dataclass(slots=True)
+class Message:
+    role: str  # system | developer | user | assistant | tool
+    parts: list[TextPart] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_results: list[ToolResult] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(p.text for p in self.parts)
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One AI request and its response, provider-independent.
+
+    `parsed` is False when the body could not be understood; `warnings` says why. An unparsed exchange is still
+    decided and audited.
+    """
+
+    service: str = ""
+    operation: str = "unknown"  # chat.completions, responses, messages, embeddings, upload, ...
+    model: str = ""
+    stream: bool = False
+    system: list[TextPart] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    tools: list[ToolDefinition] = field(default_factory=list)
+    completion: str = ""
+    completion_tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str = ""
+    usage: Usage = field(default_factory=Usage)
+    parsed: bool = True
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def system_text(self) -> str:
+        return "\n".join(p.text for p in self.system)
+
+    @property
+    def prompt_text(self) -> str:
+        """The text the client sent, one message per line block, role-prefixed; what the audit stores."""
+        lines = [f"[system] {self.system_text}"] if self.system else []
+        for m in self.messages:
+            body = m.text
+            for tc in m.tool_calls:
+                body += f"\n<tool_call {tc.name}> {tc.arguments}"
+            for tr in m.tool_results:
+                body += f"\n<tool_result {tr.call_id}> {tr.text}"
+            for a in m.attachments:
+                body += f"\n<{a.kind} {a.name or a.mime_type} {a.size}B{'' if a.inspected else ' not inspected'}>"
+            lines.append(f"[{m.role}] {body}")
+        return "\n".join(lines)
+
+    def request_parts(self) -> list[TextPart]:
+        """Every addressable text the client sent: what DLP scans and redaction rewrites."""
+        out = list(self.system)
+        for m in self.messages:
+            out.extend(m.parts)
+            out.extend(TextPart(tc.arguments, tc.path) for tc in m.tool_calls)
+            out.extend(TextPart(tr.text, tr.path) for tr in m.tool_results)
+            out.extend(TextPart(a.text) for a in m.attachments if a.text)
+        return out
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
