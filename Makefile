@@ -1,0 +1,18 @@
+# The two commands of the README:
+#   make run    set everything up and run the gateway on 127.0.0.1:8080 with the shipped rules and embedded audit
+#   make test   set everything up with the test extras and run the whole test suite
+.PHONY: run test bench
+
+DATA ?= $(CURDIR)/data
+
+run:
+	./scripts/bootstrap.sh
+	.venv/bin/gateway run --data-dir "$(DATA)"
+
+test:
+	./scripts/bootstrap.sh test
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+bench:
+	./scripts/bootstrap.sh test
+	.venv/bin/python bench/proxy.py

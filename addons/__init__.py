@@ -1,0 +1,16 @@
+"""The gateway's mitmproxy addons, one concern each, in the order they see a flow.
+
+recognise -> extract -> audit (the admin socket answers audit queries from the CLI). `default_addons()` is what
+`gateway run` loads; each addon can also be loaded on its own with `mitmdump -s`.
+"""
+
+from __future__ import annotations
+
+
+def default_addons() -> list:
+    from addons.admin import AdminSocket
+    from addons.audit import Audit
+    from addons.extract import Extract
+    from addons.recognise import Recognise
+
+    return [Recognise(), Extract(), Audit(), AdminSocket()]

@@ -1,0 +1,97 @@
+"""Answer audit queries from the CLI while the gateway runs.
+
+The embedded store can be opened by one process only (stack-facts), so `gateway audit ...` cannot open it while
+the gateway runs. Instead the gateway listens on a Unix socket (mode 0600: only its owner may read the audit) and
+runs the same named, parameterized queries (`storage.queries.QUERIES`) for the CLI. Protocol: one JSON request
+line `{"query": name, "params": {...}}`, one JSON response line `{"columns": [...], "rows": [...]}` or
+`{"error": message}`. Queries run in a thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import orjson
+from mitmproxy import ctx
+
+from storage.queries import QUERIES
+from storage.store import AuditUrl
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 64 * 1024
+
+
+def socket_path_for(audit_url: str) -> Path | None:
+    """Where the gateway serving this embedded store listens: beside the store folder."""
+    try:
+        url = AuditUrl.parse(audit_url)
+    except ValueError:
+        return None
+    if url.scheme != "chdb":
+        return None
+    return Path(url.path.rstrip("/") + ".sock")
+
+
+class AdminSocket:
+    def __init__(self) -> None:
+        self.server: asyncio.AbstractServer | None = None
+        self.path: Path | None = None
+
+    async def running(self) -> None:
+        path = socket_path_for(ctx.options.gateway_audit)
+        if path is None:
+            return
+        path.unlink(missing_ok=True)
+        old_umask = os.umask(0o177)
+        try:
+            self.server = await asyncio.start_unix_server(self._serve, path=str(path), limit=MAX_REQUEST)
+        finally:
+            os.umask(old_umask)
+        self.path = path
+        log.info("audit queries answered on %s", path)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            reply = await self._answer(line)
+        except (ValueError, asyncio.LimitOverrunError):
+            reply = {"error": "request too large"}
+        try:
+            writer.write(orjson.dumps(reply, default=str) + b"\n")
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, line: bytes) -> dict:
+        audit = ctx.master.addons.get("audit")
+        if audit is None or audit.store is None:
+            return {"error": "the gateway has no audit store open"}
+        try:
+            request = orjson.loads(line)
+            query = QUERIES[request["query"]]
+            params = request.get("params") or {}
+            if not isinstance(params, dict):
+                raise TypeError("params must be an object")
+        except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+            return {"error": f"bad request: {e}"}
+        try:
+            columns, rows = await asyncio.to_thread(query, audit.store, **params)
+        except (TypeError, ValueError) as e:
+            return {"error": str(e)}
+        except Exception as e:  # the store's own errors: report, never crash the gateway
+            log.warning("audit query %s failed: %s", request["query"], e)
+            return {"error": f"query failed: {str(e).splitlines()[0][:300]}"}
+        return {"columns": columns, "rows": rows}
+
+    def done(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

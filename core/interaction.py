@@ -1,0 +1,51 @@
+"""Everything the gateway learns about one AI request as it crosses the proxy.
+
+The addons fill it in stage by stage (recognise, extract, inspect, decide, enforce) and the audit addon turns it
+into an `AuditEvent`. It lives in `flow.metadata[KEY]`; a flow without one is not AI traffic.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from core.audit import AuditEvent, sha256_text
+from core.catalog import Service
+from core.exchange import Exchange
+
+KEY = "gateway"
+
+
+@dataclass
+class Interaction:
+    service: Service
+    client_addr: str
+    host: str
+    method: str
+    path: str
+    user: str = ""
+    exchange: Exchange = field(default_factory=Exchange)
+    decision: str = "allow"
+    reason: str = ""
+    inspection: str = "inspected"
+    error: str = ""
+    status: int = 0
+    request_bytes: int = 0
+    response_bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+    audited: bool = False
+
+    def to_event(self) -> AuditEvent:
+        x = self.exchange
+        prompt = x.prompt_text
+        return AuditEvent(
+            client_addr=self.client_addr, user=self.user, host=self.host, method=self.method, path=self.path[:2000],
+            service=self.service.id, category=self.service.category, sanctioned=self.service.sanctioned,
+            operation=x.operation, model=x.model, stream=x.stream, prompt=prompt, completion=x.completion,
+            prompt_sha256=sha256_text(prompt), input_tokens=x.usage.input_tokens,
+            output_tokens=x.usage.output_tokens, request_bytes=self.request_bytes,
+            response_bytes=self.response_bytes, status=self.status,
+            latency_ms=round((time.monotonic() - self.started) * 1000, 3), decision=self.decision,
+            reason=self.reason, inspection=self.inspection if x.parsed else "unparsed", parsed=x.parsed,
+            warnings=x.warnings[:50], error=self.error,
+        )

@@ -1,0 +1,63 @@
+"""Provider registry: from an HTTP request to a normalized `Exchange`, and from its response to the completion.
+
+Order matters: providers are asked in turn, those named in the catalog's `formats` hints first, so a
+format-specific parser claims a request before a generic one. A catalog host whose request nobody recognises is
+still an AI exchange: it is audited as `unknown` with the parse warning, never dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.exchange import Exchange
+from providers import openai
+from providers.base import BodyError, HttpRequest, Provider, ResponseParser
+
+PROVIDERS: list[Provider] = [openai.PROVIDER]
+
+
+@dataclass(slots=True)
+class Parsed:
+    exchange: Exchange
+    provider: Provider | None
+    error: str = ""  # why the request body could not be parsed ("" if it was)
+
+
+def _ordered(hints: tuple[str, ...]) -> list[Provider]:
+    return sorted(PROVIDERS, key=lambda p: p.name not in hints)
+
+
+def parse_request(req: HttpRequest, service: str, hints: tuple[str, ...] = ()) -> Parsed:
+    """Never raises: a malformed body yields an exchange with parsed=False and the reason in `error`."""
+    exchange = Exchange(service=service)
+    for provider in _ordered(hints):
+        operation = provider.recognises(req, hints)
+        if operation is None:
+            continue
+        exchange.operation = operation
+        try:
+            provider.parse_request(req, operation, exchange)
+        except BodyError as e:
+            return _unparsed(exchange, provider, f"{operation}: {e}")
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as e:
+            return _unparsed(exchange, provider, f"{operation}: unexpected shape: {type(e).__name__}: {e}")
+        return Parsed(exchange, provider)
+    exchange.operation = "unknown"
+    exchange.parsed = False
+    exchange.warn(f"unrecognised request {req.method} {req.path}")
+    return Parsed(exchange, None)
+
+
+def _unparsed(exchange: Exchange, provider: Provider, error: str) -> Parsed:
+    exchange.parsed = False
+    exchange.warn(error)
+    return Parsed(exchange, provider, error)
+
+
+def response_parser(parsed: Parsed, content_type: str) -> ResponseParser | None:
+    if parsed.provider is None:
+        return None
+    return parsed.provider.response_parser(parsed.exchange, content_type)
+
+
+__all__ = ["HttpRequest", "Parsed", "PROVIDERS", "parse_request", "response_parser", "BodyError"]

@@ -1,0 +1,249 @@
+"""What every provider parser implements, and the pieces they share.
+
+A provider family (OpenAI, Anthropic, Gemini, ...) is one module exposing a `Provider`. The registry
+(`providers/__init__.py`) asks each provider whether it recognises a request (by path and body shape, with the
+catalog's format hints as a tie-breaker), then uses it to build the `Exchange` from the request and to reassemble
+the response, fed chunk by chunk whether it was streamed or not.
+
+Parsers never raise on hostile input: they record what they could not understand in `Exchange.warnings` and set
+`Exchange.parsed = False`, so the exchange is still decided and audited.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+import orjson
+
+from core.exchange import Exchange, JsonPath, TextPart
+
+#: Reassembled completion text is capped: a runaway stream must not grow the gateway's memory without bound.
+MAX_COMPLETION_CHARS = 1_000_000
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    """The parts of an HTTP request a parser may look at; built from a mitmproxy flow by the addon."""
+
+    method: str
+    host: str
+    path: str  # without the query string
+    query: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes = b""
+
+    @classmethod
+    def from_url_parts(cls, method: str, host: str, path_and_query: str, headers: dict[str, str],
+                       body: bytes) -> HttpRequest:
+        path, _, qs = path_and_query.partition("?")
+        return cls(method.upper(), host.lower(), path, dict(parse_qsl(qs)),
+                   {k.lower(): v for k, v in headers.items()}, body)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+class BodyError(ValueError):
+    """The body is not what this provider's format requires."""
+
+
+def json_body(req: HttpRequest) -> Any:
+    """The request body as JSON; BodyError with a short, quotable reason otherwise."""
+    if not req.body:
+        raise BodyError("empty body")
+    try:
+        return orjson.loads(req.body)
+    except orjson.JSONDecodeError as e:
+        raise BodyError(f"invalid JSON: {e}") from None
+
+
+class ResponseParser(Protocol):
+    """Reassembles a response, fed in the chunks it arrives in; writes completion, usage and finish into the
+    exchange. `feed` must be cheap (it runs on the proxy's event loop for every chunk) and must never raise."""
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class Provider(Protocol):
+    name: str
+
+    def recognises(self, req: HttpRequest, hints: tuple[str, ...]) -> str | None:
+        """The operation (e.g. `chat.completions`) if this provider understands the request, else None."""
+
+    def parse_request(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
+        """Fill the exchange from the request; raise BodyError when the body is malformed."""
+
+    def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
+        """A parser for this exchange's response body with the given content type."""
+
+
+def text_parts(content: Any, path: JsonPath, exchange: Exchange, text_types: tuple[str, ...] = ("text",),
+               text_key: str = "text") -> list[TextPart]:
+    """Text of a content field that is either a string or a list of typed parts, each with its JSON path.
+    Non-text parts are the caller's business; unknown shapes become a warning rather than an error."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [TextPart(content, path)]
+    if not isinstance(content, list):
+        exchange.warn(f"{'/'.join(map(str, path))}: unexpected content type {type(content).__name__}")
+        return []
+    out = []
+    for i, part in enumerate(content):
+        if isinstance(part, str):
+            out.append(TextPart(part, (*path, i)))
+        elif isinstance(part, dict) and part.get("type") in text_types and isinstance(part.get(text_key), str):
+            out.append(TextPart(part[text_key], (*path, i, text_key)))
+    return out
+
+
+class CompletionBuffer:
+    """Accumulates completion text up to MAX_COMPLETION_CHARS and notes truncation once."""
+
+    def __init__(self, exchange: Exchange):
+        self.exchange = exchange
+        self.pieces: list[str] = []
+        self.size = 0
+        self.truncated = False
+
+    def add(self, text: str | None) -> None:
+        if not text or self.truncated:
+            return
+        if self.size + len(text) > MAX_COMPLETION_CHARS:
+            text = text[: MAX_COMPLETION_CHARS - self.size]
+            self.truncated = True
+            self.exchange.warn(f"completion truncated at {MAX_COMPLETION_CHARS} characters for the audit")
+        self.pieces.append(text)
+        self.size += len(text)
+
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+class BufferedJson:
+    """A response parser for non-streamed JSON bodies: collects bytes (capped) and hands the JSON to `on_json`."""
+
+    MAX_BYTES = 32 * 1024 * 1024
+
+    def __init__(self, exchange: Exchange, on_json):
+        self.exchange = exchange
+        self.on_json = on_json
+        self.buf = bytearray()
+        self.over = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.over:
+            return
+        if len(self.buf) + len(chunk) > self.MAX_BYTES:
+            self.over = True
+            self.exchange.warn(f"response larger than {self.MAX_BYTES} bytes: not parsed")
+            self.buf.clear()
+            return
+        self.buf += chunk
+
+    def finish(self) -> None:
+        if self.over or not self.buf:
+            return
+        try:
+            data = orjson.loads(self.buf)
+        except orjson.JSONDecodeError as e:
+            self.exchange.warn(f"response: invalid JSON: {e}")
+            return
+        try:
+            self.on_json(data)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            self.exchange.warn(f"response: unexpected shape: {type(e).__name__}: {e}")
+
+
+class SseDecoder:
+    """Incremental Server-Sent Events decoder (WHATWG event-stream rules): feed bytes, get (event, data) pairs.
+
+    A line longer than MAX_LINE is dropped with a warning, so a hostile stream cannot grow the buffer forever."""
+
+    MAX_LINE = 4 * 1024 * 1024
+
+    def __init__(self, exchange: Exchange):
+        self.exchange = exchange
+        self.buf = b""
+        self.event = ""
+        self.data: list[str] = []
+        self.skipping = False
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        self.buf += chunk
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl < 0:
+                if len(self.buf) > self.MAX_LINE:
+                    self.exchange.warn("stream: line too long, dropped")
+                    self.buf, self.skipping = b"", True
+                return out
+            line, self.buf = self.buf[:nl], self.buf[nl + 1:]
+            if self.skipping:
+                self.skipping = False
+                continue
+            self._line(line.rstrip(b"\r").decode("utf-8", "replace"), out)
+
+    def finish(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if self.buf:
+            self._line(self.buf.decode("utf-8", "replace"), out)
+            self.buf = b""
+        self._line("", out)
+        return out
+
+    def _line(self, line: str, out: list[tuple[str, str]]) -> None:
+        if not line:
+            if self.data:
+                out.append((self.event or "message", "\n".join(self.data)))
+            self.event, self.data = "", []
+            return
+        if line.startswith(":"):
+            return
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self.data.append(value)
+        elif name == "event":
+            self.event = value
+
+
+class SseParser:
+    """A response parser for SSE bodies: decodes events and hands each JSON payload to `on_event(event, data)`.
+
+    Non-JSON data lines (such as `[DONE]`) go to `on_event` as the raw string."""
+
+    def __init__(self, exchange: Exchange, on_event, on_finish=None):
+        self.exchange = exchange
+        self.decoder = SseDecoder(exchange)
+        self.on_event = on_event
+        self.on_finish = on_finish
+        self.bad_events = 0
+
+    def feed(self, chunk: bytes) -> None:
+        for event, data in self.decoder.feed(chunk):
+            self._dispatch(event, data)
+
+    def finish(self) -> None:
+        for event, data in self.decoder.finish():
+            self._dispatch(event, data)
+        if self.bad_events:
+            self.exchange.warn(f"stream: {self.bad_events} events not understood")
+        if self.on_finish:
+            self.on_finish()
+
+    def _dispatch(self, event: str, data: str) -> None:
+        try:
+            payload: Any = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            payload = data
+        try:
+            self.on_event(event, payload)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            self.bad_events += 1

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Creates .venv with a Python >= 3.12 and installs the gateway (editable) with the given extras.
+# Usage: scripts/bootstrap.sh [extras]     e.g. scripts/bootstrap.sh test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+
+find_python() {
+    local c
+    for c in python3.13 python3.12 python3; do
+        if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+            command -v "$c"; return 0
+        fi
+    done
+    if command -v pyenv >/dev/null 2>&1; then
+        local v
+        for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.(1[2-9])' | sort -rV); do
+            c="$(pyenv root)/versions/$v/bin/python3"
+            [ -x "$c" ] && { echo "$c"; return 0; }
+        done
+    fi
+    return 1
+}
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+    py="$(find_python)" || {
+        echo "error: the gateway needs Python >= 3.12 (mitmproxy 12 requires it); none found as python3.13," \
+             "python3.12, python3 or a pyenv version. Install one (e.g. 'pyenv install 3.12') and retry." >&2
+        exit 1
+    }
+    echo "creating .venv with $py ($("$py" --version))"
+    rm -rf .venv
+    "$py" -m venv .venv
+fi
+stamp=".venv/.installed${extras:+-$extras}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+    touch "$stamp"
+fi

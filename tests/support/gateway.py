@@ -1,0 +1,91 @@
+"""Run the real gateway (`python -m gateway run`) as a subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROUTE_ADDON = Path(__file__).with_name("route_upstream.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GatewayProcess:
+    def __init__(self, data_dir: Path, routes: dict[str, int], upstream_ca: Path, *, rules: Path | None = None,
+                 sets: list[str] | None = None, extra_args: list[str] | None = None):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.log_path = data_dir / "gateway.log"
+        self.audit_url = f"chdb://{data_dir / 'audit'}"
+        args = [sys.executable, "-m", "gateway", "run", "--listen-port", str(self.port), "--data-dir",
+                str(data_dir), "-s", str(ROUTE_ADDON),
+                "--set", f"test_upstream={','.join(f'{h}={p}' for h, p in routes.items())}",
+                "--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
+        if rules:
+            args += ["--rules", str(rules)]
+        for s in sets or []:
+            args += ["--set", s]
+        args += extra_args or []
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.log_path, "wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=Path(__file__).resolve().parents[2])
+        self._wait_ready()
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.data_dir / "ca" / "mitmproxy-ca-cert.pem"
+
+    @property
+    def admin_socket(self) -> Path:
+        return Path(str(self.data_dir / "audit") + ".sock")
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.output()}")
+            if self.admin_socket.exists():
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gateway not ready after {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def gateway_cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run the `gateway` CLI against this gateway's data folder."""
+        result = subprocess.run([sys.executable, "-m", "gateway", *args, "--data-dir", str(self.data_dir)],
+                                capture_output=True, text=True, timeout=120,
+                                cwd=Path(__file__).resolve().parents[2])
+        if check and result.returncode != 0:
+            raise AssertionError(f"gateway {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()

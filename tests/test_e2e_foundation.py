@@ -1,0 +1,144 @@
+"""End to end: the real openai SDK through the real gateway to a fake api.openai.com, audited in chdb."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+
+import httpx2
+import openai
+import pytest
+
+from tests.conftest import audit_events, wait_for_events
+from tests.support.upstream import Reply, sse
+
+
+def openai_client(gateway) -> openai.OpenAI:
+    http = httpx2.Client(proxy=gateway.proxy_url, verify=ssl.create_default_context(cafile=str(gateway.ca)),
+                         timeout=30)
+    return openai.OpenAI(api_key="sk-test-not-a-real-key", http_client=http, max_retries=0)
+
+
+def chat_reply(text: str, model: str = "gpt-4o-2024-08-06") -> Reply:
+    return Reply(body=json.dumps({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 21, "completion_tokens": 7, "total_tokens": 28}}).encode())
+
+
+def chunk(delta: dict, finish=None, usage=None) -> str:
+    return "data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+                                  "choices": [] if delta is None else
+                                  [{"index": 0, "delta": delta, "finish_reason": finish}],
+                                  "usage": usage}) + "\n\n"
+
+
+def test_chat_completion_is_proxied_and_audited(gateway, upstream, marker):
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply(f"Paris ({marker})"))
+    client = openai_client(gateway)
+    answer = client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "system", "content": "You are terse."},
+                                  {"role": "user", "content": f"Capital of France? {marker}"}])
+    assert answer.choices[0].message.content == f"Paris ({marker})"
+    assert any(marker.encode() in r.body for r in upstream.requests), "request did not reach the fake upstream"
+
+    [event] = wait_for_events(gateway, lambda e: marker in e["prompt"] and not e["stream"])
+    assert event["service"] == "openai"
+    assert event["operation"] == "chat.completions"
+    assert event["model"] == "gpt-4o-2024-08-06"  # the model that answered, from the response
+    assert "[system] You are terse." in event["prompt"]
+    assert f"[user] Capital of France? {marker}" in event["prompt"]
+    assert event["completion"] == f"Paris ({marker})"
+    assert (event["input_tokens"], event["output_tokens"]) == (21, 7)
+    assert event["status"] == 200 and event["decision"] == "allow" and event["error"] == ""
+    assert event["host"] == "api.openai.com"
+
+
+def test_streamed_chat_completion_is_not_buffered(gateway, upstream, marker):
+    """The client reads the first chunk while the upstream still holds back the last one."""
+    gate = threading.Event()
+    frames = [chunk({"role": "assistant", "content": "Hel"}), chunk({"content": "lo "}),
+              chunk({"content": marker}, finish="stop"),
+              chunk(None, usage={"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}),
+              "data: [DONE]\n\n"]
+    upstream.route("/v1/chat/completions",
+                   lambda rec: Reply(content_type="text/event-stream", chunks=sse(frames, gate=gate)))
+    client = openai_client(gateway)
+    stream = client.chat.completions.create(model="gpt-4o", stream=True, stream_options={"include_usage": True},
+                                            messages=[{"role": "user", "content": f"Say hello {marker}"}])
+    pieces = []
+    first = next(iter(stream))
+    assert not gate.is_set()
+    pieces.append(first.choices[0].delta.content)
+    gate.set()  # only now may the upstream send its last frame
+    for c in stream:
+        if c.choices:
+            pieces.append(c.choices[0].delta.content or "")
+    assert "".join(pieces) == f"Hello {marker}"
+
+    [event] = wait_for_events(gateway, lambda e: marker in e["prompt"] and e["stream"])
+    assert event["completion"] == f"Hello {marker}"
+    assert (event["input_tokens"], event["output_tokens"]) == (11, 3)
+    assert event["model"] == "gpt-4o" and event["status"] == 200
+    assert event["error"] == ""  # a client closing after [DONE] is not an error
+
+
+def test_non_catalog_host_is_tunnelled_with_its_own_certificate(gateway, upstream, test_ca, marker):
+    """A TLS connection to a host outside the catalog is passed through: the client sees the upstream's real
+    certificate (from the test CA, which the gateway's CA did not sign) and nothing is audited."""
+    upstream.route("/plain", lambda rec: Reply(body=b"plain-ok", content_type="text/plain"))
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw:
+        raw.sendall(b"CONNECT intranet.example:443 HTTP/1.1\r\nHost: intranet.example:443\r\n\r\n")
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        ctx = ssl.create_default_context(cafile=str(test_ca.ca_pem))  # trusts ONLY the upstream's test CA
+        with ctx.wrap_socket(raw, server_hostname="intranet.example") as tls:
+            issuer = dict(x[0] for x in tls.getpeercert()["issuer"])
+            tls.sendall(f"GET /plain?{marker} HTTP/1.1\r\nHost: intranet.example\r\nConnection: close\r\n\r\n"
+                        .encode())
+            response = b""
+            while data := tls.recv(4096):
+                response += data
+    assert issuer.get("commonName") == "testca" or issuer.get("organizationName") == "testca"
+    assert response.endswith(b"plain-ok")
+    assert not [e for e in audit_events(gateway) if marker in e["path"]]
+
+
+def test_gateway_certificate_is_forged_for_catalog_hosts(gateway):
+    """The counterpart of tunnelling: a catalog host is intercepted, its certificate comes from the gateway CA."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw:
+        raw.sendall(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n")
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        ctx = ssl.create_default_context(cafile=str(gateway.ca))
+        with ctx.wrap_socket(raw, server_hostname="api.openai.com") as tls:
+            issuer = dict(x[0] for x in tls.getpeercert()["issuer"])
+    assert issuer.get("organizationName") == "mitmproxy"
+
+
+def test_malformed_json_is_forwarded_and_audited_as_unparsed(gateway, upstream, marker):
+    upstream.route("/v1/chat/completions", lambda rec: Reply(400, b'{"error": {"message": "bad json"}}'))
+    http = httpx2.Client(proxy=gateway.proxy_url, verify=ssl.create_default_context(cafile=str(gateway.ca)))
+    r = http.post("https://api.openai.com/v1/chat/completions", content=b'{"model": "gpt-4o", "messages": [' +
+                  marker.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 400 and b"bad json" in r.content  # forwarded: the upstream's own answer
+    [event] = wait_for_events(gateway, lambda e: e["operation"] == "chat.completions" and not e["parsed"]
+                              and e["status"] == 400 and e["path"] == "/v1/chat/completions"
+                              and any("invalid JSON" in w for w in e["warnings"]) and e["prompt"] == ""
+                              and e["request_bytes"] == len(b'{"model": "gpt-4o", "messages": [' + marker.encode()))
+    assert event["inspection"] == "unparsed"
+    # the gateway is still alive and serving
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("still here"))
+    assert openai_client(gateway).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "ping"}]).choices[0].message.content == "still here"
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe not utf8", b"[]", b'{"messages": "nope"}', b'{"messages": [1, {"role": 5}]}',
+                                  b"9" * 5000, b'{"messages": [{"role": "user", "content": {"deep": ' * 1 + b"1}}]}"])
+def test_hostile_bodies_never_crash_the_gateway(gateway, upstream, body):
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("ok"))
+    http = httpx2.Client(proxy=gateway.proxy_url, verify=ssl.create_default_context(cafile=str(gateway.ca)))
+    r = http.post("https://api.openai.com/v1/chat/completions", content=body,
+                  headers={"content-type": "application/json"})
+    assert r.status_code == 200
+    assert gateway.proc.poll() is None
