@@ -23,10 +23,12 @@ class Interaction:
     host: str
     method: str
     path: str
-    user: str = ""
+    user: str = ""  # who is asking: proxy-auth user, trusted SSO header, CIDR map, or "" (then client_addr)
+    groups: list[str] = field(default_factory=list)
     exchange: Exchange = field(default_factory=Exchange)
+    findings: list = field(default_factory=list)  # dlp.scanner.Finding objects from request (and response) scans
     decision: str = "allow"
-    reason: str = ""
+    reason: str = ""  # the rule (or condition) behind the decision
     inspection: str = "inspected"
     error: str = ""
     status: int = 0
