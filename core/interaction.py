@@ -27,8 +27,10 @@ class Interaction:
     groups: list[str] = field(default_factory=list)
     exchange: Exchange = field(default_factory=Exchange)
     findings: list = field(default_factory=list)  # dlp.scanner.Finding objects from request (and response) scans
-    decision: str = "allow"
+    decision: str = "allow"  # allow | monitor | redact | warn | block
     reason: str = ""  # the rule (or condition) behind the decision
+    redact_entities: list[str] = field(default_factory=list)  # set by the decide stage when decision == redact
+    reversible: bool = False  # restore placeholders in the answer before the client sees it
     inspection: str = "inspected"
     error: str = ""
     status: int = 0
