@@ -1,0 +1,66 @@
+"""Start-up refuses bad configuration with one line that names the problem, before listening."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gateway(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("mysql://db/audit", "unsupported audit URL scheme 'mysql'"),
+    ("chdb://relative/path", "chdb audit URL must be chdb:///absolute/path"),
+    ("chdb:///", "chdb audit URL needs a folder"),
+    ("http://:8123/x", "http audit URL needs a host"),
+    ("http://user:s3cret@host:notaport/db", "invalid audit URL"),
+])
+def test_invalid_audit_url_stops_startup_with_one_line(tmp_path, url, expected):
+    r = gateway("run", "--data-dir", str(tmp_path), "--listen-port", "0", "--audit", url)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("gateway: error: ") and expected in lines[0]
+    assert "s3cret" not in r.stderr
+
+
+def test_unreadable_rules_file_stops_startup(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    r = gateway("run", "--data-dir", str(tmp_path), "--listen-port", "0", "--rules", str(rules))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"gateway: error: {rules / 'endpoints.yaml'}: cannot read: No such file or directory"
+
+
+def test_broken_rules_file_names_file_and_line(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "endpoints.yaml").write_text("services:\n  - id: x\n    name: X\n    category: chat\n"
+                                          "    hosts: [x.example]\n    colour: red\n")
+    r = gateway("run", "--data-dir", str(tmp_path), "--listen-port", "0", "--rules", str(rules))
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith(f"gateway: error: {rules / 'endpoints.yaml'}:6: service: unknown key 'colour'")
+
+
+def test_ca_prints_path_and_pem(tmp_path):
+    path = gateway("ca", "--data-dir", str(tmp_path)).stdout.strip()
+    assert path == str(tmp_path / "ca" / "mitmproxy-ca-cert.pem") and Path(path).is_file()
+    pem = gateway("ca", "--data-dir", str(tmp_path), "--pem").stdout
+    assert pem.startswith("-----BEGIN CERTIFICATE-----") and pem.strip() == Path(path).read_text().strip()
+    bundle = Path(gateway("ca", "--data-dir", str(tmp_path), "--bundle").stdout.strip())
+    assert bundle.read_text().count("BEGIN CERTIFICATE") > 10 and pem.strip() in bundle.read_text()
+
+
+def test_audit_search_without_gateway_opens_the_store(tmp_path):
+    r = gateway("audit", "search", "--data-dir", str(tmp_path), "--format", "json")
+    assert r.returncode == 0 and r.stdout == ""
+    r = gateway("audit", "search", "--data-dir", str(tmp_path), "--since", "yesterday")
+    assert r.returncode == 2 and "invalid time 'yesterday'" in r.stderr
