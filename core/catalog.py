@@ -8,15 +8,20 @@ Loaded from `rules/endpoints.yaml`. Host patterns:
 Exact hosts win over patterns; among patterns the longest (most specific) wins, so a catalog can name a general
 service and a more specific one under it.
 
+A pattern must end in two literal labels (`*.com` or a bare `*` would decrypt half the web and is refused).
+
 A service may list `paths` (path prefixes) when its host also serves non-AI traffic (substrate.office.com): the
-host is still decrypted, but only requests under those prefixes count as AI exchanges.
+host is still decrypted, but only requests under those prefixes count as AI exchanges. A `*` in a path prefix
+stands for one path segment (`/client/v4/accounts/*/ai/`), for APIs that put an account id before the AI part.
 
 `do_not_decrypt` lists hosts that are AI but must be tunnelled (certificate-pinned apps): the connection is
-recorded as AI use, but never intercepted.
+recorded as AI use, but never intercepted. Each entry must fall under some service's hosts, else it would do
+nothing (a host outside the catalog is tunnelled anyway, and not recorded): the loader refuses it.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +58,12 @@ class Service:
     formats: tuple[str, ...] = ()  # wire-format hints for the parsers, e.g. ("openai",)
 
     def covers_path(self, path: str) -> bool:
-        return not self.paths or any(path.startswith(p) for p in self.paths)
+        return not self.paths or any(_path_rx(p).match(path) for p in self.paths)
+
+
+@functools.lru_cache(maxsize=None)
+def _path_rx(prefix: str) -> re.Pattern[str]:
+    return re.compile("[^/]*".join(re.escape(part) for part in prefix.split("*")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +110,16 @@ def _label_glob(pattern: str) -> str:
 _HOST_RX = re.compile(r"^(\*\.)?[a-z0-9*]([a-z0-9*-]*[a-z0-9*])?(\.[a-z0-9*]([a-z0-9*-]*[a-z0-9*])?)*$")
 
 
+def _host_problem(host: object) -> str:
+    """Why a host pattern is unusable ("" if it is fine)."""
+    if not isinstance(host, str) or not _HOST_RX.match(host.lower()):
+        return "bad host pattern"
+    labels = host.split(".")
+    if "*" in host and (len(labels) < 3 or "*" in "".join(labels[-2:])):
+        return "host pattern too broad (its last two labels must be literal)"
+    return ""
+
+
 class Catalog:
     def __init__(self, services: list[Service], do_not_decrypt: dict[str, str] | None = None):
         self.services = {s.id: s for s in services}
@@ -139,7 +159,7 @@ class Catalog:
             if sid in seen_ids:
                 raise RulesError(path, m.line_of("id"), f"service id {sid!r} already defined at line {seen_ids[sid]}")
             seen_ids[sid] = m.line_of("id")
-            if m["category"] not in CATEGORIES:
+            if not isinstance(m["category"], str) or m["category"] not in CATEGORIES:
                 raise RulesError(path, m.line_of("category"),
                                  f"service {sid!r}: unknown category {m['category']!r} "
                                  f"(known: {', '.join(CATEGORIES)})")
@@ -147,8 +167,8 @@ class Catalog:
             if not hosts:
                 raise RulesError(path, m.line_of("hosts"), f"service {sid!r}: 'hosts' is empty")
             for h in hosts:
-                if not _HOST_RX.match(h.lower()):
-                    raise RulesError(path, m.line_of("hosts"), f"service {sid!r}: bad host pattern {h!r}")
+                if problem := _host_problem(h):
+                    raise RulesError(path, m.line_of("hosts"), f"service {sid!r}: {problem} {h!r}")
                 if h.lower() in host_owner:
                     raise RulesError(path, m.line_of("hosts"),
                                      f"service {sid!r}: host {h!r} already belongs to {host_owner[h.lower()]!r}")
@@ -165,13 +185,27 @@ class Catalog:
                 sanctioned=sanctioned, hosts=tuple(hosts), paths=tuple(paths),
                 formats=tuple(_string_list(path, m, "formats", sid)) if "formats" in m else (),
             ))
+        entries = top.get("do_not_decrypt") or []
+        if not isinstance(entries, list):
+            raise RulesError(path, top.line_of("do_not_decrypt"), "'do_not_decrypt' must be a list")
         tunnel: dict[str, str] = {}
-        for entry in top.get("do_not_decrypt") or []:
+        tunnel_lines: dict[str, int] = {}
+        for entry in entries:
             m = rulesfile.check_keys(path, entry, "do_not_decrypt entry", {"host"}, {"reason"})
-            if not isinstance(m["host"], str) or not _HOST_RX.match(m["host"].lower()):
-                raise RulesError(path, m.line_of("host"), f"do_not_decrypt: bad host pattern {m['host']!r}")
-            tunnel[m["host"]] = str(m.get("reason", "do-not-decrypt list"))
-        return cls(services, tunnel)
+            host = m["host"]
+            if problem := _host_problem(host):
+                raise RulesError(path, m.line_of("host"), f"do_not_decrypt: {problem} {host!r}")
+            host = host.lower()
+            if host in tunnel:
+                raise RulesError(path, m.line_of("host"),
+                                 f"do_not_decrypt: host {host!r} already listed at line {tunnel_lines[host]}")
+            tunnel[host], tunnel_lines[host] = str(m.get("reason", "do-not-decrypt list")), m.line_of("host")
+        catalog = cls(services, tunnel)
+        for host, line in tunnel_lines.items():
+            if catalog.match(host.replace("*", "x")) is None:
+                raise RulesError(path, line,
+                                 f"do_not_decrypt: host {host!r} belongs to no service (add it to a service's hosts)")
+        return catalog
 
 
 def _string_list(path: str | Path, m: rulesfile.Mapping, key: str, sid: str) -> list[str]:
