@@ -168,9 +168,9 @@ class Catalog:
                 raise RulesError(path, m.line_of("hosts"), f"service {sid!r}: 'hosts' is empty")
             for h in hosts:
                 if problem := _host_problem(h):
-                    raise RulesError(path, m.line_of("hosts"), f"service {sid!r}: {problem} {h!r}")
+                    raise RulesError(path, _item_line(m, "hosts", h), f"service {sid!r}: {problem} {h!r}")
                 if h.lower() in host_owner:
-                    raise RulesError(path, m.line_of("hosts"),
+                    raise RulesError(path, _item_line(m, "hosts", h),
                                      f"service {sid!r}: host {h!r} already belongs to {host_owner[h.lower()]!r}")
                 host_owner[h.lower()] = sid
             paths = _string_list(path, m, "paths", sid) if "paths" in m else []
@@ -206,6 +206,14 @@ class Catalog:
                 raise RulesError(path, line,
                                  f"do_not_decrypt: host {host!r} belongs to no service (add it to a service's hosts)")
         return catalog
+
+
+def _item_line(m: rulesfile.Mapping, key: str, item: str) -> int:
+    """The line of one item of a list value, so a bad host in a long block list is pointed at exactly."""
+    value = m[key]
+    if isinstance(value, rulesfile.Sequence) and item in value:
+        return value.line_of(value.index(item))
+    return m.line_of(key)
 
 
 def _string_list(path: str | Path, m: rulesfile.Mapping, key: str, sid: str) -> list[str]:

@@ -31,7 +31,14 @@ class Mapping(dict):
 
 
 class Sequence(list):
+    """A YAML sequence that knows its line and the line of each item (for an item in a flow list `[a, b]`, the
+    line where it stands)."""
+
     line: int = 0
+    item_lines: list[int]
+
+    def line_of(self, index: int) -> int:
+        return self.item_lines[index] if 0 <= index < len(self.item_lines) else self.line
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -57,6 +64,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> Mapping:
 def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> Sequence:
     s = Sequence(loader.construct_object(child, deep=True) for child in node.value)
     s.line = node.start_mark.line + 1
+    s.item_lines = [child.start_mark.line + 1 for child in node.value]
     return s
 
 

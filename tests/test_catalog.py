@@ -376,3 +376,12 @@ def test_empty_catalog_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RulesError) as e:
         Catalog.load(path)
     assert str(e.value) == f"{path}: endpoints file must be a mapping"
+
+
+def test_bad_host_in_a_block_list_is_reported_at_its_own_line(tmp_path):
+    f = tmp_path / "endpoints.yaml"
+    f.write_text("services:\n  - id: x\n    name: X\n    category: chat\n    hosts:\n      - a.example.com\n"
+                 "      - b.example.com\n      - bad host.example.com\n")
+    with pytest.raises(RulesError) as e:
+        Catalog.load(f)
+    assert e.value.line == 8
