@@ -1,25 +1,56 @@
-"""The audit event: one row per AI exchange, what the security team queries.
+"""The audit records: one `AuditEvent` per AI exchange, one `ConnectionEvent` per tunnelled AI connection.
 
-Built from the flow's `Interaction` by the audit addon, written by `storage.writer`. Field names are the column
-names of the ClickHouse `events` table (storage/schema.py).
+Built from the flow's `Interaction` (or from a tunnelled connection) by the audit addon, written by
+`storage.writer`. Field names are the column names of the ClickHouse `events` and `connections` tables
+(storage/schema.py).
+
+Capture levels decide how much text an event keeps: `metadata` (none), `redacted` (the prompt with every DLP
+finding masked as `<ENTITY>`), `full` (raw). Whatever the level, the SHA-256 of the raw prompt is kept, so the
+same prompt can be found again without storing it, and findings are kept as entity types and positions, never as
+the values they matched.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from core.exchange import Exchange
+
+CAPTURE_LEVELS = ("metadata", "redacted", "full")
 
 
 def new_event_id() -> str:
     return str(uuid.uuid4())
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class FindingLike(Protocol):
+    """What the audit needs of a DLP finding: where it is and what it is, never its value.
+
+    `part` indexes `Exchange.request_parts()`; `start`/`end` are character offsets in that part's text.
+    """
+
+    entity_type: str
+    part: int
+    start: int
+    end: int
+    score: float
+
+
 @dataclass(slots=True)
 class AuditEvent:
     event_id: str = field(default_factory=new_event_id)
-    ts: datetime = field(default_factory=lambda: datetime.now(UTC))
+    ts: datetime = field(default_factory=_now)
     client_addr: str = ""
     user: str = ""
     host: str = ""
@@ -46,11 +77,137 @@ class AuditEvent:
     parsed: bool = True
     warnings: list[str] = field(default_factory=list)
     error: str = ""
+    # --- schema v2 ---
+    groups: list[str] = field(default_factory=list)
+    source: str = "http"  # http | websocket
+    capture: str = "redacted"  # metadata | redacted | full: how much text this row holds
+    rule_id: str = ""
+    justification: str = ""  # what the user typed to continue past a warning
+    finish_reason: str = ""
+    entity_types: list[str] = field(default_factory=list)  # distinct DLP entity types, sorted
+    entity_counts: list[int] = field(default_factory=list)  # findings per entity type (parallel to entity_types)
+    finding_entities: list[str] = field(default_factory=list)  # one element per finding, in the arrays below
+    finding_parts: list[int] = field(default_factory=list)  # index in Exchange.request_parts()
+    finding_starts: list[int] = field(default_factory=list)
+    finding_ends: list[int] = field(default_factory=list)
+    finding_scores: list[float] = field(default_factory=list)
 
     def as_row(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> AuditEvent:
+        """Rebuild from `as_row()` after a JSON round trip (the spool): unknown keys are ignored."""
+        return _from_row(cls, row)
+
+    def set_findings(self, findings: Sequence[FindingLike]) -> None:
+        ordered = sorted(findings, key=lambda f: (f.part, f.start, f.end))
+        self.finding_entities = [f.entity_type for f in ordered]
+        self.finding_parts = [int(f.part) for f in ordered]
+        self.finding_starts = [int(f.start) for f in ordered]
+        self.finding_ends = [int(f.end) for f in ordered]
+        self.finding_scores = [round(float(f.score), 4) for f in ordered]
+        counts = Counter(self.finding_entities)
+        self.entity_types = sorted(counts)
+        self.entity_counts = [counts[e] for e in self.entity_types]
+
+
+@dataclass(slots=True)
+class ConnectionEvent:
+    """A connection to an AI service that was tunnelled, not decrypted (do-not-decrypt hosts, shadow AI).
+
+    Only what the proxy truly knows: who, where, when, how long. mitmproxy does not count the bytes of a
+    connection it does not intercept, so the byte counts are None unless a transport that counts them is used.
+    """
+
+    event_id: str = field(default_factory=new_event_id)
+    ts: datetime = field(default_factory=_now)  # when the client connected
+    client_addr: str = ""
+    user: str = ""
+    host: str = ""
+    server_addr: str = ""
+    service: str = ""
+    category: str = ""
+    sanctioned: bool = False
+    reason: str = ""  # why it was not decrypted
+    duration_ms: float = 0.0
+    bytes_sent: int | None = None  # client -> server
+    bytes_received: int | None = None  # server -> client
+    error: str = ""
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ConnectionEvent:
+        return _from_row(cls, row)
+
+
+def _from_row(cls, row: dict[str, Any]):
+    names = {f.name for f in fields(cls)}
+    values = {k: v for k, v in row.items() if k in names}
+    ts = values.get("ts")
+    if isinstance(ts, str):
+        values["ts"] = datetime.fromisoformat(ts)
+    return cls(**values)
 
 
 def sha256_text(text: str) -> str:
     """Identical prompts share a hash, so they can be found without storing the text."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest() if text else ""
+
+
+def _text_slots(x: Exchange) -> Iterator[tuple[object, str]]:
+    """(object, attribute) holding each text of `x.request_parts()`, in the same order, so a copy of the
+    exchange can have its request texts replaced in place. Must mirror `Exchange.request_parts` (a test checks)."""
+    for p in x.system:
+        yield p, "text"
+    for m in x.messages:
+        for p in m.parts:
+            yield p, "text"
+        for tc in m.tool_calls:
+            yield tc, "arguments"
+        for tr in m.tool_results:
+            yield tr, "text"
+        for a in m.attachments:
+            if a.text:
+                yield a, "text"
+
+
+def mask_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> str:
+    """Replace each (start, end, entity) span by `<ENTITY>`; a span overlapping an earlier one
+    masks only what is left of it.
+    Spans outside the text are clipped, so a finding from a stale offset never leaks the text around it."""
+    out, pos = [], 0
+    for start, end, entity in sorted(spans):
+        start, end = max(start, pos), min(end, len(text))
+        if start >= end:
+            continue
+        out.append(text[pos:start])
+        out.append(f"<{entity}>")
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def redacted_prompt(x: Exchange, findings: Sequence[FindingLike]) -> str:
+    """The prompt text as `Exchange.prompt_text` renders it, with every finding in a request part masked."""
+    by_part: dict[int, list[tuple[int, int, str]]] = {}
+    for f in findings:
+        by_part.setdefault(int(f.part), []).append((int(f.start), int(f.end), f.entity_type))
+    if not by_part:
+        return x.prompt_text
+    masked = copy.deepcopy(x)
+    for i, (obj, attr) in enumerate(_text_slots(masked)):
+        if i in by_part:
+            setattr(obj, attr, mask_spans(getattr(obj, attr), by_part[i]))
+    return masked.prompt_text
+
+
+def captured_text(x: Exchange, findings: Sequence[FindingLike], capture: str) -> tuple[str, str]:
+    """(prompt, completion) as the capture level allows them to be stored."""
+    if capture == "metadata":
+        return "", ""
+    if capture == "full":
+        return x.prompt_text, x.completion
+    return redacted_prompt(x, findings), x.completion

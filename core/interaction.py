@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from core.audit import AuditEvent, sha256_text
+from core.audit import AuditEvent, captured_text, new_event_id, sha256_text
 from core.catalog import Service
 from core.exchange import Exchange
 
@@ -38,18 +38,28 @@ class Interaction:
     response_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
     audited: bool = False
+    event_id: str = field(default_factory=new_event_id)  # the audit event's id, known from the start
+    source: str = "http"  # http | websocket
+    rule_id: str = ""  # id of the policy rule behind the decision
+    justification: str = ""  # what the user typed to continue past a warning
 
-    def to_event(self) -> AuditEvent:
+    def to_event(self, capture: str = "redacted") -> AuditEvent:
+        """The audit row. `capture` (metadata | redacted | full) decides how much text it keeps; the prompt's
+        SHA-256 is always of the raw text, and findings are kept as positions, never values."""
         x = self.exchange
-        prompt = x.prompt_text
-        return AuditEvent(
-            client_addr=self.client_addr, user=self.user, host=self.host, method=self.method, path=self.path[:2000],
-            service=self.service.id, category=self.service.category, sanctioned=self.service.sanctioned,
-            operation=x.operation, model=x.model, stream=x.stream, prompt=prompt, completion=x.completion,
-            prompt_sha256=sha256_text(prompt), input_tokens=x.usage.input_tokens,
-            output_tokens=x.usage.output_tokens, request_bytes=self.request_bytes,
-            response_bytes=self.response_bytes, status=self.status,
+        prompt, completion = captured_text(x, self.findings, capture)
+        event = AuditEvent(
+            event_id=self.event_id, client_addr=self.client_addr, user=self.user, host=self.host,
+            method=self.method, path=self.path[:2000], service=self.service.id, category=self.service.category,
+            sanctioned=self.service.sanctioned, operation=x.operation, model=x.model, stream=x.stream,
+            prompt=prompt, completion=completion, prompt_sha256=sha256_text(x.prompt_text),
+            input_tokens=x.usage.input_tokens, output_tokens=x.usage.output_tokens,
+            request_bytes=self.request_bytes, response_bytes=self.response_bytes, status=self.status,
             latency_ms=round((time.monotonic() - self.started) * 1000, 3), decision=self.decision,
             reason=self.reason, inspection=self.inspection if x.parsed else "unparsed", parsed=x.parsed,
-            warnings=x.warnings[:50], error=self.error,
+            warnings=x.warnings[:50], error=self.error, groups=list(self.groups), source=self.source,
+            capture=capture, rule_id=self.rule_id, justification=self.justification if capture != "metadata" else "",
+            finish_reason=x.finish_reason,
         )
+        event.set_findings(self.findings)
+        return event
