@@ -38,7 +38,6 @@ class Interaction:
     response_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
     audited: bool = False
-    event_id: str = field(default_factory=new_event_id)  # known before the audit: block pages quote it
     event_id: str = field(default_factory=new_event_id)  # the audit event's id, known from the start
     source: str = "http"  # http | websocket
     rule_id: str = ""  # id of the policy rule behind the decision
