@@ -247,3 +247,80 @@ class SseParser:
             self.on_event(event, payload)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError):
             self.bad_events += 1
+
+
+class NdjsonDecoder:
+    """Incremental newline-delimited JSON decoder (Ollama, Cohere v1 chat streams): feed bytes, get JSON values.
+
+    Blank lines are skipped; a line that is not JSON is counted in `bad_lines`, not raised. A line longer than
+    MAX_LINE is dropped with a warning, so a hostile stream cannot grow the buffer forever."""
+
+    MAX_LINE = 4 * 1024 * 1024
+
+    def __init__(self, exchange: Exchange):
+        self.exchange = exchange
+        self.buf = b""
+        self.skipping = False
+        self.bad_lines = 0
+
+    def feed(self, chunk: bytes) -> list[Any]:
+        out: list[Any] = []
+        self.buf += chunk
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl < 0:
+                if len(self.buf) > self.MAX_LINE:
+                    self.exchange.warn("stream: line too long, dropped")
+                    self.buf, self.skipping = b"", True
+                return out
+            line, self.buf = self.buf[:nl], self.buf[nl + 1:]
+            if self.skipping:
+                self.skipping = False
+                continue
+            self._line(line, out)
+
+    def finish(self) -> list[Any]:
+        out: list[Any] = []
+        if self.buf and not self.skipping:
+            self._line(self.buf, out)
+        self.buf = b""
+        return out
+
+    def _line(self, line: bytes, out: list[Any]) -> None:
+        if not line.strip():
+            return
+        try:
+            out.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            self.bad_lines += 1
+
+
+class NdjsonParser:
+    """A response parser for NDJSON bodies: hands each JSON value to `on_object(obj)`; a callback that meets an
+    unexpected shape costs that line, counted and reported once at the end, never the stream."""
+
+    def __init__(self, exchange: Exchange, on_object, on_finish=None):
+        self.exchange = exchange
+        self.decoder = NdjsonDecoder(exchange)
+        self.on_object = on_object
+        self.on_finish = on_finish
+        self.bad_objects = 0
+
+    def feed(self, chunk: bytes) -> None:
+        for obj in self.decoder.feed(chunk):
+            self._dispatch(obj)
+
+    def finish(self) -> None:
+        for obj in self.decoder.finish():
+            self._dispatch(obj)
+        bad = self.bad_objects + self.decoder.bad_lines
+        if bad:
+            self.exchange.warn(f"stream: {bad} lines not understood")
+        if self.on_finish:
+            self.on_finish()
+
+    def _dispatch(self, obj: Any) -> None:
+        try:
+            self.on_object(obj)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            self.bad_objects += 1

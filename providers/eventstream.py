@@ -1,0 +1,122 @@
+"""Incremental decoder for the AWS binary event stream (`application/vnd.amazon.eventstream`), as Bedrock's
+ConverseStream and InvokeModelWithResponseStream send it. Reference: ai-endpoints.md §2.7.
+
+Frame: total length (u32 BE), headers length (u32 BE), CRC32 of those 8 bytes, headers, payload, CRC32 of
+everything before it. Frames are reassembled across arbitrary chunk boundaries from the length prelude.
+
+Why not botocore's EventStreamBuffer (installed with boto3): importing botocore into the proxy process pulls in
+a large SDK for forty lines of framing, its buffer re-copies all pending bytes on every chunk, and its errors
+are exceptions from deep inside the SDK. This decoder is pure, checks both CRCs, caps header and payload sizes
+at botocore's own limits, and on a framing error stops with a reason instead of raising: the stream it reads is
+passed to the client untouched anyway. tests/test_providers_bedrock.py checks it against botocore byte for byte.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from binascii import crc32
+from dataclasses import dataclass, field
+from typing import Any
+
+PRELUDE = 12
+MAX_HEADERS = 128 * 1024  # botocore's limits
+MAX_PAYLOAD = 24 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class EventMessage:
+    headers: dict[str, Any] = field(default_factory=dict)
+    payload: bytes = b""
+
+    @property
+    def message_type(self) -> str:
+        return str(self.headers.get(":message-type", "event"))
+
+    @property
+    def event_type(self) -> str:
+        return str(self.headers.get(":event-type") or self.headers.get(":exception-type")
+                   or self.headers.get(":error-code") or "")
+
+
+class EventStreamDecoder:
+    """Feed bytes, get complete messages. After a framing error `error` says why and nothing more is decoded
+    (the stream cannot be re-synchronised once a length is wrong)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.error = ""
+
+    def feed(self, chunk: bytes) -> list[EventMessage]:
+        if self.error:
+            return []
+        self.buf += chunk
+        out: list[EventMessage] = []
+        while len(self.buf) >= PRELUDE:
+            total, headers_len, prelude_crc = struct.unpack_from(">III", self.buf)
+            if crc32(self.buf[:8]) != prelude_crc:
+                return self._fail(out, "prelude CRC mismatch")
+            if headers_len > MAX_HEADERS:
+                return self._fail(out, f"headers of {headers_len} bytes exceed {MAX_HEADERS}")
+            payload_len = total - headers_len - PRELUDE - 4
+            if payload_len < 0:
+                return self._fail(out, f"frame length {total} shorter than its headers")
+            if payload_len > MAX_PAYLOAD:
+                return self._fail(out, f"payload of {payload_len} bytes exceeds {MAX_PAYLOAD}")
+            if len(self.buf) < total:
+                break
+            (message_crc,) = struct.unpack_from(">I", self.buf, total - 4)
+            if crc32(memoryview(self.buf)[:total - 4]) != message_crc:
+                return self._fail(out, "message CRC mismatch")
+            try:
+                headers = _headers(bytes(self.buf[PRELUDE:PRELUDE + headers_len]))
+            except (ValueError, struct.error, IndexError) as e:
+                return self._fail(out, f"bad headers: {e}")
+            out.append(EventMessage(headers, bytes(self.buf[PRELUDE + headers_len:total - 4])))
+            del self.buf[:total]
+        return out
+
+    def finish(self) -> str:
+        """Why the stream ended badly ("" if it ended on a frame boundary)."""
+        if not self.error and self.buf:
+            self.error = f"truncated: {len(self.buf)} bytes of an incomplete frame"
+        return self.error
+
+    def _fail(self, out: list[EventMessage], reason: str) -> list[EventMessage]:
+        self.error = reason
+        self.buf.clear()
+        return out
+
+
+_FIXED = {2: ">b", 3: ">h", 4: ">i", 5: ">q", 8: ">q"}
+
+
+def _headers(data: bytes) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    i = 0
+    while i < len(data):
+        name_len = data[i]
+        name = data[i + 1:i + 1 + name_len].decode("utf-8", "replace")
+        i += 1 + name_len
+        kind = data[i]
+        i += 1
+        if kind in (0, 1):
+            value: Any = kind == 0
+        elif kind in _FIXED:
+            fmt = _FIXED[kind]
+            (value,) = struct.unpack_from(fmt, data, i)
+            i += struct.calcsize(fmt)
+        elif kind in (6, 7):
+            (length,) = struct.unpack_from(">H", data, i)
+            raw = data[i + 2:i + 2 + length]
+            if len(raw) != length:
+                raise ValueError(f"header {name!r} runs past the headers block")
+            value = raw.decode("utf-8", "replace") if kind == 7 else raw
+            i += 2 + length
+        elif kind == 9:
+            value = str(uuid.UUID(bytes=data[i:i + 16]))
+            i += 16
+        else:
+            raise ValueError(f"header {name!r} has unknown type {kind}")
+        headers[name] = value
+    return headers
