@@ -1,0 +1,108 @@
+"""What a client is shown when the policy stops or warns it, in a form that client displays.
+
+An SDK only shows a message it can parse: each provider's SDK reads its own error object (OpenAI's
+`{"error": {"message"}}`, Anthropic's `{"type": "error", "error": {...}}`, Google's `{"error": {"status"}}`, Bedrock's
+`x-amzn-ErrorType` header plus `{"message"}`, Cohere's `{"message"}`), so a block is answered in the shape of
+the provider the request was written for, with status 403, and the message carries a reference id: the audit
+event id, so a help desk finds the event from a user's screenshot. Browsers get an HTML page naming the policy.
+Pure: builds (status, headers, body), the decide addon turns them into a response.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import orjson
+
+from core.catalog import Service
+
+CONTINUE_PATH = "/__ai-gateway/continue"  # the warn page's "continue" form posts here (intercepted, never sent)
+WARNING_HEADER = "x-ai-gateway-warning"
+BROWSER_CATEGORIES = frozenset({"chat", "write", "img", "vid", "aud", "meet", "srch", "comp", "doc"})
+
+# Wire-format hints (core.catalog Service.formats, provider names) -> the error dialect their SDKs parse.
+_DIALECTS = {"openai": "openai", "azure-openai": "openai", "mistral": "openai", "ollama": "openai",
+             "huggingface": "openai", "anthropic": "anthropic", "gemini": "google", "vertex": "google",
+             "bedrock": "bedrock", "cohere": "cohere"}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def dialect(provider: str | None, service: Service) -> str:
+    """The error shape to answer in: the parser that understood the request, else the service's format hints."""
+    for name in (provider, *service.formats):
+        if name in _DIALECTS:
+            return _DIALECTS[name]
+    return "openai"  # the most common shape, and what OpenAI-compatible clients everywhere parse
+
+
+def wants_html(accept: str, service: Service, provider: str | None) -> bool:
+    """A browser, or a consumer app whose requests no API parser claimed: answer with a page, not JSON."""
+    if "text/html" in accept.lower():
+        return True
+    return service.category in BROWSER_CATEGORIES and provider not in _DIALECTS
+
+
+def user_message(action: str, rule: str, message: str, ref: str) -> str:
+    verb = "Blocked" if action == "block" else "Warning"
+    text = message or "This request is not allowed by the organisation's AI usage policy."
+    return f"{verb} by the AI gateway (policy rule '{rule}'): {text} Reference: {ref}"
+
+
+def api_error(dialect_name: str, text: str, ref: str) -> Reply:
+    json = {"content-type": "application/json", "x-ai-gateway-reference": ref}
+    if dialect_name == "anthropic":
+        body = {"type": "error", "error": {"type": "permission_error", "message": text}, "request_id": ref}
+    elif dialect_name == "google":
+        body = {"error": {"code": 403, "message": text, "status": "PERMISSION_DENIED"}}
+    elif dialect_name == "bedrock":
+        json["x-amzn-errortype"] = "AccessDeniedException:http://internal.amazon.com/coral/com.amazon.bedrock/"
+        json["x-amzn-requestid"] = ref
+        body = {"message": text}
+    elif dialect_name == "cohere":
+        body = {"id": ref, "message": text}
+    else:
+        body = {"error": {"message": text, "type": "permission_error", "param": None,
+                          "code": "blocked_by_policy"}}
+    return Reply(403, json, orjson.dumps(body))
+
+
+def block_page(service: Service, rule: str, message: str, ref: str) -> Reply:
+    body = _page("Blocked by your organisation's AI policy",
+                 f"<p>Your request to <b>{_e(service.name)}</b> was blocked by the policy rule "
+                 f"<code>{_e(rule)}</code>.</p><p>{_e(message or 'This use of AI is not allowed.')}</p>"
+                 f"<p class=ref>Reference: <code>{_e(ref)}</code>. Quote it if you ask for an exception.</p>")
+    return Reply(403, _html_headers(ref), body)
+
+
+def warn_page(service: Service, rule: str, message: str, ref: str, token: str, target: str) -> Reply:
+    body = _page("Check before you continue",
+                 f"<p>You are about to use <b>{_e(service.name)}</b>. The policy rule <code>{_e(rule)}</code> "
+                 f"asks you to confirm.</p><p>{_e(message or 'Make sure this use of AI is allowed.')}</p>"
+                 f'<form method="post" action="{CONTINUE_PATH}">'
+                 f'<input type="hidden" name="token" value="{_e(token)}">'
+                 f'<input type="hidden" name="target" value="{_e(target)}">'
+                 f'<label>Why do you need it? (optional)<br><textarea name="justification" rows="3" cols="60">'
+                 f'</textarea></label><br><button type="submit">Continue</button></form>'
+                 f"<p class=ref>Reference: <code>{_e(ref)}</code></p>")
+    return Reply(403, _html_headers(ref), body)
+
+
+def _html_headers(ref: str) -> dict[str, str]:
+    return {"content-type": "text/html; charset=utf-8", "cache-control": "no-store", "x-ai-gateway-reference": ref}
+
+
+def _page(title: str, content: str) -> bytes:
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)}</title><style>body{{font-family:"
+            f"sans-serif;max-width:40em;margin:4em auto;line-height:1.5}}.ref{{color:#666;font-size:.9em}}</style>"
+            f"</head><body><h1>{_e(title)}</h1>{content}</body></html>").encode()
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)

@@ -1,0 +1,189 @@
+"""The policy engine: who is asking, for what, with which findings -> one `Decision`.
+
+Precedence, in the words of docs/policy.md:
+1. Rules are read top to bottom. The first rule in `mode: enforce` whose conditions all hold decides.
+2. A rule in `mode: monitor` that matches decides nothing: it is recorded ("would block") and reading goes on.
+   If nothing enforced decides otherwise than allow, the decision is `monitor`, so the audit shows the match.
+3. A rule that needs DLP findings (a `findings` condition, or `action: redact`) cannot be judged when the
+   inspection did not complete (errored, timed out, skipped, body not understood). Its fail mode decides:
+   `open` skips the rule (and says so), `closed` blocks the request (and says so).
+4. No rule decided: `defaults.shadow_ai` for a service that is neither sanctioned in the catalog nor named by
+   any rule's `services`, else `defaults.action`.
+
+Pure: no mitmproxy, so the same code answers in the proxy, in `gateway rules test` and in unit tests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.catalog import Service
+from core.exchange import Exchange
+from policy.language import Policy, Rule, entity_of
+
+INSPECTED = "inspected"
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who is asking: resolved by the identify stage (proxy auth, SSO header, network map) or just an address."""
+
+    user: str = ""
+    groups: frozenset[str] = frozenset()
+    client_addr: str = ""
+
+
+@dataclass(slots=True)
+class Request:
+    """What is asked: the service, the normalized exchange and what inspection found in it."""
+
+    service: Service
+    exchange: Exchange
+    findings: Sequence[Any] = ()  # objects with .entity (or .entity_type) and .score: dlp.scanner.Finding
+    inspection: str = INSPECTED  # anything else means the findings are not the whole truth
+
+    @property
+    def prompt_chars(self) -> int:
+        return sum(len(p.text) for p in self.exchange.request_parts())
+
+    @property
+    def attachments(self) -> list:
+        return [a for m in self.exchange.messages for a in m.attachments]
+
+
+@dataclass(slots=True)
+class Decision:
+    action: str  # allow | monitor | redact | warn | block
+    rule: str = ""  # id of the deciding rule; "defaults" or "shadow_ai" when no rule matched
+    mode: str = "enforce"  # enforce | monitor (monitor: the deciding rule is a monitored one, nothing enforced)
+    reason: str = ""  # one line for the audit: what decided, and every monitored or failed-open rule on the way
+    message: str = ""  # what the user is told (block and warn)
+    redact_entities: list[str] = field(default_factory=list)
+    reversible: bool = False
+    fail: str = ""  # "open" or "closed" when a fail mode was exercised, else ""
+    shadow_ai: bool = False
+    notes: list[str] = field(default_factory=list)  # the monitored matches and skipped rules, in order
+
+    @property
+    def blocks(self) -> bool:
+        return self.action == "block"
+
+
+def is_shadow_ai(policy: Policy, service: Service) -> bool:
+    return not service.sanctioned and service.id not in policy.named_services
+
+
+def decide(policy: Policy, subject: Subject, request: Request) -> Decision:
+    shadow = is_shadow_ai(policy, request.service)
+    inspected = request.inspection == INSPECTED
+    notes: list[str] = []
+    monitored: Decision | None = None
+    for rule in policy.rules:
+        if not _conditions_hold(rule, subject, request, shadow, skip_findings=not inspected):
+            continue
+        if rule.needs_inspection and not inspected:
+            if rule.fail == "open":
+                notes.append(f"rule {rule.id} not applied: inspection {request.inspection} (fail open)")
+                continue
+            outcome = Decision("block", rule.id, rule.mode, fail="closed", shadow_ai=shadow,
+                               message=rule.message or policy.defaults.message or
+                               "The AI gateway could not inspect this request, and policy requires it.")
+            what = f"block: inspection {request.inspection}, fail closed"
+        else:
+            outcome = _apply(rule, request, shadow, policy)
+            what = _summary(outcome)
+        if rule.mode == "monitor":
+            notes.append(f"rule {rule.id} would {what} (mode: monitor)")
+            monitored = monitored or outcome
+            continue
+        outcome.notes = notes
+        outcome.reason = "; ".join([f"rule {rule.id}: {what}", *notes])
+        return outcome
+    if shadow:
+        outcome = Decision(policy.defaults.shadow_ai, "shadow_ai", shadow_ai=True,
+                           message=policy.defaults.message)
+        what = f"shadow AI: {request.service.id} is not sanctioned and no rule names it: {outcome.action}"
+    else:
+        outcome = Decision(policy.defaults.action, "defaults", message=policy.defaults.message)
+        what = f"no rule matched: default {outcome.action}"
+    if monitored is not None and outcome.action == "allow":
+        outcome.action, outcome.mode, outcome.rule = "monitor", "monitor", monitored.rule
+    outcome.notes = notes
+    outcome.reason = "; ".join([what, *notes])
+    return outcome
+
+
+def _apply(rule: Rule, request: Request, shadow: bool, policy: Policy) -> Decision:
+    d = Decision(rule.action, rule.id, rule.mode, shadow_ai=shadow,
+                 message=rule.message or rule.description or policy.defaults.message)
+    if rule.action == "redact":
+        d.redact_entities = _redact_entities(rule, request)
+        d.reversible = rule.reversible
+    return d
+
+
+def _redact_entities(rule: Rule, request: Request) -> list[str]:
+    """The entity types found that the rule redacts: its `redact.entities`, else what its findings condition
+    selects, else every finding."""
+    selector = rule.redact_entities or (rule.when.findings.entities if rule.when.findings else None)
+    min_score = rule.when.findings.min_score if rule.when.findings else 0.0
+    return sorted({entity_of(f) for f in request.findings
+                   if f.score >= min_score and (selector is None or selector.match(entity_of(f)))})
+
+
+def _summary(d: Decision) -> str:
+    if d.action == "redact":
+        return f"redact {', '.join(d.redact_entities)}{' (reversible)' if d.reversible else ''}"
+    return d.action
+
+
+def _conditions_hold(rule: Rule, subject: Subject, request: Request, shadow: bool, skip_findings: bool) -> bool:
+    """Every condition of the rule; findings are left out when they cannot be trusted (the fail mode decides)."""
+    who, when, svc, x = rule.who, rule.when, request.service, request.exchange
+    if who.users is not None and not (subject.user and who.users.match(subject.user)):
+        return False
+    if who.groups is not None and not (who.groups & subject.groups):
+        return False
+    if who.sources is not None and not _in_networks(subject.client_addr, who.sources):
+        return False
+    if when.services is not None and svc.id not in when.services:
+        return False
+    if when.categories is not None and svc.category not in when.categories:
+        return False
+    if when.sanctioned is not None and svc.sanctioned != when.sanctioned:
+        return False
+    if when.shadow_ai is not None and shadow != when.shadow_ai:
+        return False
+    if when.operations is not None and not when.operations.match(x.operation):
+        return False
+    if when.models is not None and not (x.model and when.models.match(x.model)):
+        return False
+    if when.prompt_chars is not None and not when.prompt_chars.contains(request.prompt_chars):
+        return False
+    if when.attachment_bytes is not None and not when.attachment_bytes.contains(
+            sum(a.size for a in request.attachments)):
+        return False
+    if when.attachment_types is not None and not any(
+            when.attachment_types.match(a.mime_type) or when.attachment_types.match(a.kind)
+            for a in request.attachments):
+        return False
+    if when.findings is not None and not skip_findings:
+        selected = sum(1 for f in request.findings if when.findings.selects(f))
+        if selected < when.findings.min_count:
+            return False
+    if rule.action == "redact" and not skip_findings and not _redact_entities(rule, request):
+        return False  # a redact rule with nothing to redact does not match: later rules still apply
+    return True
+
+
+def _in_networks(addr: str, networks: tuple) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr.split("%")[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped:  # dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d
+        ip = ip.ipv4_mapped
+    return any(ip in n for n in networks)

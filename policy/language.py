@@ -1,0 +1,366 @@
+"""The policy language: `rules/policy.yaml` parsed into rules the engine evaluates.
+
+    version: 1
+    defaults:
+      action: allow          # a request no rule matched, to a service the policy knows
+      shadow_ai: allow       # a request no rule matched, to a service nobody sanctioned or named (shadow AI)
+      fail: open             # fail mode of rules that do not set one
+    rules:
+      - id: block-secrets
+        who:  {users: [...], groups: [...], sources: [10.0.0.0/8]}
+        when: {services: [...], categories: [...], sanctioned: true, shadow_ai: false, operations: ["chat.*"],
+               models: ["gpt-4o*"], findings: {entities: [AWS_*], min_count: 1, min_score: 0.5},
+               prompt_chars: {min: 0, max: 100k}, attachment_bytes: {max: 10MB}, attachment_types: [image/*]}
+        action: block        # allow | monitor | redact | warn | block
+        redact: {entities: [EMAIL_ADDRESS], reversible: true}    # action redact only
+        mode: enforce        # or monitor: record what the rule would have done, do nothing
+        fail: closed         # when the inspection a rule needs did not complete
+        message: Secrets must never be sent to AI services.
+
+Every condition given must hold; inside a list, any item will do. Rules are read top to bottom and the first
+enforced rule that matches decides (docs/policy.md). Loading is strict: an unknown key, a bad glob, regex or
+CIDR, a service id missing from the catalog or an unknown category is refused with `file:line: message`, since a
+typo in a security rule must never silently match nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core import rulesfile
+from core.catalog import CATEGORIES, Catalog
+from core.rulesfile import RulesError
+
+ACTIONS = ("allow", "monitor", "redact", "warn", "block")
+MODES = ("enforce", "monitor")
+FAIL_MODES = ("open", "closed")
+_ID_RX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_ENTITY_RX = re.compile(r"[A-Z0-9_*?]+")
+_SIZE_RX = re.compile(r"(\d+)\s*([kmg]?)(i?b?)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Globs:
+    """Case-insensitive shell-style patterns (`*`, `?`, `[abc]`), or `re:` regular expressions, compiled once.
+    Both must match the whole value."""
+
+    patterns: tuple[str, ...]
+    rx: re.Pattern[str]
+
+    @classmethod
+    def of(cls, patterns: list[str]) -> Globs:
+        """Raises re.error for a bad `re:` pattern."""
+        parts = []
+        for p in patterns:
+            if p.startswith("re:"):
+                re.compile(p[3:])
+                parts.append(f"(?:{p[3:]})\\Z")
+            else:
+                parts.append(f"(?:{fnmatch.translate(p)})")
+        return cls(tuple(patterns), re.compile("|".join(parts), re.IGNORECASE))
+
+    def match(self, value: str) -> bool:
+        return bool(self.rx.match(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """An inclusive size range; None is unbounded."""
+
+    min: int | None = None
+    max: int | None = None
+
+    def contains(self, value: int) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+def entity_of(finding: Any) -> str:
+    """dlp.scanner.Finding says `entity`; the audit's FindingLike protocol says `entity_type`: accept both."""
+    return getattr(finding, "entity", None) or getattr(finding, "entity_type", "")
+
+
+@dataclass(frozen=True, slots=True)
+class FindingsMatch:
+    """At least `min_count` findings whose entity matches `entities` (any, if None) with score >= `min_score`."""
+
+    entities: Globs | None = None
+    min_count: int = 1
+    min_score: float = 0.0
+
+    def selects(self, finding: Any) -> bool:
+        return (finding.score >= self.min_score
+                and (self.entities is None or self.entities.match(entity_of(finding))))
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    users: Globs | None = None
+    groups: frozenset[str] | None = None
+    sources: tuple[Network, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class When:
+    services: frozenset[str] | None = None
+    categories: frozenset[str] | None = None
+    sanctioned: bool | None = None
+    shadow_ai: bool | None = None
+    operations: Globs | None = None
+    models: Globs | None = None
+    findings: FindingsMatch | None = None
+    prompt_chars: Range | None = None
+    attachment_bytes: Range | None = None
+    attachment_types: Globs | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    line: int
+    action: str
+    who: Who = field(default_factory=Who)
+    when: When = field(default_factory=When)
+    mode: str = "enforce"
+    fail: str = "open"
+    redact_entities: Globs | None = None  # None: the entities the findings condition selects (or every finding)
+    reversible: bool = False
+    message: str = ""
+    description: str = ""
+
+    @property
+    def needs_inspection(self) -> bool:
+        """A rule that looks at DLP findings cannot be judged when the inspection did not complete."""
+        return self.when.findings is not None or self.action == "redact"
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    action: str = "allow"
+    shadow_ai: str = "allow"
+    fail: str = "open"
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    rules: tuple[Rule, ...] = ()
+    defaults: Defaults = field(default_factory=Defaults)
+    file: str = ""
+
+    @property
+    def named_services(self) -> frozenset[str]:
+        """Services some rule names by id: together with the sanctioned ones, the services the policy knows."""
+        return frozenset().union(*(r.when.services or () for r in self.rules))
+
+
+_WHO_KEYS = {"users", "groups", "sources"}
+_WHEN_KEYS = {"services", "categories", "sanctioned", "shadow_ai", "operations", "models", "findings",
+              "prompt_chars", "attachment_bytes", "attachment_types"}
+_RULE_KEYS = {"who", "when", "mode", "fail", "redact", "message", "description"}
+
+
+def load(path: str | Path, catalog: Catalog) -> Policy:
+    """Parse and check a policy file against the catalog. Raises RulesError naming file and line."""
+    data = rulesfile.load(path)
+    if data is None:
+        raise RulesError(path, None, "policy file is empty (write at least 'version: 1')")
+    top = rulesfile.check_keys(path, data, "policy file", {"version"}, {"defaults", "rules"})
+    if top["version"] != 1:
+        raise RulesError(path, top.line_of("version"), f"unsupported policy version {top['version']!r} (known: 1)")
+    defaults = _defaults(path, top.get("defaults"), top.line_of("defaults"))
+    raw_rules = top.get("rules") or []
+    if not isinstance(raw_rules, list):
+        raise RulesError(path, top.line_of("rules"), "'rules' must be a list")
+    rules: list[Rule] = []
+    seen: dict[str, int] = {}
+    for raw in raw_rules:
+        rule = _rule(path, raw, catalog, defaults)
+        if rule.id in seen:
+            raise RulesError(path, rule.line, f"rule id {rule.id!r} already used at line {seen[rule.id]}")
+        seen[rule.id] = rule.line
+        rules.append(rule)
+    return Policy(tuple(rules), defaults, str(path))
+
+
+def _defaults(path: str | Path, raw: Any, line: int) -> Defaults:
+    if raw is None:
+        return Defaults()
+    m = rulesfile.check_keys(path, raw, "defaults", set(), {"action", "shadow_ai", "fail", "message"})
+    action = _choice(path, m, "action", ("allow", "monitor", "warn", "block"), "allow", "defaults")
+    shadow = _choice(path, m, "shadow_ai", ("allow", "monitor", "warn", "block"), "allow", "defaults")
+    fail = _choice(path, m, "fail", FAIL_MODES, "open", "defaults")
+    return Defaults(action, shadow, fail, _text(path, m, "message", "defaults"))
+
+
+def _rule(path: str | Path, raw: Any, catalog: Catalog, defaults: Defaults) -> Rule:
+    if isinstance(raw, rulesfile.Mapping) and "id" not in raw:
+        raise RulesError(path, raw.line, "rule: missing key 'id'")
+    m = rulesfile.check_keys(path, raw, "rule", {"id", "action"}, _RULE_KEYS)
+    rid = m["id"]
+    if not isinstance(rid, str) or not _ID_RX.fullmatch(rid):
+        raise RulesError(path, m.line_of("id"), f"rule id {rid!r} must be letters, digits, '_', '.', '-'")
+    where = f"rule {rid!r}"
+    action = _choice(path, m, "action", ACTIONS, None, where)
+    who = _who(path, m["who"], where) if "who" in m else Who()
+    when = _when(path, m["when"], catalog, where) if "when" in m else When()
+    redact_entities, reversible = None, False
+    if "redact" in m:
+        if action != "redact":
+            raise RulesError(path, m.line_of("redact"), f"{where}: 'redact' is only for 'action: redact'")
+        r = rulesfile.check_keys(path, m["redact"], f"{where} redact", set(), {"entities", "reversible"})
+        if "entities" in r:
+            redact_entities = _entity_globs(path, r, "entities", where)
+        reversible = r.get("reversible", False)
+        if not isinstance(reversible, bool):
+            raise RulesError(path, r.line_of("reversible"), f"{where}: 'reversible' must be true or false")
+    return Rule(
+        id=rid, line=m.line, action=action, who=who, when=when,
+        mode=_choice(path, m, "mode", MODES, "enforce", where),
+        fail=_choice(path, m, "fail", FAIL_MODES, defaults.fail, where),
+        redact_entities=redact_entities, reversible=reversible,
+        message=_text(path, m, "message", where), description=_text(path, m, "description", where),
+    )
+
+
+def _who(path: str | Path, raw: Any, where: str) -> Who:
+    m = rulesfile.check_keys(path, raw, f"{where} who", set(), _WHO_KEYS)
+    sources = None
+    if "sources" in m:
+        sources = tuple(parse_network(path, m.line_of("sources"), s, where)
+                        for s in _strings(path, m, "sources", where))
+    return Who(
+        users=_globs(path, m, "users", where) if "users" in m else None,
+        groups=frozenset(_strings(path, m, "groups", where)) if "groups" in m else None,
+        sources=sources,
+    )
+
+
+def _when(path: str | Path, raw: Any, catalog: Catalog, where: str) -> When:
+    m = rulesfile.check_keys(path, raw, f"{where} when", set(), _WHEN_KEYS)
+    services = categories = None
+    if "services" in m:
+        services = frozenset(_strings(path, m, "services", where))
+        for sid in sorted(services):
+            if sid not in catalog.services:
+                raise RulesError(path, m.line_of("services"),
+                                 f"{where}: unknown service {sid!r} (not an id in the endpoint catalog)")
+    if "categories" in m:
+        categories = frozenset(_strings(path, m, "categories", where))
+        for cat in sorted(categories):
+            if cat not in CATEGORIES:
+                raise RulesError(path, m.line_of("categories"),
+                                 f"{where}: unknown category {cat!r} (known: {', '.join(CATEGORIES)})")
+    return When(
+        services=services, categories=categories,
+        sanctioned=_bool(path, m, "sanctioned", where), shadow_ai=_bool(path, m, "shadow_ai", where),
+        operations=_globs(path, m, "operations", where) if "operations" in m else None,
+        models=_globs(path, m, "models", where) if "models" in m else None,
+        findings=_findings(path, m, where) if "findings" in m else None,
+        prompt_chars=_range(path, m, "prompt_chars", where) if "prompt_chars" in m else None,
+        attachment_bytes=_range(path, m, "attachment_bytes", where) if "attachment_bytes" in m else None,
+        attachment_types=_globs(path, m, "attachment_types", where) if "attachment_types" in m else None,
+    )
+
+
+def _findings(path: str | Path, m: rulesfile.Mapping, where: str) -> FindingsMatch:
+    raw = m["findings"]
+    if isinstance(raw, list):  # shorthand: a list of entity types
+        return FindingsMatch(entities=_entity_globs(path, m, "findings", where))
+    f = rulesfile.check_keys(path, raw, f"{where} findings", set(), {"entities", "min_count", "min_score"})
+    min_count = f.get("min_count", 1)
+    if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
+        raise RulesError(path, f.line_of("min_count"), f"{where}: 'min_count' must be a whole number >= 1")
+    min_score = f.get("min_score", 0.0)
+    if not isinstance(min_score, (int, float)) or isinstance(min_score, bool) or not 0 <= min_score <= 1:
+        raise RulesError(path, f.line_of("min_score"), f"{where}: 'min_score' must be a number from 0 to 1")
+    entities = _entity_globs(path, f, "entities", where) if "entities" in f else None
+    return FindingsMatch(entities, min_count, float(min_score))
+
+
+def _entity_globs(path: str | Path, m: rulesfile.Mapping, key: str, where: str) -> Globs:
+    items = _strings(path, m, key, where)
+    for e in items:
+        if not _ENTITY_RX.fullmatch(e):
+            raise RulesError(path, m.line_of(key),
+                             f"{where}: entity type {e!r} must be upper-case letters, digits, '_' (globs: * ?)")
+    return Globs.of(items)
+
+
+def _globs(path: str | Path, m: rulesfile.Mapping, key: str, where: str) -> Globs:
+    items = _strings(path, m, key, where)
+    for g in items:
+        if g.startswith("re:"):
+            try:
+                re.compile(g[3:])
+            except re.error as e:
+                raise RulesError(path, m.line_of(key), f"{where}: bad regular expression {g!r} in {key!r}: {e}") \
+                    from None
+        elif g.count("[") != g.count("]"):
+            raise RulesError(path, m.line_of(key), f"{where}: bad glob {g!r} in {key!r} (unbalanced brackets)")
+    return Globs.of(items)
+
+
+def _range(path: str | Path, m: rulesfile.Mapping, key: str, where: str) -> Range:
+    r = rulesfile.check_keys(path, m[key], f"{where} {key}", set(), {"min", "max"})
+    bounds = {k: parse_size(path, r.line_of(k), r[k], f"{where} {key}.{k}") for k in ("min", "max") if k in r}
+    if not bounds:
+        raise RulesError(path, m.line_of(key), f"{where}: {key!r} needs 'min' or 'max'")
+    if "min" in bounds and "max" in bounds and bounds["min"] > bounds["max"]:
+        raise RulesError(path, m.line_of(key), f"{where}: {key!r} min is larger than max")
+    return Range(bounds.get("min"), bounds.get("max"))
+
+
+def parse_size(path: str | Path, line: int, value: Any, where: str) -> int:
+    """100, "100k", "10MB", "2 GB": decimal units, since these are limits people write, not memory pages."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (m := _SIZE_RX.fullmatch(value.strip())):
+        return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    raise RulesError(path, line, f"{where}: {value!r} is not a size (a number, or like 100k, 10MB)")
+
+
+def parse_network(path: str | Path, line: int, value: str, where: str) -> Network:
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError as e:
+        raise RulesError(path, line, f"{where}: bad CIDR {value!r}: {e}") from None
+
+
+def _strings(path: str | Path, m: rulesfile.Mapping, key: str, where: str) -> list[str]:
+    value = m[key]
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise RulesError(path, m.line_of(key), f"{where}: {key!r} must be a non-empty list of strings")
+    return list(value)
+
+
+def _choice(path: str | Path, m: rulesfile.Mapping, key: str, allowed: tuple[str, ...], default: str | None,
+            where: str) -> str:
+    value = m.get(key, default)
+    if value not in allowed:
+        raise RulesError(path, m.line_of(key), f"{where}: {key!r} must be one of {', '.join(allowed)}, "
+                                               f"not {value!r}")
+    return value
+
+
+def _bool(path: str | Path, m: rulesfile.Mapping, key: str, where: str) -> bool | None:
+    value = m.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise RulesError(path, m.line_of(key), f"{where}: {key!r} must be true or false")
+    return value
+
+
+def _text(path: str | Path, m: rulesfile.Mapping, key: str, where: str) -> str:
+    value = m.get(key, "")
+    if not isinstance(value, str):
+        raise RulesError(path, m.line_of(key), f"{where}: {key!r} must be text")
+    return value.strip()

@@ -1,0 +1,106 @@
+"""Every rules file of a folder, loaded and checked together.
+
+The gateway swaps rules only as a whole: a policy naming a service that the new catalog dropped must be refused
+along with the catalog edit, never half-applied. `check()` is what `gateway rules check` prints: each file on
+its own, so one broken file does not hide the errors of the others.
+
+Files: endpoints.yaml (core.catalog, required), policy.yaml, identity.yaml, recognizers.yaml (dlp.rules, when the
+DLP package provides it); a missing optional file means its defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.catalog import Catalog
+from core.rulesfile import RulesError
+from policy import identity, language
+from policy.identity import IdentityConfig
+from policy.language import Policy
+
+ENDPOINTS, POLICY, IDENTITY, RECOGNIZERS = "endpoints.yaml", "policy.yaml", "identity.yaml", "recognizers.yaml"
+FILES = (ENDPOINTS, POLICY, IDENTITY, RECOGNIZERS)
+
+
+@dataclass
+class RuleSet:
+    folder: Path
+    catalog: Catalog
+    policy: Policy
+    identity: IdentityConfig
+    recognizers: Any = None  # whatever dlp.rules.load returns, when the DLP package has a loader
+    digests: dict[str, str] = field(default_factory=dict)  # file name -> sha256 prefix of what was loaded
+
+
+def load_policy(folder: Path, catalog: Catalog) -> Policy:
+    path = folder / POLICY
+    return language.load(path, catalog) if path.exists() else Policy()
+
+
+def load_identity(folder: Path) -> IdentityConfig:
+    path = folder / IDENTITY
+    return identity.load(path) if path.exists() else IdentityConfig()
+
+
+def recognizers_loader():
+    """dlp.rules.load, if the DLP package offers one (it is built alongside the policy)."""
+    try:
+        module = importlib.import_module("dlp.rules")
+    except ImportError:
+        return None
+    return getattr(module, "load", None)
+
+
+def load(folder: str | Path) -> RuleSet:
+    """All files, or the first RulesError."""
+    folder = Path(folder)
+    loaded_digests = digests(folder)  # before reading: a file changed while loading is reloaded again
+    catalog = Catalog.load(folder / ENDPOINTS)
+    rules = RuleSet(folder, catalog, load_policy(folder, catalog), load_identity(folder),
+                    digests=loaded_digests)
+    loader = recognizers_loader()
+    if loader is not None and (folder / RECOGNIZERS).exists():
+        rules.recognizers = loader(folder / RECOGNIZERS)
+    return rules
+
+
+def check(folder: str | Path) -> list[RulesError]:
+    """Every file checked on its own; the policy against the catalog when the catalog loads."""
+    folder = Path(folder)
+    errors: list[RulesError] = []
+    catalog = None
+    try:
+        catalog = Catalog.load(folder / ENDPOINTS)
+    except RulesError as e:
+        errors.append(e)
+    if catalog is not None:
+        try:
+            load_policy(folder, catalog)
+        except RulesError as e:
+            errors.append(e)
+    try:
+        load_identity(folder)
+    except RulesError as e:
+        errors.append(e)
+    loader = recognizers_loader()
+    if loader is not None and (folder / RECOGNIZERS).exists():
+        try:
+            loader(folder / RECOGNIZERS)
+        except RulesError as e:
+            errors.append(e)
+    return errors
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """What each present rules file holds (a sha256 prefix): tells an edit from a touch, and which is active."""
+    out = {}
+    for name in FILES:
+        try:
+            out[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()[:12]
+        except OSError:
+            continue
+    return out
