@@ -4,7 +4,8 @@ The embedded store can be opened by one process only (stack-facts), so `gateway 
 the gateway runs. Instead the gateway listens on a Unix socket (mode 0600: only its owner may read the audit) and
 runs the same named, parameterized queries (`storage.queries.QUERIES`) for the CLI. Protocol: one JSON request
 line `{"query": name, "params": {...}}`, one JSON response line `{"columns": [...], "rows": [...]}` or
-`{"error": message}`. Queries run in a thread, never on the event loop.
+`{"error": message}`. Queries run in a thread, never on the event loop. The `status` request answers with the
+audit writer's health (queue depth, spool size, failures) instead of a query.
 """
 
 from __future__ import annotations
@@ -70,10 +71,14 @@ class AdminSocket:
 
     async def _answer(self, line: bytes) -> dict:
         audit = ctx.master.addons.get("audit")
-        if audit is None or audit.store is None:
-            return {"error": "the gateway has no audit store open"}
         try:
             request = orjson.loads(line)
+            if request["query"] == "status" and audit is not None and audit.writer is not None:
+                status = audit.writer.status()
+                return {"columns": list(status), "rows": [list(status.values())]}
+            if audit is None or audit.store is None:
+                return {"error": "the gateway has no audit store open" if audit is None or audit.writer is None
+                        else "the audit store is not connected yet (events wait in the spool)"}
             query = QUERIES[request["query"]]
             params = request.get("params") or {}
             if not isinstance(params, dict):

@@ -1,73 +1,195 @@
-"""Record every AI exchange as an audit event.
+"""Record every AI exchange, and every tunnelled AI connection, as an audit record that is never lost.
 
 A flow can end in `response` or in `error` (clients close a stream as soon as they read its end marker): both
-hooks write the event, once. Events go to the `AuditWriter` queue without waiting; the writer batches them into
-ClickHouse from its own thread. The store is opened in `configure`, before the proxy accepts traffic, so a bad
-`--audit` URL stops start-up with a clear error instead of failing on the first request.
+hooks write the event, once. The event goes to the `AuditWriter`, and the hook then waits (asynchronously: the
+event loop keeps serving other flows) until the writer says it is durable in the local spool, so a client never
+receives an answer whose audit record a crash could still lose. If the spool does not confirm within
+`SPOOL_WAIT` the client is answered anyway and the delay is logged: auditing never takes the proxy down.
+
+Connections that are tunnelled instead of decrypted (do-not-decrypt AI hosts, shadow-AI domains in the catalog)
+are recorded when the client disconnects, with what mitmproxy knows of an ignored connection: client, host,
+server address, start and duration (it does not count the bytes of a connection it does not intercept).
+
+The embedded store is opened in `configure`, before the proxy accepts traffic, so a bad `--audit` URL or a
+store held by another process stops start-up with a clear error. A ClickHouse server is connected by the writer
+in the background: a server that is down at start-up does not stop the proxy, its events wait in the spool.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import time
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from pathlib import Path
 
-from mitmproxy import ctx, http
+from mitmproxy import connection, ctx, http, tls
 from mitmproxy.exceptions import OptionsError
 
+from core.audit import CAPTURE_LEVELS, ConnectionEvent
 from core.interaction import KEY, Interaction
+from storage.schema import METADATA_TTL_DAYS, TEXT_TTL_DAYS
 from storage.store import AuditUrl, AuditUrlError, Store, StoreLockedError
 from storage.writer import AuditWriter
 
 log = logging.getLogger(__name__)
 
+SPOOL_WAIT = 5.0  # seconds a response waits for its audit record to be durable before going out anyway
+STORE_OPTIONS = {"gateway_audit", "gateway_audit_password_file", "gateway_audit_cluster", "gateway_audit_spool",
+                 "gateway_text_ttl_days", "gateway_metadata_ttl_days"}
+
+
+def default_spool(url: AuditUrl) -> Path:
+    """Beside the embedded store's folder; in mitmproxy's confdir for a server."""
+    if url.scheme == "chdb":
+        return Path(url.path.rstrip("/") + "-spool.sqlite")
+    return Path(os.path.expanduser(ctx.options.confdir)) / f"audit-spool-{url.host}-{url.port}.sqlite"
+
 
 class Audit:
     def __init__(self) -> None:
-        self.store: Store | None = None
         self.writer: AuditWriter | None = None
+        self._tunnels: dict[str, ConnectionEvent] = {}  # client connection id -> record being built
+        self._proxy_users: dict[str, str] = {}  # client connection id -> proxy-auth user of its CONNECT
+
+    @property
+    def store(self) -> Store | None:
+        return self.writer.store if self.writer else None
 
     def load(self, loader) -> None:
         loader.add_option("gateway_audit", str, "",
-                          "Audit store: chdb:///path (embedded ClickHouse) or http(s)://user:pass@host:port/db. "
+                          "Audit store: chdb:///path (embedded ClickHouse) or http(s)://user@host:port/db. "
                           "Empty: audit disabled (events are only logged).")
+        loader.add_option("gateway_audit_password_file", str, "",
+                          "File whose first line is the audit store password (else $GATEWAY_AUDIT_PASSWORD).")
+        loader.add_option("gateway_audit_cluster", str, "",
+                          "ClickHouse cluster name: create the schema ON CLUSTER, Replicated tables behind "
+                          "Distributed ones.")
+        loader.add_option("gateway_audit_spool", str, "",
+                          "Local spool file (SQLite) every audit record passes through before ClickHouse. "
+                          "Default: beside the embedded store, or in the confdir.")
+        loader.add_option("gateway_capture", str, "redacted",
+                          "How much text audit events keep: metadata (none), redacted (DLP findings masked), "
+                          "full (raw).", choices=list(CAPTURE_LEVELS))
+        loader.add_option("gateway_text_ttl_days", int, TEXT_TTL_DAYS,
+                          "Days prompt and completion text are kept in the audit store.")
+        loader.add_option("gateway_metadata_ttl_days", int, METADATA_TTL_DAYS,
+                          "Days audit metadata (who, what service, decision, findings) is kept.")
 
     def configure(self, updated: set[str]) -> None:
-        if "gateway_audit" not in updated:
+        if not updated & STORE_OPTIONS:
             return
+        o = ctx.options
+        if o.gateway_text_ttl_days < 1 or o.gateway_metadata_ttl_days < 1:
+            raise OptionsError("gateway_text_ttl_days and gateway_metadata_ttl_days must be at least 1")
+        if o.gateway_text_ttl_days > o.gateway_metadata_ttl_days:
+            raise OptionsError(f"gateway_text_ttl_days ({o.gateway_text_ttl_days}) cannot be longer than "
+                               f"gateway_metadata_ttl_days ({o.gateway_metadata_ttl_days})")
         self._close()
-        if not ctx.options.gateway_audit:
+        if not o.gateway_audit:
             return
         try:
-            url = AuditUrl.parse(ctx.options.gateway_audit)
-            self.store = Store.open(url)
+            url = AuditUrl.parse(o.gateway_audit).with_password(password_file=o.gateway_audit_password_file)
+            spool = Path(o.gateway_audit_spool) if o.gateway_audit_spool else default_spool(url)
+
+            def open_store() -> Store:
+                return Store.open(url, text_ttl_days=o.gateway_text_ttl_days,
+                                  metadata_ttl_days=o.gateway_metadata_ttl_days, cluster=o.gateway_audit_cluster)
+
+            if url.scheme == "chdb":
+                self.writer = AuditWriter(spool, store=open_store())
+            else:
+                self.writer = AuditWriter(spool, open_store=open_store)
         except (AuditUrlError, StoreLockedError) as e:
             raise OptionsError(str(e)) from None
-        self.writer = AuditWriter(self.store)
-        log.info("audit store: %s", url.redacted)
+        except OSError as e:
+            raise OptionsError(f"cannot open the audit spool: {e}") from None
+        log.info("audit store: %s (capture: %s, text kept %d days, metadata %d days, spool %s)", url.redacted,
+                 o.gateway_capture, o.gateway_text_ttl_days, o.gateway_metadata_ttl_days, spool)
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._record(flow)
+    # --- AI exchanges ------------------------------------------------------------------------------------------
 
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._record(flow)
+    async def response(self, flow: http.HTTPFlow) -> None:
+        await self._record(flow)
 
-    def _record(self, flow: http.HTTPFlow) -> None:
+    async def error(self, flow: http.HTTPFlow) -> None:
+        await self._record(flow)
+
+    async def _record(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
-        if it is None or it.audited:
-            return
+        if it is not None:
+            await self._accepted(self.record(it), it.event_id)
+
+    def record(self, it: Interaction) -> Future | None:
+        """Submit an interaction's event, once; the future says when it is durable (None: nothing submitted).
+        Public for interactions that are not an HTTP flow's own, such as WebSocket conversation turns
+        (addons/websocket.py), which must not wait for it: their messages are already relayed."""
+        if it.audited:
+            return None
         it.audited = True
-        event = it.to_event()
+        event = it.to_event(ctx.options.gateway_capture)
         log.info("AI %s %s %s model=%s decision=%s status=%s", event.service, event.operation, event.user or
                  event.client_addr, event.model or "-", event.decision, event.status)
-        if self.writer is not None:
-            self.writer.submit(event)
+        return self.writer.submit(event) if self.writer is not None else None
+
+    @staticmethod
+    async def _accepted(accepted: Future | None, event_id: str) -> None:
+        if accepted is None:
+            return  # refused (queue full): the writer counted and logged it
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(accepted), SPOOL_WAIT)
+        except TimeoutError:
+            log.error("audit event %s not yet durable after %.0fs: answering the client anyway", event_id,
+                      SPOOL_WAIT)
+        except Exception:  # the writer logged the spool failure
+            pass
+
+    # --- tunnelled AI connections ------------------------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        user = flow.metadata.get("proxyauth")
+        if user:
+            self._proxy_users[flow.client_conn.id] = user[0]
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """Runs after Recognise decided: an ignored connection to a catalog host is AI use we cannot see into."""
+        if not data.ignore_connection or self.writer is None:
+            return
+        recognise = ctx.master.addons.get("recognise")
+        server = data.context.server.address
+        host = data.client_hello.sni or (server[0] if server else "")
+        match = recognise.catalog.match(host) if recognise and recognise.catalog and host else None
+        if match is None:
+            return
+        client = data.context.client
+        self._tunnels[client.id] = ConnectionEvent(
+            client_addr=client.peername[0] if client.peername else "", user=self._proxy_users.get(client.id, ""),
+            host=host, server_addr=f"{server[0]}:{server[1]}" if server else "", service=match.service.id,
+            category=match.service.category, sanctioned=match.service.sanctioned,
+            reason=match.reason or "do not decrypt")
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._proxy_users.pop(client.id, None)
+        record = self._tunnels.pop(client.id, None)
+        if record is None or self.writer is None:
+            return
+        start = client.timestamp_start or time.time()
+        record.ts = datetime.fromtimestamp(start, UTC)
+        record.duration_ms = round(((client.timestamp_end or time.time()) - start) * 1000, 3)
+        record.error = str(client.error or "")
+        log.info("AI tunnel %s %s %s %.0fms", record.service, record.host, record.user or record.client_addr,
+                 record.duration_ms)
+        self.writer.submit(record)
 
     def done(self) -> None:
         self._close()
 
     def _close(self) -> None:
         if self.writer is not None:
+            store = self.writer.store
             self.writer.close()
             self.writer = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+            if store is not None:
+                store.close()

@@ -1,10 +1,17 @@
 """The audit schema, as ordered migrations applied on start.
 
 Each migration has a version and its DDL; `schema_migrations` records what was applied, so a store created by an
-older gateway is brought forward and a newer one is never touched by an older binary. Design notes (see
-lessons-from-peers.md): one row per AI exchange in a ReplacingMergeTree keyed so that a re-sent event (same
-event_id, same values) collapses; monthly partitions; LowCardinality for the columns people group by; ZSTD on
-text; prompt and completion text expire sooner than metadata.
+older gateway is brought forward and a newer one is never touched by an older binary. A migration, once shipped,
+is never edited: the next change is a new version. Design notes (see lessons-from-peers.md): one row per AI
+exchange in a ReplacingMergeTree keyed so that a re-sent event (same event_id, same values) collapses, which is
+what makes the at-least-once writer exactly-once for readers (queries use FINAL); monthly partitions;
+LowCardinality for the columns people group by; ZSTD on text; prompt and completion text expire sooner than
+metadata (column TTL vs table TTL).
+
+Cluster mode (`Target(cluster="name")`) renders the same migrations as `ON CLUSTER` DDL: each table becomes a
+Replicated*MergeTree `<name>_local` on every node, and `<name>` a Distributed table over it, sharded by
+event_id so the duplicates of one event meet on one shard where FINAL collapses them. Readers and writers use
+`<name>` in both modes.
 """
 
 from __future__ import annotations
@@ -14,6 +21,10 @@ from dataclasses import dataclass
 TEXT_TTL_DAYS = 30
 METADATA_TTL_DAYS = 400
 
+#: Columns whose content is text a person typed or a model wrote: they carry the short text TTL.
+TEXT_COLUMNS = {"events": ("prompt", "completion", "justification")}
+TEXT_TYPE = "String CODEC(ZSTD(3))"
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -22,12 +33,62 @@ class Migration:
     statements: tuple[str, ...]
 
 
-def migrations(text_ttl_days: int = TEXT_TTL_DAYS, metadata_ttl_days: int = METADATA_TTL_DAYS) -> list[Migration]:
-    text_ttl = f"TTL toDateTime(ts) + INTERVAL {int(text_ttl_days)} DAY"
+@dataclass(frozen=True)
+class Target:
+    """Where DDL goes: one server (embedded chdb or http) or a cluster (`ON CLUSTER`, Replicated + Distributed)."""
+
+    cluster: str = ""
+    database: str = "default"
+
+    @property
+    def on(self) -> str:
+        return f" ON CLUSTER '{self.cluster}'" if self.cluster else ""
+
+    def local(self, table: str) -> str:
+        """The table that holds the rows: `table` itself, or `table_local` behind a Distributed table."""
+        return f"{table}_local" if self.cluster else table
+
+    def engine(self, kind: str, table: str) -> str:
+        if not self.cluster:
+            return kind
+        return f"Replicated{kind}('/clickhouse/tables/{{shard}}/{self.database}/{table}_local', '{{replica}}')"
+
+    def create(self, table: str, columns: str, kind: str, tail: str) -> tuple[str, ...]:
+        stmts = [f"CREATE TABLE IF NOT EXISTS {self.local(table)}{self.on} ({columns}) "
+                 f"ENGINE = {self.engine(kind, table)} {tail}"]
+        if self.cluster:
+            stmts.append(f"CREATE TABLE IF NOT EXISTS {table}{self.on} AS {self.local(table)} "
+                         f"ENGINE = Distributed('{self.cluster}', '{self.database}', '{self.local(table)}', "
+                         f"cityHash64(event_id))")
+        return tuple(stmts)
+
+    def alter(self, table: str, action: str) -> tuple[str, ...]:
+        """An ALTER on the table that holds the rows (indexes, TTLs: not on a Distributed table)."""
+        return (f"ALTER TABLE {self.local(table)}{self.on} {action}",)
+
+    def add_columns(self, table: str, columns: tuple[tuple[str, str, str], ...]) -> tuple[str, ...]:
+        """ADD COLUMN for (name, type, storage clauses); a Distributed table gets name and type only, since it
+        stores nothing (codecs and TTLs belong to the local tables)."""
+        def clause(with_storage: bool) -> str:
+            return ", ".join(f"ADD COLUMN IF NOT EXISTS {name} {type_} {storage if with_storage else ''}".rstrip()
+                             for name, type_, storage in columns)
+        stmts = self.alter(table, clause(True))
+        if self.cluster:
+            stmts += (f"ALTER TABLE {table}{self.on} {clause(False)}",)
+        return stmts
+
+
+def text_ttl(days: int) -> str:
+    return f"TTL toDateTime(ts) + INTERVAL {int(days)} DAY"
+
+
+def migrations(text_ttl_days: int = TEXT_TTL_DAYS, metadata_ttl_days: int = METADATA_TTL_DAYS,
+               target: Target = Target()) -> list[Migration]:
+    t = target
+    ttl = text_ttl(text_ttl_days)
+    meta_ttl = f"TTL toDateTime(ts) + INTERVAL {int(metadata_ttl_days)} DAY"
     return [
-        Migration(1, "events table", (
-            f"""
-            CREATE TABLE IF NOT EXISTS events (
+        Migration(1, "events table", t.create("events", f"""
                 event_id UUID,
                 ts DateTime64(3, 'UTC'),
                 client_addr String,
@@ -41,8 +102,8 @@ def migrations(text_ttl_days: int = TEXT_TTL_DAYS, metadata_ttl_days: int = META
                 operation LowCardinality(String),
                 model LowCardinality(String),
                 stream Bool,
-                prompt String CODEC(ZSTD(3)) {text_ttl},
-                completion String CODEC(ZSTD(3)) {text_ttl},
+                prompt String CODEC(ZSTD(3)) {ttl},
+                completion String CODEC(ZSTD(3)) {ttl},
                 prompt_sha256 String,
                 input_tokens Nullable(UInt32),
                 output_tokens Nullable(UInt32),
@@ -57,20 +118,89 @@ def migrations(text_ttl_days: int = TEXT_TTL_DAYS, metadata_ttl_days: int = META
                 warnings Array(String),
                 error String,
                 INDEX prompt_ngram prompt TYPE ngrambf_v1(3, 65536, 2, 0) GRANULARITY 4
-            )
-            ENGINE = ReplacingMergeTree
+            """, "ReplacingMergeTree", f"""
             PARTITION BY toYYYYMM(ts)
             ORDER BY (service, user, ts, event_id)
-            TTL toDateTime(ts) + INTERVAL {int(metadata_ttl_days)} DAY
-            """,
+            {meta_ttl}
+            """)),
+        Migration(2, "identity, DLP findings, capture level, tunnelled connections, dashboard views", (
+            *t.add_columns("events", (
+                ("groups", "Array(LowCardinality(String))", ""),
+                ("source", "LowCardinality(String) DEFAULT 'http'", ""),
+                ("capture", "LowCardinality(String) DEFAULT 'full'", ""),  # v1 stored raw text
+                ("rule_id", "LowCardinality(String)", ""),
+                ("justification", "String", f"CODEC(ZSTD(3)) {ttl}"),
+                ("finish_reason", "LowCardinality(String)", ""),
+                ("entity_types", "Array(LowCardinality(String))", ""),
+                ("entity_counts", "Array(UInt32)", ""),
+                ("finding_entities", "Array(LowCardinality(String))", ""),
+                ("finding_parts", "Array(UInt16)", ""),
+                ("finding_starts", "Array(UInt32)", ""),
+                ("finding_ends", "Array(UInt32)", ""),
+                ("finding_scores", "Array(Float32)", ""),
+                ("inserted_at", "DateTime64(3, 'UTC') DEFAULT now64(3)", ""),  # what `audit tail` follows
+            )),
+            *t.alter("events", "ADD INDEX IF NOT EXISTS entity_bf entity_types TYPE bloom_filter GRANULARITY 4"),
+            *t.alter("events", "ADD INDEX IF NOT EXISTS sha_bf prompt_sha256 TYPE bloom_filter GRANULARITY 4"),
+            *t.create("connections", """
+                event_id UUID,
+                ts DateTime64(3, 'UTC'),
+                client_addr String,
+                user LowCardinality(String),
+                host LowCardinality(String),
+                server_addr String,
+                service LowCardinality(String),
+                category LowCardinality(String),
+                sanctioned Bool,
+                reason String,
+                duration_ms Float32,
+                bytes_sent Nullable(UInt64),
+                bytes_received Nullable(UInt64),
+                error String,
+                inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
+            """, "ReplacingMergeTree", f"""
+            PARTITION BY toYYYYMM(ts)
+            ORDER BY (service, user, ts, event_id)
+            {meta_ttl}
+            """),
+            # Views for dashboards and reports. Each reads deduplicated rows (FINAL), so a replayed event is
+            # counted once; WHERE clauses on ts are pushed into them by the optimizer.
+            f"""CREATE VIEW IF NOT EXISTS audit_events{t.on} AS SELECT * FROM events FINAL""",
+            f"""CREATE VIEW IF NOT EXISTS audit_findings{t.on} AS
+                SELECT event_id, ts, user, groups, service, category, decision, model, entity_type,
+                       entity_count
+                FROM events FINAL
+                ARRAY JOIN entity_types AS entity_type, entity_counts AS entity_count""",
+            f"""CREATE VIEW IF NOT EXISTS audit_ai_use{t.on} AS
+                SELECT ts, 'exchange' AS kind, user, client_addr, host, service, category, sanctioned, decision,
+                       toNullable(request_bytes + response_bytes) AS bytes
+                FROM events FINAL
+                UNION ALL
+                SELECT ts, 'connection' AS kind, user, client_addr, host, service, category, sanctioned,
+                       'tunnel' AS decision, bytes_sent + bytes_received AS bytes
+                FROM connections FINAL""",
         )),
     ]
 
 
-MIGRATIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version UInt32,
-    description String,
-    applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
-) ENGINE = MergeTree ORDER BY version
-"""
+def modify_ttl(table: str, column: str | None, days: int, target: Target = Target()) -> tuple[str, ...]:
+    """DDL that changes a TTL on an existing store: the table's (metadata) TTL, or a text column's."""
+    if column is None:
+        return target.alter(table, f"MODIFY TTL toDateTime(ts) + INTERVAL {int(days)} DAY")
+    return target.alter(table, f"MODIFY COLUMN {column} {TEXT_TYPE} {text_ttl(days)}")
+
+
+def migrations_table(target: Target = Target()) -> tuple[str, ...]:
+    return (f"CREATE TABLE IF NOT EXISTS schema_migrations{target.on} (version UInt32, description String, "
+            f"applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+            f"ENGINE = {target.engine('MergeTree', 'schema_migrations')} ORDER BY version",)
+
+
+def render(target: Target, text_ttl_days: int = TEXT_TTL_DAYS,
+           metadata_ttl_days: int = METADATA_TTL_DAYS) -> str:
+    """All DDL as one script, for a DBA to review and run (`gateway audit schema --cluster NAME`)."""
+    stmts = [*migrations_table(target)]
+    for m in migrations(text_ttl_days, metadata_ttl_days, target):
+        stmts.append(f"-- v{m.version}: {m.description}")
+        stmts.extend(m.statements)
+    return "\n".join(s.strip() + (";" if not s.startswith("--") else "") for s in stmts) + "\n"

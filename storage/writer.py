@@ -1,97 +1,288 @@
-"""The audit writer: takes events from the proxy without ever blocking it, and writes them in batches.
+"""The audit writer: takes records from the proxy without ever blocking it, and never loses one it accepted.
 
-Inserts cost 12-15 ms each whatever their size (stack-facts), so events are batched by count and by time in a
-background thread. `submit` is a non-blocking put on a bounded queue: the proxy's event loop never waits for
-ClickHouse. A failed insert is retried with backoff while the batch stays in memory (bounded by the queue);
-what could not be kept is counted and logged, never silently lost.
+Every record goes through a local spool before ClickHouse (a write-ahead log: SQLite in WAL mode):
+
+    proxy event loop --submit()--> bounded queue --[spool thread]--> spool.sqlite --[ship thread]--> ClickHouse
+
+* `submit` is a non-blocking put; it returns a future that resolves once the record is durable in the spool
+  (group commit: one transaction for whatever arrived meanwhile). That is the moment a record is *accepted*: from
+  then on a `kill -9` of the gateway cannot lose it (SQLite WAL survives a process crash; `synchronous=NORMAL`
+  trades only the last transactions on a power loss). The audit addon waits on the future (asynchronously, the
+  event loop keeps serving) before the client gets its response.
+* The ship thread sends the oldest spooled rows to ClickHouse in batches (by size, and by time:
+  `flush_interval`), then deletes them from the spool. If ClickHouse is unreachable or slow the spool grows on disk
+  while memory stays bounded (the queue, one batch); when it answers again the backlog is replayed in order, and
+  on start-up whatever a previous process left is replayed first. A crash between insert and delete replays rows
+  ClickHouse already has: at-least-once, and the ReplacingMergeTree (read with FINAL) collapses the duplicates by
+  event_id.
+* A row ClickHouse rejects while it is healthy (a bad value, not an outage) would block the spool forever: the
+  batch is retried row by row and a rejected row is moved to the spool's `rejected` table, kept and counted.
+
+Queue depth, spool size and failures are logged on every failure and on recovery, and `status()` reports them
+(the admin socket's `gateway audit status`).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
 
-from core.audit import AuditEvent
+import orjson
+
+from core.audit import AuditEvent, ConnectionEvent
 from storage.store import Store
 
 log = logging.getLogger(__name__)
 
+TABLE_OF = {AuditEvent: "events", ConnectionEvent: "connections"}
+
+_SPOOL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, row BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS rejected (seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL, row BLOB NOT NULL,
+                                     error TEXT NOT NULL, at REAL NOT NULL);
+"""
+
+
+def open_spool(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SPOOL_SCHEMA)
+    return db
+
+
+def spool_counts(path: Path) -> dict[str, int]:
+    """Rows waiting and rows rejected in a spool file (for `gateway audit status` without a gateway)."""
+    if not path.exists():
+        return {"spooled": 0, "rejected": 0}
+    db = open_spool(path)
+    try:
+        return {"spooled": db.execute("SELECT count(*) FROM spool").fetchone()[0],
+                "rejected": db.execute("SELECT count(*) FROM rejected").fetchone()[0]}
+    finally:
+        db.close()
+
+
+@dataclass
+class _Item:
+    record: AuditEvent | ConnectionEvent | None  # None: stop
+    accepted: Future
+
 
 class AuditWriter:
-    def __init__(self, store: Store, *, batch_size: int = 1000, flush_interval: float = 0.5,
-                 max_queue: int = 100_000):
+    def __init__(self, spool_path: Path, *, store: Store | None = None,
+                 open_store: Callable[[], Store] | None = None, batch_size: int = 1000,
+                 flush_interval: float = 0.5, max_queue: int = 100_000, max_backoff: float = 10.0):
+        """`store` (already open, e.g. chdb) or `open_store` (called by the ship thread until it succeeds, so a
+        ClickHouse server that is down at start-up does not stop the proxy)."""
+        if store is None and open_store is None:
+            raise ValueError("AuditWriter needs a store or a way to open one")
         self.store = store
+        self._open_store = open_store
+        self.spool_path = Path(spool_path)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
-        self.queue: queue.Queue[AuditEvent | None] = queue.Queue(maxsize=max_queue)
+        self.max_backoff = max_backoff
+        self.queue: queue.Queue[_Item] = queue.Queue(maxsize=max_queue)
         self.written = 0
-        self.dropped = 0
-        self.failures = 0
-        self._idle = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-        self._thread.start()
+        self.dropped = 0  # refused at submit (queue full) or not made durable (spool write failed)
+        self.failures = 0  # failed attempts to write to ClickHouse
+        self.rejected = 0
+        self.last_error = ""
+        self._spool = open_spool(self.spool_path)
+        self.spooled = self._spool.execute("SELECT count(*) FROM spool").fetchone()[0]
+        self.rejected = self._spool.execute("SELECT count(*) FROM rejected").fetchone()[0]
+        if self.spooled:
+            log.warning("audit spool %s holds %d records from before: replaying", self.spool_path, self.spooled)
+        self._ship_db = open_spool(self.spool_path)
+        self._count_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._spool_thread = threading.Thread(target=self._spool_loop, name="audit-spool", daemon=True)
+        self._ship_thread = threading.Thread(target=self._ship_loop, name="audit-ship", daemon=True)
+        self._spool_thread.start()
+        self._ship_thread.start()
 
-    def submit(self, event: AuditEvent) -> bool:
-        """Queue an event; False (and counted) when the queue is full."""
+    # --- the proxy's side --------------------------------------------------------------------------------------
+
+    def submit(self, record: AuditEvent | ConnectionEvent) -> Future | None:
+        """Queue a record without waiting. The future resolves (True) when it is durable in the spool; None when
+        the queue is full (counted and logged: the one way a record is refused)."""
+        item = _Item(record, Future())
         try:
-            self.queue.put_nowait(event)
-            self._idle.clear()
-            return True
+            self.queue.put_nowait(item)
         except queue.Full:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.error("audit queue full: %d events dropped so far", self.dropped)
-            return False
+                log.error("audit queue full (%d): %d records refused so far", self.queue.maxsize, self.dropped)
+            return None
+        return item.accepted
+
+    def status(self) -> dict[str, object]:
+        return {"queued": self.queue.qsize(), "spooled": self.spooled, "written": self.written,
+                "failures": self.failures, "dropped": self.dropped, "rejected": self.rejected,
+                "store": self.store.url.redacted if self.store else "not connected",
+                "last_error": self.last_error, "spool": str(self.spool_path)}
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything submitted so far is written (tests, shutdown)."""
+        """Wait until everything submitted so far is in ClickHouse (tests, benchmarks)."""
         deadline = time.monotonic() + timeout
-        while not (self.queue.empty() and self._idle.is_set()):
+        while self.queue.unfinished_tasks or self.spooled:
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.01)
+            self._wake.set()
+            time.sleep(0.005)
         return True
 
     def close(self, timeout: float = 10.0) -> None:
-        self.queue.put(None)
-        self._thread.join(timeout)
+        """Stop: everything queued is spooled; what ClickHouse did not take in `timeout` stays in the spool for
+        the next start. Nothing is dropped."""
+        self.queue.put(_Item(None, Future()))
+        self._spool_thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while self.spooled and time.monotonic() < deadline and self.store is not None and not self.last_error:
+            self._wake.set()
+            time.sleep(0.01)
+        self._stopping.set()
+        self._wake.set()
+        self._ship_thread.join(timeout)
+        if self.spooled:
+            log.warning("audit writer stopped with %d records in the spool %s; they are sent on next start",
+                        self.spooled, self.spool_path)
+        if not self._ship_thread.is_alive():  # else it is stuck in a slow insert; the daemon thread dies with us
+            self._spool.close()
+            self._ship_db.close()
 
-    def _run(self) -> None:
-        batch: list[AuditEvent] = []
-        closing = False
-        while not closing:
-            deadline = time.monotonic() + self.flush_interval
-            while len(batch) < self.batch_size:
+    # --- spool thread ------------------------------------------------------------------------------------------
+
+    def _spool_loop(self) -> None:
+        while True:
+            items = [self.queue.get()]
+            while len(items) < self.batch_size:
                 try:
-                    item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    items.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
-                if item is None:
-                    closing = True
-                    break
-                batch.append(item)
-            if batch:
-                self._write(batch, final=closing)
-                batch = []
-            if self.queue.empty():
-                self._idle.set()
-
-    def _write(self, batch: list[AuditEvent], final: bool) -> None:
-        delay = 0.2
-        while True:
-            try:
-                self.store.insert_events(batch)
-                self.written += len(batch)
+            records = [i for i in items if i.record is not None]
+            if records:
+                self._append(records)
+            for _ in items:
+                self.queue.task_done()
+            if len(records) < len(items):
                 return
-            except Exception as e:  # the store's failure types vary by backend; all mean "try again"
+
+    def _append(self, items: list[_Item]) -> None:
+        rows = [(TABLE_OF[type(i.record)], orjson.dumps(i.record.as_row())) for i in items]
+        try:
+            with self._count_lock:
+                with self._spool:  # one transaction: group commit
+                    self._spool.execute("BEGIN")
+                    self._spool.executemany("INSERT INTO spool (tbl, row) VALUES (?, ?)", rows)
+                self.spooled += len(items)
+        except sqlite3.Error as e:
+            self.dropped += len(items)
+            self.last_error = f"spool write failed: {e}"
+            log.error("audit spool %s write failed (%s): %d records NOT recorded", self.spool_path, e, len(items))
+            for i in items:
+                i.accepted.set_exception(e)
+            return
+        for i in items:
+            i.accepted.set_result(True)
+        if self.spooled >= self.batch_size:
+            self._wake.set()
+
+    # --- ship thread -------------------------------------------------------------------------------------------
+
+    def _ship_loop(self) -> None:
+        backoff, next_try = 0.0, 0.0
+        while not self._stopping.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            if not self.spooled or time.monotonic() < next_try:
+                continue
+            try:
+                while self.spooled and not self._stopping.is_set():
+                    self._ship_batch()
+                if backoff:
+                    log.warning("audit store back: spool drained, %d written so far", self.written)
+                backoff, self.last_error = 0.0, ""
+            except Exception as e:  # every backend failure means "keep it spooled, try again later"
                 self.failures += 1
-                log.error("audit insert of %d events failed (%s); retrying in %.1fs",
-                          len(batch), str(e).splitlines()[0][:200], delay)
-                if final:
-                    self.dropped += len(batch)
-                    log.error("audit writer closing: %d events not written", len(batch))
-                    return
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                backoff = min(max(backoff * 2, 0.2), self.max_backoff)
+                next_try = time.monotonic() + backoff
+                self.last_error = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                log.error("audit write failed (%s): %d spooled, %d queued, %d failures; retry in %.1fs",
+                          self.last_error, self.spooled, self.queue.qsize(), self.failures, backoff)
+
+    def _connected_store(self) -> Store:
+        if self.store is None:
+            assert self._open_store is not None
+            self.store = self._open_store()
+            log.info("audit store connected: %s", self.store.url.redacted)
+        return self.store
+
+    def _ship_batch(self) -> None:
+        store = self._connected_store()
+        rows = self._ship_db.execute("SELECT seq, tbl, row FROM spool ORDER BY seq LIMIT ?",
+                                     (self.batch_size,)).fetchall()
+        if not rows:  # the count drifted (it is only a hint for waking up): take the truth
+            with self._count_lock:
+                self.spooled = self._ship_db.execute("SELECT count(*) FROM spool").fetchone()[0]
+            return
+        try:
+            self._insert(store, rows)
+        except Exception:
+            if not self._healthy(store):
+                raise
+            self._insert_one_by_one(store, rows)
+        with self._count_lock:
+            self._ship_db.execute("DELETE FROM spool WHERE seq <= ?", (rows[-1][0],))
+            self.spooled -= len(rows)
+        self.written += len(rows)
+
+    @staticmethod
+    def _insert(store: Store, rows: list[tuple[int, str, bytes]]) -> None:
+        by_table: dict[str, list[dict]] = {}
+        for _, tbl, row in rows:
+            by_table.setdefault(tbl, []).append(orjson.loads(row))
+        for tbl, dicts in by_table.items():
+            store.insert(tbl, [_decode(tbl, d) for d in dicts])
+
+    @staticmethod
+    def _healthy(store: Store) -> bool:
+        try:
+            store.query("SELECT 1", {})
+            return True
+        except Exception:
+            return False
+
+    def _insert_one_by_one(self, store: Store, rows: list[tuple[int, str, bytes]]) -> None:
+        """The store is up but refused the batch: find the rows it refuses and set them aside."""
+        for row in rows:
+            try:
+                self._insert(store, [row])
+            except Exception as e:
+                if not self._healthy(store):
+                    raise
+                seq, tbl, data = row
+                self._ship_db.execute("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?, ?)",
+                                      (seq, tbl, data, str(e)[:2000], time.time()))
+                self.rejected += 1
+                log.error("audit store rejected record %d (%s); kept in %s table 'rejected'",
+                          seq, str(e).splitlines()[0][:200], self.spool_path)
+
+
+def _decode(table: str, row: dict) -> dict:
+    """A spooled row back to column values (timestamps travel as ISO text)."""
+    cls = AuditEvent if table == "events" else ConnectionEvent
+    return cls.from_row(row).as_row()
