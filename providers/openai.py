@@ -1,150 +1,113 @@
-"""OpenAI wire format: Chat Completions (and every OpenAI-compatible host that speaks it).
+"""OpenAI wire format, on api.openai.com, its regional hosts, Azure OpenAI / Foundry, and every OpenAI-compatible
+host (Groq, Together, Fireworks, DeepSeek, xAI, Perplexity, OpenRouter, Cerebras, Hugging Face router, Mistral).
 
-Reference: ai-endpoints.md §1.1.1 (request), §2.1 (response), §2.2.1 (stream chunks).
+Recognition is by the END of the path plus the body's shape, never by host: compatible hosts put the API under
+their own prefixes (`/openai/v1`, `/inference/v1`, `/api/v1`, none at all), and Azure puts a deployment in it
+(`/openai/deployments/{name}/chat/completions`, where the deployment name is the model when the body has none).
+Paths that only OpenAI uses (`/chat/completions`, `/responses`, `/embeddings`, `/completions`) are claimed by path
+alone, so a malformed body there is audited as an unparsed OpenAI exchange; generic paths (`/files`, `/threads`,
+`/audio/...`) are claimed only when the body has the expected shape (JSON object, or multipart for uploads), so
+another vendor's `/files` is left to its own parser.
+
+The operations live in providers/openai_*.py (one module per API family); this module routes to them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote
 
-from core.exchange import Attachment, Exchange, Message, ToolCall, ToolDefinition, ToolResult
-from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
-                            json_body, text_parts)
+from core.exchange import Exchange
+from providers import openai_assistants as assistants
+from providers import openai_chat as chat
+from providers import openai_media as media
+from providers import openai_responses as responses
+from providers.base import HttpRequest, ResponseParser
+# Re-exported for the parsers of formats that embed OpenAI chat (Mistral, Bedrock's OpenAI-style bodies).
+from providers.openai_chat import ChatStream, chat_response  # noqa: F401
 
-_NON_TEXT_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file"}
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    name: str
+    path: re.Pattern[str]  # searched at the end of the path
+    parse: Callable[[HttpRequest, Exchange], None]
+    responder: Callable[[Exchange, str], ResponseParser]
+    shape: str = "path"  # path: claimed by path alone | json: needs a JSON object body | multipart
+
+
+def _op(name: str, suffix: str, parse, responder, shape: str = "path") -> Operation:
+    return Operation(name, re.compile(f"/{suffix}$"), parse, responder, shape)
+
+
+_SEG = "[^/]+"
+OPERATIONS: tuple[Operation, ...] = (
+    _op("chat.completions", "chat/completions", chat.parse_chat, chat.chat_responder),
+    _op("completions", "completions", chat.parse_completions, chat.completions_responder),
+    _op("responses", "responses", responses.parse_request, responses.responder),
+    _op("responses.input_tokens", "responses/input_tokens", responses.parse_request,
+        responses.input_tokens_responder),
+    _op("embeddings", "embeddings", chat.parse_embeddings, chat.embeddings_responder),
+    _op("assistants", f"assistants(?:/{_SEG})?", assistants.parse_assistant, assistants.responder, "json"),
+    _op("threads", "threads", assistants.parse_thread, assistants.responder, "json"),
+    _op("threads.messages", f"threads/{_SEG}/messages", assistants.parse_message, assistants.responder, "json"),
+    _op("threads.runs", f"threads(?:/{_SEG})?/runs", assistants.parse_run, assistants.responder, "json"),
+    _op("threads.runs.submit_tool_outputs", f"threads/{_SEG}/runs/{_SEG}/submit_tool_outputs",
+        assistants.parse_tool_outputs, assistants.responder, "json"),
+    _op("files", "files", media.parse_file, media.metadata_responder, "multipart"),
+    _op("uploads", "uploads", media.parse_upload, media.metadata_responder, "json"),
+    _op("uploads.parts", f"uploads/{_SEG}/parts", media.parse_file, media.metadata_responder, "multipart"),
+    _op("uploads.complete", f"uploads/{_SEG}/complete", media.parse_upload_complete, media.metadata_responder,
+        "json"),
+    _op("audio.transcriptions", "audio/transcriptions", media.parse_transcription, media.transcription_responder,
+        "multipart"),
+    _op("audio.translations", "audio/translations", media.parse_transcription, media.transcription_responder,
+        "multipart"),
+    _op("audio.speech", "audio/speech", media.parse_speech, media.metadata_responder, "json"),
+    _op("images.generations", "images/generations", media.parse_image_generation, media.image_responder, "json"),
+    _op("images.edits", "images/edits", media.parse_image_edit, media.image_responder, "multipart"),
+    _op("images.variations", "images/variations", media.parse_image_edit, media.image_responder, "multipart"),
+)
+BY_NAME = {op.name: op for op in OPERATIONS}
+_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
+
+
+def _has_shape(op: Operation, req: HttpRequest) -> bool:
+    if op.shape == "multipart":
+        return req.content_type == "multipart/form-data"
+    if op.shape == "json":
+        return req.body.lstrip()[:1] == b"{"
+    return True
+
+
+def deployment(path: str) -> str:
+    """The Azure deployment named in the path ("" if none)."""
+    m = _DEPLOYMENT.search(path)
+    return unquote(m.group(1)) if m else ""
 
 
 class OpenAIProvider:
     name = "openai"
 
     def recognises(self, req: HttpRequest, hints: tuple[str, ...]) -> str | None:
-        if req.method == "POST" and req.path.endswith("/chat/completions"):
-            return "chat.completions"
+        if req.method != "POST":
+            return None
+        path = req.path.rstrip("/")
+        for op in OPERATIONS:
+            if op.path.search(path) and _has_shape(op, req):
+                return op.name
         return None
 
     def parse_request(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
-        body = json_body(req)
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            raise BodyError("chat completion body needs a 'messages' list")
-        exchange.model = str(body.get("model") or "")
-        exchange.stream = body.get("stream") is True
-        for i, raw in enumerate(body["messages"]):
-            if not isinstance(raw, dict):
-                exchange.warn(f"messages/{i}: not an object")
-                continue
-            self._message(raw, ("messages", i), exchange)
-        for i, tool in enumerate(body.get("tools") or []):
-            fn = tool.get("function") or tool.get("custom") if isinstance(tool, dict) else None
-            if isinstance(fn, dict):
-                exchange.tools.append(ToolDefinition(str(fn.get("name", "")), str(fn.get("description", "")),
-                                                     fn.get("parameters")))
-            else:
-                exchange.warn(f"tools/{i}: not understood")
-
-    def _message(self, raw: dict[str, Any], path: tuple, exchange: Exchange) -> None:
-        role = str(raw.get("role", ""))
-        content = raw.get("content")
-        parts = text_parts(content, (*path, "content"), exchange)
-        if role in ("system", "developer"):
-            exchange.system.extend(parts)
-            return
-        message = Message(role=role, parts=parts)
-        if isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and part.get("type") in _NON_TEXT_PARTS:
-                    message.attachments.append(_attachment(part))
-        for j, tc in enumerate(raw.get("tool_calls") or []):
-            fn = tc.get("function") if isinstance(tc, dict) else None
-            if isinstance(fn, dict):
-                message.tool_calls.append(ToolCall(str(fn.get("name", "")), str(fn.get("arguments", "")),
-                                                   str(tc.get("id", "")),
-                                                   (*path, "tool_calls", j, "function", "arguments")))
-        if role == "tool":
-            message.tool_results.append(ToolResult(str(raw.get("tool_call_id", "")),
-                                                   "\n".join(p.text for p in parts)))
-            message.parts = []
-        exchange.messages.append(message)
+        name = deployment(req.path)
+        if name:
+            exchange.model = name  # the body's model, if any, wins below
+        BY_NAME[operation].parse(req, exchange)
 
     def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
-        if content_type == "text/event-stream":
-            return ChatStream(exchange)
-        return BufferedJson(exchange, lambda data: chat_response(data, exchange))
-
-
-def _attachment(part: dict[str, Any]) -> Attachment:
-    kind = _NON_TEXT_PARTS[part["type"]]
-    inner = part.get(part["type"])
-    data, name, mime = "", "", ""
-    if isinstance(inner, dict):
-        data = inner.get("url") or inner.get("data") or inner.get("file_data") or ""
-        name = str(inner.get("filename") or inner.get("file_id") or "")
-        mime = str(inner.get("format") or "")
-    if isinstance(data, str) and data.startswith("data:"):
-        mime = data[5:].split(";", 1)[0]
-        size = len(data.split(",", 1)[-1]) * 3 // 4
-    elif isinstance(data, str) and data.startswith(("http://", "https://")):
-        name, size = name or data[:200], 0
-    else:
-        size = len(data) * 3 // 4 if isinstance(data, str) else 0
-    return Attachment(kind=kind, name=name, mime_type=mime, size=size)
-
-
-def _usage(exchange: Exchange, usage: Any) -> None:
-    if isinstance(usage, dict):
-        exchange.usage.input_tokens = usage.get("prompt_tokens", exchange.usage.input_tokens)
-        exchange.usage.output_tokens = usage.get("completion_tokens", exchange.usage.output_tokens)
-
-
-def chat_response(data: dict[str, Any], exchange: Exchange) -> None:
-    choices = data.get("choices") or []
-    texts = []
-    for choice in choices:
-        msg = choice.get("message") or {}
-        if isinstance(msg.get("content"), str):
-            texts.append(msg["content"])
-        for tc in msg.get("tool_calls") or []:
-            fn = tc.get("function") or {}
-            exchange.completion_tool_calls.append(ToolCall(str(fn.get("name", "")), str(fn.get("arguments", "")),
-                                                           str(tc.get("id", ""))))
-        exchange.finish_reason = exchange.finish_reason or str(choice.get("finish_reason") or "")
-    exchange.completion = "\n".join(texts)
-    exchange.model = str(data.get("model") or exchange.model)
-    _usage(exchange, data.get("usage"))
-
-
-class ChatStream(SseParser):
-    """Reassembles `chat.completion.chunk` frames: content deltas, tool-call argument deltas by index, the usage
-    chunk that arrives last when `stream_options.include_usage` is set."""
-
-    def __init__(self, exchange: Exchange):
-        super().__init__(exchange, self._on_event, self._on_finish)
-        self.text = CompletionBuffer(exchange)
-        self.tool_calls: dict[int, ToolCall] = {}
-
-    def _on_event(self, event: str, data: Any) -> None:
-        if not isinstance(data, dict):
-            return  # [DONE]
-        if "error" in data:
-            self.exchange.warn(f"stream error: {str(data['error'])[:500]}")
-            return
-        if data.get("model"):
-            self.exchange.model = str(data["model"])
-        for choice in data.get("choices") or []:
-            delta = choice.get("delta") or {}
-            self.text.add(delta.get("content"))
-            for tc in delta.get("tool_calls") or []:
-                call = self.tool_calls.setdefault(int(tc.get("index", 0)), ToolCall("", ""))
-                fn = tc.get("function") or {}
-                call.name += fn.get("name") or ""
-                call.arguments += fn.get("arguments") or ""
-                call.id = call.id or str(tc.get("id") or "")
-            if choice.get("finish_reason"):
-                self.exchange.finish_reason = str(choice["finish_reason"])
-        _usage(self.exchange, data.get("usage"))
-
-    def _on_finish(self) -> None:
-        self.exchange.completion = self.text.text()
-        self.exchange.completion_tool_calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        return BY_NAME[exchange.operation].responder(exchange, content_type)
 
 
 PROVIDER = OpenAIProvider()
