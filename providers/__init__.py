@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.exchange import Exchange
-from providers import cohere, gemini, ollama, openai
+from providers import cohere, gemini, mistral, ollama, openai
 from providers.base import BodyError, HttpRequest, Provider, ResponseParser
 
-PROVIDERS: list[Provider] = [gemini.PROVIDER, cohere.PROVIDER, ollama.PROVIDER, openai.PROVIDER]
+PROVIDERS: list[Provider] = [gemini.PROVIDER, cohere.PROVIDER, ollama.PROVIDER, mistral.PROVIDER, openai.PROVIDER]
 
 
 @dataclass(slots=True)

@@ -1,0 +1,124 @@
+"""Mistral's own endpoints. Its /v1/chat/completions is OpenAI format, and /v1/fim/completions (`prompt` +
+`suffix`) is read by the OpenAI legacy-completions parser: both are left to providers/openai.py.
+
+Reference: ai-endpoints.md §1.8. Agents completions are a chat body with `agent_id` instead of `model`: the OpenAI
+chat parsers read it, this module names the agent as the model. Conversations (`inputs`, `instructions`) have
+their own output entries and stream events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.exchange import Exchange, Message, TextPart, ToolCall, ToolResult
+from providers import openai_chat
+from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
+                            json_body, text_parts)
+
+_PATHS = {"/v1/agents/completions": "agents.completions", "/v1/conversations": "conversations"}
+
+
+class MistralProvider:
+    name = "mistral"
+
+    def recognises(self, req: HttpRequest, hints: tuple[str, ...]) -> str | None:
+        operation = _PATHS.get(req.path.rstrip("/")) if req.method == "POST" else None
+        if operation == "conversations" and b'"inputs"' not in req.body:
+            return None  # OpenAI has a /v1/conversations too, with `items`
+        return operation
+
+    def parse_request(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
+        if operation == "agents.completions":
+            openai_chat.parse_chat(req, exchange)
+            body = json_body(req)
+            exchange.model = exchange.model or f"agent:{body.get('agent_id', '')}"
+            return
+        body = json_body(req)
+        if not isinstance(body, dict):
+            raise BodyError("Mistral body must be a JSON object")
+        exchange.stream = body.get("stream") is True
+        exchange.model = str(body.get("model") or (f"agent:{body['agent_id']}" if body.get("agent_id") else ""))
+        if isinstance(body.get("instructions"), str):
+            exchange.system.append(TextPart(body["instructions"], ("instructions",)))
+        inputs = body.get("inputs")
+        if isinstance(inputs, str):
+            exchange.messages.append(Message("user", [TextPart(inputs, ("inputs",))]))
+        elif isinstance(inputs, list):
+            for i, entry in enumerate(inputs):
+                if isinstance(entry, dict):
+                    exchange.messages.append(_entry(entry, ("inputs", i), exchange))
+        else:
+            raise BodyError("conversations body needs 'inputs'")
+
+    def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
+        if exchange.operation == "conversations":
+            reader = ConversationReader(exchange)
+            if content_type == "text/event-stream":
+                return SseParser(exchange, lambda _event, data: reader.add_event(data), reader.done)
+            return BufferedJson(exchange, lambda data: (reader.add_response(data), reader.done()))
+        return openai_chat.chat_responder(exchange, content_type)
+
+
+def _entry(entry: dict[str, Any], path: tuple, exchange: Exchange) -> Message:
+    """A conversation input entry: a message (string or chunks) or a function result."""
+    if entry.get("type") == "function.result":
+        return Message("tool", tool_results=[ToolResult(str(entry.get("tool_call_id", "")),
+                                                        str(entry.get("result", "")), (*path, "result"))])
+    message = Message(str(entry.get("role") or "user"), text_parts(entry.get("content"), (*path, "content"), exchange))
+    if entry.get("type") == "function.call":
+        message.tool_calls.append(ToolCall(str(entry.get("name", "")), str(entry.get("arguments", "")),
+                                           str(entry.get("tool_call_id", "")), (*path, "arguments")))
+    return message
+
+
+class ConversationReader:
+    """Conversation outputs (`message.output` entries, `function.call` entries, usage), whole or as the
+    `message.output.delta` / `conversation.response.done` stream events."""
+
+    def __init__(self, exchange: Exchange):
+        self.exchange = exchange
+        self.text = CompletionBuffer(exchange)
+
+    def _content(self, content: Any) -> None:
+        if isinstance(content, str):
+            self.text.add(content)
+        elif isinstance(content, dict) and isinstance(content.get("text"), str):
+            self.text.add(content["text"])
+        elif isinstance(content, list):
+            for chunk in content:
+                self._content(chunk)
+
+    def _usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self.exchange.usage.input_tokens = usage.get("prompt_tokens", self.exchange.usage.input_tokens)
+            self.exchange.usage.output_tokens = usage.get("completion_tokens", self.exchange.usage.output_tokens)
+
+    def add_response(self, data: Any) -> None:
+        for out in data.get("outputs") or []:
+            if out.get("type") == "function.call":
+                self.exchange.completion_tool_calls.append(ToolCall(str(out.get("name", "")),
+                                                                    str(out.get("arguments", "")),
+                                                                    str(out.get("tool_call_id", ""))))
+            else:
+                self._content(out.get("content"))
+                self.exchange.model = str(out.get("model") or self.exchange.model)
+        self._usage(data.get("usage"))
+
+    def add_event(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            return
+        kind = data.get("type")
+        if kind == "message.output.delta":
+            self._content(data.get("content"))
+            self.exchange.model = str(data.get("model") or self.exchange.model)
+        elif kind == "conversation.response.done":
+            self._usage(data.get("usage"))
+            self.exchange.finish_reason = "stop"
+        elif kind == "conversation.response.error":
+            self.exchange.warn(f"upstream error: {str(data.get('message', ''))[:500]}")
+
+    def done(self) -> None:
+        self.exchange.completion = self.text.text()
+
+
+PROVIDER = MistralProvider()
