@@ -16,3 +16,4 @@ test:
 bench:
 	./scripts/bootstrap.sh test
 	.venv/bin/python bench/proxy.py
+	.venv/bin/python bench/stream.py

@@ -1,0 +1,354 @@
+"""What the benchmarks share: the fake upstream in its own process, the proxies under test, and a raw asyncio client.
+
+Three things keep the numbers about the proxy and not about the harness (stack-facts):
+- the load generator is a raw asyncio HTTP/1.1 client over TLS inside an HTTP CONNECT tunnel (httpx's AsyncClient
+  is itself a bottleneck at 50 concurrent requests; wrk cannot tunnel TLS through a CONNECT proxy);
+- the fake upstream is tests/support/upstream.py's FakeUpstream (no Nagle delay, a deep accept queue), run in a
+  separate process so that its GIL is not the client's;
+- every target is measured in the same run, interleaved in rounds, so a noisy neighbour hurts them all alike.
+
+`python -m bench._common upstream CA_DIR [--chunks N --interval S]` serves the fake api.openai.com and prints its
+port; it stops when its stdin closes (so it can never outlive the benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.gateway import ROUTE_ADDON, GatewayProcess, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HOST = "api.openai.com"
+PATH = "/v1/chat/completions"
+
+
+# --- the traffic ---------------------------------------------------------------------------------------------------
+
+def chat_body(stream: bool = False, size: int = 1024) -> bytes:
+    """An OpenAI chat completion request of about `size` bytes (system prompt plus a user turn)."""
+    body = {"model": "gpt-4o", "stream": stream,
+            "messages": [{"role": "system", "content": "You are a concise assistant for the finance team."},
+                         {"role": "user", "content": ""}]}
+    filler = "Summarise the quarterly figures for the board in three bullet points. "
+    need = size - len(json.dumps(body, separators=(",", ":")))
+    body["messages"][1]["content"] = (filler * (need // len(filler) + 1))[:max(need, 0)]
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+CHAT_REPLY = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "gpt-4o-2024-08-06",
+    "choices": [{"index": 0, "finish_reason": "stop",
+                 "message": {"role": "assistant", "content": "- Revenue up 4%\n- Costs flat\n- Cash strong"}}],
+    "usage": {"prompt_tokens": 230, "completion_tokens": 18, "total_tokens": 248}}).encode()
+
+
+def sse_frames(chunks: int) -> list[bytes]:
+    """`chunks` (at least 3) SSE frames as the real API sends them: a word per chunk, then the finish reason,
+    the usage block and [DONE]."""
+    def frame(choices: list, usage: dict | None = None) -> bytes:
+        return b"data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1,
+                                       "model": "gpt-4o", "choices": choices, "usage": usage}).encode() + b"\n\n"
+    words = max(chunks - 3, 0)
+    return ([frame([{"index": 0, "delta": {"content": f"word{i} "}, "finish_reason": None}]) for i in range(words)]
+            + [frame([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+               frame([], {"prompt_tokens": 230, "completion_tokens": words, "total_tokens": 230 + words}),
+               b"data: [DONE]\n\n"])
+
+
+# --- the fake upstream, in its own process --------------------------------------------------------------------
+
+def serve_upstream(ca_dir: Path, chunks: int, interval: float) -> None:
+    from tests.support.upstream import FakeUpstream, Reply, TestCA, sse
+
+    up = FakeUpstream(TestCA(ca_dir), [HOST])
+    up.requests = deque(maxlen=0)  # the benchmark asserts nothing about requests: record none, keep memory flat
+    frames = sse_frames(chunks)
+
+    def answer(rec) -> Reply:
+        if b'"stream":true' in rec.body:
+            return Reply(content_type="text/event-stream", chunks=sse(frames, delay=interval))
+        return Reply(body=CHAT_REPLY)
+
+    up.route(PATH, answer)
+    print(up.port, flush=True)
+    sys.stdin.read()  # until the benchmark closes our stdin (or dies)
+    up.close()
+
+
+class Upstream:
+    """The fake api.openai.com (HTTPS, test CA) in a child process."""
+
+    def __init__(self, workdir: Path, chunks: int = 50, interval: float = 0.01):
+        from tests.support.upstream import TestCA
+
+        self.ca = TestCA(workdir / "testca").ca_pem  # created here, loaded by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench._common", "upstream", str(workdir / "testca"), "--chunks", str(chunks),
+             "--interval", str(interval)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError(f"fake upstream did not start (exit {self.proc.returncode})")
+        self.port = int(line)
+
+    def stop(self) -> None:
+        _stop(self.proc, close_stdin=True)
+
+
+# --- the proxies under test ------------------------------------------------------------------------------------
+
+class Mitmdump:
+    """Bare mitmdump with only the test routing addon: the floor the gateway's cost is measured against."""
+
+    def __init__(self, workdir: Path, upstream: Upstream, sets: list[str] = ()):
+        self.port = free_port()
+        confdir = workdir / "ca"
+        self.ca = confdir / "mitmproxy-ca-cert.pem"
+        args = [sys.executable, "-c", "import sys; from mitmproxy.tools.main import mitmdump; sys.exit(mitmdump())",
+                "-q", "--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={confdir}",
+                "-s", str(ROUTE_ADDON), "--set", f"test_upstream={HOST}={upstream.port}",
+                "--set", f"ssl_verify_upstream_trusted_ca={upstream.ca}"]
+        for s in sets:
+            args += ["--set", s]
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / "mitmdump.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mitmdump exited {self.proc.returncode}:\n{self.log_path.read_text()}")
+            if self.ca.exists():
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"mitmdump not ready after 30 s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def start_gateway(workdir: Path, upstream: Upstream) -> GatewayProcess:
+    """The real `python -m gateway run`, shipped rules, embedded chdb audit: exactly what the e2e tests run."""
+    return GatewayProcess(workdir, {HOST: upstream.port}, upstream.ca)
+
+
+def _stop(proc: subprocess.Popen, close_stdin: bool = False) -> None:
+    if proc.poll() is None:
+        if close_stdin and proc.stdin:
+            proc.stdin.close()
+            try:
+                proc.wait(5)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Target:
+    """Where the client connects: straight to the upstream, or through a proxy (CONNECT, then TLS inside)."""
+    name: str
+    port: int
+    ca: Path
+    via_proxy: bool
+    pid: int | None = None  # the proxy process whose CPU time is counted
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        ctx.set_alpn_protocols(["http/1.1"])
+        return ctx
+
+
+class Workspace:
+    """A temporary folder and every process started in it, stopped in reverse order whatever happens."""
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="aigw-bench-"))
+        self.stops: list[Callable[[], None]] = []
+
+    def __enter__(self) -> "Workspace":
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its processes
+        return self
+
+    def keep(self, thing):
+        self.stops.append(thing.stop)
+        return thing
+
+    def __exit__(self, *exc) -> None:
+        for stop in reversed(self.stops):
+            try:
+                stop()
+            except Exception as e:  # one stuck process must not leave the others running
+                print(f"bench: stopping failed: {e}", file=sys.stderr)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- measuring -------------------------------------------------------------------------------------------------
+
+def cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU time of a process and all its descendants (a gateway may run worker processes)."""
+    if pid is None:
+        return 0.0
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(_stat(int(entry))[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    family, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in family:
+                family.add(child)
+                frontier.append(child)
+    total = 0
+    for p in family:
+        try:
+            fields = _stat(p)
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of /proc/PID/stat)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (which may contain spaces): [state, ppid, ...]."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2:].split()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def machine_line() -> str:
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"machine: {os.cpu_count()} cores, load average {load}"
+
+
+# --- the raw client ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+async def connect(target: Target, ctx: ssl.SSLContext) -> Connection:
+    if not target.via_proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", target.port, ssl=ctx, server_hostname=HOST)
+        return Connection(reader, writer)
+    reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+    writer.write(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        writer.transport.abort()
+        raise ConnectionError(f"CONNECT refused: {head.splitlines()[0]!r}")
+    await writer.start_tls(ctx, server_hostname=HOST)
+    return Connection(reader, writer)
+
+
+def request_bytes(body: bytes) -> bytes:
+    return (f"POST {PATH} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer sk-bench-not-a-key\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def exchange(conn: Connection, request: bytes, on_chunk: Callable[[bytes], None] | None = None) -> int:
+    """Send one request on a kept-alive connection and read the whole response; returns the status code.
+    `on_chunk` sees each body piece as it arrives (each chunk of a chunked body)."""
+    conn.writer.write(request)
+    head = await conn.reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    headers = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        while True:
+            size = int((await conn.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                while await conn.reader.readuntil(b"\r\n") != b"\r\n":  # trailers, then the empty line
+                    pass
+                break
+            data = (await conn.reader.readexactly(size + 2))[:-2]
+            if on_chunk:
+                on_chunk(data)
+    else:
+        data = await conn.reader.readexactly(int(headers.get(b"content-length", b"0")))
+        if on_chunk and data:
+            on_chunk(data)
+    return status
+
+
+@dataclass
+class Tally:
+    """What one target did in all its rounds together."""
+    latencies: list[float] = field(default_factory=list)  # seconds per request
+    errors: int = 0
+    sent: int = 0  # requests sent, warm-up included
+    seconds: float = 0.0  # wall time of the measured windows
+    cpu: float = 0.0  # proxy CPU seconds during the measured windows
+    client_cpu: float = 0.0  # the load generator's, same windows
+    upstream_cpu: float = 0.0  # the fake upstream's, same windows
+    first_error: str = ""
+
+    def error(self, e: BaseException) -> None:
+        self.errors += 1
+        self.first_error = self.first_error or f"{type(e).__name__}: {e}"
+
+
+def upstream_main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench._common")
+    parser.add_argument("role", choices=["upstream"])
+    parser.add_argument("ca_dir", type=Path)
+    parser.add_argument("--chunks", type=int, default=50)
+    parser.add_argument("--interval", type=float, default=0.01)
+    args = parser.parse_args()
+    serve_upstream(args.ca_dir, args.chunks, args.interval)
+
+
+if __name__ == "__main__":
+    upstream_main()

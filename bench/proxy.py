@@ -1,0 +1,157 @@
+"""What the gateway costs: requests/s and latency direct, through bare mitmdump and through the gateway, one run.
+
+N keep-alive clients each send OpenAI chat completion POSTs (about 1 KB of JSON) as fast as answers come back,
+for a bounded time and a bounded number of requests per target. The three targets take turns in rounds (the order
+rotates), so load from elsewhere on the machine hurts them alike; the ratios of the gateway to bare mitmdump (same
+mitmproxy, same routing addon, same upstream trust) are the number that matters. "proxy CPU" is the
+proxy process's share of one core during the windows (near 100%: the proxy is the bottleneck, as it should be) and
+"ms/req" its CPU time per request, the least noisy measure of its cost on a shared machine. "client CPU" and
+"upstream CPU" show that the harness itself is not what limits a proxied row. The gateway must audit every request
+it was sent (counted in its store afterwards), or its row measures a broken gateway and the exit status is 1.
+
+    python bench/proxy.py                      # defaults: 20 clients, 3 rounds of 6 s per target
+    python bench/proxy.py --clients 1          # unloaded latency
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is not on the path
+
+from bench._common import (Mitmdump, Tally, Target, Upstream, Workspace, chat_body, connect, cpu_seconds,  # noqa
+                           exchange, machine_line, percentile, ratio, request_bytes, start_gateway)
+
+
+async def measure(target: Target, tally: Tally, upstream_pid: int, *, clients: int, seconds: float, limit: int,
+                  body: bytes) -> None:
+    """One round for one target: connect and warm up every client, then measure a window of closed-loop load."""
+    ctx = target.context()
+    request = request_bytes(body)
+    conns = await asyncio.gather(*(connect(target, ctx) for _ in range(clients)))
+    for _ in range(2):  # the first request through a proxy also opens its upstream connection: not measured
+        await asyncio.gather(*(exchange(c, request) for c in conns))
+    tally.sent += 2 * clients
+    remaining = limit
+
+    async def client(conn) -> None:
+        nonlocal remaining
+        while remaining > 0 and time.perf_counter() < deadline:
+            remaining -= 1
+            tally.sent += 1
+            t0 = time.perf_counter()
+            try:
+                async with asyncio.timeout(30):
+                    status = await exchange(conn, request)
+            except (OSError, EOFError, TimeoutError, ValueError) as e:  # IncompleteReadError is an EOFError
+                tally.error(e)
+                conn.close()
+                conn = await connect(target, ctx)
+                continue
+            if status == 200:
+                tally.latencies.append(time.perf_counter() - t0)
+            else:
+                tally.error(RuntimeError(f"HTTP {status}"))
+        conn.close()
+
+    proxy0, upstream0, client0 = cpu_seconds(target.pid), cpu_seconds(upstream_pid), _own_cpu()
+    start = time.perf_counter()
+    deadline = start + seconds
+    await asyncio.gather(*(client(c) for c in conns))
+    tally.seconds += time.perf_counter() - start
+    tally.cpu += cpu_seconds(target.pid) - proxy0
+    tally.upstream_cpu += cpu_seconds(upstream_pid) - upstream0
+    tally.client_cpu += _own_cpu() - client0
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+async def run_rounds(targets: list[Target], tallies: dict[str, Tally], upstream_pid: int, rounds: int,
+                     **load) -> None:
+    for r in range(rounds):
+        for target in targets[r % len(targets):] + targets[:r % len(targets)]:
+            await measure(target, tallies[target.name], upstream_pid, **load)
+
+
+def report(targets: list[Target], tallies: dict[str, Tally]) -> None:
+    print(f"{'target':<10} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'proxy CPU':>9} {'ms/req':>6} {'client CPU':>10} {'upstream CPU':>12}")
+    rows = {}
+    for t in targets:
+        tally = tallies[t.name]
+        n = len(tally.latencies)
+        rows[t.name] = row = dict(rps=n / tally.seconds if tally.seconds else 0.0,
+                                  p50=percentile(tally.latencies, 50) * 1000,
+                                  p99=percentile(tally.latencies, 99) * 1000,
+                                  cpu=tally.cpu / n * 1000 if n and t.pid else float("nan"))
+        cpu, per_request = (f"{tally.cpu / tally.seconds:.0%}", f"{row['cpu']:.2f}") if t.pid else ("-", "-")
+        print(f"{t.name:<10} {n:>8} {tally.errors:>6} {row['rps']:>8.0f} {row['p50']:>7.1f} {row['p99']:>7.1f} "
+              f"{cpu:>9} {per_request:>6} {tally.client_cpu / tally.seconds:>10.0%} "
+              f"{tally.upstream_cpu / tally.seconds:>12.0%}")
+        if tally.first_error:
+            print(f"  first error: {tally.first_error}")
+    gw, md, direct = rows["gateway"], rows["mitmdump"], rows["direct"]
+    print(f"gateway / mitmdump: req/s {ratio(gw['rps'], md['rps'])}, p50 {ratio(gw['p50'], md['p50'])}, "
+          f"p99 {ratio(gw['p99'], md['p99'])}, proxy CPU per request {ratio(gw['cpu'], md['cpu'])}")
+    print(f"direct ran {ratio(direct['rps'], max(gw['rps'], md['rps']))} the faster proxy's rate: "
+          f"the client and the upstream are not what limits the proxied rows")
+
+
+def audited(gateway) -> tuple[int | None, str]:
+    """Events in the gateway's audit store: the gateway row counts only if the gateway really decrypted, parsed
+    and audited the traffic. Read after the gateway stops (an embedded chdb store has one user at a time)."""
+    import clickhouse_connect
+
+    gateway.stop()
+    try:
+        client = clickhouse_connect.get_client(dsn=gateway.audit_url)
+        try:
+            return int(client.command("SELECT count() FROM events")), ""
+        finally:
+            client.close()
+    except Exception as e:  # report it with the numbers rather than lose them
+        return None, f"{type(e).__name__}: {str(e)[:300]}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=20, help="concurrent keep-alive connections (default 20)")
+    parser.add_argument("--seconds", type=float, default=6, help="measured seconds per target per round (6)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; each measures every target once (3)")
+    parser.add_argument("--requests", type=int, default=30000, help="at most this many per target (30000)")
+    parser.add_argument("--body-size", type=int, default=1024, help="request body bytes (1024)")
+    args = parser.parse_args()
+    body = chat_body(size=args.body_size)
+    print(f"bench/proxy.py: {args.clients} keep-alive clients, {len(body)} B chat completion POSTs, "
+          f"{args.rounds} rounds x {args.seconds:g} s per target (at most {args.requests} requests per target)")
+    print(machine_line())
+    with Workspace() as ws:
+        upstream = ws.keep(Upstream(ws.dir / "upstream"))
+        mitm = ws.keep(Mitmdump(ws.dir / "mitmdump", upstream))
+        gateway = ws.keep(start_gateway(ws.dir / "gateway", upstream))
+        targets = [Target("direct", upstream.port, upstream.ca, via_proxy=False),
+                   Target("mitmdump", mitm.port, mitm.ca, via_proxy=True, pid=mitm.proc.pid),
+                   Target("gateway", gateway.port, gateway.ca, via_proxy=True, pid=gateway.proc.pid)]
+        tallies = {t.name: Tally() for t in targets}
+        asyncio.run(run_rounds(targets, tallies, upstream.proc.pid, args.rounds, clients=args.clients,
+                               seconds=args.seconds, limit=args.requests // args.rounds, body=body))
+        events, problem = audited(gateway)
+    report(targets, tallies)
+    sent = tallies["gateway"].sent
+    print(f"gateway audit: {events} events in the store for {sent} requests sent to the gateway"
+          f"{'' if events == sent else '  <- MISMATCH: the gateway row does not measure a working gateway'}"
+          f"{f' ({problem})' if problem else ''}")
+    print(machine_line().replace("machine", "after"))
+    return 0 if events == sent and all(t.latencies for t in tallies.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

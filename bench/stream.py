@@ -1,0 +1,127 @@
+"""Does the gateway stream? Time to first and to last chunk of an SSE answer, direct and through each proxy.
+
+The fake upstream sends an OpenAI chat completion stream of --chunks SSE frames, --interval apart (50 x 10 ms
+by default: about half a second from first to last). A proxy that passes the stream through delivers the first
+chunk within milliseconds and every chunk on its own; a buffering proxy delivers everything at the end. Bare
+mitmdump buffers by default (stack-facts), so it is measured twice: as shipped, which shows what buffering looks
+like, and with `stream_large_bodies=1`, the streaming floor the gateway is compared with. Targets take turns in
+rounds. Exit status 1 if the gateway's first chunk did not arrive before half the stream had been sent.
+
+    python bench/stream.py
+    python bench/stream.py --clients 10 --chunks 100 --interval 0.005
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is not on the path
+
+from bench._common import (Mitmdump, Target, Upstream, Workspace, chat_body, connect, exchange,  # noqa: E402
+                           machine_line, median, percentile, ratio, request_bytes, start_gateway)
+
+
+@dataclass
+class Streams:
+    """Per stream: seconds from sending the request to the first and to the last chunk, pieces received, gaps."""
+    first: list[float] = field(default_factory=list)
+    last: list[float] = field(default_factory=list)
+    pieces: list[int] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+async def measure(target: Target, out: Streams, *, clients: int, per_client: int) -> None:
+    ctx = target.context()
+    stream_request, warm_request = request_bytes(chat_body(stream=True)), request_bytes(chat_body())
+    conns = await asyncio.gather(*(connect(target, ctx) for _ in range(clients)))
+    await asyncio.gather(*(exchange(c, warm_request) for c in conns))  # opens the proxies' upstream connections
+
+    async def client(conn) -> None:
+        for _ in range(per_client):
+            arrivals: list[float] = []
+            t0 = time.perf_counter()
+            try:
+                async with asyncio.timeout(30):
+                    status = await exchange(conn, stream_request, lambda _: arrivals.append(time.perf_counter()))
+            except (OSError, EOFError, TimeoutError, ValueError) as e:
+                out.errors.append(f"{type(e).__name__}: {e}")
+                return
+            if status != 200 or not arrivals:
+                out.errors.append(f"HTTP {status}, {len(arrivals)} chunks")
+                continue
+            out.first.append(arrivals[0] - t0)
+            out.last.append(arrivals[-1] - t0)
+            out.pieces.append(len(arrivals))
+            out.gaps.extend(b - a for a, b in zip(arrivals, arrivals[1:]))
+        conn.close()
+
+    await asyncio.gather(*(client(c) for c in conns))
+
+
+async def run_rounds(targets: list[Target], results: dict[str, Streams], rounds: int, **load) -> None:
+    for r in range(rounds):
+        for target in targets[r % len(targets):] + targets[:r % len(targets)]:
+            await measure(target, results[target.name], **load)
+
+
+def report(targets: list[Target], results: dict[str, Streams], chunks: int) -> bool:
+    print(f"{'target':<31} {'streams':>7} {'first chunk p50/p99 ms':>22} {'last chunk p50/p99 ms':>21} "
+          f"{'pieces p50':>10} {'gap p50 ms':>10}")
+    for t in targets:
+        s = results[t.name]
+        ms = lambda values, q: percentile(values, q) * 1000  # noqa: E731
+        print(f"{t.name:<31} {len(s.first):>7} {ms(s.first, 50):>12.1f} / {ms(s.first, 99):>6.1f} "
+              f"{ms(s.last, 50):>11.1f} / {ms(s.last, 99):>6.1f} {median(s.pieces):>10.0f} "
+              f"{median(s.gaps) * 1000 if s.gaps else 0:>10.1f}")
+        for e in sorted(set(s.errors)):
+            print(f"  error ({s.errors.count(e)}x): {e}")
+    gw, md = results["gateway"], results["mitmdump stream_large_bodies=1"]
+    first, last = percentile(gw.first, 50), percentile(gw.last, 50)
+    md_first, md_last = percentile(md.first, 50), percentile(md.last, 50)
+    print(f"gateway / mitmdump stream_large_bodies=1: first chunk p50 {ratio(first, md_first)} "
+          f"({(first - md_first) * 1000:+.1f} ms), last chunk p50 {ratio(last, md_last)} "
+          f"({(last - md_last) * 1000:+.1f} ms)")
+    streams = bool(gw.first) and first < last / 2 and median(gw.pieces) >= chunks * 0.8
+    verdict = "does not buffer" if streams else "BUFFERS"
+    print(f"gateway {verdict}: first chunk after {first * 1000:.1f} ms of a {last * 1000:.0f} ms answer, "
+          f"{median(gw.pieces):.0f} of {chunks} chunks arrived separately")
+    return streams
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--chunks", type=int, default=50, help="SSE frames per answer, at least 3 (50)")
+    parser.add_argument("--interval", type=float, default=0.01, help="seconds between frames (0.01)")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent streams (4)")
+    parser.add_argument("--per-client", type=int, default=3, help="streams per client per round (3)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds; each measures every target once (2)")
+    args = parser.parse_args()
+    if args.chunks < 3:
+        parser.error("--chunks must be at least 3")
+    print(f"bench/stream.py: {args.clients} concurrent streams x {args.per_client} x {args.rounds} rounds per target, "
+          f"{args.chunks} SSE chunks {args.interval * 1000:g} ms apart")
+    print(machine_line())
+    with Workspace() as ws:
+        upstream = ws.keep(Upstream(ws.dir / "upstream", chunks=args.chunks, interval=args.interval))
+        buffering = ws.keep(Mitmdump(ws.dir / "mitmdump-default", upstream))
+        streaming = ws.keep(Mitmdump(ws.dir / "mitmdump-stream", upstream, sets=["stream_large_bodies=1"]))
+        gateway = ws.keep(start_gateway(ws.dir / "gateway", upstream))
+        targets = [Target("direct", upstream.port, upstream.ca, via_proxy=False),
+                   Target("mitmdump (default: buffers)", buffering.port, buffering.ca, via_proxy=True),
+                   Target("mitmdump stream_large_bodies=1", streaming.port, streaming.ca, via_proxy=True),
+                   Target("gateway", gateway.port, gateway.ca, via_proxy=True)]
+        results = {t.name: Streams() for t in targets}
+        asyncio.run(run_rounds(targets, results, args.rounds, clients=args.clients, per_client=args.per_client))
+    ok = report(targets, results, args.chunks)
+    print(machine_line().replace("machine", "after"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
