@@ -1,0 +1,442 @@
+"""Amazon Bedrock runtime: Converse, ConverseStream, InvokeModel and InvokeModelWithResponseStream.
+
+Reference: ai-endpoints.md §1.6 (paths, Converse shapes, native bodies), §2.1, §2.7 (event stream). The model is
+the URL-encoded `modelId` in the path (`/model/{modelId}/converse`) and streaming is chosen by the path, never
+by the body. Streams are `application/vnd.amazon.eventstream` binary frames (providers/eventstream.py).
+
+InvokeModel carries the model vendor's own JSON; the vendor is read from the model id (after an inference-profile
+prefix such as `us.` or an ARN), with the body's shape as the fallback:
+  anthropic.*            Anthropic Messages (and legacy `prompt`) body, Anthropic stream events in the chunks
+  amazon.nova*           Converse-like body; stream chunks are `{eventName: payload}`
+  amazon.titan*          `inputText`, `results[].outputText` (and Titan embeddings)
+  meta.llama*            `prompt`, `generation`
+  mistral.*              `prompt` → `outputs[].text`, or OpenAI-style `messages`
+  cohere.*               Cohere v1 chat (providers/cohere.py) and Cohere embeddings
+  others (openai.gpt-oss, ai21, deepseek, qwen ...): OpenAI-style `messages` → `choices`
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+
+from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
+from providers import anthropic, cohere, openai_chat
+from providers.base import BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, json_body
+from providers.eventstream import EventMessage, EventStreamDecoder
+
+_PATH = re.compile(r"^/model/(?P<model>[^/]+)/(?P<verb>converse|converse-stream|invoke|invoke-with-response-stream)$")
+_PROFILE_PREFIXES = ("us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.")
+
+
+class BedrockProvider:
+    name = "bedrock"
+
+    def recognises(self, req: HttpRequest, hints: tuple[str, ...]) -> str | None:
+        m = _PATH.match(req.path) if req.method == "POST" else None
+        if m is None:
+            return None
+        return "converse" if m["verb"].startswith("converse") else "invoke"
+
+    def parse_request(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
+        m = _PATH.match(req.path)
+        assert m is not None  # recognises() matched it
+        exchange.model = unquote(m["model"])
+        exchange.stream = m["verb"].endswith("-stream")
+        body = json_body(req)
+        if not isinstance(body, dict):
+            raise BodyError("Bedrock body must be a JSON object")
+        if operation == "converse":
+            if not isinstance(body.get("messages"), list):
+                raise BodyError("Converse body needs a 'messages' list")
+            parse_converse(body, exchange)
+            return
+        vendor = vendor_of(exchange.model, body)
+        _INVOKE_BODIES[vendor](body, exchange, req)
+
+    def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
+        if exchange.operation == "converse":
+            if content_type == "application/vnd.amazon.eventstream":
+                reader = ConverseStreamReader(exchange)
+                return EventStreamParser(exchange, reader.add, reader.done)
+            return BufferedJson(exchange, lambda data: converse_response(data, exchange))
+        reader = NativeReader(exchange, vendor_of(exchange.model, None))
+        if content_type == "application/vnd.amazon.eventstream":
+            return EventStreamParser(exchange, reader.add_chunk_event, reader.done)
+        return BufferedJson(exchange, lambda data: (reader.add_response(data), reader.done()))
+
+
+def base_model(model_id: str) -> str:
+    """`anthropic.claude-3-5-sonnet-20240620-v1:0` from an inference-profile id or an ARN of either."""
+    model = model_id.rsplit("/", 1)[-1] if model_id.startswith("arn:") else model_id
+    for prefix in _PROFILE_PREFIXES:
+        if model.startswith(prefix):
+            return model[len(prefix):]
+    return model
+
+
+def vendor_of(model_id: str, body: dict[str, Any] | None) -> str:
+    """The native body family of a model, from its id, else from the body's keys ("openai" as the last resort)."""
+    model = base_model(model_id)
+    for prefix, vendor in (("anthropic.", "anthropic"), ("amazon.nova", "nova"), ("amazon.titan", "titan"),
+                           ("meta.", "llama"), ("mistral.", "mistral"), ("cohere.", "cohere")):
+        if model.startswith(prefix):
+            return vendor
+    if body is None:
+        return "openai"
+    if "anthropic_version" in body:
+        return "anthropic"
+    if "inputText" in body:
+        return "titan"
+    if isinstance(body.get("message"), str) or "texts" in body:
+        return "cohere"
+    if "messages" in body and "schemaVersion" in body:
+        return "nova"
+    if "messages" not in body and isinstance(body.get("prompt"), str):
+        return "llama"
+    return "openai"
+
+
+# ---- Converse (and Nova, whose native body is Converse-shaped) -------------------------------------------------
+
+def parse_converse(body: dict[str, Any], exchange: Exchange) -> None:
+    for i, block in enumerate(body.get("system") or []):
+        if isinstance(block, dict) and isinstance(block.get("text"), str):
+            exchange.system.append(TextPart(block["text"], ("system", i, "text")))
+        elif isinstance(block, dict) and isinstance((block.get("guardContent") or {}).get("text"), dict):
+            text = block["guardContent"]["text"].get("text")
+            if isinstance(text, str):
+                exchange.system.append(TextPart(text, ("system", i, "guardContent", "text", "text")))
+    for i, raw in enumerate(body.get("messages") or []):
+        if not isinstance(raw, dict):
+            exchange.warn(f"messages/{i}: not an object")
+            continue
+        exchange.messages.append(_converse_message(raw, ("messages", i), exchange))
+    tool_config = body.get("toolConfig") if isinstance(body.get("toolConfig"), dict) else {}
+    for tool in tool_config.get("tools") or []:
+        spec = tool.get("toolSpec") if isinstance(tool, dict) else None
+        if isinstance(spec, dict):
+            schema = spec.get("inputSchema")
+            exchange.tools.append(ToolDefinition(str(spec.get("name", "")), str(spec.get("description", "")),
+                                                 schema.get("json") if isinstance(schema, dict) else None))
+
+
+def _converse_message(raw: dict[str, Any], path: tuple, exchange: Exchange) -> Message:
+    message = Message(str(raw.get("role", "")))
+    content = raw.get("content")
+    if isinstance(content, str):  # Nova tolerates a bare string
+        message.parts.append(TextPart(content, (*path, "content")))
+        return message
+    for j, block in enumerate(content if isinstance(content, list) else []):
+        p = (*path, "content", j)
+        if not isinstance(block, dict):
+            continue
+        if isinstance(block.get("text"), str):
+            message.parts.append(TextPart(block["text"], (*p, "text")))
+        elif isinstance(block.get("toolUse"), dict):
+            tu = block["toolUse"]
+            message.tool_calls.append(ToolCall(str(tu.get("name", "")), _dumps(tu.get("input")),
+                                               str(tu.get("toolUseId", ""))))
+        elif isinstance(block.get("toolResult"), dict):
+            tr = block["toolResult"]
+            for k, item in enumerate(tr.get("content") or []):
+                if isinstance(item, dict) and isinstance(item.get("text"), str):
+                    message.tool_results.append(ToolResult(str(tr.get("toolUseId", "")), item["text"],
+                                                           (*p, "toolResult", "content", k, "text")))
+                elif isinstance(item, dict) and "json" in item:
+                    message.tool_results.append(ToolResult(str(tr.get("toolUseId", "")), _dumps(item["json"])))
+        else:
+            for kind in ("image", "document", "video", "audio"):
+                if isinstance(block.get(kind), dict):
+                    attachment, text = _media(kind, block[kind])
+                    message.attachments.append(attachment)
+                    if text is not None:
+                        message.parts.append(TextPart(text, (*p, kind, "source", "text")))
+                    break
+    return message
+
+
+def _media(kind: str, media: dict[str, Any]) -> tuple[Attachment, str | None]:
+    """An image/document/video/audio block: size of inline bytes, S3 location as the name, document text."""
+    source = media.get("source") if isinstance(media.get("source"), dict) else {}
+    fmt = str(media.get("format") or "")
+    attachment = Attachment(kind, str(media.get("name") or ""), f"{kind}/{fmt}" if fmt else "")
+    if isinstance(source.get("bytes"), str):
+        attachment.size = len(source["bytes"]) * 3 // 4
+    s3 = source.get("s3Location")
+    if isinstance(s3, dict):
+        attachment.name = attachment.name or str(s3.get("uri", ""))[:500]
+    text = source.get("text") if isinstance(source.get("text"), str) else None
+    if text is not None:
+        attachment.size, attachment.inspected = len(text.encode()), True
+    return attachment, text
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
+def _converse_usage(usage: Any, exchange: Exchange) -> None:
+    if isinstance(usage, dict):
+        exchange.usage.input_tokens = usage.get("inputTokens", exchange.usage.input_tokens)
+        exchange.usage.output_tokens = usage.get("outputTokens", exchange.usage.output_tokens)
+
+
+def converse_response(data: dict[str, Any], exchange: Exchange, text: CompletionBuffer | None = None) -> None:
+    """A Converse response (also Nova's InvokeModel response): output.message.content, stopReason, usage."""
+    message = (data.get("output") or {}).get("message") or {}
+    texts = []
+    for block in message.get("content") or []:
+        if isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif isinstance(block.get("toolUse"), dict):
+            tu = block["toolUse"]
+            exchange.completion_tool_calls.append(ToolCall(str(tu.get("name", "")), _dumps(tu.get("input")),
+                                                           str(tu.get("toolUseId", ""))))
+    if text is not None:
+        text.add("\n".join(texts))
+    else:
+        exchange.completion = "\n".join(texts)
+    exchange.finish_reason = str(data.get("stopReason") or exchange.finish_reason)
+    _converse_usage(data.get("usage"), exchange)
+
+
+class ConverseStreamReader:
+    """ConverseStream events (and Nova's native stream chunks, which are the same events keyed by name)."""
+
+    def __init__(self, exchange: Exchange, text: CompletionBuffer | None = None):
+        self.exchange = exchange
+        self.text = text or CompletionBuffer(exchange)
+        self.tool_calls: dict[int, ToolCall] = {}
+
+    def add(self, event_type: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            return
+        index = int(data.get("contentBlockIndex", 0) or 0)
+        if event_type == "contentBlockStart":
+            tu = (data.get("start") or {}).get("toolUse")
+            if isinstance(tu, dict):
+                self.tool_calls[index] = ToolCall(str(tu.get("name", "")), "", str(tu.get("toolUseId", "")))
+        elif event_type == "contentBlockDelta":
+            delta = data.get("delta") or {}
+            if isinstance(delta.get("text"), str):
+                self.text.add(delta["text"])
+            elif isinstance(delta.get("toolUse"), dict):
+                call = self.tool_calls.setdefault(index, ToolCall("", ""))
+                call.arguments += str(delta["toolUse"].get("input") or "")
+        elif event_type == "messageStop":
+            self.exchange.finish_reason = str(data.get("stopReason") or "")
+        elif event_type == "metadata":
+            _converse_usage(data.get("usage"), self.exchange)
+
+    def done(self) -> None:
+        self.exchange.completion = self.text.text()
+        self.exchange.completion_tool_calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+
+
+class EventStreamParser:
+    """A response parser for the binary event stream: decodes frames, hands `(event_type, json payload)` of each
+    event to `on_event`, turns exception frames into warnings, reports framing errors and truncation."""
+
+    def __init__(self, exchange: Exchange, on_event, on_finish):
+        self.exchange = exchange
+        self.decoder = EventStreamDecoder()
+        self.on_event = on_event
+        self.on_finish = on_finish
+        self.bad_events = 0
+
+    def feed(self, chunk: bytes) -> None:
+        for message in self.decoder.feed(chunk):
+            self._dispatch(message)
+
+    def _dispatch(self, message: EventMessage) -> None:
+        try:
+            payload = orjson.loads(message.payload) if message.payload else {}
+        except orjson.JSONDecodeError:
+            self.bad_events += 1
+            return
+        if message.message_type != "event":
+            detail = payload.get("message", "") if isinstance(payload, dict) else ""
+            self.exchange.warn(f"stream {message.message_type}: {message.event_type}: {str(detail)[:500]}")
+            return
+        try:
+            self.on_event(message.event_type, payload)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            self.bad_events += 1
+
+    def finish(self) -> None:
+        error = self.decoder.finish()
+        if error:
+            self.exchange.warn(f"event stream: {error}")
+        if self.bad_events:
+            self.exchange.warn(f"stream: {self.bad_events} events not understood")
+        self.on_finish()
+
+
+# ---- InvokeModel native bodies ---------------------------------------------------------------------------------
+
+def _anthropic_body(body: dict[str, Any], exchange: Exchange, req: HttpRequest) -> None:
+    """Anthropic Messages (or legacy `prompt`) body as Bedrock takes it: providers/anthropic.py reads it; model and
+    stream stay as the URL set them."""
+    anthropic.parse_body(body, exchange)
+
+
+def _nova_body(body: dict[str, Any], exchange: Exchange, req: HttpRequest) -> None:
+    if not isinstance(body.get("messages"), list):
+        raise BodyError("Nova body needs a 'messages' list")
+    parse_converse(body, exchange)
+
+
+def _titan_body(body: dict[str, Any], exchange: Exchange, req: HttpRequest) -> None:
+    if not isinstance(body.get("inputText"), str):
+        raise BodyError("Titan body needs an 'inputText' string")
+    exchange.messages.append(Message("user", [TextPart(body["inputText"], ("inputText",))]))
+
+
+def _prompt_body(body: dict[str, Any], exchange: Exchange, req: HttpRequest) -> None:
+    """Llama and Mistral text bodies: one templated `prompt` (Mistral chat models also take `messages`)."""
+    if isinstance(body.get("messages"), list):
+        _openai_body(body, exchange, req)
+        return
+    if not isinstance(body.get("prompt"), str):
+        raise BodyError("body needs a 'prompt' string")
+    exchange.messages.append(Message("user", [TextPart(body["prompt"], ("prompt",))]))
+
+
+def _cohere_body(body: dict[str, Any], exchange: Exchange, req: HttpRequest) -> None:
+    if isinstance(body.get("texts"), list):  # Cohere embeddings
+        exchange.messages.append(Message("user", [TextPart(t, ("texts", i)) for i, t in enumerate(body["texts"])
+                                                  if isinstance(t, str)]))
+        return
+    cohere.parse_v1_chat(body, exchange)
+
+
+def _openai_body(body: dict[str, Any], exchange: Exchange, req: HttpRequest) -> None:
+    """OpenAI-style `messages` (gpt-oss, AI21 Jamba, DeepSeek, Qwen, Mistral chat): the OpenAI chat parser, with
+    the model kept from the path."""
+    model = exchange.model
+    openai_chat.parse_chat(req, exchange)
+    exchange.model = model
+    exchange.stream = req.path.endswith("-stream")
+
+
+_INVOKE_BODIES = {"anthropic": _anthropic_body, "nova": _nova_body, "titan": _titan_body, "llama": _prompt_body,
+                  "mistral": _prompt_body, "cohere": _cohere_body, "openai": _openai_body}
+
+
+_ANTHROPIC_EVENTS = {"message_start", "content_block_start", "content_block_delta", "content_block_stop",
+                     "message_delta", "message_stop", "ping", "error"}
+
+
+class NativeReader:
+    """Folds InvokeModel responses and InvokeModelWithResponseStream chunks of every vendor family.
+
+    Each stream chunk is one native JSON object (base64 in the event's `bytes`); the same object shapes, whole,
+    are the non-streamed responses. `amazon-bedrock-invocationMetrics` in the last chunk carries token counts for
+    every vendor. A model id that names no vendor (a provisioned-model ARN) is read by shape: Anthropic objects
+    by their `type`, the rest by the generic keys."""
+
+    def __init__(self, exchange: Exchange, vendor: str):
+        self.exchange = exchange
+        self.vendor = vendor
+        self.text = CompletionBuffer(exchange)
+        self.converse = ConverseStreamReader(exchange, self.text)
+        self.anthropic: anthropic.MessageEvents | None = None  # created when the first Anthropic object arrives
+
+    def add_chunk_event(self, event_type: str, payload: Any) -> None:
+        if event_type != "chunk" or not isinstance(payload, dict):
+            return
+        try:
+            native = orjson.loads(base64.b64decode(payload.get("bytes") or "", validate=True))
+        except (binascii.Error, ValueError, orjson.JSONDecodeError):
+            self.exchange.warn("stream chunk: bytes are not base64 JSON")
+            return
+        self.add_stream_object(native)
+
+    def add_stream_object(self, obj: Any) -> None:
+        if not isinstance(obj, dict):
+            return
+        ex = self.exchange
+        metrics = obj.get("amazon-bedrock-invocationMetrics")
+        if isinstance(metrics, dict):
+            ex.usage.input_tokens = metrics.get("inputTokenCount", ex.usage.input_tokens)
+            ex.usage.output_tokens = metrics.get("outputTokenCount", ex.usage.output_tokens)
+        if self.vendor == "anthropic" or (self.vendor == "openai" and obj.get("type") in _ANTHROPIC_EVENTS):
+            self.anthropic = self.anthropic or anthropic.MessageEvents(ex)
+            self.anthropic.event(obj)
+        elif self.vendor == "nova":
+            for name, data in obj.items():
+                if name != "amazon-bedrock-invocationMetrics":
+                    self.converse.add(name, data)
+        elif self.vendor == "cohere":
+            if obj.get("event_type") == "text-generation" or ("text" in obj and "event_type" not in obj):
+                self.text.add(obj.get("text"))
+            if obj.get("finish_reason"):
+                ex.finish_reason = str(obj["finish_reason"])
+        else:
+            self._generic(obj, delta=True)
+
+    def add_response(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            return
+        if self.vendor == "anthropic" or (self.vendor == "openai" and data.get("type") == "message"):
+            anthropic.message_response(data, self.exchange)
+            self.text.add(self.exchange.completion)  # done() writes the buffer back
+        elif self.vendor == "nova":
+            converse_response(data, self.exchange, self.text)
+        elif self.vendor == "cohere":
+            if "embeddings" not in data:
+                self.text.add(data.get("text"))
+                self.exchange.finish_reason = str(data.get("finish_reason") or "")
+        else:
+            self._generic(data, delta=False)
+
+    def _generic(self, data: dict[str, Any], delta: bool) -> None:
+        """Llama (`generation`), Titan (`outputText`, `results[]`), Mistral (`outputs[]`), OpenAI-style
+        (`choices[]` with `message`, `delta` or `text`); token counts under each family's names."""
+        ex = self.exchange
+        if isinstance(data.get("generation"), str):
+            self.text.add(data["generation"])
+        if isinstance(data.get("outputText"), str):
+            self.text.add(data["outputText"])
+        for result in data.get("results") or []:
+            self.text.add(result.get("outputText"))
+            ex.finish_reason = str(result.get("completionReason") or ex.finish_reason)
+            if isinstance(result.get("tokenCount"), int):
+                ex.usage.output_tokens = result["tokenCount"]
+        for output in data.get("outputs") or []:
+            self.text.add(output.get("text"))
+            ex.finish_reason = str(output.get("stop_reason") or ex.finish_reason)
+        for choice in data.get("choices") or []:
+            message = choice.get("delta" if delta else "message") or {}
+            self.text.add(message.get("content") if isinstance(message.get("content"), str) else choice.get("text"))
+            ex.finish_reason = str(choice.get("finish_reason") or choice.get("stop_reason") or ex.finish_reason)
+        for key in ("stop_reason", "completionReason"):
+            if data.get(key):
+                ex.finish_reason = str(data[key])
+        for key, field in (("prompt_token_count", "input_tokens"), ("inputTextTokenCount", "input_tokens"),
+                           ("generation_token_count", "output_tokens"),
+                           ("totalOutputTextTokenCount", "output_tokens")):
+            if isinstance(data.get(key), int):
+                setattr(ex.usage, field, data[key])
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            ex.usage.input_tokens = usage.get("prompt_tokens", ex.usage.input_tokens)
+            ex.usage.output_tokens = usage.get("completion_tokens", ex.usage.output_tokens)
+        if data.get("model"):
+            ex.model = str(data["model"])
+
+    def done(self) -> None:
+        if self.anthropic is not None:
+            self.anthropic.finish()
+            return
+        self.exchange.completion = self.text.text()
+        self.exchange.completion_tool_calls += [self.converse.tool_calls[i] for i in sorted(self.converse.tool_calls)]
+
+
+PROVIDER = BedrockProvider()
