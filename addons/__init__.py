@@ -12,5 +12,6 @@ def default_addons() -> list:
     from addons.audit import Audit
     from addons.extract import Extract
     from addons.recognise import Recognise
+    from addons.websocket import WebSocketAudit
 
-    return [Recognise(), Extract(), Audit(), AdminSocket()]
+    return [Recognise(), Extract(), WebSocketAudit(), Audit(), AdminSocket()]

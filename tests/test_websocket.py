@@ -1,0 +1,226 @@
+"""WebSocket conversations (OpenAI Realtime, Gemini Live, Microsoft Copilot): message fixtures built from the field
+names of ai-endpoints.md §1.1.9, §2.4 and §3.4, fed to the pure state machines the addon drives. Malformed,
+oversized and unknown traffic never raises and ends up audited as unparsed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from addons.websocket import redact_query
+from providers import websocket
+from providers.websocket import Turn, conversation_for
+
+
+def feed(conv, *messages) -> list[Turn]:
+    """messages: (from_client, payload) with payload a dict (sent as JSON text) or raw bytes."""
+    turns: list[Turn] = []
+    for from_client, payload in messages:
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        turns += conv.message(from_client, raw, not isinstance(payload, bytes))
+    return turns
+
+
+C, S = True, False  # client, server
+
+# --- OpenAI Realtime -------------------------------------------------------------------------------------------
+
+REALTIME_TURN = [
+    (C, {"type": "session.update", "session": {"type": "realtime", "instructions": "You are a terse assistant.",
+                                               "tools": [{"type": "function", "name": "lookup",
+                                                          "description": "Look up", "parameters": {}}]}}),
+    (S, {"type": "session.updated", "session": {"model": "gpt-realtime-2025-08-28"}}),
+    (C, {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": "What is Project Falcon?"}]}}),
+    (C, {"type": "response.create"}),
+    (S, {"type": "response.created", "response": {"id": "r1"}}),
+    (S, {"type": "response.output_text.delta", "delta": "A secret "}),
+    (S, {"type": "response.output_text.delta", "delta": "plan."}),
+    (S, {"type": "response.done", "response": {"status": "completed",
+                                               "usage": {"input_tokens": 12, "output_tokens": 4}}}),
+]
+
+
+def test_realtime_turn():
+    conv = conversation_for("openai", ("openai",), "/v1/realtime?model=gpt-realtime")
+    turns = feed(conv, *REALTIME_TURN[:-1])
+    assert turns == []  # nothing is recorded before the turn ends
+    [turn] = feed(conv, REALTIME_TURN[-1])
+    x = turn.exchange
+    assert (x.service, x.operation, x.model, x.stream) == ("openai", "realtime", "gpt-realtime-2025-08-28", True)
+    assert x.system_text == "You are a terse assistant."
+    assert x.messages[0].role == "user" and x.messages[0].text == "What is Project Falcon?"
+    assert (x.completion, x.finish_reason, x.usage.input_tokens, x.usage.output_tokens) == \
+        ("A secret plan.", "completed", 12, 4)
+    assert [t.name for t in x.tools] == ["lookup"] and x.parsed and not x.warnings
+    assert turn.request_bytes > 0 and turn.response_bytes > 0
+
+
+def test_realtime_function_call_audio_and_transcripts():
+    conv = conversation_for("openai", ("openai",), "/v1/realtime?model=gpt-realtime")
+    [first] = feed(conv,
+                   (C, {"type": "input_audio_buffer.append", "audio": "AAAA" * 100}),
+                   (S, {"type": "conversation.item.input_audio_transcription.completed", "transcript": "Call it"}),
+                   (S, {"type": "response.output_audio_transcript.delta", "delta": "Calling."}),
+                   (S, {"type": "response.function_call_arguments.done", "name": "lookup", "call_id": "call-1",
+                        "arguments": "{\"q\": \"falcon\"}"}),
+                   (S, {"type": "response.done", "response": {"status": "completed"}}))
+    x = first.exchange
+    assert x.messages[0].text == "Call it"
+    assert [(a.kind, a.size) for a in x.messages[0].attachments] == [("audio", 300)]
+    assert x.completion == "Calling."
+    assert [(c.name, c.arguments, c.id) for c in x.completion_tool_calls] == [("lookup", '{"q": "falcon"}',
+                                                                               "call-1")]
+    [second] = feed(conv, (C, {"type": "conversation.item.create", "item": {
+        "type": "function_call_output", "call_id": "call-1", "output": "{\"found\": true}"}}),
+                    (C, {"type": "response.create", "response": {"instructions": "Answer now."}}),
+                    (S, {"type": "response.output_text.delta", "delta": "Found."}),
+                    (S, {"type": "response.done", "response": {"status": "completed"}}))
+    x = second.exchange
+    assert x.messages[0].tool_results[0].call_id == "call-1" and x.system_text == "Answer now."
+    assert x.completion == "Found."
+
+
+def test_realtime_model_from_azure_deployment():
+    conv = conversation_for("azure-openai", ("azure-openai", "openai"),
+                            "/openai/realtime?api-version=2025-04-01-preview&deployment=my-rt")
+    [turn] = feed(conv, *REALTIME_TURN[:2], (S, {"type": "response.done", "response": {}}))
+    assert turn.exchange.model == "gpt-realtime-2025-08-28"  # the server's word wins over the deployment name
+    conv = conversation_for("azure-openai", ("azure-openai",), "/openai/realtime?deployment=my-rt")
+    assert feed(conv, (S, {"type": "response.done", "response": {}}))[0].exchange.model == "my-rt"
+
+
+# --- Gemini Live -----------------------------------------------------------------------------------------------
+
+LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent?key=AIzaSECRET"
+
+
+def test_gemini_live_turn_in_binary_frames():
+    conv = conversation_for("gemini", ("gemini",), LIVE_PATH)
+    frames = [
+        (C, {"setup": {"model": "models/gemini-2.0-flash-live-001",
+                       "systemInstruction": {"parts": [{"text": "Speak like a pirate."}]},
+                       "tools": [{"functionDeclarations": [{"name": "weather", "description": "Weather"}]}]}}),
+        (S, json.dumps({"setupComplete": {}}).encode()),
+        (C, {"clientContent": {"turns": [{"role": "user", "parts": [{"text": "Hello Falcon"}]}],
+                               "turnComplete": True}}),
+        (S, json.dumps({"serverContent": {"modelTurn": {"parts": [{"text": "Ahoy "}]}}}).encode()),
+        (S, json.dumps({"serverContent": {"modelTurn": {"parts": [{"text": "matey"}]}}}).encode()),
+        (S, json.dumps({"serverContent": {"turnComplete": True},
+                        "usageMetadata": {"promptTokenCount": 9, "responseTokenCount": 3}}).encode()),
+    ]
+    [turn] = feed(conv, *frames)
+    x = turn.exchange
+    assert (x.operation, x.model, x.system_text) == ("live", "gemini-2.0-flash-live-001", "Speak like a pirate.")
+    assert x.messages[0].text == "Hello Falcon" and x.completion == "Ahoy matey"
+    assert (x.usage.input_tokens, x.usage.output_tokens, x.finish_reason) == (9, 3, "turn_complete")
+    assert [t.name for t in x.tools] == ["weather"] and x.parsed
+
+
+def test_gemini_live_snake_case_tool_calls_and_audio():
+    conv = conversation_for("vertex-ai", ("vertex", "gemini"), "/ws/google.cloud.aiplatform.v1.LlmBidiService/"
+                                                                "BidiGenerateContent")
+    [turn] = feed(conv,
+                  (C, {"setup": {"model": "gemini-live", "system_instruction": "Be brief."}}),
+                  (C, {"realtime_input": {"media_chunks": [{"mime_type": "audio/pcm", "data": "AAAA" * 10}]}}),
+                  (S, {"server_content": {"input_transcription": {"text": "weather in Paris"}}}),
+                  (S, {"tool_call": {"function_calls": [{"id": "f1", "name": "weather", "args": {"city": "Paris"}}]}}),
+                  (C, {"tool_response": {"function_responses": [{"id": "f1", "response": {"temp": 20}}]}}),
+                  (S, {"server_content": {"output_transcription": {"text": "Twenty degrees."}}}),
+                  (S, {"server_content": {"turn_complete": True}}))
+    x = turn.exchange
+    assert x.system_text == "Be brief."
+    assert x.messages[0].text == "weather in Paris"
+    assert x.completion_tool_calls[0].name == "weather" and json.loads(x.completion_tool_calls[0].arguments) == \
+        {"city": "Paris"}
+    assert any(tr.call_id == "f1" for m in x.messages for tr in m.tool_results)
+    assert x.completion == "Twenty degrees."
+    assert any(a.kind == "audio" and a.size == 30 for m in x.messages for a in m.attachments)
+
+
+# --- Microsoft Copilot -----------------------------------------------------------------------------------------
+
+def test_copilot_turns():
+    conv = conversation_for("copilot", ("copilot-web",), "/c/api/chat?api-version=2&accessToken=SECRET")
+    frames = [
+        (C, {"event": "setOptions", "supportedCards": ["image"]}),
+        (C, {"event": "send", "conversationId": "conv-1", "mode": "smart",
+             "content": [{"type": "text", "text": "Draft a memo about Falcon"}]}),
+        (S, {"event": "received", "messageId": "u1"}),
+        (S, {"event": "startMessage", "messageId": "a1"}),
+        (S, {"event": "appendText", "messageId": "a1", "text": "Memo: "}),
+        (S, {"event": "appendText", "messageId": "a1", "text": "Falcon is on track."}),
+        (S, {"event": "partCompleted", "messageId": "a1"}),
+        (S, {"event": "done", "messageId": "a1"}),
+    ]
+    [turn] = feed(conv, *frames)
+    x = turn.exchange
+    assert (x.service, x.operation, x.model) == ("copilot", "conversation", "smart")
+    assert x.messages[0].text == "Draft a memo about Falcon" and x.completion == "Memo: Falcon is on track."
+    assert x.finish_reason == "done" and x.parsed
+    [second] = feed(conv, (C, {"event": "send", "content": [{"type": "text", "text": "Shorter"}]}),
+                    (S, {"event": "appendText", "text": "OK."}), (S, {"event": "done"}))
+    assert (second.exchange.messages[0].text, second.exchange.completion) == ("Shorter", "OK.")
+
+
+# --- failure modes ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path,formats", [("/v1/realtime?model=m", ("openai",)), (LIVE_PATH, ("gemini",)),
+                                          ("/c/api/chat", ("copilot-web",))])
+def test_malformed_messages_never_raise(path, formats):
+    conv = conversation_for("svc", formats, path)
+    turns = feed(conv, (C, b"\xff\xfe not json"), (C, b'{"type": '), (S, b"[1, 2, 3]"), (S, b'"just a string"'),
+                 (C, {"type": 5, "event": ["x"]}), (S, {"serverContent": "nope", "event": None, "type": None}),
+                 (C, b""), (S, b"{}"))
+    turns += conv.close("client went away")
+    assert turns and all(isinstance(t.exchange.warnings, list) for t in turns)
+    assert any("understood" in w for t in turns for w in t.exchange.warnings)
+
+
+def test_unknown_protocol_is_one_unparsed_event_per_connection():
+    conv = conversation_for("chatgpt", ("chatgpt-web", "openai"), "/backend-api/celsius/ws/user")
+    assert feed(conv, (C, {"hello": 1}), (S, b"\x00\x01binary")) == []
+    [turn] = conv.close()
+    assert turn.exchange.operation == "websocket" and not turn.exchange.parsed
+    assert turn.exchange.warnings == ["websocket: 2 WebSocket messages, none understood"]
+
+
+def test_connection_closed_mid_turn_keeps_the_partial_answer():
+    conv = conversation_for("copilot", ("copilot-web",), "/c/api/chat")
+    assert feed(conv, (C, {"event": "send", "content": [{"type": "text", "text": "Hi"}]}),
+                (S, {"event": "appendText", "text": "Hel"})) == []
+    [turn] = conv.close("1006")
+    assert turn.exchange.completion == "Hel"
+    assert any("closed before the turn ended" in w for w in turn.exchange.warnings)
+
+
+def test_connection_without_turns_is_still_audited():
+    conv = conversation_for("openai", ("openai",), "/v1/realtime?model=gpt-realtime")
+    feed(conv, (S, {"type": "session.created", "session": {"model": "gpt-realtime"}}))
+    [turn] = conv.close()
+    assert turn.exchange.model == "gpt-realtime" and turn.exchange.parsed
+    assert any("without a conversation turn" in w for w in turn.exchange.warnings)
+
+
+def test_memory_is_bounded(monkeypatch):
+    from providers import base
+    monkeypatch.setattr(base, "MAX_COMPLETION_CHARS", 1000)
+    monkeypatch.setattr(websocket, "MAX_PROMPT_CHARS", 1000)
+    monkeypatch.setattr(websocket, "MAX_MESSAGE_BYTES", 10_000)
+    conv = conversation_for("copilot", ("copilot-web",), "/c/api/chat")
+    feed(conv, (C, {"event": "send", "content": [{"type": "text", "text": "p" * 5000}]}))
+    feed(conv, *[(S, {"event": "appendText", "text": "x" * 100})] * 50)
+    feed(conv, (S, b'{"event": "appendText", "text": "' + b"y" * 20_000 + b'"}'))  # too large: counted only
+    [turn] = feed(conv, (S, {"event": "done"}))
+    x = turn.exchange
+    assert len(x.prompt_text) < 1100 and len(x.completion) == 1000
+    assert any("prompt truncated" in w for w in x.warnings) and any("completion truncated" in w for w in x.warnings)
+    assert conv.skipped_large == 1
+
+
+def test_credentials_in_websocket_urls_are_redacted():
+    assert redact_query("/c/api/chat?api-version=2&accessToken=eyJ.secret") == \
+        "/c/api/chat?api-version=2&accessToken=REDACTED"
+    assert "AIza" not in redact_query(LIVE_PATH)
+    assert redact_query("/v1/realtime") == "/v1/realtime"
