@@ -154,6 +154,22 @@ def start_gateway(workdir: Path, upstream: Upstream) -> GatewayProcess:
     return GatewayProcess(workdir, {HOST: upstream.port}, upstream.ca)
 
 
+def audited(gateway, where: str = "1") -> tuple[int | None, str]:
+    """Events in the gateway's audit store, read after it stops (an embedded chdb store has one user at a time):
+    a gateway row counts only if the gateway really decrypted, parsed and audited the traffic it was sent."""
+    import clickhouse_connect
+
+    gateway.stop()
+    try:
+        client = clickhouse_connect.get_client(dsn=gateway.audit_url)
+        try:
+            return int(client.command(f"SELECT count() FROM events WHERE {where}")), ""
+        finally:
+            client.close()
+    except Exception as e:  # report it with the numbers rather than lose them
+        return None, f"{type(e).__name__}: {str(e)[:300]}"
+
+
 def _stop(proc: subprocess.Popen, close_stdin: bool = False) -> None:
     if proc.poll() is None:
         if close_stdin and proc.stdin:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is not on the path
 
-from bench._common import (Mitmdump, Tally, Target, Upstream, Workspace, chat_body, connect, cpu_seconds,  # noqa
-                           exchange, machine_line, percentile, ratio, request_bytes, start_gateway)
+from bench._common import (Mitmdump, Tally, Target, Upstream, Workspace, audited, chat_body, connect,  # noqa
+                           cpu_seconds, exchange, machine_line, percentile, ratio, request_bytes, start_gateway)
 
 
 async def measure(target: Target, tally: Tally, upstream_pid: int, *, clients: int, seconds: float, limit: int,
@@ -105,28 +105,12 @@ def report(targets: list[Target], tallies: dict[str, Tally]) -> None:
           f"the client and the upstream are not what limits the proxied rows")
 
 
-def audited(gateway) -> tuple[int | None, str]:
-    """Events in the gateway's audit store: the gateway row counts only if the gateway really decrypted, parsed
-    and audited the traffic. Read after the gateway stops (an embedded chdb store has one user at a time)."""
-    import clickhouse_connect
-
-    gateway.stop()
-    try:
-        client = clickhouse_connect.get_client(dsn=gateway.audit_url)
-        try:
-            return int(client.command("SELECT count() FROM events")), ""
-        finally:
-            client.close()
-    except Exception as e:  # report it with the numbers rather than lose them
-        return None, f"{type(e).__name__}: {str(e)[:300]}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=20, help="concurrent keep-alive connections (default 20)")
     parser.add_argument("--seconds", type=float, default=6, help="measured seconds per target per round (6)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each measures every target once (3)")
-    parser.add_argument("--requests", type=int, default=30000, help="at most this many per target (30000)")
+    parser.add_argument("--requests", type=int, default=120000, help="at most this many per target (120000)")
     parser.add_argument("--body-size", type=int, default=1024, help="request body bytes (1024)")
     args = parser.parse_args()
     body = chat_body(size=args.body_size)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is not on the path
 
-from bench._common import (Mitmdump, Target, Upstream, Workspace, chat_body, connect, exchange,  # noqa: E402
-                           machine_line, median, percentile, ratio, request_bytes, start_gateway)
+from bench._common import (Mitmdump, Target, Upstream, Workspace, audited, chat_body, connect,  # noqa: E402
+                           exchange, machine_line, median, percentile, ratio, request_bytes, start_gateway)
 
 
 @dataclass
@@ -118,7 +118,13 @@ def main() -> int:
                    Target("gateway", gateway.port, gateway.ca, via_proxy=True)]
         results = {t.name: Streams() for t in targets}
         asyncio.run(run_rounds(targets, results, args.rounds, clients=args.clients, per_client=args.per_client))
+        # the usage block comes in the next-to-last frame: counted only if the whole stream was reassembled
+        events, problem = audited(gateway, f"stream AND output_tokens = {args.chunks - 3}")
     ok = report(targets, results, args.chunks)
+    sent = len(results["gateway"].first)
+    ok = ok and events == sent
+    print(f"gateway audit: {events} streamed events with their usage reassembled for {sent} streams"
+          f"{'' if events == sent else '  <- MISMATCH'}{f' ({problem})' if problem else ''}")
     print(machine_line().replace("machine", "after"))
     return 0 if ok else 1
 
