@@ -75,6 +75,7 @@ def cli() -> None:
 def run(listen_host: str, listen_port: int, rules_dir: Path, audit_url: str | None, password_file: str,
         data_dir: Path, confdir: Path | None, scripts: tuple[str, ...], sets: tuple[str, ...]) -> None:
     """Start the gateway."""
+    from addons.admin import socket_path_for
     from core.catalog import Catalog
     from core.rulesfile import RulesError
     from storage.store import AuditUrl, AuditUrlError
@@ -99,8 +100,10 @@ def run(listen_host: str, listen_port: int, rules_dir: Path, audit_url: str | No
         fail(f"cannot create {e.filename}: {e.strerror}")
     asyncio.run(_serve(dict(listen_host=listen_host, listen_port=listen_port, confdir=str(confdir),
                             gateway_rules=str(rules_dir), gateway_audit=url, scripts=list(scripts),
+                            gateway_rules_status=str(data_dir.resolve() / RULES_STATUS_FILE),
                             gateway_audit_password_file=password_file,
-                            gateway_audit_spool=str(data_dir.resolve() / SPOOL_FILE)), sets))
+                            gateway_audit_spool=str(data_dir.resolve() / SPOOL_FILE),
+                            gateway_admin_socket=str(socket_path_for(url, data_dir.resolve()))), sets))
 
 
 async def _serve(values: dict, sets: tuple[str, ...]) -> None:
@@ -200,14 +203,14 @@ def audit() -> None:
     """Query the audit log (through the running gateway, or the store itself when none runs)."""
 
 
-def run_query(audit_url: str, name: str, params: dict, password_file: str = "", spool: Path | None = None
+def run_query(audit_url: str, name: str, params: dict, password_file: str = "", data_dir: Path | None = None
               ) -> tuple[list[str], list[list]]:
     """Ask the running gateway over its admin socket; open the store directly when no gateway serves it."""
     from addons.admin import socket_path_for
     from storage.queries import QUERIES
     from storage.store import AuditUrl, AuditUrlError, Store, StoreLockedError, StoreUnavailableError
 
-    sock_path = socket_path_for(audit_url)
+    sock_path = socket_path_for(audit_url, data_dir)
     if sock_path is not None and sock_path.exists():
         try:
             reply = _ask_socket(sock_path, {"query": name, "params": params})
@@ -218,7 +221,7 @@ def run_query(audit_url: str, name: str, params: dict, password_file: str = "", 
                 fail(reply["error"])
             return reply["columns"], reply["rows"]
     if name == "status":
-        return _offline_status(spool)
+        return _offline_status(data_dir / SPOOL_FILE if data_dir else None)
     try:
         store = Store.open(AuditUrl.parse(audit_url).with_password(password_file=password_file))
     except (AuditUrlError, StoreLockedError, StoreUnavailableError) as e:
@@ -320,7 +323,7 @@ def search(limit: int, fmt: str, audit_url: str | None, data_dir: Path, password
     """Search audit events, newest first."""
     _check_times(filters["since"], filters["until"])
     columns, rows = run_query(_audit_url(audit_url, data_dir), "search", {"limit": limit, **filters},
-                              password_file)
+                              password_file, data_dir)
     print_rows(columns, rows, fmt, "events")
 
 
@@ -329,7 +332,8 @@ def search(limit: int, fmt: str, audit_url: str | None, data_dir: Path, password
 @store_options
 def show(event_id: str, fmt: str, audit_url: str | None, data_dir: Path, password_file: str) -> None:
     """Every recorded field of one event."""
-    columns, rows = run_query(_audit_url(audit_url, data_dir), "show", {"event_id": event_id}, password_file)
+    columns, rows = run_query(_audit_url(audit_url, data_dir), "show", {"event_id": event_id}, password_file,
+                              data_dir)
     if not rows:
         fail(f"no event {event_id}", code=1)
     if fmt == "table":
@@ -351,7 +355,7 @@ def stats(by: str, bucket: str, limit: int, fmt: str, audit_url: str | None, dat
     """Counts over time buckets, by user, service, decision, category, model or DLP entity."""
     _check_times(filters["since"], filters["until"])
     columns, rows = run_query(_audit_url(audit_url, data_dir), "stats",
-                              {"by": by, "bucket": bucket, "limit": limit, **filters}, password_file)
+                              {"by": by, "bucket": bucket, "limit": limit, **filters}, password_file, data_dir)
     print_rows(columns, rows, fmt)
 
 
@@ -365,7 +369,7 @@ def shadow_ai(since: str, until: str, limit: int, fmt: str, audit_url: str | Non
     """Unsanctioned AI services in use: users, requests, tunnelled connections, bytes, first and last seen."""
     _check_times(since, until)
     columns, rows = run_query(_audit_url(audit_url, data_dir), "shadow-ai",
-                              {"since": since, "until": until, "limit": limit}, password_file)
+                              {"since": since, "until": until, "limit": limit}, password_file, data_dir)
     print_rows(columns, rows, fmt, "services")
 
 
@@ -387,7 +391,7 @@ def tail(since: str, interval: float, count: int, fmt: str, audit_url: str | Non
     cursor, shown = since, 0
     try:
         while True:
-            columns, rows = run_query(url, "tail", {"after": cursor, "limit": 1000}, password_file)
+            columns, rows = run_query(url, "tail", {"after": cursor, "limit": 1000}, password_file, data_dir)
             fresh = [r for r in rows if str(r[columns.index("event_id")]) not in seen]
             for r in fresh:
                 seen[str(r[columns.index("event_id")])] = None
@@ -419,8 +423,7 @@ def tail(since: str, interval: float, count: int, fmt: str, audit_url: str | Non
 @store_options
 def status(fmt: str, audit_url: str | None, data_dir: Path, password_file: str) -> None:
     """The audit writer's health: queue depth, spool size, records written, failures."""
-    columns, rows = run_query(_audit_url(audit_url, data_dir), "status", {}, password_file,
-                              spool=data_dir / SPOOL_FILE)
+    columns, rows = run_query(_audit_url(audit_url, data_dir), "status", {}, password_file, data_dir)
     if fmt == "table":
         for c, v in zip(columns, rows[0]):
             click.echo(f"{c:>12}  {v}")
@@ -438,6 +441,88 @@ def schema(cluster: str, database: str, text_ttl_days: int, metadata_ttl_days: i
     from storage.schema import Target, render
 
     click.echo(render(Target(cluster=cluster, database=database), text_ttl_days, metadata_ttl_days), nl=False)
+
+
+# --- rules -------------------------------------------------------------------------------------------------------
+
+RULES_STATUS_FILE = "rules-status.json"  # written by the running gateway's rules reloader (addons/reload.py)
+
+
+@cli.group()
+def rules() -> None:
+    """Check, try and inspect the rules files (endpoints, policy, identity, recognizers)."""
+
+
+@rules.command()
+@click.argument("folder", required=False, type=click.Path(file_okay=False, path_type=Path), default=SHIPPED_RULES)
+def check(folder: Path) -> None:
+    """Validate every rules file of FOLDER (default: the shipped rules/); errors as file:line: message."""
+    from policy import ruleset
+
+    if not folder.is_dir():
+        fail(f"no such rules folder: {folder}")
+    errors = ruleset.check(folder)
+    for e in errors:
+        click.echo(str(e))
+    if errors:
+        sys.exit(1)
+    loaded = ruleset.load(folder)
+    click.echo(f"{folder}: ok ({len(loaded.catalog.services)} services, {len(loaded.policy.rules)} policy rules; "
+               f"checked {', '.join(loaded.digests)})")
+
+
+@rules.command("status")
+@data_dir_option
+def rules_status(data_dir: Path) -> None:
+    """What the running gateway has active, and the last refused edit (file:line: message)."""
+    path = data_dir / RULES_STATUS_FILE
+    try:
+        status = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        fail(f"no rules status in {data_dir} (is a gateway running with --data-dir {data_dir}?)")
+    active = status.get("active") or {}
+    click.echo(f"rules: {status.get('rules')}\nactive since: {active.get('since')}  reloads: {status.get('reloads')}")
+    for name, digest in (active.get("files") or {}).items():
+        click.echo(f"  {name}  {digest}")
+    error = status.get("error")
+    if error:
+        where = f"{error['file']}:{error['line']}" if error.get("line") else error["file"]
+        click.echo(f"last edit REFUSED at {error['at']} (the rules above stay active):\n{where}: {error['message']}")
+        sys.exit(1)
+    click.echo("last reload: ok")
+
+
+@rules.command("test")
+@click.option("--user", default="", help="Who is asking (as proxy authentication would name them).")
+@click.option("--group", "groups", multiple=True, help="A group of the user, besides identity.yaml (repeatable).")
+@click.option("--client-addr", default="127.0.0.1", show_default=True, help="The client's address.")
+@click.option("--url", required=True, help="The request URL, e.g. https://api.openai.com/v1/chat/completions.")
+@click.option("--method", default="POST", show_default=True)
+@click.option("--body", "body_file", type=click.File("rb"), default=None, help="Request body file (- for stdin).")
+@click.option("--inspection", default="inspected", show_default=True,
+              help="Pretend the inspection ended so (e.g. errored) to see the rules' fail modes.")
+@click.option("--rules", "rules_dir", type=click.Path(file_okay=False, path_type=Path), default=SHIPPED_RULES,
+              show_default="the shipped rules/")
+def rules_test(user: str, groups: tuple[str, ...], client_addr: str, url: str, method: str, body_file,
+               inspection: str, rules_dir: Path) -> None:
+    """Decide one request offline: the decision, the rule, the findings and the body that would go upstream."""
+    from urllib.parse import urlsplit
+
+    from core.rulesfile import RulesError
+    from policy import ruleset
+    from policy.tryout import try_request
+
+    try:
+        loaded = ruleset.load(rules_dir)
+    except RulesError as e:
+        fail(str(e))
+    parts = urlsplit(url)
+    if not parts.hostname:
+        fail(f"not a URL: {url}")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    body = body_file.read() if body_file else b""
+    click.echo(try_request(loaded, user, groups, client_addr, method.upper(), parts.hostname, path, body,
+                           inspection), nl=False)
 
 
 def main() -> None:

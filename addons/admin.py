@@ -26,15 +26,16 @@ log = logging.getLogger(__name__)
 MAX_REQUEST = 64 * 1024
 
 
-def socket_path_for(audit_url: str) -> Path | None:
-    """Where the gateway serving this embedded store listens: beside the store folder."""
+def socket_path_for(audit_url: str, data_dir: Path | None = None) -> Path | None:
+    """Where the gateway serving this audit store listens: beside the embedded store's folder, or in the data
+    folder for a server store."""
     try:
         url = AuditUrl.parse(audit_url)
     except ValueError:
         return None
-    if url.scheme != "chdb":
-        return None
-    return Path(url.path.rstrip("/") + ".sock")
+    if url.scheme == "chdb":
+        return Path(url.path.rstrip("/") + ".sock")
+    return data_dir / "audit.sock" if data_dir is not None else None
 
 
 class AdminSocket:
@@ -42,8 +43,13 @@ class AdminSocket:
         self.server: asyncio.AbstractServer | None = None
         self.path: Path | None = None
 
+    def load(self, loader) -> None:
+        loader.add_option("gateway_admin_socket", str, "",
+                          "Unix socket answering `gateway audit` commands. Default: beside the embedded store.")
+
     async def running(self) -> None:
-        path = socket_path_for(ctx.options.gateway_audit)
+        path = (Path(ctx.options.gateway_admin_socket) if ctx.options.gateway_admin_socket
+                else socket_path_for(ctx.options.gateway_audit))
         if path is None:
             return
         path.unlink(missing_ok=True)
