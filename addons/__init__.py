@@ -10,8 +10,11 @@ from __future__ import annotations
 def default_addons() -> list:
     from addons.admin import AdminSocket
     from addons.audit import Audit
+    from addons.decide import Decide
     from addons.extract import Extract
+    from addons.identify import Identify
     from addons.recognise import Recognise
+    from addons.reload import RulesReload
     from addons.websocket import WebSocketAudit
 
-    return [Recognise(), Extract(), WebSocketAudit(), Audit(), AdminSocket()]
+    return [Recognise(), Identify(), Extract(), WebSocketAudit(), Decide(), Audit(), AdminSocket(), RulesReload()]

@@ -1,0 +1,174 @@
+"""Decide and enforce: run the policy on each AI request after inspection, before anything goes upstream.
+
+The decision is taken in the `request` hook, after the inspect stage has filled the findings and before the
+server connection is used, so a streamed request is blocked before a single byte is sent or received. The
+outcome goes on the Interaction (decision, reason, rule id, redaction plan) for the redact and audit stages.
+
+What the client sees (policy/enforcement.py):
+- block: an error in the provider's own shape and status, or an HTML page for browsers and consumer apps; both
+  quote the audit event id as a reference.
+- warn: browsers get a page with a "continue" button and an optional justification; continuing is remembered
+  per user (or address), service and rule for `gateway_warn_ttl` seconds and the justification is audited with
+  the continue request and with each request it lets through. API clients, which cannot click, are let through
+  with an `x-ai-gateway-warning` response header.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitmproxy import ctx, http
+from mitmproxy.exceptions import OptionsError
+
+from addons.extract import PARSED_KEY
+from core.interaction import KEY, Interaction
+from core.rulesfile import RulesError
+from policy import enforcement
+from policy.engine import Decision, Request, Subject, decide
+from policy.language import Policy
+from policy.ruleset import load_policy
+
+log = logging.getLogger(__name__)
+
+WARNING_KEY = "gateway.warning"  # the warning header an API client gets on a `warn` it was let through on
+PENDING_TTL = 600.0  # seconds a warn page's continue token stays valid
+MAX_JUSTIFICATION = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A warn page shown: its continue token is bound to who saw it, for which service and rule."""
+
+    who: str
+    service: str
+    rule: str
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Ack:
+    justification: str
+    expires: float
+
+
+class Decide:
+    def __init__(self) -> None:
+        self.policy = Policy()
+        self.pending: dict[str, _Pending] = {}
+        self.acks: dict[tuple[str, str, str], _Ack] = {}
+
+    def load(self, loader) -> None:
+        loader.add_option("gateway_warn_ttl", int, 3600,
+                          "Seconds a user's 'continue' past a policy warning lasts (per user, service and rule).")
+
+    def configure(self, updated: set[str]) -> None:
+        if "gateway_warn_ttl" in updated and ctx.options.gateway_warn_ttl < 0:
+            raise OptionsError("gateway_warn_ttl must be >= 0")
+        if "gateway_rules" in updated:
+            recognise = ctx.master.addons.get("recognise")
+            try:
+                self.policy = load_policy(Path(ctx.options.gateway_rules), recognise.catalog)
+            except RulesError as e:
+                raise OptionsError(str(e)) from None
+
+    def rules_reloaded(self, rules) -> None:
+        """Called by the rules reloader with a fully validated rule set."""
+        self.policy = rules.policy
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is None or flow.response is not None:  # not AI, or already answered (unparseable body blocked)
+            return
+        if flow.request.path.split("?")[0] == enforcement.CONTINUE_PATH:
+            self._continue(flow, it)
+            return
+        parsed = flow.metadata.get(PARSED_KEY)
+        provider = parsed.provider.name if parsed is not None and parsed.provider is not None else None
+        d = decide(self.policy, Subject(it.user, frozenset(it.groups), it.client_addr),
+                   Request(it.service, it.exchange, it.findings, self._inspection(it)))
+        it.decision, it.reason, it.rule_id = d.action, d.reason, d.rule
+        if d.action == "redact":
+            it.redact_entities, it.reversible = d.redact_entities, d.reversible
+        elif d.action == "block":
+            self._block(flow, it, d, provider)
+        elif d.action == "warn":
+            self._warn(flow, it, d, provider)
+
+    @staticmethod
+    def _inspection(it: Interaction) -> str:
+        """Findings are the whole truth only when the body was understood and scanned. A request with no text at
+        all (an empty body, a model listing) has nothing to find, so it counts as inspected."""
+        if not it.exchange.parsed and it.request_bytes > 0:
+            return "unparsed" if it.inspection == "inspected" else it.inspection
+        if it.inspection == "skipped" and not it.exchange.request_parts():
+            return "inspected"
+        return it.inspection
+
+    def _block(self, flow: http.HTTPFlow, it: Interaction, d: Decision, provider: str | None) -> None:
+        text = enforcement.user_message("block", d.rule, d.message, it.event_id)
+        if enforcement.wants_html(flow.request.headers.get("accept", ""), it.service, provider):
+            reply = enforcement.block_page(it.service, d.rule, d.message, it.event_id)
+        else:
+            reply = enforcement.api_error(enforcement.dialect(provider, it.service), text, it.event_id)
+        flow.response = http.Response.make(reply.status, reply.body, reply.headers)
+        log.info("blocked %s %s for %s: %s", it.service.id, it.exchange.operation, it.user or it.client_addr,
+                 d.reason)
+
+    def _warn(self, flow: http.HTTPFlow, it: Interaction, d: Decision, provider: str | None) -> None:
+        now = time.monotonic()
+        who = it.user or it.client_addr
+        ack = self.acks.get((who, it.service.id, d.rule))
+        if ack is not None and ack.expires > now:
+            it.justification = ack.justification
+            it.reason += "; the user continued past the warning"
+            return
+        if enforcement.wants_html(flow.request.headers.get("accept", ""), it.service, provider):
+            self._prune(now)
+            token = secrets.token_urlsafe(18)
+            self.pending[token] = _Pending(who, it.service.id, d.rule, now + PENDING_TTL)
+            reply = enforcement.warn_page(it.service, d.rule, d.message, it.event_id, token,
+                                          flow.request.path if flow.request.method == "GET" else "/")
+            flow.response = http.Response.make(reply.status, reply.body, reply.headers)
+            it.reason += "; warning page shown"
+            return
+        flow.metadata[WARNING_KEY] = enforcement.user_message("warn", d.rule, d.message, it.event_id)
+        it.reason += "; API client let through with a warning header"
+
+    def _continue(self, flow: http.HTTPFlow, it: Interaction) -> None:
+        """The warn page's form: remember the acknowledgement and send the browser back where it was going."""
+        form = urllib.parse.parse_qs(flow.request.get_text(strict=False) or "", max_num_fields=10)
+        token = (form.get("token") or [""])[0]
+        target = (form.get("target") or ["/"])[0]
+        justification = " ".join((form.get("justification") or [""])[0].split())[:MAX_JUSTIFICATION]
+        it.exchange.operation = "policy.continue"
+        pending = self.pending.pop(token, None)
+        now = time.monotonic()
+        who = it.user or it.client_addr
+        if pending is None or pending.expires <= now or pending.who != who or pending.service != it.service.id:
+            it.decision, it.reason = "block", "warning continue refused: unknown, expired or someone else's token"
+            flow.response = http.Response.make(403, b"This confirmation link has expired: reload the page.",
+                                               {"content-type": "text/plain; charset=utf-8"})
+            return
+        self.acks[(who, pending.service, pending.rule)] = _Ack(justification,
+                                                                now + ctx.options.gateway_warn_ttl)
+        it.decision, it.rule_id, it.justification = "warn", pending.rule, justification
+        it.reason = f"rule {pending.rule}: the user chose to continue past the warning"
+        if not target.startswith("/") or target.startswith("//"):  # never redirect off the warned host
+            target = "/"
+        flow.response = http.Response.make(303, b"", {"location": target, "cache-control": "no-store"})
+
+    def _prune(self, now: float) -> None:
+        for token in [t for t, p in self.pending.items() if p.expires <= now]:
+            del self.pending[token]
+        for key in [k for k, a in self.acks.items() if a.expires <= now]:
+            del self.acks[key]
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        warning = flow.metadata.get(WARNING_KEY)
+        if warning and flow.response is not None:  # header values must be ASCII
+            flow.response.headers[enforcement.WARNING_HEADER] = warning.encode("ascii", "replace").decode()

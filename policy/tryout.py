@@ -1,0 +1,109 @@
+"""`gateway rules test`: one request through recognise, extract, inspect and decide, offline.
+
+The same code paths as the proxy (catalog match, provider parser, DLP scanner in-process when the dlp package is
+there, the policy engine, the error a blocked client would get), so a rule can be tried before it is deployed
+and a user's complaint can be replayed without any traffic.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import providers
+from core.exchange import Exchange
+from policy import enforcement
+from policy.engine import Request, Subject, decide
+from policy.language import entity_of
+from policy.ruleset import RuleSet
+
+REFERENCE = "(reference id of the audit event)"
+
+
+def try_request(rules: RuleSet, user: str, groups: Sequence[str], client_addr: str, method: str, host: str,
+                path: str, body: bytes, inspection: str = "inspected") -> str:
+    out: list[str] = []
+    match = rules.catalog.match(host)
+    if match is None:
+        return f"{host} is not in the AI endpoint catalog: the gateway tunnels it untouched; no policy applies.\n"
+    service = match.service
+    out.append(f"service:   {service.id} ({service.name}; category {service.category}; "
+               f"{'sanctioned' if service.sanctioned else 'not sanctioned'})")
+    if not match.decrypt:
+        out.append(f"not decrypted ({match.reason}): recorded as AI use, no policy applies")
+        return "\n".join(out) + "\n"
+    if not service.covers_path(path.split("?")[0]):
+        out.append(f"{path} is outside the service's AI paths: forwarded untouched")
+        return "\n".join(out) + "\n"
+    who = rules.identity.resolve(client_addr, proxy_user=user)
+    subject = Subject(who.user, who.groups | frozenset(groups), client_addr)
+    out.append(f"subject:   {subject.user or '(unknown: known by address)'} from {client_addr}; groups: "
+               f"{', '.join(sorted(subject.groups)) or '-'}")
+    req = providers.HttpRequest.from_url_parts(method, host, path, {"content-type": "application/json"}, body)
+    parsed = providers.parse_request(req, service.id, service.formats)
+    x = parsed.exchange
+    provider = parsed.provider.name if parsed.provider is not None else None
+    out.append(f"request:   {x.operation} model={x.model or '-'} stream={x.stream} parsed={x.parsed}"
+               f"{' (' + '; '.join(x.warnings) + ')' if x.warnings else ''}")
+    findings: list = []
+    scanner = _dlp_scanner(rules)
+    if scanner is None:
+        out.append("findings:  (DLP package not available: none scanned)")
+        if inspection == "inspected" and x.request_parts():
+            inspection = "skipped"
+    else:
+        findings = list(scanner(x))
+        out.append(f"findings:  {len(findings) or 'none'}")
+        parts = x.request_parts()
+        for f in findings:
+            text = parts[f.part].text[f.start:f.end] if 0 <= f.part < len(parts) else ""
+            out.append(f"  {entity_of(f):<22} score {f.score:.2f}  part {f.part} [{f.start}:{f.end}]  "
+                       f"{_mask(text)}")
+    if not x.parsed and body:
+        inspection = "unparsed"
+    out.append(f"inspection: {inspection}")
+    d = decide(rules.policy, subject, Request(service, x, findings, inspection))
+    out.append(f"decision:  {d.action}  (rule: {d.rule}{', mode: monitor' if d.mode == 'monitor' else ''}"
+               f"{', fail ' + d.fail if d.fail else ''})")
+    out.append(f"reason:    {d.reason}")
+    if d.action == "redact":
+        out.append(f"redact:    {', '.join(d.redact_entities)}{' (reversible)' if d.reversible else ''}")
+    if d.action == "block":
+        reply = enforcement.api_error(enforcement.dialect(provider, service),
+                                      enforcement.user_message("block", d.rule, d.message, REFERENCE), REFERENCE)
+        out.append("upstream:  nothing is sent; the client gets "
+                   f"{reply.status} {reply.body.decode()}")
+    elif d.action == "redact":
+        out.append("upstream:  " + _redacted(x, findings, d.redact_entities, body))
+    else:
+        out.append("upstream:  the body unchanged:")
+        out.append(body.decode("utf-8", "replace"))
+    return "\n".join(out) + "\n"
+
+
+def _mask(text: str) -> str:
+    """Enough of a value to recognise it, never the whole of a secret on a terminal."""
+    return text[:3] + "…" if len(text) > 6 else "…"
+
+
+def _dlp_scanner(rules: RuleSet) -> Callable[[Exchange], Sequence[Any]] | None:
+    """The DLP package's in-process scanner, if it offers `dlp.scanner.scan_exchange(exchange, recognizers)`."""
+    try:
+        module = importlib.import_module("dlp.scanner")
+    except ImportError:
+        return None
+    scan = getattr(module, "scan_exchange", None)
+    if scan is None:
+        return None
+    return lambda x: scan(x, rules.recognizers)
+
+
+def _redacted(x: Exchange, findings: list, entities: list[str], body: bytes) -> str:
+    try:
+        module = importlib.import_module("dlp.redact")
+        redact = module.redact_body
+    except (ImportError, AttributeError):
+        return "(the DLP package's redaction is not available: the body would be rewritten with placeholders " \
+               f"for {', '.join(entities)})"
+    return "the redacted body:\n" + redact(x, findings, entities, body).decode("utf-8", "replace")

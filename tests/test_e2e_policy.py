@@ -1,0 +1,400 @@
+"""End to end: the policy decides and enforces through the real gateway, with proxy authentication.
+
+The SDKs must surface our message (in their own error types), browsers get pages, `warn` + continue lets the next
+request through and records the justification, and the rules folder reloads under live traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import anthropic
+import bcrypt
+import httpx2
+import openai
+import pytest
+
+from tests.conftest import AI_HOSTS, PLAIN_HOSTS, wait_for_events
+from tests.support.gateway import GatewayProcess
+from tests.support.upstream import Reply
+from tests.test_e2e_foundation import chat_reply
+
+REPO = Path(__file__).resolve().parent.parent
+
+ENDPOINTS = """
+version: 1
+services:
+  - {id: openai, name: OpenAI API, category: api, sanctioned: true, hosts: [api.openai.com], formats: [openai]}
+  - {id: anthropic, name: Anthropic API, category: api, sanctioned: true, hosts: [api.anthropic.com],
+     formats: [anthropic]}
+  - {id: deepseek, name: DeepSeek API, category: api, hosts: [api.deepseek.com], formats: [openai]}
+  - {id: chatgpt, name: ChatGPT, category: chat, hosts: [chatgpt.com], formats: [chatgpt-web]}
+  - {id: claude, name: Claude, category: chat, hosts: [claude.ai], formats: [claude-web]}
+"""
+
+POLICY = """
+version: 1
+defaults: {action: allow, shadow_ai: block, message: This AI service is not approved. Ask IT.}
+rules:
+  - id: o1-for-research
+    who: {groups: [research]}
+    when: {models: ["o1*"]}
+    action: allow
+  - id: o1-reserved
+    when: {models: ["o1*"]}
+    action: block
+    message: o1 models are reserved for the research team.
+  - id: no-claude-api-for-sales
+    who: {groups: [sales]}
+    when: {services: [anthropic]}
+    action: block
+    message: Sales uses the sanctioned OpenAI service only.
+  - id: consumer-chatgpt
+    when: {services: [chatgpt]}
+    action: block
+    message: Use the company assistant instead of consumer ChatGPT.
+  - id: claude-caution
+    when: {services: [claude]}
+    action: warn
+    message: Claude is not approved for customer data.
+  - id: old-models
+    when: {models: ["gpt-3.5*"]}
+    action: warn
+    message: gpt-3.5 is being retired; switch to gpt-4o-mini.
+"""
+
+IDENTITY = """
+version: 1
+groups:
+  research: [alice]
+  sales: [bob]
+trusted_header:
+  header: X-Authenticated-User
+  from: [127.0.0.1/32]
+"""
+
+USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+
+
+def write_rules(folder: Path, policy: str = POLICY) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "endpoints.yaml").write_text(textwrap.dedent(ENDPOINTS).lstrip())
+    (folder / "policy.yaml").write_text(textwrap.dedent(policy).lstrip())
+    (folder / "identity.yaml").write_text(textwrap.dedent(IDENTITY).lstrip())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pgw(tmp_path_factory, upstream, test_ca):
+    """A gateway with the test rules and proxy authentication against an htpasswd file (bcrypt)."""
+    base = tmp_path_factory.mktemp("policy-gw")
+    rules = write_rules(base / "rules")
+    htpasswd = base / "htpasswd"
+    htpasswd.write_text("".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n"
+                                for u, p in USERS.items()))
+    gw = GatewayProcess(base / "data", {h: upstream.port for h in AI_HOSTS + PLAIN_HOSTS}, test_ca.ca_pem,
+                        rules=rules, sets=[f"proxyauth=@{htpasswd}"])
+    yield gw
+    gw.stop()
+
+
+def http_client(gw, user: str | None = None, **kw) -> httpx2.Client:
+    proxy = gw.proxy_url if user is None else gw.proxy_url.replace("http://", f"http://{user}:{USERS[user]}@")
+    return httpx2.Client(proxy=proxy, verify=ssl.create_default_context(cafile=str(gw.ca)), timeout=30, **kw)
+
+
+def openai_as(gw, user: str) -> openai.OpenAI:
+    return openai.OpenAI(api_key="sk-test", http_client=http_client(gw, user), max_retries=0)
+
+
+def anthropic_as(gw, user: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(api_key="sk-ant-test", http_client=http_client(gw, user), max_retries=0)
+
+
+def anthropic_reply(text: str) -> Reply:
+    return Reply(body=json.dumps({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test-model",
+        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 5, "output_tokens": 2}}).encode())
+
+
+def reference_in(text: str) -> str:
+    m = re.search(r"Reference: ([0-9a-f-]{36})", text)
+    assert m, f"no reference id in {text!r}"
+    return m.group(1)
+
+
+def sent_upstream(upstream, marker: str) -> bool:
+    return any(marker.encode() in r.body or marker in r.path for r in upstream.requests)
+
+
+def test_openai_sdk_shows_our_block_message_and_reference(pgw, upstream, marker):
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("should not be reached"))
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        openai_as(pgw, "bob").chat.completions.create(model="o1-mini",
+                                                      messages=[{"role": "user", "content": marker}])
+    assert e.value.status_code == 403
+    assert "o1 models are reserved for the research team." in str(e.value)
+    assert "policy rule 'o1-reserved'" in e.value.message
+    ref = reference_in(str(e.value))
+    assert not sent_upstream(upstream, marker)
+    [event] = wait_for_events(pgw, lambda ev: ev["event_id"] == ref)
+    assert (event["decision"], event["rule_id"], event["user"], event["status"]) == ("block", "o1-reserved",
+                                                                                     "bob", 403)
+    assert event["reason"].startswith("rule o1-reserved: block")
+
+
+def test_group_allows_the_model_for_research(pgw, upstream, marker):
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply(f"ok {marker}", model="o1-mini"))
+    answer = openai_as(pgw, "alice").chat.completions.create(model="o1-mini",
+                                                             messages=[{"role": "user", "content": marker}])
+    assert answer.choices[0].message.content == f"ok {marker}"
+    assert sent_upstream(upstream, marker)
+    [event] = wait_for_events(pgw, lambda ev: marker in ev["prompt"])
+    assert (event["decision"], event["rule_id"], event["user"]) == ("allow", "o1-for-research", "alice")
+    assert "research" in event["groups"]
+
+
+def test_streamed_request_is_blocked_before_any_byte(pgw, upstream, marker):
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        openai_as(pgw, "bob").chat.completions.create(model="o1", stream=True,
+                                                      messages=[{"role": "user", "content": marker}])
+    assert "reserved for the research team" in str(e.value)
+    assert not sent_upstream(upstream, marker)
+
+
+def test_anthropic_sdk_shows_our_block_message(pgw, upstream, marker):
+    upstream.route("/v1/messages", lambda rec: anthropic_reply(f"hi {marker}"))
+    with pytest.raises(anthropic.PermissionDeniedError) as e:
+        anthropic_as(pgw, "bob").messages.create(model="claude-test-model", max_tokens=10,
+                                                 messages=[{"role": "user", "content": marker}])
+    assert e.value.status_code == 403
+    assert "Sales uses the sanctioned OpenAI service only." in str(e.value)
+    assert e.value.body["error"]["type"] == "permission_error"  # the Anthropic error object, parsed by the SDK
+    ref = reference_in(str(e.value))
+    assert not sent_upstream(upstream, marker)
+    # the same request from research goes through
+    answer = anthropic_as(pgw, "alice").messages.create(model="claude-test-model", max_tokens=10,
+                                                        messages=[{"role": "user", "content": marker}])
+    assert answer.content[0].text == f"hi {marker}"
+    [event] = wait_for_events(pgw, lambda ev: ev["event_id"] == ref)
+    assert (event["decision"], event["rule_id"], event["service"]) == ("block", "no-claude-api-for-sales",
+                                                                       "anthropic")
+
+
+def test_shadow_ai_default_blocks_an_unnamed_service(pgw, upstream, marker):
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        openai.OpenAI(api_key="sk", base_url="https://api.deepseek.com/v1", http_client=http_client(pgw, "alice"),
+                      max_retries=0).chat.completions.create(model="deepseek-chat",
+                                                             messages=[{"role": "user", "content": marker}])
+    assert "This AI service is not approved. Ask IT." in str(e.value)
+    assert "policy rule 'shadow_ai'" in str(e.value)
+    assert not sent_upstream(upstream, marker)
+
+
+def test_without_credentials_the_proxy_asks_for_them(pgw):
+    with http_client(pgw) as client, pytest.raises(httpx2.ProxyError) as e:
+        client.get("https://api.openai.com/v1/models")
+    assert "407" in str(e.value)
+
+
+def test_trusted_header_is_stripped_and_proxy_auth_wins(pgw, upstream, marker):
+    """The SSO header is honoured from 127.0.0.1 here, but an authenticated proxy user outranks it, and the
+    header never reaches the AI provider."""
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("ok"))
+    with http_client(pgw, "alice") as client:
+        r = client.post("https://api.openai.com/v1/chat/completions", headers={"X-Authenticated-User": "mallory"},
+                        json={"model": "gpt-4o", "messages": [{"role": "user", "content": marker}]})
+    assert r.status_code == 200
+    [rec] = [r for r in upstream.requests if marker.encode() in r.body]
+    assert "x-authenticated-user" not in rec.headers
+    [event] = wait_for_events(pgw, lambda ev: marker in ev["prompt"])
+    assert event["user"] == "alice"
+
+
+def test_browser_gets_the_block_page_for_a_consumer_app(pgw, upstream, marker):
+    upstream.route("/c/", lambda rec: Reply(body=b"<html>chatgpt</html>", content_type="text/html"))
+    with http_client(pgw, "alice") as client:
+        r = client.get(f"https://chatgpt.com/c/{marker}", headers={"accept": "text/html,application/xhtml+xml"})
+        xhr = client.post("https://chatgpt.com/backend-api/conversation", json={"messages": [], "m": marker},
+                          headers={"accept": "text/event-stream"})
+    assert r.status_code == 403 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert "Blocked by your organisation" in page and "consumer-chatgpt" in page and "ChatGPT" in page
+    assert "Use the company assistant instead of consumer ChatGPT." in page
+    ref = reference_in(page.replace("<code>", "").replace("</code>", ""))
+    assert r.headers["x-ai-gateway-reference"] == ref
+    assert xhr.status_code == 403 and "consumer-chatgpt" in xhr.text  # the app's own calls are refused too
+    assert not sent_upstream(upstream, marker)
+    [event] = wait_for_events(pgw, lambda ev: ev["event_id"] == ref)
+    assert (event["decision"], event["service"], event["status"]) == ("block", "chatgpt", 403)
+
+
+def test_warn_page_continue_lets_the_next_request_through_and_records_why(pgw, upstream, marker):
+    upstream.route("/chat/", lambda rec: Reply(body=b"<html>claude app</html>", content_type="text/html"))
+    html = {"accept": "text/html"}
+    with http_client(pgw, "bob") as client:
+        first = client.get(f"https://claude.ai/chat/{marker}", headers=html)
+        assert first.status_code == 403 and "Continue" in first.text
+        assert "Claude is not approved for customer data." in first.text
+        token = re.search(r'name="token" value="([^"]+)"', first.text).group(1)
+        target = re.search(r'name="target" value="([^"]+)"', first.text).group(1)
+        assert target == f"/chat/{marker}"
+        go = client.post("https://claude.ai/__ai-gateway/continue",
+                         data={"token": token, "target": target, "justification": f"internal test data {marker}"})
+        assert go.status_code == 303 and go.headers["location"] == f"/chat/{marker}"
+        again = client.get(f"https://claude.ai/chat/{marker}", headers=html)
+        assert again.status_code == 200 and again.text == "<html>claude app</html>"
+        # a token is good once
+        replay = client.post("https://claude.ai/__ai-gateway/continue", data={"token": token, "target": "/"})
+        assert replay.status_code == 403
+    with http_client(pgw, "alice") as client:  # someone else has not continued: they still see the page
+        assert client.get(f"https://claude.ai/chat/{marker}", headers=html).status_code == 403
+    events = wait_for_events(pgw, lambda ev: ev["service"] == "claude" and ev["user"] == "bob"
+                             and ev["justification"] == f"internal test data {marker}", count=2)
+    assert {e["decision"] for e in events} == {"warn"}
+    assert any("continue past the warning" in e["reason"] and e["status"] == 303 for e in events)
+    assert any(e["status"] == 200 and marker in e["path"] for e in events)
+
+
+def test_warn_lets_api_clients_through_with_a_header(pgw, upstream, marker):
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply(f"old {marker}", model="gpt-3.5-turbo"))
+    raw = openai_as(pgw, "alice").chat.completions.with_raw_response.create(
+        model="gpt-3.5-turbo", messages=[{"role": "user", "content": marker}])
+    assert raw.parse().choices[0].message.content == f"old {marker}"
+    warning = raw.headers["x-ai-gateway-warning"]
+    assert "gpt-3.5 is being retired" in warning and "old-models" in warning
+    [event] = wait_for_events(pgw, lambda ev: marker in ev["prompt"])
+    assert (event["decision"], event["rule_id"], event["status"]) == ("warn", "old-models", 200)
+
+
+# --- hot reload -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rgw(tmp_path_factory, upstream, test_ca):
+    """A gateway of its own: the reload test rewrites its rules."""
+    base = tmp_path_factory.mktemp("reload-gw")
+    rules = write_rules(base / "rules", "version: 1\n")
+    gw = GatewayProcess(base / "data", {h: upstream.port for h in AI_HOSTS + PLAIN_HOSTS}, test_ca.ca_pem,
+                        rules=rules)
+    gw.rules = rules
+    yield gw
+    gw.stop()
+
+
+def wait_until(predicate, timeout: float = 20, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_rules_reload_under_live_traffic(rgw, upstream, marker):
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("live"))
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def traffic():  # one kept-alive connection the whole time: reloads must not drop it
+        client = openai.OpenAI(api_key="sk", http_client=http_client(rgw), max_retries=0)
+        while not stop.is_set():
+            try:
+                client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": marker}])
+                outcomes.append("ok")
+            except openai.PermissionDeniedError as e:
+                outcomes.append("blocked" if "gpt-4o is paused" in str(e) else f"wrong block: {e}")
+            except Exception as e:  # noqa: BLE001 - any other failure is what this test hunts
+                outcomes.append(f"failed: {type(e).__name__}: {e}")
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: outcomes.count("ok") >= 3, what="traffic before the change")
+        (rgw.rules / "policy.yaml").write_text(textwrap.dedent("""
+            version: 1
+            rules:
+              - id: pause-gpt-4o
+                when: {models: [gpt-4o]}
+                action: block
+                message: gpt-4o is paused.
+        """).lstrip())
+        wait_until(lambda: "blocked" in outcomes, what="the new rule to take effect")
+        # a broken edit is refused: the last good rules stay active
+        (rgw.rules / "policy.yaml").write_text("version: 1\nrules:\n  - id: x\n    action: block\n    when:\n"
+                                               "      services: [no-such-service]\n")
+        status = wait_until(lambda: rgw.gateway_cli("rules", "status", check=False)
+                            if "REFUSED" in rgw.gateway_cli("rules", "status", check=False).stdout else None,
+                            what="the refused edit in rules status")
+        assert status.returncode == 1
+        assert f"{rgw.rules / 'policy.yaml'}:6: rule 'x': unknown service 'no-such-service'" in status.stdout
+        assert "rules change refused" in rgw.output()
+        seen = len(outcomes)
+        wait_until(lambda: len(outcomes) >= seen + 3, what="traffic after the refused edit")
+        assert outcomes[-1] == "blocked"  # still the last good policy
+    finally:
+        stop.set()
+        thread.join(30)
+    failures = [o for o in outcomes if o not in ("ok", "blocked")]
+    assert not failures, failures
+    first_block = outcomes.index("blocked")
+    assert "ok" not in outcomes[first_block:]  # once applied, applied to every later request
+
+
+# --- gateway rules check / test ---------------------------------------------------------------------------------
+
+def gateway(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=REPO,
+                          input=stdin, timeout=120)
+
+
+def test_rules_check_prints_every_broken_file(tmp_path):
+    folder = write_rules(tmp_path / "rules")
+    (folder / "policy.yaml").write_text("version: 1\nrules:\n  - id: a\n    action: block\n    when:\n"
+                                        "      models: [\"re:gpt-(\"]\n")
+    (folder / "identity.yaml").write_text("version: 1\nnetworks:\n  - {cidr: 10.0.0.0/33}\n")
+    result = gateway("rules", "check", str(folder))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{folder / 'policy.yaml'}:6: rule 'a': bad regular expression 're:gpt-('")
+    assert lines[1].startswith(f"{folder / 'identity.yaml'}:3: network: bad CIDR '10.0.0.0/33'")
+    (folder / "endpoints.yaml").write_text("version: 1\nservices:\n  - {id: x, name: X, category: nope, "
+                                           "hosts: [x.example.com]}\n")
+    result = gateway("rules", "check", str(folder))
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0].startswith(f"{folder / 'endpoints.yaml'}:3: service 'x': unknown category")
+
+
+def test_rules_check_accepts_the_shipped_rules():
+    result = gateway("rules", "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok (" in result.stdout
+
+
+def test_rules_test_prints_decision_rule_and_body(tmp_path):
+    folder = write_rules(tmp_path / "rules")
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"model": "o1-mini", "messages": [{"role": "user", "content": "hello"}]}))
+    url = "https://api.openai.com/v1/chat/completions"
+    out = gateway("rules", "test", "--rules", str(folder), "--user", "bob", "--url", url, "--body", str(body))
+    assert out.returncode == 0, out.stderr
+    assert "decision:  block  (rule: o1-reserved)" in out.stdout
+    assert "subject:   bob from 127.0.0.1; groups: sales" in out.stdout
+    assert "nothing is sent" in out.stdout and "o1 models are reserved" in out.stdout
+    out = gateway("rules", "test", "--rules", str(folder), "--user", "alice", "--url", url, "--body", str(body))
+    assert "decision:  allow  (rule: o1-for-research)" in out.stdout
+    assert '"model": "o1-mini"' in out.stdout  # the body that goes upstream
+    out = gateway("rules", "test", "--rules", str(folder), "--user", "bob", "--group", "research", "--url", url,
+                  "--body", str(body))
+    assert "(rule: o1-for-research)" in out.stdout
+    out = gateway("rules", "test", "--rules", str(folder), "--url", "https://example.org/", "--body", str(body))
+    assert "not in the AI endpoint catalog" in out.stdout
+
