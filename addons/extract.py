@@ -3,6 +3,12 @@
 Streamed responses are never buffered: in `responseheaders` the flow gets a stream callable that hands each chunk
 to the provider's incremental parser and returns it unchanged, so the client sees every chunk as soon as the
 upstream sends it while the completion is reassembled for the audit.
+
+Content encodings (gzip, deflate, br, zstd) are undone with providers.encoding's capped decoders, never with
+mitmproxy's `get_content()`, which would expand a compression bomb whole into memory. A request body that decodes
+past the cap is refused (413) and audited; a buffered response that does is replaced by a 502 that says why; a
+streamed one is passed to the client untouched and its parsing stops at the cap. Streams are decoded
+incrementally inside the tap for the parser only: the client receives the original bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from mitmproxy.exceptions import OptionsError
 import providers
 from core.interaction import KEY, Interaction
 from providers.base import ResponseParser
+from providers.encoding import MAX_DECODED_BYTES, CompressionBomb, Decoder, EncodingError, decode, encodings
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +37,18 @@ class Extract:
         loader.add_option("gateway_on_parse_error", str, "forward",
                           "What to do with a request to an AI service whose body cannot be parsed: "
                           "'forward' it (audited as unparsed) or 'block' it.")
+        loader.add_option("gateway_max_decoded_bytes", int, MAX_DECODED_BYTES,
+                          "Cap on the decoded size of a compressed request or response body (gzip, deflate, br, "
+                          "zstd). A request past it is refused as a compression bomb; a response past it is not "
+                          "inspected.")
 
     def configure(self, updated: set[str]) -> None:
         if "gateway_on_parse_error" in updated and ctx.options.gateway_on_parse_error not in ("forward", "block"):
             raise OptionsError(f"gateway_on_parse_error must be 'forward' or 'block', "
                                f"not {ctx.options.gateway_on_parse_error!r}")
+        if "gateway_max_decoded_bytes" in updated and ctx.options.gateway_max_decoded_bytes < 1024:
+            raise OptionsError(f"gateway_max_decoded_bytes must be at least 1024, "
+                               f"not {ctx.options.gateway_max_decoded_bytes}")
 
     def request(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
@@ -42,23 +56,31 @@ class Extract:
             return
         body = flow.request.raw_content or b""
         it.request_bytes = len(body)
+        problem, bomb = "", False
         try:
-            content = flow.request.get_content(strict=True) or b""
-        except ValueError as e:
-            content = b""
-            it.exchange.warn(f"request body could not be decoded: {e}")
+            content = decode(body, flow.request.headers.get("content-encoding"), ctx.options.gateway_max_decoded_bytes)
+        except EncodingError as e:
+            content, bomb = b"", isinstance(e, CompressionBomb)
+            problem = f"request body {'refused' if bomb else 'could not be decoded'}: {e}"
         req = providers.HttpRequest.from_url_parts(flow.request.method, it.host, flow.request.path,
                                                    dict(flow.request.headers), content)
         parsed = providers.parse_request(req, it.service.id, it.service.formats)
+        if problem:
+            parsed.exchange.parsed = False
+            parsed.exchange.warnings.insert(0, problem)
+            parsed.error = problem
         it.exchange = parsed.exchange
         flow.metadata[PARSED_KEY] = parsed
+        if bomb:
+            it.decision, it.reason = "block", "request body is a compression bomb"
+            flow.response = _error_response(413, "gateway_compression_bomb", f"Blocked by the AI gateway: the "
+                                            f"request body decodes to more than {ctx.options.gateway_max_decoded_bytes}"
+                                            f" bytes and was not expanded (compression bomb?).")
+            return
         if parsed.error and ctx.options.gateway_on_parse_error == "block":
             it.decision, it.reason = "block", f"request not parseable: {parsed.error}"
-            flow.response = http.Response.make(
-                400, orjson.dumps({"error": {"type": "invalid_request_error", "code": "gateway_unparseable",
-                                             "message": f"Blocked by the AI gateway: the request body could not "
-                                                        f"be inspected ({parsed.error[:200]})."}}),
-                {"content-type": "application/json"})
+            flow.response = _error_response(400, "gateway_unparseable", f"Blocked by the AI gateway: the request "
+                                            f"body could not be inspected ({parsed.error[:200]}).")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
@@ -72,7 +94,9 @@ class Extract:
         if parser is not None:
             flow.metadata[RESPONSE_KEY] = parser
         if content_type in STREAM_TYPES or (it.exchange.stream and content_type != "application/json"):
-            flow.response.stream = _Tap(it, parser)
+            coding = flow.response.headers.get("content-encoding")
+            decoder = Decoder(coding, ctx.options.gateway_max_decoded_bytes) if encodings(coding) else None
+            flow.response.stream = _Tap(it, parser, decoder)
 
     def response(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
@@ -82,12 +106,23 @@ class Extract:
         parser: ResponseParser | None = flow.metadata.pop(RESPONSE_KEY, None)
         if parser is None:
             return
-        if not isinstance(flow.response.stream, _Tap):
+        if isinstance(flow.response.stream, _Tap):
+            flow.response.stream.end()
+        else:
             raw = flow.response.raw_content or b""
             it.response_bytes = len(raw)
             try:
-                parser.feed(flow.response.get_content(strict=True) or b"")
-            except ValueError as e:
+                parser.feed(decode(raw, flow.response.headers.get("content-encoding"),
+                                   ctx.options.gateway_max_decoded_bytes))
+            except CompressionBomb as e:
+                it.exchange.warn(f"response refused: {e}")
+                it.decision, it.reason = "block", "response body is a compression bomb"
+                flow.response = _error_response(502, "gateway_compression_bomb", f"Blocked by the AI gateway: the "
+                                                f"response decodes to more than "
+                                                f"{ctx.options.gateway_max_decoded_bytes} bytes and was not "
+                                                f"expanded (compression bomb?).")
+                it.status = 502
+            except EncodingError as e:
                 it.exchange.warn(f"response body could not be decoded: {e}")
         _finish(it, parser)
 
@@ -108,6 +143,13 @@ class Extract:
             it.error = message
 
 
+def _error_response(status: int, code: str, message: str) -> http.Response:
+    """An error the client's SDK shows: OpenAI-style JSON, which Anthropic's and most other SDKs also surface."""
+    return http.Response.make(status, orjson.dumps({"error": {"type": "invalid_request_error", "code": code,
+                                                              "message": message}}),
+                              {"content-type": "application/json"})
+
+
 def _finish(it: Interaction, parser: ResponseParser) -> None:
     try:
         parser.finish()
@@ -117,17 +159,35 @@ def _finish(it: Interaction, parser: ResponseParser) -> None:
 
 
 class _Tap:
-    """The stream callable: feeds the parser, counts bytes, returns the chunk untouched. Never raises."""
+    """The stream callable: decodes the chunk (if the stream is compressed) for the parser, feeds the parser,
+    counts bytes, returns the chunk untouched. Never raises.
 
-    def __init__(self, it: Interaction, parser: ResponseParser | None):
+    A decoding failure or a stream that decodes past the cap stops the parsing there (what was reassembled so far
+    is kept and the audit says why); the client keeps receiving the stream as the upstream sends it."""
+
+    def __init__(self, it: Interaction, parser: ResponseParser | None, decoder: Decoder | None = None):
         self.it = it
         self.parser = parser
+        self.decoder = decoder
+
+    def end(self) -> None:
+        """The upstream finished the stream: a compressed stream must have reached its end marker."""
+        if self.decoder is not None and self.parser is not None:
+            try:
+                self.decoder.finish()
+            except EncodingError as e:
+                self.it.exchange.warn(f"streamed response: {e}")
 
     def __call__(self, chunk: bytes) -> bytes:
         self.it.response_bytes += len(chunk)
         if self.parser is not None and chunk:
             try:
-                self.parser.feed(chunk)
+                data = self.decoder.feed(chunk) if self.decoder is not None else chunk
+                if data:
+                    self.parser.feed(data)
+            except EncodingError as e:
+                self.it.exchange.warn(f"streamed response not inspected past this point: {e}")
+                self.parser = None
             except Exception as e:  # a parser bug must never break the client's stream
                 log.warning("stream parser failed for %s: %s", self.it.host, e)
                 self.it.exchange.warn(f"stream parser failed: {type(e).__name__}: {e}")
