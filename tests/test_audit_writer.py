@@ -1,0 +1,166 @@
+"""The spooled writer against the real engine: an outage loses nothing, replays arrive once, bad rows step aside;
+and credentials for a server store never show.
+
+A `Switchable` store wraps a real chdb store and fails like an unreachable server until it is switched back on
+(no ClickHouse server can run here); the gateway-level fault and kill -9 tests are in test_audit_e2e.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sqlite3
+import threading
+import time
+from urllib.parse import quote
+
+import pytest
+
+from core.audit import AuditEvent, ConnectionEvent
+from storage.store import AuditUrl, AuditUrlError, Store, StoreUnavailableError
+from storage.writer import AuditWriter, spool_counts
+
+
+class Switchable:
+    """A real store that refuses everything while `up` is clear, as a server that went away does."""
+
+    def __init__(self, store: Store):
+        self.store, self.url = store, store.url
+        self.up = threading.Event()
+        self.up.set()
+        self.poison_user = ""  # rows of this user are refused even when up (a bad value, not an outage)
+
+    def insert(self, table, rows):
+        if not self.up.is_set():
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+        if any(r.get("user") == self.poison_user != "" for r in rows):
+            raise ValueError("Code: 53. Type mismatch")
+        self.store.insert(table, rows)
+
+    def query(self, sql, params):
+        if not self.up.is_set():
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+        return self.store.query(sql, params)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(f"chdb://{tmp_path / 'audit'}")
+    yield s
+    s.close()
+
+
+def count(store: Store, sql: str) -> int:
+    return store.query(sql, {})[1][0][0]
+
+
+def wait_until(predicate, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_outage_spools_and_everything_arrives_once_when_the_store_returns(tmp_path, store, caplog):
+    flaky = Switchable(store)
+    flaky.up.clear()
+    writer = AuditWriter(tmp_path / "spool.sqlite", store=flaky, batch_size=50, flush_interval=0.02,
+                         max_backoff=0.05)
+    events = [AuditEvent(user=f"u{i % 7}", prompt=f"p{i}") for i in range(500)]
+    with caplog.at_level(logging.ERROR, logger="storage.writer"):
+        accepted = [writer.submit(e) for e in events]
+        accepted.append(writer.submit(ConnectionEvent(host="claude.ai", service="claude-web")))
+        assert all(f.result(10) for f in accepted)  # durable in the spool while the store is down
+        wait_until(lambda: writer.failures >= 3)
+    status = writer.status()
+    assert (status["spooled"], status["written"], status["dropped"]) == (501, 0, 0)
+    assert "Connection refused" in status["last_error"]
+    assert any("501 spooled" in r.getMessage() for r in caplog.records), "spool size must be in the logs"
+
+    flaky.up.set()
+    assert writer.flush(30)
+    writer.close()
+    assert count(store, "SELECT count() FROM events FINAL") == 500
+    assert count(store, "SELECT uniqExact(event_id) FROM events") == 500
+    assert count(store, "SELECT count() FROM connections") == 1
+    assert spool_counts(tmp_path / "spool.sqlite") == {"spooled": 0, "rejected": 0}
+
+
+def test_spool_left_by_a_crash_is_replayed_and_duplicates_collapse(tmp_path, store):
+    """A previous process spooled events and died; some of them had reached ClickHouse already (inserted, not yet
+    deleted from the spool). The next writer replays the spool; readers see each event once."""
+    flaky = Switchable(store)
+    flaky.up.clear()
+    first = AuditWriter(tmp_path / "spool.sqlite", store=flaky, flush_interval=0.02, max_backoff=0.05)
+    events = [AuditEvent(prompt=f"p{i}") for i in range(200)]
+    assert all(first.submit(e).result(10) for e in events)
+    first.close(timeout=0.5)  # the store is down: nothing is dropped, it stays spooled
+    assert spool_counts(tmp_path / "spool.sqlite")["spooled"] == 200
+    store.insert_events(events[:80])  # these made it before the "crash"
+
+    second = AuditWriter(tmp_path / "spool.sqlite", store=store, flush_interval=0.02)
+    assert second.flush(30)
+    second.close()
+    assert count(store, "SELECT count() FROM events") == 280  # at-least-once on disk ...
+    assert count(store, "SELECT count() FROM events FINAL") == 200  # ... exactly once for readers
+    assert spool_counts(tmp_path / "spool.sqlite")["spooled"] == 0
+
+
+def test_rows_the_healthy_store_refuses_are_set_aside_not_blocking(tmp_path, store):
+    flaky = Switchable(store)
+    flaky.poison_user = "poison"
+    writer = AuditWriter(tmp_path / "spool.sqlite", store=flaky, flush_interval=0.02, max_backoff=0.05)
+    for i in range(30):
+        writer.submit(AuditEvent(user="poison" if i == 13 else "ok"))
+    assert writer.flush(30)
+    writer.close()
+    assert count(store, "SELECT count() FROM events FINAL") == 29
+    assert writer.rejected == 1
+    db = sqlite3.connect(tmp_path / "spool.sqlite")
+    [(row, error)] = db.execute("SELECT row, error FROM rejected").fetchall()
+    assert b'"poison"' in row and "Type mismatch" in error
+
+
+def test_store_unreachable_at_start_is_connected_later(tmp_path, store):
+    attempts = []
+
+    def open_store() -> Store:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise StoreUnavailableError("audit store http://ch:8123/default unavailable: refused")
+        return store
+
+    writer = AuditWriter(tmp_path / "spool.sqlite", open_store=open_store, flush_interval=0.02, max_backoff=0.05)
+    assert writer.status()["store"] == "not connected"
+    assert writer.submit(AuditEvent(prompt="early")).result(10)
+    assert writer.flush(30)
+    assert len(attempts) == 3 and writer.status()["store"].startswith("chdb://")
+    writer.close()
+    assert count(store, "SELECT count() FROM events FINAL WHERE prompt = 'early'") == 1
+
+
+def refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: connections to it are refused
+
+
+SECRET = "pa55-w0rd/with:odd@chars"
+
+
+def test_password_never_shows_in_reprs_or_errors(tmp_path, monkeypatch):
+    url = AuditUrl.parse(f"http://auditor@127.0.0.1:{refused_port()}/ai")
+    monkeypatch.setenv("GATEWAY_AUDIT_PASSWORD", SECRET)
+    with_env = url.with_password()
+    assert with_env.password == SECRET and SECRET not in repr(with_env) and SECRET not in with_env.redacted
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("from-file\n")
+    assert url.with_password(password_file=str(secret_file)).password == "from-file"
+    with pytest.raises(AuditUrlError, match="cannot read audit password file"):
+        url.with_password(password_file=str(tmp_path / "missing"))
+    with pytest.raises(StoreUnavailableError) as e:
+        Store.open(with_env)
+    assert SECRET not in str(e.value) and "auditor:***@127.0.0.1" in str(e.value)
+    inline = AuditUrl.parse(f"http://auditor:{quote(SECRET, safe='')}@127.0.0.1:{refused_port()}/ai")
+    assert inline.password == SECRET
+    assert inline.scrub(f"{SECRET} {quote(SECRET, safe='')} {quote(SECRET)}") == "*** *** ***"
