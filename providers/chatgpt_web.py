@@ -137,6 +137,9 @@ class ConversationStream(SoftSseParser):
             self._file(data["message"])
         elif isinstance(data.get("type"), str):
             self.soft.understood()  # typed frames: input_message, title_generation, message_stream_complete, ...
+            if data["type"] == "stream_handoff":
+                self.exchange.warn("chatgpt-web: the answer continues over a WebSocket topic (stream_handoff); "
+                                   "what follows is not in this event")
         else:
             raise TypeError("unknown frame")
 

@@ -154,7 +154,9 @@ def test_chatgpt_codex_is_left_to_the_openai_responses_parser():
     parsed = parse("chatgpt.com", "/backend-api/codex/responses",
                    {"model": "gpt-5-codex", "instructions": "You are Codex.", "stream": True, "store": False,
                     "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]})
-    assert parsed.provider is None or parsed.provider.name == "openai"
+    x = parsed.exchange
+    assert (parsed.provider.name, x.service, x.operation, x.model) == ("openai", "chatgpt", "responses", "gpt-5-codex")
+    assert x.system_text == "You are Codex." and x.messages[0].text == "hi"
 
 
 def test_chatgpt_parser_only_claims_its_own_hosts():
@@ -185,6 +187,12 @@ def test_chatgpt_truncated_stream_keeps_what_arrived():
     cut = CHATGPT_V1_STREAM[:CHATGPT_V1_STREAM.index('"wor"') + 3]
     x = answer(parsed, cut)
     assert x.completion == "Hello, "
+
+
+def test_chatgpt_stream_handoff_is_noted():
+    parsed = parse("chatgpt.com", "/backend-api/f/conversation", CHATGPT_REQUEST)
+    x = answer(parsed, sse(("delta_encoding", '"v1"'), {"type": "stream_handoff", "topic_id": "conversation-turn-1"}))
+    assert x.parsed and any("stream_handoff" in w for w in x.warnings)
 
 
 def test_chatgpt_runaway_stream_is_capped(monkeypatch):
