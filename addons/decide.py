@@ -90,7 +90,8 @@ class Decide:
         parsed = flow.metadata.get(PARSED_KEY)
         provider = parsed.provider.name if parsed is not None and parsed.provider is not None else None
         d = decide(self.policy, Subject(it.user, frozenset(it.groups), it.client_addr),
-                   Request(it.service, it.exchange, it.findings, self._inspection(it)))
+                   Request(it.service, it.exchange, it.findings, self._inspection(it),
+                           {k.lower(): v for k, v in flow.request.headers.items()}))
         it.decision, it.reason, it.rule_id = d.action, d.reason, d.rule
         if d.action == "redact":
             it.redact_entities, it.reversible = d.redact_entities, d.reversible

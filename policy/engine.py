@@ -16,7 +16,7 @@ Pure: no mitmproxy, so the same code answers in the proxy, in `gateway rules tes
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ class Request:
     exchange: Exchange
     findings: Sequence[Any] = ()  # objects with .entity (or .entity_type) and .score: dlp.scanner.Finding
     inspection: str = INSPECTED  # anything else means the findings are not the whole truth
+    headers: Mapping[str, str] = field(default_factory=dict)  # request headers, names in lower case
 
     @property
     def prompt_chars(self) -> int:
@@ -169,6 +170,9 @@ def _conditions_hold(rule: Rule, subject: Subject, request: Request, shadow: boo
     if when.attachment_types is not None and not any(
             when.attachment_types.match(a.mime_type) or when.attachment_types.match(a.kind)
             for a in request.attachments):
+        return False
+    if when.headers is not None and not all(name in request.headers and values.match(request.headers[name])
+                                            for name, values in when.headers):
         return False
     if when.findings is not None and not skip_findings:
         selected = sum(1 for f in request.findings if when.findings.selects(f))

@@ -10,7 +10,8 @@
         who:  {users: [...], groups: [...], sources: [10.0.0.0/8]}
         when: {services: [...], categories: [...], sanctioned: true, shadow_ai: false, operations: ["chat.*"],
                models: ["gpt-4o*"], findings: {entities: [AWS_*], min_count: 1, min_score: 0.5},
-               prompt_chars: {min: 0, max: 100k}, attachment_bytes: {max: 10MB}, attachment_types: [image/*]}
+               prompt_chars: {min: 0, max: 100k}, attachment_bytes: {max: 10MB}, attachment_types: [image/*],
+               headers: {chatgpt-account-id: ["0f3c*"]}}
         action: block        # allow | monitor | redact | warn | block
         redact: {entities: [EMAIL_ADDRESS], reversible: true}    # action redact only
         mode: enforce        # or monitor: record what the rule would have done, do nothing
@@ -119,6 +120,7 @@ class When:
     prompt_chars: Range | None = None
     attachment_bytes: Range | None = None
     attachment_types: Globs | None = None
+    headers: tuple[tuple[str, Globs], ...] | None = None  # (lower-case name, value patterns): all must hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +165,7 @@ class Policy:
 
 _WHO_KEYS = {"users", "groups", "sources"}
 _WHEN_KEYS = {"services", "categories", "sanctioned", "shadow_ai", "operations", "models", "findings",
-              "prompt_chars", "attachment_bytes", "attachment_types"}
+              "prompt_chars", "attachment_bytes", "attachment_types", "headers"}
 _RULE_KEYS = {"who", "when", "mode", "fail", "redact", "message", "description"}
 
 
@@ -267,7 +269,21 @@ def _when(path: str | Path, raw: Any, catalog: Catalog, where: str) -> When:
         prompt_chars=_range(path, m, "prompt_chars", where) if "prompt_chars" in m else None,
         attachment_bytes=_range(path, m, "attachment_bytes", where) if "attachment_bytes" in m else None,
         attachment_types=_globs(path, m, "attachment_types", where) if "attachment_types" in m else None,
+        headers=_headers(path, m, where) if "headers" in m else None,
     )
+
+
+def _headers(path: str | Path, m: rulesfile.Mapping, where: str) -> tuple[tuple[str, Globs], ...]:
+    """Request header name -> value patterns, e.g. the ChatGPT workspace (`chatgpt-account-id`) of a company."""
+    raw = m["headers"]
+    if not isinstance(raw, rulesfile.Mapping) or not raw:
+        raise RulesError(path, m.line_of("headers"), f"{where}: 'headers' must map header names to value patterns")
+    out = []
+    for name in raw:
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+            raise RulesError(path, raw.line_of(str(name)), f"{where}: {name!r} is not an HTTP header name")
+        out.append((name.lower(), _globs(path, raw, name, where)))
+    return tuple(out)
 
 
 def _findings(path: str | Path, m: rulesfile.Mapping, where: str) -> FindingsMatch:

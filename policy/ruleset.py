@@ -32,7 +32,7 @@ class RuleSet:
     catalog: Catalog
     policy: Policy
     identity: IdentityConfig
-    recognizers: Any = None  # whatever dlp.rules.load returns, when the DLP package has a loader
+    recognizers: Any = None  # dlp.rules.DlpRules, when the DLP package is there and the folder has the file
     digests: dict[str, str] = field(default_factory=dict)  # file name -> sha256 prefix of what was loaded
 
 
@@ -47,12 +47,12 @@ def load_identity(folder: Path) -> IdentityConfig:
 
 
 def recognizers_loader():
-    """dlp.rules.load, if the DLP package offers one (it is built alongside the policy)."""
+    """dlp.rules.load_rules, if the DLP package is installed (the policy does not need it)."""
     try:
         module = importlib.import_module("dlp.rules")
     except ImportError:
         return None
-    return getattr(module, "load", None)
+    return getattr(module, "load_rules", None)
 
 
 def load(folder: str | Path) -> RuleSet:

@@ -296,3 +296,19 @@ def test_findings_may_name_entity_either_way(tmp_path, entity_attr):
     p = policy(tmp_path, "version: 1\nrules: [{id: s, when: {findings: [JWT]}, action: block}]\n")
     finding = type("Finding", (), {entity_attr: "JWT", "score": 1.0})()
     assert decide(p, BOB, req(findings=[finding])).action == "block"
+
+
+def test_header_condition_tells_the_company_workspace_apart(tmp_path):
+    p = policy(tmp_path, """
+        version: 1
+        rules:
+          - id: company-chatgpt
+            when: {services: [chatgpt], headers: {ChatGPT-Account-Id: ["ws-acme-*"]}}
+            action: allow
+          - {id: other-chatgpt, when: {services: [chatgpt]}, action: block}
+    """)
+    company = Request(CHATGPT, chat(), headers={"chatgpt-account-id": "ws-acme-42"})
+    assert decide(p, BOB, company).rule == "company-chatgpt"
+    assert decide(p, BOB, Request(CHATGPT, chat(), headers={"chatgpt-account-id": "personal"})).rule == \
+        "other-chatgpt"
+    assert decide(p, BOB, Request(CHATGPT, chat())).rule == "other-chatgpt"  # no header: no match

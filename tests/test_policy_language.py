@@ -50,6 +50,8 @@ def write(tmp_path, text: str, name: str = "policy.yaml") -> Path:
      "'lots' is not a size"),
     ("version: 1\nrules:\n  - id: a\n    action: block\n    redact: {entities: [US_SSN]}\n", 5,
      "'redact' is only for 'action: redact'"),
+    ("version: 1\nrules:\n  - id: a\n    action: block\n    when:\n      headers: {'bad header': x}\n", 6,
+     "'bad header' is not an HTTP header name"),
     ("version: 1\nrules:\n  - {id: a, action: block, fail: maybe}\n", 3, "'fail' must be one of open, closed"),
     ("version: 1\nrules:\n  - {id: a, action: block, mode: dry-run}\n", 3, "'mode' must be one of enforce, monitor"),
     ("version: 1\ndefaults: {shadow_ai: redact}\n", 2, "defaults: 'shadow_ai' must be one of allow, monitor"),
