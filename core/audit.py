@@ -47,6 +47,11 @@ class FindingLike(Protocol):
     score: float
 
 
+def entity_of(finding: FindingLike) -> str:
+    """dlp.scanner.Finding names its type `entity`; other finding records say `entity_type`: accept both."""
+    return getattr(finding, "entity", None) or finding.entity_type
+
+
 @dataclass(slots=True)
 class AuditEvent:
     event_id: str = field(default_factory=new_event_id)
@@ -102,7 +107,7 @@ class AuditEvent:
 
     def set_findings(self, findings: Sequence[FindingLike]) -> None:
         ordered = sorted(findings, key=lambda f: (f.part, f.start, f.end))
-        self.finding_entities = [f.entity_type for f in ordered]
+        self.finding_entities = [entity_of(f) for f in ordered]
         self.finding_parts = [int(f.part) for f in ordered]
         self.finding_starts = [int(f.start) for f in ordered]
         self.finding_ends = [int(f.end) for f in ordered]
@@ -194,7 +199,7 @@ def redacted_prompt(x: Exchange, findings: Sequence[FindingLike]) -> str:
     """The prompt text as `Exchange.prompt_text` renders it, with every finding in a request part masked."""
     by_part: dict[int, list[tuple[int, int, str]]] = {}
     for f in findings:
-        by_part.setdefault(int(f.part), []).append((int(f.start), int(f.end), f.entity_type))
+        by_part.setdefault(int(f.part), []).append((int(f.start), int(f.end), entity_of(f)))
     if not by_part:
         return x.prompt_text
     masked = copy.deepcopy(x)
