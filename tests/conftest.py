@@ -24,7 +24,8 @@ AI_HOSTS = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapi
             "us-central1-aiplatform.googleapis.com", "bedrock-runtime.us-east-1.amazonaws.com", "api.cohere.com",
             "api.mistral.ai", "api.groq.com", "api.deepseek.com", "chatgpt.com", "claude.ai",
             "gemini.google.com", "copilot.microsoft.com", "www.perplexity.ai", "chat.deepseek.com",
-            "chat.mistral.ai", "myres.openai.azure.com", "ollama.com", "openrouter.ai", "api.x.ai"]
+            "chat.mistral.ai", "myres.openai.azure.com", "ollama.com", "openrouter.ai", "api.x.ai",
+            "cloudcode-pa.googleapis.com"]
 PLAIN_HOSTS = ["intranet.example"]
 
 

@@ -110,6 +110,39 @@ def test_gemini_json_array_stream_without_alt_sse(gateway, upstream, marker):
     assert event["completion"] == f"one two {marker}"
 
 
+def test_google_genai_on_vertex_ai(gateway, upstream, marker):
+    """Vertex AI: the model is in the long publishers path, the answer comes back the same way."""
+    from google.genai import types
+    from google.oauth2.credentials import Credentials
+    upstream.route("/v1beta1/projects/proj-1/locations/us-central1/publishers/google/models/gemini-2.0-flash:",
+                   lambda rec: Reply(body=json.dumps(gemini_response(f"Vertex ({marker})")).encode()))
+    from google import genai
+    client = genai.Client(vertexai=True, project="proj-1", location="us-central1",
+                          credentials=Credentials(token="ya29.test-not-a-token"),
+                          http_options=types.HttpOptions(client_args={"proxy": gateway.proxy_url,
+                                                                      "verify": ssl_context(gateway)}))
+    answer = client.models.generate_content(model="gemini-2.0-flash", contents=f"Where am I? {marker}")
+    assert answer.text == f"Vertex ({marker})"
+    event = one_event(gateway, marker, service="vertex-ai", stream=False)
+    assert (event["operation"], event["completion"]) == ("generateContent", f"Vertex ({marker})")
+    assert event["host"] == "us-central1-aiplatform.googleapis.com"
+
+
+def test_gemini_cli_code_assist_envelope(gateway, upstream, marker):
+    """The Gemini CLI's backend wraps the Gemini body in {model, project, request} and answers {response}."""
+    frames = [f"data: {json.dumps({'response': gemini_response(t, finish=None), 'traceId': 't1'})}\r\n\r\n"
+              for t in ("Fixed ", marker)]
+    upstream.route("/v1internal:streamGenerateContent", lambda rec: Reply(content_type="text/event-stream",
+                                                                          chunks=sse(frames)))
+    r = http_client(gateway).post(
+        "https://cloudcode-pa.googleapis.com/v1internal:streamGenerateContent?alt=sse",
+        json={"model": "gemini-2.5-pro", "project": "proj-1",
+              "request": {"contents": [{"role": "user", "parts": [{"text": f"Fix this {marker}"}]}]}})
+    assert r.status_code == 200 and r.text.count("data:") == 2
+    event = one_event(gateway, marker, service="gemini-code-assist", stream=True)
+    assert (event["model"], event["completion"]) == ("gemini-2.0-flash-001", f"Fixed {marker}")
+
+
 # --- Cohere -----------------------------------------------------------------------------------------------------
 
 def cohere_client(gateway):
