@@ -1,0 +1,236 @@
+"""The audit through the real gateway: CLI commands over the admin socket, tunnelled AI connections, a ClickHouse
+endpoint that fails while traffic flows, and `kill -9` of the gateway.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import http.server
+import io
+import json
+import os
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+from core.audit import sha256_text
+from tests.conftest import AI_HOSTS, PLAIN_HOSTS, wait_for_events
+from tests.support.gateway import GatewayProcess
+from tests.support.upstream import FakeUpstream, Reply
+from tests.test_e2e_foundation import chat_reply, openai_client
+
+TUNNEL_HOST = "api2.cursor.sh"  # in the catalog's do_not_decrypt list (Cursor backend)
+SECRET = "s3cr3t-Audit-Pw"
+
+
+@pytest.fixture(scope="module")
+def tunnel_upstream(test_ca):
+    up = FakeUpstream(test_ca, [TUNNEL_HOST])
+    up.route("/", lambda rec: Reply(body=b"cursor-ok", content_type="text/plain"))
+    yield up
+    up.close()
+
+
+def start_gateway(folder, upstream, tunnel_upstream, test_ca, **kwargs) -> GatewayProcess:
+    routes = {h: upstream.port for h in AI_HOSTS + PLAIN_HOSTS} | {TUNNEL_HOST: tunnel_upstream.port}
+    return GatewayProcess(folder, routes, test_ca.ca_pem, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def audit_gw(tmp_path_factory, upstream, tunnel_upstream, test_ca):
+    gw = start_gateway(tmp_path_factory.mktemp("audit-gw"), upstream, tunnel_upstream, test_ca,
+                       sets=["gateway_capture=metadata"])
+    yield gw
+    gw.stop()
+
+
+def chat(gw: GatewayProcess, text: str) -> str:
+    return openai_client(gw).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": text}]).choices[0].message.content
+
+
+def cli(gw: GatewayProcess, *args: str) -> str:
+    return gw.gateway_cli("audit", *args).stdout
+
+
+def json_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_metadata_capture_keeps_no_text(audit_gw, upstream, marker):
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply(f"answer {marker}"))
+    assert chat(audit_gw, f"question {marker}") == f"answer {marker}"
+    [event] = wait_for_events(audit_gw, lambda e: e["prompt_sha256"] == sha256_text(f"[user] question {marker}"))
+    assert (event["prompt"], event["completion"], event["capture"]) == ("", "", "metadata")
+    assert event["source"] == "http" and event["status"] == 200
+
+
+def test_every_audit_command_in_every_format_over_the_admin_socket(audit_gw, upstream, marker):
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("ok"))
+    chat(audit_gw, f"hello {marker}")
+    [event] = wait_for_events(audit_gw, lambda e: e["prompt_sha256"] == sha256_text(f"[user] hello {marker}"))
+    event_id = event["event_id"]
+    assert audit_gw.admin_socket.exists()
+
+    rows = json_lines(cli(audit_gw, "search", "--service", "openai", "--decision", "allow", "--format", "json"))
+    assert rows and all(r["service"] == "openai" for r in rows)
+    table = cli(audit_gw, "search", "--service", "openai", "--format", "table")
+    assert table.splitlines()[0].split()[:2] == ["ts", "user"] and f"({len(rows)} events)" in table
+    parsed = list(csv.DictReader(io.StringIO(cli(audit_gw, "search", "--service", "openai", "--format", "csv"))))
+    assert {r["event_id"] for r in parsed} == {r["event_id"] for r in rows}
+    assert json.loads(parsed[0]["warnings"]) == rows[0]["warnings"]  # arrays as JSON inside CSV cells
+    assert cli(audit_gw, "search", "--user", "x' OR '1'='1", "--format", "json") == ""
+
+    [shown] = json_lines(cli(audit_gw, "show", event_id, "--format", "json"))
+    assert shown["event_id"] == event_id and "inserted_at" in shown
+    assert f"event_id  {event_id}" in cli(audit_gw, "show", event_id)
+    assert list(csv.DictReader(io.StringIO(cli(audit_gw, "show", event_id, "--format", "csv"))))[0]["event_id"] \
+        == event_id
+    missing = audit_gw.gateway_cli("audit", "show", "00000000-0000-4000-8000-000000000000", check=False)
+    assert missing.returncode == 1 and "no event" in missing.stderr
+    bad = audit_gw.gateway_cli("audit", "show", "'; DROP TABLE events; --", check=False)
+    assert bad.returncode == 2 and "invalid event id" in bad.stderr
+
+    for by in ("service", "user", "decision", "entity", "model", "category"):
+        stats = json_lines(cli(audit_gw, "stats", "--by", by, "--bucket", "hour", "--format", "json"))
+        assert all(set(r) == {"bucket", by, "count"} for r in stats)
+    by_service = json_lines(cli(audit_gw, "stats", "--by", "service", "--format", "json"))
+    assert sum(r["count"] for r in by_service if r["service"] == "openai") >= 1
+    assert cli(audit_gw, "stats", "--format", "csv").startswith("bucket,service,count")
+    assert "service" in cli(audit_gw, "stats").splitlines()[0]
+
+    shadow = {r["service"]: r for r in json_lines(cli(audit_gw, "shadow-ai", "--format", "json"))}
+    assert shadow["openai"]["requests"] >= 1  # the shipped catalog does not sanction the OpenAI API
+    assert cli(audit_gw, "shadow-ai", "--format", "csv").startswith("service,category,users,requests")
+    assert "(" in cli(audit_gw, "shadow-ai").splitlines()[-1]
+
+    tailed = json_lines(cli(audit_gw, "tail", "--since", "10m", "--count", "1", "--format", "json"))
+    assert len(tailed) == 1 and "inserted_at" in tailed[0]
+    assert "openai" in cli(audit_gw, "tail", "--since", "10m", "--count", "1")
+    assert cli(audit_gw, "tail", "--since", "10m", "--count", "1", "--format", "csv").startswith("event_id,")
+
+    [status] = json_lines(cli(audit_gw, "status", "--format", "json"))
+    assert status["written"] >= 2 and status["dropped"] == 0 and status["store"].startswith("chdb://")
+    assert "spooled" in cli(audit_gw, "status")
+    assert cli(audit_gw, "status", "--format", "csv").startswith("queued,spooled,written")
+
+
+def test_tunnelled_ai_connection_is_recorded(audit_gw, test_ca):
+    """A do-not-decrypt AI host is passed through (the client sees the real certificate) and recorded as a
+    connection: who, host, service, duration; shown by shadow-ai."""
+    with socket.create_connection(("127.0.0.1", audit_gw.port), timeout=10) as raw:
+        raw.sendall(f"CONNECT {TUNNEL_HOST}:443 HTTP/1.1\r\nHost: {TUNNEL_HOST}:443\r\n\r\n".encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        ctx = ssl.create_default_context(cafile=str(test_ca.ca_pem))  # the upstream's own CA: not intercepted
+        with ctx.wrap_socket(raw, server_hostname=TUNNEL_HOST) as tls:
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {TUNNEL_HOST}\r\nConnection: close\r\n\r\n".encode())
+            response = b""
+            while data := tls.recv(4096):
+                response += data
+    assert response.endswith(b"cursor-ok")
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        shadow = {r["service"]: r for r in json_lines(cli(audit_gw, "shadow-ai", "--format", "json"))}
+        if shadow.get("cursor", {}).get("connections"):
+            break
+        time.sleep(0.3)
+    assert shadow["cursor"]["connections"] == 1 and shadow["cursor"]["requests"] == 0
+    assert shadow["cursor"]["some_users"] == ["127.0.0.1"]
+    assert "AI tunnel cursor api2.cursor.sh" in audit_gw.output()
+
+
+class Failing500(http.server.ThreadingHTTPServer):
+    """A 'ClickHouse' that answers every request with 500, recording what it was sent."""
+
+    def __init__(self):
+        self.seen: list[dict[str, str]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _fail(self):
+                outer.seen.append(dict(self.headers))
+                length = int(self.headers.get("content-length") or 0)
+                self.rfile.read(length)
+                body = b"Code: 999. DB::Exception: simulated outage"
+                self.send_response(500)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _fail
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_failing_clickhouse_never_fails_clients_and_events_wait_in_the_spool(tmp_path, upstream, tunnel_upstream,
+                                                                           test_ca, marker, monkeypatch):
+    server = Failing500()
+    monkeypatch.setenv("GATEWAY_AUDIT_PASSWORD", SECRET)
+    gw = start_gateway(tmp_path, upstream, tunnel_upstream, test_ca,
+                       extra_args=["--audit", f"http://auditor@127.0.0.1:{server.server_address[1]}/ai"])
+    try:
+        upstream.route("/v1/chat/completions", lambda rec: chat_reply(f"fine {marker}"))
+        for i in range(12):
+            assert chat(gw, f"q{i} {marker}") == f"fine {marker}"
+        [status] = json_lines(gw.gateway_cli("audit", "status", "--format", "json").stdout)
+        assert status["spooled"] == 12 and status["written"] == 0 and status["store"] == "not connected"
+        deadline = time.monotonic() + 20
+        while status["failures"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            [status] = json_lines(gw.gateway_cli("audit", "status", "--format", "json").stdout)
+        assert status["failures"] >= 2 and "unavailable" in status["last_error"]
+        assert server.seen, "the gateway never tried the store"
+        sent = " ".join(f"{k}={v}" for h in server.seen for k, v in h.items())
+        decoded = " ".join(base64.b64decode(v.split()[-1]).decode(errors="replace")
+                           for h in server.seen for k, v in h.items() if k.lower() == "authorization")
+        assert SECRET in sent + decoded, "the password from the environment is what the store receives"
+        search = gw.gateway_cli("audit", "search", check=False)
+        assert search.returncode == 2 and "not connected yet" in search.stderr
+        assert chat(gw, f"still serving {marker}") == f"fine {marker}"
+    finally:
+        gw.stop()
+        server.shutdown()
+    log = gw.log_path.read_text(errors="replace")
+    assert "audit write failed" in log and "spooled" in log
+    assert SECRET not in log and SECRET not in json.dumps(status)
+    assert "auditor:***@127.0.0.1" in log
+    from storage.writer import spool_counts
+
+    assert spool_counts(tmp_path / "audit-spool.sqlite")["spooled"] == 13  # kept for when the store returns
+
+
+def test_kill_9_loses_no_accepted_event(tmp_path, upstream, tunnel_upstream, test_ca, marker):
+    """Every event whose response a client received is in ClickHouse after `kill -9` and a restart, once."""
+    gw = start_gateway(tmp_path, upstream, tunnel_upstream, test_ca)
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("ok"))
+    try:
+        for i in range(25):
+            chat(gw, f"n{i} {marker}")
+        gw.proc.kill()  # SIGKILL: no shutdown hooks, no flush
+        gw.proc.wait()
+    finally:
+        gw.stop()
+    # without a gateway the CLI opens the store and the spool itself
+    [offline] = json_lines(gw.gateway_cli("audit", "status", "--format", "json").stdout)
+    assert offline["gateway"] == "not running"
+    before = json_lines(gw.gateway_cli("audit", "search", "--text", marker, "--format", "json").stdout)
+    assert len(before) + offline["spooled"] >= 25  # each one is in the store, the spool, or both
+    gw.admin_socket.unlink(missing_ok=True)  # stale socket of the killed process
+
+    again = start_gateway(tmp_path, upstream, tunnel_upstream, test_ca)
+    try:
+        events = wait_for_events(again, lambda e: marker in e["prompt"], count=25)
+        assert sorted(e["prompt"] for e in events) == sorted(f"[user] n{i} {marker}" for i in range(25))
+        [status] = json_lines(again.gateway_cli("audit", "status", "--format", "json").stdout)
+        assert status["spooled"] == 0
+    finally:
+        again.stop()
