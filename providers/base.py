@@ -253,40 +253,42 @@ class NdjsonDecoder:
     """Incremental newline-delimited JSON decoder (Ollama, Cohere v1 chat streams): feed bytes, get JSON values.
 
     Blank lines are skipped; a line that is not JSON is counted in `bad_lines`, not raised. A line longer than
-    MAX_LINE is dropped with a warning, so a hostile stream cannot grow the buffer forever."""
+    MAX_LINE is dropped with a warning, so a hostile stream cannot grow the buffer forever. The pending bytes are
+    a bytearray searched only where new bytes arrived, so a long line fed in small chunks costs linear time."""
 
     MAX_LINE = 4 * 1024 * 1024
 
     def __init__(self, exchange: Exchange):
         self.exchange = exchange
-        self.buf = b""
+        self.buf = bytearray()
         self.skipping = False
         self.bad_lines = 0
 
     def feed(self, chunk: bytes) -> list[Any]:
         out: list[Any] = []
+        start, search = 0, len(self.buf)  # the pending bytes hold no newline
         self.buf += chunk
-        while True:
-            nl = self.buf.find(b"\n")
-            if nl < 0:
-                if len(self.buf) > self.MAX_LINE:
-                    self.exchange.warn("stream: line too long, dropped")
-                    self.buf, self.skipping = b"", True
-                return out
-            line, self.buf = self.buf[:nl], self.buf[nl + 1:]
+        while (nl := self.buf.find(b"\n", search)) >= 0:
             if self.skipping:
                 self.skipping = False
-                continue
-            self._line(line, out)
+            else:
+                self._line(self.buf[start:nl], out)
+            start = search = nl + 1
+        del self.buf[:start]
+        if len(self.buf) > self.MAX_LINE:
+            self.exchange.warn("stream: line too long, dropped")
+            self.buf.clear()
+            self.skipping = True
+        return out
 
     def finish(self) -> list[Any]:
         out: list[Any] = []
         if self.buf and not self.skipping:
             self._line(self.buf, out)
-        self.buf = b""
+        self.buf.clear()
         return out
 
-    def _line(self, line: bytes, out: list[Any]) -> None:
+    def _line(self, line: bytes | bytearray, out: list[Any]) -> None:
         if not line.strip():
             return
         try:
