@@ -52,29 +52,41 @@ class EventStreamDecoder:
             return []
         self.buf += chunk
         out: list[EventMessage] = []
-        while len(self.buf) >= PRELUDE:
-            total, headers_len, prelude_crc = struct.unpack_from(">III", self.buf)
-            if crc32(self.buf[:8]) != prelude_crc:
-                return self._fail(out, "prelude CRC mismatch")
+        with memoryview(self.buf) as view:
+            start = self._decode(view, out)
+        if self.error:
+            self.buf.clear()
+        else:
+            del self.buf[:start]  # the decoded frames, dropped once per chunk
+        return out
+
+    def _decode(self, view: memoryview, out: list[EventMessage]) -> int:
+        """Append the complete frames in `view` to `out`; the offset of the first undecoded byte."""
+        start = 0
+        while len(view) - start >= PRELUDE:
+            total, headers_len, prelude_crc = struct.unpack_from(">III", view, start)
+            if crc32(view[start:start + 8]) != prelude_crc:
+                return self._fail("prelude CRC mismatch")
             if headers_len > MAX_HEADERS:
-                return self._fail(out, f"headers of {headers_len} bytes exceed {MAX_HEADERS}")
+                return self._fail(f"headers of {headers_len} bytes exceed {MAX_HEADERS}")
             payload_len = total - headers_len - PRELUDE - 4
             if payload_len < 0:
-                return self._fail(out, f"frame length {total} shorter than its headers")
+                return self._fail(f"frame length {total} shorter than its headers")
             if payload_len > MAX_PAYLOAD:
-                return self._fail(out, f"payload of {payload_len} bytes exceeds {MAX_PAYLOAD}")
-            if len(self.buf) < total:
+                return self._fail(f"payload of {payload_len} bytes exceeds {MAX_PAYLOAD}")
+            if len(view) - start < total:
                 break
-            (message_crc,) = struct.unpack_from(">I", self.buf, total - 4)
-            if crc32(memoryview(self.buf)[:total - 4]) != message_crc:
-                return self._fail(out, "message CRC mismatch")
+            end = start + total
+            (message_crc,) = struct.unpack_from(">I", view, end - 4)
+            if crc32(view[start:end - 4]) != message_crc:
+                return self._fail("message CRC mismatch")
             try:
-                headers = _headers(bytes(self.buf[PRELUDE:PRELUDE + headers_len]))
+                headers = _headers(bytes(view[start + PRELUDE:start + PRELUDE + headers_len]))
             except (ValueError, struct.error, IndexError) as e:
-                return self._fail(out, f"bad headers: {e}")
-            out.append(EventMessage(headers, bytes(self.buf[PRELUDE + headers_len:total - 4])))
-            del self.buf[:total]
-        return out
+                return self._fail(f"bad headers: {e}")
+            out.append(EventMessage(headers, bytes(view[start + PRELUDE + headers_len:end - 4])))
+            start = end
+        return start
 
     def finish(self) -> str:
         """Why the stream ended badly ("" if it ended on a frame boundary)."""
@@ -82,10 +94,9 @@ class EventStreamDecoder:
             self.error = f"truncated: {len(self.buf)} bytes of an incomplete frame"
         return self.error
 
-    def _fail(self, out: list[EventMessage], reason: str) -> list[EventMessage]:
+    def _fail(self, reason: str) -> int:
         self.error = reason
-        self.buf.clear()
-        return out
+        return 0
 
 
 _FIXED = {2: ">b", 3: ">h", 4: ">i", 5: ">q", 8: ">q"}

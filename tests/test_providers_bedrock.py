@@ -264,3 +264,20 @@ def test_json_payload_that_is_not_json():
                  [es.frame({":message-type": "event", ":event-type": "contentBlockDelta"}, b"{nope"),
                   es.event("contentBlockDelta", {"delta": 5})]).exchange
     assert ex.warnings == ["stream: 2 events not understood"]
+
+
+@pytest.mark.parametrize("headers,reason", [(b"\x01a\x0a", "unknown type 10"), (b"\x01a\x07\x00\x09ab", "runs past")])
+def test_bad_headers_stop_the_decoder(headers, reason):
+    body = _prelude(12 + len(headers) + 4, len(headers)) + headers
+    decoder = EventStreamDecoder()
+    assert decoder.feed(body + struct.pack(">I", binascii.crc32(body))) == []
+    assert reason in decoder.finish() and decoder.feed(b"more") == []
+
+
+def test_many_frames_in_one_chunk_and_one_frame_in_many():
+    frames = converse_stream_frames() * 50
+    decoder = EventStreamDecoder()
+    assert len(decoder.feed(b"".join(frames))) == len(frames)
+    big = es.event("contentBlockDelta", {"delta": {"text": "x" * 100_000}})
+    got = [m for i in range(0, len(big), 100) for m in decoder.feed(big[i:i + 100])]
+    assert len(got) == 1 and decoder.finish() == "" and not decoder.buf
