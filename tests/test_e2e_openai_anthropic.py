@@ -13,6 +13,7 @@ import zlib
 import anthropic
 import brotli
 import httpx2
+import openai
 import zstandard
 
 from tests.conftest import wait_for_events
@@ -242,3 +243,49 @@ def test_response_compression_bombs(gateway, upstream, marker):
     assert received == len(bomb)  # the client got the stream as sent, still compressed
     [event] = wait_for_events(gateway, _mine(marker, stream=True))
     assert any("compression bomb" in w for w in event["warnings"]) and event["response_bytes"] == len(bomb)
+
+
+# --- Other hosts, truncated streams ----------------------------------------------------------------------------
+
+def test_azure_deployment_and_compatible_host(gateway, upstream, marker):
+    """AzureOpenAI puts the deployment in the path and no model in the body; Groq serves OpenAI under /openai/v1."""
+    reply = json.loads(chat_reply(f"azure {marker}").body)
+    del reply["model"]  # so the audit shows what the request named: the deployment
+    upstream.route("/openai/deployments/", lambda rec: Reply(body=json.dumps(reply).encode()))
+    azure = openai.AzureOpenAI(api_key="k", api_version="2024-10-21", azure_endpoint="https://myres.openai.azure.com",
+                               http_client=_http(gateway), max_retries=0)
+    answer = azure.chat.completions.create(model="prod-gpt4o", messages=[{"role": "user", "content": f"az {marker}"}])
+    assert answer.choices[0].message.content == f"azure {marker}"
+    assert any(r.path.startswith("/openai/deployments/prod-gpt4o/chat/completions") for r in upstream.requests)
+    [event] = wait_for_events(gateway, _mine(marker, service="azure-openai"))
+    assert (event["operation"], event["model"], event["completion"]) == ("chat.completions", "prod-gpt4o",
+                                                                         f"azure {marker}")
+
+    upstream.route("/openai/v1/chat/completions", lambda rec: chat_reply(f"groq {marker}", model="llama-3.3-70b"))
+    groq = openai.OpenAI(api_key="gsk_test", base_url="https://api.groq.com/openai/v1", http_client=_http(gateway),
+                         max_retries=0)
+    assert groq.chat.completions.create(model="llama-3.3-70b", messages=[
+        {"role": "user", "content": f"groq {marker}"}]).choices[0].message.content == f"groq {marker}"
+    [event] = wait_for_events(gateway, _mine(marker, service="groq"))
+    assert (event["operation"], event["model"]) == ("chat.completions", "llama-3.3-70b")
+
+
+def test_anthropic_stream_cut_by_the_upstream_is_audited_with_what_arrived(gateway, upstream, marker):
+    def cut():
+        yield from [f.encode() for f in _anthropic_frames(f"Partial {marker}")[:4]]
+        raise ConnectionAbortedError("upstream died mid-stream")  # no terminating chunk: the body is cut
+
+    upstream.route("/v1/messages", lambda rec: Reply(content_type="text/event-stream", chunks=cut()))
+    client = anthropic_client(gateway)
+    pieces = []
+    try:
+        with client.messages.stream(model="claude-sonnet-4-6", max_tokens=50,
+                                    messages=[{"role": "user", "content": f"cut {marker}"}]) as stream:
+            pieces.extend(stream.text_stream)
+    except (anthropic.APIError, httpx2.HTTPError):
+        pass  # the SDK reports the broken stream; what matters is the gateway's record of it
+    assert "".join(pieces) in ("", f"Partial {marker}"[: len(f"Partial {marker}") // 2])
+    [event] = wait_for_events(gateway, _mine(marker, operation="messages", stream=True))
+    assert event["completion"] == f"Partial {marker}"[: len(f"Partial {marker}") // 2]
+    assert event["input_tokens"] == 31 and event["error"] != ""
+    assert gateway.proc.poll() is None
