@@ -71,6 +71,10 @@ def file_attachment(name: str, mime_type: str, size: int, head: bytes | None, ki
 
 
 def _text(data: bytes) -> str | None:
+    """The text of a text-like file, or None if its bytes are not text. UTF-8 first; a UTF-16 file needs its BOM;
+    other bytes without NULs are legacy 8-bit text (a cp1252 CSV export), read as Latin-1 so every byte counts."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return data.decode("utf-16", "replace")
     if b"\0" in data:
         return None
     if data.startswith(b"\xef\xbb\xbf"):
@@ -78,12 +82,9 @@ def _text(data: bytes) -> str | None:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        if e.start >= len(data) - 3 and len(data) >= MAX_TEXT_BYTES:  # a character cut by the cap
+        if e.reason == "unexpected end of data":  # a character cut by the cap
             return data[: e.start].decode("utf-8")
-        try:
-            return data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else None
-        except UnicodeDecodeError:
-            return None
+        return data.decode("latin-1")
 
 
 def base64_attachment(data: str, name: str, mime_type: str, kind: str = "") -> Attachment:

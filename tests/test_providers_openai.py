@@ -434,3 +434,23 @@ def test_malformed_and_truncated_responses_never_raise(path, request_body, ctype
     assert isinstance(ex.completion, str)
     if response.endswith(b'"par') or b"not json" in response or b"rate limited" in response:
         assert ex.warnings
+
+
+@pytest.mark.parametrize("data,text", [
+    ("name;city\nJosé;Zürich\n".encode("cp1252"), "name;city\nJosé;Zürich\n"),  # legacy 8-bit export
+    ("id,note\n1,日本\n".encode("utf-16"), "id,note\n1,日本\n"),
+    (b"\xef\xbb\xbfa,b\n", "a,b\n"),
+    (b"a,b\n\x00\x01\x02", None),  # NULs: binary data behind a text name
+])
+def test_text_like_upload_encodings(data, text):
+    body, headers = multipart({}, [("file", "export.csv", "text/csv", data)])
+    [att] = parse("/v1/files", body, headers=headers).exchange.messages[0].attachments
+    assert (att.text, att.inspected) == (text, text is not None)
+
+
+def test_long_text_file_is_cut_and_marked_not_fully_inspected():
+    data = "é".encode() * (600 * 1024)  # 1.2 MB of two-byte characters: the cap falls inside one
+    body, headers = multipart({}, [("file", "big.txt", "text/plain", data)])
+    [att] = parse("/v1/files", body, headers=headers).exchange.messages[0].attachments
+    assert att.size == len(data) and not att.inspected
+    assert att.text == "é" * (256 * 1024)
