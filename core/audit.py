@@ -17,7 +17,7 @@ import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -98,7 +98,7 @@ class AuditEvent:
     finding_scores: list[float] = field(default_factory=list)
 
     def as_row(self) -> dict:
-        return asdict(self)
+        return _as_row(self)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> AuditEvent:
@@ -141,11 +141,16 @@ class ConnectionEvent:
     error: str = ""
 
     def as_row(self) -> dict:
-        return asdict(self)
+        return _as_row(self)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ConnectionEvent:
         return _from_row(cls, row)
+
+
+def _as_row(record) -> dict[str, Any]:
+    """Column name -> value; shallow (dataclasses.asdict deep-copies every list, the writer's main cost)."""
+    return {name: getattr(record, name) for name in record.__slots__}
 
 
 def _from_row(cls, row: dict[str, Any]):

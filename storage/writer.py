@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -256,7 +257,9 @@ class AuditWriter:
         for _, tbl, row in rows:
             by_table.setdefault(tbl, []).append(orjson.loads(row))
         for tbl, dicts in by_table.items():
-            store.insert(tbl, [_decode(tbl, d) for d in dicts])
+            for d in dicts:  # timestamps travel as ISO text
+                d["ts"] = datetime.fromisoformat(d["ts"])
+            store.insert(tbl, dicts)
 
     @staticmethod
     def _healthy(store: Store) -> bool:
@@ -281,8 +284,3 @@ class AuditWriter:
                 log.error("audit store rejected record %d (%s); kept in %s table 'rejected'",
                           seq, str(e).splitlines()[0][:200], self.spool_path)
 
-
-def _decode(table: str, row: dict) -> dict:
-    """A spooled row back to column values (timestamps travel as ISO text)."""
-    cls = AuditEvent if table == "events" else ConnectionEvent
-    return cls.from_row(row).as_row()
