@@ -3,7 +3,9 @@
 Reference: ai-endpoints.md §3.2 [OBS]. `POST /api/organizations/{org}/chat_conversations/{conv}/completion` (and
 `retry_completion`) with the user text in `prompt`; documents converted in the browser travel as
 `attachments[].extracted_content` and are inspected as text (with their JSON path, so redaction can rewrite them);
-uploaded files are only referenced by id in `files[]` and are not inspected here. The 2023 body nested the prompt
+uploaded files are only referenced by id in `files[]` and are not inspected here; their uploads (multipart
+`POST /api/convert_document`, `/api/{org}/upload` [UNCONFIRMED]) are read as attachments, text-like files
+extracted. The 2023 body nested the prompt
 under `completion`. The answer is SSE with the Anthropic API's events (`content_block_delta` text deltas,
 `message_delta` stop reason); the very old stream sent `{completion: "<delta>", stop_reason, model}` frames.
 """
@@ -16,18 +18,26 @@ from typing import Any
 from core.exchange import Attachment, Exchange, Message, TextPart
 from providers.base import CompletionBuffer, HttpRequest, ResponseParser, json_body
 from providers.uploads import kind_of
-from providers.webapp import SoftSseParser, WebAppProvider, str_field
+from providers.webapp import Ignore, SoftSseParser, WebAppProvider, form_upload, str_field
 
 _COMPLETION = re.compile(r"^/api/organizations/[^/]+/chat_conversations/[^/]+/(?:retry_)?completion$")
+_UPLOAD = re.compile(r"^/api/(?:convert_document|[^/]+/upload)$")
 
 
 class ClaudeWebProvider(WebAppProvider):
     name = "claude-web"
 
     def operation(self, req: HttpRequest) -> str | None:
-        return "conversation" if req.method == "POST" and _COMPLETION.match(req.path) else None
+        if req.method != "POST":
+            return None
+        if _COMPLETION.match(req.path):
+            return "conversation"
+        return "upload" if _UPLOAD.match(req.path) else None
 
     def parse(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
+        if operation == "upload":
+            form_upload(req, exchange)
+            return
         body = json_body(req)
         if not isinstance(body, dict):
             raise TypeError("body is not a JSON object")
@@ -63,7 +73,7 @@ class ClaudeWebProvider(WebAppProvider):
         exchange.messages.append(message)
 
     def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
-        return CompletionStream(exchange)
+        return CompletionStream(exchange) if exchange.operation == "conversation" else Ignore()
 
 
 class CompletionStream(SoftSseParser):

@@ -5,7 +5,7 @@ Reference: ai-endpoints.md §3.6 [OBS]. `POST /api/v0/chat/completion` (also `ed
 with `event: ready`, then JSON-patch-like `{v, p, o}` frames (`webapp.PatchDocument`): a first snapshot
 `{"v": {"response": {...}}}`, then appends to `response/fragments/-1/content`; fragments are typed RESPONSE
 (the answer), THINK (reasoning) or SEARCH. Older builds appended to `response/content` directly. Ends with
-`event: close`.
+`event: close`. Files go up as multipart to `POST /api/v0/file/upload_file` [UNCONFIRMED path].
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from typing import Any
 
 from core.exchange import Attachment, Exchange, Message, TextPart
 from providers.base import MAX_COMPLETION_CHARS, HttpRequest, ResponseParser, json_body
-from providers.webapp import PatchDocument, SoftSseParser, WebAppProvider, str_field, unparsed
+from providers.webapp import (Ignore, PatchDocument, SoftSseParser, WebAppProvider, form_upload, str_field,
+                             unparsed)
 
 _PATHS = {"/api/v0/chat/completion": "conversation", "/api/v0/chat/edit_message": "conversation",
-          "/api/v0/chat/continue": "conversation", "/api/v0/chat/regenerate": "conversation"}
+          "/api/v0/chat/continue": "conversation", "/api/v0/chat/regenerate": "conversation",
+          "/api/v0/file/upload_file": "upload"}
 
 
 class DeepSeekWebProvider(WebAppProvider):
@@ -27,6 +29,9 @@ class DeepSeekWebProvider(WebAppProvider):
         return _PATHS.get(req.path) if req.method == "POST" else None
 
     def parse(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
+        if operation == "upload":
+            form_upload(req, exchange)
+            return
         body = json_body(req)
         if not isinstance(body, dict):
             raise TypeError("body is not a JSON object")
@@ -46,7 +51,7 @@ class DeepSeekWebProvider(WebAppProvider):
         exchange.messages.append(message)
 
     def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
-        return CompletionStream(exchange)
+        return CompletionStream(exchange) if exchange.operation == "conversation" else Ignore()
 
 
 class CompletionStream(SoftSseParser):

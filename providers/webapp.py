@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.exchange import Exchange
+from core.exchange import Exchange, Message
 from providers.base import MAX_COMPLETION_CHARS, BodyError, HttpRequest, ResponseParser, SseParser
+from providers.uploads import parse_form
 
 #: The errors a best-effort parser may hit on an unexpected shape; anything else is a bug and should surface.
 SHAPE_ERRORS = (BodyError, KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError)
@@ -46,6 +47,17 @@ class WebAppProvider:
 
     def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
         raise NotImplementedError
+
+
+def form_upload(req: HttpRequest, exchange: Exchange) -> None:
+    """A multipart upload: each file becomes an attachment (text-like files extracted for inspection)."""
+    form = parse_form(req.body, req.headers.get("content-type", ""))
+    files = form.files()
+    if not files:
+        raise BodyError("multipart body without a file")
+    exchange.messages.append(Message("user", attachments=[f.attachment() for f in files]))
+    if not form.complete:
+        exchange.warn("multipart body cut short: the last file may be incomplete")
 
 
 def unparsed(exchange: Exchange, why: str) -> None:

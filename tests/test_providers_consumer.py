@@ -438,6 +438,41 @@ def test_mistral_unknown_stream_is_unparsed():
     assert not x.parsed and x.completion == ""
 
 
+# --- uploads ---------------------------------------------------------------------------------------------------
+
+def multipart(filename: str, content: bytes, mime: str, extra: dict | None = None) -> tuple[bytes, str]:
+    boundary = "----gwtest"
+    out = b""
+    for name, value in (extra or {}).items():
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").encode()
+    out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: {mime}\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    return out, f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize("host,path", [("claude.ai", "/api/convert_document"),
+                                       ("claude.ai", "/api/org-1/upload"),
+                                       ("chat.deepseek.com", "/api/v0/file/upload_file")])
+def test_multipart_uploads_extract_text_like_files(host, path):
+    body, ctype = multipart("secrets.md", b"# Falcon\nbudget 12M\n", "text/markdown", {"orgUuid": "org-1"})
+    parsed = parse(host, path, body, ctype)
+    x = parsed.exchange
+    assert (x.operation, x.parsed) == ("upload", True)
+    [att] = x.messages[0].attachments
+    assert (att.name, att.size, att.text, att.inspected) == ("secrets.md", 20, "# Falcon\nbudget 12M\n", True)
+    answer(parsed, b'{"extracted_content": "# Falcon"}', "application/json")
+    assert x.completion == ""
+
+    body, ctype = multipart("photo.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, "image/png")
+    [att] = parse(host, path, body, ctype).exchange.messages[0].attachments
+    assert (att.kind, att.size, att.text, att.inspected) == ("image", 108, None, False)
+
+
+@pytest.mark.parametrize("body", [b"not multipart", b'{"file": "x"}'])
+def test_malformed_uploads_are_unparsed(body):
+    assert_soft_failure(parse("claude.ai", "/api/convert_document", body, "application/json"))
+
+
 # --- all apps --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("host,path", [("chatgpt.com", "/backend-api/f/conversation"), ("claude.ai", CLAUDE_PATH),
