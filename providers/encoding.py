@@ -129,12 +129,17 @@ class _Sink:
 
 
 class _Zstd(_Codec):
+    """RFC 9659 limits the window of the HTTP `zstd` coding to 8 MiB; a frame that asks for more would make the
+    decoder allocate its window (up to 2 GiB) before producing a byte, so it is refused as corrupt."""
+
     name = "zstd"
     STEP = 64 * 1024
+    MAX_WINDOW = 8 * 1024 * 1024
 
     def __init__(self) -> None:
         self.sink = _Sink()
-        self.writer = zstandard.ZstdDecompressor().stream_writer(self.sink, write_size=self.STEP)
+        self.writer = zstandard.ZstdDecompressor(max_window_size=self.MAX_WINDOW).stream_writer(
+            self.sink, write_size=self.STEP)
         self.fed = False
 
     def feed(self, data: bytes, budget: int) -> bytes:

@@ -116,3 +116,13 @@ def test_truncated_body_is_reported(name):
 def test_unsupported_encoding():
     with pytest.raises(EncodingError, match="unsupported content-encoding 'compress'"):
         decode(b"x", "compress")
+
+
+def test_zstd_frame_asking_for_a_huge_window_is_refused():
+    """A 128 MiB window would be allocated before the first byte is decoded; HTTP zstd allows 8 MiB."""
+    params = zstandard.ZstdCompressionParameters.from_level(19, window_log=27, write_content_size=False)
+    comp = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    frame = comp.compress(b"x" * 1000) + comp.flush()
+    assert zstandard.get_frame_parameters(frame).window_size == 128 * 1024 * 1024
+    with pytest.raises(EncodingError, match="too much memory"):
+        decode(frame, "zstd")
