@@ -88,6 +88,30 @@ def test_shipped_policy_loads_against_the_shipped_catalog():
     identity.load(SHIPPED / "identity.yaml")
 
 
+SECRETS = ["AWS_ACCESS_KEY", "AWS_SECRET_KEY", "GCP_SERVICE_ACCOUNT_KEY", "AZURE_STORAGE_KEY",
+           "AZURE_CONNECTION_STRING", "GITHUB_TOKEN", "GITLAB_TOKEN", "SLACK_TOKEN", "SLACK_WEBHOOK", "STRIPE_KEY",
+           "TWILIO_KEY", "SENDGRID_KEY", "OPENAI_KEY", "ANTHROPIC_KEY", "HUGGINGFACE_TOKEN", "GOOGLE_API_KEY",
+           "PRIVATE_KEY", "JWT", "URL_PASSWORD", "DB_CONNECTION_STRING", "GENERIC_SECRET"]
+PII = ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "PERSON", "URL",
+       "CRYPTO", "US_PASSPORT", "CODE_NAME"]
+
+
+def test_shipped_policy_blocks_every_secret_and_only_secrets():
+    from tests.test_policy_engine import BOB, F, req
+
+    catalog = Catalog.load(SHIPPED / "endpoints.yaml")
+    p = load_policy(SHIPPED / "policy.yaml", catalog)
+    openai_api = catalog.services["openai"]
+    for entity in SECRETS:
+        d = decide(p, BOB, req(openai_api, findings=[F(entity, 0.9)]))
+        assert (d.action, d.rule) == ("block", "block-secrets"), entity
+    for entity in PII:
+        d = decide(p, BOB, req(openai_api, findings=[F(entity, 0.9)]))
+        assert d.action in ("allow", "monitor"), (entity, d.reason)
+    d = decide(p, BOB, req(openai_api, findings=[F("EMAIL_ADDRESS")]))
+    assert "rule redact-pii would redact EMAIL_ADDRESS (reversible) (mode: monitor)" in d.reason
+
+
 def test_identity_resolution_order(tmp_path):
     path = write(tmp_path, """
         version: 1
