@@ -4,7 +4,8 @@ Only flows that already have an `Interaction` are looked at: the upgrade request
 Each message is handed to the connection's `providers.websocket.WsConversation` and relayed untouched: nothing is
 held back, dropped or rewritten. Every completed conversation turn becomes its own audit event (why per turn:
 see providers/websocket.py), written through the Audit addon like an HTTP exchange. The upgrade exchange itself
-is not audited separately: its turns are.
+is not audited separately: its turns are. Turns are not scanned by DLP yet (the inspect stage works on HTTP
+request hooks), and their events say so: inspection `skipped`.
 
 mitmproxy keeps every message of a flow in `flow.websocket.messages`; for a realtime audio session that grows
 without bound, so once a message has been read it is removed from that list (the last one stays for display).
@@ -61,7 +62,7 @@ class WebSocketAudit:
         for turn in turns:
             event = dataclasses.replace(it, exchange=turn.exchange, path=redact_query(it.path), status=101,
                                         request_bytes=turn.request_bytes, response_bytes=turn.response_bytes,
-                                        findings=[], started=turn.started, audited=False,
+                                        findings=[], inspection="skipped", started=turn.started, audited=False,
                                         event_id=new_event_id())
             if audit is None:
                 log.info("AI websocket turn %s %s (audit addon not loaded)", it.service.id, turn.exchange.operation)
