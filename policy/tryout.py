@@ -7,9 +7,11 @@ and a user's complaint can be replayed without any traffic.
 
 from __future__ import annotations
 
-import importlib
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import orjson
 
 import providers
 from core.exchange import Exchange
@@ -88,22 +90,29 @@ def _mask(text: str) -> str:
 
 
 def _dlp_scanner(rules: RuleSet) -> Callable[[Exchange], Sequence[Any]] | None:
-    """The DLP package's in-process scanner, if it offers `dlp.scanner.scan_exchange(exchange, recognizers)`."""
+    """The DLP package's scanner, in-process, over the same parts the proxy scans (None: no DLP here)."""
+    if rules.recognizers is None:
+        return None
+    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")  # never fetch the suffix list (stack-facts)
     try:
-        module = importlib.import_module("dlp.scanner")
+        from dlp.scanner import Scanner
     except ImportError:
         return None
-    scan = getattr(module, "scan_exchange", None)
-    if scan is None:
-        return None
-    return lambda x: scan(x, rules.recognizers)
+    scanner = Scanner(rules.recognizers)
+    return lambda x: scanner.scan_parts([p.text for p in x.request_parts()])
 
 
 def _redacted(x: Exchange, findings: list, entities: list[str], body: bytes) -> str:
+    """The request body as the redact stage would rewrite it."""
     try:
-        module = importlib.import_module("dlp.redact")
-        redact = module.redact_body
-    except (ImportError, AttributeError):
-        return "(the DLP package's redaction is not available: the body would be rewritten with placeholders " \
-               f"for {', '.join(entities)})"
-    return "the redacted body:\n" + redact(x, findings, entities, body).decode("utf-8", "replace")
+        from dlp.redact import Placeholders, redact_json
+    except ImportError:
+        return f"(DLP redaction not available here: {', '.join(entities)} would be replaced by placeholders)"
+    wanted = set(entities)
+    try:
+        rewritten = redact_json(orjson.loads(body), x.request_parts(),
+                                [f for f in findings if entity_of(f) in wanted], Placeholders())
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        return f"nothing: the body cannot be rewritten ({type(e).__name__}: {e}), so the request is blocked " \
+               f"rather than sent unredacted"
+    return "the redacted body:\n" + orjson.dumps(rewritten, option=orjson.OPT_INDENT_2).decode()
