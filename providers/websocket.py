@@ -171,7 +171,8 @@ class WsConversation:
     def _take(self) -> list[Turn]:
         out, self.done = self.done, []
         if out and self.bad_messages > self.reported_bad:
-            out[-1].exchange.warn(f"{self.app}: {self.bad_messages - self.reported_bad} WebSocket messages not understood")
+            unread = self.bad_messages - self.reported_bad
+            out[-1].exchange.warn(f"{self.app}: {unread} WebSocket messages not understood")
             self.reported_bad = self.bad_messages
         return out
 
