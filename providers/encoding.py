@@ -130,7 +130,8 @@ class _Sink:
 
 class _Zstd(_Codec):
     """RFC 9659 limits the window of the HTTP `zstd` coding to 8 MiB; a frame that asks for more would make the
-    decoder allocate its window (up to 2 GiB) before producing a byte, so it is refused as corrupt."""
+    decoder allocate its window (up to 2 GiB) before producing a byte, so it is refused as corrupt. The streaming
+    writer does not say whether the last frame ended, so a truncated zstd body is not reported."""
 
     name = "zstd"
     STEP = 64 * 1024
@@ -140,20 +141,15 @@ class _Zstd(_Codec):
         self.sink = _Sink()
         self.writer = zstandard.ZstdDecompressor(max_window_size=self.MAX_WINDOW).stream_writer(
             self.sink, write_size=self.STEP)
-        self.fed = False
 
     def feed(self, data: bytes, budget: int) -> bytes:
         self.sink.budget = budget
-        self.fed = self.fed or bool(data)
         try:
             self.writer.write(data)
         except zstandard.ZstdError as e:
             raise EncodingError(f"zstd: corrupt data: {e}") from None
         out, self.sink.out = bytes(self.sink.out), bytearray()
         return out
-
-    def truncated(self) -> bool:
-        return not self.fed
 
 
 _CODECS = {"gzip": lambda: _Zlib("gzip"), "x-gzip": lambda: _Zlib("gzip"), "deflate": lambda: _Zlib("deflate"),
@@ -175,6 +171,7 @@ class Decoder:
         names = encodings(header)
         unknown = [n for n in names if n not in _CODECS]
         self.limit = limit
+        self.consumed = 0
         self.produced = 0
         self.failure: EncodingError | None = None
         if unknown:
@@ -184,6 +181,7 @@ class Decoder:
     def feed(self, chunk: bytes) -> bytes:
         if self.failure is not None:
             raise self.failure
+        self.consumed += len(chunk)
         data = chunk
         try:
             for stage in self.stages:
@@ -198,9 +196,12 @@ class Decoder:
         return data
 
     def finish(self) -> None:
-        """Raise EncodingError if the encoded body ended before its end marker (a truncated body)."""
+        """Raise EncodingError if the encoded body ended before its end marker (a truncated body). An empty body
+        is no body, not a truncated one."""
         if self.failure is not None:
             raise self.failure
+        if not self.consumed:
+            return
         for stage in self.stages:
             if stage.truncated():
                 raise EncodingError(f"{stage.name}: body truncated")

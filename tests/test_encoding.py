@@ -53,10 +53,11 @@ def test_incremental_decoding_matches_whole(name, step):
 @pytest.mark.parametrize("encoded,header", [(_raw_deflate(TEXT), "deflate"), (_streamed_zstd(TEXT), "zstd"),
                                             (gzip.compress(TEXT[:100]) + gzip.compress(TEXT[100:]), "gzip"),
                                             (brotli.compress(gzip.compress(TEXT)), "gzip, br"),
-                                            (TEXT, "identity"), (TEXT, "")])
+                                            (TEXT, "identity"), (TEXT, ""), (b"", "gzip"), (b"", "br")])
 def test_variants_servers_send(encoded, header):
-    """Raw deflate (no zlib header), zstd frames without a size, multi-member gzip, chained codings."""
-    assert decode(encoded, header) == TEXT
+    """Raw deflate (no zlib header), zstd frames without a size, multi-member gzip, chained codings, and an empty
+    body under a coding header (a GET), which is no body rather than a truncated one."""
+    assert decode(encoded, header) == (TEXT if encoded else b"")
 
 
 def test_encodings_header():
