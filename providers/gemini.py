@@ -11,8 +11,7 @@ The Code Assist backend (cloudcode-pa.googleapis.com, used by the Gemini CLI) wr
 
 from __future__ import annotations
 
-import base64
-import binascii
+import functools
 import re
 from typing import Any
 from urllib.parse import unquote
@@ -20,17 +19,31 @@ from urllib.parse import unquote
 import orjson
 
 from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
+from providers import uploads
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
                             json_body)
 
 _MODEL_PATH = re.compile(r"^/(?:.*/)?(?:models|tunedModels)/(?P<model>[^/:]+):(?P<verb>[A-Za-z]+)$")
 _CODE_ASSIST_PATH = re.compile(r"^/v1internal:(?P<verb>[A-Za-z]+)$")
+_UPLOAD_PATH = re.compile(r"^/upload/v1(?:beta|alpha)?/files$")
 _VERBS = {"generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents"}
 _ROLES = {"model": "assistant", "function": "tool"}
+_UPPER = re.compile(r"([A-Z])")
 
-#: Inline text-like data (text/*, JSON) is decoded for inspection up to this many bytes; beyond it, not inspected.
-MAX_INLINE_TEXT = 1024 * 1024
 
+@functools.lru_cache(maxsize=64)
+def _snake(name: str) -> str:
+    return _UPPER.sub(r"_\1", name).lower()
+
+
+def _key(obj: dict[str, Any], name: str) -> str:
+    """The key a request field is under. The API takes proto3 JSON, which accepts the camelCase name and the
+    original snake_case one alike; a parser that read only one spelling would let the other pass uninspected."""
+    return name if name in obj else _snake(name)
+
+
+def _get(obj: dict[str, Any], name: str) -> Any:
+    return obj.get(_key(obj, name))
 
 class GeminiProvider:
     name = "gemini"
@@ -38,12 +51,17 @@ class GeminiProvider:
     def recognises(self, req: HttpRequest, hints: tuple[str, ...]) -> str | None:
         if req.method != "POST":
             return None
+        if _UPLOAD_PATH.match(req.path):
+            return "files.upload"
         m = _MODEL_PATH.match(req.path) or _CODE_ASSIST_PATH.match(req.path)
         if m is None or m["verb"] not in _VERBS:
             return None
         return "generateContent" if m["verb"] == "streamGenerateContent" else m["verb"]
 
     def parse_request(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
+        if operation == "files.upload":
+            exchange.messages.append(Message("user", attachments=[_upload(req)]))
+            return
         body = json_body(req)
         if not isinstance(body, dict):
             raise BodyError("Gemini body must be a JSON object")
@@ -71,35 +89,65 @@ class GeminiProvider:
                     exchange.messages.append(_content(r.get("content"), (*prefix, "requests", i, "content"),
                                                       exchange, "user"))
             return
-        if operation == "countTokens" and isinstance(body.get("generateContentRequest"), dict):
-            body, prefix = body["generateContentRequest"], (*prefix, "generateContentRequest")
+        if operation == "countTokens" and isinstance(_get(body, "generateContentRequest"), dict):
+            key = _key(body, "generateContentRequest")
+            body, prefix = body[key], (*prefix, key)
         contents = body.get("contents")
         if operation == "generateContent" and not isinstance(contents, list):
             raise BodyError("generateContent body needs a 'contents' list")
-        system = body.get("systemInstruction")
+        system_key = _key(body, "systemInstruction")
+        system = body.get(system_key)
         if isinstance(system, str):
-            exchange.system.append(TextPart(system, (*prefix, "systemInstruction")))
+            exchange.system.append(TextPart(system, (*prefix, system_key)))
         elif system is not None:
-            exchange.system.extend(_content(system, (*prefix, "systemInstruction"), exchange, "system").parts)
+            exchange.system.extend(_content(system, (*prefix, system_key), exchange, "system").parts)
         for i, content in enumerate(contents or []):
             exchange.messages.append(_content(content, (*prefix, "contents", i), exchange, "user"))
         for i, tool in enumerate(body.get("tools") or []):
             if not isinstance(tool, dict):
                 exchange.warn(f"tools/{i}: not an object")
                 continue
-            for decl in tool.get("functionDeclarations") or tool.get("function_declarations") or []:
+            for decl in _get(tool, "functionDeclarations") or []:
                 if isinstance(decl, dict):
                     exchange.tools.append(ToolDefinition(
                         str(decl.get("name", "")), str(decl.get("description", "")),
-                        decl.get("parameters") or decl.get("parametersJsonSchema")))
+                        decl.get("parameters") or _get(decl, "parametersJsonSchema")))
 
     def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
+        if exchange.operation == "files.upload":
+            return BufferedJson(exchange, lambda data: _upload_response(data, exchange))
         reader = ResponseReader(exchange)
         if content_type == "text/event-stream":
             return SseParser(exchange, lambda _event, data: reader.add(data), reader.done)
         if exchange.stream:
             return JsonArrayParser(exchange, reader.add, reader.done)
         return BufferedJson(exchange, lambda data: (reader.add(data), reader.done()))
+
+
+def _upload(req: HttpRequest) -> Attachment:
+    """Files API, resumable protocol. The `start` request names the file (JSON metadata and X-Goog-Upload-Header-*
+    headers); the `upload` requests that follow carry its bytes, with neither name nor type. Those bytes are
+    inspected when they are text; tying them to the name would take the upload id of another request."""
+    command = req.headers.get("x-goog-upload-command", "")
+    if "upload" in command or req.content_type not in ("application/json", ""):
+        attachment = uploads.file_attachment("", "text/plain", len(req.body), req.body)  # text if it decodes as text
+        attachment.mime_type = ""
+        attachment.name = f"upload offset {req.headers.get('x-goog-upload-offset', '0')}"
+        return attachment
+    try:
+        meta = orjson.loads(req.body) if req.body else {}
+    except orjson.JSONDecodeError as e:
+        raise BodyError(f"file metadata: invalid JSON: {e}") from None
+    file = meta.get("file") if isinstance(meta, dict) and isinstance(meta.get("file"), dict) else {}
+    mime = str(_get(file, "mimeType") or req.headers.get("x-goog-upload-header-content-type", ""))
+    size = _get(file, "sizeBytes") or req.headers.get("x-goog-upload-header-content-length") or 0
+    return Attachment(_kind(mime), str(_get(file, "displayName") or file.get("name") or ""), mime,
+                      int(size) if str(size).isdigit() else 0)
+
+
+def _upload_response(data: Any, exchange: Exchange) -> None:
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        exchange.warn(f"upstream error: {str(data['error'].get('message', ''))[:500]}")
 
 
 def _content(raw: Any, path: tuple, exchange: Exchange, default_role: str) -> Message:
@@ -120,39 +168,31 @@ def _content(raw: Any, path: tuple, exchange: Exchange, default_role: str) -> Me
             continue
         if isinstance(part.get("text"), str):
             message.parts.append(TextPart(part["text"], (*p, "text")))
-        elif isinstance(part.get("inlineData"), dict):
-            message.attachments.append(_inline(part["inlineData"]))
-        elif isinstance(part.get("fileData"), dict):
-            fd = part["fileData"]
-            mime = str(fd.get("mimeType") or "")
-            message.attachments.append(Attachment(_kind(mime), str(fd.get("fileUri") or "")[:500], mime))
-        elif isinstance(part.get("functionCall"), dict):
-            fc = part["functionCall"]
+        elif isinstance(_get(part, "inlineData"), dict):
+            message.attachments.append(_inline(_get(part, "inlineData")))
+        elif isinstance(_get(part, "fileData"), dict):
+            fd = _get(part, "fileData")
+            mime = str(_get(fd, "mimeType") or "")
+            message.attachments.append(Attachment(_kind(mime), str(_get(fd, "fileUri") or "")[:500], mime))
+        elif isinstance(_get(part, "functionCall"), dict):
+            fc = _get(part, "functionCall")
             message.tool_calls.append(ToolCall(str(fc.get("name", "")), _json(fc.get("args")), str(fc.get("id") or "")))
-        elif isinstance(part.get("functionResponse"), dict):
-            fr = part["functionResponse"]
+        elif isinstance(_get(part, "functionResponse"), dict):
+            fr = _get(part, "functionResponse")
             message.tool_results.append(ToolResult(str(fr.get("id") or fr.get("name") or ""),
                                                    _json(fr.get("response"))))
     return message
 
 
 def _kind(mime: str) -> str:
-    top = mime.split("/", 1)[0]
-    return top if top in ("image", "audio", "video") else "document" if mime == "application/pdf" else "file"
+    return "document" if mime == "application/pdf" else uploads.kind_of(mime)
 
 
 def _inline(data: dict[str, Any]) -> Attachment:
-    """Inline base64 data: its decoded size, and its text when it is text-like and small enough to inspect."""
-    mime = str(data.get("mimeType") or "")
+    """Inline base64 data: its decoded size, and its text when it is text-like (providers/uploads.py rules)."""
+    mime = str(_get(data, "mimeType") or "")
     b64 = data.get("data") if isinstance(data.get("data"), str) else ""
-    attachment = Attachment(_kind(mime), str(data.get("displayName") or ""), mime, len(b64) * 3 // 4)
-    if (mime.startswith("text/") or mime.endswith(("json", "xml"))) and attachment.size <= MAX_INLINE_TEXT:
-        try:
-            attachment.text = base64.b64decode(b64, validate=False).decode("utf-8", "replace")
-            attachment.inspected = True
-        except (binascii.Error, ValueError):
-            pass
-    return attachment
+    return uploads.base64_attachment(b64, str(_get(data, "displayName") or ""), mime, _kind(mime))
 
 
 def _json(value: Any) -> str:

@@ -110,6 +110,36 @@ def test_gemini_json_array_stream_without_alt_sse(gateway, upstream, marker):
     assert event["completion"] == f"one two {marker}"
 
 
+def test_google_genai_files_upload(gateway, upstream, marker):
+    """The Files API's resumable upload: the start request names the file, the next one carries its bytes, which
+    the gateway inspects as text."""
+    import io
+
+    from google.genai import types
+    content = f"Quarterly plan {marker}".encode()
+
+    def handler(rec):
+        if "upload_id=" not in rec.path:
+            url = "https://generativelanguage.googleapis.com" + rec.path.split("?")[0] + "?upload_id=u1"
+            return Reply(body=b"{}", headers={"x-goog-upload-url": url, "x-goog-upload-status": "active"})
+        return Reply(body=json.dumps({"file": {"name": "files/f1", "displayName": "plan.txt",
+                                               "mimeType": "text/plain", "sizeBytes": str(len(content)),
+                                               "uri": "https://generativelanguage.googleapis.com/v1beta/files/f1",
+                                               "state": "ACTIVE"}}).encode(),
+                     headers={"x-goog-upload-status": "final"})
+    upstream.route("/upload/", handler)
+    client = genai_client(gateway)
+    file = client.files.upload(file=io.BytesIO(content),
+                               config=types.UploadFileConfig(mime_type="text/plain", display_name="plan.txt"))
+    assert file.name == "files/f1"
+    # the start request names the file (its bytes are not in it); the upload request's bytes are text, inspected
+    wait_for_events(gateway, lambda e: e["operation"] == "files.upload" and e["service"] == "gemini"
+                    and f"<file plan.txt {len(content)}B not inspected>" in e["prompt"])
+    assert any(r.body == content for r in upstream.requests)
+    wait_for_events(gateway, lambda e: e["operation"] == "files.upload" and e["path"].endswith("upload_id=u1")
+                    and f"<file upload offset 0 {len(content)}B>" in e["prompt"] and e["status"] == 200)
+
+
 def test_google_genai_on_vertex_ai(gateway, upstream, marker):
     """Vertex AI: the model is in the long publishers path, the answer comes back the same way."""
     from google.genai import types

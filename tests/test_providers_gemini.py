@@ -203,3 +203,51 @@ def test_json_array_rejects_unbalanced_and_oversized_elements():
     parser.finish()
     assert got == [{"b": 1}]
     assert any("larger than" in w for w in ex.warnings) and any("unbalanced" in w for w in ex.warnings)
+
+
+def test_files_upload_start_and_bytes():
+    start = parse("/upload/v1beta/files", {"file": {"displayName": "notes.txt", "mimeType": "text/plain",
+                                                    "sizeBytes": "12"}},
+                  headers={"content-type": "application/json", "x-goog-upload-protocol": "resumable",
+                           "x-goog-upload-command": "start", "x-goog-upload-header-content-length": "12"})
+    ex = start.exchange
+    assert (start.provider.name, ex.operation, ex.parsed) == ("gemini", "files.upload", True)
+    [att] = ex.messages[0].attachments
+    assert (att.kind, att.name, att.mime_type, att.size, att.inspected) == ("file", "notes.txt", "text/plain", 12, False)
+    respond(start, "application/json", b"")
+
+    chunk = parse("/upload/v1beta/files?upload_id=abc", b"secret plan!",
+                  headers={"x-goog-upload-command": "upload, finalize", "x-goog-upload-offset": "0"})
+    [att] = chunk.exchange.messages[0].attachments
+    assert (att.size, att.text, att.inspected) == (12, "secret plan!", True)
+    assert "secret plan!" in [p.text for p in chunk.exchange.request_parts()]
+    binary = parse("/upload/v1beta/files?upload_id=abc", b"\x89PNG\x00\x01",
+                   headers={"x-goog-upload-command": "upload, finalize", "x-goog-upload-offset": "8"})
+    [att] = binary.exchange.messages[0].attachments
+    assert (att.size, att.text, att.inspected, att.name) == (6, None, False, "upload offset 8")
+    bad = parse("/upload/v1beta/files", b"{nope", headers={"content-type": "application/json",
+                                                             "x-goog-upload-command": "start"})
+    assert not bad.exchange.parsed
+
+
+def test_snake_case_field_names_are_read_too():
+    """proto3 JSON accepts snake_case names: a client using them must not slip past inspection."""
+    body = {"system_instruction": {"parts": [{"text": "sys"}]},
+            "contents": [{"role": "user", "parts": [{"text": "hi"},
+                                                    {"inline_data": {"mime_type": "text/csv",
+                                                                     "data": base64.b64encode(b"a,b").decode()}},
+                                                    {"file_data": {"mime_type": "image/png", "file_uri": "gs://b/x"}}]},
+                         {"role": "model", "parts": [{"function_call": {"name": "f", "args": {}}}]}],
+            "tools": [{"function_declarations": [{"name": "f", "parameters_json_schema": {"type": "object"}}]}]}
+    ex = parse("/v1beta/models/m:generateContent", body).exchange
+    assert ex.system_text == "sys" and ex.system[0].path == ("system_instruction", "parts", 0, "text")
+    csv, image = ex.messages[0].attachments
+    assert (csv.text, csv.inspected, image.name, image.kind) == ("a,b", True, "gs://b/x", "image")
+    assert ex.messages[1].tool_calls[0].name == "f" and ex.tools[0].parameters == {"type": "object"}
+    ex = parse("/v1beta/models/m:countTokens", {"generate_content_request": {"contents": [{"parts": [{"text": "c"}]}]}}).exchange
+    assert ex.messages[0].parts[0].path == ("generate_content_request", "contents", 0, "parts", 0, "text")
+    start = parse("/upload/v1beta/files", {"file": {"display_name": "n.txt", "mime_type": "text/plain",
+                                                    "size_bytes": 30}},
+                  headers={"content-type": "application/json", "x-goog-upload-command": "start"})
+    att = start.exchange.messages[0].attachments[0]
+    assert (att.name, att.mime_type, att.size) == ("n.txt", "text/plain", 30)
