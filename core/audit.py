@@ -35,21 +35,16 @@ def _now() -> datetime:
 
 
 class FindingLike(Protocol):
-    """What the audit needs of a DLP finding: where it is and what it is, never its value.
+    """What the audit needs of a DLP finding (dlp.scanner.Finding): where it is and what it is, never its value.
 
     `part` indexes `Exchange.request_parts()`; `start`/`end` are character offsets in that part's text.
     """
 
-    entity_type: str
+    entity: str
     part: int
     start: int
     end: int
     score: float
-
-
-def entity_of(finding: FindingLike) -> str:
-    """dlp.scanner.Finding names its type `entity`; other finding records say `entity_type`: accept both."""
-    return getattr(finding, "entity", None) or finding.entity_type
 
 
 @dataclass(slots=True)
@@ -107,7 +102,7 @@ class AuditEvent:
 
     def set_findings(self, findings: Sequence[FindingLike]) -> None:
         ordered = sorted(findings, key=lambda f: (f.part, f.start, f.end))
-        self.finding_entities = [entity_of(f) for f in ordered]
+        self.finding_entities = [f.entity for f in ordered]
         self.finding_parts = [int(f.part) for f in ordered]
         self.finding_starts = [int(f.start) for f in ordered]
         self.finding_ends = [int(f.end) for f in ordered]
@@ -204,7 +199,7 @@ def redacted_prompt(x: Exchange, findings: Sequence[FindingLike]) -> str:
     """The prompt text as `Exchange.prompt_text` renders it, with every finding in a request part masked."""
     by_part: dict[int, list[tuple[int, int, str]]] = {}
     for f in findings:
-        by_part.setdefault(int(f.part), []).append((int(f.start), int(f.end), entity_of(f)))
+        by_part.setdefault(int(f.part), []).append((int(f.start), int(f.end), f.entity))
     if not by_part:
         return x.prompt_text
     masked = copy.deepcopy(x)

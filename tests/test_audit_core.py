@@ -17,7 +17,7 @@ SECRET_KEY = "AKIAABCDEFGHIJKLMNOP"
 
 @dataclass
 class Finding:
-    entity_type: str
+    entity: str
     part: int
     start: int
     end: int

@@ -23,7 +23,7 @@ NOW = datetime.now(UTC)
 
 @dataclass
 class Finding:
-    entity_type: str
+    entity: str
     part: int
     start: int
     end: int
