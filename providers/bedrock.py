@@ -26,7 +26,7 @@ from urllib.parse import unquote
 import orjson
 
 from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
-from providers import anthropic, cohere, openai_chat
+from providers import anthropic, cohere, openai_chat, uploads
 from providers.base import BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, json_body
 from providers.eventstream import EventMessage, EventStreamDecoder
 
@@ -161,13 +161,23 @@ def _converse_message(raw: dict[str, Any], path: tuple, exchange: Exchange) -> M
     return message
 
 
+#: Converse document formats whose bytes are text: decoded and inspected like a text upload.
+_DOCUMENT_TYPES = {"txt": "text/plain", "csv": "text/csv", "md": "text/markdown", "html": "text/html",
+                   "pdf": "application/pdf", "doc": "application/msword", "xls": "application/vnd.ms-excel",
+                   "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                   "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}
+
+
 def _media(kind: str, media: dict[str, Any]) -> tuple[Attachment, str | None]:
-    """An image/document/video/audio block: size of inline bytes, S3 location as the name, document text."""
+    """An image/document/video/audio block: inline bytes (text documents decoded for inspection), the S3
+    location as the name, or a document's `source.text`, returned to be an addressable prompt part."""
     source = media.get("source") if isinstance(media.get("source"), dict) else {}
     fmt = str(media.get("format") or "")
-    attachment = Attachment(kind, str(media.get("name") or ""), f"{kind}/{fmt}" if fmt else "")
+    mime = _DOCUMENT_TYPES.get(fmt, "") if kind == "document" else f"{kind}/{fmt}" if fmt else ""
+    name = str(media.get("name") or "")
     if isinstance(source.get("bytes"), str):
-        attachment.size = len(source["bytes"]) * 3 // 4
+        return uploads.base64_attachment(source["bytes"], name, mime, kind), None
+    attachment = Attachment(kind, name, mime)
     s3 = source.get("s3Location")
     if isinstance(s3, dict):
         attachment.name = attachment.name or str(s3.get("uri", ""))[:500]

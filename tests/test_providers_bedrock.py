@@ -20,7 +20,8 @@ CONVERSE = {
         {"role": "user", "content": [
             {"text": "Summarise"},
             {"document": {"format": "txt", "name": "notes", "source": {"text": "confidential notes"}}},
-            {"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}}]},
+            {"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}},
+            {"document": {"format": "csv", "name": "data", "source": {"bytes": base64.b64encode(b"id,ssn").decode()}}}]},
         {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t1", "name": "search", "input": {"q": "x"}}}]},
         {"role": "user", "content": [{"toolResult": {"toolUseId": "t1", "content": [{"text": "found"},
                                                                                    {"json": {"n": 1}}]}}]},
@@ -42,7 +43,9 @@ def test_converse_request_and_response():
     user = ex.messages[0]
     assert user.text == "Summarise\nconfidential notes"
     assert user.parts[1].path == ("messages", 0, "content", 1, "document", "source", "text")
-    assert [(a.kind, a.mime_type) for a in user.attachments] == [("document", "document/txt"), ("image", "image/png")]
+    assert [(a.kind, a.mime_type, a.inspected) for a in user.attachments] == \
+        [("document", "text/plain", True), ("image", "image/png", False), ("document", "text/csv", True)]
+    assert user.attachments[2].text == "id,ssn" and "id,ssn" in [p.text for p in ex.request_parts()]
     assert ex.messages[1].tool_calls[0].name == "search"
     assert [r.text for r in ex.messages[2].tool_results] == ["found", '{"n":1}']
     assert ex.tools[0].parameters == {"type": "object"}
