@@ -1,7 +1,7 @@
 """WebSocket conversations: from the messages of one connection to one `Exchange` per conversation turn.
 
 The addon (addons/websocket.py) feeds every message of an AI WebSocket connection to a `WsConversation` chosen
-by `conversation_for` (OpenAI Realtime, Gemini Live, Microsoft Copilot; anything else is counted but not
+by `conversation_for` (OpenAI Realtime, Gemini Live, Microsoft Copilot, Character.AI; anything else is counted but not
 understood) and gets back the `Turn`s that completed. Pure: no mitmproxy import, so fixtures drive it directly.
 
 Why one event per turn and not per connection: a realtime or Copilot connection stays open for a whole session
@@ -156,6 +156,11 @@ class WsConversation:
         if isinstance(text, str):
             self.completion.add(text)
 
+    def replace_completion(self, text: str) -> None:
+        """For protocols that resend the whole answer so far rather than deltas."""
+        self.completion = CompletionBuffer(self.begin_turn())
+        self.completion.add(text)
+
     def end_turn(self) -> None:
         if self.turn is None:
             return
@@ -198,6 +203,7 @@ def get(data: Any, *names: str) -> Any:
 
 def conversation_for(service: str, formats: tuple[str, ...], path: str) -> WsConversation:
     """The state machine for a WebSocket upgrade request: by path first, as the same host serves several."""
+    from providers.characterai_web import CharacterAIConversation
     from providers.copilot_web import CopilotConversation
     from providers.websocket_gemini import GeminiLiveConversation
     from providers.websocket_openai import RealtimeConversation
@@ -209,4 +215,6 @@ def conversation_for(service: str, formats: tuple[str, ...], path: str) -> WsCon
         return RealtimeConversation(service, path)
     if route.startswith("/c/api/chat") and "copilot-web" in formats:
         return CopilotConversation(service)
+    if route.startswith("/ws") and "character-ai-web" in formats:
+        return CharacterAIConversation(service)
     return UnknownConversation(service)

@@ -438,6 +438,55 @@ def test_mistral_unknown_stream_is_unparsed():
     assert not x.parsed and x.completion == ""
 
 
+# --- Grok web and Poe -----------------------------------------------------------------------------------------
+
+GROK_REQUEST = {"modelName": "grok-4", "message": "Plan Falcon launch", "customInstructions": "Answer in French",
+                "fileAttachments": ["file-meta-1"], "imageAttachments": [], "temporary": True,
+                "disableSearch": False}
+
+
+def test_grok_new_conversation_ndjson_tokens():
+    parsed = parse("grok.com", "/rest/app-chat/conversations/new", GROK_REQUEST)
+    x = parsed.exchange
+    assert (x.service, x.operation, x.model, x.system_text, x.messages[0].text) == \
+        ("grok", "conversation", "grok-4", "Answer in French", "Plan Falcon launch")
+    assert x.messages[0].attachments[0].name == "file-meta-1"
+    lines = [{"result": {"conversation": {"conversationId": "c1"}}},
+             {"result": {"response": {"token": "hmm", "isThinking": True, "responseId": "r1"}}},
+             {"result": {"response": {"token": "Lan", "isThinking": False}}},
+             {"result": {"response": {"token": "cement.", "isThinking": False, "isSoftStop": True}}}]
+    x = answer(parsed, "".join(json.dumps(line) + "\n" for line in lines), "application/json")
+    assert (x.completion, x.finish_reason, x.parsed) == ("Lancement.", "stop", True)
+
+
+def test_grok_follow_up_and_final_model_response():
+    parsed = parse("grok.com", "/rest/app-chat/conversations/c1/responses", GROK_REQUEST)
+    lines = [{"result": {"token": "Par"}}, {"result": {"token": "tial"}},
+             {"result": {"modelResponse": {"message": "Whole answer.", "model": "grok-4-0709"}}}]
+    x = answer(parsed, "".join(json.dumps(line) + "\n" for line in lines), "application/json")
+    assert (x.completion, x.model) == ("Whole answer.", "grok-4-0709")
+
+
+@pytest.mark.parametrize("stream", ["<html>blocked</html>", '{"error": {"code": 8}}\n'])
+def test_grok_unknown_streams_are_unparsed(stream):
+    parsed = parse("grok.com", "/rest/app-chat/conversations/new", GROK_REQUEST)
+    x = answer(parsed, stream, "application/json")
+    assert not x.parsed and x.completion == ""
+
+
+def test_poe_send_message_mutation():
+    body = {"queryName": "chatHelpers_sendMessageMutation_Mutation", "extensions": {"hash": "abc"},
+            "variables": {"bot": "Claude-Sonnet-4", "query": "Review Falcon", "chatId": None,
+                          "attachments": [{"name": "a.txt"}]}}
+    parsed = parse("poe.com", "/api/gql_POST", body)
+    x = parsed.exchange
+    assert (x.service, x.operation, x.model, x.messages[0].text, x.messages[0].parts[0].path) == \
+        ("poe", "conversation", "Claude-Sonnet-4", "Review Falcon", ("variables", "query"))
+    assert any("not captured" in w for w in x.warnings) and x.parsed
+    other = parse("poe.com", "/api/gql_POST", {"queryName": "settingsPageQuery", "variables": {}})
+    assert (other.exchange.operation, other.exchange.messages) == ("graphql", [])
+
+
 # --- uploads ---------------------------------------------------------------------------------------------------
 
 def multipart(filename: str, content: bytes, mime: str, extra: dict | None = None) -> tuple[bytes, str]:

@@ -164,10 +164,32 @@ def test_copilot_turns():
     assert (second.exchange.messages[0].text, second.exchange.completion) == ("Shorter", "OK.")
 
 
+# --- Character.AI ----------------------------------------------------------------------------------------------
+
+def test_character_ai_turn_from_cumulative_candidates():
+    conv = conversation_for("character-ai", ("character-ai-web",), "/ws/")
+    human = {"author": {"author_id": "u1", "is_human": True}, "candidates": [{"raw_content": "Hi Falcon"}]}
+    bot = {"author": {"author_id": "c1"}, "primary_candidate_id": "k1"}
+    [turn] = feed(conv,
+                  (C, {"command": "create_and_generate_turn", "request_id": "r1", "origin_id": "web-next",
+                       "payload": {"chat_type": "TYPE_ONE_ON_ONE", "character_id": "char-7", "num_candidates": 1,
+                                   "turn": {"turn_key": {"chat_id": "c", "turn_id": "t"}, "author": {"is_human": True},
+                                            "candidates": [{"candidate_id": "k0", "raw_content": "Hi Falcon"}]}}}),
+                  (S, {"command": "add_turn", "turn": human}),
+                  (S, {"command": "add_turn", "turn": bot | {"candidates": [{"candidate_id": "k1",
+                                                                             "raw_content": "Hel"}]}}),
+                  (S, {"command": "update_turn", "turn": bot | {"candidates": [{"candidate_id": "k1",
+                                                                                "raw_content": "Hello!",
+                                                                                "is_final": True}]}}))
+    x = turn.exchange
+    assert (x.model, x.messages[0].text, x.completion, x.finish_reason) == \
+        ("character:char-7", "Hi Falcon", "Hello!", "final")
+
+
 # --- failure modes ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path,formats", [("/v1/realtime?model=m", ("openai",)), (LIVE_PATH, ("gemini",)),
-                                          ("/c/api/chat", ("copilot-web",))])
+                                          ("/c/api/chat", ("copilot-web",)), ("/ws/", ("character-ai-web",))])
 def test_malformed_messages_never_raise(path, formats):
     conv = conversation_for("svc", formats, path)
     turns = feed(conv, (C, b"\xff\xfe not json"), (C, b'{"type": '), (S, b"[1, 2, 3]"), (S, b'"just a string"'),
