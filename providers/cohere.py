@@ -12,7 +12,8 @@ from typing import Any
 
 import orjson
 
-from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
+from core.exchange import Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
+from providers import openai_chat, uploads
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, NdjsonParser, ResponseParser,
                             SseParser, json_body, text_parts)
 
@@ -73,11 +74,8 @@ def _parse_v2_chat(body: dict[str, Any], exchange: Exchange) -> None:
         message = Message(role=role, parts=parts)
         if isinstance(content, list):
             for part in content:
-                if isinstance(part, dict) and part.get("type") == "image_url":
-                    url = (part.get("image_url") or {}).get("url", "") if isinstance(part.get("image_url"), dict) else ""
-                    mime = url[5:].split(";", 1)[0] if isinstance(url, str) and url.startswith("data:") else ""
-                    message.attachments.append(Attachment("image", "" if mime else str(url)[:200], mime,
-                                                          len(str(url).split(",", 1)[-1]) * 3 // 4 if mime else 0))
+                if isinstance(part, dict) and part.get("type") == "image_url":  # OpenAI-shaped image part
+                    message.attachments.append(openai_chat.content_attachment(part))
         if isinstance(raw.get("tool_plan"), str):
             message.parts.append(TextPart(raw["tool_plan"], (*path, "tool_plan")))
         for j, tc in enumerate(raw.get("tool_calls") or []):
@@ -186,8 +184,7 @@ def _parse_embed(body: dict[str, Any], exchange: Exchange) -> None:
             message.parts.extend(text_parts(item.get("content"), ("inputs", i, "content"), exchange))
     for image in body.get("images") or []:
         if isinstance(image, str):
-            mime = image[5:].split(";", 1)[0] if image.startswith("data:") else ""
-            message.attachments.append(Attachment("image", "", mime, len(image.split(",", 1)[-1]) * 3 // 4))
+            message.attachments.append(uploads.base64_attachment(image, "", "", "image"))
     if not message.parts and not message.attachments:
         raise BodyError("embed body needs 'texts', 'inputs' or 'images'")
     exchange.messages.append(message)

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
+from providers import uploads
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, NdjsonParser, ResponseParser,
                             json_body)
 
@@ -99,7 +100,7 @@ def _chat(body: dict[str, Any], exchange: Exchange) -> None:
 
 
 def _images(images: Any) -> list[Attachment]:
-    return [Attachment("image", size=len(img) * 3 // 4) for img in images or [] if isinstance(img, str)] \
+    return [uploads.base64_attachment(img, "", "", "image") for img in images or [] if isinstance(img, str)] \
         if isinstance(images, list) else []
 
 
