@@ -38,6 +38,13 @@ services:
   - {id: deepseek, name: DeepSeek API, category: api, hosts: [api.deepseek.com], formats: [openai]}
   - {id: chatgpt, name: ChatGPT, category: chat, hosts: [chatgpt.com], formats: [chatgpt-web]}
   - {id: claude, name: Claude, category: chat, hosts: [claude.ai], formats: [claude-web]}
+  - {id: gemini, name: Gemini API, category: api, sanctioned: true, hosts: [generativelanguage.googleapis.com],
+     formats: [gemini]}
+  - {id: bedrock, name: Amazon Bedrock, category: api, sanctioned: true,
+     hosts: ["bedrock-runtime.*.amazonaws.com"], formats: [bedrock]}
+  - {id: cohere, name: Cohere API, category: api, sanctioned: true, hosts: [api.cohere.com], formats: [cohere]}
+  - {id: mistral, name: Mistral API, category: api, sanctioned: true, hosts: [api.mistral.ai],
+     formats: [mistral, openai]}
 """
 
 POLICY = """
@@ -57,6 +64,11 @@ rules:
     when: {services: [anthropic]}
     action: block
     message: Sales uses the sanctioned OpenAI service only.
+  - id: interns-api-only-openai
+    who: {users: [bob]}
+    when: {services: [gemini, bedrock, cohere, mistral]}
+    action: block
+    message: Bob may only use the OpenAI API.
   - id: consumer-chatgpt
     when: {services: [chatgpt]}
     action: block
@@ -274,6 +286,69 @@ def test_warn_lets_api_clients_through_with_a_header(pgw, upstream, marker):
     assert "gpt-3.5 is being retired" in warning and "old-models" in warning
     [event] = wait_for_events(pgw, lambda ev: marker in ev["prompt"])
     assert (event["decision"], event["rule_id"], event["status"]) == ("warn", "old-models", 200)
+
+
+# --- every provider's own error object -------------------------------------------------------------------------
+
+BOB_ONLY_OPENAI = "Bob may only use the OpenAI API."
+
+
+def proxy_as(gw, user: str) -> str:
+    return gw.proxy_url.replace("http://", f"http://{user}:{USERS[user]}@")
+
+
+def test_google_genai_sdk_shows_our_block_message(pgw, upstream, marker):
+    from google import genai
+    from google.genai import errors, types
+    client = genai.Client(api_key="AIza-test", http_options=types.HttpOptions(
+        client_args={"proxy": proxy_as(pgw, "bob"), "verify": ssl.create_default_context(cafile=str(pgw.ca))},
+        timeout=30_000))
+    with pytest.raises(errors.ClientError) as e:
+        client.models.generate_content(model="gemini-2.5-flash", contents=marker)
+    assert e.value.code == 403 and e.value.status == "PERMISSION_DENIED"
+    assert BOB_ONLY_OPENAI in e.value.message and reference_in(e.value.message)
+    assert not sent_upstream(upstream, marker)
+
+
+def test_boto3_bedrock_shows_our_block_message(pgw, upstream, marker, monkeypatch):
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATESTNOTAREALKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-not-real")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    client = boto3.client("bedrock-runtime", region_name="us-east-1", verify=str(pgw.ca),
+                          config=Config(proxies={"https": proxy_as(pgw, "bob")}, retries={"max_attempts": 1}))
+    with pytest.raises(ClientError) as e:
+        client.converse(modelId="anthropic.claude-3-5-sonnet-20240620-v1:0",
+                        messages=[{"role": "user", "content": [{"text": marker}]}])
+    error = e.value.response["Error"]
+    assert error["Code"] == "AccessDeniedException"
+    assert BOB_ONLY_OPENAI in error["Message"] and reference_in(error["Message"])
+    assert not sent_upstream(upstream, marker)
+
+
+def test_cohere_sdk_shows_our_block_message(pgw, upstream, marker):
+    import cohere
+    import httpx
+    client = cohere.ClientV2(api_key="co-test", httpx_client=httpx.Client(
+        proxy=proxy_as(pgw, "bob"), verify=ssl.create_default_context(cafile=str(pgw.ca)), timeout=30))
+    with pytest.raises(cohere.errors.ForbiddenError) as e:
+        client.chat(model="command-r", messages=[{"role": "user", "content": marker}])
+    assert BOB_ONLY_OPENAI in e.value.body["message"] and reference_in(e.value.body["message"])
+    assert not sent_upstream(upstream, marker)
+
+
+def test_mistral_sdk_shows_our_block_message(pgw, upstream, marker):
+    import httpx
+    from mistralai.client import Mistral
+    from mistralai.client.errors import SDKError
+    client = Mistral(api_key="test", client=httpx.Client(
+        proxy=proxy_as(pgw, "bob"), verify=ssl.create_default_context(cafile=str(pgw.ca)), timeout=30))
+    with pytest.raises(SDKError) as e:
+        client.chat.complete(model="mistral-small-latest", messages=[{"role": "user", "content": marker}])
+    assert "403" in str(e.value) and BOB_ONLY_OPENAI in str(e.value) and reference_in(str(e.value))
+    assert not sent_upstream(upstream, marker)
 
 
 # --- hot reload -----------------------------------------------------------------------------------------------
