@@ -12,7 +12,7 @@ from botocore.eventstream import EventStreamBuffer
 
 from providers.eventstream import EventStreamDecoder
 from tests.support import eventstream_frames as es
-from tests.support.wire import parse, respond
+from tests.support.wire import assert_paths_resolve, parse, respond
 
 CONVERSE = {
     "system": [{"text": "You are terse."}],
@@ -49,6 +49,7 @@ def test_converse_request_and_response():
     assert ex.messages[1].tool_calls[0].name == "search"
     assert [r.text for r in ex.messages[2].tool_results] == ["found", '{"n":1}']
     assert ex.tools[0].parameters == {"type": "object"}
+    assert assert_paths_resolve(p, CONVERSE) == 4
 
     respond(p, "application/json", {
         "output": {"message": {"role": "assistant", "content": [

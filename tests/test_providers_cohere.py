@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.support.wire import parse, respond
+from tests.support.wire import assert_paths_resolve, parse, respond
 
 V2 = {"model": "command-a-03-2025", "stream": False,
       "messages": [{"role": "system", "content": "Be brief."},
@@ -35,6 +35,7 @@ def test_v2_chat_request_and_response():
     assert (doc1.role, doc1.text, doc2.text) == ("document", "Paris is in France.", "Memo\ninternal memo")
     assert doc2.parts[1].path == ("documents", 1, "data", "snippet")
     assert ex.tools[0].name == "weather"
+    assert assert_paths_resolve(p, V2) == 7
 
     respond(p, "application/json", {"id": "r", "finish_reason": "COMPLETE",
                                     "message": {"role": "assistant", "content": [{"type": "text", "text": "Sunny."}]},

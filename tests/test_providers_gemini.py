@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.support.wire import parse, respond
+from tests.support.wire import assert_paths_resolve, parse, respond
 
 GENERATE = {
     "systemInstruction": {"parts": [{"text": "You are terse."}]},
@@ -58,6 +58,7 @@ def test_generate_content_request_and_response():
     assert ex.messages[2].tool_results[0].call_id == "c1"
     assert [t.name for t in ex.tools] == ["lookup"]
     assert "secret plan" in [p.text for p in ex.request_parts()]
+    assert assert_paths_resolve(p, GENERATE) == 2
 
     respond(p, "application/json", ANSWER)
     assert ex.completion == "It is a plan."  # the thought part is not the answer

@@ -33,3 +33,18 @@ def respond(parsed: Parsed, content_type: str, body: bytes | list[bytes] | Any, 
         parser.feed(c)
     parser.finish()
     return parsed
+
+
+def assert_paths_resolve(parsed: Parsed, body: Any) -> int:
+    """Every addressable text part's path leads to exactly its text in the request body: what redaction relies on
+    to rewrite a finding in place. Returns how many paths were checked."""
+    checked = 0
+    for part in parsed.exchange.request_parts():
+        if part.path is None:
+            continue
+        node = body
+        for key in part.path:
+            node = node[key]
+        assert node == part.text, (part.path, node, part.text)
+        checked += 1
+    return checked
