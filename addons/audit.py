@@ -119,15 +119,13 @@ class Audit:
 
     async def _record(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
-        if it is not None:
-            await self._accepted(self.record(it), it.event_id)
+        if it is None or it.audited:
+            return
+        await self._accepted(self.record(it), it.event_id)
 
     def record(self, it: Interaction) -> Future | None:
-        """Submit an interaction's event, once; the future says when it is durable (None: nothing submitted).
-        Public for interactions that are not an HTTP flow's own, such as WebSocket conversation turns
-        (addons/websocket.py), which must not wait for it: their messages are already relayed."""
-        if it.audited:
-            return None
+        """Submit one interaction's audit event without waiting; the future says when it is durable. For stages
+        that cannot wait themselves (WebSocket turns, whose messages are already on their way)."""
         it.audited = True
         event = it.to_event(ctx.options.gateway_capture)
         log.info("AI %s %s %s model=%s decision=%s status=%s", event.service, event.operation, event.user or
