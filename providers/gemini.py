@@ -26,6 +26,7 @@ from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpReque
 _MODEL_PATH = re.compile(r"^/(?:.*/)?(?:models|tunedModels)/(?P<model>[^/:]+):(?P<verb>[A-Za-z]+)$")
 _CODE_ASSIST_PATH = re.compile(r"^/v1internal:(?P<verb>[A-Za-z]+)$")
 _UPLOAD_PATH = re.compile(r"^/upload/v1(?:beta|alpha)?/files$")
+_CACHE_PATH = re.compile(r"^/v1[a-z0-9]*/(?:projects/[^/]+/locations/[^/]+/)?cachedContents$")
 _VERBS = {"generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents"}
 _ROLES = {"model": "assistant", "function": "tool"}
 _UPPER = re.compile(r"([A-Z])")
@@ -45,6 +46,7 @@ def _key(obj: dict[str, Any], name: str) -> str:
 def _get(obj: dict[str, Any], name: str) -> Any:
     return obj.get(_key(obj, name))
 
+
 class GeminiProvider:
     name = "gemini"
 
@@ -53,6 +55,8 @@ class GeminiProvider:
             return None
         if _UPLOAD_PATH.match(req.path):
             return "files.upload"
+        if _CACHE_PATH.match(req.path):
+            return "cachedContents"  # context caching: a prompt prefix stored for later requests
         m = _MODEL_PATH.match(req.path) or _CODE_ASSIST_PATH.match(req.path)
         if m is None or m["verb"] not in _VERBS:
             return None
@@ -70,6 +74,8 @@ class GeminiProvider:
         prefix: tuple = ()
         if m is not None:
             exchange.model = unquote(m["model"])
+        elif operation == "cachedContents":
+            exchange.model = str(body.get("model") or "").rpartition("models/")[2]
         else:  # Code Assist envelope: the Gemini body is under `request`, the model beside it
             exchange.model = str(body.get("model") or "")
             if not isinstance(body.get("request"), dict):
@@ -93,8 +99,8 @@ class GeminiProvider:
             key = _key(body, "generateContentRequest")
             body, prefix = body[key], (*prefix, key)
         contents = body.get("contents")
-        if operation == "generateContent" and not isinstance(contents, list):
-            raise BodyError("generateContent body needs a 'contents' list")
+        if operation in ("generateContent", "cachedContents") and not isinstance(contents, list):
+            raise BodyError(f"{operation} body needs a 'contents' list")
         system_key = _key(body, "systemInstruction")
         system = body.get(system_key)
         if isinstance(system, str):

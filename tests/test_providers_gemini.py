@@ -252,3 +252,19 @@ def test_snake_case_field_names_are_read_too():
                   headers={"content-type": "application/json", "x-goog-upload-command": "start"})
     att = start.exchange.messages[0].attachments[0]
     assert (att.name, att.mime_type, att.size) == ("n.txt", "text/plain", 30)
+
+
+def test_cached_contents_are_prompts_too():
+    body = {"model": "models/gemini-1.5-flash-001", "ttl": "300s",
+            "systemInstruction": {"parts": [{"text": "You answer from the contract."}]},
+            "contents": [{"role": "user", "parts": [{"text": "The contract says: confidential terms"}]}]}
+    p = parse("/v1beta/cachedContents", body)
+    ex = p.exchange
+    assert (p.provider.name, ex.operation, ex.model, ex.parsed) == ("gemini", "cachedContents", "gemini-1.5-flash-001", True)
+    assert ex.messages[0].text == "The contract says: confidential terms" and assert_paths_resolve(p, body) == 2
+    respond(p, "application/json", {"name": "cachedContents/abc", "usageMetadata": {"totalTokenCount": 9}})
+    vertex = parse("/v1beta1/projects/p/locations/us-central1/cachedContents",
+                   dict(body, model="projects/p/locations/us-central1/publishers/google/models/gemini-2.0-flash"))
+    assert vertex.exchange.model == "gemini-2.0-flash"
+    assert not parse("/v1beta/cachedContents", {"model": "m"}).exchange.parsed
+    assert parse("/v1beta/cachedContents", {}, method="GET").provider is None
