@@ -69,6 +69,17 @@ rules:
     when: {services: [gemini, bedrock, cohere, mistral]}
     action: block
     message: Bob may only use the OpenAI API.
+  - id: keys-to-mistral-fail-closed
+    who: {users: [alice]}
+    when: {services: [mistral], findings: ["*_KEY"]}
+    action: block
+    fail: closed
+    message: Requests to Mistral must be inspected for keys.
+  - id: keys-to-cohere-fail-open
+    who: {users: [alice]}
+    when: {services: [cohere], findings: ["*_KEY"]}
+    action: block
+    fail: open
   - id: consumer-chatgpt
     when: {services: [chatgpt]}
     action: block
@@ -349,6 +360,28 @@ def test_mistral_sdk_shows_our_block_message(pgw, upstream, marker):
         client.chat.complete(model="mistral-small-latest", messages=[{"role": "user", "content": marker}])
     assert "403" in str(e.value) and BOB_ONLY_OPENAI in str(e.value) and reference_in(str(e.value))
     assert not sent_upstream(upstream, marker)
+
+
+def test_fail_modes_when_the_body_cannot_be_inspected(pgw, upstream, marker):
+    """A body no parser understands cannot be scanned: the fail-closed rule blocks, the fail-open rule is skipped,
+    and the audit says which, with inspection 'unparsed'."""
+    upstream.route("/v2/chat", lambda rec: Reply(400, b'{"message": "bad json"}'))
+    broken = b'{"model": "m", "messages": [' + marker.encode()
+    with http_client(pgw, "alice") as client:
+        closed = client.post("https://api.mistral.ai/v1/chat/completions", content=broken,
+                             headers={"content-type": "application/json"})
+        opened = client.post("https://api.cohere.com/v2/chat", content=broken,
+                             headers={"content-type": "application/json"})
+    assert closed.status_code == 403 and "must be inspected for keys" in closed.json()["error"]["message"]
+    assert opened.status_code == 400 and opened.json() == {"message": "bad json"}  # forwarded: the upstream's answer
+    [c] = wait_for_events(pgw, lambda ev: ev["service"] == "mistral" and ev["request_bytes"] == len(broken)
+                          and ev["user"] == "alice")
+    assert (c["decision"], c["rule_id"], c["inspection"]) == ("block", "keys-to-mistral-fail-closed", "unparsed")
+    assert "inspection unparsed, fail closed" in c["reason"]
+    [o] = wait_for_events(pgw, lambda ev: ev["service"] == "cohere" and ev["request_bytes"] == len(broken)
+                          and ev["user"] == "alice")
+    assert (o["decision"], o["inspection"], o["status"]) == ("allow", "unparsed", 400)
+    assert "rule keys-to-cohere-fail-open not applied: inspection unparsed (fail open)" in o["reason"]
 
 
 # --- hot reload -----------------------------------------------------------------------------------------------
