@@ -28,7 +28,7 @@ from pathlib import Path
 from mitmproxy import connection, ctx, http, tls
 from mitmproxy.exceptions import OptionsError
 
-from core.audit import CAPTURE_LEVELS, ConnectionEvent
+from core.audit import CAPTURE_LEVELS, AuditEvent, ConnectionEvent
 from core.interaction import KEY, Interaction
 from storage.schema import METADATA_TTL_DAYS, TEXT_TTL_DAYS
 from storage.store import AuditUrl, AuditUrlError, Store, StoreLockedError
@@ -79,9 +79,12 @@ class Audit:
                           "Days audit metadata (who, what service, decision, findings) is kept.")
 
     def configure(self, updated: set[str]) -> None:
+        o = ctx.options
+        if "gateway_capture" in updated and o.gateway_capture not in CAPTURE_LEVELS:
+            raise OptionsError(f"gateway_capture must be one of {', '.join(CAPTURE_LEVELS)}, "
+                               f"not {o.gateway_capture!r}")
         if not updated & STORE_OPTIONS:
             return
-        o = ctx.options
         if o.gateway_text_ttl_days < 1 or o.gateway_metadata_ttl_days < 1:
             raise OptionsError("gateway_text_ttl_days and gateway_metadata_ttl_days must be at least 1")
         if o.gateway_text_ttl_days > o.gateway_metadata_ttl_days:
@@ -127,7 +130,15 @@ class Audit:
         """Submit one interaction's audit event without waiting; the future says when it is durable. For stages
         that cannot wait themselves (WebSocket turns, whose messages are already on their way)."""
         it.audited = True
-        event = it.to_event(ctx.options.gateway_capture)
+        try:
+            event = it.to_event(ctx.options.gateway_capture)
+        except Exception as e:  # a bug in some stage's data must not cost the record that the exchange happened
+            log.exception("audit event %s could not be built in full", it.event_id)
+            event = AuditEvent(event_id=it.event_id, client_addr=it.client_addr, user=it.user, host=it.host,
+                               method=it.method, service=it.service.id, category=it.service.category,
+                               sanctioned=it.service.sanctioned, status=it.status, decision=it.decision,
+                               reason=it.reason, capture="metadata", inspection="errored",
+                               error=f"audit event incomplete: {type(e).__name__}: {str(e)[:200]}")
         log.info("AI %s %s %s model=%s decision=%s status=%s", event.service, event.operation, event.user or
                  event.client_addr, event.model or "-", event.decision, event.status)
         return self.writer.submit(event) if self.writer is not None else None

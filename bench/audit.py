@@ -134,9 +134,9 @@ def latency(requests: int, folder: Path) -> None:
                  ("store answers 500", ["--audit", f"http://default@127.0.0.1:{failing.server_address[1]}/x"]),
                  ("store hangs (no answer)", ["--audit", f"http://default@127.0.0.1:{hole.port}/x"])]
     results = {}
-    for name, args in scenarios:
-        gw = GatewayProcess(folder / name.split()[0].replace("(", ""), {h: upstream.port for h in AI_HOSTS},
-                            ca.ca_pem, extra_args=args)
+    for i, (name, args) in enumerate(scenarios):
+        gw = GatewayProcess(folder / f"gateway{i}", {h: upstream.port for h in AI_HOSTS}, ca.ca_pem,
+                            extra_args=args)
         try:
             client = httpx2.Client(proxy=gw.proxy_url, verify=ssl.create_default_context(cafile=str(gw.ca)),
                                    timeout=30)

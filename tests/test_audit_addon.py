@@ -1,0 +1,59 @@
+"""The audit addon in mitmproxy's test context: options are validated, and an interaction whose data breaks the
+event builder is still recorded (with what is known and why it is incomplete)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from mitmproxy.exceptions import OptionsError
+from mitmproxy.test import taddons, tflow
+
+from addons.audit import Audit
+from core.catalog import Service
+from core.interaction import KEY, Interaction
+
+
+def interaction(**kw) -> Interaction:
+    return Interaction(service=Service("openai", "OpenAI", "OpenAI", "api"), client_addr="10.1.1.1",
+                       host="api.openai.com", method="POST", path="/v1/chat/completions", user="erin", **kw)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"gateway_text_ttl_days": 0}, "at least 1"),
+    ({"gateway_text_ttl_days": 500}, "cannot be longer than gateway_metadata_ttl_days"),
+    ({"gateway_capture": "everything"}, "gateway_capture must be one of metadata, redacted, full"),
+    ({"gateway_audit": "http://u@h:8123/db", "gateway_audit_password_file": "/nonexistent/pw"},
+     "cannot read audit password file"),
+])
+def test_bad_options_are_refused(options, message):
+    with taddons.context(Audit()) as tctx:
+        with pytest.raises(OptionsError, match=message):
+            tctx.options.update(**options)
+
+
+def test_broken_interaction_is_still_audited(tmp_path):
+    asyncio.run(broken_interaction_is_still_audited(tmp_path))
+
+
+async def broken_interaction_is_still_audited(tmp_path):
+    audit = Audit()
+    with taddons.context(audit) as tctx:
+        tctx.configure(audit, gateway_audit=f"chdb://{tmp_path / 'audit'}",
+                       gateway_audit_spool=str(tmp_path / "spool.sqlite"))
+        try:
+            flow = tflow.tflow(resp=True)
+            it = interaction(findings=[object()])  # a finding without entity/part: to_event cannot use it
+            flow.metadata[KEY] = it
+            await audit.response(flow)
+            await audit.error(flow)  # the second end of the same flow writes nothing more
+            assert audit.writer.flush(20)
+            columns, rows = audit.store.query(
+                "SELECT user, service, capture, inspection, error FROM events FINAL WHERE event_id = {id:UUID}",
+                {"id": it.event_id})
+            [(user, service, capture, inspection, error)] = rows
+            assert (user, service, capture, inspection) == ("erin", "openai", "metadata", "errored")
+            assert error.startswith("audit event incomplete: AttributeError")
+            assert audit.writer.status()["written"] == 1
+        finally:
+            audit.done()
