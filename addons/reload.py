@@ -85,10 +85,11 @@ class RulesReload:
         try:
             rules = await asyncio.to_thread(ruleset.load, folder)
         except RulesError as e:
-            log.error("rules change refused, the last good rules stay active: %s", e)
-            self.error = {"file": e.file, "line": e.line, "message": e.message, "at": _now()}
-            self._write_status()
-            return False
+            return self._refuse(e)
+        gone = sorted(set(self.active.get("files", {})) - set(rules.digests))
+        if gone:  # deleting the policy must not quietly turn enforcement off (nor an editor's save-by-rename)
+            return self._refuse(RulesError(folder / gone[0], None, "file removed: restore it (an empty policy is "
+                                                                   "'version: 1'), or restart the gateway without it"))
         if rules.digests == self.active.get("files") and self.error is None:
             return True  # touched, not changed
         recognise = ctx.master.addons.get("recognise")
@@ -104,6 +105,12 @@ class RulesReload:
                  len(rules.catalog.services))
         self._write_status()
         return True
+
+    def _refuse(self, e: RulesError) -> bool:
+        log.error("rules change refused, the last good rules stay active: %s", e)
+        self.error = {"file": e.file, "line": e.line, "message": e.message, "at": _now()}
+        self._write_status()
+        return False
 
     def _write_status(self) -> None:
         path = ctx.options.gateway_rules_status

@@ -448,6 +448,13 @@ def test_rules_reload_under_live_traffic(rgw, upstream, marker):
         seen = len(outcomes)
         wait_until(lambda: len(outcomes) >= seen + 3, what="traffic after the refused edit")
         assert outcomes[-1] == "blocked"  # still the last good policy
+        # deleting the policy is refused too: enforcement must not quietly stop
+        (rgw.rules / "policy.yaml").unlink()
+        wait_until(lambda: "file removed" in rgw.gateway_cli("rules", "status", check=False).stdout,
+                   what="the removed file in rules status")
+        seen = len(outcomes)
+        wait_until(lambda: len(outcomes) >= seen + 3, what="traffic after the removal")
+        assert outcomes[-1] == "blocked"
     finally:
         stop.set()
         thread.join(30)
@@ -479,6 +486,14 @@ def test_rules_check_prints_every_broken_file(tmp_path):
     result = gateway("rules", "check", str(folder))
     assert result.returncode == 1
     assert result.stdout.splitlines()[0].startswith(f"{folder / 'endpoints.yaml'}:3: service 'x': unknown category")
+
+
+def test_broken_policy_stops_startup_with_its_line(tmp_path):
+    folder = write_rules(tmp_path / "rules", "version: 1\nrules:\n  - {id: a, action: nope}\n")
+    result = gateway("run", "--data-dir", str(tmp_path / "data"), "--listen-port", "0", "--rules", str(folder))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"gateway: error: {folder / 'policy.yaml'}:3: rule 'a': 'action' must be one "
+                                     f"of allow, monitor, redact, warn, block, not 'nope'")
 
 
 def test_rules_check_accepts_the_shipped_rules():
