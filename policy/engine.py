@@ -68,10 +68,6 @@ class Decision:
     shadow_ai: bool = False
     notes: list[str] = field(default_factory=list)  # the monitored matches and skipped rules, in order
 
-    @property
-    def blocks(self) -> bool:
-        return self.action == "block"
-
 
 def is_shadow_ai(policy: Policy, service: Service) -> bool:
     return not service.sanctioned and service.id not in policy.named_services
@@ -100,9 +96,7 @@ def decide(policy: Policy, subject: Subject, request: Request) -> Decision:
             notes.append(f"rule {rule.id} would {what} (mode: monitor)")
             monitored = monitored or outcome
             continue
-        outcome.notes = notes
-        outcome.reason = "; ".join([f"rule {rule.id}: {what}", *notes])
-        return outcome
+        return _finish(outcome, f"rule {rule.id}: {what}", notes, monitored)
     if shadow:
         outcome = Decision(policy.defaults.shadow_ai, "shadow_ai", shadow_ai=True,
                            message=policy.defaults.message)
@@ -110,6 +104,12 @@ def decide(policy: Policy, subject: Subject, request: Request) -> Decision:
     else:
         outcome = Decision(policy.defaults.action, "defaults", message=policy.defaults.message)
         what = f"no rule matched: default {outcome.action}"
+    return _finish(outcome, what, notes, monitored)
+
+
+def _finish(outcome: Decision, what: str, notes: list[str], monitored: Decision | None) -> Decision:
+    """An allow that a monitored rule would have changed is recorded as `monitor`, credited to that rule, so
+    the audit finds every "would have" by decision and rule id."""
     if monitored is not None and outcome.action == "allow":
         outcome.action, outcome.mode, outcome.rule = "monitor", "monitor", monitored.rule
     outcome.notes = notes

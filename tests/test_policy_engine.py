@@ -312,3 +312,15 @@ def test_header_condition_tells_the_company_workspace_apart(tmp_path):
     assert decide(p, BOB, Request(CHATGPT, chat(), headers={"chatgpt-account-id": "personal"})).rule == \
         "other-chatgpt"
     assert decide(p, BOB, Request(CHATGPT, chat())).rule == "other-chatgpt"  # no header: no match
+
+
+def test_an_allow_rule_after_a_monitored_match_is_recorded_as_monitor(tmp_path):
+    p = policy(tmp_path, """
+        version: 1
+        rules:
+          - {id: trial-block, when: {models: ["gpt-4o*"]}, action: block, mode: monitor}
+          - {id: allow-openai, when: {services: [openai]}, action: allow}
+    """)
+    d = decide(p, BOB, req(OPENAI))
+    assert (d.action, d.rule) == ("monitor", "trial-block")
+    assert d.reason == "rule allow-openai: allow; rule trial-block would block (mode: monitor)"
