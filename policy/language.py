@@ -18,7 +18,8 @@
         fail: closed         # when the inspection a rule needs did not complete
         message: Secrets must never be sent to AI services.
 
-Every condition given must hold; inside a list, any item will do. Rules are read top to bottom and the first
+Every condition given must hold; inside a list, any item will do. Patterns are case-insensitive shell globs
+matched against the whole value, or regular expressions written `re:...`. Rules are read top to bottom and the first
 enforced rule that matches decides (docs/policy.md). Loading is strict: an unknown key, a bad glob, regex or
 CIDR, a service id missing from the catalog or an unknown category is refused with `file:line: message`, since a
 typo in a security rule must never silently match nothing.
