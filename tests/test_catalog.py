@@ -24,7 +24,7 @@ REFERENCE_CATEGORIES = {"chat", "code", "write", "img", "vid", "aud", "meet", "s
 KNOWN_FORMATS = {
     "openai", "azure-openai", "anthropic", "gemini", "vertex", "bedrock", "cohere", "mistral", "ollama",
     "huggingface", "chatgpt-web", "claude-web", "gemini-web", "copilot-web", "perplexity-web", "deepseek-web",
-    "mistral-web", "connect-rpc",
+    "mistral-web", "grok-web", "poe-web", "character-ai-web", "connect-rpc",
 }
 
 
