@@ -464,6 +464,24 @@ def test_rules_reload_under_live_traffic(rgw, upstream, marker):
     assert "ok" not in outcomes[first_block:]  # once applied, applied to every later request
 
 
+def test_sso_header_names_the_user_and_others_are_known_by_address(rgw, upstream, marker):
+    """Without proxy authentication: the SSO proxy's header (trusted from 127.0.0.1 in this identity.yaml) names
+    the user and is removed before forwarding; a request without it is known by its address."""
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("ok"))
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"sso {marker}"}]}
+    with http_client(rgw) as client:
+        assert client.post("https://api.openai.com/v1/chat/completions", json=body,
+                           headers={"X-Authenticated-User": "carol"}).status_code == 200
+        anonymous = dict(body, messages=[{"role": "user", "content": f"anon {marker}"}])
+        assert client.post("https://api.openai.com/v1/chat/completions", json=anonymous).status_code == 200
+    [rec] = [r for r in upstream.requests if f"sso {marker}".encode() in r.body]
+    assert "x-authenticated-user" not in rec.headers
+    [sso] = wait_for_events(rgw, lambda ev: f"sso {marker}" in ev["prompt"])
+    [anon] = wait_for_events(rgw, lambda ev: f"anon {marker}" in ev["prompt"])
+    assert sso["user"] == "carol"
+    assert (anon["user"], anon["client_addr"]) == ("", "127.0.0.1")
+
+
 # --- gateway rules check / test ---------------------------------------------------------------------------------
 
 def gateway(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
