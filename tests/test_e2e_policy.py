@@ -539,3 +539,25 @@ def test_rules_test_prints_decision_rule_and_body(tmp_path):
     out = gateway("rules", "test", "--rules", str(folder), "--url", "https://example.org/", "--body", str(body))
     assert "not in the AI endpoint catalog" in out.stdout
 
+
+
+def test_rules_test_runs_the_dlp_scanner_in_process(tmp_path):
+    pytest.importorskip("dlp.scanner")
+    if not (REPO / "rules" / "recognizers.yaml").exists():
+        pytest.skip("no shipped recognizers.yaml yet")
+    folder = write_rules(tmp_path / "rules", """
+        version: 1
+        rules: [{id: pii, when: {findings: [EMAIL_ADDRESS]}, action: redact}]
+    """)
+    (folder / "recognizers.yaml").write_bytes((REPO / "rules" / "recognizers.yaml").read_bytes())
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"model": "gpt-4o", "messages": [{"role": "user",
+                                                                 "content": "Write to jane.doe@acme-corp.com"}]}))
+    out = gateway("rules", "test", "--rules", str(folder), "--url", "https://api.openai.com/v1/chat/completions",
+                  "--body", str(body))
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^  EMAIL_ADDRESS +score", out.stdout, re.MULTILINE)
+    assert "decision:  redact  (rule: pii)" in out.stdout
+    upstream_part = out.stdout.split("upstream:", 1)[1]
+    assert "jane.doe@acme-corp.com" not in upstream_part  # neither the findings nor the upstream body show it
+    assert "jane.doe@acme-corp.com" not in out.stdout.split("upstream:", 1)[0]
