@@ -31,7 +31,7 @@ from mitmproxy.exceptions import OptionsError
 from core.audit import CAPTURE_LEVELS, AuditEvent, ConnectionEvent
 from core.interaction import KEY, Interaction
 from storage.schema import METADATA_TTL_DAYS, TEXT_TTL_DAYS
-from storage.store import AuditUrl, AuditUrlError, Store, StoreLockedError
+from storage.store import AuditUrl, AuditUrlError, Store, StoreLockedError, StoreUnavailableError
 from storage.writer import AuditWriter
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Audit:
                 self.writer = AuditWriter(spool, store=open_store())
             else:
                 self.writer = AuditWriter(spool, open_store=open_store)
-        except (AuditUrlError, StoreLockedError) as e:
+        except (AuditUrlError, StoreLockedError, StoreUnavailableError) as e:  # the latter: chdb schema errors
             raise OptionsError(str(e)) from None
         except OSError as e:
             raise OptionsError(f"cannot open the audit spool: {e}") from None
