@@ -15,14 +15,13 @@ Pure: no mitmproxy, so the same code answers in the proxy, in `gateway rules tes
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.catalog import Service
 from core.exchange import Exchange
-from policy.language import Policy, Rule, entity_of
+from policy.language import Policy, Rule, entity_of, in_networks
 
 INSPECTED = "inspected"
 
@@ -148,7 +147,7 @@ def _conditions_hold(rule: Rule, subject: Subject, request: Request, shadow: boo
         return False
     if who.groups is not None and not (who.groups & subject.groups):
         return False
-    if who.sources is not None and not _in_networks(subject.client_addr, who.sources):
+    if who.sources is not None and not in_networks(subject.client_addr, who.sources):
         return False
     if when.services is not None and svc.id not in when.services:
         return False
@@ -182,12 +181,3 @@ def _conditions_hold(rule: Rule, subject: Subject, request: Request, shadow: boo
         return False  # a redact rule with nothing to redact does not match: later rules still apply
     return True
 
-
-def _in_networks(addr: str, networks: tuple) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr.split("%")[0])
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped:  # dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d
-        ip = ip.ipv4_mapped
-    return any(ip in n for n in networks)

@@ -22,13 +22,12 @@ can send a header, so a header from any other address is ignored, and the identi
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import rulesfile
 from core.rulesfile import RulesError
-from policy.language import Globs, Network, parse_network
+from policy.language import Globs, Network, in_networks, parse_network
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +60,11 @@ class IdentityConfig:
     trusted_header: TrustedHeader | None = None
 
     def trusts_header_from(self, client_addr: str) -> bool:
-        return self.trusted_header is not None and _in(client_addr, self.trusted_header.sources)
+        return self.trusted_header is not None and in_networks(client_addr, self.trusted_header.sources)
 
     def network_of(self, client_addr: str) -> NetworkEntry | None:
         for entry in self.networks:
-            if _in(client_addr, (entry.network,)):
+            if in_networks(client_addr, (entry.network,)):
                 return entry
         return None
 
@@ -89,16 +88,6 @@ class IdentityConfig:
         else:
             user, source = "", "network" if net else "address"
         return Identity(user, frozenset(groups | self.groups_of(user)), source)
-
-
-def _in(addr: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr.split("%")[0])
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped:  # dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d
-        ip = ip.ipv4_mapped
-    return any(ip in n for n in networks)
 
 
 def load(path: str | Path) -> IdentityConfig:

@@ -351,6 +351,17 @@ def parse_network(path: str | Path, line: int, value: str, where: str) -> Networ
         raise RulesError(path, line, f"{where}: bad CIDR {value!r}: {e}") from None
 
 
+def in_networks(addr: str, networks: tuple[Network, ...]) -> bool:
+    """Whether a client address (as the socket reports it) is in any of the networks."""
+    try:
+        ip = ipaddress.ip_address(addr.split("%")[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped:  # dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d
+        ip = ip.ipv4_mapped
+    return any(ip in n for n in networks)
+
+
 def _strings(path: str | Path, m: rulesfile.Mapping, key: str, where: str) -> list[str]:
     value = m[key]
     if isinstance(value, str):
