@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from urllib.parse import parse_qsl, urlencode
 
 from mitmproxy import ctx, http
 
@@ -27,7 +26,6 @@ log = logging.getLogger(__name__)
 
 CONVERSATION_KEY = "gateway.websocket"  # the flow's WsConversation
 #: Query parameters that carry credentials in WebSocket URLs (browsers cannot set headers on a WebSocket).
-SECRET_PARAMS = {"accesstoken", "access_token", "token", "key", "api-key", "api_key", "authorization", "sig"}
 
 
 class WebSocketAudit:
@@ -60,7 +58,7 @@ class WebSocketAudit:
         it: Interaction = flow.metadata[KEY]
         audit = ctx.master.addons.get("audit")
         for turn in turns:
-            event = dataclasses.replace(it, exchange=turn.exchange, path=redact_query(it.path), status=101,
+            event = dataclasses.replace(it, exchange=turn.exchange, status=101,
                                         request_bytes=turn.request_bytes, response_bytes=turn.response_bytes,
                                         findings=[], inspection="skipped", started=turn.started, audited=False,
                                         event_id=new_event_id())
@@ -68,12 +66,3 @@ class WebSocketAudit:
                 log.info("AI websocket turn %s %s (audit addon not loaded)", it.service.id, turn.exchange.operation)
             else:
                 audit.record(event)
-
-
-def redact_query(path: str) -> str:
-    """The path with credential-bearing query values replaced, so tokens never reach the audit store."""
-    route, sep, query = path.partition("?")
-    if not sep:
-        return path
-    pairs = [(k, "REDACTED" if k.lower() in SECRET_PARAMS else v) for k, v in parse_qsl(query, keep_blank_values=True)]
-    return f"{route}?{urlencode(pairs)}"

@@ -7,6 +7,7 @@ into an `AuditEvent`. It lives in `flow.metadata[KEY]`; a flow without one is no
 from __future__ import annotations
 
 import time
+from urllib.parse import parse_qsl, urlencode
 from dataclasses import dataclass, field
 
 from core.audit import AuditEvent, captured_text, new_event_id, sha256_text
@@ -50,7 +51,7 @@ class Interaction:
         prompt, completion = captured_text(x, self.findings, capture)
         event = AuditEvent(
             event_id=self.event_id, client_addr=self.client_addr, user=self.user, host=self.host,
-            method=self.method, path=self.path[:2000], service=self.service.id, category=self.service.category,
+            method=self.method, path=redact_query(self.path)[:2000], service=self.service.id, category=self.service.category,
             sanctioned=self.service.sanctioned, operation=x.operation, model=x.model, stream=x.stream,
             prompt=prompt, completion=completion, prompt_sha256=sha256_text(x.prompt_text),
             input_tokens=x.usage.input_tokens, output_tokens=x.usage.output_tokens,
@@ -63,3 +64,18 @@ class Interaction:
         )
         event.set_findings(self.findings)
         return event
+
+
+#: Query parameters that carry credentials (Gemini `?key=AIza...`, Copilot `?accessToken=...`, signed URLs).
+SECRET_PARAMS = frozenset({"accesstoken", "access_token", "token", "key", "api-key", "api_key", "apikey",
+                           "authorization", "sig", "signature", "x-amz-signature", "x-amz-credential",
+                           "x-amz-security-token", "x-goog-signature", "code", "client_secret", "password"})
+
+
+def redact_query(path: str) -> str:
+    """The path with credential-bearing query values replaced, so tokens never reach the audit store."""
+    route, sep, query = path.partition("?")
+    if not sep:
+        return path
+    pairs = [(k, "REDACTED" if k.lower() in SECRET_PARAMS else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+    return f"{route}?{urlencode(pairs)}"

@@ -142,3 +142,16 @@ def test_hostile_bodies_never_crash_the_gateway(gateway, upstream, body):
                   headers={"content-type": "application/json"})
     assert r.status_code == 200
     assert gateway.proc.poll() is None
+
+
+def test_credentials_in_query_strings_never_reach_the_audit(gateway, upstream, marker):
+    """Gemini-style `?key=AIza...` and signed-URL parameters are masked in the audited path."""
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("ok"))
+    http = httpx2.Client(proxy=gateway.proxy_url, verify=ssl.create_default_context(cafile=str(gateway.ca)))
+    secret = "AIzaSyD-not-a-real-key-" + marker
+    r = http.post(f"https://api.openai.com/v1/chat/completions?key={secret}&trace={marker}",
+                  json={"model": "gpt-4o", "messages": [{"role": "user", "content": marker}]})
+    assert r.status_code == 200
+    [event] = wait_for_events(gateway, lambda e: f"trace={marker}" in e["path"])
+    assert event["path"] == f"/v1/chat/completions?key=REDACTED&trace={marker}"
+    assert secret not in str(event)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from addons.websocket import redact_query
+from core.interaction import redact_query
 from providers import websocket
 from providers.websocket import Turn, conversation_for
 
