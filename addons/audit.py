@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import time
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -107,7 +108,7 @@ class Audit:
                 self.writer = AuditWriter(spool, open_store=open_store)
         except (AuditUrlError, StoreLockedError, StoreUnavailableError) as e:  # the latter: chdb schema errors
             raise OptionsError(str(e)) from None
-        except OSError as e:
+        except (OSError, sqlite3.Error) as e:
             raise OptionsError(f"cannot open the audit spool: {e}") from None
         log.info("audit store: %s (capture: %s, text kept %d days, metadata %d days, spool %s)", url.redacted,
                  o.gateway_capture, o.gateway_text_ttl_days, o.gateway_metadata_ttl_days, spool)

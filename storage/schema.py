@@ -140,6 +140,8 @@ def migrations(text_ttl_days: int = TEXT_TTL_DAYS, metadata_ttl_days: int = META
                 ("finding_scores", "Array(Float32)", ""),
                 ("inserted_at", "DateTime64(3, 'UTC') DEFAULT now64(3)", ""),  # what `audit tail` follows
             )),
+            # rows from v1 would otherwise compute the DEFAULT at every read (always "just inserted" for tail)
+            *t.alter("events", "MATERIALIZE COLUMN inserted_at"),
             *t.alter("events", "ADD INDEX IF NOT EXISTS entity_bf entity_types TYPE bloom_filter GRANULARITY 4"),
             *t.alter("events", "ADD INDEX IF NOT EXISTS sha_bf prompt_sha256 TYPE bloom_filter GRANULARITY 4"),
             *t.create("connections", """

@@ -6,6 +6,7 @@ chdb runs one store path per process at a time, so every test here opens its own
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -62,6 +63,10 @@ def test_v1_store_is_migrated_and_keeps_its_rows(tmp_path):
         cols, rows = store.query("SELECT user, prompt, capture, source, groups, entity_types FROM events "
                                  "WHERE event_id = {id:UUID}", {"id": old_id})
         assert rows == [("alice", "old prompt", "full", "http", [], [])]  # v1 kept raw text: capture 'full'
+        stamp = "SELECT inserted_at FROM events WHERE event_id = {id:UUID}"
+        first = store.query(stamp, {"id": old_id})[1]
+        time.sleep(0.01)
+        assert store.query(stamp, {"id": old_id})[1] == first  # materialized once, not "now" at every read
         assert "justification String CODEC(ZSTD(3)) TTL" in create_table(store, "events").replace("`", "")
 
 
