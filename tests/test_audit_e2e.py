@@ -224,6 +224,12 @@ def test_kill_9_loses_no_accepted_event(tmp_path, upstream, tunnel_upstream, tes
     assert offline["gateway"] == "not running"
     before = json_lines(gw.gateway_cli("audit", "search", "--text", marker, "--format", "json").stdout)
     assert len(before) + offline["spooled"] >= 25  # each one is in the store, the spool, or both
+    if before:
+        [shown] = json_lines(gw.gateway_cli("audit", "show", before[0]["event_id"], "--format", "json").stdout)
+        assert shown["event_id"] == before[0]["event_id"]
+    for command in (["stats", "--by", "service"], ["shadow-ai"], ["tail", "--since", "10m", "--count", "1"]):
+        out = gw.gateway_cli("audit", *command, "--format", "csv").stdout
+        assert out.splitlines()[0].startswith(("bucket,", "service,", "event_id,")) or out == ""
     gw.admin_socket.unlink(missing_ok=True)  # stale socket of the killed process
 
     again = start_gateway(tmp_path, upstream, tunnel_upstream, test_ca)
