@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 WARNING_KEY = "gateway.warning"  # the warning header an API client gets on a `warn` it was let through on
 PENDING_TTL = 600.0  # seconds a warn page's continue token stays valid
+MAX_PENDING = 10_000  # unanswered warn pages remembered at most (the oldest are forgotten first)
 MAX_JUSTIFICATION = 1000
 
 
@@ -166,6 +167,8 @@ class Decide:
     def _prune(self, now: float) -> None:
         for token in [t for t, p in self.pending.items() if p.expires <= now]:
             del self.pending[token]
+        while len(self.pending) >= MAX_PENDING:  # a flood of warn pages must not grow memory without bound
+            del self.pending[next(iter(self.pending))]
         for key in [k for k, a in self.acks.items() if a.expires <= now]:
             del self.acks[key]
 
