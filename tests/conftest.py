@@ -25,7 +25,7 @@ AI_HOSTS = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapi
             "api.mistral.ai", "api.groq.com", "api.deepseek.com", "chatgpt.com", "claude.ai",
             "gemini.google.com", "copilot.microsoft.com", "www.perplexity.ai", "chat.deepseek.com",
             "chat.mistral.ai", "myres.openai.azure.com", "ollama.com", "openrouter.ai", "api.x.ai",
-            "cloudcode-pa.googleapis.com"]
+            "cloudcode-pa.googleapis.com", "bedrock-agent-runtime.us-east-1.amazonaws.com"]
 PLAIN_HOSTS = ["intranet.example"]
 
 

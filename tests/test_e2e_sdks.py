@@ -5,6 +5,7 @@ decodes the frames the gateway passed through, the gateway decoded them for the 
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 import threading
@@ -374,6 +375,25 @@ def test_boto3_bedrock_invoke_model_with_response_stream(gateway, upstream, bedr
     event = one_event(gateway, marker, service="bedrock", stream=True)
     assert (event["operation"], event["completion"], event["output_tokens"]) == ("invoke", f"Hi {marker}", 2)
     assert f"[user] Greet {marker}" in event["prompt"]
+
+
+def test_boto3_bedrock_agent_invoke_agent(gateway, upstream, marker, bedrock):
+    """Agent answers are event-stream chunks of base64 text; `bedrock` sets the dummy credentials."""
+    import boto3
+    from botocore.config import Config
+    agent = boto3.client("bedrock-agent-runtime", region_name="us-east-1", verify=str(gateway.ca),
+                         config=Config(proxies={"https": gateway.proxy_url}, retries={"max_attempts": 1}))
+    parts = ["Room ", f"booked {marker}"]
+    upstream.route("/agents/AG1/agentAliases/AL1/sessions/s-1/text", lambda rec: Reply(
+        content_type="application/vnd.amazon.eventstream",
+        chunks=[es.event("chunk", {"bytes": base64.b64encode(p.encode()).decode()}) for p in parts]))
+    response = agent.invoke_agent(agentId="AG1", agentAliasId="AL1", sessionId="s-1",
+                                  inputText=f"Book a room {marker}")
+    assert "".join(e["chunk"]["bytes"].decode() for e in response["completion"] if "chunk" in e) == "".join(parts)
+    event = one_event(gateway, marker, service="bedrock", stream=True)
+    assert (event["operation"], event["model"], event["completion"]) == \
+        ("agent.invoke", "agent:AG1/AL1", f"Room booked {marker}")
+    assert f"[user] Book a room {marker}" in event["prompt"]
 
 
 def test_bedrock_truncated_event_stream_is_audited_with_the_reason(gateway, upstream, marker):

@@ -285,3 +285,62 @@ def test_many_frames_in_one_chunk_and_one_frame_in_many():
     big = es.event("contentBlockDelta", {"delta": {"text": "x" * 100_000}})
     got = [m for i in range(0, len(big), 100) for m in decoder.feed(big[i:i + 100])]
     assert len(got) == 1 and decoder.finish() == "" and not decoder.buf
+
+
+# --- agent runtime --------------------------------------------------------------------------------------------
+
+AGENT_HINTS = ("bedrock", "anthropic", "openai")
+
+
+def test_invoke_agent_text_chunks_and_return_control():
+    p = parse("/agents/AG1/agentAliases/AL1/sessions/s-1/text", {"inputText": "Book a room", "enableTrace": False},
+              hints=AGENT_HINTS)
+    ex = p.exchange
+    assert (p.provider.name, ex.operation, ex.model, ex.stream, ex.messages[0].text) == \
+        ("bedrock-agent", "agent.invoke", "agent:AG1/AL1", True, "Book a room")
+    frames = [es.event("chunk", {"bytes": base64.b64encode("Room ".encode()).decode()}),
+              es.event("trace", {"trace": {}}),
+              es.event("chunk", {"bytes": base64.b64encode("booked ✓".encode()).decode()}),
+              es.event("returnControl", {"invocationId": "i1", "invocationInputs": [
+                  {"functionInvocationInput": {"function": "pay", "parameters": [{"name": "n", "value": "1"}]}}]})]
+    respond(p, "application/vnd.amazon.eventstream", frames, step=9)
+    assert ex.completion == "Room booked ✓" and ex.completion_tool_calls[0].name == "pay" and not ex.warnings
+
+
+def test_inline_agent_retrieve_and_generate_and_retrieve():
+    p = parse("/agents/s-2", {"inputText": "hi", "instruction": "You are a travel agent.",
+                              "foundationModel": "anthropic.claude-3-haiku-20240307-v1:0"}, hints=AGENT_HINTS)
+    assert (p.exchange.operation, p.exchange.model, p.exchange.system_text) == \
+        ("agent.invoke_inline", "anthropic.claude-3-haiku-20240307-v1:0", "You are a travel agent.")
+    body = {"input": {"text": "What is our refund policy?"},
+            "retrieveAndGenerateConfiguration": {"type": "EXTERNAL_SOURCES", "externalSourcesConfiguration": {
+                "modelArn": "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-3-sonnet-20240229-v1:0",
+                "sources": [{"sourceType": "BYTE_CONTENT", "byteContent": {
+                    "identifier": "policy.txt", "contentType": "text/plain",
+                    "data": base64.b64encode(b"Refunds within 30 days").decode()}}]}}}
+    p = parse("/retrieveAndGenerate", body, hints=AGENT_HINTS)
+    ex = p.exchange
+    assert (ex.operation, ex.model, ex.stream, ex.messages[0].text) == \
+        ("retrieveAndGenerate", "anthropic.claude-3-sonnet-20240229-v1:0", False, "What is our refund policy?")
+    assert ex.messages[0].attachments[0].text == "Refunds within 30 days" and assert_paths_resolve(p, body) == 1
+    respond(p, "application/json", {"output": {"text": "30 days."}, "citations": [], "sessionId": "s"})
+    assert ex.completion == "30 days."
+    p = parse("/retrieveAndGenerateStream", body, hints=AGENT_HINTS)
+    respond(p, "application/vnd.amazon.eventstream", [es.event("output", {"text": "30 "}),
+                                                      es.event("citation", {}), es.event("output", {"text": "days."})])
+    assert (p.exchange.stream, p.exchange.completion) == (True, "30 days.")
+    p = parse("/knowledgebases/KB1/retrieve", {"retrievalQuery": {"text": "refunds"}}, hints=AGENT_HINTS)
+    respond(p, "application/json", {"retrievalResults": [{"content": {"text": "a"}}, {"content": {"text": "b"}}]})
+    assert (p.exchange.model, p.exchange.messages[0].text, p.exchange.completion) == \
+        ("knowledge-base:KB1", "refunds", "a\n\nb")
+
+
+def test_agent_paths_need_the_bedrock_hint_and_a_sound_body():
+    assert parse("/agents/s-2", {"inputText": "hi"}).provider is None
+    for path, body in (("/agents/s-2", {"inputText": 5}), ("/retrieveAndGenerate", {"input": "x"}),
+                       ("/knowledgebases/K/retrieve", {}), ("/agents/A/agentAliases/B/sessions/C/text", b"{")):
+        p = parse(path, body, hints=AGENT_HINTS)
+        assert p.provider.name == "bedrock-agent" and not p.exchange.parsed
+    p = parse("/agents/A/agentAliases/B/sessions/C/text", {"inputText": "x"}, hints=AGENT_HINTS)
+    respond(p, "application/vnd.amazon.eventstream", [es.event("chunk", {"bytes": "%%%"})])
+    assert p.exchange.warnings == ["agent chunk: bytes are not base64"]
