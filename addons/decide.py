@@ -106,7 +106,7 @@ class Decide:
         """Findings are the whole truth only when the body was understood and scanned. A request with no text at
         all (an empty body, a model listing) has nothing to find, so it counts as inspected."""
         if not it.exchange.parsed and it.request_bytes > 0:
-            return "unparsed" if it.inspection == "inspected" else it.inspection
+            return "unparsed"  # whatever was scanned, the body was not understood: findings may miss things
         if it.inspection == "skipped" and not it.exchange.request_parts():
             return "inspected"
         return it.inspection
