@@ -71,14 +71,22 @@ class RulesReload:
 
     async def _watch(self, folder: Path, stop: asyncio.Event) -> None:
         log.info("watching %s for rules changes", folder)
-        try:
-            async for _changes in watchfiles.awatch(folder, stop_event=stop, debounce=300, step=50,
-                                                    recursive=False):
-                await self.reload(folder)
-        except Exception as e:  # the watcher dying must be visible, not silently stop reloads
-            log.error("rules watcher for %s stopped: %s", folder, e)
-            self.error = {"file": str(folder), "line": None, "message": f"watcher stopped: {e}", "at": _now()}
-            self._write_status()
+        polling = False
+        while not stop.is_set():
+            try:
+                async for _changes in watchfiles.awatch(folder, stop_event=stop, debounce=300, step=50,
+                                                        recursive=False, force_polling=polling):
+                    await self.reload(folder)
+                return
+            except Exception as e:  # inotify unavailable or exhausted: poll instead; if that fails too, say so
+                if not polling:
+                    log.warning("rules watcher for %s failed (%s): polling instead", folder, e)
+                    polling = True
+                    continue
+                log.error("rules watcher for %s stopped: %s", folder, e)
+                self.error = {"file": str(folder), "line": None, "message": f"watcher stopped: {e}", "at": _now()}
+                self._write_status()
+                return
 
     async def reload(self, folder: Path) -> bool:
         """Load the whole folder off the event loop; apply it only if every file is valid."""
