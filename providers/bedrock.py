@@ -30,7 +30,8 @@ from providers import anthropic, cohere, openai_chat, uploads
 from providers.base import BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, json_body
 from providers.eventstream import EventMessage, EventStreamDecoder
 
-_PATH = re.compile(r"^/model/(?P<model>[^/]+)/(?P<verb>converse|converse-stream|invoke|invoke-with-response-stream)$")
+_PATH = re.compile(r"^/model/(?P<model>[^/]+)/(?P<verb>converse|converse-stream|invoke|invoke-with-response-stream"
+                   r"|count-tokens)$")
 _PROFILE_PREFIXES = ("us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.")
 
 
@@ -41,7 +42,8 @@ class BedrockProvider:
         m = _PATH.match(req.path) if req.method == "POST" else None
         if m is None:
             return None
-        return "converse" if m["verb"].startswith("converse") else "invoke"
+        return "converse" if m["verb"].startswith("converse") else "count_tokens" if m["verb"] == "count-tokens" \
+            else "invoke"
 
     def parse_request(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
         m = _PATH.match(req.path)
@@ -56,10 +58,16 @@ class BedrockProvider:
                 raise BodyError("Converse body needs a 'messages' list")
             parse_converse(body, exchange)
             return
+        if operation == "count_tokens":
+            _count_tokens(body, exchange, req)
+            return
         vendor = vendor_of(exchange.model, body)
         _INVOKE_BODIES[vendor](body, exchange, req)
 
     def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
+        if exchange.operation == "count_tokens":
+            return BufferedJson(exchange, lambda data: _converse_usage({"inputTokens": data.get("inputTokens")},
+                                                                       exchange))
         if exchange.operation == "converse":
             if content_type == "application/vnd.amazon.eventstream":
                 reader = ConverseStreamReader(exchange)
@@ -104,19 +112,20 @@ def vendor_of(model_id: str, body: dict[str, Any] | None) -> str:
 
 # ---- Converse (and Nova, whose native body is Converse-shaped) -------------------------------------------------
 
-def parse_converse(body: dict[str, Any], exchange: Exchange) -> None:
+def parse_converse(body: dict[str, Any], exchange: Exchange, prefix: tuple = ()) -> None:
+    """A Converse body (or one nested at `prefix`, as in CountTokens): system blocks, messages, tool specs."""
     for i, block in enumerate(body.get("system") or []):
         if isinstance(block, dict) and isinstance(block.get("text"), str):
-            exchange.system.append(TextPart(block["text"], ("system", i, "text")))
+            exchange.system.append(TextPart(block["text"], (*prefix, "system", i, "text")))
         elif isinstance(block, dict) and isinstance((block.get("guardContent") or {}).get("text"), dict):
             text = block["guardContent"]["text"].get("text")
             if isinstance(text, str):
-                exchange.system.append(TextPart(text, ("system", i, "guardContent", "text", "text")))
+                exchange.system.append(TextPart(text, (*prefix, "system", i, "guardContent", "text", "text")))
     for i, raw in enumerate(body.get("messages") or []):
         if not isinstance(raw, dict):
             exchange.warn(f"messages/{i}: not an object")
             continue
-        exchange.messages.append(_converse_message(raw, ("messages", i), exchange))
+        exchange.messages.append(_converse_message(raw, (*prefix, "messages", i), exchange))
     tool_config = body.get("toolConfig") if isinstance(body.get("toolConfig"), dict) else {}
     for tool in tool_config.get("tools") or []:
         spec = tool.get("toolSpec") if isinstance(tool, dict) else None
@@ -286,6 +295,32 @@ class EventStreamParser:
         if self.bad_events:
             self.exchange.warn(f"stream: {self.bad_events} events not understood")
         self.on_finish()
+
+
+def _count_tokens(body: dict[str, Any], exchange: Exchange, req: HttpRequest) -> None:
+    """CountTokens: `input.converse` (a Converse body) or `input.invokeModel.body` (a native body as a base64
+    blob, read for inspection; its parts cannot be rewritten in place, so they carry no path)."""
+    given = body.get("input") if isinstance(body.get("input"), dict) else {}
+    if isinstance(given.get("converse"), dict):
+        parse_converse(given["converse"], exchange, ("input", "converse"))
+        return
+    blob = (given.get("invokeModel") or {}).get("body") if isinstance(given.get("invokeModel"), dict) else None
+    if not isinstance(blob, str):
+        raise BodyError("count-tokens body needs 'input.converse' or 'input.invokeModel.body'")
+    try:
+        raw = base64.b64decode(blob, validate=True)
+        native = orjson.loads(raw)
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        raise BodyError("count-tokens invokeModel body is not base64 JSON") from None
+    if not isinstance(native, dict):
+        raise BodyError("count-tokens invokeModel body must be a JSON object")
+    inner = HttpRequest(req.method, req.host, req.path, req.query, req.headers, raw)
+    _INVOKE_BODIES[vendor_of(exchange.model, native)](native, exchange, inner)
+    for part in exchange.system:
+        part.path = None
+    for message in exchange.messages:
+        for item in (*message.parts, *message.tool_calls, *message.tool_results):
+            item.path = None
 
 
 # ---- InvokeModel native bodies ---------------------------------------------------------------------------------

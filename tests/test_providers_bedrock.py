@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import struct
 
 import pytest
@@ -344,3 +345,23 @@ def test_agent_paths_need_the_bedrock_hint_and_a_sound_body():
     p = parse("/agents/A/agentAliases/B/sessions/C/text", {"inputText": "x"}, hints=AGENT_HINTS)
     respond(p, "application/vnd.amazon.eventstream", [es.event("chunk", {"bytes": "%%%"})])
     assert p.exchange.warnings == ["agent chunk: bytes are not base64"]
+
+
+def test_count_tokens_converse_and_invoke_model_forms():
+    body = {"input": {"converse": {"system": [{"text": "sys"}], "messages": CONVERSE["messages"][:1]}}}
+    p = parse(f"/model/{MODEL_PATH}/count-tokens", body)
+    ex = p.exchange
+    assert (p.provider.name, ex.operation, ex.model, ex.system_text) == ("bedrock", "count_tokens", MODEL, "sys")
+    assert ex.messages[0].parts[0].path == ("input", "converse", "messages", 0, "content", 0, "text")
+    assert assert_paths_resolve(p, body) == 3
+    respond(p, "application/json", {"inputTokens": 42})
+    assert ex.usage.input_tokens == 42
+    native = base64.b64encode(json.dumps(ANTHROPIC_BODY).encode()).decode()
+    p = parse(f"/model/{MODEL_PATH}/count-tokens", {"input": {"invokeModel": {"body": native}}})
+    assert p.exchange.messages[0].text == "Hi Claude" and p.exchange.messages[0].parts[0].path is None
+    oss = base64.b64encode(json.dumps({"messages": [{"role": "user", "content": "hi oss"}]}).encode()).decode()
+    p = parse("/model/openai.gpt-oss-20b-1:0/count-tokens", {"input": {"invokeModel": {"body": oss}}})
+    assert p.exchange.messages[0].text == "hi oss"
+    for bad in ({"input": {}}, {"input": {"invokeModel": {"body": "%%"}}},
+                {"input": {"invokeModel": {"body": base64.b64encode(b"[1]").decode()}}}):
+        assert not parse(f"/model/{MODEL_PATH}/count-tokens", bad).exchange.parsed
