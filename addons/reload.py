@@ -90,6 +90,7 @@ class RulesReload:
 
     async def reload(self, folder: Path) -> bool:
         """Load the whole folder off the event loop; apply it only if every file is valid."""
+        previous_error, self.error = self.error, None
         try:
             rules = await asyncio.to_thread(ruleset.load, folder)
         except RulesError as e:
@@ -98,17 +99,23 @@ class RulesReload:
         if gone:  # deleting the policy must not quietly turn enforcement off (nor an editor's save-by-rename)
             return self._refuse(RulesError(folder / gone[0], None, "file removed: restore it (an empty policy is "
                                                                    "'version: 1'), or restart the gateway without it"))
-        if rules.digests == self.active.get("files") and self.error is None:
-            return True  # touched, not changed
+        if rules.digests == self.active.get("files"):  # touched, or a refused edit undone
+            if previous_error is not None:
+                self._write_status()
+            return True
         recognise = ctx.master.addons.get("recognise")
         if recognise is not None:
             recognise.catalog = rules.catalog
         for addon in ctx.master.addons.chain:
             if hasattr(addon, "rules_reloaded"):
-                addon.rules_reloaded(rules)
+                try:
+                    addon.rules_reloaded(rules)
+                except Exception as e:  # an addon that cannot take the new rules: say so, keep watching
+                    log.error("%s could not apply the new rules: %s", type(addon).__name__, e)
+                    self.error = {"file": str(folder), "line": None, "at": _now(),
+                                  "message": f"{type(addon).__name__} kept its previous rules: {e}"}
         self.reloads += 1
         self.active = {"since": _now(), "files": rules.digests}
-        self.error = None
         log.info("rules reloaded from %s: %d policy rules, %d services", folder, len(rules.policy.rules),
                  len(rules.catalog.services))
         self._write_status()

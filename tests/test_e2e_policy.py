@@ -427,14 +427,15 @@ def test_rules_reload_under_live_traffic(rgw, upstream, marker):
     thread.start()
     try:
         wait_until(lambda: outcomes.count("ok") >= 3, what="traffic before the change")
-        (rgw.rules / "policy.yaml").write_text(textwrap.dedent("""
+        good = """
             version: 1
             rules:
               - id: pause-gpt-4o
                 when: {models: [gpt-4o]}
                 action: block
                 message: gpt-4o is paused.
-        """).lstrip())
+        """
+        (rgw.rules / "policy.yaml").write_text(textwrap.dedent(good).lstrip())
         wait_until(lambda: "blocked" in outcomes, what="the new rule to take effect")
         # a broken edit is refused: the last good rules stay active
         (rgw.rules / "policy.yaml").write_text("version: 1\nrules:\n  - id: x\n    action: block\n    when:\n"
@@ -455,6 +456,10 @@ def test_rules_reload_under_live_traffic(rgw, upstream, marker):
         seen = len(outcomes)
         wait_until(lambda: len(outcomes) >= seen + 3, what="traffic after the removal")
         assert outcomes[-1] == "blocked"
+        # undoing the broken edits clears the error
+        (rgw.rules / "policy.yaml").write_text(textwrap.dedent(good).lstrip())
+        wait_until(lambda: rgw.gateway_cli("rules", "status", check=False).returncode == 0,
+                   what="rules status to be clean again")
     finally:
         stop.set()
         thread.join(30)
