@@ -65,7 +65,6 @@ class Decision:
     reversible: bool = False
     fail: str = ""  # "open" or "closed" when a fail mode was exercised, else ""
     shadow_ai: bool = False
-    notes: list[str] = field(default_factory=list)  # the monitored matches and skipped rules, in order
 
 
 def is_shadow_ai(policy: Policy, service: Service) -> bool:
@@ -111,7 +110,6 @@ def _finish(outcome: Decision, what: str, notes: list[str], monitored: Decision 
     the audit finds every "would have" by decision and rule id."""
     if monitored is not None and outcome.action == "allow":
         outcome.action, outcome.mode, outcome.rule = "monitor", "monitor", monitored.rule
-    outcome.notes = notes
     outcome.reason = "; ".join([what, *notes])
     return outcome
 

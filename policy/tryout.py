@@ -69,6 +69,8 @@ def try_request(rules: RuleSet, user: str, groups: Sequence[str], client_addr: s
     out.append(f"decision:  {d.action}  (rule: {d.rule}{', mode: monitor' if d.mode == 'monitor' else ''}"
                f"{', fail ' + d.fail if d.fail else ''})")
     out.append(f"reason:    {d.reason}")
+    if d.shadow_ai:
+        out.append("shadow AI: the service is not sanctioned and no rule names it")
     if d.action == "redact":
         out.append(f"redact:    {', '.join(d.redact_entities)}{' (reversible)' if d.reversible else ''}")
     if d.action == "block":
