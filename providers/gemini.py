@@ -27,7 +27,10 @@ _MODEL_PATH = re.compile(r"^/(?:.*/)?(?:models|tunedModels)/(?P<model>[^/:]+):(?
 _CODE_ASSIST_PATH = re.compile(r"^/v1internal:(?P<verb>[A-Za-z]+)$")
 _UPLOAD_PATH = re.compile(r"^/upload/v1(?:beta|alpha)?/files$")
 _CACHE_PATH = re.compile(r"^/v1[a-z0-9]*/(?:projects/[^/]+/locations/[^/]+/)?cachedContents$")
-_VERBS = {"generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents"}
+_VERBS = {"generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents", "predict",
+          "predictLongRunning"}
+#: Text fields of `:predict` instances: Imagen and Veo prompts, Vertex text-embedding content and title.
+_INSTANCE_TEXT = ("prompt", "content", "text", "title")
 _ROLES = {"model": "assistant", "function": "tool"}
 _UPPER = re.compile(r"([A-Z])")
 
@@ -81,6 +84,9 @@ class GeminiProvider:
             if not isinstance(body.get("request"), dict):
                 raise BodyError("Code Assist body needs a 'request' object")
             body, prefix = body["request"], ("request",)
+        if operation in ("predict", "predictLongRunning"):
+            _instances(body, exchange)
+            return
         if operation == "embedContent":
             if not isinstance(body.get("content"), dict):
                 raise BodyError("embedContent body needs a 'content' object")
@@ -128,6 +134,24 @@ class GeminiProvider:
         if exchange.stream:
             return JsonArrayParser(exchange, reader.add, reader.done)
         return BufferedJson(exchange, lambda data: (reader.add(data), reader.done()))
+
+
+def _instances(body: dict[str, Any], exchange: Exchange) -> None:
+    """`:predict` bodies (Imagen, Veo, Vertex embeddings): the text fields of each instance, and its images."""
+    instances = body.get("instances")
+    if not isinstance(instances, list):
+        raise BodyError("predict body needs an 'instances' list")
+    for i, instance in enumerate(instances):
+        if not isinstance(instance, dict):
+            continue
+        message = Message("user", [TextPart(instance[k], ("instances", i, k)) for k in _INSTANCE_TEXT
+                                   if isinstance(instance.get(k), str)])
+        for key in ("image", "referenceImage"):
+            image = instance.get(key)
+            if isinstance(image, dict) and isinstance(_get(image, "bytesBase64Encoded"), str):
+                message.attachments.append(uploads.base64_attachment(
+                    _get(image, "bytesBase64Encoded"), "", str(_get(image, "mimeType") or ""), "image"))
+        exchange.messages.append(message)
 
 
 def _upload(req: HttpRequest) -> Attachment:

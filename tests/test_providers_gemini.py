@@ -268,3 +268,19 @@ def test_cached_contents_are_prompts_too():
     assert vertex.exchange.model == "gemini-2.0-flash"
     assert not parse("/v1beta/cachedContents", {"model": "m"}).exchange.parsed
     assert parse("/v1beta/cachedContents", {}, method="GET").provider is None
+
+
+def test_predict_instances():
+    body = {"instances": [{"prompt": "a cat in a hat", "image": {"bytesBase64Encoded": "iVBORw0KGgo=",
+                                                                 "mimeType": "image/png"}}],
+            "parameters": {"sampleCount": 1}}
+    p = parse("/v1beta/models/imagen-3.0-generate-002:predict", body)
+    ex = p.exchange
+    assert (ex.operation, ex.model, ex.messages[0].text, ex.messages[0].attachments[0].kind) == \
+        ("predict", "imagen-3.0-generate-002", "a cat in a hat", "image")
+    assert assert_paths_resolve(p, body) == 1
+    respond(p, "application/json", {"predictions": [{"bytesBase64Encoded": "AAAA", "mimeType": "image/png"}]})
+    vertex = parse("/v1/projects/p/locations/us-central1/publishers/google/models/text-embedding-005:predict",
+                   {"instances": [{"content": "embed me", "title": "doc", "task_type": "RETRIEVAL_DOCUMENT"}]})
+    assert vertex.exchange.messages[0].text == "embed me\ndoc"
+    assert not parse("/v1beta/models/veo-2.0:predictLongRunning", {"instances": 3}).exchange.parsed
