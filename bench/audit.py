@@ -135,28 +135,35 @@ def latency(requests: int, folder: Path) -> None:
                  ("audit off (reference)", ["--set", "gateway_audit="]),
                  ("store answers 500", ["--audit", f"http://default@127.0.0.1:{failing.server_address[1]}/x"]),
                  ("store hangs (no answer)", ["--audit", f"http://default@127.0.0.1:{hole.port}/x"])]
-    results = {}
-    for i, (name, args) in enumerate(scenarios):
-        gw = GatewayProcess(folder / f"gateway{i}", {h: upstream.port for h in AI_HOSTS}, ca.ca_pem,
-                            extra_args=args)
-        try:
-            client = httpx2.Client(proxy=gw.proxy_url, verify=ssl.create_default_context(cafile=str(gw.ca)),
-                                   timeout=30)
-            payload = {"model": "gpt-4o", "messages": [{"role": "user", "content": "ping " * 50}]}
-            for _ in range(20):  # warm-up: TLS, certificate forging, imports
+    gateways: dict[str, GatewayProcess] = {}
+    results: dict[str, tuple[list[float], dict | None]] = {}
+    payload = {"model": "gpt-4o", "messages": [{"role": "user", "content": "ping " * 50}]}
+    try:
+        for i, (name, args) in enumerate(scenarios):
+            gateways[name] = GatewayProcess(folder / f"gateway{i}", {h: upstream.port for h in AI_HOSTS},
+                                            ca.ca_pem, extra_args=args)
+        clients = {name: httpx2.Client(proxy=gw.proxy_url, timeout=30,
+                                       verify=ssl.create_default_context(cafile=str(gw.ca)))
+                   for name, gw in gateways.items()}
+        for client in clients.values():  # warm-up: TLS, certificate forging, imports
+            for _ in range(20):
                 client.post("https://api.openai.com/v1/chat/completions", json=payload).raise_for_status()
-            times = []
-            for _ in range(requests):
+        times: dict[str, list[float]] = {name: [] for name in gateways}
+        for _ in range(requests):  # interleaved, so load from elsewhere on the machine hits every case alike
+            for name, client in clients.items():
                 t = time.perf_counter()
                 client.post("https://api.openai.com/v1/chat/completions", json=payload).raise_for_status()
-                times.append((time.perf_counter() - t) * 1000)
+                times[name].append((time.perf_counter() - t) * 1000)
+        for name, gw in gateways.items():
             reply = gw.gateway_cli("audit", "status", "--format", "json", check=False)
-            results[name] = (times, json.loads(reply.stdout) if reply.returncode == 0 else None)
-        finally:
+            results[name] = (times[name], json.loads(reply.stdout) if reply.returncode == 0 else None)
+    finally:
+        for gw in gateways.values():
             gw.stop()
     upstream.close()
     failing.shutdown()
-    print(f"\n2. Proxy latency while the audit writer is backlogged ({requests} sequential requests each)")
+    print(f"\n2. Proxy latency while the audit writer is backlogged ({requests} sequential requests each, "
+          "interleaved across the gateways)")
     base = statistics.median(results[scenarios[0][0]][0])
     print(f"   {'audit store':<26}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'p50 ratio':>11}  writer at the end")
     for name, (times, status) in results.items():
