@@ -391,7 +391,9 @@ class NativeReader:
         self.vendor = vendor
         self.text = CompletionBuffer(exchange)
         self.converse = ConverseStreamReader(exchange, self.text)
-        self.anthropic: anthropic.MessageEvents | None = None  # created when the first Anthropic object arrives
+        # family readers that own the completion, created when the first object of their family arrives
+        self.anthropic: anthropic.MessageEvents | None = None
+        self.cohere: cohere.V1StreamReader | None = None
 
     def add_chunk_event(self, event_type: str, payload: Any) -> None:
         if event_type != "chunk" or not isinstance(payload, dict):
@@ -419,10 +421,8 @@ class NativeReader:
                 if name != "amazon-bedrock-invocationMetrics":
                     self.converse.add(name, data)
         elif self.vendor == "cohere":
-            if obj.get("event_type") == "text-generation" or ("text" in obj and "event_type" not in obj):
-                self.text.add(obj.get("text"))
-            if obj.get("finish_reason"):
-                ex.finish_reason = str(obj["finish_reason"])
+            self.cohere = self.cohere or cohere.V1StreamReader(ex)
+            self.cohere.add(obj)
         else:
             self._generic(obj, delta=True)
 
@@ -436,8 +436,8 @@ class NativeReader:
             converse_response(data, self.exchange, self.text)
         elif self.vendor == "cohere":
             if "embeddings" not in data:
-                self.text.add(data.get("text"))
-                self.exchange.finish_reason = str(data.get("finish_reason") or "")
+                cohere.v1_response(data, self.exchange)
+                self.text.add(self.exchange.completion)
         else:
             self._generic(data, delta=False)
 
@@ -479,6 +479,9 @@ class NativeReader:
     def done(self) -> None:
         if self.anthropic is not None:
             self.anthropic.finish()
+            return
+        if self.cohere is not None:
+            self.cohere.done()
             return
         self.exchange.completion = self.text.text()
         self.exchange.completion_tool_calls += [self.converse.tool_calls[i] for i in sorted(self.converse.tool_calls)]

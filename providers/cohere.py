@@ -17,7 +17,8 @@ from providers import openai_chat, uploads
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, NdjsonParser, ResponseParser,
                             SseParser, json_body, text_parts)
 
-_PATHS = {"/v2/chat": "v2.chat", "/v1/chat": "v1.chat", "/v2/embed": "v2.embed", "/v1/embed": "v1.embed"}
+_PATHS = {"/v2/chat": "v2.chat", "/v1/chat": "v1.chat", "/v2/embed": "v2.embed", "/v1/embed": "v1.embed",
+          "/v1/generate": "v1.generate"}
 _V1_ROLES = {"USER": "user", "CHATBOT": "assistant", "SYSTEM": "system", "TOOL": "tool"}
 
 
@@ -39,6 +40,10 @@ class CohereProvider:
             _parse_v2_chat(body, exchange)
         elif operation == "v1.chat":
             parse_v1_chat(body, exchange)
+        elif operation == "v1.generate":
+            if not isinstance(body.get("prompt"), str):
+                raise BodyError("generate body needs a 'prompt' string")
+            exchange.messages.append(Message("user", [TextPart(body["prompt"], ("prompt",))]))
         else:
             _parse_embed(body, exchange)
 
@@ -48,7 +53,7 @@ class CohereProvider:
                 reader = V2StreamReader(exchange)
                 return SseParser(exchange, lambda _event, data: reader.add(data), reader.done)
             return BufferedJson(exchange, lambda data: v2_response(data, exchange))
-        if exchange.operation == "v1.chat":
+        if exchange.operation in ("v1.chat", "v1.generate"):
             if exchange.stream and content_type != "application/json":
                 v1 = V1StreamReader(exchange)
                 return NdjsonParser(exchange, v1.add, v1.done)
@@ -255,6 +260,13 @@ class V2StreamReader:
 
 
 def v1_response(data: dict[str, Any], exchange: Exchange) -> None:
+    """A v1 chat response, or a v1 generate response (`generations[].text`)."""
+    generations = data.get("generations")
+    if isinstance(generations, list):
+        exchange.completion = "\n".join(str(g.get("text") or "") for g in generations)
+        exchange.finish_reason = str(generations[0].get("finish_reason") or "") if generations else ""
+        _meta_usage(data.get("meta"), exchange)
+        return
     exchange.completion = str(data.get("text") or "")
     for tc in data.get("tool_calls") or []:
         exchange.completion_tool_calls.append(ToolCall(str(tc.get("name", "")), _dumps(tc.get("parameters"))))
@@ -264,7 +276,8 @@ def v1_response(data: dict[str, Any], exchange: Exchange) -> None:
 
 class V1StreamReader:
     """v1 stream objects (`event_type`): `text-generation` text, `tool-calls-generation`, `stream-end` with the
-    finish reason and the whole response's `meta` usage."""
+    finish reason and the whole response's `meta` usage. Older generate streams send `{text, is_finished}` lines
+    without an event type."""
 
     def __init__(self, exchange: Exchange):
         self.exchange = exchange
@@ -274,6 +287,10 @@ class V1StreamReader:
         if not isinstance(data, dict):
             return
         kind = data.get("event_type")
+        if kind is None and not data.get("is_finished"):
+            kind = "text-generation"
+        elif kind is None:
+            kind = "stream-end"
         if kind == "text-generation":
             self.text.add(data.get("text"))
         elif kind == "tool-calls-generation":

@@ -139,3 +139,20 @@ def test_truncated_v1_stream_keeps_what_arrived():
     body = b'{"event_type": "text-generation", "text": "Hel"}\nnot json\n{"event_type": "text-generation", "te'
     ex = respond(p, "application/x-ndjson", body, step=3).exchange
     assert ex.completion == "Hel" and ex.warnings == ["stream: 2 lines not understood"]
+
+
+def test_v1_generate():
+    p = parse("/v1/generate", {"model": "command", "prompt": "Write a haiku", "max_tokens": 20})
+    ex = p.exchange
+    assert (ex.operation, ex.messages[0].text, ex.messages[0].parts[0].path) == ("v1.generate", "Write a haiku",
+                                                                                 ("prompt",))
+    respond(p, "application/json", {"generations": [{"text": "Autumn moon", "finish_reason": "COMPLETE"}],
+                                    "meta": {"billed_units": {"input_tokens": 3, "output_tokens": 2}}})
+    assert (ex.completion, ex.finish_reason, ex.usage.output_tokens) == ("Autumn moon", "COMPLETE", 2)
+    p = parse("/v1/generate", {"model": "command", "prompt": "Write", "stream": True})
+    lines = [{"text": "Autumn ", "is_finished": False}, {"text": "moon", "is_finished": False},
+             {"is_finished": True, "finish_reason": "COMPLETE",
+              "response": {"meta": {"billed_units": {"output_tokens": 2}}}}]
+    ex = respond(p, "application/stream+json", b"\n".join(json.dumps(x).encode() for x in lines), step=3).exchange
+    assert (ex.completion, ex.finish_reason, ex.usage.output_tokens) == ("Autumn moon", "COMPLETE", 2)
+    assert not parse("/v1/generate", {"prompt": 5}).exchange.parsed
