@@ -80,6 +80,9 @@ rules:
     when: {services: [cohere], findings: ["*_KEY"]}
     action: block
     fail: open
+  - id: redact-emails
+    when: {models: ["redact-test-*"], findings: {entities: [EMAIL_ADDRESS]}}
+    action: redact
   - id: consumer-chatgpt
     when: {services: [chatgpt]}
     action: block
@@ -211,6 +214,19 @@ def test_anthropic_sdk_shows_our_block_message(pgw, upstream, marker):
     [event] = wait_for_events(pgw, lambda ev: ev["event_id"] == ref)
     assert (event["decision"], event["rule_id"], event["service"]) == ("block", "no-claude-api-for-sales",
                                                                        "anthropic")
+
+
+def test_redact_decision_names_the_entities_found(pgw, upstream, marker):
+    """The decision half of redaction (the rewrite itself is the DLP stage's, tested in test_e2e_dlp)."""
+    from addons import default_addons
+    if "Inspect" not in {type(a).__name__ for a in default_addons()}:
+        pytest.skip("the DLP inspect stage is not in the pipeline yet")
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("done"))
+    openai_as(pgw, "alice").chat.completions.create(
+        model="redact-test-1", messages=[{"role": "user", "content": f"{marker} mail jane.doe@acme-corp.com"}])
+    [event] = wait_for_events(pgw, lambda ev: marker in ev["prompt"])
+    assert (event["decision"], event["rule_id"]) == ("redact", "redact-emails")
+    assert event["reason"].startswith("rule redact-emails: redact EMAIL_ADDRESS")
 
 
 def test_shadow_ai_default_blocks_an_unnamed_service(pgw, upstream, marker):
