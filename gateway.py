@@ -4,6 +4,9 @@
     gateway ca               where the CA certificate is (clients must trust it)
     gateway audit search     query the audit log (works while the gateway runs on the embedded store)
     gateway dlp scan         run the DLP recognizers on any text
+    gateway rules check      validate the rules files (file:line: message, exit status 1)
+    gateway rules test       decide one request offline: decision, rule, findings, body sent upstream
+    gateway rules status     the rules a running gateway has active, and its last refused edit
 """
 
 from __future__ import annotations
