@@ -32,6 +32,7 @@ from providers.eventstream import EventMessage, EventStreamDecoder
 
 _PATH = re.compile(r"^/model/(?P<model>[^/]+)/(?P<verb>converse|converse-stream|invoke|invoke-with-response-stream"
                    r"|count-tokens)$")
+_GUARDRAIL_PATH = re.compile(r"^/guardrail/(?P<id>[^/]+)/version/(?P<version>[^/]+)/apply$")
 _PROFILE_PREFIXES = ("us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.")
 
 
@@ -39,6 +40,8 @@ class BedrockProvider:
     name = "bedrock"
 
     def recognises(self, req: HttpRequest, hints: tuple[str, ...]) -> str | None:
+        if req.method == "POST" and _GUARDRAIL_PATH.match(req.path):
+            return "guardrail.apply"
         m = _PATH.match(req.path) if req.method == "POST" else None
         if m is None:
             return None
@@ -46,6 +49,9 @@ class BedrockProvider:
             else "invoke"
 
     def parse_request(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
+        if operation == "guardrail.apply":
+            _apply_guardrail(req, exchange)
+            return
         m = _PATH.match(req.path)
         assert m is not None  # recognises() matched it
         exchange.model = unquote(m["model"])
@@ -65,6 +71,8 @@ class BedrockProvider:
         _INVOKE_BODIES[vendor](body, exchange, req)
 
     def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
+        if exchange.operation == "guardrail.apply":
+            return BufferedJson(exchange, lambda data: _guardrail_response(data, exchange))
         if exchange.operation == "count_tokens":
             return BufferedJson(exchange, lambda data: _converse_usage({"inputTokens": data.get("inputTokens")},
                                                                        exchange))
@@ -321,6 +329,29 @@ def _count_tokens(body: dict[str, Any], exchange: Exchange, req: HttpRequest) ->
     for message in exchange.messages:
         for item in (*message.parts, *message.tool_calls, *message.tool_results):
             item.path = None
+
+
+def _apply_guardrail(req: HttpRequest, exchange: Exchange) -> None:
+    """ApplyGuardrail: text checked by a Bedrock guardrail, a user's input or a model's output (`source`)."""
+    m = _GUARDRAIL_PATH.match(req.path)
+    assert m is not None  # recognises() matched it
+    exchange.model = f"guardrail:{unquote(m['id'])}/{m['version']}"
+    body = json_body(req)
+    if not isinstance(body, dict) or not isinstance(body.get("content"), list):
+        raise BodyError("ApplyGuardrail body needs a 'content' list")
+    role = "assistant" if body.get("source") == "OUTPUT" else "user"
+    message = Message(role)
+    for i, block in enumerate(body["content"]):
+        text = block.get("text") if isinstance(block, dict) else None
+        if isinstance(text, dict) and isinstance(text.get("text"), str):
+            message.parts.append(TextPart(text["text"], ("content", i, "text", "text")))
+    exchange.messages.append(message)
+
+
+def _guardrail_response(data: Any, exchange: Exchange) -> None:
+    """The guardrail's action and the text it returns in place of the input (masked or a canned message)."""
+    exchange.finish_reason = str(data.get("action") or "")
+    exchange.completion = "\n".join(str(o.get("text") or "") for o in data.get("outputs") or [])
 
 
 # ---- InvokeModel native bodies ---------------------------------------------------------------------------------

@@ -365,3 +365,15 @@ def test_count_tokens_converse_and_invoke_model_forms():
     for bad in ({"input": {}}, {"input": {"invokeModel": {"body": "%%"}}},
                 {"input": {"invokeModel": {"body": base64.b64encode(b"[1]").decode()}}}):
         assert not parse(f"/model/{MODEL_PATH}/count-tokens", bad).exchange.parsed
+
+
+def test_apply_guardrail():
+    body = {"source": "INPUT", "content": [{"text": {"text": "my card is 4111 1111 1111 1111"}}, {"image": {}}]}
+    p = parse("/guardrail/gr-1/version/DRAFT/apply", body)
+    ex = p.exchange
+    assert (ex.operation, ex.model, ex.messages[0].role, ex.messages[0].text) == \
+        ("guardrail.apply", "guardrail:gr-1/DRAFT", "user", "my card is 4111 1111 1111 1111")
+    assert assert_paths_resolve(p, body) == 1
+    respond(p, "application/json", {"action": "GUARDRAIL_INTERVENED", "outputs": [{"text": "Sorry."}]})
+    assert (ex.finish_reason, ex.completion) == ("GUARDRAIL_INTERVENED", "Sorry.")
+    assert not parse("/guardrail/gr-1/version/1/apply", {"content": "x"}).exchange.parsed
