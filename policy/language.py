@@ -157,11 +157,11 @@ class Policy:
     rules: tuple[Rule, ...] = ()
     defaults: Defaults = field(default_factory=Defaults)
     file: str = ""
+    # Services some rule names by id: with the sanctioned ones, the services the policy knows (not shadow AI).
+    named_services: frozenset[str] = field(init=False, default=frozenset())
 
-    @property
-    def named_services(self) -> frozenset[str]:
-        """Services some rule names by id: together with the sanctioned ones, the services the policy knows."""
-        return frozenset().union(*(r.when.services or () for r in self.rules))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "named_services", frozenset().union(*(r.when.services or () for r in self.rules)))
 
 
 _WHO_KEYS = {"users", "groups", "sources"}
