@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -169,3 +170,14 @@ def test_identity_errors_name_file_and_line(tmp_path, text, line, message):
         identity.load(path)
     assert (e.value.line, e.value.file) == (line, str(path)), str(e.value)
     assert message in e.value.message
+
+
+def test_the_worked_examples_of_the_docs_load(tmp_path):
+    """docs/policy.md's examples are real policies: each loads against the shipped catalog."""
+    docs = (SHIPPED.parent / "docs" / "policy.md").read_text()
+    examples = docs.split("## Worked examples", 1)[1].split("\n## ", 1)[0]
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", examples, re.DOTALL) if b.startswith("version: 1")]
+    assert len(blocks) >= 6
+    catalog = Catalog.load(SHIPPED / "endpoints.yaml")
+    for i, block in enumerate(blocks):
+        load_policy(write(tmp_path, block, f"example-{i}.yaml"), catalog)
