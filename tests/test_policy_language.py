@@ -181,3 +181,7 @@ def test_the_worked_examples_of_the_docs_load(tmp_path):
     catalog = Catalog.load(SHIPPED / "endpoints.yaml")
     for i, block in enumerate(blocks):
         load_policy(write(tmp_path, block, f"example-{i}.yaml"), catalog)
+    ident = docs.split("## Identity", 1)[1]
+    [block] = re.findall(r"```yaml\n(version: 1.*?)```", ident.split("\n## ", 1)[0], re.DOTALL)
+    cfg = identity.load(write(tmp_path, block, "identity.yaml"))
+    assert cfg.resolve("10.30.1.7").user == "build-server"
