@@ -19,6 +19,8 @@ from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpReque
 
 _PATHS = {"/v2/chat": "v2.chat", "/v1/chat": "v1.chat", "/v2/embed": "v2.embed", "/v1/embed": "v1.embed",
           "/v1/generate": "v1.generate"}
+_SHAPES = {"v2.chat": (b'"messages"',), "v1.chat": (b'"message"',), "v1.generate": (b'"prompt"',),
+           "v1.embed": (b'"texts"', b'"images"', b'"inputs"'), "v2.embed": (b'"texts"', b'"images"', b'"inputs"')}
 _V1_ROLES = {"USER": "user", "CHATBOT": "assistant", "SYSTEM": "system", "TOOL": "tool"}
 
 
@@ -26,9 +28,12 @@ class CohereProvider:
     name = "cohere"
 
     def recognises(self, req: HttpRequest, hints: tuple[str, ...]) -> str | None:
-        if req.method != "POST":
-            return None
-        return _PATHS.get(req.path.rstrip("/"))
+        operation = _PATHS.get(req.path.rstrip("/")) if req.method == "POST" else None
+        if operation is None or "cohere" in hints:
+            return operation
+        # another host: claim the path only with Cohere's body shape, so a stranger's /v1/chat is not called
+        # a malformed Cohere request (which the parse-error policy may block)
+        return operation if any(key in req.body for key in _SHAPES[operation]) else None
 
     def parse_request(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
         body = json_body(req)

@@ -117,7 +117,7 @@ def test_embed(path):
                                   b'{"messages": [1, {"role": "tool", "content": 3}], "documents": {"a": 1}}',
                                   b'{"message": "x", "chat_history": [1, {"role": 2}], "tool_results": [4]}'])
 def test_malformed_requests_never_raise(path, body):
-    p = parse(path, body)
+    p = parse(path, body, host="api.cohere.com", hints=("cohere",))
     assert p.provider.name == "cohere"
     if body in (b"", b"{", b"[1]"):
         assert not p.exchange.parsed
@@ -156,3 +156,10 @@ def test_v1_generate():
     ex = respond(p, "application/stream+json", b"\n".join(json.dumps(x).encode() for x in lines), step=3).exchange
     assert (ex.completion, ex.finish_reason, ex.usage.output_tokens) == ("Autumn moon", "COMPLETE", 2)
     assert not parse("/v1/generate", {"prompt": 5}).exchange.parsed
+
+
+def test_other_hosts_need_the_cohere_body_shape():
+    assert parse("/v1/chat", {"query": "x"}).provider is None
+    assert parse("/v1/chat", {"query": "x"}, hints=("cohere",)).provider.name == "cohere"
+    assert parse("/v1/chat", {"message": "x"}).provider.name == "cohere"
+    assert parse("/v2/embed", {"texts": ["x"]}).provider.name == "cohere"
