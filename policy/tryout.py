@@ -80,6 +80,11 @@ def try_request(rules: RuleSet, user: str, groups: Sequence[str], client_addr: s
                    f"{reply.status} {reply.body.decode()}")
     elif d.action == "redact":
         out.append("upstream:  " + _redacted(x, findings, d.redact_entities, body))
+    elif d.action == "warn":
+        out.append(f"warning:   browsers first get a page with Continue; API clients get the header "
+                   f"{enforcement.WARNING_HEADER}: {enforcement.user_message('warn', d.rule, d.message, REFERENCE)}")
+        out.append("upstream:  once continued (or for API clients) the body unchanged:")
+        out.append(body.decode("utf-8", "replace"))
     else:
         out.append("upstream:  the body unchanged:")
         out.append(body.decode("utf-8", "replace"))

@@ -582,3 +582,13 @@ def test_rules_test_runs_the_dlp_scanner_in_process(tmp_path):
     upstream_part = out.stdout.split("upstream:", 1)[1]
     assert "jane.doe@acme-corp.com" not in upstream_part  # neither the findings nor the upstream body show it
     assert "jane.doe@acme-corp.com" not in out.stdout.split("upstream:", 1)[0]
+
+
+def test_rules_test_explains_a_warning(tmp_path):
+    folder = write_rules(tmp_path / "rules")
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}]}))
+    out = gateway("rules", "test", "--rules", str(folder), "--user", "alice", "--url",
+                  "https://api.openai.com/v1/chat/completions", "--body", str(body))
+    assert "decision:  warn  (rule: old-models)" in out.stdout
+    assert "x-ai-gateway-warning: Warning by the AI gateway (policy rule 'old-models'): gpt-3.5" in out.stdout
