@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.exchange import Exchange
-from providers import anthropic, bedrock, bedrock_agent, cohere, gemini, mistral, ollama, openai
+from providers import anthropic, bedrock, bedrock_agent, cohere, gemini, mistral, ollama, openai, vertex
 from providers import (chatgpt_web, claude_web, deepseek_web, gemini_web, grok_web, mistral_web, perplexity_web,
                        poe_web)
 from providers.base import BodyError, HttpRequest, Provider, ResponseParser
 
-PROVIDERS: list[Provider] = [gemini.PROVIDER, bedrock.PROVIDER, bedrock_agent.PROVIDER, cohere.PROVIDER,
-                             ollama.PROVIDER, mistral.PROVIDER, anthropic.PROVIDER, openai.PROVIDER]
+PROVIDERS: list[Provider] = [gemini.PROVIDER, vertex.PROVIDER, bedrock.PROVIDER, bedrock_agent.PROVIDER,
+                             cohere.PROVIDER, ollama.PROVIDER, mistral.PROVIDER, anthropic.PROVIDER, openai.PROVIDER]
 #: Consumer web apps go first, before the API parsers hinted for the same hosts (ChatGPT's `/backend-api/files`
 #: is not an OpenAI files call); each claims requests only where the catalog names its format (providers/webapp.py).
 PROVIDERS[:0] = [chatgpt_web.PROVIDER, claude_web.PROVIDER, gemini_web.PROVIDER, perplexity_web.PROVIDER,

@@ -284,3 +284,25 @@ def test_predict_instances():
                    {"instances": [{"content": "embed me", "title": "doc", "task_type": "RETRIEVAL_DOCUMENT"}]})
     assert vertex.exchange.messages[0].text == "embed me\ndoc"
     assert not parse("/v1beta/models/veo-2.0:predictLongRunning", {"instances": 3}).exchange.parsed
+
+
+# --- Vertex AI partner models (providers/vertex.py) -----------------------------------------------------------
+
+def test_vertex_partner_models_use_the_openai_parsers():
+    base = "/v1/projects/p/locations/us-central1/publishers"
+    body = {"model": "mistral-large-2411", "messages": [{"role": "user", "content": "Bonjour"}], "stream": False}
+    p = parse(f"{base}/mistralai/models/mistral-large-2411:rawPredict", body,
+              hints=("vertex", "gemini", "anthropic", "openai"))
+    ex = p.exchange
+    assert (p.provider.name, ex.operation, ex.model, ex.stream, ex.messages[0].text) == \
+        ("vertex", "chat.completions", "mistral-large-2411", False, "Bonjour")
+    respond(p, "application/json", {"choices": [{"message": {"role": "assistant", "content": "Salut"},
+                                                 "finish_reason": "stop"}]})
+    assert ex.completion == "Salut"
+    p = parse(f"{base}/mistralai/models/codestral-2501:streamRawPredict", {"prompt": "def f(", "suffix": "pass"})
+    assert (p.exchange.operation, p.exchange.model, p.exchange.stream, p.exchange.messages[0].text) == \
+        ("completions", "codestral-2501", True, "def f(\npass")
+    claude = parse(f"{base}/anthropic/models/claude-3-5-sonnet:rawPredict",
+                   {"anthropic_version": "vertex-2023-10-16", "messages": [{"role": "user", "content": "x"}]})
+    assert claude.provider.name == "anthropic"
+    assert not parse(f"{base}/meta/models/llama-3.3:rawPredict", b"{bad").exchange.parsed
