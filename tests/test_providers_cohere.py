@@ -11,7 +11,8 @@ from tests.support.wire import assert_paths_resolve, parse, respond
 V2 = {"model": "command-a-03-2025", "stream": False,
       "messages": [{"role": "system", "content": "Be brief."},
                    {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"},
-                                                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+                                                {"type": "image_url",
+                                                 "image_url": {"url": "data:image/png;base64,AAAA"}}]},
                    {"role": "assistant", "tool_plan": "I will look it up.",
                     "tool_calls": [{"id": "c1", "type": "function",
                                     "function": {"name": "weather", "arguments": "{\"city\": \"Paris\"}"}}]},
@@ -126,7 +127,8 @@ def test_malformed_requests_never_raise(path, body):
 @pytest.mark.parametrize("stream,content_type,body", [
     (False, "application/json", b'{"message": {"content": [{"type": "text", "text": "trunc'),
     (False, "application/json", b'{"message": 5}'),
-    (True, "text/event-stream", b'data: {"type": "content-delta", "delta": {"message": {"content": {"text": "a"}}}}\n\ndata: {"type": "content-delta", "delta": 7}\n\ndata: {"ty'),
+    (True, "text/event-stream", b'data: {"type": "content-delta", "delta": {"message": {"content": {"text": "a"}}}}'
+                                b'\n\ndata: {"type": "content-delta", "delta": 7}\n\ndata: {"ty'),
 ])
 def test_malformed_v2_responses_warn(stream, content_type, body):
     p = parse("/v2/chat", dict(V2, stream=stream))

@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.wire import assert_paths_resolve, parse, respond
 
+FILE_URI = "https://generativelanguage.googleapis.com/v1beta/files/abc"
 GENERATE = {
     "systemInstruction": {"parts": [{"text": "You are terse."}]},
     "contents": [
@@ -17,8 +18,7 @@ GENERATE = {
                                    {"inlineData": {"mimeType": "text/plain",
                                                    "data": base64.b64encode(b"secret plan").decode()}},
                                    {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}},
-                                   {"fileData": {"mimeType": "application/pdf",
-                                                 "fileUri": "https://generativelanguage.googleapis.com/v1beta/files/abc"}}]},
+                                   {"fileData": {"mimeType": "application/pdf", "fileUri": FILE_URI}}]},
         {"role": "model", "parts": [{"functionCall": {"name": "lookup", "args": {"q": "plan"}, "id": "c1"}}]},
         {"role": "user", "parts": [{"functionResponse": {"name": "lookup", "id": "c1", "response": {"r": "ok"}}}]},
     ],
@@ -51,7 +51,7 @@ def test_generate_content_request_and_response():
     text_file, image, pdf = user.attachments
     assert (text_file.kind, text_file.text, text_file.inspected) == ("file", "secret plan", True)
     assert (image.kind, image.mime_type, image.inspected) == ("image", "image/png", False)
-    assert (pdf.kind, pdf.name) == ("document", "https://generativelanguage.googleapis.com/v1beta/files/abc")
+    assert (pdf.kind, pdf.name) == ("document", FILE_URI)
     assert ex.messages[1].role == "assistant"
     assert (ex.messages[1].tool_calls[0].name, json.loads(ex.messages[1].tool_calls[0].arguments)) == \
         ("lookup", {"q": "plan"})
@@ -158,7 +158,8 @@ def test_other_paths_are_not_claimed():
 
 @pytest.mark.parametrize("body", [b"", b"{", b"[]", b'{"contents": "no"}', b'{"contents": [1, {"parts": 5}]}',
                                   b'{"contents": [{"parts": [{"inlineData": {"data": 5}}]}]}',
-                                  b'{"contents": [], "systemInstruction": 7, "tools": [3, {"functionDeclarations": [1]}]}',
+                                  b'{"contents": [], "systemInstruction": 7, '
+                                  b'"tools": [3, {"functionDeclarations": [1]}]}',
                                   b'{"request": 1}'])
 def test_malformed_requests_never_raise(body):
     for path in ("/v1beta/models/m:generateContent", "/v1beta/models/m:embedContent",
@@ -214,7 +215,8 @@ def test_files_upload_start_and_bytes():
     ex = start.exchange
     assert (start.provider.name, ex.operation, ex.parsed) == ("gemini", "files.upload", True)
     [att] = ex.messages[0].attachments
-    assert (att.kind, att.name, att.mime_type, att.size, att.inspected) == ("file", "notes.txt", "text/plain", 12, False)
+    assert (att.kind, att.name, att.mime_type, att.size, att.inspected) == \
+        ("file", "notes.txt", "text/plain", 12, False)
     respond(start, "application/json", b"")
 
     chunk = parse("/upload/v1beta/files?upload_id=abc", b"secret plan!",
@@ -245,7 +247,8 @@ def test_snake_case_field_names_are_read_too():
     csv, image = ex.messages[0].attachments
     assert (csv.text, csv.inspected, image.name, image.kind) == ("a,b", True, "gs://b/x", "image")
     assert ex.messages[1].tool_calls[0].name == "f" and ex.tools[0].parameters == {"type": "object"}
-    ex = parse("/v1beta/models/m:countTokens", {"generate_content_request": {"contents": [{"parts": [{"text": "c"}]}]}}).exchange
+    ex = parse("/v1beta/models/m:countTokens",
+               {"generate_content_request": {"contents": [{"parts": [{"text": "c"}]}]}}).exchange
     assert ex.messages[0].parts[0].path == ("generate_content_request", "contents", 0, "parts", 0, "text")
     start = parse("/upload/v1beta/files", {"file": {"display_name": "n.txt", "mime_type": "text/plain",
                                                     "size_bytes": 30}},
@@ -260,7 +263,8 @@ def test_cached_contents_are_prompts_too():
             "contents": [{"role": "user", "parts": [{"text": "The contract says: confidential terms"}]}]}
     p = parse("/v1beta/cachedContents", body)
     ex = p.exchange
-    assert (p.provider.name, ex.operation, ex.model, ex.parsed) == ("gemini", "cachedContents", "gemini-1.5-flash-001", True)
+    assert (p.provider.name, ex.operation, ex.model, ex.parsed) == \
+        ("gemini", "cachedContents", "gemini-1.5-flash-001", True)
     assert ex.messages[0].text == "The contract says: confidential terms" and assert_paths_resolve(p, body) == 2
     respond(p, "application/json", {"name": "cachedContents/abc", "usageMetadata": {"totalTokenCount": 9}})
     vertex = parse("/v1beta1/projects/p/locations/us-central1/cachedContents",

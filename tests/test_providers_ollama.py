@@ -101,7 +101,8 @@ def test_ndjson_line_cap():
 
 def test_mistral_chat_and_fim_use_the_openai_parsers():
     p = parse("/v1/chat/completions", {"model": "mistral-large-latest", "safe_prompt": True, "random_seed": 1,
-                                       "messages": [{"role": "user", "content": [{"type": "text", "text": "Bonjour"}]}]},
+                                       "messages": [{"role": "user",
+                                                     "content": [{"type": "text", "text": "Bonjour"}]}]},
               host="api.mistral.ai", hints=("mistral", "openai"))
     assert (p.provider.name, p.exchange.operation, p.exchange.model, p.exchange.messages[0].text) == \
         ("openai", "chat.completions", "mistral-large-latest", "Bonjour")
