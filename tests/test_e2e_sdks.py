@@ -294,6 +294,31 @@ def test_mistral_chat_stream(gateway, upstream, marker):
         ("mistral-small-2503", f"Salut {marker}", 2)
 
 
+def test_mistral_agents_complete_and_conversations_start(gateway, upstream, marker):
+    upstream.route("/v1/agents/completions", lambda rec: Reply(body=json.dumps({
+        "id": "a1", "object": "chat.completion", "created": 1, "model": "mistral-medium-2505",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"Planned ({marker})"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}).encode()))
+    client = mistral_client(gateway)
+    answer = client.agents.complete(agent_id="ag-123", messages=[{"role": "user", "content": f"Plan {marker}"}])
+    assert answer.choices[0].message.content == f"Planned ({marker})"
+    event = one_event(gateway, marker, service="mistral", operation="agents.completions")
+    assert (event["model"], event["completion"]) == ("mistral-medium-2505", f"Planned ({marker})")
+
+    upstream.route("/v1/conversations", lambda rec: Reply(body=json.dumps({
+        "object": "conversation.response", "conversation_id": "c1",
+        "outputs": [{"object": "entry", "type": "message.output", "role": "assistant", "id": "e1",
+                     "created_at": "2025-01-01T00:00:00Z", "completed_at": "2025-01-01T00:00:01Z",
+                     "model": "mistral-medium-2505", "content": f"Hello again {marker}"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}).encode()))
+    reply = client.beta.conversations.start(inputs=f"Hi {marker}", model="mistral-medium-latest",
+                                            instructions="Be kind.")
+    assert reply.outputs[0].content == f"Hello again {marker}"
+    event = one_event(gateway, marker, service="mistral", operation="conversations")
+    assert "[system] Be kind." in event["prompt"] and event["completion"] == f"Hello again {marker}"
+
+
 # --- Amazon Bedrock (boto3) -------------------------------------------------------------------------------------
 
 MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
