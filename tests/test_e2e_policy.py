@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -501,6 +502,31 @@ def test_sso_header_names_the_user_and_others_are_known_by_address(rgw, upstream
     [anon] = wait_for_events(rgw, lambda ev: f"anon {marker}" in ev["prompt"])
     assert sso["user"] == "carol"
     assert (anon["user"], anon["client_addr"]) == ("", "127.0.0.1")
+
+
+def test_sso_header_from_an_untrusted_address_is_ignored_and_stripped(rgw, upstream, marker):
+    """Anyone can send the header: from 127.0.0.2 (not the SSO proxy's 127.0.0.1) it names nobody."""
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("ok"))
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"spoof {marker}"}]})
+    raw = socket.socket()
+    raw.bind(("127.0.0.2", 0))
+    raw.settimeout(30)
+    raw.connect(("127.0.0.1", rgw.port))
+    raw.sendall(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n")
+    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+    with ssl.create_default_context(cafile=str(rgw.ca)).wrap_socket(raw, server_hostname="api.openai.com") as tls:
+        tls.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nX-Authenticated-User: ceo\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                    f"{body}".encode())
+        response = b""
+        while data := tls.recv(4096):
+            response += data
+    assert response.startswith(b"HTTP/1.1 200")
+    [rec] = [r for r in upstream.requests if f"spoof {marker}".encode() in r.body]
+    assert "x-authenticated-user" not in rec.headers
+    [event] = wait_for_events(rgw, lambda ev: f"spoof {marker}" in ev["prompt"])
+    assert (event["user"], event["client_addr"]) == ("", "127.0.0.2")
+    assert "identity header X-Authenticated-User from untrusted address 127.0.0.2 ignored" in rgw.output()
 
 
 # --- gateway rules check / test ---------------------------------------------------------------------------------
