@@ -103,6 +103,8 @@ version: 1
 groups:
   research: [alice]
   sales: [bob]
+networks:
+  - {cidr: 127.0.0.3/32, user: build-server, groups: [ci]}
 trusted_header:
   header: X-Authenticated-User
   from: [127.0.0.1/32]
@@ -504,29 +506,41 @@ def test_sso_header_names_the_user_and_others_are_known_by_address(rgw, upstream
     assert (anon["user"], anon["client_addr"]) == ("", "127.0.0.1")
 
 
-def test_sso_header_from_an_untrusted_address_is_ignored_and_stripped(rgw, upstream, marker):
-    """Anyone can send the header: from 127.0.0.2 (not the SSO proxy's 127.0.0.1) it names nobody."""
-    upstream.route("/v1/chat/completions", lambda rec: chat_reply("ok"))
-    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"spoof {marker}"}]})
+def raw_chat(gw, source: str, text: str, headers: str = "") -> bytes:
+    """A chat completion from a chosen loopback source address (httpx cannot bind one behind a proxy)."""
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
     raw = socket.socket()
-    raw.bind(("127.0.0.2", 0))
+    raw.bind((source, 0))
     raw.settimeout(30)
-    raw.connect(("127.0.0.1", rgw.port))
+    raw.connect(("127.0.0.1", gw.port))
     raw.sendall(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n")
     assert raw.recv(4096).startswith(b"HTTP/1.1 200")
-    with ssl.create_default_context(cafile=str(rgw.ca)).wrap_socket(raw, server_hostname="api.openai.com") as tls:
-        tls.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nX-Authenticated-User: ceo\r\n"
+    with ssl.create_default_context(cafile=str(gw.ca)).wrap_socket(raw, server_hostname="api.openai.com") as tls:
+        tls.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\n{headers}"
                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
                     f"{body}".encode())
         response = b""
         while data := tls.recv(4096):
             response += data
-    assert response.startswith(b"HTTP/1.1 200")
+    return response
+
+
+def test_sso_header_from_an_untrusted_address_is_ignored_and_stripped(rgw, upstream, marker):
+    """Anyone can send the header: from 127.0.0.2 (not the SSO proxy's 127.0.0.1) it names nobody."""
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("ok"))
+    assert raw_chat(rgw, "127.0.0.2", f"spoof {marker}", "X-Authenticated-User: ceo\r\n").startswith(b"HTTP/1.1 200")
     [rec] = [r for r in upstream.requests if f"spoof {marker}".encode() in r.body]
     assert "x-authenticated-user" not in rec.headers
     [event] = wait_for_events(rgw, lambda ev: f"spoof {marker}" in ev["prompt"])
     assert (event["user"], event["client_addr"]) == ("", "127.0.0.2")
     assert "identity header X-Authenticated-User from untrusted address 127.0.0.2 ignored" in rgw.output()
+
+
+def test_network_map_names_a_client_by_its_address(rgw, upstream, marker):
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("ok"))
+    assert raw_chat(rgw, "127.0.0.3", f"ci {marker}").startswith(b"HTTP/1.1 200")
+    [event] = wait_for_events(rgw, lambda ev: f"ci {marker}" in ev["prompt"])
+    assert (event["user"], event["groups"], event["client_addr"]) == ("build-server", ["ci"], "127.0.0.3")
 
 
 # --- gateway rules check / test ---------------------------------------------------------------------------------
