@@ -224,17 +224,18 @@ def test_kill_9_loses_no_accepted_event(tmp_path, upstream, tunnel_upstream, tes
     assert offline["gateway"] == "not running"
     before = json_lines(gw.gateway_cli("audit", "search", "--text", marker, "--format", "json").stdout)
     assert len(before) + offline["spooled"] >= 25  # each one is in the store, the spool, or both
-    if before:
+    assert gw.gateway_cli("audit", "stats", "--format", "csv").stdout.startswith("bucket,service,count")
+    assert gw.gateway_cli("audit", "shadow-ai", "--format", "csv").stdout.startswith("service,")
+    if before:  # the writer had shipped some before the kill (timing): these need an event in the store
         [shown] = json_lines(gw.gateway_cli("audit", "show", before[0]["event_id"], "--format", "json").stdout)
         assert shown["event_id"] == before[0]["event_id"]
-    for command in (["stats", "--by", "service"], ["shadow-ai"], ["tail", "--since", "10m", "--count", "1"]):
-        out = gw.gateway_cli("audit", *command, "--format", "csv").stdout
-        assert out.splitlines()[0].startswith(("bucket,", "service,", "event_id,")) or out == ""
+        tailed = gw.gateway_cli("audit", "tail", "--since", "10m", "--count", "1", "--format", "csv").stdout
+        assert tailed.startswith("event_id,")
     gw.admin_socket.unlink(missing_ok=True)  # stale socket of the killed process
 
     again = start_gateway(tmp_path, upstream, tunnel_upstream, test_ca)
     try:
-        events = wait_for_events(again, lambda e: marker in e["prompt"], count=25)
+        events = wait_for_events(again, lambda e: marker in e["prompt"], count=25, timeout=60)
         assert sorted(e["prompt"] for e in events) == sorted(f"[user] n{i} {marker}" for i in range(25))
         [status] = json_lines(again.gateway_cli("audit", "status", "--format", "json").stdout)
         assert status["spooled"] == 0
