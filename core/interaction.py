@@ -48,6 +48,8 @@ class Interaction:
         """The audit row. `capture` (metadata | redacted | full) decides how much text it keeps; the prompt's
         SHA-256 is always of the raw text, and findings are kept as positions, never values."""
         x = self.exchange
+        if capture == "redacted" and self.inspection != "inspected":
+            capture = "full"  # DLP did not look at it, so nothing could be masked: the row says it holds raw text
         prompt, completion = captured_text(x, self.findings, capture)
         event = AuditEvent(
             event_id=self.event_id, client_addr=self.client_addr, user=self.user, host=self.host,

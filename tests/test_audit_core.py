@@ -135,3 +135,13 @@ def test_rows_survive_a_json_round_trip():
     assert AuditEvent.from_row(orjson.loads(orjson.dumps(e.as_row()))) == e
     c = ConnectionEvent(host="claude.ai", bytes_sent=None)
     assert ConnectionEvent.from_row(orjson.loads(orjson.dumps(c.as_row()))) == c
+
+
+@pytest.mark.parametrize("inspection", ["skipped", "errored"])
+def test_text_dlp_did_not_inspect_is_labelled_raw_not_redacted(inspection):
+    x = exchange()
+    it = interaction(x, [])
+    it.inspection = inspection
+    event = it.to_event("redacted")
+    assert event.capture == "full" and event.prompt == x.prompt_text and event.inspection == inspection
+    assert it.to_event("metadata").prompt == ""
