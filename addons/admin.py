@@ -95,7 +95,7 @@ class AdminSocket:
             columns, rows = await asyncio.to_thread(query, audit.store, **params)
         except (TypeError, ValueError) as e:
             return {"error": str(e)}
-        except Exception as e:  # the store's own errors: report, never crash the gateway
+        except Exception as e:  # noqa: BLE001 - the store's own errors: report, never crash the gateway
             log.warning("audit query %s failed: %s", request["query"], e)
             return {"error": f"query failed: {str(e).splitlines()[0][:300]}"}
         return {"columns": columns, "rows": rows}

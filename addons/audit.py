@@ -32,7 +32,13 @@ from mitmproxy.exceptions import OptionsError
 from core.audit import CAPTURE_LEVELS, AuditEvent, ConnectionEvent
 from core.interaction import KEY, Interaction
 from storage.schema import METADATA_TTL_DAYS, TEXT_TTL_DAYS
-from storage.store import AuditUrl, AuditUrlError, Store, StoreLockedError, StoreUnavailableError
+from storage.store import (
+    AuditUrl,
+    AuditUrlError,
+    Store,
+    StoreLockedError,
+    StoreUnavailableError,
+)
 from storage.writer import AuditWriter
 
 log = logging.getLogger(__name__)
@@ -133,7 +139,7 @@ class Audit:
         it.audited = True
         try:
             event = it.to_event(ctx.options.gateway_capture)
-        except Exception as e:  # a bug in some stage's data must not cost the record that the exchange happened
+        except Exception as e:
             log.exception("audit event %s could not be built in full", it.event_id)
             event = AuditEvent(event_id=it.event_id, client_addr=it.client_addr, user=it.user, host=it.host,
                                method=it.method, service=it.service.id, category=it.service.category,
@@ -153,8 +159,8 @@ class Audit:
         except TimeoutError:
             log.error("audit event %s not yet durable after %.0fs: answering the client anyway", event_id,
                       SPOOL_WAIT)
-        except Exception:  # the writer logged the spool failure
-            pass
+        except sqlite3.Error as e:  # the writer counted and logged the failed spool write
+            log.debug("audit event %s not spooled: %s", event_id, e)
 
     # --- tunnelled AI connections ------------------------------------------------------------------------------
 

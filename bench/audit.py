@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.audit import AuditEvent  # noqa: E402
-from storage.store import Store  # noqa: E402
-from storage.writer import AuditWriter  # noqa: E402
+from core.audit import AuditEvent
+from storage.store import Store
+from storage.writer import AuditWriter
 
 
 def sample_events(n: int) -> list[AuditEvent]:

@@ -54,8 +54,8 @@ class Target:
         return f"Replicated{kind}('/clickhouse/tables/{{shard}}/{self.database}/{table}_local', '{{replica}}')"
 
     def create(self, table: str, columns: str, kind: str, tail: str) -> tuple[str, ...]:
-        stmts = [f"CREATE TABLE IF NOT EXISTS {self.local(table)}{self.on} ({columns}) "
-                 f"ENGINE = {self.engine(kind, table)} {tail}"]
+        stmts = [(f"CREATE TABLE IF NOT EXISTS {self.local(table)}{self.on} ({columns}) "
+                  f"ENGINE = {self.engine(kind, table)} {tail}")]
         if self.cluster:
             stmts.append(f"CREATE TABLE IF NOT EXISTS {table}{self.on} AS {self.local(table)} "
                          f"ENGINE = Distributed('{self.cluster}', '{self.database}', '{self.local(table)}', "
@@ -78,12 +78,15 @@ class Target:
         return stmts
 
 
+SINGLE_SERVER = Target()
+
+
 def text_ttl(days: int) -> str:
     return f"TTL toDateTime(ts) + INTERVAL {int(days)} DAY"
 
 
 def migrations(text_ttl_days: int = TEXT_TTL_DAYS, metadata_ttl_days: int = METADATA_TTL_DAYS,
-               target: Target = Target()) -> list[Migration]:
+               target: Target = SINGLE_SERVER) -> list[Migration]:
     t = target
     ttl = text_ttl(text_ttl_days)
     meta_ttl = f"TTL toDateTime(ts) + INTERVAL {int(metadata_ttl_days)} DAY"
@@ -185,17 +188,17 @@ def migrations(text_ttl_days: int = TEXT_TTL_DAYS, metadata_ttl_days: int = META
     ]
 
 
-def modify_ttl(table: str, column: str | None, days: int, target: Target = Target()) -> tuple[str, ...]:
+def modify_ttl(table: str, column: str | None, days: int, target: Target = SINGLE_SERVER) -> tuple[str, ...]:
     """DDL that changes a TTL on an existing store: the table's (metadata) TTL, or a text column's."""
     if column is None:
         return target.alter(table, f"MODIFY TTL toDateTime(ts) + INTERVAL {int(days)} DAY")
     return target.alter(table, f"MODIFY COLUMN {column} {TEXT_TYPE} {text_ttl(days)}")
 
 
-def migrations_table(target: Target = Target()) -> tuple[str, ...]:
-    return (f"CREATE TABLE IF NOT EXISTS schema_migrations{target.on} (version UInt32, description String, "
-            f"applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
-            f"ENGINE = {target.engine('MergeTree', 'schema_migrations')} ORDER BY version",)
+def migrations_table(target: Target = SINGLE_SERVER) -> tuple[str, ...]:
+    return ((f"CREATE TABLE IF NOT EXISTS schema_migrations{target.on} (version UInt32, description String, "
+             f"applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+             f"ENGINE = {target.engine('MergeTree', 'schema_migrations')} ORDER BY version"),)
 
 
 def render(target: Target, text_ttl_days: int = TEXT_TTL_DAYS,

@@ -18,8 +18,16 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from core.audit import AuditEvent, ConnectionEvent
-from storage.schema import (METADATA_TTL_DAYS, TEXT_COLUMNS, TEXT_TTL_DAYS, Target, migrations, migrations_table,
-                            modify_ttl)
+from storage.schema import (
+    METADATA_TTL_DAYS,
+    SINGLE_SERVER,
+    TEXT_COLUMNS,
+    TEXT_TTL_DAYS,
+    Target,
+    migrations,
+    migrations_table,
+    modify_ttl,
+)
 
 EVENT_COLUMNS = list(AuditEvent.__slots__)  # type: ignore[attr-defined]
 CONNECTION_COLUMNS = list(ConnectionEvent.__slots__)  # type: ignore[attr-defined]
@@ -118,7 +126,7 @@ class StoreUnavailableError(RuntimeError):
 class Store:
     """A connected audit store. Thread-safe: one lock around the client (chdb is one engine per process)."""
 
-    def __init__(self, client: Any, url: AuditUrl, target: Target = Target()):
+    def __init__(self, client: Any, url: AuditUrl, target: Target = SINGLE_SERVER):
         self.client = client
         self.url = url
         self.target = target
@@ -145,7 +153,7 @@ class Store:
                     send_receive_timeout=30, autogenerate_session_id=False)
         except AuditUrlError:
             raise
-        except Exception as e:  # clickhouse-connect and chdb raise many types; the message is what matters
+        except Exception as e:  # noqa: BLE001 - clickhouse-connect and chdb raise many types; the message matters
             msg = url.scrub(str(e))
             if "Cannot lock file" in msg or "Another server instance" in msg:
                 raise StoreLockedError(f"audit store {url.redacted} is in use by another process "
@@ -158,7 +166,7 @@ class Store:
         try:
             store.migrate(text_ttl_days=text_ttl_days, metadata_ttl_days=metadata_ttl_days)
             store.apply_ttl(text_ttl_days=text_ttl_days, metadata_ttl_days=metadata_ttl_days)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any DDL failure: report it scrubbed, keep nothing open
             store.close()
             raise StoreUnavailableError(f"audit store {url.redacted}: schema update failed: "
                                         f"{url.scrub(str(e)).splitlines()[0][:300]}") from None
@@ -192,7 +200,7 @@ class Store:
             m = re.search(rf"`{column}` [^,]*? TTL toDateTime\(ts\) \+ toIntervalDay\((\d+)\)", ddl)
             if m:
                 found[column] = int(m.group(1))
-        m = re.search(r"\) ENGINE = .*? TTL toDateTime\(ts\) \+ toIntervalDay\((\d+)\)", ddl, re.S)
+        m = re.search(r"\) ENGINE = .*? TTL toDateTime\(ts\) \+ toIntervalDay\((\d+)\)", ddl, re.DOTALL)
         if m:
             found[None] = int(m.group(1))
         return found

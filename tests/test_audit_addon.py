@@ -27,9 +27,8 @@ def interaction(**kw) -> Interaction:
      "cannot read audit password file"),
 ])
 def test_bad_options_are_refused(options, message):
-    with taddons.context(Audit()) as tctx:
-        with pytest.raises(OptionsError, match=message):
-            tctx.options.update(**options)
+    with taddons.context(Audit()) as tctx, pytest.raises(OptionsError, match=message):
+        tctx.options.update(**options)
 
 
 def test_broken_interaction_is_still_audited(tmp_path):
@@ -48,7 +47,7 @@ async def broken_interaction_is_still_audited(tmp_path):
             await audit.response(flow)
             await audit.error(flow)  # the second end of the same flow writes nothing more
             assert audit.writer.flush(20)
-            columns, rows = audit.store.query(
+            _, rows = audit.store.query(
                 "SELECT user, service, capture, inspection, error FROM events FINAL WHERE event_id = {id:UUID}",
                 {"id": it.event_id})
             [(user, service, capture, inspection, error)] = rows

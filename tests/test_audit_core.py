@@ -6,7 +6,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from core.audit import AuditEvent, ConnectionEvent, _text_slots, mask_spans, redacted_prompt, sha256_text
+from core.audit import (
+    AuditEvent,
+    ConnectionEvent,
+    _text_slots,
+    mask_spans,
+    redacted_prompt,
+    sha256_text,
+)
 from core.catalog import Service
 from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolResult
 from core.interaction import Interaction

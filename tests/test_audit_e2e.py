@@ -9,7 +9,6 @@ import csv
 import http.server
 import io
 import json
-import os
 import socket
 import ssl
 import threading
@@ -88,8 +87,8 @@ def test_every_audit_command_in_every_format_over_the_admin_socket(audit_gw, ups
     [shown] = json_lines(cli(audit_gw, "show", event_id, "--format", "json"))
     assert shown["event_id"] == event_id and "inserted_at" in shown
     assert f"event_id  {event_id}" in cli(audit_gw, "show", event_id)
-    assert list(csv.DictReader(io.StringIO(cli(audit_gw, "show", event_id, "--format", "csv"))))[0]["event_id"] \
-        == event_id
+    [shown_csv] = csv.DictReader(io.StringIO(cli(audit_gw, "show", event_id, "--format", "csv")))
+    assert shown_csv["event_id"] == event_id
     missing = audit_gw.gateway_cli("audit", "show", "00000000-0000-4000-8000-000000000000", check=False)
     assert missing.returncode == 1 and "no event" in missing.stderr
     bad = audit_gw.gateway_cli("audit", "show", "'; DROP TABLE events; --", check=False)

@@ -200,5 +200,5 @@ def test_dashboard_sql_runs(store, title, sql):
     sql = sql.replace("$__timeFilter(ts)", "ts >= now() - INTERVAL 7 DAY AND ts <= now()")
     sql = re.sub(r"\$__timeInterval\((\w+)\)", r"toStartOfInterval(\1, INTERVAL 3600 second)", sql)
     assert "$" not in sql
-    columns, rows = store.query(sql, {})
+    _, rows = store.query(sql, {})
     assert rows, title
