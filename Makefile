@@ -17,3 +17,4 @@ bench:
 	./scripts/bootstrap.sh test
 	.venv/bin/python bench/proxy.py
 	.venv/bin/python bench/stream.py
+	.venv/bin/python bench/audit.py
