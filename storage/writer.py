@@ -81,7 +81,8 @@ class _Item:
 class AuditWriter:
     def __init__(self, spool_path: Path, *, store: Store | None = None,
                  open_store: Callable[[], Store] | None = None, batch_size: int = 1000,
-                 flush_interval: float = 0.5, max_queue: int = 100_000, max_backoff: float = 10.0):
+                 flush_interval: float = 0.5, max_queue: int = 100_000, max_backoff: float = 10.0,
+                 spool_report: int = 1000):
         """`store` (already open, e.g. chdb) or `open_store` (called by the ship thread until it succeeds, so a
         ClickHouse server that is down at start-up does not stop the proxy)."""
         if store is None and open_store is None:
@@ -105,6 +106,9 @@ class AuditWriter:
             log.warning("audit spool %s holds %d records from before: replaying", self.spool_path, self.spooled)
         self._ship_db = open_spool(self.spool_path)
         self._count_lock = threading.Lock()
+        self._busy_since = 0.0  # when the ship thread started its current call to the store (0: idle)
+        self._spool_report = spool_report
+        self._next_report = spool_report  # spool size at which to log next (x10 each time, reset when drained)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._spool_thread = threading.Thread(target=self._spool_loop, name="audit-spool", daemon=True)
@@ -128,9 +132,11 @@ class AuditWriter:
         return item.accepted
 
     def status(self) -> dict[str, object]:
+        since = self._busy_since
         return {"queued": self.queue.qsize(), "spooled": self.spooled, "written": self.written,
                 "failures": self.failures, "dropped": self.dropped, "rejected": self.rejected,
                 "store": self.store.url.redacted if self.store else "not connected",
+                "waiting_on_store_s": round(time.monotonic() - since, 1) if since else 0.0,
                 "last_error": self.last_error, "spool": str(self.spool_path)}
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -199,6 +205,12 @@ class AuditWriter:
             i.accepted.set_result(True)
         if self.spooled >= self.batch_size:
             self._wake.set()
+        if self.spooled >= self._next_report:  # visible even while the ship thread hangs on a silent store
+            since = self._busy_since
+            log.warning("audit spool holds %d records not yet in ClickHouse (%s)", self.spooled,
+                        self.last_error or (f"store busy for {time.monotonic() - since:.0f}s" if since
+                                            else "shipping"))
+            self._next_report *= 10
 
     # --- ship thread -------------------------------------------------------------------------------------------
 
@@ -216,6 +228,7 @@ class AuditWriter:
                     self._ship_batch()
                 if backoff:
                     log.warning("audit store back: spool drained, %d written so far", self.written)
+                self._next_report = self._spool_report
                 backoff, self.last_error = 0.0, ""
             except Exception as e:  # noqa: BLE001 - every backend failure means "keep it spooled, try again later"
                 self.failures += 1
@@ -233,6 +246,13 @@ class AuditWriter:
         return self.store
 
     def _ship_batch(self) -> None:
+        self._busy_since = time.monotonic()
+        try:
+            self._ship_oldest()
+        finally:
+            self._busy_since = 0.0
+
+    def _ship_oldest(self) -> None:
         store = self._connected_store()
         rows = self._ship_db.execute("SELECT seq, tbl, row FROM spool ORDER BY seq LIMIT ?",
                                      (self.batch_size,)).fetchall()

@@ -29,8 +29,11 @@ class Switchable:
         self.up = threading.Event()
         self.up.set()
         self.poison_user = ""  # rows of this user are refused even when up (a bad value, not an outage)
+        self.answering = threading.Event()  # cleared: calls hang, as on a server that accepts and never answers
+        self.answering.set()
 
     def insert(self, table, rows):
+        self.answering.wait()
         if not self.up.is_set():
             raise ConnectionRefusedError("[Errno 111] Connection refused")
         if any(r.get("user") == self.poison_user != "" for r in rows):
@@ -65,9 +68,9 @@ def test_outage_spools_and_everything_arrives_once_when_the_store_returns(tmp_pa
     flaky = Switchable(store)
     flaky.up.clear()
     writer = AuditWriter(tmp_path / "spool.sqlite", store=flaky, batch_size=50, flush_interval=0.02,
-                         max_backoff=0.05)
+                         max_backoff=0.05, spool_report=100)
     events = [AuditEvent(user=f"u{i % 7}", prompt=f"p{i}") for i in range(500)]
-    with caplog.at_level(logging.ERROR, logger="storage.writer"):
+    with caplog.at_level(logging.WARNING, logger="storage.writer"):
         accepted = [writer.submit(e) for e in events]
         accepted.append(writer.submit(ConnectionEvent(host="claude.ai", service="claude-web")))
         assert all(f.result(10) for f in accepted)  # durable in the spool while the store is down
@@ -76,6 +79,7 @@ def test_outage_spools_and_everything_arrives_once_when_the_store_returns(tmp_pa
     assert (status["spooled"], status["written"], status["dropped"]) == (501, 0, 0)
     assert "Connection refused" in status["last_error"]
     assert any("501 spooled" in r.getMessage() for r in caplog.records), "spool size must be in the logs"
+    assert any("audit spool holds" in r.getMessage() for r in caplog.records)
 
     flaky.up.set()
     assert writer.flush(30)
@@ -164,3 +168,18 @@ def test_password_never_shows_in_reprs_or_errors(tmp_path, monkeypatch):
     inline = AuditUrl.parse(f"http://auditor:{quote(SECRET, safe='')}@127.0.0.1:{refused_port()}/ai")
     assert inline.password == SECRET
     assert inline.scrub(f"{SECRET} {quote(SECRET, safe='')} {quote(SECRET)}") == "*** *** ***"
+
+
+def test_a_hung_store_blocks_only_the_ship_thread(tmp_path, store):
+    flaky = Switchable(store)
+    flaky.answering.clear()
+    writer = AuditWriter(tmp_path / "spool.sqlite", store=flaky, flush_interval=0.02)
+    assert writer.submit(AuditEvent(prompt="first")).result(10)
+    wait_until(lambda: writer.status()["waiting_on_store_s"] > 0)  # the ship thread is stuck in an insert
+    later = [writer.submit(AuditEvent(prompt=f"later{i}")) for i in range(50)]
+    assert all(f.result(10) for f in later)  # still accepted and durable meanwhile
+    assert writer.status()["spooled"] == 51
+    flaky.answering.set()
+    assert writer.flush(30)
+    writer.close()
+    assert count(store, "SELECT count() FROM events FINAL") == 51
