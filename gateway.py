@@ -269,6 +269,9 @@ def print_rows(columns: list[str], rows: list[list], fmt: str, noun: str = "rows
         import csv
         import io
 
+        if not columns:  # an empty result from the embedded engine has no column names
+            return
+
         buf = io.StringIO()
         out = csv.writer(buf, lineterminator="\n")
         if header:
