@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,6 +227,13 @@ class Workspace:
 
 
 # --- measuring -------------------------------------------------------------------------------------------------
+
+def interleaved(targets: list[Target], rounds: int) -> Iterator[Target]:
+    """Every target once per round, the order rotating, so drifting load from elsewhere is shared evenly."""
+    for r in range(rounds):
+        k = r % len(targets)
+        yield from targets[k:] + targets[:k]
+
 
 def cpu_seconds(pid: int | None) -> float:
     """User plus system CPU time of a process and all its descendants (a gateway may run worker processes)."""

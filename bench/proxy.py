@@ -24,8 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is not on the path
 
-from bench._common import (Mitmdump, Tally, Target, Upstream, Workspace, audited, chat_body, connect,  # noqa
-                           cpu_seconds, exchange, machine_line, percentile, ratio, request_bytes, start_gateway)
+from bench._common import (Mitmdump, Tally, Target, Upstream, Workspace, audited, chat_body,  # noqa: E402
+                           connect, cpu_seconds, exchange, interleaved, machine_line, percentile, ratio,
+                           request_bytes, start_gateway)
 
 
 async def measure(target: Target, tally: Tally, upstream_pid: int, *, clients: int, seconds: float, limit: int,
@@ -76,9 +77,8 @@ def _own_cpu() -> float:
 
 async def run_rounds(targets: list[Target], tallies: dict[str, Tally], upstream_pid: int, rounds: int,
                      **load) -> None:
-    for r in range(rounds):
-        for target in targets[r % len(targets):] + targets[:r % len(targets)]:
-            await measure(target, tallies[target.name], upstream_pid, **load)
+    for target in interleaved(targets, rounds):
+        await measure(target, tallies[target.name], upstream_pid, **load)
 
 
 def report(targets: list[Target], tallies: dict[str, Tally]) -> None:

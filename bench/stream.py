@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is not on the path
 
 from bench._common import (Mitmdump, Target, Upstream, Workspace, audited, chat_body, connect,  # noqa: E402
-                           exchange, machine_line, median, percentile, ratio, request_bytes, start_gateway)
+                           exchange, interleaved, machine_line, median, percentile, ratio, request_bytes,
+                           start_gateway)
 
 
 @dataclass
@@ -65,9 +66,8 @@ async def measure(target: Target, out: Streams, *, clients: int, per_client: int
 
 
 async def run_rounds(targets: list[Target], results: dict[str, Streams], rounds: int, **load) -> None:
-    for r in range(rounds):
-        for target in targets[r % len(targets):] + targets[:r % len(targets)]:
-            await measure(target, results[target.name], **load)
+    for target in interleaved(targets, rounds):
+        await measure(target, results[target.name], **load)
 
 
 def report(targets: list[Target], results: dict[str, Streams], chunks: int) -> bool:
