@@ -103,10 +103,11 @@ class Audit:
         try:
             url = AuditUrl.parse(o.gateway_audit).with_password(password_file=o.gateway_audit_password_file)
             spool = Path(o.gateway_audit_spool) if o.gateway_audit_spool else default_spool(url)
+            settings = {"text_ttl_days": o.gateway_text_ttl_days, "cluster": o.gateway_audit_cluster,
+                        "metadata_ttl_days": o.gateway_metadata_ttl_days}  # as of now: it may connect much later
 
             def open_store() -> Store:
-                return Store.open(url, text_ttl_days=o.gateway_text_ttl_days,
-                                  metadata_ttl_days=o.gateway_metadata_ttl_days, cluster=o.gateway_audit_cluster)
+                return Store.open(url, **settings)
 
             if url.scheme == "chdb":
                 self.writer = AuditWriter(spool, store=open_store())
