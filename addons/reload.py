@@ -33,6 +33,7 @@ class RulesReload:
         self.active: dict = {}
         self.error: dict | None = None
         self.reloads = 0
+        self.started = False  # the event loop runs: the watcher can be (re)started
 
     def load(self, loader) -> None:
         loader.add_option("gateway_rules_reload", bool, True,
@@ -47,14 +48,13 @@ class RulesReload:
             self.active = {"since": _now(), "files": ruleset.digests(folder)}
             self.error = None
             self._write_status()
-            if self.task is not None:
-                self._restart()
         elif "gateway_rules_status" in updated:
             self._write_status()
-        if "gateway_rules_reload" in updated and self.task is not None and not ctx.options.gateway_rules_reload:
-            self._stop_watching()
+        if self.started and updated & {"gateway_rules", "gateway_rules_reload"}:
+            self._restart()  # watch the new folder, or start or stop watching
 
     def running(self) -> None:
+        self.started = True
         self._restart()
 
     def _restart(self) -> None:
