@@ -58,7 +58,7 @@ class WebSocketAudit:
         it: Interaction = flow.metadata[KEY]
         audit = ctx.master.addons.get("audit")
         for turn in turns:
-            event = dataclasses.replace(it, exchange=turn.exchange, status=101,
+            event = dataclasses.replace(it, exchange=turn.exchange, source="websocket", status=101,
                                         request_bytes=turn.request_bytes, response_bytes=turn.response_bytes,
                                         findings=[], inspection="skipped", started=turn.started, audited=False,
                                         event_id=new_event_id())

@@ -151,7 +151,7 @@ def test_copilot_websocket_turns_are_relayed_and_audited(ws_gateway, marker):
         assert event["service"] == "copilot" and event["operation"] == "conversation" and event["parsed"]
         assert event["prompt"] == f"[user] turn {n} {marker}"
         assert event["completion"] == f"You said: turn {n} {marker}"
-        assert event["model"] == "chat" and event["status"] == 101
+        assert event["model"] == "chat" and event["status"] == 101 and event["source"] == "websocket"
         assert event["inspection"] == "skipped"  # not scanned by DLP: the audit says so
         assert "tok-SECRET" not in event["path"] and "accessToken=REDACTED" in event["path"]
     assert events[0]["event_id"] != events[1]["event_id"]
