@@ -13,8 +13,11 @@ def default_addons() -> list:
     from addons.decide import Decide
     from addons.extract import Extract
     from addons.identify import Identify
+    from addons.inspect import Inspect
     from addons.recognise import Recognise
+    from addons.redact import Redact
     from addons.reload import RulesReload
     from addons.websocket import WebSocketAudit
 
-    return [Recognise(), Identify(), Extract(), WebSocketAudit(), Decide(), Audit(), AdminSocket(), RulesReload()]
+    return [Recognise(), Identify(), Extract(), Inspect(), WebSocketAudit(), Decide(), Redact(),
+            Audit(), AdminSocket(), RulesReload()]

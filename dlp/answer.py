@@ -21,16 +21,19 @@ Pure: no mitmproxy, so it is tested on recorded streams directly.
 from __future__ import annotations
 
 import copy
+import html
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
 
-PLACEHOLDER_RX = re.compile(r"<[A-Z][A-Z0-9_]*_\d+>")
+from dlp.redact import PLACEHOLDER
+
 #: The longest tail a channel holds back: no placeholder is longer (entity names are short).
 MAX_PLACEHOLDER = 80
-_PARTIAL_RX = re.compile(r"<[A-Z0-9_]*\Z")
+# What may be the start of a placeholder at the end of a piece: `<EMAIL_AD`, or its markup spelling `&lt;EMAIL`.
+_PARTIAL_RX = re.compile(r"(?:<|&(?:l(?:t(?:;)?)?)?(?=\Z)|&lt;)[A-Z0-9_]*\Z")
 #: Strings whose content is JSON text: a value restored into them is escaped for that inner JSON.
 JSON_TEXT_KEYS = frozenset({"arguments", "partial_json"})
 #: Keys whose strings are pieces of a delta: blanked in the copy that carries a channel's held text.
@@ -40,21 +43,24 @@ Path = tuple[str | int, ...]
 
 
 class Restorer:
-    """Placeholder -> original value, applied to text."""
+    """Placeholder -> original value (dlp.redact.Placeholders.values), applied to text; both spellings of a
+    placeholder (`<X_1>`, and `&lt;X_1&gt;` in markup) are restored, as by Placeholders.restore."""
 
     def __init__(self, values: Mapping[str, str]):
         self.values = dict(values)
 
-    def __bool__(self) -> bool:
-        return bool(self.values)
-
     def text(self, text: str, json_text: bool = False) -> str:
-        if "<" not in text:
+        if "<" not in text and "&lt;" not in text:
             return text
-        if json_text:
-            return PLACEHOLDER_RX.sub(lambda m: _json_escape(self.values[m[0]]) if m[0] in self.values else m[0],
-                                      text)
-        return PLACEHOLDER_RX.sub(lambda m: self.values.get(m[0], m[0]), text)
+        return PLACEHOLDER.sub(lambda m: self._value(m, json_text), text)
+
+    def _value(self, m: re.Match, json_text: bool) -> str:
+        value = self.values.get(f"<{m[1] or m[2]}>")
+        if value is None:
+            return m[0]
+        if not m[1]:
+            value = html.escape(value, quote=False)  # the escaped spelling sits in markup
+        return _json_escape(value) if json_text else value
 
     def json_body(self, body: bytes) -> bytes:
         """A whole JSON answer with every placeholder restored; the same bytes if there is none (or it is not
@@ -93,10 +99,8 @@ def _strings(data: Any, path: Path = ()) -> Iterator[tuple[Any, str | int, Path,
 
 def _split_partial(text: str) -> tuple[str, str]:
     """(text to send now, tail that may be the start of a placeholder)."""
-    cut = text.rfind("<", max(0, len(text) - MAX_PLACEHOLDER))
-    if cut < 0 or not _PARTIAL_RX.match(text, cut):
-        return text, ""
-    return text[:cut], text[cut:]
+    m = _PARTIAL_RX.search(text, max(0, len(text) - MAX_PLACEHOLDER))
+    return (text[:m.start()], text[m.start():]) if m else (text, "")
 
 
 class _Held:

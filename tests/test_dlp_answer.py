@@ -111,3 +111,11 @@ def test_unframed_stream_passes_through():
     blob = b"\x00\x01binary<EMAIL_ADDRESS_1>" * 10
     r = StreamedAnswer(Restorer(VALUES))
     assert r.feed(blob) + r.finish() == blob  # no event boundary: nothing restored, nothing lost
+
+
+def test_markup_spelling_is_restored_too():
+    r = Restorer({"<EMAIL_ADDRESS_1>": "a&b@example.com"})
+    assert r.text("<p>&lt;EMAIL_ADDRESS_1&gt;</p>") == "<p>a&amp;b@example.com</p>"
+    out = run(StreamedAnswer(r), [openai_chunk("<p>&l"), openai_chunk("t;EMAIL_ADDRESS_1&gt;</p>"),
+                                  b"data: [DONE]\n\n"])
+    assert text_of_openai(out) == "<p>a&amp;b@example.com</p>"

@@ -1,0 +1,151 @@
+"""Inspect what is sent: DLP on every text part of the exchange, in a process pool, never on the event loop.
+
+mitmproxy runs every flow of the process on one event loop: a scan that takes 40 ms there stalls every other
+request by 40 ms (stack-facts). So the `request` hook is async and awaits the scan in `dlp.pool.DlpPool` (worker
+processes): this flow waits, the others go on. The findings land in `Interaction.findings`, one per span, with
+`Finding.part` indexing `Exchange.request_parts()`, which is what the decide stage judges, the redact stage
+rewrites and the audit records (as types and positions, never values).
+
+`Interaction.inspection` tells the truth about the scan, because the policy's fail modes depend on it:
+`inspected` (every text part scanned), `skipped` (DLP off, or nothing textual to scan) or `errored` (the scan
+timed out or a worker died; the findings are then not the whole truth and the reason is in the warnings).
+
+Response-side scanning (completions, when a policy asks for it) is not wired yet: the hook point is `response`
+here, after Extract has reassembled the completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from mitmproxy import ctx, http
+from mitmproxy.exceptions import OptionsError
+
+from core.interaction import KEY, Interaction
+from core.rulesfile import RulesError
+from policy.ruleset import RECOGNIZERS, digests
+
+SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules"
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = "10"
+
+
+def recognizers_file(folder: Path) -> Path:
+    """The folder's recognizers.yaml; the shipped one when the folder has none (a missing rules file means its
+    defaults, as for the policy)."""
+    own = folder / RECOGNIZERS
+    return own if own.exists() else SHIPPED_RULES / RECOGNIZERS
+
+
+class Inspect:
+    def __init__(self) -> None:
+        self.pool = None  # dlp.pool.DlpPool while DLP is on
+        self.timeout = float(DEFAULT_TIMEOUT)
+        self.running_ = False  # workers are started once every option is set, then restarted on change
+        self.digest: str | None = None  # of the recognizers file the workers run
+        self.warming: asyncio.Task | None = None
+
+    def load(self, loader) -> None:
+        loader.add_option("gateway_dlp", bool, True,
+                          "Scan every prompt with the DLP recognizers (rules/recognizers.yaml). Off: requests are "
+                          "audited with inspection 'skipped'.")
+        loader.add_option("gateway_dlp_workers", int, 0,
+                          "DLP worker processes (0: one per CPU, at most 4).")
+        loader.add_option("gateway_dlp_timeout", str, DEFAULT_TIMEOUT,
+                          "Seconds a request's DLP scan may take before its inspection is 'errored'.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "gateway_dlp_timeout" in updated:
+            try:
+                timeout = float(ctx.options.gateway_dlp_timeout)
+            except ValueError:
+                timeout = 0.0
+            if not timeout > 0:
+                raise OptionsError(f"gateway_dlp_timeout must be a number of seconds > 0, "
+                                   f"not {ctx.options.gateway_dlp_timeout!r}")
+            self.timeout = timeout
+        if "gateway_dlp_workers" in updated and ctx.options.gateway_dlp_workers < 0:
+            raise OptionsError(f"gateway_dlp_workers must be 0 (automatic) or more, "
+                               f"not {ctx.options.gateway_dlp_workers}")
+        if updated & {"gateway_dlp", "gateway_rules"} and ctx.options.gateway_dlp:
+            # Checked here so a bad rules file stops start-up with its file and line, instead of failing in
+            # every worker on the first request.
+            from dlp.rules import load_rules
+
+            try:
+                load_rules(recognizers_file(Path(ctx.options.gateway_rules)))
+            except RulesError as e:
+                raise OptionsError(str(e)) from None
+        if self.running_ and updated & {"gateway_dlp", "gateway_dlp_workers", "gateway_rules"}:
+            self._start()
+
+    def running(self) -> None:
+        self.running_ = True
+        self._start()
+
+    def rules_reloaded(self, rules) -> None:
+        """The rules reloader validated a new rule set: new workers if the recognizers changed."""
+        digest = rules.digests.get(RECOGNIZERS)
+        if digest != self.digest and ctx.options.gateway_dlp:
+            self._start()
+
+    def _start(self) -> None:
+        from dlp.pool import DlpPool
+
+        self._close()
+        if not ctx.options.gateway_dlp:
+            return
+        folder = Path(ctx.options.gateway_rules)
+        source = recognizers_file(folder)
+        self.digest = digests(folder).get(RECOGNIZERS)
+        workers = ctx.options.gateway_dlp_workers or min(4, os.cpu_count() or 1)
+        self.pool = DlpPool(source, workers)
+        self.warming = asyncio.get_running_loop().create_task(self._warm(self.pool))
+        log.info("DLP: %d worker process(es), recognizers from %s", workers, source)
+
+    @staticmethod
+    async def _warm(pool) -> None:
+        """Build the scanners now, not on the first request; a worker that cannot is reported at once."""
+        try:
+            await pool.start()
+        except Exception as e:  # the same error then marks every scan 'errored': say it once, loudly, here
+            log.error("DLP workers cannot scan: %s", e)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is None or flow.response is not None:
+            return
+        if self.pool is None:
+            it.inspection = "skipped"
+            return
+        texts = [p.text for p in it.exchange.request_parts()]
+        if not any(texts):
+            it.inspection = "skipped"
+            return
+        from dlp.pool import DlpTimeout
+
+        try:
+            it.findings = await self.pool.scan_parts(texts, timeout=self.timeout)
+        except DlpTimeout:
+            it.inspection = "errored"
+            it.exchange.warn(f"DLP scan timed out after {self.timeout:g}s "
+                             f"({sum(map(len, texts))} characters in {len(texts)} parts)")
+        except Exception as e:  # a dead worker or a scanner bug: say so, never pretend the scan happened
+            log.warning("DLP scan failed for %s: %s: %s", it.host, type(e).__name__, e)
+            it.inspection = "errored"
+            it.exchange.warn(f"DLP scan failed: {type(e).__name__}: {str(e)[:200]}")
+        else:
+            it.inspection = "inspected"
+
+    def done(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None

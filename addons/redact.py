@@ -1,0 +1,140 @@
+"""Enforce a `redact` decision: rewrite the request body with placeholders, and restore them in the answer.
+
+The request keeps its exact shape: only the JSON strings that held a finding are rewritten (each `TextPart`
+knows its JSON path), with placeholders that are stable per value (`<EMAIL_ADDRESS_1>` for the same address
+everywhere in the request), so the upstream receives valid JSON in the provider's own format. A finding the body
+cannot be rewritten for (a part without a JSON path, such as text extracted from a multipart upload, or a body
+that is not JSON) blocks the request instead: a redaction that cannot be applied must never leak the value.
+
+Reversible pseudonymization (`Interaction.reversible`): the placeholders in the model's answer are replaced by
+the original values before the client sees them, for buffered answers (in `response`) and streamed ones (the
+stream callable Extract installed is wrapped, so Extract's parser, and so the audit, sees the redacted
+completion, while the client gets restored bytes, chunk by chunk, a placeholder split across chunks included).
+
+Restoring reads the answer's own format (dlp/answer.py): a JSON body is parsed, restored and re-serialized; a
+stream is read event by event (SSE, NDJSON) because a model writes a placeholder token by token, so it arrives
+split across several events, not just across network chunks. Values go back into parsed JSON, so a secret with a
+quote or a backslash cannot break the client's JSON. Answers the restorer cannot read (binary AWS event streams,
+Gemini's JSON-array stream) reach the client with the placeholders in them, and the audit says so: safe (the value
+never leaked), less useful. To restore a streamed answer the gateway asks the upstream for an uncompressed
+response (`accept-encoding: identity`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from mitmproxy import http
+
+from addons.extract import PARSED_KEY, _Tap
+from core.interaction import KEY, Interaction
+from dlp.answer import Restorer, StreamedAnswer
+from dlp.redact import Placeholders, redact_json, unredactable
+from policy import enforcement
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDERS_KEY = "gateway.placeholders"  # dlp.redact.Placeholders of a reversible redaction
+
+
+class Redact:
+    def request(self, flow: http.HTTPFlow) -> None:
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is None or flow.response is not None or it.decision != "redact":
+            return
+        wanted = set(it.redact_entities)
+        findings = [f for f in it.findings if not wanted or f.entity in wanted]
+        if not findings:
+            return
+        try:
+            body = orjson.loads(flow.request.get_content(strict=True) or b"")
+        except (ValueError, orjson.JSONDecodeError) as e:
+            return _refuse(flow, it, f"request body cannot be rewritten ({type(e).__name__}): blocked rather "
+                                     f"than sent unredacted")
+        parts = it.exchange.request_parts()
+        stuck = unredactable(body, parts, findings)
+        if stuck:
+            kinds = sorted({f.entity for f in findings if f.part in stuck})
+            return _refuse(flow, it, f"{', '.join(kinds)} found in {len(stuck)} part(s) that cannot be "
+                                     f"rewritten in place: blocked rather than sent unredacted")
+        placeholders = Placeholders()
+        body = redact_json(body, parts, findings, placeholders)
+        flow.request.content = orjson.dumps(body)  # re-encoded with the request's content-encoding
+        counts: dict[str, int] = {}
+        for f in findings:
+            counts[f.entity] = counts.get(f.entity, 0) + 1
+        done = ", ".join(f"{n} {e}" for e, n in sorted(counts.items()))
+        it.reason = f"{it.reason}; redacted {done}" if it.reason else f"redacted {done}"
+        if it.reversible:
+            flow.metadata[PLACEHOLDERS_KEY] = placeholders
+            flow.request.headers["accept-encoding"] = "identity"
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Runs after Extract's: wraps its stream tap so the tap sees upstream bytes and the client restored ones."""
+        placeholders = flow.metadata.get(PLACEHOLDERS_KEY)
+        if placeholders is None or flow.response is None or not flow.response.stream:
+            return
+        it: Interaction = flow.metadata[KEY]
+        content_type = flow.response.headers.get("content-type", "").split(";")[0].strip().lower()
+        framing = "sse" if content_type == "text/event-stream" else "ndjson" if content_type in NDJSON_TYPES else ""
+        if not framing or flow.response.headers.get("content-encoding", "identity").lower() != "identity":
+            it.exchange.warn(f"placeholders not restored in the answer: {content_type or 'untyped'} stream"
+                             f"{' (compressed)' if framing else ''} is not readable event by event")
+            return
+        answer = StreamedAnswer(_restorer(placeholders), framing)
+        stream = flow.response.stream
+        flow.response.stream = (_RestoringTap(stream, answer) if isinstance(stream, _Tap)
+                                else _RestoringStream(answer))
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        placeholders = flow.metadata.get(PLACEHOLDERS_KEY)
+        if placeholders is None or flow.response is None or flow.response.stream:
+            return
+        content = flow.response.get_content(strict=False)
+        if content:
+            flow.response.content = _restorer(placeholders).json_body(content)
+
+
+NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/stream+json")
+
+
+def _restorer(placeholders) -> Restorer:
+    return Restorer(placeholders.values)
+
+
+class _RestoringStream:
+    """Stream callable: the client gets the answer with the original values, restored event by event."""
+
+    def __init__(self, answer: StreamedAnswer):
+        self.answer = answer
+
+    def __call__(self, chunk: bytes) -> bytes:
+        return self.answer.feed(chunk) if chunk else self.answer.finish()  # b"": the upstream's end of stream
+
+
+class _RestoringTap(_Tap):
+    """Extract's tap (it keeps feeding the parser with the upstream's bytes, so the audit holds the redacted
+    completion), followed by the restorer for what the client receives. A subclass, not a wrapper, because Extract
+    finishes its tap in `response` by recognising it."""
+
+    def __init__(self, tap: _Tap, answer: StreamedAnswer):
+        vars(self).update(vars(tap))  # the same tap, carried on: its parser, decoder and counters
+        self.answer = answer
+
+    def __call__(self, chunk: bytes) -> bytes:
+        chunk = super().__call__(chunk)
+        return self.answer.feed(chunk) if chunk else self.answer.finish()
+
+
+def _refuse(flow: http.HTTPFlow, it: Interaction, why: str) -> None:
+    """Fail closed: the client gets the policy's block answer in its provider's error shape, the audit the
+    reason."""
+    it.decision = "block"
+    it.reason = f"{it.reason}; {why}" if it.reason else why
+    parsed = flow.metadata.get(PARSED_KEY)
+    provider = parsed.provider.name if parsed is not None and parsed.provider is not None else None
+    text = enforcement.user_message("block", it.rule_id or "redact", "Sensitive data was found that could not "
+                                    "be redacted from this request, so it was not sent.", it.event_id)
+    reply = enforcement.api_error(enforcement.dialect(provider, it.service), text, it.event_id)
+    flow.response = http.Response.make(reply.status, reply.body, reply.headers)

@@ -1,0 +1,312 @@
+"""End to end: DLP through the real gateway with the real openai and anthropic SDKs.
+
+The gateway of this module runs a policy that redacts every finding, reversibly for models named `reversible-*`
+and one way for `redact-*` (POLICY). The fake upstream echoes the placeholders it received, so the tests see both
+sides: what left the company (placeholders, valid JSON, no raw value) and what the client got back (the original
+values again when reversible, split across stream events or not).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import ssl
+import threading
+from pathlib import Path
+
+import anthropic
+import httpx2
+import openai
+import pytest
+
+from tests.conftest import AI_HOSTS, PLAIN_HOSTS, wait_for_events
+from tests.support.gateway import GatewayProcess
+from tests.support.upstream import Reply, sse
+
+ROOT = Path(__file__).resolve().parents[1]
+EMAIL = "jane.doe@acme-corp.com"
+AWS_KEY = "AKIAZ7Q4XK2M3PLR5TVW"
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*_\d+>")
+
+POLICY = """\
+version: 1
+defaults: {action: allow, shadow_ai: allow, fail: open}
+rules:
+  - id: pseudonymize
+    when: {models: ["reversible-*"]}
+    action: redact
+    redact: {reversible: true}
+  - id: redact-one-way
+    when: {models: ["redact-*"]}
+    action: redact
+"""
+
+
+@pytest.fixture(scope="module")
+def dlp_gateway(tmp_path_factory, upstream, test_ca):
+    rules = tmp_path_factory.mktemp("dlp-rules")
+    for f in (ROOT / "rules").glob("*.yaml"):
+        shutil.copy(f, rules / f.name)
+    (rules / "policy.yaml").write_text(POLICY)
+    gw = GatewayProcess(tmp_path_factory.mktemp("dlp-gateway"), {h: upstream.port for h in AI_HOSTS + PLAIN_HOSTS},
+                        test_ca.ca_pem, rules=rules, sets=["gateway_dlp_timeout=120"])
+    yield gw
+    gw.stop()
+
+
+def _http(gw) -> httpx2.Client:
+    return httpx2.Client(proxy=gw.proxy_url, verify=ssl.create_default_context(cafile=str(gw.ca)), timeout=120)
+
+
+def openai_client(gw) -> openai.OpenAI:
+    return openai.OpenAI(api_key="sk-test-not-a-real-key", http_client=_http(gw), max_retries=0)
+
+
+def anthropic_client(gw) -> anthropic.Anthropic:
+    return anthropic.Anthropic(api_key="sk-ant-test-not-a-real-key", http_client=_http(gw), max_retries=0)
+
+
+def prompt(marker: str) -> str:
+    return (f"{marker}: write to {EMAIL} and tell them the deploy key is {AWS_KEY}. "
+            f"Copy {EMAIL} on it.")
+
+
+def received(upstream, marker: str) -> dict:
+    """The body the fake upstream received for this test, which must be valid JSON."""
+    [rec] = [r for r in upstream.requests if marker.encode() in r.body]
+    return json.loads(rec.body)
+
+
+def placeholders_in(body: bytes) -> list[str]:
+    return sorted(set(PLACEHOLDER.findall(body.decode())))
+
+
+def echo_text(body: bytes) -> str:
+    """What the fake model answers: every placeholder it was sent, in a sentence."""
+    return "Done: " + " and ".join(placeholders_in(body)) + "."
+
+
+def expected_answer(placeholder_values: dict[str, str], text: str) -> str:
+    return PLACEHOLDER.sub(lambda m: placeholder_values[m[0]], text)
+
+
+def assert_redacted(body: dict, user_text: str) -> dict[str, str]:
+    """The text the upstream got holds placeholders instead of the values: which placeholder stands for what."""
+    assert EMAIL not in json.dumps(body) and AWS_KEY not in json.dumps(body)
+    found = PLACEHOLDER.findall(user_text)
+    emails = [p for p in found if p.startswith("<EMAIL_ADDRESS_")]
+    assert len(emails) == 2 and emails[0] == emails[1], user_text  # stable per value
+    keys = [p for p in found if p != emails[0]]
+    assert len(keys) == 1, user_text
+    # The placeholders stand where the values stood: the rest of the text is intact.
+    assert user_text == prompt_template(user_text).format(email=emails[0], key=keys[0])
+    return {emails[0]: EMAIL, keys[0]: AWS_KEY}
+
+
+def prompt_template(user_text: str) -> str:
+    marker = user_text.split(":", 1)[0]
+    return prompt(marker).replace(EMAIL, "{email}").replace(AWS_KEY, "{key}")
+
+
+# --- OpenAI -------------------------------------------------------------------------------------------------------
+
+def openai_reply(rec) -> Reply:
+    return Reply(body=json.dumps({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": echo_text(rec.body)},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 21, "completion_tokens": 7, "total_tokens": 28}}).encode())
+
+
+def openai_chunk(content: str | None, finish: str | None = None) -> str:
+    delta = {} if content is None else {"content": content}
+    return "data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+
+
+def split_pieces(text: str) -> list[str]:
+    """The answer as a model streams it: every placeholder cut in two, across events."""
+    pieces, pos = [], 0
+    for m in PLACEHOLDER.finditer(text):
+        cut = m.start() + len(m[0]) // 2
+        pieces.append(text[pos:cut])
+        pos = cut
+    return pieces + [text[pos:]]
+
+
+def openai_stream(rec) -> Reply:
+    frames = [openai_chunk(p) for p in split_pieces(echo_text(rec.body))]
+    return Reply(content_type="text/event-stream",
+                 chunks=sse(frames + [openai_chunk(None, "stop"), "data: [DONE]\n\n"]))
+
+
+@pytest.mark.parametrize("reversible", [True, False])
+def test_openai_redacted_upstream_and_restored_answer(dlp_gateway, upstream, marker, reversible):
+    upstream.route("/v1/chat/completions", openai_reply)
+    model = "reversible-gpt" if reversible else "redact-gpt"
+    answer = openai_client(dlp_gateway).chat.completions.create(
+        model=model, messages=[{"role": "system", "content": "You write emails."},
+                               {"role": "user", "content": prompt(marker)}])
+    body = received(upstream, marker)
+    values = assert_redacted(body, body["messages"][1]["content"])
+    assert body["messages"][0]["content"] == "You write emails." and body["model"] == model
+    text = answer.choices[0].message.content
+    if reversible:
+        assert text == expected_answer(values, "Done: " + " and ".join(sorted(values)) + ".")
+        assert EMAIL in text and AWS_KEY in text
+    else:
+        assert EMAIL not in text and text == "Done: " + " and ".join(sorted(values)) + "."
+
+    [event] = wait_for_events(dlp_gateway, lambda e: marker in e["prompt"])
+    assert event["decision"] == "redact" and event["inspection"] == "inspected"
+    assert EMAIL not in json.dumps(event) and AWS_KEY not in json.dumps(event)  # audit never holds the values
+    assert "EMAIL_ADDRESS" in event["entity_types"]
+    assert event["entity_counts"][event["entity_types"].index("EMAIL_ADDRESS")] == 2
+    assert EMAIL not in event["completion"]  # the audit keeps the answer as the model wrote it
+
+
+def test_openai_stream_restores_placeholders_split_across_events(dlp_gateway, upstream, marker):
+    upstream.route("/v1/chat/completions", openai_stream)
+    stream = openai_client(dlp_gateway).chat.completions.create(
+        model="reversible-gpt", stream=True, messages=[{"role": "user", "content": prompt(marker)}])
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    body = received(upstream, marker)
+    values = assert_redacted(body, body["messages"][0]["content"])
+    assert text == expected_answer(values, "Done: " + " and ".join(sorted(values)) + ".")
+
+    [event] = wait_for_events(dlp_gateway, lambda e: marker in e["prompt"] and e["stream"])
+    assert EMAIL not in json.dumps(event) and AWS_KEY not in json.dumps(event)
+    assert event["completion"] == "Done: " + " and ".join(sorted(values)) + "."
+
+
+def test_tool_arguments_and_results_are_redacted_in_place(dlp_gateway, upstream, marker):
+    """Tool calls echoed in the history are JSON text inside a JSON string: still valid after redaction."""
+    upstream.route("/v1/chat/completions", openai_reply)
+    args = json.dumps({"to": EMAIL, "subject": marker})
+    openai_client(dlp_gateway).chat.completions.create(model="redact-gpt", messages=[
+        {"role": "user", "content": f"{marker} send it"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "send_mail", "arguments": args}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sent"}])
+    body = received(upstream, marker)
+    sent_args = json.loads(body["messages"][1]["tool_calls"][0]["function"]["arguments"])
+    assert sent_args["subject"] == marker and PLACEHOLDER.fullmatch(sent_args["to"])
+
+
+# --- Anthropic ----------------------------------------------------------------------------------------------------
+
+def anthropic_reply(rec) -> Reply:
+    return Reply(body=json.dumps({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
+        "content": [{"type": "text", "text": echo_text(rec.body)}], "stop_reason": "end_turn",
+        "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 6}}).encode())
+
+
+def anthropic_event(name: str, data: dict) -> str:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+
+def anthropic_stream(rec) -> Reply:
+    deltas = [anthropic_event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                      "delta": {"type": "text_delta", "text": p}})
+              for p in split_pieces(echo_text(rec.body))]
+    deltas.insert(1, anthropic_event("ping", {"type": "ping"}))
+    frames = [anthropic_event("message_start", {"type": "message_start", "message": {
+                  "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test", "content": [],
+                  "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+              anthropic_event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                      "content_block": {"type": "text", "text": ""}}),
+              *deltas,
+              anthropic_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+              anthropic_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                "stop_sequence": None}, "usage": {"output_tokens": 6}}),
+              anthropic_event("message_stop", {"type": "message_stop"})]
+    return Reply(content_type="text/event-stream", chunks=sse(frames))
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_anthropic_redacted_upstream_and_restored_answer(dlp_gateway, upstream, marker, streamed):
+    upstream.route("/v1/messages", anthropic_stream if streamed else anthropic_reply)
+    client = anthropic_client(dlp_gateway)
+    request = dict(model="reversible-claude", max_tokens=100, system=f"Mail desk. Sender: {EMAIL}",
+                   messages=[{"role": "user", "content": [{"type": "text", "text": prompt(marker)}]}])
+    if streamed:
+        with client.messages.stream(**request) as stream:
+            text = "".join(stream.text_stream)
+    else:
+        text = client.messages.create(**request).content[0].text
+    body = received(upstream, marker)
+    values = assert_redacted(body, body["messages"][0]["content"][0]["text"])
+    assert body["system"] == f"Mail desk. Sender: {next(p for p, v in values.items() if v == EMAIL)}"
+    assert text == expected_answer(values, "Done: " + " and ".join(sorted(values)) + ".")
+    [event] = wait_for_events(dlp_gateway, lambda e: marker in e["prompt"] and e["stream"] == streamed)
+    assert EMAIL not in json.dumps(event) and AWS_KEY not in json.dumps(event)
+    assert event["service"] == "anthropic" and event["decision"] == "redact"
+
+
+# --- The event loop is never blocked --------------------------------------------------------------------------------
+
+def office_text(size: int) -> str:
+    """Prose with a contact line (an email address and a phone number) every 2 KB, as pasted documents are."""
+    para = "The quarterly report covers revenue, churn and the roadmap for the next release of the platform. " * 20
+    lines, total, n = [], 0, 0
+    while total < size:
+        lines.append(f"{para}Contact user{n}@example-{n}.org or call +1 415 555 {n % 10000:04d}.\n")
+        total += len(lines[-1])
+        n += 1
+    return "".join(lines)[:size]
+
+
+def test_a_1mb_prompt_does_not_hold_up_other_requests(dlp_gateway, upstream, marker):
+    """While the gateway scans a 1 MB prompt, other requests sent after it are answered one after the other.
+
+    If the scan ran on the event loop, nothing else could be answered until it ended, and then the big request
+    would be forwarded at once: at most one other request could complete before the big one reaches the upstream.
+    The test asserts three complete in between: ordering, not timing. The other requests are model listings,
+    which carry no text to scan: requests that need a scan themselves queue in the DLP pool behind the big one's
+    jobs (the pool spreads a big text over every worker)."""
+    big_arrived = threading.Event()
+    big_marker = f"{marker}-big"
+
+    def chat(rec):
+        if big_marker.encode() in rec.body:
+            big_arrived.set()
+        return Reply(body=json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                                   "finish_reason": "stop"}]}).encode())
+
+    upstream.route("/v1/chat/completions", chat)
+    upstream.route("/v1/models", lambda rec: Reply(body=b'{"object": "list", "data": []}'))
+    big_body = json.dumps({"model": "plain-model", "messages": [
+        {"role": "user", "content": f"{big_marker}\n" + office_text(1_000_000)}]}).encode()
+    sent = threading.Event()
+
+    def body_chunks():
+        for i in range(0, len(big_body), 64 * 1024):
+            yield big_body[i:i + 64 * 1024]
+        sent.set()  # every byte is handed to the connection
+
+    big_result: dict = {}
+
+    def send_big():
+        with _http(dlp_gateway) as http:
+            big_result["status"] = http.post("https://api.openai.com/v1/chat/completions", content=body_chunks(),
+                                             headers={"content-type": "application/json",
+                                                      "content-length": str(len(big_body))}).status_code
+
+    other = openai_client(dlp_gateway)
+    other.models.list()  # connection up before the big request starts
+    big = threading.Thread(target=send_big)
+    big.start()
+    assert sent.wait(60)
+    done_before_big = 0
+    while not big_arrived.is_set() and done_before_big < 3:
+        other.models.list()
+        if not big_arrived.is_set():
+            done_before_big += 1
+    big.join(120)
+    assert big_result.get("status") == 200
+    assert done_before_big >= 3, f"only {done_before_big} requests completed while the 1 MB one was scanned"
+    [event] = wait_for_events(dlp_gateway, lambda e: big_marker in e["prompt"])
+    assert event["inspection"] == "inspected" and "EMAIL_ADDRESS" in event["entity_types"]
