@@ -23,6 +23,8 @@ from pathlib import Path
 import click
 import orjson
 
+from dlp.cli import scan_command  # click only: the scanner is built when the command runs
+
 SHIPPED_RULES = Path(__file__).resolve().parent / "rules"
 CA_FILE = "mitmproxy-ca-cert.pem"
 BUNDLE_FILE = "gateway-ca-bundle.pem"
@@ -529,6 +531,16 @@ def rules_test(user: str, groups: tuple[str, ...], client_addr: str, url: str, m
     body = body_file.read() if body_file else b""
     click.echo(try_request(loaded, user, groups, client_addr, method.upper(), parts.hostname, path, body,
                            inspection), nl=False)
+
+
+# --- dlp ---------------------------------------------------------------------------------------------------------
+
+@cli.group(name="dlp")
+def dlp_group() -> None:
+    """Run the DLP recognizers on any text, to test your own data and tune rules/recognizers.yaml."""
+
+
+dlp_group.add_command(scan_command)
 
 
 def main() -> None:

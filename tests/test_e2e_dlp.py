@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import ssl
 import threading
 from pathlib import Path
@@ -310,3 +312,16 @@ def test_a_1mb_prompt_does_not_hold_up_other_requests(dlp_gateway, upstream, mar
     assert done_before_big >= 3, f"only {done_before_big} requests completed while the 1 MB one was scanned"
     [event] = wait_for_events(dlp_gateway, lambda e: big_marker in e["prompt"])
     assert event["inspection"] == "inspected" and "EMAIL_ADDRESS" in event["entity_types"]
+
+
+# --- gateway dlp scan -----------------------------------------------------------------------------------------------
+
+def test_gateway_dlp_scan_lists_findings_without_their_values(tmp_path):
+    sample = tmp_path / "sample.txt"
+    sample.write_text(prompt("cli"))
+    result = subprocess.run([sys.executable, "-m", "gateway", "dlp", "scan", str(sample), "--format", "json"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["entity"] for r in rows] == ["EMAIL_ADDRESS", "AWS_ACCESS_KEY", "EMAIL_ADDRESS"]
+    assert EMAIL not in result.stdout and AWS_KEY not in result.stdout
