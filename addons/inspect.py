@@ -146,6 +146,9 @@ class Inspect:
         self._close()
 
     def _close(self) -> None:
+        if self.warming is not None:
+            self.warming.cancel()
+            self.warming = None
         if self.pool is not None:
             self.pool.close()
             self.pool = None

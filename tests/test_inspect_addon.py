@@ -1,0 +1,93 @@
+"""The inspect stage on real mitmproxy flows and a real DLP worker pool: findings, and a truthful `inspection`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from mitmproxy.test import taddons, tflow
+
+import providers
+from addons.inspect import SHIPPED_RULES, Inspect
+from addons.recognise import Recognise
+from core.catalog import Catalog
+from core.interaction import KEY, Interaction
+from dlp.pool import DlpPool
+from policy.ruleset import ENDPOINTS
+
+EMAIL = "jane.doe@acme-corp.com"
+
+
+def flow_with(messages: list[dict]):
+    body = json.dumps({"model": "m", "messages": messages}).encode()
+    service = Catalog.load(SHIPPED_RULES / ENDPOINTS).match("api.openai.com").service
+    f = tflow.tflow()
+    f.request.content = body
+    req = providers.HttpRequest.from_url_parts("POST", "api.openai.com", "/v1/chat/completions",
+                                               {"content-type": "application/json"}, body)
+    it = Interaction(service=service, client_addr="127.0.0.1", host="api.openai.com", method="POST",
+                     path="/v1/chat/completions", exchange=providers.parse_request(req, "openai").exchange)
+    f.metadata[KEY] = it
+    return f, it
+
+
+def inspect_flows(flows, **options) -> None:
+    """Run the addon as mitmproxy would: options set, `running` (the pool starts), then each flow's hook."""
+    async def go():
+        addon = Inspect()
+        with taddons.context(Recognise(), addon) as tctx:
+            tctx.configure(addon, **options)
+            addon.running()
+            try:
+                for f in flows:
+                    await addon.request(f)
+            finally:
+                addon.done()
+    asyncio.run(go())
+
+
+def test_every_text_part_is_scanned_and_findings_index_request_parts():
+    f, it = flow_with([{"role": "system", "content": "You help."},
+                       {"role": "user", "content": f"mail {EMAIL}"},
+                       {"role": "assistant", "content": None, "tool_calls": [
+                           {"id": "c1", "type": "function", "function": {"name": "send",
+                                                                         "arguments": json.dumps({"to": EMAIL})}}]}])
+    inspect_flows([f], gateway_dlp_workers=1)
+    assert it.inspection == "inspected"
+    parts = it.exchange.request_parts()
+    found = [(parts[x.part].text[x.start:x.end], x.entity) for x in it.findings]
+    assert found == [(EMAIL, "EMAIL_ADDRESS"), (EMAIL, "EMAIL_ADDRESS")]
+    assert {x.part for x in it.findings} == {1, 2}  # the user message and the tool call's arguments
+
+
+def test_dlp_off_and_nothing_to_scan_are_skipped():
+    f, it = flow_with([{"role": "user", "content": f"mail {EMAIL}"}])
+    inspect_flows([f], gateway_dlp=False)
+    assert it.inspection == "skipped" and it.findings == []
+    g, empty = flow_with([])
+    inspect_flows([g], gateway_dlp_workers=1)
+    assert empty.inspection == "skipped"
+
+
+def test_a_scan_that_times_out_is_errored_not_clean():
+    f, it = flow_with([{"role": "user", "content": f"mail {EMAIL} " * 20000}])
+    inspect_flows([f], gateway_dlp_workers=1, gateway_dlp_timeout="0.001")
+    assert it.inspection == "errored" and it.findings == []
+    assert any("timed out" in w for w in it.exchange.warnings)
+
+
+def test_workers_that_cannot_scan_make_the_inspection_errored(tmp_path):
+    bad = tmp_path / "recognizers.yaml"
+    bad.write_text("recognizers: []\n")  # the workers cannot build a scanner from it
+    f, it = flow_with([{"role": "user", "content": f"mail {EMAIL}"}])
+
+    async def go():
+        addon = Inspect()
+        with taddons.context(Recognise(), addon):
+            addon.pool = DlpPool(bad, 1)
+            try:
+                await addon.request(f)
+            finally:
+                addon.done()
+    asyncio.run(go())
+    assert it.inspection == "errored" and any("DLP scan failed" in w for w in it.exchange.warnings)
