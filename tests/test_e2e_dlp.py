@@ -325,3 +325,15 @@ def test_gateway_dlp_scan_lists_findings_without_their_values(tmp_path):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["entity"] for r in rows] == ["EMAIL_ADDRESS", "AWS_ACCESS_KEY", "EMAIL_ADDRESS"]
     assert EMAIL not in result.stdout and AWS_KEY not in result.stdout
+
+
+def test_a_broken_recognizers_file_stops_startup_with_file_and_line(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copy(ROOT / "rules" / "endpoints.yaml", rules / "endpoints.yaml")
+    (rules / "recognizers.yaml").write_text("recognizers:\n  - name: Broken\n    type: custom\n"
+                                            "    supported_entity: X\n    patterns: [{name: p, regex: '(', score: 1}]\n")
+    r = subprocess.run([sys.executable, "-m", "gateway", "run", "--data-dir", str(tmp_path), "--listen-port", "0",
+                        "--rules", str(rules)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"gateway: error: {rules / 'recognizers.yaml'}:"), r.stderr
