@@ -2,7 +2,8 @@
 
 mitmproxy runs every flow of the process on one event loop: a scan that takes 40 ms there stalls every other
 request by 40 ms (stack-facts). So the `request` hook is async and awaits the scan in `dlp.pool.DlpPool` (worker
-processes): this flow waits, the others go on. The findings land in `Interaction.findings`, one per span, with
+processes): this flow waits, the others go on. Prompts over BULK_CHARS (a pasted document, seconds to scan) go to
+workers of their own, so ordinary prompts never queue behind them. The findings land in `Interaction.findings`, one per span, with
 `Finding.part` indexing `Exchange.request_parts()`, which is what the decide stage judges, the redact stage
 rewrites and the audit records (as types and positions, never values).
 
@@ -33,6 +34,9 @@ SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules"
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = "10"
+#: Prompts longer than this (all text parts together) are scanned by the bulk workers: a pasted document takes
+#: seconds to scan, and the pool spreads one text over all its workers, so it would hold up every prompt behind it.
+BULK_CHARS = 100_000
 
 
 def recognizers_file(folder: Path) -> Path:
@@ -45,10 +49,11 @@ def recognizers_file(folder: Path) -> Path:
 class Inspect:
     def __init__(self) -> None:
         self.pool = None  # dlp.pool.DlpPool while DLP is on
+        self.bulk = None  # the pool for prompts over BULK_CHARS, when gateway_dlp_bulk_workers > 0
         self.timeout = float(DEFAULT_TIMEOUT)
         self.running_ = False  # workers are started once every option is set, then restarted on change
         self.digest: str | None = None  # of the recognizers file the workers run
-        self.warming: asyncio.Task | None = None
+        self.warming: list[asyncio.Task] = []
 
     def load(self, loader) -> None:
         loader.add_option("gateway_dlp", bool, True,
@@ -56,6 +61,9 @@ class Inspect:
                           "audited with inspection 'skipped'.")
         loader.add_option("gateway_dlp_workers", int, 0,
                           "DLP worker processes (0: one per CPU, at most 4).")
+        loader.add_option("gateway_dlp_bulk_workers", int, 1,
+                          f"DLP worker processes reserved for prompts over {BULK_CHARS} characters, so a pasted "
+                          f"document never queues the scans of ordinary prompts behind it (0: one shared pool).")
         loader.add_option("gateway_dlp_timeout", str, DEFAULT_TIMEOUT,
                           "Seconds a request's DLP scan may take before its inspection is 'errored'.")
 
@@ -69,9 +77,9 @@ class Inspect:
                 raise OptionsError(f"gateway_dlp_timeout must be a number of seconds > 0, "
                                    f"not {ctx.options.gateway_dlp_timeout!r}")
             self.timeout = timeout
-        if "gateway_dlp_workers" in updated and ctx.options.gateway_dlp_workers < 0:
-            raise OptionsError(f"gateway_dlp_workers must be 0 (automatic) or more, "
-                               f"not {ctx.options.gateway_dlp_workers}")
+        for name in ("gateway_dlp_workers", "gateway_dlp_bulk_workers"):
+            if name in updated and getattr(ctx.options, name) < 0:
+                raise OptionsError(f"{name} must be 0 or more, not {getattr(ctx.options, name)}")
         if updated & {"gateway_dlp", "gateway_rules"} and ctx.options.gateway_dlp:
             # Checked here so a bad rules file stops start-up with its file and line, instead of failing in
             # every worker on the first request.
@@ -81,7 +89,8 @@ class Inspect:
                 load_rules(recognizers_file(Path(ctx.options.gateway_rules)))
             except RulesError as e:
                 raise OptionsError(str(e)) from None
-        if self.running_ and updated & {"gateway_dlp", "gateway_dlp_workers", "gateway_rules"}:
+        if self.running_ and updated & {"gateway_dlp", "gateway_dlp_workers", "gateway_dlp_bulk_workers",
+                                        "gateway_rules"}:
             self._start()
 
     def running(self) -> None:
@@ -104,9 +113,13 @@ class Inspect:
         source = recognizers_file(folder)
         self.digest = digests(folder).get(RECOGNIZERS)
         workers = ctx.options.gateway_dlp_workers or min(4, os.cpu_count() or 1)
+        bulk = ctx.options.gateway_dlp_bulk_workers
         self.pool = DlpPool(source, workers)
-        self.warming = asyncio.get_running_loop().create_task(self._warm(self.pool))
-        log.info("DLP: %d worker process(es), recognizers from %s", workers, source)
+        self.bulk = DlpPool(source, bulk) if bulk else None
+        loop = asyncio.get_running_loop()
+        self.warming = [loop.create_task(self._warm(p)) for p in (self.pool, self.bulk) if p is not None]
+        log.info("DLP: %d worker process(es) + %d for prompts over %d characters, recognizers from %s",
+                 workers, bulk, BULK_CHARS, source)
 
     @staticmethod
     async def _warm(pool) -> None:
@@ -129,12 +142,13 @@ class Inspect:
             return
         from dlp.pool import DlpTimeout
 
+        size = sum(map(len, texts))
+        pool = self.bulk if self.bulk is not None and size > BULK_CHARS else self.pool
         try:
-            it.findings = await self.pool.scan_parts(texts, timeout=self.timeout)
+            it.findings = await pool.scan_parts(texts, timeout=self.timeout)
         except DlpTimeout:
             it.inspection = "errored"
-            it.exchange.warn(f"DLP scan timed out after {self.timeout:g}s "
-                             f"({sum(map(len, texts))} characters in {len(texts)} parts)")
+            it.exchange.warn(f"DLP scan timed out after {self.timeout:g}s ({size} characters in {len(texts)} parts)")
         except Exception as e:  # a dead worker or a scanner bug: say so, never pretend the scan happened
             log.warning("DLP scan failed for %s: %s: %s", it.host, type(e).__name__, e)
             it.inspection = "errored"
@@ -146,9 +160,10 @@ class Inspect:
         self._close()
 
     def _close(self) -> None:
-        if self.warming is not None:
-            self.warming.cancel()
-            self.warming = None
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
+        for task in self.warming:
+            task.cancel()
+        self.warming = []
+        for pool in (self.pool, self.bulk):
+            if pool is not None:
+                pool.close()
+        self.pool = self.bulk = None
