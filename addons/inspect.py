@@ -116,8 +116,8 @@ class Inspect:
         bulk = ctx.options.gateway_dlp_bulk_workers
         self.pool = DlpPool(source, workers)
         self.bulk = DlpPool(source, bulk) if bulk else None
-        loop = asyncio.get_running_loop()
-        self.warming = [loop.create_task(self._warm(p)) for p in (self.pool, self.bulk) if p is not None]
+        # The bulk workers start with the first long prompt: many gateways never see one.
+        self.warming = [asyncio.get_running_loop().create_task(self._warm(self.pool))]
         log.info("DLP: %d worker process(es) + %d for prompts over %d characters, recognizers from %s",
                  workers, bulk, BULK_CHARS, source)
 
