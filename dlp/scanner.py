@@ -1,0 +1,312 @@
+"""The DLP scanner: Presidio's recognizers, run only where the prefilter says they could match.
+
+For each text (a part of an exchange):
+1. the prefilter (dlp.prefilter) finds, in one hyperscan pass, the windows where each recognizer could match;
+2. the recognizer runs on each window (its own regexes, flags and validators such as Luhn and the IBAN checksum,
+   in dlp.recognizers.match_patterns; phonenumbers for phone numbers; spaCy for NER); a match that reaches a window
+   edge that is not whitespace grows the window and runs again;
+3. gated recognizers keep only matches overlapping one of their candidates; matches inside blobs are dropped;
+4. context words raise scores (dlp.context), per-recognizer thresholds apply, spans are trimmed off markup tags,
+   allow-listed terms and patterns are dropped;
+5. overlaps are resolved: the highest score wins, then the longest span, then the earliest; output is sorted,
+   so the same input always gives the same findings.
+Texts longer than limits.chunk_chars are scanned in overlapping chunks; each chunk keeps the findings that start
+in its own half of the overlaps, so a finding shorter than half the overlap is found whole exactly once.
+
+This module imports neither Presidio nor spaCy at import time: `Finding` travels to the proxy process, which
+should not pay for them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dlp.context import TextContext
+from dlp.prefilter import ALL, Unit, Windows, merge_windows, snap_left, snap_right
+
+if TYPE_CHECKING:
+    from dlp.rules import DlpRules, RecognizerSpec
+
+Span = tuple[int, int]
+Raw = tuple[int, str, int, int, float]  # recognizer index, entity, start, end, score: a match before _keep
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Something sensitive in part `part` of an exchange, at [start, end) of that part's text."""
+
+    entity: str
+    start: int
+    end: int
+    score: float
+    part: int = 0
+    recognizer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A region of a text to scan, and the region of starts it owns (see module docstring)."""
+
+    lo: int
+    hi: int
+    own_lo: int
+    own_hi: int
+
+
+# A markup tag; a finding never swallows one (redacting `hunter2</password>` would break the document).
+_TAG = re.compile(r"</?[A-Za-z][\w:.-]*(?:\s[^<>]*)?/?>")
+GROW_TRIES = 4
+
+
+class Scanner:
+    """Finds what rules/recognizers.yaml describes. Build once per process (compiling takes about a second)."""
+
+    def __init__(self, rules: DlpRules, exhaustive: bool = False):
+        from presidio_analyzer import PatternRecognizer
+
+        from dlp.context import ContextWords
+        from dlp.prefilter import Prefilter
+        from dlp.rules import normalize_term
+
+        self.rules = rules
+        self.specs: list[RecognizerSpec] = list(rules.recognizers)
+        self._ner_index, self._nlp = None, None
+        if rules.ner:  # loaded now: a model that does not load fails the start, not the first request
+            from presidio_analyzer.nlp_engine import SpacyNlpEngine
+
+            self._nlp = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": rules.ner.model}])
+            self._nlp.load()
+            self.specs.append(_ner_spec(rules))
+            self._ner_index = len(self.specs) - 1
+        self._context_words = [ContextWords.of(s.context) for s in self.specs]
+        self._literals = sorted({w for cw in self._context_words for w in cw.literals()})
+        self._literal_specs = [frozenset(k for k, cw in enumerate(self._context_words) if w in cw.literals())
+                               for w in self._literals]
+        self._prefilter = Prefilter(self.specs, rules.context, rules.allow_patterns, self._literals, exhaustive)
+        # recognizers that are not regexes (phonenumbers, spaCy) and the best score each can reach
+        self._costly = [k for k, s in enumerate(self.specs) if not isinstance(s.recognizer, PatternRecognizer)]
+        self._best = {k: self.specs[k].best_score(getattr(self.specs[k].recognizer, "SCORE", 1.0), rules.context)
+                      for k in self._costly}
+        self._allow_terms = frozenset(normalize_term(t) for t in rules.allow_terms)
+        self._normalize = normalize_term
+        self._analyzers: dict[Unit, Callable[[str, list[Span] | None], list[tuple[str, int, int, float]]]] = {}
+
+    @classmethod
+    def from_rules(cls, rules_dir: str | Path, exhaustive: bool = False) -> Scanner:
+        from dlp.rules import load_rules
+
+        return cls(load_rules(rules_dir), exhaustive=exhaustive)
+
+    # --- public API ---------------------------------------------------------------------------------------------
+
+    def scan(self, text: str) -> list[Finding]:
+        return self.scan_text(text, 0)
+
+    def scan_parts(self, texts: list[str]) -> list[Finding]:
+        """Findings of every text, `part` set to its index; sorted by part then position."""
+        out: list[Finding] = []
+        for part, text in enumerate(texts):
+            out.extend(self.scan_text(text, part))
+        return out
+
+    def scan_text(self, text: str, part: int = 0) -> list[Finding]:
+        findings: list[Finding] = []
+        for chunk in self.chunks(len(text)):
+            findings.extend(self.scan_chunk(text, chunk, part))
+        return resolve_overlaps(findings)
+
+    def chunks(self, length: int) -> list[Chunk]:
+        return chunk_plan(length, self.rules.limits.chunk_chars, self.rules.limits.chunk_overlap)
+
+    def scan_chunk(self, text: str, chunk: Chunk, part: int = 0) -> list[Finding]:
+        """Findings starting in the chunk's own region (the whole text when it is one chunk).
+
+        Pattern recognizers run first. The costly ones (phonenumbers, NER) run last and skip every candidate lying
+        inside a finding they could not outscore: overlap resolution would drop what they found there anyway
+        (a phone candidate inside a checksum-valid IBAN or card number costs a millisecond for nothing).
+        """
+        lo, hi = chunk.lo, chunk.hi
+        context = TextContext(text, self.rules.context, self._context_words, self._literal_specs)
+        windows = self._prefilter.windows(text, lo, hi, context)
+        exhaustive = self._prefilter.exhaustive
+        raw: list[Raw] = []
+        for unit, regions in windows.regions.items():
+            if unit[0] not in self._costly or exhaustive:
+                raw.extend(r for ws, we in regions for r in self._run(unit, text, ws, we, lo, hi))
+        findings = resolve_overlaps(self._keep(text, raw, windows, context, chunk, part))
+        if exhaustive:
+            return findings
+        costly: list[Raw] = []
+        for k in self._costly:
+            regions = windows.regions.get((k, ALL))
+            if regions is None:
+                continue
+            spans = windows.candidates.get(k)
+            if spans is not None:  # gated: only candidates outside findings this recognizer cannot outscore
+                blocking = [(f.start, f.end) for f in findings if f.score > self._best[k]]
+                spans = [s for s in spans if not _inside_any(s, blocking)]
+                regions = merge_windows(text, spans, lo, hi)
+            costly.extend(r for ws, we in regions for r in self._run((k, ALL), text, ws, we, lo, hi, spans))
+        if not costly:
+            return findings
+        return resolve_overlaps(findings + self._keep(text, costly, windows, context, chunk, part))
+
+    def _keep(self, text: str, raw: list[Raw], windows: Windows, context: TextContext,
+              chunk: Chunk, part: int) -> list[Finding]:
+        """Raw matches to findings: gates, blobs, ownership, context, threshold, markup, allow-lists."""
+        findings = []
+        for k, entity, start, end, score in raw:
+            spec = self.specs[k]
+            if not chunk.own_lo <= start < chunk.own_hi:
+                continue
+            if spec.candidates and not _overlaps_any(start, end, windows.candidates.get(k, [])):
+                continue
+            if windows.blobs and _overlaps_any(start, end, windows.blobs):
+                continue
+            if score < spec.threshold and (not self._context_words[k] or context.boost(score) < spec.threshold):
+                continue  # below the threshold even with context
+            if (score < 1.0 or spec.require_context) and context.supports(start, end, k):
+                score = context.boost(score)
+            elif spec.require_context or score < spec.threshold:
+                continue
+            span = _outside_markup(text, start, end)
+            if span is None or self._allowed(text, span, entity):
+                continue
+            findings.append(Finding(entity, span[0], span[1], round(score, 4), part, spec.name))
+        return findings
+
+    # --- internals ----------------------------------------------------------------------------------------------
+
+    def _run(self, unit: Unit, text: str, ws: int, we: int, lo: int, hi: int,
+             focus: list[Span] | None = None) -> list[Raw]:
+        """Run a unit on text[ws:we]; grow the window while a match reaches a cut (non-whitespace) edge.
+
+        `focus`: the candidate spans in the window, for recognizers that can save work with them (phone numbers).
+        """
+        analyze = self._analyzer(unit)
+        for _ in range(GROW_TRIES):
+            relative = None if focus is None else [(max(s, ws) - ws, min(e, we) - ws) for s, e in focus
+                                                   if s < we and ws < e]
+            found = analyze(text[ws:we], relative)
+            cut_left = ws > lo and any(start == 0 for _, start, _, _ in found)
+            cut_right = we < hi and any(end == we - ws for _, _, end, _ in found)
+            if not (cut_left or cut_right):
+                break
+            grow = max(we - ws, 256)
+            if cut_left:
+                ws = snap_left(text, max(lo, ws - grow), lo)
+            if cut_right:
+                we = snap_right(text, min(hi, we + grow), hi)
+        return [(unit[0], entity, start + ws, end + ws, score) for entity, start, end, score in found]
+
+    def _analyzer(self, unit: Unit) -> Callable[[str, list[Span] | None], list[tuple[str, int, int, float]]]:
+        """What a unit runs on a window: (entity, start, end, score) relative to the window."""
+        analyze = self._analyzers.get(unit)
+        if analyze is not None:
+            return analyze
+        from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+        from dlp.recognizers import analyze_phone, match_patterns
+
+        k, pattern = unit
+        spec = self.specs[k]
+        recognizer = spec.recognizer
+        if k == self._ner_index:
+            def analyze(window: str, _focus):
+                found = recognizer.analyze(window, spec.entities, self._nlp.process_text(window, "en"))
+                return [(r.entity_type, r.start, r.end, r.score) for r in found]
+        elif isinstance(recognizer, PhoneRecognizer):
+            def analyze(window: str, focus):
+                return [(spec.entities[0], s, e, recognizer.SCORE) for s, e in analyze_phone(recognizer, window, focus)]
+        else:
+            if pattern != ALL:  # the same recognizer with only the pattern that fired: same results for it
+                recognizer = copy.copy(recognizer)
+                recognizer.patterns = [spec.patterns[pattern]]
+            entity = spec.entities[0]
+
+            def analyze(window: str, _focus):
+                return [(entity, s, e, score) for s, e, score in match_patterns(recognizer, window)]
+        self._analyzers[unit] = analyze
+        return analyze
+
+    def _allowed(self, text: str, span: Span, entity: str) -> bool:
+        start, end = span
+        if self._allow_terms and self._normalize(text[start:end]) in self._allow_terms:
+            return True
+        for allow in self.rules.allow_patterns:
+            if allow.entities and entity not in allow.entities:
+                continue
+            lo, hi = max(0, end - allow.width), min(len(text), start + allow.width)
+            if any(m.start() <= start and end <= m.end() for m in allow.regex.finditer(text, lo, hi)):
+                return True
+        return False
+
+
+def chunk_plan(length: int, size: int, overlap: int) -> list[Chunk]:
+    """How a text of this length is cut: one chunk up to `size`, else chunks overlapping by `overlap`."""
+    if length <= size:
+        return [Chunk(0, length, 0, length)]
+    starts = list(range(0, length - overlap, size - overlap))
+    # chunk i owns starts from the middle of its overlap with chunk i-1 to the middle of the next overlap
+    bounds = [0] + [lo + overlap // 2 for lo in starts[1:]] + [length]
+    return [Chunk(lo, length if i == len(starts) - 1 else lo + size, bounds[i], bounds[i + 1])
+            for i, lo in enumerate(starts)]
+
+
+def _ner_spec(rules: DlpRules) -> RecognizerSpec:
+    from presidio_analyzer.predefined_recognizers import SpacyRecognizer
+
+    from dlp.rules import RecognizerSpec
+
+    ner = rules.ner
+    recognizer = SpacyRecognizer(supported_language="en", supported_entities=list(ner.entities))
+    return RecognizerSpec(name="SpacyRecognizer", recognizer=recognizer, entities=list(ner.entities),
+                          threshold=ner.threshold, candidates=[], require_context=False, width=0, line=ner.line)
+
+
+def _overlaps_any(start: int, end: int, spans: list[Span]) -> bool:
+    """Does [start, end) overlap one of these sorted, disjoint spans? Only the last one starting before end can."""
+    i = bisect.bisect_left(spans, (end,))
+    return i > 0 and spans[i - 1][1] > start
+
+
+def _inside_any(span: Span, spans: list[Span]) -> bool:
+    return any(s <= span[0] and span[1] <= e for s, e in spans)
+
+
+def _outside_markup(text: str, start: int, end: int) -> Span | None:
+    """The longest piece of [start, end) between markup tags (the span itself when it holds no tag)."""
+    if "<" not in text[start:end]:
+        return start, end
+    pieces, pos = [], start
+    for m in _TAG.finditer(text, start, end):
+        pieces.append((pos, m.start()))
+        pos = m.end()
+    pieces.append((pos, end))
+    s, e = max(pieces, key=lambda p: (p[1] - p[0], -p[0]))
+    while s < e and text[s].isspace():
+        s += 1
+    while e > s and text[e - 1].isspace():
+        e -= 1
+    return (s, e) if e > s else None
+
+
+def resolve_overlaps(findings: list[Finding]) -> list[Finding]:
+    """Keep a set of non-overlapping findings per part: highest score, then longest, then earliest wins."""
+    ranked = sorted(set(findings), key=lambda f: (-f.score, -(f.end - f.start), f.part, f.start, f.entity))
+    taken: dict[int, list[Span]] = {}
+    kept = []
+    for f in ranked:
+        spans = taken.setdefault(f.part, [])
+        i = bisect.bisect_left(spans, (f.start, f.end))
+        if (i > 0 and spans[i - 1][1] > f.start) or (i < len(spans) and spans[i][0] < f.end):
+            continue
+        spans.insert(i, (f.start, f.end))
+        kept.append(f)
+    return sorted(kept, key=lambda f: (f.part, f.start, f.end, f.entity))
