@@ -1,0 +1,186 @@
+"""Replace findings with placeholders, in plain text and inside a request's JSON, and put the values back.
+
+- `Placeholders` gives each (entity, value) of one request a stable placeholder: the same e-mail address is
+  `<EMAIL_ADDRESS_1>` everywhere in the request, another one `<EMAIL_ADDRESS_2>`; `values` maps each placeholder
+  back to its value for reversible pseudonymization. A placeholder that the request already contains (a user
+  pasting an earlier redacted prompt) is never reused for a different value.
+- `redact_json` rewrites exactly the JSON strings the findings are in (each `TextPart` knows its JSON path), so
+  the request keeps its provider's shape and stays valid JSON. It refuses (ValueError) when a part cannot be
+  rewritten in place; `unredactable` says which parts those are, so the caller can block instead.
+- Markup stays well-formed: a finding never swallows a tag (dlp.scanner trims spans at tags), and in a text that
+  holds markup the placeholder is written `&lt;EMAIL_ADDRESS_1&gt;`, which reads as `<EMAIL_ADDRESS_1>` but
+  opens no element. `restore` and `StreamRestorer` accept both spellings.
+- `StreamRestorer` restores an answer that arrives in chunks of text, holding back only a tail that may be the
+  beginning of a placeholder, so a placeholder split across chunks is restored and nothing else is delayed.
+  (dlp.answer applies the same idea to provider wire formats, event by event.)
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from core.exchange import TextPart
+from dlp.scanner import Finding
+
+# A placeholder, plain or entity-escaped; group 1 or 2 is its name (EMAIL_ADDRESS_1).
+PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*_\d+)>|&lt;([A-Z][A-Z0-9_]*_\d+)&gt;")
+_MARKUP = re.compile(r"</[A-Za-z][\w:.-]*\s*>|<[A-Za-z][\w:.-]*(?:\s[^<>]*)?/>")  # a closing or empty tag
+
+
+def has_markup(text: str) -> bool:
+    """Does the text hold XML/HTML (a closing or self-closing tag)? Then placeholders are entity-escaped."""
+    return _MARKUP.search(text) is not None
+
+
+class Placeholders:
+    """The placeholders of one request, and their values."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}  # "<EMAIL_ADDRESS_1>" -> the original value
+        self._by_value: dict[tuple[str, str], str] = {}
+        self._taken: set[str] = set()  # names present in the request before redaction
+
+    def reserve(self, text: str) -> None:
+        """Note the placeholders a text already holds, so that none of them is issued for a value."""
+        for m in PLACEHOLDER.finditer(text):
+            self._taken.add(m[1] or m[2])
+
+    def placeholder(self, entity: str, value: str) -> str:
+        """`<ENTITY_n>` for this value: the same one every time the value comes back."""
+        token = self._by_value.get((entity, value))
+        if token is None:
+            n = 1 + sum(1 for e, _ in self._by_value if e == entity)
+            while f"{entity}_{n}" in self._taken:
+                n += 1
+            token = f"<{entity}_{n}>"
+            self._taken.add(token[1:-1])
+            self._by_value[(entity, value)] = token
+            self.values[token] = value
+        return token
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def restore(self, text: str) -> str:
+        """The text with every placeholder of this request replaced by its value (others left as they are)."""
+        if "<" not in text and "&lt;" not in text:
+            return text
+        return PLACEHOLDER.sub(self._value_of, text)
+
+    def _value_of(self, m: re.Match) -> str:
+        value = self.values.get(f"<{m[1] or m[2]}>")
+        if value is None:
+            return m[0]
+        return value if m[1] else html.escape(value, quote=False)  # escaped form: it sits in markup
+
+
+def redact_text(text: str, findings: Iterable[Finding], placeholders: Placeholders) -> str:
+    """The text with each finding's span replaced by its placeholder (overlapping findings: the first wins)."""
+    placeholders.reserve(text)
+    markup = has_markup(text)
+    out, pos = [], 0
+    for f in sorted(findings, key=lambda f: (f.start, -f.end)):
+        if f.start < pos or not 0 <= f.start < f.end <= len(text):
+            continue
+        token = placeholders.placeholder(f.entity, text[f.start:f.end])
+        out += [text[pos:f.start], html.escape(token, quote=False) if markup else token]
+        pos = f.end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def unredactable(body: Any, parts: Sequence[TextPart], findings: Iterable[Finding]) -> list[int]:
+    """Indexes of the parts holding findings that redact_json cannot rewrite: no JSON path (text extracted from an
+    upload), or a path that does not lead to that very text in this body."""
+    bad = set()
+    for part in sorted({f.part for f in findings}):
+        if part >= len(parts) or parts[part].path is None:
+            bad.add(part)
+            continue
+        try:
+            container, key = _locate(body, parts[part].path)
+            if container[key] != parts[part].text:
+                bad.add(part)
+        except (KeyError, IndexError, TypeError, ValueError):
+            bad.add(part)
+    return sorted(bad)
+
+
+def redact_json(body: Any, parts: Sequence[TextPart], findings: Iterable[Finding], placeholders: Placeholders) -> Any:
+    """The parsed JSON body with the findings of each part replaced in the string at the part's path.
+
+    Raises ValueError naming the part when one cannot be rewritten in place (see `unredactable`): a redaction
+    that cannot be applied must block the request, never let the value through.
+    """
+    by_part: dict[int, list[Finding]] = {}
+    for f in findings:
+        by_part.setdefault(f.part, []).append(f)
+    bad = unredactable(body, parts, [f for fs in by_part.values() for f in fs])
+    if bad:
+        raise ValueError(f"part(s) {', '.join(map(str, bad))} cannot be rewritten in place (no JSON path, or the "
+                         "path does not hold the scanned text)")
+    for part in parts:  # placeholders already in any part of the request are not issued again
+        placeholders.reserve(part.text)
+    for part, fs in sorted(by_part.items()):
+        container, key = _locate(body, parts[part].path)
+        container[key] = redact_text(parts[part].text, fs, placeholders)
+    return body
+
+
+def _locate(body: Any, path: Sequence[str | int]) -> tuple[Any, str | int]:
+    """The container and key of the string at path (a tuple of object keys and array indexes)."""
+    if not path:
+        raise ValueError("empty JSON path")
+    node = body
+    for step in path[:-1]:
+        node = node[step]
+    key = path[-1]
+    if isinstance(node, list) and not isinstance(key, int) or isinstance(node, dict) and not isinstance(key, str):
+        raise TypeError(f"JSON path step {key!r} does not fit a {type(node).__name__}")
+    if not isinstance(node[key], str):
+        raise TypeError(f"JSON path {list(path)} holds a {type(node[key]).__name__}, not a string")
+    return node, key
+
+
+class StreamRestorer:
+    """Restores placeholders in an answer fed chunk by chunk; `feed` returns what can be shown now, `flush` the
+    rest at the end. Only a tail that may be the start of a placeholder of this request is ever held back."""
+
+    def __init__(self, placeholders: Placeholders):
+        self.placeholders = placeholders
+        self._forms = [f for token in placeholders.values for f in (token, html.escape(token, quote=False))]
+        self._longest = max((len(f) for f in self._forms), default=0)
+        self._held = ""
+
+    def feed(self, chunk: str) -> str:
+        text = self._held + chunk
+        cut = self._partial_start(text)
+        self._held = text[cut:]
+        return self.placeholders.restore(text[:cut])
+
+    def flush(self) -> str:
+        text, self._held = self._held, ""
+        return self.placeholders.restore(text)
+
+    def _partial_start(self, text: str) -> int:
+        """Where a possible beginning of a placeholder starts at the end of text (len(text): none)."""
+        floor = max(0, len(text) - self._longest + 1)
+        starts = [i for i in (text.rfind("<", floor), text.rfind("&", floor)) if i >= 0]
+        for i in sorted(starts):
+            tail = text[i:]
+            if any(form.startswith(tail) and form != tail for form in self._forms):
+                return i
+        return len(text)
+
+
+def mask(value: str) -> str:
+    """Enough of a value to recognise it on a terminal or in a report, never the value: `jo********om (22)`."""
+    n = len(value)
+    if n <= 4:
+        return "*" * n
+    if n <= 8:
+        return f"{value[0]}{'*' * (n - 2)}{value[-1]}"
+    return f"{value[:2]}{'*' * 8}{value[-2:]} ({n})"
