@@ -15,6 +15,7 @@ import subprocess
 import sys
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import anthropic
@@ -53,6 +54,7 @@ def dlp_gateway(tmp_path_factory, upstream, test_ca):
     (rules / "policy.yaml").write_text(POLICY)
     gw = GatewayProcess(tmp_path_factory.mktemp("dlp-gateway"), {h: upstream.port for h in AI_HOSTS + PLAIN_HOSTS},
                         test_ca.ca_pem, rules=rules, sets=["gateway_dlp_timeout=120"])
+    gw.rules_dir = rules
     yield gw
     gw.stop()
 
@@ -318,6 +320,28 @@ def test_a_1mb_prompt_does_not_hold_up_other_requests(dlp_gateway, upstream, mar
     assert done_before_big >= 5, f"only {done_before_big} requests completed while the 1 MB one was scanned"
     [event] = wait_for_events(dlp_gateway, lambda e: big_marker in e["prompt"])
     assert event["inspection"] == "inspected" and "EMAIL_ADDRESS" in event["entity_types"]
+
+
+# --- rules reload ---------------------------------------------------------------------------------------------------
+
+def test_a_new_company_term_is_found_after_a_rules_edit_without_restart(dlp_gateway, upstream, marker):
+    upstream.route("/v1/chat/completions", openai_reply)
+    client = openai_client(dlp_gateway)
+    term = f"Falconridge{marker[-6:]}"
+    recognizers = dlp_gateway.rules_dir / "recognizers.yaml"
+    text = recognizers.read_text()
+    assert "deny_list: [Project Nightjar, " in text
+    recognizers.write_text(text.replace("deny_list: [Project Nightjar, ", f"deny_list: [{term}, Project Nightjar, "))
+    deadline = time.monotonic() + 30
+    while True:
+        probe = f"{marker}-{time.monotonic()}"
+        client.chat.completions.create(model="redact-gpt", messages=[{"role": "user", "content": f"{probe} {term}"}])
+        content = received(upstream, probe)["messages"][0]["content"]
+        if term not in content:
+            break
+        assert time.monotonic() < deadline, "the new term was never redacted"
+        time.sleep(0.2)
+    assert content == f"{probe} <CODE_NAME_1>"
 
 
 # --- gateway dlp scan -----------------------------------------------------------------------------------------------
