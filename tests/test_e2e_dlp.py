@@ -249,6 +249,23 @@ def test_anthropic_redacted_upstream_and_restored_answer(dlp_gateway, upstream, 
     assert event["service"] == "anthropic" and event["decision"] == "redact"
 
 
+def test_a_finding_that_cannot_be_rewritten_blocks_the_request(dlp_gateway, upstream, marker):
+    """A tool result given as a list of blocks is one text in the normalized model, with no single JSON string to
+    rewrite: the request is refused (fail closed) rather than sent with the value in it."""
+    upstream.route("/v1/messages", anthropic_reply)
+    with pytest.raises(anthropic.PermissionDeniedError) as refused:
+        anthropic_client(dlp_gateway).messages.create(model="redact-claude", max_tokens=50, messages=[
+            {"role": "user", "content": f"{marker} who owns the repo?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "owner", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
+                {"type": "text", "text": f"owner: {EMAIL}"}]}]}])
+    assert "Blocked by the AI gateway" in str(refused.value) and EMAIL not in str(refused.value)
+    assert not [r for r in upstream.requests if marker.encode() in r.body]
+    [event] = wait_for_events(dlp_gateway, lambda e: marker in e["prompt"])
+    assert event["decision"] == "block" and "cannot be rewritten in place" in event["reason"]
+    assert EMAIL not in json.dumps(event)
+
+
 # --- The event loop is never blocked --------------------------------------------------------------------------------
 
 def contact_sheet(size: int) -> str:
