@@ -89,7 +89,12 @@ class Redact:
 
     def response(self, flow: http.HTTPFlow) -> None:
         placeholders = flow.metadata.get(PLACEHOLDERS_KEY)
-        if placeholders is None or flow.response is None or flow.response.stream:
+        if placeholders is None or flow.response is None:
+            return
+        if flow.response.stream:
+            answer = getattr(flow.response.stream, "answer", None)
+            if answer is not None and answer.error:
+                flow.metadata[KEY].exchange.warn(f"placeholders not restored past this point: {answer.error}")
             return
         content = flow.response.get_content(strict=False)
         if content:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import html
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -40,6 +41,8 @@ JSON_TEXT_KEYS = frozenset({"arguments", "partial_json"})
 _DELTA_KEYS = frozenset({"content", "text", "delta", "partial_json", "arguments", "thinking"})
 
 Path = tuple[str | int, ...]
+
+log = logging.getLogger(__name__)
 
 
 class Restorer:
@@ -136,15 +139,20 @@ class StreamedAnswer:
         self.buf = b""
         self.held: dict[Path, _Held] = {}
         self.passthrough = False  # gave up on an unreadable stream: bytes flow untouched
+        self.error = ""  # why restoring stopped, if it did
 
     def feed(self, chunk: bytes) -> bytes:
         if self.passthrough:
             return chunk
         self.buf += chunk
-        out = []
-        while (end := self._boundary()) is not None:
-            block, self.buf = self.buf[:end], self.buf[end:]
-            out.append(self._block(block))
+        out: list[bytes] = []
+        try:
+            while (end := self._boundary()) is not None:
+                block = self.buf[:end]
+                out.append(self._block(block))
+                self.buf = self.buf[end:]
+        except Exception as e:  # a bug here must cost the restoring, never the client's answer
+            return self._give_up(out, e)
         if len(self.buf) > self.MAX_EVENT:  # no framing in sight: not a stream this restorer can read
             out.append(self._flush_all() + self.buf)
             self.buf, self.passthrough = b"", True
@@ -153,9 +161,24 @@ class StreamedAnswer:
     def finish(self) -> bytes:
         if self.passthrough:
             return b""
-        tail = self._block(self.buf) if self.buf else b""
-        self.buf = b""
-        return tail + self._flush_all()
+        out: list[bytes] = []
+        try:
+            if self.buf:
+                out.append(self._block(self.buf))
+            self.buf = b""
+            out.append(self._flush_all())
+        except Exception as e:
+            return self._give_up(out, e)
+        return b"".join(out)
+
+    def _give_up(self, out: list[bytes], error: Exception) -> bytes:
+        """Pass the rest through as it came: held text and the unread buffer first, then every later chunk."""
+        log.warning("placeholder restoring stopped: %s: %s", type(error).__name__, error)
+        self.error = f"{type(error).__name__}: {error}"
+        held = "".join(h.text for h in self.held.values()).encode()
+        self.held.clear()
+        rest, self.buf, self.passthrough = self.buf, b"", True
+        return b"".join(out) + held + rest
 
     def _boundary(self) -> int | None:
         """End (exclusive) of the first complete block in the buffer."""

@@ -119,3 +119,13 @@ def test_markup_spelling_is_restored_too():
     out = run(StreamedAnswer(r), [openai_chunk("<p>&l"), openai_chunk("t;EMAIL_ADDRESS_1&gt;</p>"),
                                   b"data: [DONE]\n\n"])
     assert text_of_openai(out) == "<p>a&amp;b@example.com</p>"
+
+
+def test_a_restorer_failure_passes_the_rest_through(monkeypatch):
+    """A bug in restoring must never break the client's answer: what is left goes through as it came."""
+    r = StreamedAnswer(Restorer(VALUES))
+    first = r.feed(openai_chunk("a <EMAIL"))
+    monkeypatch.setattr(r, "_block", lambda block: 1 / 0)
+    rest = r.feed(openai_chunk("_ADDRESS_1> b") + b"data: [DONE]\n\n") + r.finish()
+    assert r.error.startswith("ZeroDivisionError") and rest.endswith(b"data: [DONE]\n\n")
+    assert b"<EMAIL" in first + rest  # the held piece is not lost
