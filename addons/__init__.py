@@ -1,6 +1,7 @@
 """The gateway's mitmproxy addons, one concern each, in the order they see a flow.
 
-recognise -> extract -> audit (the admin socket answers audit queries from the CLI). `default_addons()` is what
+recognise -> identify -> extract -> inspect (DLP) -> decide -> redact -> audit (the admin socket answers audit
+queries from the CLI; the reloader applies rules edits). `default_addons()` is what
 `gateway run` loads; each addon can also be loaded on its own with `mitmdump -s`.
 """
 
