@@ -21,7 +21,7 @@ import orjson
 
 from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
-                            json_body)
+                            json_body, objects)
 from providers.uploads import base64_attachment
 
 _MESSAGES = re.compile(r"(?:^|/)v1/messages$")
@@ -84,10 +84,7 @@ def parse_body(body: Any, exchange: Exchange, operation: str = "") -> None:
     if not isinstance(body.get("messages"), list):
         raise BodyError("messages body needs a 'messages' list")
     _system(body.get("system"), exchange)
-    for i, raw in enumerate(body["messages"]):
-        if not isinstance(raw, dict):
-            exchange.warn(f"messages/{i}: not an object")
-            continue
+    for i, raw in objects(body["messages"], "messages", exchange):
         _message(raw, ("messages", i), exchange)
     for i, tool in enumerate(body.get("tools") or []):
         if isinstance(tool, dict):

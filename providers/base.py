@@ -11,6 +11,7 @@ Parsers never raise on hostile input: they record what they could not understand
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -100,6 +101,15 @@ def text_parts(content: Any, path: JsonPath, exchange: Exchange, text_types: tup
         elif isinstance(part, dict) and part.get("type") in text_types and isinstance(part.get(text_key), str):
             out.append(TextPart(part[text_key], (*path, i, text_key)))
     return out
+
+
+def objects(items: Any, what: str, exchange: Exchange) -> Iterator[tuple[int, dict]]:
+    """The object elements of a JSON list, with their indexes; any other element is a warning, not an error."""
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        if isinstance(item, dict):
+            yield i, item
+        else:
+            exchange.warn(f"{what}/{i}: not an object")
 
 
 class CompletionBuffer:

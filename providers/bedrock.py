@@ -27,7 +27,7 @@ import orjson
 
 from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers import anthropic, cohere, openai_chat, uploads
-from providers.base import BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, json_body
+from providers.base import BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, json_body, objects
 from providers.eventstream import EventMessage, EventStreamDecoder
 
 _PATH = re.compile(r"^/model/(?P<model>[^/]+)/(?P<verb>converse|converse-stream|invoke|invoke-with-response-stream"
@@ -129,10 +129,7 @@ def parse_converse(body: dict[str, Any], exchange: Exchange, prefix: tuple = ())
             text = block["guardContent"]["text"].get("text")
             if isinstance(text, str):
                 exchange.system.append(TextPart(text, (*prefix, "system", i, "guardContent", "text", "text")))
-    for i, raw in enumerate(body.get("messages") or []):
-        if not isinstance(raw, dict):
-            exchange.warn(f"messages/{i}: not an object")
-            continue
+    for i, raw in objects(body.get("messages") or [], "messages", exchange):
         exchange.messages.append(_converse_message(raw, (*prefix, "messages", i), exchange))
     tool_config = body.get("toolConfig") if isinstance(body.get("toolConfig"), dict) else {}
     for tool in tool_config.get("tools") or []:

@@ -15,7 +15,7 @@ import orjson
 from core.exchange import Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers import openai_chat, uploads
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, NdjsonParser, ResponseParser,
-                            SseParser, json_body, text_parts)
+                            SseParser, json_body, objects, text_parts)
 
 _PATHS = {"/v2/chat": "v2.chat", "/v1/chat": "v1.chat", "/v2/embed": "v2.embed", "/v1/embed": "v1.embed",
           "/v1/generate": "v1.generate"}
@@ -70,10 +70,7 @@ def _parse_v2_chat(body: dict[str, Any], exchange: Exchange) -> None:
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise BodyError("v2 chat body needs a 'messages' list")
-    for i, raw in enumerate(messages):
-        if not isinstance(raw, dict):
-            exchange.warn(f"messages/{i}: not an object")
-            continue
+    for i, raw in objects(messages, "messages", exchange):
         path = ("messages", i)
         role = str(raw.get("role", ""))
         content = raw.get("content")
@@ -145,10 +142,7 @@ def parse_v1_chat(body: dict[str, Any], exchange: Exchange) -> None:
         raise BodyError("v1 chat body needs a 'message' string")
     if isinstance(body.get("preamble"), str):
         exchange.system.append(TextPart(body["preamble"], ("preamble",)))
-    for i, turn in enumerate(body.get("chat_history") or []):
-        if not isinstance(turn, dict):
-            exchange.warn(f"chat_history/{i}: not an object")
-            continue
+    for i, turn in objects(body.get("chat_history") or [], "chat_history", exchange):
         role = _V1_ROLES.get(str(turn.get("role", "")).upper(), str(turn.get("role", "")).lower())
         parts = [TextPart(turn["message"], ("chat_history", i, "message"))] if isinstance(turn.get("message"), str) \
             else []

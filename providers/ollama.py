@@ -17,7 +17,7 @@ import orjson
 from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers import uploads
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, NdjsonParser, ResponseParser,
-                            json_body)
+                            json_body, objects)
 
 _PATHS = {"/api/chat": "chat", "/api/generate": "generate", "/api/embed": "embed", "/api/embeddings": "embed"}
 
@@ -70,10 +70,7 @@ def _chat(body: dict[str, Any], exchange: Exchange) -> None:
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise BodyError("chat body needs a 'messages' list")
-    for i, raw in enumerate(messages):
-        if not isinstance(raw, dict):
-            exchange.warn(f"messages/{i}: not an object")
-            continue
+    for i, raw in objects(messages, "messages", exchange):
         role = str(raw.get("role", ""))
         parts = [TextPart(raw["content"], ("messages", i, "content"))] if isinstance(raw.get("content"), str) \
             and raw["content"] else []

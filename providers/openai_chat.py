@@ -10,7 +10,7 @@ from typing import Any
 
 from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
-                            json_body, text_parts)
+                            json_body, objects, text_parts)
 from providers.uploads import base64_attachment
 
 _NON_TEXT_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file"}
@@ -166,10 +166,7 @@ def parse_chat(req: HttpRequest, exchange: Exchange) -> None:
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         raise BodyError("chat completion body needs a 'messages' list")
     common(body, exchange)
-    for i, raw in enumerate(body["messages"]):
-        if not isinstance(raw, dict):
-            exchange.warn(f"messages/{i}: not an object")
-            continue
+    for i, raw in objects(body["messages"], "messages", exchange):
         chat_message(raw, ("messages", i), exchange)
     function_tools(body.get("tools"), exchange)
     function_tools(body.get("functions"), exchange)
