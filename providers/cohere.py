@@ -85,12 +85,7 @@ def _parse_v2_chat(body: dict[str, Any], exchange: Exchange) -> None:
                     message.attachments.append(openai_chat.content_attachment(part))
         if isinstance(raw.get("tool_plan"), str):
             message.parts.append(TextPart(raw["tool_plan"], (*path, "tool_plan")))
-        for j, tc in enumerate(raw.get("tool_calls") or []):
-            fn = tc.get("function") if isinstance(tc, dict) else None
-            if isinstance(fn, dict):
-                message.tool_calls.append(ToolCall(str(fn.get("name", "")), str(fn.get("arguments", "")),
-                                                   str(tc.get("id", "")),
-                                                   (*path, "tool_calls", j, "function", "arguments")))
+        message.tool_calls.extend(openai_chat.tool_calls(raw, path))
         if role == "tool":
             message.tool_results.append(ToolResult(str(raw.get("tool_call_id", "")), _tool_content(content),
                                                    (*path, "content") if isinstance(content, str) else None))

@@ -128,6 +128,17 @@ def function_tools(tools: Any, exchange: Exchange) -> None:
                                              fn.get("parameters")))
 
 
+def tool_calls(raw: dict[str, Any], path: JsonPath) -> list[ToolCall]:
+    """`tool_calls[] = {id, type: "function", function: {name, arguments}}` of a message (OpenAI and Cohere v2)."""
+    out = []
+    for j, tc in enumerate(raw.get("tool_calls") or []):
+        fn = tc.get("function") if isinstance(tc, dict) else None
+        if isinstance(fn, dict):
+            out.append(ToolCall(str(fn.get("name", "")), str(fn.get("arguments", "")), str(tc.get("id", "")),
+                                (*path, "tool_calls", j, "function", "arguments")))
+    return out
+
+
 def chat_message(raw: dict[str, Any], path: JsonPath, exchange: Exchange) -> None:
     """One chat-shaped message ({role, content, tool_calls, tool_call_id}) into the exchange."""
     role = str(raw.get("role", ""))
@@ -141,12 +152,7 @@ def chat_message(raw: dict[str, Any], path: JsonPath, exchange: Exchange) -> Non
         for part in content:
             if isinstance(part, dict) and part.get("type") in _NON_TEXT_PARTS:
                 message.attachments.append(content_attachment(part))
-    for j, tc in enumerate(raw.get("tool_calls") or []):
-        fn = tc.get("function") if isinstance(tc, dict) else None
-        if isinstance(fn, dict):
-            message.tool_calls.append(ToolCall(str(fn.get("name", "")), str(fn.get("arguments", "")),
-                                               str(tc.get("id", "")),
-                                               (*path, "tool_calls", j, "function", "arguments")))
+    message.tool_calls.extend(tool_calls(raw, path))
     legacy = raw.get("function_call")
     if isinstance(legacy, dict):
         message.tool_calls.append(ToolCall(str(legacy.get("name", "")), str(legacy.get("arguments", "")), "",
