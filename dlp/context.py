@@ -124,8 +124,9 @@ class TextContext:
         return min(1.0, max(score + self.spec.boost, self.spec.min_score))
 
     def reach(self, start: int, end: int) -> tuple[int, int]:
-        """The characters read for context words around [start, end)."""
-        return start - CHARS_PER_WORD * self.spec.words_before, end + CHARS_PER_WORD * self.spec.words_after
+        """The characters read for context words around [start, end) (one more before: the prefilter may place a
+        word at the character before it)."""
+        return start - CHARS_PER_WORD * self.spec.words_before - 1, end + CHARS_PER_WORD * self.spec.words_after
 
     def supports(self, start: int, end: int, k: int) -> bool:
         """Is one of recognizer k's context words among the words around [start, end)? In a table row under a

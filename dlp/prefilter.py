@@ -63,7 +63,7 @@ BLOB_MIN = 1024  # characters of [A-Za-z0-9+/] in one run
 MARGIN = 24  # characters around a window, for lookarounds and \b
 SNAP = 64  # a window edge moves to the nearest whitespace within this many characters
 
-CACHE_VERSION = 5  # bump when the meaning of a compiled plan changes
+CACHE_VERSION = 6  # bump when the meaning of a compiled plan changes
 Span = tuple[int, int]
 ALL = -1  # pattern index of a unit that runs the whole recognizer
 ALLOWED = -2  # recognizer index of the allow patterns' expressions
@@ -218,13 +218,15 @@ class Prefilter:
         # Lines that may be the header row of a table (dlp.context.HEADER_LINE), for column-header context.
         plan.append((HEADER_LINE.pattern.encode(), hyperscan.HS_FLAG_MULTILINE | hyperscan.HS_FLAG_SOM_LEFTMOST,
                      (HEADER, 0)))
-        # Context words where a token can start: after a non-letter (any case), or capitalised after a letter
-        # (camelCase, HTTPServer). A superset of where dlp.context's tokenizer finds them.
+        # Context words where dlp.context's tokenizer can find them, or a superset: starting after a non-letter (any
+        # case) or capitalised after a letter (camelCase, HTTPServer), and ending, after an optional plural s,
+        # before anything but a lowercase letter (phoneNumber, SSN:, passports).
+        end = b"s?(?-i:[^a-z]|$)"
         for j, word in enumerate(self.literals):
-            plan.append((b"(?:^|[^A-Za-z])" + _hs_source(regex.escape(word)),
-                         hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SOM_LEFTMOST, (CONTEXT, j)))
+            literal = _hs_source(regex.escape(word))
+            plan.append((b"(?i)(?:^|[^a-z])" + literal + end, hyperscan.HS_FLAG_SOM_LEFTMOST, (CONTEXT, j)))
             if word[:1].isalpha():
-                plan.append((b"[A-Za-z]" + _hs_source(regex.escape(word[0].upper() + word[1:])),
+                plan.append((b"[A-Za-z]" + _hs_source(regex.escape(word[0].upper())) + b"(?i)" + literal[1:] + end,
                              hyperscan.HS_FLAG_SOM_LEFTMOST, (CONTEXT, j)))
         return plan
 
@@ -251,7 +253,7 @@ class Prefilter:
             if kind == _ALLOW:
                 allowed.setdefault(j, []).append((lo + hit[1], lo + hit[2]))
             elif kind == _CONTEXT:
-                near.append((lo + hit[2] - len(self.literals[j]), j))
+                near.append((lo + hit[1], j))  # the word, or the character before it
             elif kind == _HEADER:
                 headers.append((lo + hit[1], lo + hit[2]))
             else:

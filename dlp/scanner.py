@@ -243,7 +243,8 @@ class Scanner:
             if allow.entities and entity not in allow.entities:
                 continue
             lo, hi = max(0, end - allow.width), min(len(text), start + allow.width)
-            if any(m.start() <= start and end <= m.end() for m in allow.regex.finditer(text, lo, hi)):
+            if any(m.start() <= start and end <= m.end()
+                   for m in allow.regex.finditer(text, lo, hi, overlapped=True)):  # every match, as hyperscan
                 return True
         return False
 

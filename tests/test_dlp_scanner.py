@@ -215,3 +215,12 @@ def test_compiled_prefilter_is_cached_on_disk(tmp_path, monkeypatch):
     cached[0].write_bytes(b"{not json\n" + os.urandom(64))  # a damaged cache file is ignored and rewritten
     assert Scanner(rules).scan(text) == first
     assert cached[0].read_bytes()[:1] == b"{" and Scanner(rules).scan(text) == first
+
+
+def test_the_shipped_rules_compile_into_one_hyperscan_database(scanner):
+    """No expression of the shipped rules needs the slow per-expression fallback (or runs on whole texts)."""
+    hyperscan = pytest.importorskip("hyperscan")
+    plan = scanner._prefilter._plan(scanner.rules.context)
+    hyperscan.Database().compile(expressions=[p[0] for p in plan], ids=list(range(len(plan))), elements=len(plan),
+                                 flags=[p[1] for p in plan])
+    assert scanner._prefilter._always == []
