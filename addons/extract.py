@@ -93,7 +93,10 @@ class Extract:
         parser = providers.response_parser(parsed, content_type)
         if parser is not None:
             flow.metadata[RESPONSE_KEY] = parser
-        if content_type in STREAM_TYPES or (it.exchange.stream and content_type != "application/json"):
+        # A streamed request is streamed back whatever its content type (Gemini without alt=sse streams a JSON
+        # array as application/json), except a JSON answer that must be restored whole for reversible redaction.
+        if content_type in STREAM_TYPES or (it.exchange.stream and flow.response.status_code == 200 and not (
+                content_type == "application/json" and it.reversible)):
             coding = flow.response.headers.get("content-encoding")
             decoder = Decoder(coding, ctx.options.gateway_max_decoded_bytes) if encodings(coding) else None
             flow.response.stream = _Tap(it, parser, decoder)

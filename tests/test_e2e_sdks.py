@@ -99,14 +99,20 @@ def test_gemini_json_array_stream_without_alt_sse(gateway, upstream, marker):
     """No SDK asks for it, but the API streams a JSON array when `alt=sse` is absent: reassembled for the audit."""
     elements = [gemini_response(t, finish=None) for t in ("one ", "two ")] + [gemini_response(marker)]
     body = ("[" + ",\r\n".join(json.dumps(e) for e in elements) + "]").encode()
+    gate = threading.Event()
     upstream.route("/v1beta/models/gemini-1.5-pro:streamGenerateContent",
                    lambda rec: Reply(content_type="application/json",
-                                     chunks=[body[i:i + 40] for i in range(0, len(body), 40)]))
-    r = http_client(gateway).post(
-        "https://generativelanguage.googleapis.com/v1beta/models/gemini-1.5-pro:streamGenerateContent",
-        json={"contents": [{"role": "user", "parts": [{"text": f"Count {marker}"}]}]},
-        headers={"x-goog-api-key": "AIza-test"})
-    assert r.status_code == 200 and json.loads(r.content) == elements
+                                     chunks=sse([body[i:i + 40] for i in range(0, len(body), 40)], gate=gate)))
+    with http_client(gateway).stream(
+            "POST", "https://generativelanguage.googleapis.com/v1beta/models/gemini-1.5-pro:streamGenerateContent",
+            json={"contents": [{"role": "user", "parts": [{"text": f"Count {marker}"}]}]},
+            headers={"x-goog-api-key": "AIza-test"}) as r:
+        chunks = r.iter_bytes()
+        received = next(chunks)  # arrives while the upstream still holds back its last chunk: not buffered
+        assert not gate.is_set() and received
+        gate.set()
+        received += b"".join(chunks)
+    assert r.status_code == 200 and json.loads(received) == elements
     event = one_event(gateway, marker, service="gemini", stream=True)
     assert event["completion"] == f"one two {marker}"
 
