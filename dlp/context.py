@@ -1,4 +1,4 @@
-"""Context words raise a weak match's score: "SSN 078-05-1120" is an SSN, "order 078-05-1120" may not be.
+"""Context words raise a weak match's score: "passport 287131127" is a passport number, "build 287131127" is not.
 
 Presidio does this in LemmaContextAwareEnhancer, from the tokens and lemmas of an NLP pipeline; with the
 NoOpNlpEngine that the gateway uses (no model, no network) there are no tokens, so plain Presidio never applies

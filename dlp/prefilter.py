@@ -15,7 +15,9 @@ hundreds of MB/s; the recognizers then run only on small windows around the plac
   digits to `0`, spaces to ` `, anything else to DEL), so offsets stay character offsets and \\w, \\d, \\s, \\b
   and ASCII classes such as [A-Z] keep their meaning for the superset; the recognizers themselves always run on the
   original text. (`_` rather than a letter, so that unspaced CJK prose is not mistaken for a base64 blob.)
-- Context words, and lines that may head a table, are located in the same pass, so that most matches need no tokenizing of their surroundings.
+- Context words, and lines that may head a table, are located in the same pass: a pattern that needs context to
+  reach its threshold opens no window where no context word of its recognizer is within reach, and most matches
+  need no tokenizing of their surroundings.
 - Allow patterns (UUIDs, hex digests) are matched in the same pass; a hit lying inside one of them cannot become a
   finding of the entities that pattern allows, so it opens no window.
 - Runs of 1 KB or more of base64/hex characters (images and files pasted as data URIs) are blobs: masked before

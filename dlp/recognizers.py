@@ -1,10 +1,13 @@
-"""Presidio pattern recognizers for secrets: regexes plus a validator that rejects what merely looks like a key.
+"""Presidio recognizers for secrets, and the scanner's fast ways of running Presidio's recognizers on windows.
 
 Secrets are what Presidio has no recognizer for (stack-facts), and a bare regex for them is noisy: documentation
 placeholders (`ghp_xxxxxxxx...`), template references (`${DB_PASSWORD}`, `{{ secrets.TOKEN }}`) and code
 (`password = get_password()`) all match. A `SecretRecognizer` is an ordinary Presidio `PatternRecognizer` (so plain
 Presidio runs it unchanged, and the corpus comparison is fair) whose `validate_result`/`invalidate_result` apply
 one of the named validators below.
+
+`match_patterns` and `analyze_phone` run a pattern recognizer and Presidio's phone recognizer on a window with
+the same results as their `analyze`, minus per-call bookkeeping and redundant phonenumbers runs.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from presidio_analyzer.pattern_recognizer import REGEX_TIMEOUT_SECONDS
 from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
 log = logging.getLogger(__name__)
+
 
 def shannon_entropy(value: str) -> float:
     """Bits per character: random base62 keys score about 5, hex about 4, English words and `xxxx` much less."""

@@ -10,6 +10,8 @@ security team editing this file by hand needs, is added here:
 - `candidates`: regexes a finding of this recognizer must overlap; they gate a noisy or costly recognizer
   (Presidio's phone recognizer fires at 0.4 on any digit run that parses as a number somewhere) and tell the
   prefilter where to run it; without them the prefilter is derived from the recognizer's own patterns;
+- `require_context`: reported only with a context word nearby, for checksum-only identifiers that one random
+  digit run in ten passes;
 - `validator`/`min_entropy`/`case_sensitive` for secrets (see dlp/recognizers.py);
 - `allow`: terms and patterns that are never reported; `context`, `limits` and the optional `ner` model.
 """
@@ -49,7 +51,7 @@ class RecognizerSpec:
     threshold: float
     candidates: list[str]  # gate regexes (empty: no gate, prefilter derived from the patterns)
     require_context: bool  # reported only when a context word supports it
-    width: int  # longest match, lookbehind included, in characters (capped by limits.max_window)
+    width: int  # longest match in characters, lookarounds not counted (see _max_width)
     line: int
     context: list[str] = field(default_factory=list)
 
@@ -103,7 +105,7 @@ class ContextSpec:
 @dataclass(slots=True)
 class Limits:
     chunk_chars: int = 262_144  # texts longer than this are scanned in overlapping chunks
-    chunk_overlap: int = 16_384  # at least the longest finding (PEM private keys), else it could be cut
+    chunk_overlap: int = 16_384  # at least twice the longest finding (PEM private keys), else it could be cut
     max_window: int = 512  # window for patterns with no maximum length (grown when a match reaches its edge)
 
 
