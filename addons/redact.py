@@ -47,6 +47,10 @@ class Redact:
         findings = [f for f in it.findings if not wanted or f.entity in wanted]
         if not findings:
             return
+        if flow.request.headers.get("authorization", "").startswith("AWS4-HMAC-SHA256"):
+            return _refuse(flow, it, "the request is signed with AWS SigV4 over its body, so a redacted body would be "
+                                     "rejected upstream: blocked rather than sent unredacted (clients using a Bedrock "
+                                     "API key can be redacted)")
         try:
             body = orjson.loads(flow.request.get_content(strict=True) or b"")
         except (ValueError, orjson.JSONDecodeError) as e:

@@ -107,3 +107,17 @@ def test_a_body_that_is_not_json_blocks(openai_service):
     f.request.content = b"not json " + EMAIL.encode()
     Redact().request(f)
     assert f.response.status_code == 403 and it.decision == "block"
+
+
+def test_sigv4_signed_request_is_blocked_not_broken(openai_service):
+    """A SigV4 signature covers the body's hash: redacting would make AWS refuse the request with a signature error
+    the user cannot understand, so the gateway blocks it with its own message instead."""
+    text = f"mail {EMAIL}"
+    body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    f, it = flow_for(openai_service, body, email_findings(text, 0))
+    f.request.headers["authorization"] = ("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261127/us-east-1/bedrock/"
+                                          "aws4_request, SignedHeaders=host;x-amz-date, Signature=abc")
+    Redact().request(f)
+    assert f.response is not None and f.response.status_code == 403
+    assert it.decision == "block" and "SigV4" in it.reason
+    assert EMAIL in f.request.text  # nothing was rewritten, and nothing was sent
