@@ -170,13 +170,15 @@ def analyze_phone(recognizer: PhoneRecognizer, text: str,
     of a gated recognizer), only the digits inside them need explaining.
     """
     spans: set[tuple[int, int]] = set()
-    international = [(m.start(), m.end()) for m in _INTERNATIONAL.finditer(text)]
+    explained = bytearray(len(text))  # 1 where a digit needs no further region
+    for m in _INTERNATIONAL.finditer(text):
+        explained[m.start():m.end()] = b"\1" * (m.end() - m.start())
     where = focus if focus is not None else [(0, len(text))]
-    open_digits = [i for s, e in where for i in range(s, e) if text[i].isdigit()
-                   and not any(a <= i < b for a, b in international)]
+    open_digits = [i for s, e in where for i in range(s, e) if text[i].isdigit() and not explained[i]]
     for region in recognizer.supported_regions:
         for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=recognizer.leniency):
             spans.add((match.start, match.end))
-        if all(any(s <= i < e for s, e in spans) for i in open_digits):
+            explained[match.start:match.end] = b"\1" * (match.end - match.start)
+        if all(explained[i] for i in open_digits):
             break
     return sorted(spans)

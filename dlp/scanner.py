@@ -149,10 +149,12 @@ class Scanner:
                 continue
             spans = windows.candidates.get(k)
             if spans is not None:  # gated: only candidates outside findings this recognizer cannot outscore
-                blocking = [(f.start, f.end) for f in findings if f.score > self._best[k]]
+                blocking = [(f.start, f.end) for f in findings if f.score > self._best[k]]  # sorted, disjoint
                 spans = [s for s in spans if not _inside_any(s, blocking)]
                 regions = merge_windows(text, spans, lo, hi)
-            costly.extend(r for ws, we in regions for r in self._run((k, ALL), text, ws, we, lo, hi, spans))
+            for ws, we in regions:
+                focus = None if spans is None else _overlapping(spans, ws, we)
+                costly.extend(self._run((k, ALL), text, ws, we, lo, hi, focus))
         if not costly:
             return findings
         return resolve_overlaps(findings + self._keep(text, costly, windows, context, chunk, part))
@@ -278,7 +280,15 @@ def _overlaps_any(start: int, end: int, spans: list[Span]) -> bool:
 
 
 def _inside_any(span: Span, spans: list[Span]) -> bool:
-    return any(s <= span[0] and span[1] <= e for s, e in spans)
+    """Is span inside one of these sorted, disjoint spans? Only the last one starting at or before it can hold it."""
+    i = bisect.bisect_right(spans, (span[0], float("inf")))
+    return i > 0 and spans[i - 1][1] >= span[1]
+
+
+def _overlapping(spans: list[Span], lo: int, hi: int) -> list[Span]:
+    """The sorted, disjoint spans that overlap [lo, hi)."""
+    i = max(0, bisect.bisect_right(spans, (lo, float("inf"))) - 1)
+    return [s for s in spans[i:bisect.bisect_left(spans, (hi,))] if s[1] > lo]
 
 
 def _outside_markup(text: str, start: int, end: int) -> Span | None:
