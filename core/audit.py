@@ -171,7 +171,11 @@ def _text_slots(x: Exchange) -> Iterator[tuple[object, str]]:
         for p in m.parts:
             yield p, "text"
         for tc in m.tool_calls:
-            yield tc, "arguments"
+            if tc.leaves:
+                for leaf in tc.leaves:
+                    yield leaf, "text"
+            else:
+                yield tc, "arguments"
         for tr in m.tool_results:
             yield tr, "text"
         for a in m.attachments:

@@ -10,6 +10,7 @@ indexes), so redaction can rewrite exactly that string in the original JSON and 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +39,42 @@ class Attachment:
 
 @dataclass(slots=True)
 class ToolCall:
-    """A tool call made by the model (or echoed back in history)."""
+    """A tool call made by the model (or echoed back in history).
+
+    Most formats send the arguments as JSON text in a string (`path` is that string's path). Some send a JSON
+    object (Anthropic `tool_use.input`): there is no string to rewrite, so each string (and number) value of the
+    object is a `leaves` part with its own path (DLP scans those and redaction rewrites the strings in place; a
+    finding in a number cannot be rewritten and blocks), and `path` is the object's path.
+    """
 
     name: str
-    arguments: str  # JSON text as sent on the wire
+    arguments: str  # JSON text as sent on the wire (or the object serialized)
     id: str = ""
     path: JsonPath | None = None
+    leaves: list[TextPart] = field(default_factory=list)
+
+    def text_parts(self) -> list[TextPart]:
+        """What DLP scans of the arguments: the values of an object, else the JSON text."""
+        return self.leaves or [TextPart(self.arguments, self.path)]
+
+    def rendered(self) -> str:
+        """The arguments as the audit shows them: the JSON text, with the current text of each leaf in place (so
+        a copy whose leaves were masked renders masked)."""
+        if not self.leaves or self.path is None:
+            return self.arguments
+        try:
+            value, changed = json.loads(self.arguments), False
+            for leaf in self.leaves:
+                rel = leaf.path[len(self.path):] if leaf.path is not None else ()
+                node = value
+                for step in rel[:-1]:
+                    node = node[step]
+                old = node[rel[-1]] if rel else leaf.text
+                if (old if isinstance(old, str) else json.dumps(old)) != leaf.text:
+                    node[rel[-1]], changed = leaf.text, True
+        except (ValueError, KeyError, IndexError, TypeError):
+            return self.arguments
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")) if changed else self.arguments
 
 
 @dataclass(slots=True)
@@ -114,7 +145,7 @@ class Exchange:
         for m in self.messages:
             body = m.text
             for tc in m.tool_calls:
-                body += f"\n<tool_call {tc.name}> {tc.arguments}"
+                body += f"\n<tool_call {tc.name}> {tc.rendered()}"
             for tr in m.tool_results:
                 body += f"\n<tool_result {tr.call_id}> {tr.text}"
             for a in m.attachments:
@@ -127,7 +158,7 @@ class Exchange:
         out = list(self.system)
         for m in self.messages:
             out.extend(m.parts)
-            out.extend(TextPart(tc.arguments, tc.path) for tc in m.tool_calls)
+            out.extend(p for tc in m.tool_calls for p in tc.text_parts())
             out.extend(TextPart(tr.text, tr.path) for tr in m.tool_results)
             out.extend(TextPart(a.text) for a in m.attachments if a.text)
         return out

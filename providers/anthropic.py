@@ -130,19 +130,45 @@ def _block(block: dict[str, Any], path: JsonPath, message: Message, exchange: Ex
     elif kind in ("image", "document"):
         message.attachments.append(_source_attachment(block, path, message))
     elif kind in ("tool_use", "server_tool_use"):
-        message.tool_calls.append(ToolCall(str(block.get("name", "")), _json_text(block.get("input")),
-                                           str(block.get("id", ""))))
+        value = block.get("input")
+        call = ToolCall(str(block.get("name", "")), _json_text(value), str(block.get("id", "")))
+        if isinstance(value, (dict, list)):  # an object, not JSON text: its values are the addressable parts
+            call.path, call.leaves = (*path, "input"), json_leaves(value, (*path, "input"))
+        message.tool_calls.append(call)
     elif kind == "tool_result":
         inner = block.get("content")
+        call_id = str(block.get("tool_use_id", ""))
         if isinstance(inner, str):
-            result = ToolResult(str(block.get("tool_use_id", "")), inner, (*path, "content"))
-        else:
-            texts = [b["text"] for b in inner or [] if isinstance(b, dict) and isinstance(b.get("text"), str)]
-            result = ToolResult(str(block.get("tool_use_id", "")), "\n".join(texts))
-            for b in inner or []:
-                if isinstance(b, dict) and b.get("type") in ("image", "document"):
-                    message.attachments.append(_source_attachment(b, None, message))
-        message.tool_results.append(result)
+            message.tool_results.append(ToolResult(call_id, inner, (*path, "content")))
+            return
+        before = len(message.tool_results)
+        for k, b in enumerate(inner if isinstance(inner, list) else ()):  # one result per text block, each in place
+            if isinstance(b, dict) and isinstance(b.get("text"), str):
+                message.tool_results.append(ToolResult(call_id, b["text"], (*path, "content", k, "text")))
+            elif isinstance(b, dict) and b.get("type") in ("image", "document"):
+                message.attachments.append(_source_attachment(b, (*path, "content", k), message))
+        if len(message.tool_results) == before:
+            message.tool_results.append(ToolResult(call_id, ""))  # a result with no text is still a result
+
+
+def json_leaves(value: Any, path: JsonPath) -> list[TextPart]:
+    """Every string and number inside a JSON value, with its path (depth-first, in document order). Numbers are
+    scanned too (a card number sent as a number); redaction cannot rewrite them, so a finding there blocks."""
+    out: list[TextPart] = []
+    stack: list[tuple[Any, JsonPath]] = [(value, path)]
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, str):
+            out.append(TextPart(node, at))
+        elif isinstance(node, bool) or node is None:
+            continue
+        elif isinstance(node, (int, float)):
+            out.append(TextPart(_json_text(node), at))
+        elif isinstance(node, dict):
+            stack.extend(reversed([(v, (*at, k)) for k, v in node.items()]))
+        elif isinstance(node, list):
+            stack.extend(reversed([(v, (*at, i)) for i, v in enumerate(node)]))
+    return out
 
 
 def _source_attachment(block: dict[str, Any], path: JsonPath | None, message: Message) -> Attachment:

@@ -249,20 +249,41 @@ def test_anthropic_redacted_upstream_and_restored_answer(dlp_gateway, upstream, 
     assert event["service"] == "anthropic" and event["decision"] == "redact"
 
 
-def test_a_finding_that_cannot_be_rewritten_blocks_the_request(dlp_gateway, upstream, marker):
-    """A tool result given as a list of blocks is one text in the normalized model, with no single JSON string to
-    rewrite: the request is refused (fail closed) rather than sent with the value in it."""
+def test_anthropic_tool_use_input_and_list_tool_result_are_redacted_in_place(dlp_gateway, upstream, marker):
+    """A tool_use input is a JSON object and a tool result may be a list of blocks: each string value is its own
+    part with its own path, so the values are rewritten where they stand and the request stays valid."""
     upstream.route("/v1/messages", anthropic_reply)
-    with pytest.raises(anthropic.PermissionDeniedError) as refused:
-        anthropic_client(dlp_gateway).messages.create(model="redact-claude", max_tokens=50, messages=[
-            {"role": "user", "content": f"{marker} who owns the repo?"},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "owner", "input": {}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
-                {"type": "text", "text": f"owner: {EMAIL}"}]}]}])
+    anthropic_client(dlp_gateway).messages.create(model="redact-claude", max_tokens=50, messages=[
+        {"role": "user", "content": f"{marker} who owns the repo?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "owner",
+                                           "input": {"repo": marker, "notify": [EMAIL], "limit": 3}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
+            {"type": "text", "text": f"owner: {EMAIL}"}, {"type": "text", "text": "since 2020"}]}]}])
+    body = received(upstream, marker)
+    assert EMAIL not in json.dumps(body)
+    tool_input = body["messages"][1]["content"][0]["input"]
+    assert tool_input["repo"] == marker and tool_input["limit"] == 3
+    [placeholder] = tool_input["notify"]
+    assert PLACEHOLDER.fullmatch(placeholder)
+    blocks = body["messages"][2]["content"][0]["content"]
+    assert blocks == [{"type": "text", "text": f"owner: {placeholder}"}, {"type": "text", "text": "since 2020"}]
+    [event] = wait_for_events(dlp_gateway, lambda e: marker in e["prompt"])
+    assert event["decision"] == "redact" and EMAIL not in json.dumps(event)
+    assert event["entity_counts"][event["entity_types"].index("EMAIL_ADDRESS")] == 2
+
+
+def test_a_finding_that_cannot_be_rewritten_blocks_the_request(dlp_gateway, upstream, marker):
+    """The `prompt` field of a multipart upload (audio transcription) has no JSON string to rewrite: the request
+    is refused (fail closed) rather than sent with the value in it."""
+    upstream.route("/v1/audio/transcriptions", lambda rec: Reply(body=b'{"text": "hello"}'))
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        openai_client(dlp_gateway).audio.transcriptions.create(
+            model="redact-whisper", file=("talk.wav", b"RIFF\x00\x00\x00\x00WAVEfmt ", "audio/wav"),
+            prompt=f"{marker} names: {EMAIL}")
     assert "Blocked by the AI gateway" in str(refused.value) and EMAIL not in str(refused.value)
     assert not [r for r in upstream.requests if marker.encode() in r.body]
     [event] = wait_for_events(dlp_gateway, lambda e: marker in e["prompt"])
-    assert event["decision"] == "block" and "cannot be rewritten in place" in event["reason"]
+    assert event["decision"] == "block" and "blocked rather than sent unredacted" in event["reason"]
     assert EMAIL not in json.dumps(event)
 
 

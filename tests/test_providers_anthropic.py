@@ -56,8 +56,12 @@ def test_messages_request():
     assert (csv.text, csv.inspected) == ("a,b\n1,2", True)
     assert [(c.name, json.loads(c.arguments), c.id) for c in assistant.tool_calls] == \
         [("search", {"q": "NDA law"}, "toolu_1")]
+    # the input is an object, not JSON text: each value is addressable, so redaction can rewrite it in place
+    assert [(t.text, t.path) for t in assistant.tool_calls[0].leaves] == [
+        ("NDA law", ("messages", 1, "content", 1, "input", "q"))]
     assert [(r.call_id, r.text, r.path) for r in results.tool_results] == [
-        ("toolu_1", "NDAs are enforceable", ("messages", 2, "content", 0, "content")), ("toolu_2", "second", None)]
+        ("toolu_1", "NDAs are enforceable", ("messages", 2, "content", 0, "content")),
+        ("toolu_2", "second", ("messages", 2, "content", 1, "content", 0, "text"))]
     assert thanks.parts[0].path == ("messages", 3, "content")
     assert [(t.name, t.parameters) for t in ex.tools] == [("search", {"type": "object"}), ("web_search", None)]
     assert ex.warnings == []
