@@ -4,9 +4,10 @@
   `<EMAIL_ADDRESS_1>` everywhere in the request, another one `<EMAIL_ADDRESS_2>`; `values` maps each placeholder
   back to its value for reversible pseudonymization. A placeholder that the request already contains (a user
   pasting an earlier redacted prompt) is never reused for a different value.
-- `redact_json` rewrites exactly the JSON strings the findings are in (each `TextPart` knows its JSON path), so
-  the request keeps its provider's shape and stays valid JSON. It refuses (ValueError) when a part cannot be
-  rewritten in place; `unredactable` says which parts those are, so the caller can block instead.
+- `redact_json` rewrites exactly the JSON strings the findings are in (each `TextPart` knows its JSON path; a part
+  that is the text of a JSON value, such as a tool call's input object, gets its strings rewritten), so the
+  request keeps its provider's shape and stays valid JSON. It refuses (ValueError) when a part cannot be rewritten
+  in place; `unredactable` says which parts those are, so the caller can block instead.
 - Markup stays well-formed: a finding never swallows a tag (dlp.scanner trims spans at tags), and in a text that
   holds markup the placeholder is written `&lt;EMAIL_ADDRESS_1&gt;`, which reads as `<EMAIL_ADDRESS_1>` but
   opens no element. `restore` and `StreamRestorer` accept both spellings.
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -94,44 +96,71 @@ def redact_text(text: str, findings: Iterable[Finding], placeholders: Placeholde
 
 def unredactable(body: Any, parts: Sequence[TextPart], findings: Iterable[Finding]) -> list[int]:
     """Indexes of the parts holding findings that redact_json cannot rewrite: no JSON path (text extracted from an
-    upload), or a path that does not lead to that very text in this body."""
+    upload), a path that does not lead to that very text in this body, or a redaction that would not stay JSON."""
     bad = set()
-    for part in sorted({f.part for f in findings}):
-        if part >= len(parts) or parts[part].path is None:
-            bad.add(part)
-            continue
+    by_part: dict[int, list[Finding]] = {}
+    for f in findings:
+        by_part.setdefault(f.part, []).append(f)
+    for part, fs in sorted(by_part.items()):
         try:
+            if part >= len(parts) or parts[part].path is None:
+                raise ValueError("no JSON path")
             container, key = _locate(body, parts[part].path)
-            if container[key] != parts[part].text:
-                bad.add(part)
+            _rewritten(container[key], parts[part].text, fs, Placeholders())
         except (KeyError, IndexError, TypeError, ValueError):
             bad.add(part)
     return sorted(bad)
 
 
 def redact_json(body: Any, parts: Sequence[TextPart], findings: Iterable[Finding], placeholders: Placeholders) -> Any:
-    """The parsed JSON body with the findings of each part replaced in the string at the part's path.
+    """The parsed JSON body with the findings of each part replaced at the part's path.
 
-    Raises ValueError naming the part when one cannot be rewritten in place (see `unredactable`): a redaction
-    that cannot be applied must block the request, never let the value through.
+    A part's path leads to a JSON string holding the part's text, or to a JSON value whose text the part is
+    (an Anthropic tool_use `input` object): the value is then rewritten as the redacted text parsed back, which
+    works as long as every finding lies inside a string of it. Raises ValueError naming the parts that cannot be
+    rewritten this way (see `unredactable`): a redaction that cannot be applied must block the request, never let
+    the value through.
     """
     by_part: dict[int, list[Finding]] = {}
     for f in findings:
         by_part.setdefault(f.part, []).append(f)
     bad = unredactable(body, parts, [f for fs in by_part.values() for f in fs])
     if bad:
-        raise ValueError(f"part(s) {', '.join(map(str, bad))} cannot be rewritten in place (no JSON path, or the "
-                         "path does not hold the scanned text)")
+        raise ValueError(f"part(s) {', '.join(map(str, bad))} cannot be rewritten in place (no JSON path, the "
+                         "path does not hold the scanned text, or the result would not be JSON)")
     for part in parts:  # placeholders already in any part of the request are not issued again
         placeholders.reserve(part.text)
     for part, fs in sorted(by_part.items()):
         container, key = _locate(body, parts[part].path)
-        container[key] = redact_text(parts[part].text, fs, placeholders)
+        container[key] = _rewritten(container[key], parts[part].text, fs, placeholders)
     return body
 
 
+def _rewritten(value: Any, text: str, findings: list[Finding], placeholders: Placeholders) -> Any:
+    """The JSON value at a part's path, with the part's findings redacted (ValueError if it cannot be done)."""
+    if isinstance(value, str):
+        if value != text:
+            raise ValueError("the path does not hold the scanned text")
+        return redact_text(text, findings, placeholders)
+    if json.loads(text) != value:
+        raise ValueError("the path does not hold the value the scanned text describes")
+    rewritten = json.loads(redact_text(text, findings, placeholders))  # ValueError if a finding straddled syntax
+    if _shape(rewritten) != _shape(value):  # only the text inside strings may change
+        raise ValueError("redaction changed the structure of the value")
+    return rewritten
+
+
+def _shape(value: Any) -> Any:
+    """A JSON value with its strings blanked: what a redaction may not change (keys, numbers, nesting)."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    return "" if isinstance(value, str) else value
+
+
 def _locate(body: Any, path: Sequence[str | int]) -> tuple[Any, str | int]:
-    """The container and key of the string at path (a tuple of object keys and array indexes)."""
+    """The container and key of the value at path (a tuple of object keys and array indexes)."""
     if not path:
         raise ValueError("empty JSON path")
     node = body
@@ -140,8 +169,8 @@ def _locate(body: Any, path: Sequence[str | int]) -> tuple[Any, str | int]:
     key = path[-1]
     if isinstance(node, list) and not isinstance(key, int) or isinstance(node, dict) and not isinstance(key, str):
         raise TypeError(f"JSON path step {key!r} does not fit a {type(node).__name__}")
-    if not isinstance(node[key], str):
-        raise TypeError(f"JSON path {list(path)} holds a {type(node[key]).__name__}, not a string")
+    if isinstance(node, dict) and key not in node or isinstance(node, list) and not -len(node) <= key < len(node):
+        raise KeyError(f"JSON path {list(path)} leads nowhere")
     return node, key
 
 

@@ -112,7 +112,7 @@ BODIES = {
         "system": [{"type": "text", "text": f"Owner: {EMAIL2}"}],
         "messages": [{"role": "user", "content": f"<doc>Contact {EMAIL} about {KEY}</doc> and {EMAIL2}"},
                      {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "lookup",
-                                                        "input": {"who": "the owner"}}]},
+                                                        "input": {"who": EMAIL, "limit": 3}}]},
                      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
                                                    "content": f"{EMAIL} is on leave"}]}]}),
 }
@@ -138,6 +138,20 @@ def test_redact_json_rewrites_the_parts_in_place(scanner, name):
     assert restored == body
     # the same value is the same placeholder everywhere in the request
     assert set(placeholders.values.values()) <= {EMAIL, EMAIL2, KEY}
+
+
+def test_a_part_that_is_the_text_of_a_json_value_is_rewritten_inside_its_strings():
+    body = {"input": {"to": EMAIL, "n": 2, "tags": ["x", KEY]}}
+    text = json.dumps(body["input"])
+    parts = [TextPart(text, ("input",))]
+    findings = findings_of(text, EMAIL, "EMAIL_ADDRESS") + findings_of(text, KEY, "AWS_ACCESS_KEY")
+    assert redact_json(body, parts, findings, Placeholders()) == {
+        "input": {"to": "<EMAIL_ADDRESS_1>", "n": 2, "tags": ["x", "<AWS_ACCESS_KEY_1>"]}}
+    # a finding that would change more than the text of a string (here: a key) is refused
+    body = {"input": {EMAIL: 1}}
+    text = json.dumps(body["input"])
+    with pytest.raises(ValueError):
+        redact_json(body, [TextPart(text, ("input",))], findings_of(text, EMAIL, "EMAIL_ADDRESS"), Placeholders())
 
 
 def test_parts_that_cannot_be_rewritten_are_named_and_refused():
