@@ -90,9 +90,7 @@ class Decide:
             return
         parsed = flow.metadata.get(PARSED_KEY)
         provider = parsed.provider.name if parsed is not None and parsed.provider is not None else None
-        d = decide(self.policy, Subject(it.user, frozenset(it.groups), it.client_addr),
-                   Request(it.service, it.exchange, it.findings, self._inspection(it),
-                           {k.lower(): v for k, v in flow.request.headers.items()}))
+        d = self.evaluate(it, flow.request.headers)
         it.decision, it.reason, it.rule_id = d.action, d.reason, d.rule
         if d.action == "redact":
             it.redact_entities, it.reversible = d.redact_entities, d.reversible
@@ -100,6 +98,13 @@ class Decide:
             self._block(flow, it, d, provider)
         elif d.action == "warn":
             self._warn(flow, it, d, provider)
+
+    def evaluate(self, it: Interaction, headers) -> Decision:
+        """The policy's decision on an interaction, enforcing nothing. Public for stages that can only record it
+        (WebSocket turns, whose messages are relayed as they come)."""
+        return decide(self.policy, Subject(it.user, frozenset(it.groups), it.client_addr),
+                      Request(it.service, it.exchange, it.findings, self._inspection(it),
+                              {k.lower(): v for k, v in headers.items()}))
 
     @staticmethod
     def _inspection(it: Interaction) -> str:

@@ -133,6 +133,11 @@ class Inspect:
         it: Interaction | None = flow.metadata.get(KEY)
         if it is None or flow.response is not None:
             return
+        await self.scan(it)
+
+    async def scan(self, it: Interaction) -> None:
+        """Scan the request parts of an interaction: fills `it.findings` and `it.inspection`, never raises. Public
+        for stages that build exchanges outside the request hook (WebSocket turns)."""
         if self.pool is None:
             it.inspection = "skipped"
             return
@@ -140,21 +145,25 @@ class Inspect:
         if not any(texts):
             it.inspection = "skipped"
             return
+        findings = await self._scan_texts(it, texts, "DLP scan")
+        it.inspection = "errored" if findings is None else "inspected"
+        it.findings = findings or []
+
+    async def _scan_texts(self, it: Interaction, texts: list[str], what: str) -> list | None:
+        """Findings of the texts (part = index), in the bulk pool when they are long; None when the scan failed,
+        with the reason in the exchange's warnings: a failed scan is never passed off as a clean one."""
         from dlp.pool import DlpTimeout
 
         size = sum(map(len, texts))
         pool = self.bulk if self.bulk is not None and size > BULK_CHARS else self.pool
         try:
-            it.findings = await pool.scan_parts(texts, timeout=self.timeout)
+            return await pool.scan_parts(texts, timeout=self.timeout)
         except DlpTimeout:
-            it.inspection = "errored"
-            it.exchange.warn(f"DLP scan timed out after {self.timeout:g}s ({size} characters in {len(texts)} parts)")
+            it.exchange.warn(f"{what} timed out after {self.timeout:g}s ({size} characters in {len(texts)} parts)")
         except Exception as e:  # a dead worker or a scanner bug: say so, never pretend the scan happened
-            log.warning("DLP scan failed for %s: %s: %s", it.host, type(e).__name__, e)
-            it.inspection = "errored"
-            it.exchange.warn(f"DLP scan failed: {type(e).__name__}: {str(e)[:200]}")
-        else:
-            it.inspection = "inspected"
+            log.warning("%s failed for %s: %s: %s", what, it.host, type(e).__name__, e)
+            it.exchange.warn(f"{what} failed: {type(e).__name__}: {str(e)[:200]}")
+        return None
 
     def done(self) -> None:
         self._close()

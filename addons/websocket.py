@@ -4,8 +4,13 @@ Only flows that already have an `Interaction` are looked at: the upgrade request
 Each message is handed to the connection's `providers.websocket.WsConversation` and relayed untouched: nothing is
 held back, dropped or rewritten. Every completed conversation turn becomes its own audit event (why per turn:
 see providers/websocket.py), written through the Audit addon like an HTTP exchange. The upgrade exchange itself
-is not audited separately: its turns are. Turns are not scanned by DLP yet (the inspect stage works on HTTP
-request hooks), and their events say so: inspection `skipped`.
+is not audited separately: its turns are.
+
+Each turn is scanned by DLP (`Inspect.scan`, in the worker pool) and judged by the policy (`Decide.evaluate`) in a
+background task, and then audited: the messages have long been relayed, so nothing waits for it. The policy's
+outcome is recorded, never enforced: a turn the policy would block or redact was already on its way, so its
+event says `monitor` with "would block ... (not enforced on a WebSocket)" and the rule id. With capture
+`redacted` the stored prompt has the findings masked, as for HTTP.
 
 mitmproxy keeps every message of a flow in `flow.websocket.messages`; for a realtime audio session that grows
 without bound, so once a message has been read it is removed from that list (the last one stays for display).
@@ -13,6 +18,7 @@ without bound, so once a message has been read it is removed from that list (the
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 
@@ -29,6 +35,9 @@ CONVERSATION_KEY = "gateway.websocket"  # the flow's WsConversation
 
 
 class WebSocketAudit:
+    def __init__(self) -> None:
+        self.pending: set[asyncio.Task] = set()  # turns being scanned before they are audited
+
     def response(self, flow: http.HTTPFlow) -> None:
         """An upgrade to an AI host: start following the conversation; its turns are audited, not the upgrade."""
         it: Interaction | None = flow.metadata.get(KEY)
@@ -56,13 +65,44 @@ class WebSocketAudit:
         if not turns:
             return
         it: Interaction = flow.metadata[KEY]
-        audit = ctx.master.addons.get("audit")
+        headers = dict(flow.request.headers)  # of the upgrade request: what header conditions of rules see
         for turn in turns:
             event = dataclasses.replace(it, exchange=turn.exchange, source="websocket", status=101,
                                         request_bytes=turn.request_bytes, response_bytes=turn.response_bytes,
                                         findings=[], inspection="skipped", started=turn.started, audited=False,
                                         event_id=new_event_id())
-            if audit is None:
-                log.info("AI websocket turn %s %s (audit addon not loaded)", it.service.id, turn.exchange.operation)
-            else:
-                audit.record(event)
+            task = asyncio.get_running_loop().create_task(self._inspect_and_audit(event, headers))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
+
+    @staticmethod
+    async def _inspect_and_audit(event: Interaction, headers: dict[str, str]) -> None:
+        """Scan, judge (record only) and audit one turn; the event is written whatever goes wrong on the way."""
+        try:
+            inspect = ctx.master.addons.get("inspect")
+            if inspect is not None:
+                await inspect.scan(event)
+            decide = ctx.master.addons.get("decide")
+            if decide is not None:
+                _judge(event, decide.evaluate(event, headers))
+        except Exception as e:  # a bug here must cost the scan, never the audit event
+            log.exception("WebSocket turn %s not inspected", event.event_id)
+            event.inspection = "errored"
+            event.exchange.warn(f"turn not inspected: {type(e).__name__}: {str(e)[:200]}")
+        audit = ctx.master.addons.get("audit")
+        if audit is None:
+            log.info("AI websocket turn %s %s (audit addon not loaded)", event.service.id, event.exchange.operation)
+        else:
+            audit.record(event)
+
+
+
+def _judge(event: Interaction, d) -> None:
+    """Record the policy's decision on a turn that was already relayed: anything stronger than monitor is what
+    the rule *would* have done."""
+    event.rule_id = d.rule
+    if d.action in ("allow", "monitor"):
+        event.decision, event.reason = d.action, d.reason
+    else:
+        event.decision = "monitor"
+        event.reason = f"would {d.action} (not enforced on a WebSocket): {d.reason}"

@@ -152,9 +152,29 @@ def test_copilot_websocket_turns_are_relayed_and_audited(ws_gateway, marker):
         assert event["prompt"] == f"[user] turn {n} {marker}"
         assert event["completion"] == f"You said: turn {n} {marker}"
         assert event["model"] == "chat" and event["status"] == 101 and event["source"] == "websocket"
-        assert event["inspection"] == "skipped"  # not scanned by DLP: the audit says so
+        assert event["inspection"] == "inspected" and event["entity_types"] == []
         assert "tok-SECRET" not in event["path"] and "accessToken=REDACTED" in event["path"]
     assert events[0]["event_id"] != events[1]["event_id"]
+
+
+def test_copilot_websocket_turn_is_scanned_masked_and_judged_but_not_held_back(ws_gateway, marker):
+    """A turn with an e-mail address and an AWS key is relayed untouched (a live socket cannot be held back), and
+    its audit event has the findings, the prompt masked (capture redacted) and what the policy would have done."""
+    email, key = "jane.doe@acme-corp.com", "AKIAZ7Q4XK2M3PLR5TVW"
+    text = f"{marker} mail {email} the key {key}"
+    with ws_connect(ws_gateway, "wss://copilot.microsoft.com/c/api/chat?api-version=2") as ws:
+        ws.send(json.dumps({"event": "send", "conversationId": "c2", "mode": "chat",
+                            "content": [{"type": "text", "text": text}]}))
+        got = receive_until(ws, lambda m: m["event"] == "done")
+        assert "".join(m.get("text", "") for m in got if m["event"] == "appendText") == f"You said: {text}"
+        [event] = wait_for_events(ws_gateway, lambda e: marker in e["prompt"])
+    assert event["source"] == "websocket" and event["inspection"] == "inspected"
+    assert event["entity_types"] == ["AWS_ACCESS_KEY", "EMAIL_ADDRESS"] and event["capture"] == "redacted"
+    assert event["prompt"] == f"[user] {marker} mail <EMAIL_ADDRESS> the key <AWS_ACCESS_KEY>"
+    assert email not in event["prompt"] and key not in event["prompt"]
+    # the shipped policy blocks secrets: on a WebSocket that is recorded, not enforced
+    assert event["decision"] == "monitor" and event["rule_id"] == "block-secrets"
+    assert event["reason"].startswith("would block (not enforced on a WebSocket)")
 
 
 def test_openai_realtime_turn_is_audited_and_unknown_sockets_too(ws_gateway, marker):
