@@ -263,6 +263,13 @@ def cpu_seconds(pid: int | None) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy() -> float:
+    """CPU seconds all processes used since boot: minus ours, what others took. Interrupt time is left out: on
+    loopback most of it is our own traffic, charged to no process."""
+    user, nice, system = map(int, Path("/proc/stat").read_text().split()[1:4])
+    return (user + nice + system) / os.sysconf("SC_CLK_TCK")
+
+
 def _stat(pid: int) -> list[str]:
     """Fields of /proc/PID/stat after the command name (which may contain spaces): [state, ppid, ...]."""
     text = Path(f"/proc/{pid}/stat").read_text()
@@ -356,6 +363,7 @@ class Tally:
     cpu: float = 0.0  # proxy CPU seconds during the measured windows
     client_cpu: float = 0.0  # the load generator's, same windows
     upstream_cpu: float = 0.0  # the fake upstream's, same windows
+    others_cpu: float = 0.0  # every other process on the machine, same windows
     first_error: str = ""
 
     def error(self, e: BaseException) -> None:

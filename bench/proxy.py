@@ -3,11 +3,14 @@
 N keep-alive clients each send OpenAI chat completion POSTs (about 1 KB of JSON) as fast as answers come back,
 for a bounded time and a bounded number of requests per target. The three targets take turns in rounds (the order
 rotates), so load from elsewhere on the machine hurts them alike; the ratios of the gateway to bare mitmdump (same
-mitmproxy, same routing addon, same upstream trust) are the number that matters. "proxy CPU" is the
-proxy process's share of one core during the windows (near 100%: the proxy is the bottleneck, as it should be) and
-"ms/req" its CPU time per request, the least noisy measure of its cost on a shared machine. "client CPU" and
-"upstream CPU" show that the harness itself is not what limits a proxied row. The gateway must audit every request
-it was sent (counted in its store afterwards), or its row measures a broken gateway and the exit status is 1.
+mitmproxy, same routing addon, same upstream trust) are the number that matters.
+
+"proxy CPU" is the proxy's share of one core during the windows (near 100%: the proxy is the bottleneck, as it
+should be) and "ms/req" its CPU time per request (its child processes included), the least noisy measure of its
+cost on a shared machine. "client CPU" and "upstream CPU" show that the harness is not what limits a proxied row;
+"others CPU" is what the rest of the machine took meanwhile (of 200% on two cores): a row measured while it was
+high is not a clean number. The gateway must have audited every request it was sent (counted in its store
+afterwards), or its row measures a broken gateway and the exit status is 1.
 
     python bench/proxy.py                      # defaults: 20 clients, 3 rounds of 6 s per target
     python bench/proxy.py --clients 1          # unloaded latency
@@ -25,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is not on the path
 
 from bench._common import (Mitmdump, Tally, Target, Upstream, Workspace, audited, chat_body,  # noqa: E402
-                           connect, cpu_seconds, exchange, interleaved, machine_line, percentile, ratio,
+                           connect, cpu_seconds, exchange, interleaved, machine_busy, machine_line, percentile, ratio,
                            request_bytes, start_gateway)
 
 
@@ -60,14 +63,18 @@ async def measure(target: Target, tally: Tally, upstream_pid: int, *, clients: i
                 tally.error(RuntimeError(f"HTTP {status}"))
         conn.close()
 
-    proxy0, upstream0, client0 = cpu_seconds(target.pid), cpu_seconds(upstream_pid), _own_cpu()
+    proxy0, upstream0, client0, busy0 = (cpu_seconds(target.pid), cpu_seconds(upstream_pid), _own_cpu(),
+                                         machine_busy())
     start = time.perf_counter()
     deadline = start + seconds
     await asyncio.gather(*(client(c) for c in conns))
     tally.seconds += time.perf_counter() - start
-    tally.cpu += cpu_seconds(target.pid) - proxy0
-    tally.upstream_cpu += cpu_seconds(upstream_pid) - upstream0
-    tally.client_cpu += _own_cpu() - client0
+    proxy, upstream, own = (cpu_seconds(target.pid) - proxy0, cpu_seconds(upstream_pid) - upstream0,
+                            _own_cpu() - client0)
+    tally.cpu += proxy
+    tally.upstream_cpu += upstream
+    tally.client_cpu += own
+    tally.others_cpu += max(machine_busy() - busy0 - proxy - upstream - own, 0.0)
 
 
 def _own_cpu() -> float:
@@ -83,7 +90,7 @@ async def run_rounds(targets: list[Target], tallies: dict[str, Tally], upstream_
 
 def report(targets: list[Target], tallies: dict[str, Tally]) -> None:
     print(f"{'target':<10} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'proxy CPU':>9} {'ms/req':>6} {'client CPU':>10} {'upstream CPU':>12}")
+          f"{'proxy CPU':>9} {'ms/req':>6} {'client CPU':>10} {'upstream CPU':>12} {'others CPU':>10}")
     rows = {}
     for t in targets:
         tally = tallies[t.name]
@@ -95,7 +102,7 @@ def report(targets: list[Target], tallies: dict[str, Tally]) -> None:
         cpu, per_request = (f"{tally.cpu / tally.seconds:.0%}", f"{row['cpu']:.2f}") if t.pid else ("-", "-")
         print(f"{t.name:<10} {n:>8} {tally.errors:>6} {row['rps']:>8.0f} {row['p50']:>7.1f} {row['p99']:>7.1f} "
               f"{cpu:>9} {per_request:>6} {tally.client_cpu / tally.seconds:>10.0%} "
-              f"{tally.upstream_cpu / tally.seconds:>12.0%}")
+              f"{tally.upstream_cpu / tally.seconds:>12.0%} {tally.others_cpu / tally.seconds:>10.0%}")
         if tally.first_error:
             print(f"  first error: {tally.first_error}")
     gw, md, direct = rows["gateway"], rows["mitmdump"], rows["direct"]
