@@ -332,9 +332,20 @@ def _compile_cached(plan: list[tuple[bytes, int, Unit]], specs: list[RecognizerS
             with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
                 tmp.write(json.dumps(meta).encode() + b"\n" + hyperscan.dumpb(db))
             os.replace(tmp.name, path)
+            _prune(path.parent)
         except OSError as e:
             log.info("cannot cache the prefilter in %s: %s", path.parent, e)
     return db, expr, always
+
+
+CACHE_KEEP = 8  # compiled databases kept (each rules version makes one, about 1 MB)
+
+
+def _prune(folder: Path) -> None:
+    """Delete all but the most recently written databases, so edited rules do not fill the disk."""
+    files = sorted(folder.glob("prefilter-*.hsdb"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for old in files[CACHE_KEEP:]:
+        old.unlink(missing_ok=True)
 
 
 def _compile(plan: list[tuple[bytes, int, Unit]], specs: list[RecognizerSpec]):

@@ -215,6 +215,12 @@ def test_compiled_prefilter_is_cached_on_disk(tmp_path, monkeypatch):
     cached[0].write_bytes(b"{not json\n" + os.urandom(64))  # a damaged cache file is ignored and rewritten
     assert Scanner(rules).scan(text) == first
     assert cached[0].read_bytes()[:1] == b"{" and Scanner(rules).scan(text) == first
+    for i in range(12):  # databases of older rules are pruned
+        (tmp_path / f"prefilter-old{i}.hsdb").write_bytes(b"x")
+        os.utime(tmp_path / f"prefilter-old{i}.hsdb", (i, i))
+    cached[0].unlink()
+    Scanner(rules)
+    assert len(list(tmp_path.glob("prefilter-*.hsdb"))) == 8 and cached[0].exists()
 
 
 def test_the_shipped_rules_compile_into_one_hyperscan_database(scanner):
