@@ -11,10 +11,16 @@ What the client sees (policy/enforcement.py):
   per user (or address), service and rule for `gateway_warn_ttl` seconds and the justification is audited with
   the continue request and with each request it lets through. API clients, which cannot click, are let through
   with an `x-ai-gateway-warning` response header.
+
+Rules on findings `in: response` are judged again when the answer has ended and the inspect stage scanned its
+completion (`response`, or `error` when the client hung up first). A non-streamed answer such a rule blocks is
+replaced by the provider's error shape before the client sees it; a streamed one has already been delivered, so
+the audit records what the rule would have done (decision `monitor`, "would block (answer already streamed)").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -29,12 +35,14 @@ from addons.extract import PARSED_KEY
 from core.interaction import KEY, Interaction
 from core.rulesfile import RulesError
 from policy import enforcement
-from policy.engine import Decision, Request, Subject, decide
+from policy.engine import Decision, Request, Subject, decide, decide_response, wants_response_scan
 from policy.language import Policy
 from policy.ruleset import load_policy
 
 log = logging.getLogger(__name__)
 
+ASKED_MODEL_KEY = "gateway.asked_model"  # the model the request named (the answer may name a dated version)
+ANSWER_JUDGED_KEY = "gateway.answer_judged"  # set once the response-side rules were applied to this flow
 WARNING_KEY = "gateway.warning"  # the warning header an API client gets on a `warn` it was let through on
 PENDING_TTL = 600.0  # seconds a warn page's continue token stays valid
 MAX_PENDING = 10_000  # unanswered warn pages remembered at most (the oldest are forgotten first)
@@ -91,6 +99,7 @@ class Decide:
         parsed = flow.metadata.get(PARSED_KEY)
         provider = parsed.provider.name if parsed is not None and parsed.provider is not None else None
         d = self.evaluate(it, flow.request.headers)
+        flow.metadata[ASKED_MODEL_KEY] = it.exchange.model
         it.decision, it.reason, it.rule_id = d.action, d.reason, d.rule
         if d.action == "redact":
             it.redact_entities, it.reversible = d.redact_entities, d.reversible
@@ -105,6 +114,53 @@ class Decide:
         return decide(self.policy, Subject(it.user, frozenset(it.groups), it.client_addr),
                       Request(it.service, it.exchange, it.findings, self._inspection(it),
                               {k.lower(): v for k, v in headers.items()}))
+
+    def wants_response_scan(self, flow: http.HTTPFlow) -> bool:
+        """Whether a rule on findings `in: response` applies to this flow's interaction (findings aside)."""
+        it: Interaction = flow.metadata[KEY]
+        return wants_response_scan(self.policy, Subject(it.user, frozenset(it.groups), it.client_addr),
+                                   self._answer_request(flow, it, it.inspection))
+
+    @staticmethod
+    def _answer_request(flow: http.HTTPFlow, it: Interaction, inspection: str) -> Request:
+        """The request as the response-side rules see it: conditions are on what was asked, so the model is the
+        one the client named, not the dated version the provider answers with (`gpt-4o` -> `gpt-4o-2024-08-06`)."""
+        exchange = it.exchange
+        asked = flow.metadata.get(ASKED_MODEL_KEY)
+        if asked and asked != exchange.model:
+            exchange = dataclasses.replace(exchange, model=asked)
+        return Request(it.service, exchange, it.findings, inspection,
+                       {k.lower(): v for k, v in flow.request.headers.items()})
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._judge_answer(flow, enforce=True)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._judge_answer(flow, enforce=False)
+
+    def _judge_answer(self, flow: http.HTTPFlow, enforce: bool) -> None:
+        """The response-side rules, once the completion was scanned. Only a non-streamed answer can still be
+        replaced; whatever cannot be enforced is recorded as what the rule would have done."""
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is None or not it.response_inspection or it.audited or flow.metadata.get(ANSWER_JUDGED_KEY):
+            return
+        flow.metadata[ANSWER_JUDGED_KEY] = True
+        d = decide_response(self.policy, Subject(it.user, frozenset(it.groups), it.client_addr),
+                            self._answer_request(flow, it, it.response_inspection))
+        if d is None:
+            return
+        reason = d.reason
+        if d.action == "block" and d.mode == "enforce":
+            if enforce and flow.response is not None and not flow.response.stream:
+                parsed = flow.metadata.get(PARSED_KEY)
+                self._block(flow, it, d, parsed.provider.name if parsed and parsed.provider else None)
+                it.decision, it.rule_id, it.status = "block", d.rule, flow.response.status_code
+            else:
+                reason = f"would block (answer already {'streamed' if enforce else 'sent'}): {reason}"
+                d.action = "monitor"
+        if d.action == "monitor" and it.decision == "allow":
+            it.decision, it.rule_id = "monitor", d.rule
+        it.reason = f"{it.reason}; answer: {reason}" if it.reason else f"answer: {reason}"
 
     @staticmethod
     def _inspection(it: Interaction) -> str:

@@ -11,13 +11,17 @@ rewrites and the audit records (as types and positions, never values).
 `inspected` (every text part scanned), `skipped` (DLP off, or nothing textual to scan) or `errored` (the scan
 timed out or a worker died; the findings are then not the whole truth and the reason is in the warnings).
 
-Response-side scanning (completions, when a policy asks for it) is not wired yet: the hook point is `response`
-here, after Extract has reassembled the completion.
+Completions are scanned when a policy rule asks for it (`findings: {in: response}`, and the rule's other conditions
+hold for this exchange): in `response` (or `error`, when the client hung up first), after Extract has reassembled
+the completion and before Decide judges the answer and Audit writes the event, which therefore includes the
+response-side findings (`Finding.part == RESPONSE_PART`). The scan is awaited in the pool like the request's;
+`Interaction.response_inspection` says how it went.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -25,6 +29,7 @@ from pathlib import Path
 from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 
+from core.exchange import RESPONSE_PART
 from core.interaction import KEY, Interaction
 from core.rulesfile import RulesError
 from policy.ruleset import RECOGNIZERS, digests
@@ -37,6 +42,7 @@ DEFAULT_TIMEOUT = "10"
 #: Prompts longer than this (all text parts together) are scanned by the bulk workers: a pasted document takes
 #: seconds to scan, and the pool spreads one text over all its workers, so it would hold up every prompt behind it.
 BULK_CHARS = 100_000
+RESPONSE_SCAN_KEY = "gateway.response_scan"  # the asyncio.Task scanning the flow's completion
 
 
 def recognizers_file(folder: Path) -> Path:
@@ -148,6 +154,33 @@ class Inspect:
         findings = await self._scan_texts(it, texts, "DLP scan")
         it.inspection = "errored" if findings is None else "inspected"
         it.findings = findings or []
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        await self._scan_response(flow)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        await self._scan_response(flow)
+
+    async def _scan_response(self, flow: http.HTTPFlow) -> None:
+        """Scan the completion once, whichever of `response` and `error` comes first; the other awaits the same
+        scan, so the audit event (written by the first of them to finish) never misses it."""
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is None or it.audited or self.pool is None or not it.exchange.completion:
+            return
+        task = flow.metadata.get(RESPONSE_SCAN_KEY)
+        if task is None:
+            decide = ctx.master.addons.get("decide")
+            if decide is None or not decide.wants_response_scan(flow):
+                return
+            task = flow.metadata[RESPONSE_SCAN_KEY] = asyncio.get_running_loop().create_task(self.scan_response(it))
+        await task
+
+    async def scan_response(self, it: Interaction) -> None:
+        """Scan the completion: its findings are added to `it.findings` with part RESPONSE_PART, and
+        `it.response_inspection` says whether the scan completed."""
+        findings = await self._scan_texts(it, [it.exchange.completion], "DLP scan of the answer")
+        it.response_inspection = "errored" if findings is None else "inspected"
+        it.findings = [*it.findings, *(dataclasses.replace(f, part=RESPONSE_PART) for f in findings or ())]
 
     async def _scan_texts(self, it: Interaction, texts: list[str], what: str) -> list | None:
         """Findings of the texts (part = index), in the bulk pool when they are long; None when the scan failed,

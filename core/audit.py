@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from core.exchange import Exchange
+from core.exchange import RESPONSE_PART, Exchange
 
 CAPTURE_LEVELS = ("metadata", "redacted", "full")
 
@@ -37,7 +37,8 @@ def _now() -> datetime:
 class FindingLike(Protocol):
     """What the audit needs of a DLP finding (dlp.scanner.Finding): where it is and what it is, never its value.
 
-    `part` indexes `Exchange.request_parts()`; `start`/`end` are character offsets in that part's text.
+    `part` indexes `Exchange.request_parts()`, or is RESPONSE_PART for a finding in the completion (a response-side
+    scan); `start`/`end` are character offsets in that part's text.
     """
 
     entity: str
@@ -87,7 +88,7 @@ class AuditEvent:
     entity_types: list[str] = field(default_factory=list)  # distinct DLP entity types, sorted
     entity_counts: list[int] = field(default_factory=list)  # findings per entity type (parallel to entity_types)
     finding_entities: list[str] = field(default_factory=list)  # one element per finding, in the arrays below
-    finding_parts: list[int] = field(default_factory=list)  # index in Exchange.request_parts()
+    finding_parts: list[int] = field(default_factory=list)  # index in Exchange.request_parts(); 65535: completion
     finding_starts: list[int] = field(default_factory=list)
     finding_ends: list[int] = field(default_factory=list)
     finding_scores: list[float] = field(default_factory=list)
@@ -203,6 +204,8 @@ def redacted_prompt(x: Exchange, findings: Sequence[FindingLike]) -> str:
     """The prompt text as `Exchange.prompt_text` renders it, with every finding in a request part masked."""
     by_part: dict[int, list[tuple[int, int, str]]] = {}
     for f in findings:
+        if int(f.part) == RESPONSE_PART:
+            continue
         by_part.setdefault(int(f.part), []).append((int(f.start), int(f.end), f.entity))
     if not by_part:
         return x.prompt_text
@@ -214,9 +217,11 @@ def redacted_prompt(x: Exchange, findings: Sequence[FindingLike]) -> str:
 
 
 def captured_text(x: Exchange, findings: Sequence[FindingLike], capture: str) -> tuple[str, str]:
-    """(prompt, completion) as the capture level allows them to be stored."""
+    """(prompt, completion) as the capture level allows them to be stored. The completion is masked where a
+    response-side scan found something (only policies that ask for it scan completions)."""
     if capture == "metadata":
         return "", ""
     if capture == "full":
         return x.prompt_text, x.completion
-    return redacted_prompt(x, findings), x.completion
+    answer = [(int(f.start), int(f.end), f.entity) for f in findings if int(f.part) == RESPONSE_PART]
+    return redacted_prompt(x, findings), mask_spans(x.completion, answer) if answer else x.completion

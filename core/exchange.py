@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 JsonPath = tuple[str | int, ...]
+#: The `part` of a DLP finding in the completion (a response-side scan); request findings index request_parts().
+#: The largest value the audit's part column (UInt16) holds, so it sorts after every request part.
+RESPONSE_PART = 65535
 
 
 @dataclass(slots=True)

@@ -33,6 +33,7 @@ class Interaction:
     redact_entities: list[str] = field(default_factory=list)  # set by the decide stage when decision == redact
     reversible: bool = False  # restore placeholders in the answer before the client sees it
     inspection: str = "inspected"
+    response_inspection: str = ""  # the completion's DLP scan: "" (not asked for), inspected or errored
     error: str = ""
     status: int = 0
     request_bytes: int = 0

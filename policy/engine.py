@@ -9,6 +9,8 @@ Precedence, in the words of docs/policy.md:
    `open` skips the rule (and says so), `closed` blocks the request (and says so).
 4. No rule decided: `defaults.shadow_ai` for a service that is neither sanctioned in the catalog nor named by
    any rule's `services`, else `defaults.action`.
+5. Rules on findings `in: response` are left out of the request's decision: they are read, in the same order,
+   when the answer has ended and its completion was scanned (`decide_response`).
 
 Pure: no mitmproxy, so the same code answers in the proxy, in `gateway rules test` and in unit tests.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 from core.catalog import Service
 from core.exchange import Exchange
-from policy.language import Policy, Rule, entity_of, in_networks
+from policy.language import Policy, Rule, entity_of, in_networks, in_response
 
 INSPECTED = "inspected"
 
@@ -73,10 +75,47 @@ def is_shadow_ai(policy: Policy, service: Service) -> bool:
 
 def decide(policy: Policy, subject: Subject, request: Request) -> Decision:
     shadow = is_shadow_ai(policy, request.service)
+    outcome, what, notes, monitored = _walk(policy, [r for r in policy.rules if not r.on_response], subject,
+                                            request, shadow)
+    if outcome is None and shadow:
+        outcome = Decision(policy.defaults.shadow_ai, "shadow_ai", shadow_ai=True,
+                           message=policy.defaults.message)
+        what = f"shadow AI: {request.service.id} is not sanctioned and no rule names it: {outcome.action}"
+    elif outcome is None:
+        outcome = Decision(policy.defaults.action, "defaults", message=policy.defaults.message)
+        what = f"no rule matched: default {outcome.action}"
+    return _finish(outcome, what, notes, monitored)
+
+
+def decide_response(policy: Policy, subject: Subject, request: Request) -> Decision | None:
+    """The rules on findings `in: response`, once the completion was scanned (`request.findings` then holds the
+    response-side ones too, `request.inspection` is the response scan's). None when none of them matched."""
+    shadow = is_shadow_ai(policy, request.service)
+    outcome, what, notes, monitored = _walk(policy, [r for r in policy.rules if r.on_response], subject, request,
+                                            shadow)
+    if outcome is None and monitored is None and not notes:
+        return None
+    if outcome is None:
+        outcome, what = Decision("allow", shadow_ai=shadow), "no response rule enforced"
+    return _finish(outcome, what, notes, monitored)
+
+
+def wants_response_scan(policy: Policy, subject: Subject, request: Request) -> bool:
+    """Does a rule on findings `in: response` apply to this exchange, findings aside? Then its completion is
+    scanned; otherwise the scan would be wasted work."""
+    shadow = is_shadow_ai(policy, request.service)
+    return any(_conditions_hold(r, subject, request, shadow, skip_findings=True)
+               for r in policy.rules if r.on_response)
+
+
+def _walk(policy: Policy, rules: list[Rule], subject: Subject, request: Request, shadow: bool
+          ) -> tuple[Decision | None, str, list[str], Decision | None]:
+    """The first enforced rule that matches (its outcome and summary), the notes on monitored and failed-open
+    rules met on the way, and the first monitored outcome."""
     inspected = request.inspection == INSPECTED
     notes: list[str] = []
     monitored: Decision | None = None
-    for rule in policy.rules:
+    for rule in rules:
         if not _conditions_hold(rule, subject, request, shadow, skip_findings=not inspected):
             continue
         if rule.needs_inspection and not inspected:
@@ -94,15 +133,8 @@ def decide(policy: Policy, subject: Subject, request: Request) -> Decision:
             notes.append(f"rule {rule.id} would {what} (mode: monitor)")
             monitored = monitored or outcome
             continue
-        return _finish(outcome, f"rule {rule.id}: {what}", notes, monitored)
-    if shadow:
-        outcome = Decision(policy.defaults.shadow_ai, "shadow_ai", shadow_ai=True,
-                           message=policy.defaults.message)
-        what = f"shadow AI: {request.service.id} is not sanctioned and no rule names it: {outcome.action}"
-    else:
-        outcome = Decision(policy.defaults.action, "defaults", message=policy.defaults.message)
-        what = f"no rule matched: default {outcome.action}"
-    return _finish(outcome, what, notes, monitored)
+        return outcome, f"rule {rule.id}: {what}", notes, monitored
+    return None, "", notes, monitored
 
 
 def _finish(outcome: Decision, what: str, notes: list[str], monitored: Decision | None) -> Decision:
@@ -128,8 +160,8 @@ def _redact_entities(rule: Rule, request: Request) -> list[str]:
     selects, else every finding."""
     selector = rule.redact_entities or (rule.when.findings.entities if rule.when.findings else None)
     min_score = rule.when.findings.min_score if rule.when.findings else 0.0
-    return sorted({entity_of(f) for f in request.findings
-                   if f.score >= min_score and (selector is None or selector.match(entity_of(f)))})
+    return sorted({entity_of(f) for f in request.findings if not in_response(f)
+                   and f.score >= min_score and (selector is None or selector.match(entity_of(f)))})
 
 
 def _summary(d: Decision) -> str:

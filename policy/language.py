@@ -9,7 +9,7 @@
       - id: block-secrets
         who:  {users: [...], groups: [...], sources: [10.0.0.0/8]}
         when: {services: [...], categories: [...], sanctioned: true, shadow_ai: false, operations: ["chat.*"],
-               models: ["gpt-4o*"], findings: {entities: [AWS_*], min_count: 1, min_score: 0.5},
+               models: ["gpt-4o*"], findings: {entities: [AWS_*], min_count: 1, min_score: 0.5, in: request},
                prompt_chars: {min: 0, max: 100k}, attachment_bytes: {max: 10MB}, attachment_types: [image/*],
                headers: {chatgpt-account-id: ["0f3c*"]}}
         action: block        # allow | monitor | redact | warn | block
@@ -36,6 +36,7 @@ from typing import Any
 
 from core import rulesfile
 from core.catalog import CATEGORIES, Catalog
+from core.exchange import RESPONSE_PART
 from core.rulesfile import RulesError
 
 ACTIONS = ("allow", "monitor", "redact", "warn", "block")
@@ -89,16 +90,26 @@ def entity_of(finding: Any) -> str:
     return getattr(finding, "entity", None) or getattr(finding, "entity_type", "")
 
 
+FINDINGS_IN = ("request", "response")
+
+
+def in_response(finding: Any) -> bool:
+    """A finding in the completion (response-side scan), not in a request part."""
+    return getattr(finding, "part", 0) == RESPONSE_PART
+
+
 @dataclass(frozen=True, slots=True)
 class FindingsMatch:
-    """At least `min_count` findings whose entity matches `entities` (any, if None) with score >= `min_score`."""
+    """At least `min_count` findings whose entity matches `entities` (any, if None) with score >= `min_score`,
+    in the request (`in: request`, the default) or in the model's answer (`in: response`)."""
 
     entities: Globs | None = None
     min_count: int = 1
     min_score: float = 0.0
+    where: str = "request"
 
     def selects(self, finding: Any) -> bool:
-        return (finding.score >= self.min_score
+        return (finding.score >= self.min_score and in_response(finding) == (self.where == "response")
                 and (self.entities is None or self.entities.match(entity_of(finding))))
 
 
@@ -137,6 +148,11 @@ class Rule:
     reversible: bool = False
     message: str = ""
     description: str = ""
+
+    @property
+    def on_response(self) -> bool:
+        """Judged when the answer has ended, on the findings in the completion (`findings: {in: response}`)."""
+        return self.when.findings is not None and self.when.findings.where == "response"
 
     @property
     def needs_inspection(self) -> bool:
@@ -224,6 +240,9 @@ def _rule(path: str | Path, raw: Any, catalog: Catalog, defaults: Defaults) -> R
         reversible = r.get("reversible", False)
         if not isinstance(reversible, bool):
             raise RulesError(path, r.line_of("reversible"), f"{where}: 'reversible' must be true or false")
+    if when.findings is not None and when.findings.where == "response" and action in ("redact", "warn"):
+        raise RulesError(path, m.line_of("action"), f"{where}: a rule on findings 'in: response' can block, "
+                                                    f"monitor or allow the answer, not {action} it")
     return Rule(
         id=rid, line=m.line, action=action, who=who, when=when,
         mode=_choice(path, m, "mode", MODES, "enforce", where),
@@ -291,7 +310,7 @@ def _findings(path: str | Path, m: rulesfile.Mapping, where: str) -> FindingsMat
     raw = m["findings"]
     if isinstance(raw, list):  # shorthand: a list of entity types
         return FindingsMatch(entities=_entity_globs(path, m, "findings", where))
-    f = rulesfile.check_keys(path, raw, f"{where} findings", set(), {"entities", "min_count", "min_score"})
+    f = rulesfile.check_keys(path, raw, f"{where} findings", set(), {"entities", "min_count", "min_score", "in"})
     min_count = f.get("min_count", 1)
     if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
         raise RulesError(path, f.line_of("min_count"), f"{where}: 'min_count' must be a whole number >= 1")
@@ -299,7 +318,8 @@ def _findings(path: str | Path, m: rulesfile.Mapping, where: str) -> FindingsMat
     if not isinstance(min_score, (int, float)) or isinstance(min_score, bool) or not 0 <= min_score <= 1:
         raise RulesError(path, f.line_of("min_score"), f"{where}: 'min_score' must be a number from 0 to 1")
     entities = _entity_globs(path, f, "entities", where) if "entities" in f else None
-    return FindingsMatch(entities, min_count, float(min_score))
+    return FindingsMatch(entities, min_count, float(min_score),
+                         _choice(path, f, "in", FINDINGS_IN, "request", where))
 
 
 def _entity_globs(path: str | Path, m: rulesfile.Mapping, key: str, where: str) -> Globs:

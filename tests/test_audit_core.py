@@ -152,3 +152,16 @@ def test_text_dlp_did_not_inspect_is_labelled_raw_not_redacted(inspection):
     event = it.to_event("redacted")
     assert event.capture == "full" and event.prompt == x.prompt_text and event.inspection == inspection
     assert it.to_event("metadata").prompt == ""
+
+
+def test_response_side_findings_mask_the_stored_completion_only():
+    from core.exchange import RESPONSE_PART
+
+    x = exchange()
+    x.completion = f"Sent to {SECRET_EMAIL}."
+    start = x.completion.index(SECRET_EMAIL)
+    answer = Finding("EMAIL_ADDRESS", RESPONSE_PART, start, start + len(SECRET_EMAIL))
+    event = interaction(x, [*findings(x), answer]).to_event("redacted")
+    assert event.completion == "Sent to <EMAIL_ADDRESS>." and SECRET_EMAIL not in event.prompt
+    assert event.finding_parts[-1] == RESPONSE_PART and event.entity_counts == [1, 6]
+    assert interaction(x, [answer]).to_event("full").completion == x.completion

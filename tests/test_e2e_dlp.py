@@ -43,6 +43,14 @@ rules:
   - id: redact-one-way
     when: {models: ["redact-*"]}
     action: redact
+  - id: no-keys-in-answers
+    when: {models: ["answer-block-*"], findings: {entities: ["*_KEY"], in: response}}
+    action: block
+    message: The answer held a credential.
+  - id: watch-answers
+    when: {models: ["answer-watch-*"], findings: {entities: [EMAIL_ADDRESS], in: response}}
+    action: block
+    mode: monitor
 """
 
 
@@ -285,6 +293,68 @@ def test_a_finding_that_cannot_be_rewritten_blocks_the_request(dlp_gateway, upst
     [event] = wait_for_events(dlp_gateway, lambda e: marker in e["prompt"])
     assert event["decision"] == "block" and "blocked rather than sent unredacted" in event["reason"]
     assert EMAIL not in json.dumps(event)
+
+
+# --- Response-side checks ------------------------------------------------------------------------------------------
+
+def answer_with(text: str, streamed: bool):
+    """A fake model that answers `text` under the model name it was asked for (response rules match models too)."""
+    return lambda rec: _answer(text, streamed, json.loads(rec.body)["model"])
+
+
+def _answer(text: str, streamed: bool, model: str) -> Reply:
+    if streamed:
+        return Reply(content_type="text/event-stream",
+                     chunks=sse([openai_chunk(text), openai_chunk(None, "stop"), "data: [DONE]\n\n"]))
+    return Reply(body=json.dumps({
+        "id": "chatcmpl-2", "object": "chat.completion", "created": 1, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]
+    }).encode())
+
+
+def test_a_non_streamed_answer_with_a_secret_is_replaced_by_the_provider_error(dlp_gateway, upstream, marker):
+    """`findings: {in: response}`: the completion is scanned when the answer ends; a block rule replaces a
+    non-streamed answer with the error the SDK shows, and the audit records the answer's findings, masked."""
+    upstream.route("/v1/chat/completions", answer_with(f"Use the key {AWS_KEY}.", False))
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        openai_client(dlp_gateway).chat.completions.create(
+            model="answer-block-gpt", messages=[{"role": "user", "content": f"{marker} which key?"}])
+    assert "no-keys-in-answers" in str(refused.value) and AWS_KEY not in str(refused.value)
+    [event] = wait_for_events(dlp_gateway, lambda e: marker in e["prompt"])
+    assert event["decision"] == "block" and event["rule_id"] == "no-keys-in-answers" and event["status"] == 403
+    assert "answer: rule no-keys-in-answers: block" in event["reason"]
+    assert event["entity_types"] == ["AWS_ACCESS_KEY"] and event["finding_parts"] == [65535]
+    assert event["completion"] == "Use the key <AWS_ACCESS_KEY>." and AWS_KEY not in json.dumps(event)
+
+
+def test_a_streamed_answer_cannot_be_taken_back_so_the_block_is_recorded(dlp_gateway, upstream, marker):
+    upstream.route("/v1/chat/completions", answer_with(f"Use the key {AWS_KEY}.", True))
+    stream = openai_client(dlp_gateway).chat.completions.create(
+        model="answer-block-gpt", stream=True, messages=[{"role": "user", "content": f"{marker} which key?"}])
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == f"Use the key {AWS_KEY}."
+    [event] = wait_for_events(dlp_gateway, lambda e: marker in e["prompt"])
+    assert event["decision"] == "monitor" and event["rule_id"] == "no-keys-in-answers"
+    assert "answer: would block (answer already streamed): rule no-keys-in-answers: block" in event["reason"]
+    assert event["completion"] == "Use the key <AWS_ACCESS_KEY>."
+
+
+def test_a_monitored_response_rule_records_without_touching_the_answer(dlp_gateway, upstream, marker):
+    upstream.route("/v1/chat/completions", answer_with(f"Write to {EMAIL}.", False))
+    answer = openai_client(dlp_gateway).chat.completions.create(
+        model="answer-watch-gpt", messages=[{"role": "user", "content": f"{marker} who?"}])
+    assert answer.choices[0].message.content == f"Write to {EMAIL}."
+    [event] = wait_for_events(dlp_gateway, lambda e: marker in e["prompt"])
+    assert event["decision"] == "monitor" and event["rule_id"] == "watch-answers" and event["status"] == 200
+    assert "rule watch-answers would block (mode: monitor)" in event["reason"]
+    assert event["entity_types"] == ["EMAIL_ADDRESS"] and event["completion"] == "Write to <EMAIL_ADDRESS>."
+
+
+def test_answers_are_not_scanned_when_no_response_rule_applies(dlp_gateway, upstream, marker):
+    upstream.route("/v1/chat/completions", answer_with(f"Write to {EMAIL}.", False))
+    openai_client(dlp_gateway).chat.completions.create(
+        model="plain-model", messages=[{"role": "user", "content": f"{marker} who?"}])
+    [event] = wait_for_events(dlp_gateway, lambda e: marker in e["prompt"])
+    assert event["decision"] == "allow" and event["entity_types"] == [] and "answer" not in event["reason"]
 
 
 # --- The event loop is never blocked --------------------------------------------------------------------------------

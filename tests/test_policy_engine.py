@@ -324,3 +324,45 @@ def test_an_allow_rule_after_a_monitored_match_is_recorded_as_monitor(tmp_path):
     d = decide(p, BOB, req(OPENAI))
     assert (d.action, d.rule) == ("monitor", "trial-block")
     assert d.reason == "rule allow-openai: allow; rule trial-block would block (mode: monitor)"
+
+
+def test_response_rules_wait_for_the_answer_and_count_only_its_findings(tmp_path):
+    from core.exchange import RESPONSE_PART
+    from policy import decide_response, wants_response_scan
+
+    p = policy(tmp_path, """
+        version: 1
+        rules:
+          - id: keys-in-answers
+            when: {models: ["gpt-4o*"], findings: {entities: ["AWS_*"], in: response}}
+            action: block
+          - id: emails-in-answers
+            when: {findings: {entities: [EMAIL_ADDRESS], in: response}}
+            action: block
+            mode: monitor
+    """)
+    key_in_prompt, key_in_answer = F("AWS_ACCESS_KEY"), F("AWS_ACCESS_KEY", part=RESPONSE_PART)
+    # the request's decision never applies a response rule, even with the same entity in the prompt
+    assert decide(p, BOB, req(findings=[key_in_prompt])).rule == "defaults"
+    assert wants_response_scan(p, BOB, req()) and wants_response_scan(p, BOB, req(exchange=chat(model="o1")))
+    assert decide_response(p, BOB, req(findings=[key_in_prompt])) is None
+    d = decide_response(p, BOB, req(findings=[key_in_prompt, key_in_answer]))
+    assert (d.action, d.rule) == ("block", "keys-in-answers")
+    d = decide_response(p, BOB, req(exchange=chat(model="o1"), findings=[key_in_answer]))
+    assert d is None
+    d = decide_response(p, BOB, req(findings=[F("EMAIL_ADDRESS", part=RESPONSE_PART)]))
+    assert (d.action, d.rule) == ("monitor", "emails-in-answers") and "would block (mode: monitor)" in d.reason
+    d = decide_response(p, BOB, req(findings=[key_in_answer], inspection="errored"))
+    assert d.action == "allow" and "not applied: inspection errored (fail open)" in d.reason
+
+
+def test_response_rules_only_where_they_apply(tmp_path):
+    from policy import wants_response_scan
+
+    p = policy(tmp_path, """
+        version: 1
+        rules:
+          - {id: r, when: {services: [anthropic], findings: {in: response}}, action: block}
+          - {id: q, when: {findings: [EMAIL_ADDRESS]}, action: block}
+    """)
+    assert wants_response_scan(p, BOB, req(ANTHROPIC)) and not wants_response_scan(p, BOB, req(OPENAI))

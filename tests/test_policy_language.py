@@ -56,6 +56,10 @@ def write(tmp_path, text: str, name: str = "policy.yaml") -> Path:
     ("version: 1\nrules:\n  - {id: a, action: block, fail: maybe}\n", 3, "'fail' must be one of open, closed"),
     ("version: 1\nrules:\n  - {id: a, action: block, mode: dry-run}\n", 3, "'mode' must be one of enforce, monitor"),
     ("version: 1\ndefaults: {shadow_ai: redact}\n", 2, "defaults: 'shadow_ai' must be one of allow, monitor"),
+    ("version: 1\nrules:\n  - id: a\n    action: block\n    when:\n      findings: {in: answer}\n", 6,
+     "'in' must be one of request, response, not 'answer'"),
+    ("version: 1\nrules:\n  - id: a\n    when:\n      findings: {in: response}\n    action: redact\n", 6,
+     "a rule on findings 'in: response' can block, monitor or allow the answer, not redact it"),
     ("version: 1\nrules:\n  - {id: a, action: block\n", 4, ""),  # YAML syntax error: its line
 ])
 def test_policy_errors_name_file_and_line(tmp_path, text, line, message):
