@@ -18,3 +18,4 @@ bench:
 	.venv/bin/python bench/proxy.py
 	.venv/bin/python bench/stream.py
 	.venv/bin/python bench/audit.py
+	.venv/bin/python bench/dlp.py
