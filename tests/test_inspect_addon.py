@@ -91,3 +91,35 @@ def test_workers_that_cannot_scan_make_the_inspection_errored(tmp_path):
                 addon.done()
     asyncio.run(go())
     assert it.inspection == "errored" and any("DLP scan failed" in w for w in it.exchange.warnings)
+
+
+def scan_answers(its, **options) -> None:
+    async def go():
+        addon = Inspect()
+        with taddons.context(Recognise(), addon) as tctx:
+            tctx.configure(addon, **options)
+            addon.running()
+            try:
+                for it in its:
+                    await addon.scan_response(it)
+            finally:
+                addon.done()
+    asyncio.run(go())
+
+
+def test_an_answer_scan_adds_response_side_findings_and_says_how_it_went():
+    from core.exchange import RESPONSE_PART
+
+    _, it = flow_with([{"role": "user", "content": "hello"}])
+    it.findings = ["request finding"]  # kept as they are
+    it.exchange.completion = f"Write to {EMAIL}."
+    _, slow = flow_with([{"role": "user", "content": "hello"}])
+    slow.exchange.completion = f"mail {EMAIL} " * 20000
+    scan_answers([it], gateway_dlp_workers=1)
+    scan_answers([slow], gateway_dlp_workers=1, gateway_dlp_timeout="0.001")
+    assert it.response_inspection == "inspected" and it.findings[0] == "request finding"
+    [answer] = it.findings[1:]
+    assert (answer.entity, answer.part, it.exchange.completion[answer.start:answer.end]) == \
+        ("EMAIL_ADDRESS", RESPONSE_PART, EMAIL)
+    assert slow.response_inspection == "errored" and slow.findings == []
+    assert any("DLP scan of the answer timed out" in w for w in slow.exchange.warnings)
