@@ -26,6 +26,7 @@ from mitmproxy import ctx, http
 
 from core.audit import new_event_id
 from core.interaction import KEY, Interaction
+from policy.engine import Decision
 from providers.websocket import Turn, WsConversation, conversation_for
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,7 @@ class WebSocketAudit:
             audit.record(event)
 
 
-
-def _judge(event: Interaction, d) -> None:
+def _judge(event: Interaction, d: Decision) -> None:
     """Record the policy's decision on a turn that was already relayed: anything stronger than monitor is what
     the rule *would* have done."""
     event.rule_id = d.rule
