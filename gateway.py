@@ -119,6 +119,7 @@ async def _serve(values: dict, sets: tuple[str, ...]) -> None:
     from addons import default_addons
 
     logging.getLogger().setLevel(logging.INFO)  # mitmproxy's termlog filters by its own verbosity option
+    logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # one line per recognizer otherwise
     opts = options.Options()
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     master.addons.add(*default_addons())

@@ -32,9 +32,13 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.
     rm -rf .venv
     "$py" -m venv .venv
 fi
-stamp=".venv/.installed${extras:+-$extras}"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# Reinstall when the project's metadata or its set of top-level packages changes (an editable install maps the
+# packages that existed when it ran).
+fingerprint="$( { cat pyproject.toml; ls -d -- */__init__.py 2>/dev/null; } | sha256sum | cut -c1-16)"
+stamp=".venv/.installed${extras:+-$extras}-$fingerprint"
+if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+    rm -f .venv/.installed${extras:+-$extras}-*
     touch "$stamp"
 fi
