@@ -52,7 +52,7 @@ async def measure(target: Target, out: Streams, *, clients: int, per_client: int
                     status = await exchange(conn, stream_request, lambda _: arrivals.append(time.perf_counter()))
             except (OSError, EOFError, TimeoutError, ValueError) as e:
                 out.errors.append(f"{type(e).__name__}: {e}")
-                return
+                break
             if status != 200 or not arrivals:
                 out.errors.append(f"HTTP {status}, {len(arrivals)} chunks")
                 continue
