@@ -224,4 +224,23 @@ def captured_text(x: Exchange, findings: Sequence[FindingLike], capture: str) ->
     if capture == "full":
         return x.prompt_text, x.completion
     answer = [(int(f.start), int(f.end), f.entity) for f in findings if int(f.part) == RESPONSE_PART]
-    return redacted_prompt(x, findings), mask_spans(x.completion, answer) if answer else x.completion
+    completion = mask_spans(x.completion, answer) if answer else x.completion
+    return redacted_prompt(x, findings), mask_echoed_values(completion, x, findings)
+
+
+def mask_echoed_values(completion: str, x: Exchange, findings: Sequence[FindingLike]) -> str:
+    """Models repeat what they were given ("Sure, I'll email bob@x.com"): every value found in the prompt is masked
+    in the stored completion too, even when no response-side scan ran."""
+    if not completion:
+        return completion
+    parts = x.request_parts()
+    values: dict[str, str] = {}
+    for f in findings:
+        part = int(f.part)
+        if part != RESPONSE_PART and 0 <= part < len(parts):
+            value = parts[part].text[int(f.start):int(f.end)]
+            if len(value) >= 4:  # a 1-3 character match would mask unrelated text
+                values[value] = f.entity
+    for value in sorted(values, key=len, reverse=True):
+        completion = completion.replace(value, f"<{values[value]}>")
+    return completion

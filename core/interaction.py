@@ -50,7 +50,9 @@ class Interaction:
         SHA-256 is always of the raw text, and findings are kept as positions, never values."""
         x = self.exchange
         if capture == "redacted" and self.inspection != "inspected":
-            capture = "full"  # DLP did not look at it, so nothing could be masked: the row says it holds raw text
+            # DLP did not look at it (off, timed out, failed), so nothing could be masked: keep no text rather
+            # than raw secrets. The row says so (capture = metadata) and the prompt's hash still finds it.
+            capture = "metadata"
         prompt, completion = captured_text(x, self.findings, capture)
         event = AuditEvent(
             event_id=self.event_id, client_addr=self.client_addr, user=self.user, host=self.host,

@@ -145,13 +145,22 @@ def test_rows_survive_a_json_round_trip():
 
 
 @pytest.mark.parametrize("inspection", ["skipped", "errored"])
-def test_text_dlp_did_not_inspect_is_labelled_raw_not_redacted(inspection):
+def test_text_dlp_did_not_inspect_is_not_stored_under_redacted_capture(inspection):
     x = exchange()
     it = interaction(x, [])
     it.inspection = inspection
     event = it.to_event("redacted")
-    assert event.capture == "full" and event.prompt == x.prompt_text and event.inspection == inspection
-    assert it.to_event("metadata").prompt == ""
+    assert event.capture == "metadata" and event.prompt == "" and event.completion == ""
+    assert event.inspection == inspection and event.prompt_sha256 == sha256_text(x.prompt_text)
+    assert it.to_event("full").prompt == x.prompt_text
+
+
+def test_values_found_in_the_prompt_are_masked_where_the_answer_repeats_them():
+    x = exchange()
+    x.completion = f"Sure, I will email {SECRET_EMAIL} and rotate {SECRET_KEY}."
+    event = interaction(x, findings(x)).to_event("redacted")
+    assert event.completion == "Sure, I will email <EMAIL_ADDRESS> and rotate <AWS_ACCESS_KEY>."
+    assert interaction(x, findings(x)).to_event("full").completion == x.completion
 
 
 def test_response_side_findings_mask_the_stored_completion_only():
