@@ -64,7 +64,11 @@ class Redact:
                                      f"rewritten in place: blocked rather than sent unredacted")
         placeholders = Placeholders()
         body = redact_json(body, parts, findings, placeholders)
-        flow.request.content = orjson.dumps(body)  # re-encoded with the request's content-encoding
+        sent = orjson.dumps(body)
+        if leaked := _still_present(sent, parts, findings):
+            return _refuse(flow, it, f"{', '.join(leaked)} also present in fields DLP does not read (e.g. 'user', "
+                                     f"'metadata', tool descriptions): blocked rather than sent unredacted")
+        flow.request.content = sent  # re-encoded with the request's content-encoding
         counts: dict[str, int] = {}
         for f in findings:
             counts[f.entity] = counts.get(f.entity, 0) + 1
@@ -134,6 +138,17 @@ class _RestoringTap(_Tap):
     def __call__(self, chunk: bytes) -> bytes:
         chunk = super().__call__(chunk)
         return self.answer.feed(chunk) if chunk else self.answer.finish()
+
+
+def _still_present(sent: bytes, parts: list, findings: list) -> list[str]:
+    """The entity types whose values survive redaction somewhere else in the body, as JSON would spell them."""
+    leaked = set()
+    for f in findings:
+        if 0 <= f.part < len(parts):
+            value = parts[f.part].text[f.start:f.end]
+            if value and orjson.dumps(value)[1:-1] in sent:
+                leaked.add(f.entity)
+    return sorted(leaked)
 
 
 def _refuse(flow: http.HTTPFlow, it: Interaction, why: str) -> None:

@@ -121,3 +121,14 @@ def test_sigv4_signed_request_is_blocked_not_broken(openai_service):
     assert f.response is not None and f.response.status_code == 403
     assert it.decision == "block" and "SigV4" in it.reason
     assert EMAIL in f.request.text  # nothing was rewritten, and nothing was sent
+
+
+def test_a_value_also_sent_in_an_unscanned_field_blocks_instead_of_leaking(openai_service):
+    """DLP reads the messages; the same address in the OpenAI `user` field or in metadata would go out raw."""
+    text = f"mail {EMAIL}"
+    body = {"model": "m", "user": EMAIL, "metadata": {"owner": EMAIL},
+            "messages": [{"role": "user", "content": text}]}
+    f, it = flow_for(openai_service, body, email_findings(text, 0))
+    Redact().request(f)
+    assert f.response is not None and f.response.status_code == 403
+    assert it.decision == "block" and "EMAIL_ADDRESS also present in fields DLP does not read" in it.reason
