@@ -98,6 +98,9 @@ def run(listen_host: str, listen_port: int, rules_dir: Path, audit_url: str | No
         if not Path(script).is_file():
             fail(f"addon script not found: {script}")
     confdir = confdir or data_dir / "ca"
+    # Everything the gateway writes (audit store, spool, rules status) holds prompts: owner-only. The CA
+    # certificates clients must trust are made readable again in ensure_ca.
+    os.umask(0o077)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         confdir.mkdir(parents=True, exist_ok=True)
@@ -150,7 +153,10 @@ def ensure_ca(confdir: Path) -> Path:
     from mitmproxy.certs import CertStore
 
     confdir.mkdir(parents=True, exist_ok=True)
-    CertStore.from_store(confdir, "mitmproxy", 2048)
+    CertStore.from_store(confdir, "mitmproxy", 2048)  # the private key file stays owner-only (mitmproxy's umask)
+    confdir.chmod(0o755)
+    for public in confdir.glob("mitmproxy-ca-cert.*"):
+        public.chmod(0o644)
     return confdir / CA_FILE
 
 
@@ -162,6 +168,7 @@ def write_ca_bundle(confdir: Path) -> Path:
     ca = ensure_ca(confdir)
     bundle = confdir / BUNDLE_FILE
     bundle.write_bytes(Path(certifi.where()).read_bytes() + b"\n" + ca.read_bytes())
+    bundle.chmod(0o644)
     return bundle
 
 

@@ -64,3 +64,32 @@ def test_audit_search_without_gateway_opens_the_store(tmp_path):
     assert r.returncode == 0 and r.stdout == ""
     r = gateway("audit", "search", "--data-dir", str(tmp_path), "--since", "yesterday")
     assert r.returncode == 2 and "invalid time 'yesterday'" in r.stderr
+
+
+def test_stored_prompts_are_owner_only_and_the_ca_certificate_is_public(tmp_path):
+    """The audit store and spool hold prompts: no other local user may read them. Clients need the CA cert."""
+    import os
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--data-dir", str(tmp_path), "--listen-port",
+                             str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "audit.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (tmp_path / "audit.sock").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
+    private = [p for p in tmp_path.rglob("*") if p.is_file() and "mitmproxy-ca-cert" not in p.name
+               and p.name != "gateway-ca-bundle.pem"]
+    assert private and all(mode(p) & 0o077 == 0 for p in private), {str(p): oct(mode(p)) for p in private
+                                                                     if mode(p) & 0o077}
+    assert mode(tmp_path / "ca" / "mitmproxy-ca-cert.pem") == 0o644
+    assert mode(tmp_path / "ca" / "mitmproxy-ca.pem") & 0o077 == 0  # the CA's private key
