@@ -54,8 +54,9 @@ class AuditUrl:
         try:
             parts = urlsplit(url)
             port = parts.port
-        except ValueError as e:
-            raise AuditUrlError(f"invalid audit URL: {e}") from None
+        except ValueError:  # urlsplit's message quotes the URL's text, which may be part of a password
+            raise AuditUrlError("invalid audit URL: the port is not a number (percent-encode ':', '/', '?', '#' and "
+                                "'@' in a password, or pass it in $GATEWAY_AUDIT_PASSWORD)") from None
         scheme = parts.scheme.lower()
         if scheme == "chdb":
             if parts.netloc:

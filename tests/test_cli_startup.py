@@ -22,6 +22,7 @@ def gateway(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     ("chdb:///", "chdb audit URL needs a folder"),
     ("http://:8123/x", "http audit URL needs a host"),
     ("http://user:s3cret@host:notaport/db", "invalid audit URL"),
+    ("http://user:pa/s3cret@host:8123/db", "percent-encode"),
 ])
 def test_invalid_audit_url_stops_startup_with_one_line(tmp_path, url, expected):
     r = gateway("run", "--data-dir", str(tmp_path), "--listen-port", "0", "--audit", url)
