@@ -14,7 +14,7 @@ from pathlib import Path
 from mitmproxy import ctx, http, tls
 from mitmproxy.exceptions import OptionsError
 
-from core.catalog import Catalog
+from core.catalog import Catalog, Match
 from core.interaction import KEY, Interaction
 from core.rulesfile import RulesError
 
@@ -26,6 +26,10 @@ SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules"
 class Recognise:
     def __init__(self) -> None:
         self.catalog: Catalog | None = None
+        # The host each proxy client asked to CONNECT to, by client connection id. A client chooses its TLS name
+        # (SNI) freely: `CONNECT api.openai.com` with SNI `cdn.example.org` must not slip past as non-AI, so both
+        # names are checked. Entries live as long as the client connection.
+        self.connect_hosts: dict[str, str] = {}
 
     def load(self, loader) -> None:
         loader.add_option("gateway_rules", str, str(SHIPPED_RULES),
@@ -38,11 +42,24 @@ class Recognise:
             except RulesError as e:
                 raise OptionsError(str(e)) from None
 
-    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self.connect_hosts[flow.client_conn.id] = flow.request.host
+
+    def client_disconnected(self, client) -> None:
+        self.connect_hosts.pop(client.id, None)
+
+    def _match(self, *names: str | None) -> tuple[str | None, Match | None]:
+        """The first of the names that the catalog knows, and its match; (first name, None) if none does."""
         assert self.catalog is not None
+        for name in names:
+            if name and (match := self.catalog.match(name)):
+                return name, match
+        return next((n for n in names if n), None), None
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         server = data.context.server.address
-        host = data.client_hello.sni or (server[0] if server else None)
-        match = self.catalog.match(host)
+        host, match = self._match(data.client_hello.sni, self.connect_hosts.get(data.context.client.id),
+                                  server[0] if server else None)
         if match is None:
             data.ignore_connection = True
         elif not match.decrypt:
@@ -51,13 +68,15 @@ class Recognise:
                      data.context.client.peername[0], match.reason)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        assert self.catalog is not None
-        # The name the TLS connection was intercepted for; the request's own host for plain HTTP.
-        host = flow.client_conn.sni or flow.request.host
-        match = self.catalog.match(host)
+        # The TLS name, the CONNECT target, or for plain HTTP the request's own host: whichever is an AI service.
+        host, match = self._match(flow.client_conn.sni, self.connect_hosts.get(flow.client_conn.id),
+                                  flow.request.host)
         if match is None or not match.service.covers_path(flow.request.path):
             return
         flow.metadata[KEY] = Interaction(
             service=match.service, client_addr=flow.client_conn.peername[0], host=host,
             method=flow.request.method, path=flow.request.path,
         )
+        # An AI request is inspected before it leaves: never stream its body upstream unseen (stream_large_bodies
+        # would otherwise send it before the request hook runs; body_size_limit bounds what is buffered).
+        flow.request.stream = False

@@ -155,3 +155,25 @@ def test_credentials_in_query_strings_never_reach_the_audit(gateway, upstream, m
     [event] = wait_for_events(gateway, lambda e: f"trace={marker}" in e["path"])
     assert event["path"] == f"/v1/chat/completions?key=REDACTED&trace={marker}"
     assert secret not in str(event)
+
+
+def test_a_tls_name_that_differs_from_the_connect_host_does_not_bypass_inspection(gateway, upstream, marker):
+    """`CONNECT api.openai.com` with SNI `cdn.example.org`: the gateway still decrypts, inspects and audits."""
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("ok"))
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": marker}]}).encode()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw:
+        raw.sendall(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n")
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        ctx = ssl.create_default_context(cafile=str(gateway.ca))  # only the gateway CA: proves interception
+        with ctx.wrap_socket(raw, server_hostname="cdn.example.org") as tls:
+            tls.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Type: "
+                        b"application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            response = b""
+            while data := tls.recv(4096):
+                response += data
+    # Intercepted (the gateway's certificate was accepted for cdn.example.org), inspected and audited; the upstream
+    # connection then carries the client's TLS name, which the real host's certificate does not match.
+    assert response.startswith(b"HTTP/1.1 502") and b"hostname mismatch" in response
+    [event] = wait_for_events(gateway, lambda e: marker in e["prompt"])
+    assert event["service"] == "openai" and event["host"] == "api.openai.com"
+    assert event["inspection"] == "inspected" and event["operation"] == "chat.completions"
