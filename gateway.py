@@ -106,7 +106,9 @@ def run(listen_host: str, listen_port: int, rules_dir: Path, audit_url: str | No
         confdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         fail(f"cannot create {e.filename}: {e.strerror}")
+    # body_size_limit applies to decrypted (AI) traffic only: bodies are buffered for inspection, so bound them.
     asyncio.run(_serve(dict(listen_host=listen_host, listen_port=listen_port, confdir=str(confdir),
+                            body_size_limit="64m",
                             gateway_rules=str(rules_dir), gateway_audit=url, scripts=list(scripts),
                             gateway_rules_status=str(data_dir.resolve() / RULES_STATUS_FILE),
                             gateway_audit_password_file=password_file,

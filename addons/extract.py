@@ -77,6 +77,13 @@ class Extract:
                                             f"request body decodes to more than {ctx.options.gateway_max_decoded_bytes}"
                                             f" bytes and was not expanded (compression bomb?).")
             return
+        if problem:
+            # The client chose an encoding we cannot read (`Content-Encoding: none`); an upstream that ignores the
+            # header would still read the JSON. What cannot be inspected does not leave, whatever the fail modes.
+            it.decision, it.reason = "block", problem
+            flow.response = _error_response(415, "gateway_undecodable", f"Blocked by the AI gateway: the request "
+                                            f"body could not be decoded for inspection ({problem[:200]}).")
+            return
         if parsed.error and ctx.options.gateway_on_parse_error == "block":
             it.decision, it.reason = "block", f"request not parseable: {parsed.error}"
             flow.response = _error_response(400, "gateway_unparseable", f"Blocked by the AI gateway: the request "

@@ -222,10 +222,18 @@ def captured_text(x: Exchange, findings: Sequence[FindingLike], capture: str) ->
     if capture == "metadata":
         return "", ""
     if capture == "full":
-        return x.prompt_text, x.completion
+        return _capped(x.prompt_text), x.completion
     answer = [(int(f.start), int(f.end), f.entity) for f in findings if int(f.part) == RESPONSE_PART]
     completion = mask_spans(x.completion, answer) if answer else x.completion
-    return redacted_prompt(x, findings), mask_echoed_values(completion, x, findings)
+    return _capped(redacted_prompt(x, findings)), mask_echoed_values(completion, x, findings)
+
+
+#: Stored prompt text is capped like the reassembled completion: a 100 MB paste must not become a 100 MB row.
+MAX_STORED_CHARS = 1_000_000
+
+
+def _capped(text: str) -> str:
+    return text if len(text) <= MAX_STORED_CHARS else text[:MAX_STORED_CHARS] + f"\n<truncated {len(text)} chars>"
 
 
 def mask_echoed_values(completion: str, x: Exchange, findings: Sequence[FindingLike]) -> str:

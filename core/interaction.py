@@ -49,7 +49,7 @@ class Interaction:
         """The audit row. `capture` (metadata | redacted | full) decides how much text it keeps; the prompt's
         SHA-256 is always of the raw text, and findings are kept as positions, never values."""
         x = self.exchange
-        if capture == "redacted" and self.inspection != "inspected":
+        if capture == "redacted" and self.inspection != "inspected" and any(p.text for p in x.request_parts()):
             # DLP did not look at it (off, timed out, failed), so nothing could be masked: keep no text rather
             # than raw secrets. The row says so (capture = metadata) and the prompt's hash still finds it.
             capture = "metadata"

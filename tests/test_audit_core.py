@@ -174,3 +174,13 @@ def test_response_side_findings_mask_the_stored_completion_only():
     assert event.completion == "Sent to <EMAIL_ADDRESS>." and SECRET_EMAIL not in event.prompt
     assert event.finding_parts[-1] == RESPONSE_PART and event.entity_counts == [1, 6]
     assert interaction(x, [answer]).to_event("full").completion == x.completion
+
+
+def test_stored_prompt_text_is_capped():
+    from core.audit import MAX_STORED_CHARS
+    x = Exchange(service="openai", messages=[Message("user", [TextPart("x" * (MAX_STORED_CHARS + 5000), None)])])
+    it = interaction(x, [])
+    it.inspection = "inspected"
+    for capture in ("full", "redacted"):
+        prompt = it.to_event(capture).prompt
+        assert len(prompt) < MAX_STORED_CHARS + 100 and prompt.endswith(f"<truncated {len(x.prompt_text)} chars>")

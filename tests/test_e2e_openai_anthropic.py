@@ -14,6 +14,7 @@ import anthropic
 import brotli
 import httpx2
 import openai
+import pytest
 import zstandard
 
 from tests.conftest import wait_for_events
@@ -221,6 +222,21 @@ def test_request_compression_bomb_is_refused_and_audited(gateway, upstream, mark
     assert (event["decision"], event["parsed"], event["status"]) == ("block", False, 413)
     assert any("compression bomb" in w for w in event["warnings"])
     assert gateway.proc.poll() is None
+
+
+@pytest.mark.parametrize("coding", ["none", "identity;q=1", "UTF-8", "gzip"])
+def test_a_body_the_gateway_cannot_decode_is_blocked_not_forwarded(gateway, upstream, marker, coding):
+    """A plain JSON body labelled with an encoding the gateway cannot read would reach an upstream that ignores the
+    label uninspected: it is refused whatever the policy's fail modes."""
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("should not be reached"))
+    seen = len(upstream.requests)
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "AKIAIOSFODNN7EXAMPLE"}]})
+    r = _http(gateway).post(f"https://api.openai.com/v1/chat/completions?{marker}", content=body.encode(),
+                            headers={"content-type": "application/json", "content-encoding": coding})
+    assert r.status_code == 415 and "could not be decoded" in r.json()["error"]["message"]
+    assert len(upstream.requests) == seen
+    [event] = wait_for_events(gateway, lambda e: marker in e["path"])
+    assert (event["decision"], event["parsed"], event["status"]) == ("block", False, 415)
 
 
 def test_response_compression_bombs(gateway, upstream, marker):
