@@ -93,6 +93,14 @@ class Decide:
         it: Interaction | None = flow.metadata.get(KEY)
         if it is None or flow.response is not None:  # not AI, or already answered (unparseable body blocked)
             return
+        try:
+            self._decide(flow, it)
+        except Exception as e:  # mitmproxy would log it and forward the request undecided: fail closed instead
+            log.exception("policy decision failed")
+            refuse(flow, it, f"policy decision failed ({type(e).__name__}): blocked", "The AI gateway could not "
+                   "apply its policy to this request, so it was not sent.")
+
+    def _decide(self, flow: http.HTTPFlow, it: Interaction) -> None:
         if flow.request.path.split("?")[0] == enforcement.CONTINUE_PATH:
             self._continue(flow, it)
             return
@@ -204,7 +212,10 @@ class Decide:
 
     def _continue(self, flow: http.HTTPFlow, it: Interaction) -> None:
         """The warn page's form: remember the acknowledgement and send the browser back where it was going."""
-        form = urllib.parse.parse_qs(flow.request.get_text(strict=False) or "", max_num_fields=10)
+        try:
+            form = urllib.parse.parse_qs(flow.request.get_text(strict=False) or "", max_num_fields=10)
+        except ValueError:  # more fields than the form has: not our page's submission
+            form = {}
         token = (form.get("token") or [""])[0]
         target = (form.get("target") or ["/"])[0]
         justification = " ".join((form.get("justification") or [""])[0].split())[:MAX_JUSTIFICATION]
@@ -237,3 +248,16 @@ class Decide:
         warning = flow.metadata.get(WARNING_KEY)
         if warning and flow.response is not None:  # header values must be ASCII
             flow.response.headers[enforcement.WARNING_HEADER] = warning.encode("ascii", "replace").decode()
+
+
+def refuse(flow: http.HTTPFlow, it: Interaction, why: str,
+           message: str = "Sensitive data was found that could not be redacted from this request, so it was not "
+                          "sent.") -> None:
+    """Fail closed: the client gets a block answer in its provider's error shape, the audit the reason."""
+    it.decision = "block"
+    it.reason = f"{it.reason}; {why}" if it.reason else why
+    parsed = flow.metadata.get(PARSED_KEY)
+    provider = parsed.provider.name if parsed is not None and parsed.provider is not None else None
+    text = enforcement.user_message("block", it.rule_id or "gateway", message, it.event_id)
+    reply = enforcement.api_error(enforcement.dialect(provider, it.service), text, it.event_id)
+    flow.response = http.Response.make(reply.status, reply.body, reply.headers)

@@ -27,11 +27,11 @@ import logging
 import orjson
 from mitmproxy import http
 
-from addons.extract import PARSED_KEY, _Tap
+from addons.decide import refuse
+from addons.extract import _Tap
 from core.interaction import KEY, Interaction
 from dlp.answer import Restorer, StreamedAnswer
 from dlp.redact import Placeholders, redact_json, unredactable
-from policy import enforcement
 
 log = logging.getLogger(__name__)
 
@@ -43,30 +43,37 @@ class Redact:
         it: Interaction | None = flow.metadata.get(KEY)
         if it is None or flow.response is not None or it.decision != "redact":
             return
+        try:
+            self._redact(flow, it)
+        except Exception as e:  # a redaction that failed must not let the raw request out
+            log.exception("redaction failed")
+            refuse(flow, it, f"redaction failed ({type(e).__name__}): blocked rather than sent unredacted")
+
+    def _redact(self, flow: http.HTTPFlow, it: Interaction) -> None:
         wanted = set(it.redact_entities)
         findings = [f for f in it.findings if not wanted or f.entity in wanted]
         if not findings:
             return
         if flow.request.headers.get("authorization", "").startswith("AWS4-HMAC-SHA256"):
-            return _refuse(flow, it, "the request is signed with AWS SigV4 over its body, so a redacted body would be "
+            return refuse(flow, it, "the request is signed with AWS SigV4 over its body, so a redacted body would be "
                                      "rejected upstream: blocked rather than sent unredacted (clients using a Bedrock "
                                      "API key can be redacted)")
         try:
             body = orjson.loads(flow.request.get_content(strict=True) or b"")
         except (ValueError, orjson.JSONDecodeError) as e:
-            return _refuse(flow, it, f"request body cannot be rewritten ({type(e).__name__}): blocked rather "
+            return refuse(flow, it, f"request body cannot be rewritten ({type(e).__name__}): blocked rather "
                                      f"than sent unredacted")
         parts = it.exchange.request_parts()
         stuck = unredactable(body, parts, findings)
         if stuck:
             kinds = sorted({f.entity for f in findings if f.part in stuck})
-            return _refuse(flow, it, f"{', '.join(kinds)} found in {len(stuck)} part(s) that cannot be "
+            return refuse(flow, it, f"{', '.join(kinds)} found in {len(stuck)} part(s) that cannot be "
                                      f"rewritten in place: blocked rather than sent unredacted")
         placeholders = Placeholders()
         body = redact_json(body, parts, findings, placeholders)
         sent = orjson.dumps(body)
         if leaked := _still_present(sent, parts, findings):
-            return _refuse(flow, it, f"{', '.join(leaked)} also present in fields DLP does not read (e.g. 'user', "
+            return refuse(flow, it, f"{', '.join(leaked)} also present in fields DLP does not read (e.g. 'user', "
                                      f"'metadata', tool descriptions): blocked rather than sent unredacted")
         flow.request.content = sent  # re-encoded with the request's content-encoding
         counts: dict[str, int] = {}
@@ -149,16 +156,3 @@ def _still_present(sent: bytes, parts: list, findings: list) -> list[str]:
             if value and orjson.dumps(value)[1:-1] in sent:
                 leaked.add(f.entity)
     return sorted(leaked)
-
-
-def _refuse(flow: http.HTTPFlow, it: Interaction, why: str) -> None:
-    """Fail closed: the client gets the policy's block answer in its provider's error shape, the audit the
-    reason."""
-    it.decision = "block"
-    it.reason = f"{it.reason}; {why}" if it.reason else why
-    parsed = flow.metadata.get(PARSED_KEY)
-    provider = parsed.provider.name if parsed is not None and parsed.provider is not None else None
-    text = enforcement.user_message("block", it.rule_id or "redact", "Sensitive data was found that could not "
-                                    "be redacted from this request, so it was not sent.", it.event_id)
-    reply = enforcement.api_error(enforcement.dialect(provider, it.service), text, it.event_id)
-    flow.response = http.Response.make(reply.status, reply.body, reply.headers)

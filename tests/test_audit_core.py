@@ -59,7 +59,7 @@ def interaction(x: Exchange, found: list) -> Interaction:
     return Interaction(service=Service("openai", "OpenAI", "OpenAI", "api", sanctioned=True), client_addr="10.0.0.5",
                        host="api.openai.com", method="POST", path="/v1/chat/completions", user="jane",
                        groups=["eng", "ml"], exchange=x, findings=found, decision="redact", rule_id="pii-redact",
-                       justification="customer asked")
+                       justification="customer asked", inspection="inspected")
 
 
 def test_text_slots_mirror_request_parts():
