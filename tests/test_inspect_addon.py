@@ -31,19 +31,23 @@ def flow_with(messages: list[dict]):
     return f, it
 
 
-def inspect_flows(flows, **options) -> None:
-    """Run the addon as mitmproxy would: options set, `running` (the pool starts), then each flow's hook."""
+def run_inspect(hook: str, items, **options) -> None:
+    """Run the addon as mitmproxy would: options set, `running` (the pool starts), then `hook` for each item."""
     async def go():
         addon = Inspect()
         with taddons.context(Recognise(), addon) as tctx:
             tctx.configure(addon, **options)
             addon.running()
             try:
-                for f in flows:
-                    await addon.request(f)
+                for item in items:
+                    await getattr(addon, hook)(item)
             finally:
                 addon.done()
     asyncio.run(go())
+
+
+def inspect_flows(flows, **options) -> None:
+    run_inspect("request", flows, **options)
 
 
 def test_every_text_part_is_scanned_and_findings_index_request_parts():
@@ -94,17 +98,7 @@ def test_workers_that_cannot_scan_make_the_inspection_errored(tmp_path):
 
 
 def scan_answers(its, **options) -> None:
-    async def go():
-        addon = Inspect()
-        with taddons.context(Recognise(), addon) as tctx:
-            tctx.configure(addon, **options)
-            addon.running()
-            try:
-                for it in its:
-                    await addon.scan_response(it)
-            finally:
-                addon.done()
-    asyncio.run(go())
+    run_inspect("scan_response", its, **options)
 
 
 def test_an_answer_scan_adds_response_side_findings_and_says_how_it_went():
