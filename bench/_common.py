@@ -19,19 +19,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.gateway import ROUTE_ADDON, GatewayProcess, free_port
+from tests.support.gateway import ROUTE_ADDON, GatewayProcess, free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,19 +129,11 @@ class Mitmdump:
         self.log_path = workdir / "mitmdump.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mitmdump exited {self.proc.returncode}:\n{self.log_path.read_text()}")
-            if self.ca.exists():
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                    return
-                except OSError:
-                    pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"mitmdump not ready after 30 s:\n{self.log_path.read_text()}")
+        try:
+            wait_listening("mitmdump", self.proc, self.port, self.ca, self.log_path.read_text, 30)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         _stop(self.proc)

@@ -18,6 +18,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(name: str, proc: subprocess.Popen, port: int, ready: Path, output, timeout: float) -> None:
+    """Until `ready` exists and the proxy accepts connections on `port`; RuntimeError with its output if the
+    process exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited {proc.returncode}:\n{output()}")
+        if ready.exists():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} not ready after {timeout}s:\n{output()}")
+
+
 class GatewayProcess:
     def __init__(self, data_dir: Path, routes: dict[str, int], upstream_ca: Path, *, rules: Path | None = None,
                  sets: list[str] | None = None, extra_args: list[str] | None = None):
@@ -54,18 +71,7 @@ class GatewayProcess:
         return Path(str(self.data_dir / "audit") + ".sock")
 
     def _wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.output()}")
-            if self.admin_socket.exists():
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                    return
-                except OSError:
-                    pass
-            time.sleep(0.1)
-        raise RuntimeError(f"gateway not ready after {timeout}s:\n{self.output()}")
+        wait_listening("gateway", self.proc, self.port, self.admin_socket, self.output, timeout)
 
     def output(self) -> str:
         self.log.flush()
