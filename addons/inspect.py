@@ -120,7 +120,9 @@ class Inspect:
         self.digest = digests(folder).get(RECOGNIZERS)
         workers = ctx.options.gateway_dlp_workers or min(4, os.cpu_count() or 1)
         bulk = ctx.options.gateway_dlp_bulk_workers
-        self.pool = DlpPool(source, workers)
+        # With a bulk pool for long prompts, the ordinary pool's jobs are short: a timeout there must not restart
+        # the workers under everyone else's scans.
+        self.pool = DlpPool(source, workers, recycle_on_timeout=not bulk)
         self.bulk = DlpPool(source, bulk) if bulk else None
         # The bulk workers start with the first long prompt: many gateways never see one.
         self.warming = [asyncio.get_running_loop().create_task(self._warm(self.pool))]

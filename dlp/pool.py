@@ -78,10 +78,15 @@ def _scan_job(job: Job) -> list[Finding]:
 class DlpPool:
     """`workers` processes scanning with the rules of `rules` (a recognizers.yaml, or the folder holding it)."""
 
-    def __init__(self, rules: str | Path, workers: int = 1):
+    def __init__(self, rules: str | Path, workers: int = 1, *, recycle_on_timeout: bool = True):
+        """`recycle_on_timeout`: replace every worker when a scan runs out of time, which kills the other scans in
+        flight. Needed where one job can run for minutes (an unbounded prompt); a pool whose jobs are bounded (the
+        proxy's ordinary pool, once long prompts go to a bulk pool) keeps its workers: a timed-out scan's queued
+        jobs are cancelled and its running ones finish unread, so one user's slow scan never fails another's."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.rules, self.workers = str(rules), workers
+        self.recycle_on_timeout = recycle_on_timeout
         self._limits: tuple[int, int] | None = None
         self._executor: ProcessPoolExecutor | None = self._new_executor()
 
@@ -115,7 +120,8 @@ class DlpPool:
         try:
             return await asyncio.wait_for(asyncio.gather(*futures), timeout)
         except TimeoutError:
-            self._recycle()
+            if self.recycle_on_timeout:
+                self._recycle()
             raise DlpTimeout(f"did not finish within {timeout:g} s") from None
         except BrokenProcessPool:
             self._recycle()

@@ -83,6 +83,30 @@ def test_a_scan_that_takes_too_long_raises_and_the_pool_recovers():
         p.close()
 
 
+@pytest.mark.parametrize("recycle", [False, True])
+def test_one_scan_timing_out_fails_other_scans_only_when_the_pool_recycles(recycle):
+    """A scan that times out while queued behind another user's scan: with recycling, the other scan is killed
+    (its request is then audited `errored` and the fail mode decides); without, it completes."""
+    p = DlpPool(RULES, workers=2, recycle_on_timeout=recycle)
+
+    async def main():
+        await p.start()
+        other = asyncio.create_task(p.scan_parts(["mail jane.doe@acme-corp.com " * 40_000], timeout=120))
+        await asyncio.sleep(0.3)  # its jobs now occupy both workers
+        with pytest.raises(DlpTimeout):
+            await p.scan_parts(["call +1 415 555 0100"], timeout=0.01)
+        return await asyncio.gather(other, return_exceptions=True)
+
+    try:
+        [result] = asyncio.run(main())
+    finally:
+        p.close()
+    if recycle:
+        assert isinstance(result, DlpError)
+    else:
+        assert len(result) == 40_000
+
+
 def test_rules_that_do_not_load_are_a_clear_error(tmp_path):
     bad = tmp_path / "recognizers.yaml"
     bad.write_text("recognizers:\n  - name: EmailRecognizer\n    threshold: 2\n", encoding="utf-8")
