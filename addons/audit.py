@@ -175,11 +175,10 @@ class Audit:
         if not data.ignore_connection or self.writer is None:
             return
         recognise = ctx.master.addons.get("recognise")
-        server = data.context.server.address
-        host = data.client_hello.sni or (server[0] if server else "")
-        match = recognise.catalog.match(host) if recognise and recognise.catalog and host else None
+        host, match = recognise.connection_match(data) if recognise is not None else (None, None)
         if match is None:
             return
+        server = data.context.server.address
         client = data.context.client
         self._tunnels[client.id] = ConnectionEvent(
             client_addr=client.peername[0] if client.peername else "", user=self._proxy_users.get(client.id, ""),

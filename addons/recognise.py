@@ -56,10 +56,15 @@ class Recognise:
                 return name, match
         return next((n for n in names if n), None), None
 
-    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+    def connection_match(self, data: tls.ClientHelloData) -> tuple[str | None, Match | None]:
+        """The AI service a TLS connection goes to, by its TLS name, its CONNECT host or its server address.
+        Public so the audit records tunnelled connections by the same rule that tunnelled them."""
         server = data.context.server.address
-        host, match = self._match(data.client_hello.sni, self.connect_hosts.get(data.context.client.id),
-                                  server[0] if server else None)
+        return self._match(data.client_hello.sni, self.connect_hosts.get(data.context.client.id),
+                           server[0] if server else None)
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        host, match = self.connection_match(data)
         if match is None:
             data.ignore_connection = True
         elif not match.decrypt:
