@@ -7,7 +7,8 @@ workers of their own, so ordinary prompts never queue behind them. The findings 
 `Finding.part` indexing `Exchange.request_parts()`, which is what the decide stage judges, the redact stage
 rewrites and the audit records (as types and positions, never values).
 
-`Interaction.inspection` tells the truth about the scan, because the policy's fail modes depend on it:
+`Interaction.inspection` tells the truth about the scan, because the policy's fail modes depend on it (it is
+`pending` until this stage sets it):
 `inspected` (every text part scanned), `skipped` (DLP off, or nothing textual to scan) or `errored` (the scan
 timed out or a worker died; the findings are then not the whole truth and the reason is in the warnings).
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 import logging
 
 import orjson
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from addons.decide import refuse
 from addons.extract import _Tap
 from core.interaction import KEY, Interaction
 from dlp.answer import Restorer, StreamedAnswer
 from dlp.redact import Placeholders, redact_json, unredactable
+from providers.encoding import EncodingError, decode
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,12 @@ class Redact:
             if answer is not None and answer.error:
                 flow.metadata[KEY].exchange.warn(f"placeholders not restored past this point: {answer.error}")
             return
-        content = flow.response.get_content(strict=False)
+        try:  # capped like every body the gateway decodes: a hostile upstream's bomb is not expanded
+            content = decode(flow.response.raw_content or b"", flow.response.headers.get("content-encoding"),
+                             ctx.options.gateway_max_decoded_bytes)
+        except EncodingError as e:
+            flow.metadata[KEY].exchange.warn(f"placeholders not restored in the answer: {e}")
+            return
         if content:
             flow.response.content = _restorer(placeholders).json_body(content)
 

@@ -132,3 +132,32 @@ def test_a_value_also_sent_in_an_unscanned_field_blocks_instead_of_leaking(opena
     Redact().request(f)
     assert f.response is not None and f.response.status_code == 403
     assert it.decision == "block" and "EMAIL_ADDRESS also present in fields DLP does not read" in it.reason
+
+
+def test_buffered_answer_is_restored_and_a_compressed_bomb_is_not_expanded(openai_service):
+    import gzip
+
+    from mitmproxy.test import taddons, tutils
+
+    from addons.extract import Extract
+
+    text = f"mail {EMAIL}"
+    body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    with taddons.context(Extract()) as tctx:
+        tctx.options.gateway_max_decoded_bytes = 1_000_000
+        f, it = flow_for(openai_service, body, email_findings(text, 0), reversible=True)
+        Redact().request(f)
+        answer = {"choices": [{"message": {"content": "Wrote to <EMAIL_ADDRESS_1>."}}]}
+        f.response = tutils.tresp(content=gzip.compress(json.dumps(answer).encode()))
+        f.response.headers["content-encoding"] = "gzip"
+        Redact().response(f)
+        assert json.loads(f.response.content)["choices"][0]["message"]["content"] == f"Wrote to {EMAIL}."
+
+        g, it2 = flow_for(openai_service, body, email_findings(text, 0), reversible=True)
+        Redact().request(g)
+        g.response = tutils.tresp(content=gzip.compress(b'{"a": "<EMAIL_ADDRESS_1>' + b" " * 5_000_000 + b'"}'))
+        g.response.headers["content-encoding"] = "gzip"
+        raw = g.response.raw_content
+        Redact().response(g)
+        assert g.response.raw_content == raw  # left as it came, not expanded
+        assert any("placeholders not restored" in w for w in it2.exchange.warnings)
