@@ -23,9 +23,9 @@ from pathlib import Path
 import click
 import orjson
 
+from core.rulesfile import SHIPPED_RULES
 from dlp.cli import scan_command  # click only: the scanner is built when the command runs
 
-SHIPPED_RULES = Path(__file__).resolve().parent / "rules"
 CA_FILE = "mitmproxy-ca-cert.pem"
 BUNDLE_FILE = "gateway-ca-bundle.pem"
 SPOOL_FILE = "audit-spool.sqlite"

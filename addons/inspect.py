@@ -32,10 +32,9 @@ from mitmproxy.exceptions import OptionsError
 
 from core.exchange import RESPONSE_PART
 from core.interaction import KEY, Interaction
-from core.rulesfile import RulesError
+from core.rulesfile import SHIPPED_RULES, RulesError
 from policy.ruleset import RECOGNIZERS, digests
 
-SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules"
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,10 @@ from mitmproxy.exceptions import OptionsError
 
 from core.catalog import Catalog, Match
 from core.interaction import KEY, Interaction
-from core.rulesfile import RulesError
+from core.rulesfile import SHIPPED_RULES, RulesError
 
 log = logging.getLogger(__name__)
 
-SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules"
 
 
 class Recognise:

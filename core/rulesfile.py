@@ -12,6 +12,10 @@ from typing import Any
 import yaml
 
 
+#: The rules shipped with the gateway (catalog, policy, identity, recognizers): the default rules folder.
+SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules"
+
+
 class RulesError(ValueError):
     """A rules file is unreadable or wrong. str() is `file:line: message`, the form editors jump to."""
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules"
+from core.rulesfile import SHIPPED_RULES
+
 
 
 @click.command("scan")
