@@ -39,14 +39,16 @@ PATH = "/v1/chat/completions"
 
 # --- the traffic ---------------------------------------------------------------------------------------------------
 
-def chat_body(stream: bool = False, size: int = 1024) -> bytes:
-    """An OpenAI chat completion request of about `size` bytes (system prompt plus a user turn)."""
+def chat_body(stream: bool = False, size: int = 1024, pii: bool = False) -> bytes:
+    """An OpenAI chat completion request of about `size` bytes (system prompt plus a user turn). `pii`: the user
+    turn ends with an e-mail address, so the gateway's DLP workers must run (the shipped policy only monitors it)."""
     body = {"model": "gpt-4o", "stream": stream,
             "messages": [{"role": "system", "content": "You are a concise assistant for the finance team."},
                          {"role": "user", "content": ""}]}
     filler = "Summarise the quarterly figures for the board in three bullet points. "
-    need = size - len(json.dumps(body, separators=(",", ":")))
-    body["messages"][1]["content"] = (filler * (need // len(filler) + 1))[:max(need, 0)]
+    tail = " Send the summary to jane.doe@acme-corp.com." if pii else ""
+    need = size - len(json.dumps(body, separators=(",", ":"))) - len(tail)
+    body["messages"][1]["content"] = (filler * (need // len(filler) + 1))[:max(need, 0)] + tail
     return json.dumps(body, separators=(",", ":")).encode()
 
 

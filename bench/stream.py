@@ -9,6 +9,7 @@ rounds. Exit status 1 if the gateway's first chunk did not arrive before half th
 
     python bench/stream.py
     python bench/stream.py --clients 10 --chunks 100 --interval 0.005
+    python bench/stream.py --prompt pii     # a prompt the DLP workers must scan, not only the prefilter
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ class Streams:
     errors: list[str] = field(default_factory=list)
 
 
-async def measure(target: Target, out: Streams, *, clients: int, per_client: int) -> None:
+async def measure(target: Target, out: Streams, *, clients: int, per_client: int, pii: bool) -> None:
     ctx = target.context()
-    stream_request, warm_request = request_bytes(chat_body(stream=True)), request_bytes(chat_body())
+    stream_request, warm_request = request_bytes(chat_body(stream=True, pii=pii)), request_bytes(chat_body())
     conns = await asyncio.gather(*(connect(target, ctx) for _ in range(clients)))
     await asyncio.gather(*(exchange(c, warm_request) for c in conns))  # opens the proxies' upstream connections
 
@@ -100,12 +101,15 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.01, help="seconds between frames (0.01)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent streams (4)")
     parser.add_argument("--per-client", type=int, default=3, help="streams per client per round (3)")
+    parser.add_argument("--prompt", choices=["clean", "pii"], default="clean",
+                        help="clean: nothing for DLP to find (the common case); pii: an e-mail address, which the "
+                             "DLP workers scan and the shipped policy only monitors (clean)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds; each measures every target once (2)")
     args = parser.parse_args()
     if args.chunks < 3:
         parser.error("--chunks must be at least 3")
     print(f"bench/stream.py: {args.clients} concurrent streams x {args.per_client} x {args.rounds} rounds per target, "
-          f"{args.chunks} SSE chunks {args.interval * 1000:g} ms apart")
+          f"{args.chunks} SSE chunks {args.interval * 1000:g} ms apart, {args.prompt} prompt")
     print(machine_line())
     with Workspace() as ws:
         upstream = ws.keep(Upstream(ws.dir / "upstream", chunks=args.chunks, interval=args.interval))
@@ -117,7 +121,8 @@ def main() -> int:
                    Target("mitmdump stream_large_bodies=1", streaming.port, streaming.ca, via_proxy=True),
                    Target("gateway", gateway.port, gateway.ca, via_proxy=True)]
         results = {t.name: Streams() for t in targets}
-        asyncio.run(run_rounds(targets, results, args.rounds, clients=args.clients, per_client=args.per_client))
+        asyncio.run(run_rounds(targets, results, args.rounds, clients=args.clients, per_client=args.per_client,
+                               pii=args.prompt == "pii"))
         # the usage block comes in the next-to-last frame: counted only if the whole stream was reassembled
         events, problem = audited(gateway, f"stream AND output_tokens = {args.chunks - 3}")
     ok = report(targets, results, args.chunks)

@@ -76,6 +76,25 @@ def test_the_prefilter_loses_nothing_on_mixed_text(scanner, reference, seed):
     assert scanner.scan(text) == reference.scan(text)
 
 
+def test_nothing_to_find_is_exact_where_it_says_so(scanner, reference):
+    """The proxy skips the workers for a text only on this answer: it must never be True for a text with a finding
+    (judged by every recognizer on the whole text), and it must be True for ordinary clean prose, or it saves
+    nothing."""
+    lines = [line for s in load_corpus() for line in s["text"].splitlines() if line.strip()]
+    texts = [s["text"] for s in load_corpus()] + lines
+    clean = [t for t in texts if scanner.nothing_to_find(t)]
+    assert all(reference.scan(t) == [] for t in clean)
+    assert all(not scanner.nothing_to_find(t) for t in texts if reference.scan(t))
+    assert len(clean) > 50
+    assert scanner.nothing_to_find("Summarise the quarterly figures for the board in three bullet points. " * 50)
+    assert not scanner.nothing_to_find("mail jane.doe@acme-corp.com")
+
+
+def test_nothing_to_find_never_answers_for_the_exhaustive_mode_or_long_texts(scanner, reference):
+    assert not reference.nothing_to_find("hello")
+    assert not scanner.nothing_to_find("hello " * (scanner.rules.limits.chunk_chars // 6 + 1))
+
+
 def test_pattern_loop_agrees_with_presidio_analyze(scanner):
     """dlp.recognizers.match_patterns is PatternRecognizer.analyze without its bookkeeping: same results."""
     texts = [s["text"] for s in load_corpus()]

@@ -117,3 +117,32 @@ def test_an_answer_scan_adds_response_side_findings_and_says_how_it_went():
         ("EMAIL_ADDRESS", RESPONSE_PART, EMAIL)
     assert slow.response_inspection == "errored" and slow.findings == []
     assert any("DLP scan of the answer timed out" in w for w in slow.exchange.warnings)
+
+
+def test_clean_prompts_skip_the_workers_only_where_the_prefilter_proves_them_clean():
+    """Once the workers are warm the proxy holds the prefilter gate. With the workers then shut, a scan that still
+    reaches them fails ('errored'): so a clean prompt that comes out 'inspected' never went there, and one with a
+    candidate (or any prompt, with the gate switched off) did."""
+    clean_f, clean = flow_with([{"role": "user", "content": "Summarise the quarterly figures for the board."}])
+    pii_f, pii = flow_with([{"role": "user", "content": "Summarise the figures and mail them to " + EMAIL}])
+    off_f, off = flow_with([{"role": "user", "content": "Summarise the quarterly figures for the board."}])
+
+    async def go():
+        addon = Inspect()
+        with taddons.context(Recognise(), addon) as tctx:
+            tctx.configure(addon, gateway_dlp_workers=1)
+            addon.running()
+            try:
+                await asyncio.gather(*addon.warming)
+                assert addon.gate is not None
+                addon.pool.close()
+                await addon.request(clean_f)
+                await addon.request(pii_f)
+                tctx.options.update(gateway_dlp_prefilter_chars=0)  # not a pool option: the pool stays shut
+                await addon.request(off_f)
+            finally:
+                addon.done()
+    asyncio.run(go())
+    assert clean.inspection == "inspected" and clean.findings == []
+    assert pii.inspection == "errored" and any("DLP pool is closed" in w for w in pii.exchange.warnings)
+    assert off.inspection == "errored"
