@@ -13,7 +13,8 @@ rewrites and the audit records (as types and positions, never values).
 `Interaction.inspection` tells the truth about the scan, because the policy's fail modes depend on it (it is
 `pending` until this stage sets it):
 `inspected` (every text part scanned), `skipped` (DLP off, or nothing textual to scan) or `errored` (the scan
-timed out or a worker died; the findings are then not the whole truth and the reason is in the warnings).
+timed out, waited too long for a worker, or a worker died; the findings are then not the whole truth and the
+reason is in the warnings).
 
 Completions are scanned when a policy rule asks for it (`findings: {in: response}`, and the rule's other conditions
 hold for this exchange): in `response` (or `error`, when the client hung up first), after Extract has reassembled
@@ -42,6 +43,7 @@ from policy.ruleset import RECOGNIZERS, digests
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = "10"
+DEFAULT_WAIT = "30"
 #: Prompts longer than this (all text parts together) are scanned by the bulk workers: a pasted document takes
 #: seconds to scan, and the pool spreads one text over all its workers, so it would hold up every prompt behind it.
 BULK_CHARS = 100_000
@@ -49,6 +51,17 @@ BULK_CHARS = 100_000
 #: at about 16 us per KB that is at most ~0.25 ms of the event loop, a sixth of what mitmproxy spends on a request.
 PREFILTER_CHARS = 16_000
 RESPONSE_SCAN_KEY = "gateway.response_scan"  # the asyncio.Task scanning the flow's completion
+
+
+def _seconds(name: str) -> float:
+    value = getattr(ctx.options, name)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise OptionsError(f"{name} must be a number of seconds > 0, not {value!r}")
+    return seconds
 
 
 def recognizers_file(folder: Path) -> Path:
@@ -64,6 +77,7 @@ class Inspect:
         self.bulk = None  # the pool for prompts over BULK_CHARS, when gateway_dlp_bulk_workers > 0
         self.gate = None  # dlp.scanner.Scanner of the same rules, for its prefilter (Scanner.nothing_to_find)
         self.timeout = float(DEFAULT_TIMEOUT)
+        self.wait = float(DEFAULT_WAIT)
         self.running_ = False  # workers are started once every option is set, then restarted on change
         self.digest: str | None = None  # of the recognizers file the workers run
         self.warming: list[asyncio.Task] = []
@@ -83,18 +97,16 @@ class Inspect:
                           "anywhere, the round trip to the workers is skipped (the result is the same). 0: every "
                           "scan goes to the workers.")
         loader.add_option("gateway_dlp_timeout", str, DEFAULT_TIMEOUT,
-                          "Seconds a request's DLP scan may take before its inspection is 'errored'.")
+                          "Seconds a DLP job may run in a worker before the scan's inspection is 'errored' (that "
+                          "worker alone is replaced). Time spent waiting for a worker does not count.")
+        loader.add_option("gateway_dlp_wait", str, DEFAULT_WAIT,
+                          "Seconds a scan may wait for a free DLP worker before its inspection is 'errored' with "
+                          "the reason 'overloaded' (more prompts than the workers can scan).")
 
     def configure(self, updated: set[str]) -> None:
-        if "gateway_dlp_timeout" in updated:
-            try:
-                timeout = float(ctx.options.gateway_dlp_timeout)
-            except ValueError:
-                timeout = 0.0
-            if not timeout > 0:
-                raise OptionsError(f"gateway_dlp_timeout must be a number of seconds > 0, "
-                                   f"not {ctx.options.gateway_dlp_timeout!r}")
-            self.timeout = timeout
+        for name, attr in (("gateway_dlp_timeout", "timeout"), ("gateway_dlp_wait", "wait")):
+            if name in updated:
+                setattr(self, attr, _seconds(name))
         for name in ("gateway_dlp_workers", "gateway_dlp_bulk_workers", "gateway_dlp_prefilter_chars"):
             if name in updated and getattr(ctx.options, name) < 0:
                 raise OptionsError(f"{name} must be 0 or more, not {getattr(ctx.options, name)}")
@@ -132,9 +144,7 @@ class Inspect:
         self.digest = digests(folder).get(RECOGNIZERS)
         workers = ctx.options.gateway_dlp_workers or min(4, os.cpu_count() or 1)
         bulk = ctx.options.gateway_dlp_bulk_workers
-        # With a bulk pool for long prompts, the ordinary pool's jobs are short: a timeout there must not restart
-        # the workers under everyone else's scans.
-        self.pool = DlpPool(source, workers, recycle_on_timeout=not bulk)
+        self.pool = DlpPool(source, workers)
         self.bulk = DlpPool(source, bulk) if bulk else None
         # The bulk workers start with the first long prompt: many gateways never see one.
         self.warming = [asyncio.get_running_loop().create_task(self._warm(self.pool, source))]
@@ -207,7 +217,7 @@ class Inspect:
     async def _scan_texts(self, it: Interaction, texts: list[str], what: str) -> list | None:
         """Findings of the texts (part = index), in the bulk pool when they are long; None when the scan failed,
         with the reason in the exchange's warnings: a failed scan is never passed off as a clean one."""
-        from dlp.pool import DlpTimeout
+        from dlp.pool import DlpOverloaded, DlpTimeout
 
         size = sum(map(len, texts))
         if self.gate is not None and size <= ctx.options.gateway_dlp_prefilter_chars and \
@@ -215,9 +225,12 @@ class Inspect:
             return []
         pool = self.bulk if self.bulk is not None and size > BULK_CHARS else self.pool
         try:
-            return await pool.scan_parts(texts, timeout=self.timeout)
+            return await pool.scan_parts(texts, timeout=self.timeout, wait=self.wait)
         except DlpTimeout:
             it.exchange.warn(f"{what} timed out after {self.timeout:g}s ({size} characters in {len(texts)} parts)")
+        except DlpOverloaded as e:
+            log.warning("%s not done for %s: %s", what, it.host, e)
+            it.exchange.warn(f"{what} not done, the gateway's DLP is overloaded: {e}")
         except Exception as e:  # a dead worker or a scanner bug: say so, never pretend the scan happened
             log.warning("%s failed for %s: %s: %s", what, it.host, type(e).__name__, e)
             it.exchange.warn(f"{what} failed: {type(e).__name__}: {str(e)[:200]}")

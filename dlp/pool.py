@@ -1,17 +1,27 @@
 """Scanning in worker processes, awaited from asyncio: the proxy's event loop never runs a scan itself.
 
 mitmproxy serves every flow of a process on one event loop; a 20 ms scan run there delays every other request
-by 20 ms, and a thread does not help (the GIL). An `async` hook that awaits a ProcessPoolExecutor keeps the others
-flowing (stack-facts). Each worker builds its Scanner once, in the pool's initializer; the worker functions live
-here, in an importable module, because functions of a mitmproxy script cannot be pickled.
+by 20 ms, and a thread does not help (the GIL). So scans run in worker processes, each building its Scanner once.
+
+Why not `concurrent.futures.ProcessPoolExecutor`: a call there crosses three threads of the proxy process (the
+submitting loop, the executor's manager thread, the queue feeder thread), each waiting for the GIL while the event
+loop is busy: measured 4.6 ms median per scan inside a gateway serving four streams, for a 0.2 ms scan. It also
+cannot tell when a call starts running (so a timeout counts the time spent queued behind other users' scans, and a
+flood makes a victim's scan fail), and it cannot stop a running call without terminating every worker. Here each
+worker is a process with a socket to the event loop, which writes jobs and reads results with asyncio streams (no
+thread), and `DlpPool` does its own queueing:
+
+- `timeout` counts only the time a job runs in a worker. A job over it gets `DlpTimeout` and its worker, and only
+  that worker, is killed and replaced: the other users' scans go on.
+- `wait` bounds the time a scan waits for a free worker: a scan still queued after it gets `DlpOverloaded`, which
+  says the gateway's DLP, not the request, is the problem.
+- A worker that dies (crash, out of memory, killed) fails its job with `DlpError` and is replaced.
 
 A request's texts are cut into jobs: small parts travel together (one round trip), a part longer than the rules'
 chunk size is scanned as chunks spread over the workers, each job holding the whole text so context words and
 column headers are read exactly as in-process; the findings are merged as `Scanner.scan_text` merges them.
 
-Failures are explicit, never an empty result: `DlpTimeout` when the scan does not finish in time (the workers are
-then replaced, so a runaway scan cannot hold up the next requests), `DlpError` when the rules cannot be loaded in
-a worker or a worker died.
+The pool belongs to the event loop that first uses it (the proxy has one).
 """
 
 from __future__ import annotations
@@ -19,144 +29,306 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import pickle
+import signal
+import socket
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dlp.scanner import Chunk, Finding, chunk_plan, resolve_overlaps
 
 log = logging.getLogger(__name__)
 
+Job = list[tuple[int, str, list[Chunk]]]  # (part, text, chunks of it to scan)
+_HEADER = struct.Struct("!Q")  # every message: its length, then the pickle
+STARTUP_TIMEOUT = 300.0  # seconds a new worker may take to build its scanner (a cold hyperscan compile is ~1 s)
+
 
 class DlpError(RuntimeError):
-    """The scan could not be done: the rules do not load in the workers, or a worker died."""
+    """The scan could not be done: the rules do not load in the workers, a worker died, or the pool is closed."""
 
 
 class DlpTimeout(DlpError, TimeoutError):
-    """The scan did not finish within the timeout."""
+    """A job of the scan ran longer than the timeout in its worker."""
+
+
+class _Broken(DlpError):
+    """A worker started but cannot build a scanner from the rules (so no worker can)."""
+
+
+class DlpOverloaded(DlpError):
+    """The scan waited longer than allowed for a free worker: more scanning is asked of the gateway than it has
+    workers for."""
 
 
 # --- worker side: one Scanner per process ------------------------------------------------------------------------
 
-_scanner = None
-_init_error: str | None = None
+def _send(sock: socket.socket, message) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_HEADER.pack(len(data)) + data)
 
-Job = list[tuple[int, str, list[Chunk]]]  # (part, text, chunks of it to scan)
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            return None
+        got += k
+    return bytes(buf)
 
 
-def _init_worker(rules: str) -> None:
-    global _scanner, _init_error
+def _worker_main(sock: socket.socket, rules: str) -> None:
+    """Build the scanner, say whether it could, then answer jobs until the proxy closes the socket."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the gateway stops it; it then stops the workers
     try:
         from dlp.scanner import Scanner
 
-        _scanner = Scanner.from_rules(rules)
-    except Exception as e:  # reported by every job: an initializer that raises breaks the whole pool silently
-        _init_error = f"{type(e).__name__}: {e}"
-
-
-def _check() -> tuple[int, int]:
-    """The worker's chunking limits, or the reason it has no scanner."""
-    if _scanner is None:
-        raise DlpError(f"DLP worker cannot scan: {_init_error}")
-    limits = _scanner.rules.limits
-    return limits.chunk_chars, limits.chunk_overlap
-
-
-def _warm(pause: float) -> tuple[int, int]:
-    time.sleep(pause)  # lets the other warm-up calls land on the other workers
-    return _check()
-
-
-def _scan_job(job: Job) -> list[Finding]:
-    _check()
-    return [f for part, text, chunks in job for chunk in chunks for f in _scanner.scan_chunk(text, chunk, part)]
+        scanner = Scanner.from_rules(rules)
+        scanner.warm_up()
+    except Exception as e:
+        _send(sock, ("broken", f"{type(e).__name__}: {e}"))
+        return
+    limits = scanner.rules.limits
+    _send(sock, ("ready", (limits.chunk_chars, limits.chunk_overlap)))
+    while (header := _recv_exactly(sock, _HEADER.size)) is not None:
+        data = _recv_exactly(sock, _HEADER.unpack(header)[0])
+        if data is None:
+            return
+        job: Job = pickle.loads(data)
+        try:
+            found = [f for part, text, chunks in job for chunk in chunks for f in scanner.scan_chunk(text, chunk, part)]
+        except Exception as e:  # a scanner bug on this input: this job fails, the worker goes on
+            _send(sock, ("error", f"{type(e).__name__}: {str(e)[:300]}"))
+        else:
+            _send(sock, ("ok", found))
 
 
 # --- proxy side -------------------------------------------------------------------------------------------------
 
+@dataclass(eq=False)
+class _Task:
+    """One job of a scan, queued for the next free worker."""
+
+    job: Job
+    timeout: float | None
+    started: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    result: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 class DlpPool:
     """`workers` processes scanning with the rules of `rules` (a recognizers.yaml, or the folder holding it)."""
 
-    def __init__(self, rules: str | Path, workers: int = 1, *, recycle_on_timeout: bool = True):
-        """`recycle_on_timeout`: replace every worker when a scan runs out of time, which kills the other scans in
-        flight. Needed where one job can run for minutes (an unbounded prompt); a pool whose jobs are bounded (the
-        proxy's ordinary pool, once long prompts go to a bulk pool) keeps its workers: a timed-out scan's queued
-        jobs are cancelled and its running ones finish unread, so one user's slow scan never fails another's."""
+    def __init__(self, rules: str | Path, workers: int = 1):
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.rules, self.workers = str(rules), workers
-        self.recycle_on_timeout = recycle_on_timeout
         self._limits: tuple[int, int] | None = None
-        self._executor: ProcessPoolExecutor | None = self._new_executor()
+        self._broken: str | None = None  # why the workers cannot scan (the rules do not load)
+        self._ready: asyncio.Future | None = None  # the first worker's verdict: limits, or DlpError
+        self._queue: asyncio.Queue[_Task] | None = None
+        self._servers: list[asyncio.Task] = []
+        self._processes: dict[int, multiprocessing.Process] = {}  # worker index -> its current process
+        self._writers: dict[int, asyncio.StreamWriter] = {}  # worker index -> the socket to its current process
+        self._closed = False
 
-    def _new_executor(self) -> ProcessPoolExecutor:
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
-                                   initargs=(self.rules,))
+    # --- public API -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Build the scanner in every worker now rather than on the first request; DlpError if they cannot."""
-        loop = asyncio.get_running_loop()
-        results = await self._gather([self._submit(loop, _warm, 0.2) for _ in range(self.workers)], None)
-        self._limits = results[0]
+        """Start the workers and wait until they have built their scanners; DlpError if they cannot."""
+        self._ensure_running()
+        self._limits = await asyncio.shield(self._ready)
 
-    async def scan_parts(self, texts: list[str], timeout: float | None = None) -> list[Finding]:
-        """Findings of every text (`Finding.part` is its index), as `Scanner.scan_parts` gives them."""
+    async def scan_parts(self, texts: list[str], timeout: float | None = None,
+                         wait: float | None = None) -> list[Finding]:
+        """Findings of every text (`Finding.part` is its index), as `Scanner.scan_parts` gives them.
+
+        `timeout`: seconds each job may run in a worker (DlpTimeout). `wait`: seconds the scan may wait for
+        workers to take its jobs (DlpOverloaded)."""
         if not any(texts):
             return []
-        loop = asyncio.get_running_loop()
+        self._ensure_running()
         if self._limits is None:
-            self._limits = await self._submit(loop, _check)
-        jobs = plan_jobs(texts, *self._limits, self.workers)
+            self._limits = await asyncio.shield(self._ready)
+        tasks = [_Task(job, timeout) for job in plan_jobs(texts, *self._limits, self.workers)]
+        for task in tasks:
+            self._queue.put_nowait(task)
+        size = f"{sum(map(len, texts))} characters in {len(texts)} part(s)"
         try:
-            results = await self._gather([self._submit(loop, _scan_job, job) for job in jobs], timeout)
+            try:
+                async with asyncio.timeout(wait):
+                    await asyncio.gather(*(t.started for t in tasks))
+            except TimeoutError:
+                raise DlpOverloaded(f"DLP scan of {size} waited {wait:g} s for a free worker ({self._queue.qsize()} "
+                                    f"job(s) queued for {self.workers} worker(s))") from None
+            results = await asyncio.gather(*(t.result for t in tasks))
         except DlpTimeout as e:
-            raise DlpTimeout(f"DLP scan of {sum(map(len, texts))} characters in {len(texts)} part(s) {e}") from None
+            raise DlpTimeout(f"DLP scan of {size} {e}") from None
+        finally:
+            for t in tasks:  # jobs still queued are skipped; a running one finishes unread
+                t.result.cancel()
         return resolve_overlaps([f for found in results for f in found])
 
-    async def _gather(self, futures: list[asyncio.Future], timeout: float | None) -> list:
-        try:
-            return await asyncio.wait_for(asyncio.gather(*futures), timeout)
-        except TimeoutError:
-            if self.recycle_on_timeout:
-                self._recycle()
-            raise DlpTimeout(f"did not finish within {timeout:g} s") from None
-        except BrokenProcessPool:
-            self._recycle()
-            raise DlpError("a DLP worker died; the workers were restarted") from None
-
-    def _submit(self, loop: asyncio.AbstractEventLoop, fn, *args) -> asyncio.Future:
-        if self._executor is None:
-            raise DlpError("the DLP pool is closed")
-        try:
-            return loop.run_in_executor(self._executor, fn, *args)
-        except BrokenProcessPool:
-            self._recycle()
-            raise DlpError("a DLP worker died; the workers were restarted") from None
-
-    def _recycle(self) -> None:
-        """Replace the workers: a scan that ran out of time keeps its worker busy, and a dead worker breaks the
-        executor. (ProcessPoolExecutor cannot cancel a running call; its processes are terminated instead.)"""
-        old, self._executor = self._executor, self._new_executor()
-        if old is not None:
-            _terminate(old)
+    def pids(self) -> list[int]:
+        """Process ids of the live workers."""
+        return [p.pid for p in self._processes.values() if p.pid is not None and p.is_alive()]
 
     def close(self) -> None:
-        if self._executor is not None:
-            _terminate(self._executor)
-            self._executor = None
+        """Stop every worker; scans waiting on the pool get DlpError."""
+        self._closed = True
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(DlpError("the DLP pool is closed"))
+            self._ready.exception()
+        for server in self._servers:
+            server.cancel()
+        self._servers = []
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+        for process in self._processes.values():
+            _kill(process)
+        self._processes = {}
+        if self._queue is not None:
+            while not self._queue.empty():
+                self._fail(self._queue.get_nowait(), DlpError("the DLP pool is closed"))
+
+    # --- internals --------------------------------------------------------------------------------------------
+
+    def _ensure_running(self) -> None:
+        if self._closed:
+            raise DlpError("the DLP pool is closed")
+        if self._queue is None:
+            loop = asyncio.get_running_loop()
+            self._queue, self._ready = asyncio.Queue(), loop.create_future()
+            self._servers = [loop.create_task(self._serve(i)) for i in range(self.workers)]
+
+    async def _serve(self, index: int) -> None:
+        """Keep worker `index` alive and feed it jobs, one at a time."""
+        carry: _Task | None = None  # a job taken for a worker found dead before it was sent: the next one runs it
+        failures = 0
+        while not self._closed:
+            try:
+                reader, writer = await self._spawn(index)
+            except _Broken as e:  # the rules do not load: every new worker would fail the same way
+                if not self._ready.done():
+                    self._ready.set_exception(DlpError(str(e)))
+                    self._ready.exception()  # retrieved: it is raised to every scan, not logged as lost
+                await self._refuse_forever(DlpError(str(e)), carry)
+                return
+            except DlpError as e:  # could not start (fork failed, stuck): try again, a little later each time
+                failures += 1
+                log.error("DLP worker %d: %s; retrying", index, e)
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** failures))
+                continue
+            failures = 0
+            self._writers[index] = writer
+            try:
+                carry = await self._feed(index, reader, writer, carry)
+            finally:
+                writer.close()
+                self._writers.pop(index, None)
+                _kill(self._processes.pop(index, None))
+
+    async def _spawn(self, index: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new worker process, connected and with its scanner built."""
+        ours, theirs = socket.socketpair()
+        context = multiprocessing.get_context(
+            "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
+        process = context.Process(target=_worker_main, args=(theirs, self.rules), daemon=True,
+                                  name=f"dlp-worker-{index}")
+        self._processes[index] = process
+        try:
+            await asyncio.to_thread(process.start)  # forking through the fork server is a blocking exchange
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                status, detail = await _read(reader)
+        except (TimeoutError, EOFError, OSError) as e:
+            writer.close()
+            _kill(self._processes.pop(index, None))
+            raise DlpError(f"DLP worker did not start: {type(e).__name__} {e}") from None
+        if status != "ready":
+            writer.close()
+            _kill(self._processes.pop(index, None))
+            raise _Broken(f"DLP worker cannot scan: {detail}")
+        if not self._ready.done():
+            self._ready.set_result(detail)
+        return reader, writer
+
+    async def _feed(self, index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    carry: _Task | None) -> _Task | None:
+        """Run queued jobs (`carry` first) on this worker until it times out or dies; the caller then replaces it.
+        Returns a job taken but not sent because the worker was already gone (it died while idle): that job's
+        scan is not to blame, and the next worker runs it."""
+        while True:
+            task, carry = carry or await self._queue.get(), None
+            if task.result.done():  # its scan gave up (overloaded, failed or cancelled) while it was queued
+                continue
+            if reader.at_eof():
+                log.warning("DLP worker %d died while idle; it is replaced", index)
+                return task
+            if not task.started.done():
+                task.started.set_result(None)
+            try:
+                await _write(writer, task.job)
+                async with asyncio.timeout(task.timeout):
+                    status, detail = await _read(reader)
+            except TimeoutError:
+                self._fail(task, DlpTimeout(f"did not finish within {task.timeout:g} s"))
+                log.warning("DLP worker %d: a job ran over %g s; the worker is replaced", index, task.timeout)
+                return None
+            except (EOFError, OSError) as e:
+                self._fail(task, DlpError("a DLP worker died while scanning; it was restarted"))
+                log.warning("DLP worker %d died while scanning (%s); it is replaced", index, type(e).__name__)
+                return None
+            except BaseException:  # cancelled (the pool closes): the job's scan must not wait forever
+                self._fail(task, DlpError("the DLP pool is closed"))
+                raise
+            if status == "ok":
+                if not task.result.done():
+                    task.result.set_result(detail)
+            else:
+                self._fail(task, DlpError(f"DLP scan failed in the worker: {detail}"))
+
+    async def _refuse_forever(self, error: DlpError, carry: _Task | None) -> None:
+        """Workers that cannot build a scanner would fail the same way again: fail each job at once instead."""
+        while True:
+            task, carry = carry or await self._queue.get(), None
+            self._fail(task, error)
+
+    @staticmethod
+    def _fail(task: _Task, error: DlpError) -> None:
+        if not task.started.done():
+            task.started.set_result(None)
+        if not task.result.done():
+            task.result.set_exception(error)
+            task.result.exception()  # retrieved: a scan that gave up on it must not log "never retrieved"
 
 
-def _terminate(executor: ProcessPoolExecutor) -> None:
-    terminate = getattr(executor, "terminate_workers", None)  # Python 3.14+
-    if terminate is not None:
-        terminate()
+async def _write(writer: asyncio.StreamWriter, message) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(_HEADER.pack(len(data)))
+    writer.write(data)
+    await writer.drain()
+
+
+async def _read(reader: asyncio.StreamReader):
+    try:
+        size = _HEADER.unpack(await reader.readexactly(_HEADER.size))[0]
+        return pickle.loads(await reader.readexactly(size))
+    except asyncio.IncompleteReadError:
+        raise EOFError("the worker closed its socket") from None
+
+
+def _kill(process: multiprocessing.Process | None) -> None:
+    if process is None or process.pid is None:
         return
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
-        process.terminate()
-    executor.shutdown(wait=False, cancel_futures=True)
+    process.kill()
+    process.join(1)  # SIGKILL is immediate; reaps it, so no zombie is left
 
 
 def plan_jobs(texts: list[str], chunk_chars: int, chunk_overlap: int, workers: int) -> list[Job]:

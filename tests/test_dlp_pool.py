@@ -1,23 +1,45 @@
-"""The DLP pool: scans run in real worker processes, awaited without blocking the event loop."""
+"""The DLP pool: scans run in real worker processes, awaited without blocking the event loop; a slow, queued or
+dead worker fails only what it must, and says why."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
-from dlp.pool import DlpError, DlpPool, DlpTimeout, plan_jobs
+from dlp.pool import DlpError, DlpOverloaded, DlpPool, DlpTimeout, plan_jobs
 from dlp.scanner import Scanner
 from tests.test_dlp_corpus import load_corpus
 
 RULES = Path(__file__).resolve().parent.parent / "rules"
+EMAIL = "jane.doe@acme-corp.com"
+SLOW = f"mail {EMAIL} " * 60_000  # about 1.7 MB of findings: a second or more in one worker
 
 
 @pytest.fixture(scope="module")
-def pool():
+def one_job_rules(tmp_path_factory) -> Path:
+    """The shipped recognizers with chunks large enough that every test text is one job (so one worker)."""
+    rules = tmp_path_factory.mktemp("rules") / "recognizers.yaml"
+    shipped = (RULES / "recognizers.yaml").read_text(encoding="utf-8")
+    rules.write_text(shipped.replace("chunk_chars: 262144", "chunk_chars: 8388608"), encoding="utf-8")
+    return rules
+
+
+@pytest.fixture(scope="module")
+def loop():
+    """A pool belongs to the event loop that first uses it, as in the proxy: one loop for the module's pool."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def pool(loop):
     p = DlpPool(RULES / "recognizers.yaml", workers=2)
-    asyncio.run(p.start())
+    loop.run_until_complete(p.start())
     yield p
     p.close()
 
@@ -27,27 +49,38 @@ def scanner() -> Scanner:
     return Scanner.from_rules(RULES)
 
 
-def test_findings_are_those_of_the_scanner(pool, scanner):
+def run_with(workers: int, main, rules: Path = RULES):
+    """`main(pool)` on a fresh pool of its own, in a fresh loop; the pool is closed afterwards."""
+    async def go():
+        p = DlpPool(rules, workers=workers)
+        try:
+            return await main(p)
+        finally:
+            p.close()
+    return asyncio.run(go())
+
+
+def test_findings_are_those_of_the_scanner(loop, pool, scanner):
     texts = [s["text"] for s in load_corpus()[:30]] + [""]
-    found = asyncio.run(pool.scan_parts(texts, timeout=60))
+    found = loop.run_until_complete(pool.scan_parts(texts, timeout=60))
     assert found == scanner.scan_parts(texts) and {f.part for f in found} > {0, 1}
 
 
-def test_a_long_text_is_scanned_in_chunks_across_workers(pool, scanner):
+def test_a_long_text_is_scanned_in_chunks_across_workers(loop, pool, scanner):
     filler = "Nothing to see in this sentence, it is only padding for the test. " * 9000  # ~600 KB
     key = "AKIA4QWE7RTY2UIO3PLK"
-    text = filler[:150_000] + f" key {key} " + filler[150_000:400_000] + " mail jane.doe@acme-corp.com " + filler
+    text = filler[:150_000] + f" key {key} " + filler[150_000:400_000] + f" mail {EMAIL} " + filler
     jobs = plan_jobs([text], scanner.rules.limits.chunk_chars, scanner.rules.limits.chunk_overlap, 2)
     assert len(jobs) == 2  # spread over both workers
-    found = asyncio.run(pool.scan_parts(["short one", text], timeout=60))
+    found = loop.run_until_complete(pool.scan_parts(["short one", text], timeout=60))
     assert [(f.part, f.entity, text[f.start:f.end]) for f in found] == [
-        (1, "AWS_ACCESS_KEY", key), (1, "EMAIL_ADDRESS", "jane.doe@acme-corp.com")]
+        (1, "AWS_ACCESS_KEY", key), (1, "EMAIL_ADDRESS", EMAIL)]
     assert found == [f for f in scanner.scan_parts(["short one", text])]
 
 
-def test_the_event_loop_runs_while_a_scan_is_in_a_worker(pool):
+def test_the_event_loop_runs_while_a_scan_is_in_a_worker(loop, pool):
     """Another coroutine gets to run between the start and the end of a long scan: the loop never waits."""
-    text = ("Padding text with an e-mail jane.doe@acme-corp.com now and then. " * 20_000)
+    text = (f"Padding text with an e-mail {EMAIL} now and then. " * 20_000)
     order: list[str] = []
 
     async def ticker():
@@ -64,62 +97,108 @@ def test_the_event_loop_runs_while_a_scan_is_in_a_worker(pool):
         task.cancel()
         return found
 
-    found = asyncio.run(main())
+    found = loop.run_until_complete(main())
     assert len(found) == 20_000
     between = order[order.index("scan starts") + 1:order.index("scan done")]
     assert between.count("tick") > 10
 
 
-def test_a_scan_that_takes_too_long_raises_and_the_pool_recovers():
-    p = DlpPool(RULES, workers=1)
-    try:
-        asyncio.run(p.start())
-        text = "mail jane.doe@acme-corp.com " * 200_000
-        with pytest.raises(DlpTimeout, match="did not finish within"):
-            asyncio.run(p.scan_parts([text], timeout=0.01))
-        found = asyncio.run(p.scan_parts(["mail jane.doe@acme-corp.com"], timeout=60))
-        assert [f.entity for f in found] == ["EMAIL_ADDRESS"]
-    finally:
-        p.close()
-
-
-@pytest.mark.parametrize("recycle", [False, True])
-def test_one_scan_timing_out_fails_other_scans_only_when_the_pool_recycles(recycle):
-    """A scan that times out while queued behind another user's scan: with recycling, the other scan is killed
-    (its request is then audited `errored` and the fail mode decides); without, it completes."""
-    p = DlpPool(RULES, workers=2, recycle_on_timeout=recycle)
-
-    async def main():
+def test_a_job_that_runs_too_long_fails_and_only_its_worker_is_replaced(one_job_rules):
+    """The slow scan fails with DlpTimeout and its worker is killed; the scan running on the other worker
+    completes, and the pool scans again afterwards with a new worker."""
+    async def main(p):
         await p.start()
-        other = asyncio.create_task(p.scan_parts(["mail jane.doe@acme-corp.com " * 40_000], timeout=120))
-        await asyncio.sleep(0.3)  # its jobs now occupy both workers
-        with pytest.raises(DlpTimeout):
-            await p.scan_parts(["call +1 415 555 0100"], timeout=0.01)
-        return await asyncio.gather(other, return_exceptions=True)
+        before = set(p.pids())
+        other = asyncio.create_task(p.scan_parts([f"call +1 415 555 0100, mail {EMAIL} " * 20_000], timeout=120))
+        await asyncio.sleep(0.05)  # one worker is busy with it
+        with pytest.raises(DlpTimeout, match=r"DLP scan of \d+ characters in 1 part\(s\) did not finish within 0.2 s"):
+            await p.scan_parts([SLOW], timeout=0.2)
+        others = await other
+        again = await p.scan_parts([f"mail {EMAIL}"], timeout=60)
+        return before, set(p.pids()), others, again
 
-    try:
-        [result] = asyncio.run(main())
-    finally:
-        p.close()
-    if recycle:
-        assert isinstance(result, DlpError)
-    else:
-        assert len(result) == 40_000
+    before, after, others, again = run_with(2, main, one_job_rules)
+    assert len(others) == 40_000
+    assert [f.entity for f in again] == ["EMAIL_ADDRESS"]
+    assert len(after) == 2 and len(before & after) == 1  # one worker replaced, the other kept
+
+
+def test_time_waiting_for_a_worker_does_not_count_against_the_timeout(one_job_rules):
+    """A small scan queued behind a slow one on the only worker: it waits, then runs well within its own timeout.
+    (With a timeout that counted queueing, a flood of long prompts would fail everyone else's scans.)"""
+    async def main(p):
+        await p.start()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        slow = asyncio.create_task(p.scan_parts([SLOW], timeout=120))
+        await asyncio.sleep(0.05)
+        small = await p.scan_parts([f"mail {EMAIL}"], timeout=0.5, wait=120)
+        assert slow.done()  # one worker, first come first served: the small scan waited for the slow one
+        return small, await slow, loop.time() - began
+
+    small, slow, waited = run_with(1, main, one_job_rules)
+    assert waited > 0.5, "precondition: the slow scan must outlast the small scan's timeout"
+    assert [f.entity for f in small] == ["EMAIL_ADDRESS"] and len(slow) == 60_000
+
+
+def test_a_scan_that_cannot_get_a_worker_in_time_is_overloaded_and_leaves_the_queue(one_job_rules):
+    async def main(p):
+        await p.start()
+        slow = asyncio.create_task(p.scan_parts([SLOW], timeout=120))
+        await asyncio.sleep(0.05)
+        with pytest.raises(DlpOverloaded, match=r"waited 0.1 s for a free worker \(1 job\(s\) queued for 1 worker"):
+            await p.scan_parts([f"mail {EMAIL}"], timeout=60, wait=0.1)
+        await slow
+        return await p.scan_parts([f"mail {EMAIL}"], timeout=60, wait=0.1)  # the abandoned job was skipped
+
+    assert [f.entity for f in run_with(1, main, one_job_rules)] == ["EMAIL_ADDRESS"]
+
+
+def test_a_worker_that_dies_fails_its_scan_and_is_replaced(one_job_rules):
+    async def main(p):
+        await p.start()
+        slow = asyncio.create_task(p.scan_parts([SLOW], timeout=120))
+        await asyncio.sleep(0.3)
+        [pid] = p.pids()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(DlpError, match="a DLP worker died while scanning; it was restarted"):
+            await slow
+        found = await p.scan_parts([f"mail {EMAIL}"], timeout=60)
+        return pid, p.pids(), found
+
+    pid, pids, found = run_with(1, main, one_job_rules)
+    assert [f.entity for f in found] == ["EMAIL_ADDRESS"] and pids and pids != [pid]
+
+
+def test_a_worker_that_died_while_idle_costs_no_scan():
+    async def main(p):
+        await p.start()
+        [pid] = p.pids()
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.3)  # the loop sees the socket close
+        return pid, await p.scan_parts([f"mail {EMAIL}"], timeout=60), p.pids()
+
+    pid, found, pids = run_with(1, main)
+    assert [f.entity for f in found] == ["EMAIL_ADDRESS"] and pids and pids != [pid]
 
 
 def test_rules_that_do_not_load_are_a_clear_error(tmp_path):
     bad = tmp_path / "recognizers.yaml"
     bad.write_text("recognizers:\n  - name: EmailRecognizer\n    threshold: 2\n", encoding="utf-8")
-    p = DlpPool(bad, workers=1)
-    try:
+
+    async def main(p):
         with pytest.raises(DlpError, match=rf"{bad}:3: .*threshold"):
-            asyncio.run(p.start())
-    finally:
-        p.close()
+            await p.start()
+        with pytest.raises(DlpError, match=rf"{bad}:3: .*threshold"):  # and every scan says so
+            await p.scan_parts(["text"], timeout=5, wait=5)
+
+    run_with(1, main, rules=bad)
 
 
 def test_closed_pool_refuses():
-    p = DlpPool(RULES, workers=1)
-    p.close()
-    with pytest.raises(DlpError, match="closed"):
-        asyncio.run(p.scan_parts(["text"]))
+    async def main():
+        p = DlpPool(RULES, workers=1)
+        p.close()
+        with pytest.raises(DlpError, match="closed"):
+            await p.scan_parts(["text"])
+    asyncio.run(main())
