@@ -166,6 +166,9 @@ class Inspect:
             self.gate = await asyncio.to_thread(Scanner.from_rules, source)
         except Exception as e:  # the workers scan, so every scan stays correct; it is only slower
             log.warning("DLP prefilter gate unavailable, every scan goes to the workers: %s", e)
+            return
+        log.info("DLP: prefilter gate ready (prompts up to %d characters that no recognizer could match skip "
+                 "the workers)", ctx.options.gateway_dlp_prefilter_chars)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)

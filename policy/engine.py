@@ -5,8 +5,8 @@ Precedence, in the words of docs/policy.md:
 2. A rule in `mode: monitor` that matches decides nothing: it is recorded ("would block") and reading goes on.
    If nothing enforced decides otherwise than allow, the decision is `monitor`, so the audit shows the match.
 3. A rule that needs DLP findings (a `findings` condition, or `action: redact`) cannot be judged when the
-   inspection did not complete (errored, timed out, skipped, body not understood). Its fail mode decides:
-   `open` skips the rule (and says so), `closed` blocks the request (and says so).
+   inspection did not complete (errored, timed out, skipped, body not understood). Its fail mode for that
+   reason decides: `open` skips the rule (and says so), `closed` blocks the request (and says so).
 4. No rule decided: `defaults.shadow_ai` for a service that is neither sanctioned in the catalog nor named by
    any rule's `services`, else `defaults.action`.
 5. Rules on findings `in: response` are left out of the request's decision: they are read, in the same order,
@@ -100,6 +100,21 @@ def decide_response(policy: Policy, subject: Subject, request: Request) -> Decis
     return _finish(outcome, what, notes, monitored)
 
 
+_NOT_CHECKED = {
+    "unparsed": "the gateway cannot read this request's format",
+    "skipped": "data inspection is switched off on the gateway",
+}
+
+
+def fail_closed_message(inspection: str) -> str:
+    """What a user is told when a rule blocks because the request could not be checked: not their data's fault
+    when the gateway's own scan failed, so they are told to try again."""
+    why = _NOT_CHECKED.get(inspection, "the gateway's data check did not complete in time")
+    return (f"The AI gateway could not check this request for data that must not leave the company ({why}), and "
+            f"policy requires that check. Try again in a moment; if it keeps failing, contact the security team "
+            f"with the reference.")
+
+
 def wants_response_scan(policy: Policy, subject: Subject, request: Request) -> bool:
     """Does a rule on findings `in: response` apply to this exchange, findings aside? Then its completion is
     scanned; otherwise the scan would be wasted work."""
@@ -119,12 +134,12 @@ def _walk(policy: Policy, rules: list[Rule], subject: Subject, request: Request,
         if not _conditions_hold(rule, subject, request, shadow, skip_findings=not inspected):
             continue
         if rule.needs_inspection and not inspected:
-            if rule.fail == "open":
+            if rule.fail.of(request.inspection) == "open":
                 notes.append(f"rule {rule.id} not applied: inspection {request.inspection} (fail open)")
                 continue
+            # Not the rule's own message: that one speaks of what was found, and nothing was.
             outcome = Decision("block", rule.id, rule.mode, fail="closed", shadow_ai=shadow,
-                               message=rule.message or policy.defaults.message or
-                               "The AI gateway could not inspect this request, and policy requires it.")
+                               message=fail_closed_message(request.inspection))
             what = f"block: inspection {request.inspection}, fail closed"
         else:
             outcome = _apply(rule, request, shadow, policy)

@@ -15,7 +15,8 @@
         action: block        # allow | monitor | redact | warn | block
         redact: {entities: [EMAIL_ADDRESS], reversible: true}    # action redact only
         mode: enforce        # or monitor: record what the rule would have done, do nothing
-        fail: closed         # when the inspection a rule needs did not complete
+        fail: closed         # when the inspection a rule needs did not complete; or per reason:
+                             # {errored: closed, unparsed: open, skipped: open}
         message: Secrets must never be sent to AI services.
 
 Every condition given must hold; inside a list, any item will do. Patterns are case-insensitive shell globs
@@ -136,6 +137,33 @@ class When:
 
 
 @dataclass(frozen=True, slots=True)
+class FailModes:
+    """What a rule that needs findings does when they are not the whole truth, per reason. The reasons differ in
+    who is at fault: `errored` is the gateway's own DLP (a scan that timed out, waited too long for a worker, or
+    lost its worker), so an attacker who can make it happen (a huge prompt) must not thereby get past the rule;
+    `unparsed` is a body the gateway did not understand (often an app's unknown endpoint); `skipped` is DLP
+    switched off, or nothing textual scanned. Written `fail: closed` (every reason) or `fail: {errored: closed}`
+    (the reasons not named keep the defaults' modes)."""
+
+    errored: str = "open"
+    unparsed: str = "open"
+    skipped: str = "open"
+
+    def of(self, inspection: str) -> str:
+        """The mode for this inspection; any state the policy does not know counts as errored."""
+        return getattr(self, inspection) if inspection in FAIL_REASONS else self.errored
+
+    def __str__(self) -> str:
+        modes = {self.errored, self.unparsed, self.skipped}
+        if len(modes) == 1:
+            return modes.pop()
+        return "{" + ", ".join(f"{r}: {getattr(self, r)}" for r in FAIL_REASONS) + "}"
+
+
+FAIL_REASONS = ("errored", "unparsed", "skipped")
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     id: str
     line: int
@@ -143,7 +171,7 @@ class Rule:
     who: Who = field(default_factory=Who)
     when: When = field(default_factory=When)
     mode: str = "enforce"
-    fail: str = "open"
+    fail: FailModes = field(default_factory=FailModes)
     redact_entities: Globs | None = None  # None: the entities the findings condition selects (or every finding)
     reversible: bool = False
     message: str = ""
@@ -164,7 +192,7 @@ class Rule:
 class Defaults:
     action: str = "allow"
     shadow_ai: str = "allow"
-    fail: str = "open"
+    fail: FailModes = field(default_factory=FailModes)
     message: str = ""
 
 
@@ -215,7 +243,7 @@ def _defaults(path: str | Path, raw: Any, line: int) -> Defaults:
     m = rulesfile.check_keys(path, raw, "defaults", set(), {"action", "shadow_ai", "fail", "message"})
     action = _choice(path, m, "action", ("allow", "monitor", "warn", "block"), "allow", "defaults")
     shadow = _choice(path, m, "shadow_ai", ("allow", "monitor", "warn", "block"), "allow", "defaults")
-    fail = _choice(path, m, "fail", FAIL_MODES, "open", "defaults")
+    fail = _fail(path, m, FailModes(), "defaults")
     return Defaults(action, shadow, fail, _text(path, m, "message", "defaults"))
 
 
@@ -246,7 +274,7 @@ def _rule(path: str | Path, raw: Any, catalog: Catalog, defaults: Defaults) -> R
     return Rule(
         id=rid, line=m.line, action=action, who=who, when=when,
         mode=_choice(path, m, "mode", MODES, "enforce", where),
-        fail=_choice(path, m, "fail", FAIL_MODES, defaults.fail, where),
+        fail=_fail(path, m, defaults.fail, where),
         redact_entities=redact_entities, reversible=reversible,
         message=_text(path, m, "message", where), description=_text(path, m, "description", where),
     )
@@ -389,6 +417,19 @@ def _strings(path: str | Path, m: rulesfile.Mapping, key: str, where: str) -> li
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise RulesError(path, m.line_of(key), f"{where}: {key!r} must be a non-empty list of strings")
     return list(value)
+
+
+def _fail(path: str | Path, m: rulesfile.Mapping, default: FailModes, where: str) -> FailModes:
+    """`fail: open | closed`, or a mapping from FAIL_REASONS to modes (reasons not named keep `default`'s)."""
+    value = m.get("fail")
+    if value is None:
+        return default
+    if not isinstance(value, rulesfile.Mapping):
+        mode = _choice(path, m, "fail", FAIL_MODES, None, where)
+        return FailModes(mode, mode, mode)
+    modes = rulesfile.check_keys(path, value, f"{where} fail", set(), set(FAIL_REASONS))
+    return FailModes(*(_choice(path, modes, r, FAIL_MODES, getattr(default, r), f"{where} fail")
+                       for r in FAIL_REASONS))
 
 
 def _choice(path: str | Path, m: rulesfile.Mapping, key: str, allowed: tuple[str, ...], default: str | None,

@@ -475,3 +475,43 @@ def test_a_broken_recognizers_file_stops_startup_with_file_and_line(tmp_path):
                         "--rules", str(rules)], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2
     assert r.stderr.startswith(f"gateway: error: {rules / 'recognizers.yaml'}:"), r.stderr
+
+
+# --- the gateway's own DLP failing ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stalled_gateway(tmp_path_factory, upstream, test_ca):
+    """Shipped rules, and DLP workers that cannot finish a long scan in time (a job may run 1 ms)."""
+    gw = GatewayProcess(tmp_path_factory.mktemp("stalled-gateway"), {h: upstream.port for h in AI_HOSTS},
+                        test_ca.ca_pem, sets=["gateway_dlp_timeout=0.001"])
+    yield gw
+    gw.stop()
+
+
+def test_when_the_scan_fails_the_shipped_secrets_rule_fails_closed_and_clean_prompts_still_pass(
+        stalled_gateway, upstream, marker):
+    """A prompt the workers must scan (it holds a key) cannot be checked: the shipped `block-secrets` blocks it
+    (fail closed on `errored`) with a message that says why, and the audit records exactly that. A prompt the
+    prefilter proves clean never needs the workers, so it is inspected and answered as usual."""
+    upstream.route("/v1/chat/completions", openai_reply)
+    client = openai_client(stalled_gateway)
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        long_prompt = f"the deploy key is {AWS_KEY}; mail everyone: " + f"cc {EMAIL} " * 2000  # ~55k characters
+        client.chat.completions.create(model=f"stall-{marker}", messages=[{"role": "user", "content": long_prompt}])
+    assert "could not check this request" in str(e.value) and "did not complete in time" in str(e.value)
+    assert not [r for r in upstream.requests if AWS_KEY.encode() in r.body]  # nothing left
+    deadline = time.monotonic() + 60
+    while "prefilter gate ready" not in stalled_gateway.output() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    tag = "".join(chr(ord("a") + int(c, 16)) for c in marker[3:])  # letters only: no recognizer could match it
+    answer = client.chat.completions.create(model="gpt-4o", messages=[
+        {"role": "user", "content": f"Summarise the figures of project {tag}."}])
+    assert answer.choices[0].message.content.startswith("Done")
+
+    [blocked] = wait_for_events(stalled_gateway, lambda ev: ev["model"] == f"stall-{marker}")
+    assert (blocked["decision"], blocked["rule_id"], blocked["inspection"]) == ("block", "block-secrets", "errored")
+    assert "inspection errored, fail closed" in blocked["reason"]
+    assert any("timed out" in w for w in blocked["warnings"])
+    assert AWS_KEY not in json.dumps(blocked)
+    [clean] = wait_for_events(stalled_gateway, lambda ev: tag in ev["prompt"])
+    assert (clean["decision"], clean["inspection"]) == ("allow", "inspected")

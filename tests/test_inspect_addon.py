@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+from mitmproxy.exceptions import OptionsError
 from mitmproxy.test import taddons, tflow
 
 import providers
@@ -146,3 +148,36 @@ def test_clean_prompts_skip_the_workers_only_where_the_prefilter_proves_them_cle
     assert clean.inspection == "inspected" and clean.findings == []
     assert pii.inspection == "errored" and any("DLP pool is closed" in w for w in pii.exchange.warnings)
     assert off.inspection == "errored"
+
+
+def test_a_scan_that_cannot_get_a_worker_in_time_is_errored_as_overloaded():
+    slow_f, slow = flow_with([{"role": "user", "content": f"mail {EMAIL} " * 60_000}])
+    small_f, small = flow_with([{"role": "user", "content": f"mail {EMAIL}"}])
+
+    async def go():
+        addon = Inspect()
+        with taddons.context(Recognise(), addon) as tctx:
+            tctx.configure(addon, gateway_dlp_workers=1, gateway_dlp_bulk_workers=0, gateway_dlp_wait="0.2",
+                           gateway_dlp_timeout="120")
+            addon.running()
+            try:
+                await asyncio.gather(*addon.warming)
+                first = asyncio.create_task(addon.request(slow_f))
+                await asyncio.sleep(0.05)  # the slow scan holds the only worker
+                await addon.request(small_f)
+                await first
+            finally:
+                addon.done()
+    asyncio.run(go())
+    assert slow.inspection == "inspected" and len(slow.findings) == 60_000
+    assert small.inspection == "errored" and small.findings == []
+    assert any("the gateway's DLP is overloaded" in w and "waited 0.2 s for a free worker" in w
+               for w in small.exchange.warnings)
+
+
+def test_dlp_wait_and_timeout_must_be_positive_seconds():
+    addon = Inspect()
+    with taddons.context(Recognise(), addon) as tctx:
+        for name in ("gateway_dlp_wait", "gateway_dlp_timeout"):
+            with pytest.raises(OptionsError, match=f"{name} must be a number of seconds > 0, not 'soon'"):
+                tctx.configure(addon, **{name: "soon"})

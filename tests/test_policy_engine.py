@@ -230,6 +230,28 @@ def test_fail_closed_blocks_when_inspection_did_not_complete(tmp_path):
     assert decide(p, BOB, req(OPENAI)).action == "allow"
 
 
+def test_fail_modes_per_reason_the_findings_are_incomplete(tmp_path):
+    """Closed when the gateway's own DLP failed (an attacker able to cause that must not get past the rule), open
+    for a body the gateway did not understand; a reason not named keeps the defaults' mode, and a state the policy
+    does not know counts as errored."""
+    p = policy(tmp_path, """
+        version: 1
+        defaults: {fail: {skipped: closed}}
+        rules:
+          - {id: secrets, when: {findings: [AWS_*]}, action: block, fail: {errored: closed}, message: Key found.}
+    """)
+    [rule] = p.rules
+    assert str(rule.fail) == "{errored: closed, unparsed: open, skipped: closed}"
+    d = decide(p, BOB, req(inspection="errored"))
+    assert (d.action, d.fail, d.reason) == ("block", "closed", "rule secrets: block: inspection errored, fail closed")
+    assert "could not check this request" in d.message and "did not complete in time" in d.message
+    d = decide(p, BOB, req(inspection="unparsed"))
+    assert (d.action, d.fail) == ("allow", "")
+    assert "rule secrets not applied: inspection unparsed (fail open)" in d.reason
+    assert decide(p, BOB, req(inspection="skipped")).fail == "closed"  # from the defaults
+    assert decide(p, BOB, req(inspection="pending")).fail == "closed"  # unknown: as errored
+
+
 def test_fail_closed_in_monitor_mode_only_records(tmp_path):
     p = policy(tmp_path, """
         version: 1
