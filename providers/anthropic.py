@@ -21,7 +21,7 @@ import orjson
 
 from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
-                            json_body, objects)
+                            json_body, json_leaves, objects)
 from providers.uploads import base64_attachment
 
 _MESSAGES = re.compile(r"(?:^|/)v1/messages$")
@@ -149,26 +149,6 @@ def _block(block: dict[str, Any], path: JsonPath, message: Message, exchange: Ex
                 message.attachments.append(_source_attachment(b, (*path, "content", k), message))
         if len(message.tool_results) == before:
             message.tool_results.append(ToolResult(call_id, ""))  # a result with no text is still a result
-
-
-def json_leaves(value: Any, path: JsonPath) -> list[TextPart]:
-    """Every string and number inside a JSON value, with its path (depth-first, in document order). Numbers are
-    scanned too (a card number sent as a number); redaction cannot rewrite them, so a finding there blocks."""
-    out: list[TextPart] = []
-    stack: list[tuple[Any, JsonPath]] = [(value, path)]
-    while stack:
-        node, at = stack.pop()
-        if isinstance(node, str):
-            out.append(TextPart(node, at))
-        elif isinstance(node, bool) or node is None:
-            continue
-        elif isinstance(node, (int, float)):
-            out.append(TextPart(_json_text(node), at))
-        elif isinstance(node, dict):
-            stack.extend(reversed([(v, (*at, k)) for k, v in node.items()]))
-        elif isinstance(node, list):
-            stack.extend(reversed([(v, (*at, i)) for i, v in enumerate(node)]))
-    return out
 
 
 def _source_attachment(block: dict[str, Any], path: JsonPath | None, message: Message) -> Attachment:

@@ -103,6 +103,28 @@ def text_parts(content: Any, path: JsonPath, exchange: Exchange, text_types: tup
     return out
 
 
+def json_leaves(value: Any, path: JsonPath) -> list[TextPart]:
+    """Every string and number inside a JSON value, with its path (depth-first, in document order): the parts of
+    a tool call whose arguments are an object rather than JSON text (Anthropic `input`, Gemini `args`, Bedrock
+    `toolUse.input`), so DLP scans each value and redaction rewrites the strings in place. Numbers are scanned too
+    (a card number sent as a number); redaction cannot rewrite them, so a finding there blocks."""
+    out: list[TextPart] = []
+    stack: list[tuple[Any, JsonPath]] = [(value, path)]
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, str):
+            out.append(TextPart(node, at))
+        elif isinstance(node, bool) or node is None:
+            continue
+        elif isinstance(node, (int, float)):
+            out.append(TextPart(orjson.dumps(node).decode(), at))
+        elif isinstance(node, dict):
+            stack.extend(reversed([(v, (*at, k)) for k, v in node.items()]))
+        elif isinstance(node, list):
+            stack.extend(reversed([(v, (*at, i)) for i, v in enumerate(node)]))
+    return out
+
+
 def objects(items: Any, what: str, exchange: Exchange) -> Iterator[tuple[int, dict]]:
     """The object elements of a JSON list, with their indexes; any other element is a warning, not an error."""
     for i, item in enumerate(items if isinstance(items, list) else ()):

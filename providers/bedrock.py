@@ -27,7 +27,8 @@ import orjson
 
 from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers import anthropic, cohere, openai_chat, uploads
-from providers.base import BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, json_body, objects
+from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, json_body,
+                            json_leaves, objects)
 from providers.eventstream import EventMessage, EventStreamDecoder
 
 _PATH = re.compile(r"^/model/(?P<model>[^/]+)/(?P<verb>converse|converse-stream|invoke|invoke-with-response-stream"
@@ -154,8 +155,11 @@ def _converse_message(raw: dict[str, Any], path: tuple, exchange: Exchange) -> M
             message.parts.append(TextPart(block["text"], (*p, "text")))
         elif isinstance(block.get("toolUse"), dict):
             tu = block["toolUse"]
-            message.tool_calls.append(ToolCall(str(tu.get("name", "")), _dumps(tu.get("input")),
-                                               str(tu.get("toolUseId", ""))))
+            call = ToolCall(str(tu.get("name", "")), _dumps(tu.get("input")), str(tu.get("toolUseId", "")))
+            if isinstance(tu.get("input"), (dict, list)):  # its values are the addressable parts
+                call.path = (*p, "toolUse", "input")
+                call.leaves = json_leaves(tu["input"], call.path)
+            message.tool_calls.append(call)
         elif isinstance(block.get("toolResult"), dict):
             tr = block["toolResult"]
             for k, item in enumerate(tr.get("content") or []):

@@ -115,6 +115,17 @@ BODIES = {
                                                         "input": {"who": EMAIL, "limit": 3}}]},
                      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
                                                    "content": f"{EMAIL} is on leave"}]}]}),
+    "gemini-generate": ("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.0-flash:generateContent",
+                        "gemini", {
+        "contents": [{"role": "user", "parts": [{"text": f"Mail {EMAIL}, key {KEY}"}]},
+                     {"role": "model", "parts": [{"functionCall": {"name": "send", "args": {
+                         "to": [EMAIL2], "subject": "hi", "retries": 2}}}]},
+                     {"role": "model", "parts": [{"function_call": {"name": "send", "args": {"cc": EMAIL}}}]}]}),
+    "bedrock-converse": ("bedrock-runtime.us-east-1.amazonaws.com", "/model/anthropic.claude-3-5-sonnet/converse",
+                         "bedrock", {
+        "messages": [{"role": "user", "content": [{"text": f"Mail {EMAIL}, key {KEY}"}]},
+                     {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t1", "name": "send",
+                                                                    "input": {"to": EMAIL2, "n": 1}}}]}]}),
 }
 
 

@@ -51,7 +51,7 @@ def test_converse_request_and_response():
     assert ex.messages[1].tool_calls[0].name == "search"
     assert [r.text for r in ex.messages[2].tool_results] == ["found", '{"n":1}']
     assert ex.tools[0].parameters == {"type": "object"}
-    assert assert_paths_resolve(p, CONVERSE) == 4
+    assert assert_paths_resolve(p, CONVERSE) == 5  # the toolUse input's value too
 
     respond(p, "application/json", {
         "output": {"message": {"role": "assistant", "content": [

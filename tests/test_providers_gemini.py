@@ -58,7 +58,7 @@ def test_generate_content_request_and_response():
     assert ex.messages[2].tool_results[0].call_id == "c1"
     assert [t.name for t in ex.tools] == ["lookup"]
     assert "secret plan" in [p.text for p in ex.request_parts()]
-    assert assert_paths_resolve(p, GENERATE) == 2
+    assert assert_paths_resolve(p, GENERATE) == 3  # two texts and the function call's argument
 
     respond(p, "application/json", ANSWER)
     assert ex.completion == "It is a plan."  # the thought part is not the answer
