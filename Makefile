@@ -17,5 +17,7 @@ bench:
 	./scripts/bootstrap.sh test
 	.venv/bin/python bench/proxy.py
 	.venv/bin/python bench/stream.py
+	.venv/bin/python bench/stream.py --prompt pii
+	.venv/bin/python bench/bigbody.py
 	.venv/bin/python bench/audit.py
 	.venv/bin/python bench/dlp.py

@@ -31,6 +31,7 @@ from mitmproxy.exceptions import OptionsError
 
 from core.audit import CAPTURE_LEVELS, AuditEvent, ConnectionEvent
 from core.interaction import KEY, Interaction
+from core.offload import off_loop
 from storage.schema import METADATA_TTL_DAYS, TEXT_TTL_DAYS
 from storage.store import (
     AuditUrl,
@@ -132,21 +133,32 @@ class Audit:
         it: Interaction | None = flow.metadata.get(KEY)
         if it is None or it.audited:
             return
-        await self._accepted(self.record(it), it.event_id)
+        it.audited = True  # before any await: the other of response and error must not record it again
+        # Masking and hashing a 60 MB prompt takes a quarter of a second: large interactions are built in a thread.
+        size = sum(len(p.text) for p in it.exchange.request_parts()) + len(it.exchange.completion)
+        event = await off_loop(size, self._event, it, ctx.options.gateway_capture)
+        await self._accepted(self._submit(event), it.event_id)
 
     def record(self, it: Interaction) -> Future | None:
         """Submit one interaction's audit event without waiting; the future says when it is durable. For stages
         that cannot wait themselves (WebSocket turns, whose messages are already on their way)."""
         it.audited = True
+        return self._submit(self._event(it, ctx.options.gateway_capture))
+
+    @staticmethod
+    def _event(it: Interaction, capture: str) -> AuditEvent:
+        """The interaction's event; a metadata-only one that says so if it cannot be built in full."""
         try:
-            event = it.to_event(ctx.options.gateway_capture)
+            return it.to_event(capture)
         except Exception as e:
             log.exception("audit event %s could not be built in full", it.event_id)
-            event = AuditEvent(event_id=it.event_id, client_addr=it.client_addr, user=it.user, host=it.host,
-                               method=it.method, service=it.service.id, category=it.service.category,
-                               sanctioned=it.service.sanctioned, status=it.status, decision=it.decision,
-                               reason=it.reason, capture="metadata", inspection="errored",
-                               error=f"audit event incomplete: {type(e).__name__}: {str(e)[:200]}")
+            return AuditEvent(event_id=it.event_id, client_addr=it.client_addr, user=it.user, host=it.host,
+                              method=it.method, service=it.service.id, category=it.service.category,
+                              sanctioned=it.service.sanctioned, status=it.status, decision=it.decision,
+                              reason=it.reason, capture="metadata", inspection="errored",
+                              error=f"audit event incomplete: {type(e).__name__}: {str(e)[:200]}")
+
+    def _submit(self, event: AuditEvent) -> Future | None:
         log.info("AI %s %s %s model=%s decision=%s status=%s", event.service, event.operation, event.user or
                  event.client_addr, event.model or "-", event.decision, event.status)
         return self.writer.submit(event) if self.writer is not None else None

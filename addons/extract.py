@@ -4,6 +4,9 @@ Streamed responses are never buffered: in `responseheaders` the flow gets a stre
 to the provider's incremental parser and returns it unchanged, so the client sees every chunk as soon as the
 upstream sends it while the completion is reassembled for the audit.
 
+A request body over core.offload's threshold (and any compressed one, which may expand to the cap) is decoded and
+parsed in a thread, so one large upload does not stall every other connection of the process.
+
 Content encodings (gzip, deflate, br, zstd) are undone with providers.encoding's capped decoders, never with
 mitmproxy's `get_content()`, which would expand a compression bomb whole into memory. A request body that decodes
 past the cap is refused (413) and audited; a buffered response that does is replaced by a 502 that says why; a
@@ -21,6 +24,7 @@ from mitmproxy.exceptions import OptionsError
 
 import providers
 from core.interaction import KEY, Interaction
+from core.offload import off_loop
 from providers.base import ResponseParser
 from providers.encoding import MAX_DECODED_BYTES, CompressionBomb, Decoder, EncodingError, decode, encodings
 
@@ -50,32 +54,25 @@ class Extract:
             raise OptionsError(f"gateway_max_decoded_bytes must be at least 1024, "
                                f"not {ctx.options.gateway_max_decoded_bytes}")
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
         if it is None or flow.response is not None:
             return
         body = flow.request.raw_content or b""
         it.request_bytes = len(body)
-        problem, bomb = "", False
-        try:
-            content = decode(body, flow.request.headers.get("content-encoding"), ctx.options.gateway_max_decoded_bytes)
-        except EncodingError as e:
-            content, bomb = b"", isinstance(e, CompressionBomb)
-            problem = f"request body {'refused' if bomb else 'could not be decoded'}: {e}"
-        req = providers.HttpRequest.from_url_parts(flow.request.method, it.host, flow.request.path,
-                                                   dict(flow.request.headers), content)
-        parsed = providers.parse_request(req, it.service.id, it.service.formats)
-        if problem:
-            parsed.exchange.parsed = False
-            parsed.exchange.warnings.insert(0, problem)
-            parsed.error = problem
+        coding = flow.request.headers.get("content-encoding")
+        limit = ctx.options.gateway_max_decoded_bytes
+        req = (flow.request.method, it.host, flow.request.path, dict(flow.request.headers))
+        # A compressed body may expand to `limit`: decode it off the loop whatever its size on the wire.
+        size = limit if encodings(coding) else len(body)
+        parsed, problem, bomb = await off_loop(size, _parse_request, req, body, coding, limit, it.service)
         it.exchange = parsed.exchange
         flow.metadata[PARSED_KEY] = parsed
         if bomb:
             it.decision, it.reason = "block", "request body is a compression bomb"
             flow.response = _error_response(413, "gateway_compression_bomb", f"Blocked by the AI gateway: the "
-                                            f"request body decodes to more than {ctx.options.gateway_max_decoded_bytes}"
-                                            f" bytes and was not expanded (compression bomb?).")
+                                            f"request body decodes to more than {limit} bytes and was not "
+                                            f"expanded (compression bomb?).")
             return
         if problem:
             # The client chose an encoding we cannot read (`Content-Encoding: none`); an upstream that ignores the
@@ -151,6 +148,24 @@ class Extract:
             it.exchange.warn(f"connection closed after the end of the response: {message}")
         else:
             it.error = message
+
+
+def _parse_request(req: tuple[str, str, str, dict[str, str]], body: bytes, coding: str | None, limit: int,
+                   service) -> tuple[providers.Parsed, str, bool]:
+    """The request body decoded (capped) and parsed: (parsed, what went wrong decoding it, was it a bomb). Pure, so
+    that a large body can be handled in a thread (core.offload)."""
+    problem, bomb = "", False
+    try:
+        content = decode(body, coding, limit)
+    except EncodingError as e:
+        content, bomb = b"", isinstance(e, CompressionBomb)
+        problem = f"request body {'refused' if bomb else 'could not be decoded'}: {e}"
+    parsed = providers.parse_request(providers.HttpRequest.from_url_parts(*req, content), service.id, service.formats)
+    if problem:
+        parsed.exchange.parsed = False
+        parsed.exchange.warnings.insert(0, problem)
+        parsed.error = problem
+    return parsed, problem, bomb
 
 
 def _error_response(status: int, code: str, message: str) -> http.Response:

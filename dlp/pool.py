@@ -36,6 +36,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.offload import off_loop
 from dlp.scanner import Chunk, Finding, chunk_plan, resolve_overlaps
 
 log = logging.getLogger(__name__)
@@ -309,8 +310,8 @@ class DlpPool:
             task.result.exception()  # retrieved: a scan that gave up on it must not log "never retrieved"
 
 
-async def _write(writer: asyncio.StreamWriter, message) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+async def _write(writer: asyncio.StreamWriter, job: Job) -> None:
+    data = await off_loop(sum(len(text) for _, text, _ in job), pickle.dumps, job, pickle.HIGHEST_PROTOCOL)
     writer.write(_HEADER.pack(len(data)))
     writer.write(data)
     await writer.drain()

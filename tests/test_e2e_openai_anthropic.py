@@ -209,6 +209,22 @@ def test_zstd_request_body_is_parsed_and_forwarded_untouched(gateway, upstream, 
                                                                           len(encoded))
 
 
+def test_a_large_compressed_prompt_is_decoded_parsed_and_audited_off_the_event_loop(gateway, upstream, marker):
+    """Over core.offload's threshold, decoding, parsing and building the audit event run in threads: the result
+    must be what the inline path gives (the whole prompt read, its finding at the very end found, its hash)."""
+    import hashlib
+
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply("read it all"))
+    text = f"{marker} " + "Quarterly figures, line by line, for the board. " * 60_000 + "Mail jane.doe@acme-corp.com"
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}).encode()
+    r = _http(gateway).post("https://api.openai.com/v1/chat/completions", content=gzip.compress(body),
+                            headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "read it all"
+    [event] = wait_for_events(gateway, lambda e: e["prompt"].startswith(f"[user] {marker}"))
+    assert (event["parsed"], event["inspection"], event["entity_types"]) == (True, "inspected", ["EMAIL_ADDRESS"])
+    assert event["prompt_sha256"] == hashlib.sha256(f"[user] {text}".encode()).hexdigest()
+
+
 def test_request_compression_bomb_is_refused_and_audited(gateway, upstream, marker):
     """100 MiB of JSON whitespace compresses to ~100 KB; the gateway refuses it without expanding it."""
     upstream.route("/v1/chat/completions", lambda rec: chat_reply("should not be reached"))
