@@ -8,9 +8,11 @@ What the client sees (policy/enforcement.py):
 - block: an error in the provider's own shape and status, or an HTML page for browsers and consumer apps; both
   quote the audit event id as a reference.
 - warn: browsers get a page with a "continue" button and an optional justification; continuing is remembered
-  per user (or address), service and rule for `gateway_warn_ttl` seconds and the justification is audited with
-  the continue request and with each request it lets through. API clients, which cannot click, are let through
-  with an `x-ai-gateway-warning` response header.
+  per user, service and rule for `gateway_warn_ttl` seconds and the justification is audited with the continue
+  request and with each request it lets through. When the proxy does not know the user, the continue is bound to
+  the browser that clicked it by a cookie (enforcement.ACK_COOKIE; never forwarded upstream), not to its address,
+  which users behind a NAT share. API clients, which cannot click, are let through with an
+  `x-ai-gateway-warning` response header.
 
 Rules on findings `in: response` are judged again when the answer has ended and the inspect stage scanned its
 completion (`response`, or `error` when the client hung up first). A non-streamed answer such a rule blocks is
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import secrets
 import time
 import urllib.parse
@@ -44,9 +47,11 @@ log = logging.getLogger(__name__)
 ASKED_MODEL_KEY = "gateway.asked_model"  # the model the request named (the answer may name a dated version)
 ANSWER_JUDGED_KEY = "gateway.answer_judged"  # set once the response-side rules were applied to this flow
 WARNING_KEY = "gateway.warning"  # the warning header an API client gets on a `warn` it was let through on
+BROWSER_KEY = "gateway.browser"  # the request's enforcement.ACK_COOKIE value (removed from the request)
 PENDING_TTL = 600.0  # seconds a warn page's continue token stays valid
 MAX_PENDING = 10_000  # unanswered warn pages remembered at most (the oldest are forgotten first)
 MAX_JUSTIFICATION = 1000
+_BROWSER_ID = re.compile(r"[A-Za-z0-9_-]{24}")  # secrets.token_urlsafe(18)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +106,11 @@ class Decide:
                    "apply its policy to this request, so it was not sent.")
 
     def _decide(self, flow: http.HTTPFlow, it: Interaction) -> None:
+        browser = flow.request.cookies.get(enforcement.ACK_COOKIE)
+        if browser is not None:  # ours: the AI service must never see it
+            del flow.request.cookies[enforcement.ACK_COOKIE]
+            if _BROWSER_ID.fullmatch(browser):
+                flow.metadata[BROWSER_KEY] = browser
         if flow.request.path.split("?")[0] == enforcement.CONTINUE_PATH:
             self._continue(flow, it)
             return
@@ -192,8 +202,7 @@ class Decide:
 
     def _warn(self, flow: http.HTTPFlow, it: Interaction, d: Decision, provider: str | None) -> None:
         now = time.monotonic()
-        who = it.user or it.client_addr
-        ack = self.acks.get((who, it.service.id, d.rule))
+        ack = self.acks.get((_acker(flow, it), it.service.id, d.rule))
         if ack is not None and ack.expires > now:
             it.justification = ack.justification
             it.reason += "; the user continued past the warning"
@@ -201,7 +210,7 @@ class Decide:
         if enforcement.wants_html(flow.request.headers.get("accept", ""), it.service, provider):
             self._prune(now)
             token = secrets.token_urlsafe(18)
-            self.pending[token] = _Pending(who, it.service.id, d.rule, now + PENDING_TTL)
+            self.pending[token] = _Pending(it.user or it.client_addr, it.service.id, d.rule, now + PENDING_TTL)
             reply = enforcement.warn_page(it.service, d.rule, d.message, it.event_id, token,
                                           flow.request.path if flow.request.method == "GET" else "/")
             flow.response = http.Response.make(reply.status, reply.body, reply.headers)
@@ -228,13 +237,20 @@ class Decide:
             flow.response = http.Response.make(403, b"This confirmation link has expired: reload the page.",
                                                {"content-type": "text/plain; charset=utf-8"})
             return
-        self.acks[(who, pending.service, pending.rule)] = _Ack(justification,
-                                                                now + ctx.options.gateway_warn_ttl)
+        headers = {"location": target, "cache-control": "no-store"}
+        if not it.user:  # known only by address: the acknowledgement belongs to this browser
+            browser = flow.metadata.get(BROWSER_KEY)
+            if browser is None or not any(key[0] == f"browser:{browser}" for key in self.acks):
+                browser = flow.metadata[BROWSER_KEY] = secrets.token_urlsafe(18)  # only ids we issued are kept
+            headers["set-cookie"] = (f"{enforcement.ACK_COOKIE}={browser}; Path=/; Max-Age="
+                                     f"{ctx.options.gateway_warn_ttl}; Secure; HttpOnly; SameSite=Lax")
+        self.acks[(_acker(flow, it), pending.service, pending.rule)] = _Ack(justification,
+                                                                            now + ctx.options.gateway_warn_ttl)
         it.decision, it.rule_id, it.justification = "warn", pending.rule, justification
         it.reason = f"rule {pending.rule}: the user chose to continue past the warning"
         if not target.startswith("/") or target.startswith("//"):  # never redirect off the warned host
-            target = "/"
-        flow.response = http.Response.make(303, b"", {"location": target, "cache-control": "no-store"})
+            headers["location"] = "/"
+        flow.response = http.Response.make(303, b"", headers)
 
     def _prune(self, now: float) -> None:
         for token in [t for t, p in self.pending.items() if p.expires <= now]:
@@ -248,6 +264,15 @@ class Decide:
         warning = flow.metadata.get(WARNING_KEY)
         if warning and flow.response is not None:  # header values must be ASCII
             flow.response.headers[enforcement.WARNING_HEADER] = warning.encode("ascii", "replace").decode()
+
+
+def _acker(flow: http.HTTPFlow, it: Interaction) -> str:
+    """Who an acknowledgement of a warning belongs to: the user, or else the browser holding the cookie (a
+    request without one has acknowledged nothing)."""
+    if it.user:
+        return f"user:{it.user}"
+    browser = flow.metadata.get(BROWSER_KEY)
+    return f"browser:{browser}" if browser else ""
 
 
 def refuse(flow: http.HTTPFlow, it: Interaction, why: str,

@@ -19,6 +19,10 @@ from core.catalog import Service
 
 CONTINUE_PATH = "/__ai-gateway/continue"  # the warn page's "continue" form posts here (intercepted, never sent)
 WARNING_HEADER = "x-ai-gateway-warning"
+#: Binds a "continue" past a warning to the browser that clicked it, when the proxy does not know the user: users
+#: behind one NAT address must not share (nor be credited with) each other's acknowledgements. Set on the AI
+#: service's host by the continue response, and removed from every request before it goes upstream.
+ACK_COOKIE = "ai_gateway_ack"
 BROWSER_CATEGORIES = frozenset({"chat", "write", "img", "vid", "aud", "meet", "srch", "comp", "doc"})
 
 # Wire-format hints (core.catalog Service.formats, provider names) -> the error dialect their SDKs parse.

@@ -307,6 +307,42 @@ def test_warn_page_continue_lets_the_next_request_through_and_records_why(pgw, u
     assert any(e["status"] == 200 and marker in e["path"] for e in events)
 
 
+@pytest.fixture(scope="module")
+def anon_gw(tmp_path_factory, upstream, test_ca):
+    """The test rules without proxy authentication: browsers are known only by their (shared) address."""
+    base = tmp_path_factory.mktemp("anon-gw")
+    gw = GatewayProcess(base / "data", {h: upstream.port for h in AI_HOSTS + PLAIN_HOSTS}, test_ca.ca_pem,
+                        rules=write_rules(base / "rules"))
+    yield gw
+    gw.stop()
+
+
+def test_an_anonymous_continue_belongs_to_the_browser_that_clicked_not_to_its_address(anon_gw, upstream, marker):
+    """Two browsers behind one address (a NAT): one continues past the warning; the other still sees the page,
+    and its requests are not credited with the first one's justification. The cookie that carries this never
+    reaches the AI service."""
+    upstream.route("/chat/", lambda rec: Reply(body=b"<html>claude app</html>", content_type="text/html"))
+    html = {"accept": "text/html"}
+    seen = len(upstream.requests)
+    with http_client(anon_gw) as clicker, http_client(anon_gw) as neighbour:
+        page = clicker.get(f"https://claude.ai/chat/{marker}", headers=html)
+        token = re.search(r'name="token" value="([^"]+)"', page.text).group(1)
+        go = clicker.post("https://claude.ai/__ai-gateway/continue",
+                          data={"token": token, "target": f"/chat/{marker}", "justification": f"why {marker}"})
+        assert go.status_code == 303 and "ai_gateway_ack=" in go.headers["set-cookie"]
+        assert "HttpOnly" in go.headers["set-cookie"] and "Secure" in go.headers["set-cookie"]
+        assert clicker.get(f"https://claude.ai/chat/{marker}", headers=html).status_code == 200
+        assert neighbour.get(f"https://claude.ai/chat/{marker}", headers=html).status_code == 403
+        forged = http_client(anon_gw, cookies={"ai_gateway_ack": "A" * 24})  # an id the gateway never issued
+        with forged:
+            assert forged.get(f"https://claude.ai/chat/{marker}", headers=html).status_code == 403
+    forwarded = upstream.requests[seen:]
+    assert forwarded and all("ai_gateway_ack" not in r.headers.get("cookie", "") for r in forwarded)
+    events = wait_for_events(anon_gw, lambda ev: ev["service"] == "claude" and marker in ev["path"], count=4)
+    assert [e["justification"] for e in events if e["status"] == 200] == [f"why {marker}"]
+    assert all(e["justification"] == "" for e in events if e["status"] == 403)
+
+
 def test_warn_lets_api_clients_through_with_a_header(pgw, upstream, marker):
     upstream.route("/v1/chat/completions", lambda rec: chat_reply(f"old {marker}", model="gpt-3.5-turbo"))
     raw = openai_as(pgw, "alice").chat.completions.with_raw_response.create(
