@@ -458,7 +458,11 @@ def schema(cluster: str, database: str, text_ttl_days: int, metadata_ttl_days: i
     """Print the audit schema DDL, for a DBA to review or apply by hand."""
     from storage.schema import Target, render
 
-    click.echo(render(Target(cluster=cluster, database=database), text_ttl_days, metadata_ttl_days), nl=False)
+    try:
+        target = Target(cluster=cluster, database=database)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    click.echo(render(target, text_ttl_days, metadata_ttl_days), nl=False)
 
 
 # --- rules -------------------------------------------------------------------------------------------------------

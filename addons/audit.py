@@ -32,7 +32,7 @@ from mitmproxy.exceptions import OptionsError
 from core.audit import CAPTURE_LEVELS, AuditEvent, ConnectionEvent
 from core.interaction import KEY, Interaction
 from core.offload import off_loop
-from storage.schema import METADATA_TTL_DAYS, TEXT_TTL_DAYS
+from storage.schema import METADATA_TTL_DAYS, NAME, TEXT_TTL_DAYS
 from storage.store import (
     AuditUrl,
     AuditUrlError,
@@ -98,6 +98,9 @@ class Audit:
         if o.gateway_text_ttl_days > o.gateway_metadata_ttl_days:
             raise OptionsError(f"gateway_text_ttl_days ({o.gateway_text_ttl_days}) cannot be longer than "
                                f"gateway_metadata_ttl_days ({o.gateway_metadata_ttl_days})")
+        if o.gateway_audit_cluster and not NAME.fullmatch(o.gateway_audit_cluster):
+            raise OptionsError(f"gateway_audit_cluster must be a ClickHouse cluster name (letters, digits, '_'), "
+                               f"not {o.gateway_audit_cluster!r}")
         self._close()
         if not o.gateway_audit:
             return

@@ -16,6 +16,7 @@ event_id so the duplicates of one event meet on one shard where FINAL collapses 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 TEXT_TTL_DAYS = 30
@@ -33,12 +34,24 @@ class Migration:
     statements: tuple[str, ...]
 
 
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
 @dataclass(frozen=True)
 class Target:
     """Where DDL goes: one server (embedded chdb or http) or a cluster (`ON CLUSTER`, Replicated + Distributed)."""
 
     cluster: str = ""
     database: str = "default"
+
+    def __post_init__(self) -> None:
+        # Both are written into DDL (quoted as names and inside string literals): only plain names get there.
+        for what, name in (("cluster", self.cluster), ("database", self.database)):
+            if name and not NAME.fullmatch(name):
+                raise ValueError(f"audit {what} name {name!r} must be letters, digits and '_' (at most 64, not "
+                                 f"starting with a digit)")
+        if not self.database:
+            raise ValueError("audit database name is empty")
 
     @property
     def on(self) -> str:

@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 from core.audit import AuditEvent, ConnectionEvent
 from storage.schema import (
     METADATA_TTL_DAYS,
+    NAME,
     SINGLE_SERVER,
     TEXT_COLUMNS,
     TEXT_TTL_DAYS,
@@ -67,9 +68,9 @@ class AuditUrl:
         if scheme in ("http", "https"):
             if not parts.hostname:
                 raise AuditUrlError(f"{scheme} audit URL needs a host: {scheme}://user:pass@host:8123/db")
-            db = parts.path.strip("/") or "default"
-            if "/" in db:
-                raise AuditUrlError(f"audit URL path must be a database name, not {db!r}")
+            db = unquote(parts.path.strip("/")) or "default"
+            if not NAME.fullmatch(db):
+                raise AuditUrlError(f"audit URL path must be a database name (letters, digits, '_'), not {db!r}")
             return cls(scheme, host=parts.hostname, port=port or (8443 if scheme == "https" else 8123),
                        username=unquote(parts.username or ""), password=unquote(parts.password or ""),
                        database=db)

@@ -137,3 +137,18 @@ def test_ttl_must_be_positive_in_the_gateway(tmp_path, days):
                         "--set", f"gateway_text_ttl_days={days}"], capture_output=True, text=True, timeout=60,
                        check=False, cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 2 and "gateway_text_ttl_days" in r.stderr
+
+
+@pytest.mark.parametrize("cluster, database", [("prod'; DROP TABLE events; --", "default"), ("prod", "a-b"),
+                                               ("prod", "1st"), ("", "")])
+def test_names_written_into_ddl_must_be_plain(cluster, database):
+    with pytest.raises(ValueError, match="name"):
+        Target(cluster=cluster, database=database)
+
+
+def test_an_audit_url_database_must_be_a_plain_name():
+    from storage.store import AuditUrl, AuditUrlError
+
+    assert AuditUrl.parse("https://u@ch.example:8443/ai_audit").database == "ai_audit"
+    with pytest.raises(AuditUrlError, match="must be a database name"):
+        AuditUrl.parse("https://u@ch.example:8443/ai%27audit")
