@@ -184,6 +184,14 @@ class Audit:
         user = flow.metadata.get("proxyauth")
         if user:
             self._proxy_users[flow.client_conn.id] = user[0]
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is not None and not it.audited:
+            # A CONNECT to a tunnelled AI host: the policy's decision on it is an event when it did something
+            # (blocked, or a monitored rule matched); a tunnel that simply opens is in `connections` when it ends.
+            if it.decision == "allow":
+                it.audited = True
+            else:
+                self.record(it)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         """Runs after Recognise decided: an ignored connection to a catalog host is AI use we cannot see into."""

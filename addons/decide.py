@@ -35,6 +35,7 @@ from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 
 from addons.extract import PARSED_KEY
+from addons.recognise import TUNNEL
 from core.interaction import KEY, Interaction
 from core.rulesfile import RulesError
 from policy import enforcement
@@ -93,6 +94,31 @@ class Decide:
     def rules_reloaded(self, rules) -> None:
         """Called by the rules reloader with a fully validated rule set."""
         self.policy = rules.policy
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT that opens a tunnel to a do-not-decrypt AI host: nothing inside it will be seen, so this is
+        where the policy acts. Rules on who and which service apply as to any request; rules on what is sent
+        (models, operations, findings) cannot hold, and a rule that needs findings applies its fail mode for
+        `skipped`. A block refuses the CONNECT (403 with the message); a warn cannot show a page here, so the
+        tunnel opens and the audit says so."""
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is None or flow.response is not None or it.exchange.operation != TUNNEL:
+            return
+        try:
+            d = self.evaluate(it, flow.request.headers)
+        except Exception as e:
+            log.exception("policy decision failed")
+            d = Decision("block", reason=f"policy decision failed ({type(e).__name__}): blocked")
+        it.decision, it.reason, it.rule_id = d.action, d.reason, d.rule
+        if d.action == "block":
+            text = enforcement.user_message("block", d.rule, d.message, it.event_id)
+            flow.response = http.Response.make(403, text.encode(), {"content-type": "text/plain; charset=utf-8",
+                                                                    "x-ai-gateway-reference": it.event_id})
+            it.status = 403
+            log.info("blocked tunnel to %s (%s) for %s: %s", it.host, it.service.id, it.user or it.client_addr,
+                     d.reason)
+        elif d.action in ("warn", "redact"):
+            it.reason += "; a tunnel cannot show a page or be rewritten: let through"
 
     def request(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
@@ -184,6 +210,8 @@ class Decide:
     def _inspection(it: Interaction) -> str:
         """Findings are the whole truth only when the body was understood and scanned. A request with no text at
         all (an empty body, a model listing) has nothing to find, so it counts as inspected."""
+        if it.exchange.operation == TUNNEL:
+            return "skipped"  # nothing inside a tunnel is seen: not "nothing to find"
         if not it.exchange.parsed and it.request_bytes > 0:
             return "unparsed"  # whatever was scanned, the body was not understood: findings may miss things
         if it.inspection == "skipped" and not it.exchange.request_parts():

@@ -38,6 +38,10 @@ class Identify:
         """Called by the rules reloader with a fully validated rule set."""
         self.config = rules.identity
 
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT that opens a tunnel to an AI host (Recognise marked it): who opens it."""
+        self.requestheaders(flow)
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         header = self.config.trusted_header
         header_user = header_groups = ""

@@ -3,7 +3,9 @@
 The decision is taken at the TLS ClientHello, before any certificate is forged: a non-AI connection is passed
 through byte for byte and the client sees the real server certificate. Catalog hosts on the do-not-decrypt list
 (certificate-pinned apps) are tunnelled too, but logged as AI use. A decrypted request to a catalog host gets an
-`Interaction` in its metadata: that is what marks a flow as AI traffic for the addons after this one.
+`Interaction` in its metadata: that is what marks a flow as AI traffic for the addons after this one. So does a
+CONNECT to a do-not-decrypt host (operation TUNNEL): identity and policy act on it there, since nothing inside
+the tunnel will be seen.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from core.rulesfile import SHIPPED_RULES, RulesError
 
 log = logging.getLogger(__name__)
 
-
+#: The operation of the CONNECT that opens a tunnel to a do-not-decrypt AI host (the Interaction Recognise gives it).
+TUNNEL = "tunnel"
 
 class Recognise:
     def __init__(self) -> None:
@@ -43,6 +46,16 @@ class Recognise:
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         self.connect_hosts[flow.client_conn.id] = flow.request.host
+        if flow.response is not None:  # refused already (proxy authentication)
+            return
+        match = self.catalog.match(flow.request.host)
+        if match is not None and not match.decrypt:
+            # Its requests will never be seen: the CONNECT is the policy's only chance to act on this AI use.
+            it = Interaction(service=match.service, client_addr=flow.client_conn.peername[0],
+                             host=flow.request.host, method="CONNECT", path=f"{flow.request.host}:{flow.request.port}",
+                             inspection="skipped")
+            it.exchange.operation = TUNNEL
+            flow.metadata[KEY] = it
 
     def client_disconnected(self, client) -> None:
         self.connect_hosts.pop(client.id, None)

@@ -9,6 +9,7 @@ import csv
 import http.server
 import io
 import json
+import re
 import socket
 import ssl
 import threading
@@ -17,6 +18,7 @@ import time
 import pytest
 
 from core.audit import sha256_text
+from core.rulesfile import SHIPPED_RULES
 from tests.conftest import AI_HOSTS, PLAIN_HOSTS, wait_for_events
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import FakeUpstream, Reply
@@ -141,6 +143,74 @@ def test_tunnelled_ai_connection_is_recorded(audit_gw, test_ca):
     assert shadow["cursor"]["connections"] == 1 and shadow["cursor"]["requests"] == 0
     assert shadow["cursor"]["some_users"] == ["127.0.0.1"]
     assert "AI tunnel cursor api2.cursor.sh" in audit_gw.output()
+
+
+TUNNEL_POLICY = """\
+version: 1
+rules:
+  - id: no-cursor-for-bob
+    who: {users: [bob]}
+    when: {services: [cursor]}
+    action: block
+    message: Cursor is not approved for your team.
+  - id: watch-cursor
+    when: {services: [cursor]}
+    action: block
+    mode: monitor
+"""
+
+
+@pytest.fixture(scope="module")
+def policy_tunnel_gw(tmp_path_factory, upstream, tunnel_upstream, test_ca):
+    """Shipped rules, a policy on the tunnelled Cursor service, and users named by a trusted SSO header."""
+    rules = tmp_path_factory.mktemp("tunnel-rules")
+    for f in SHIPPED_RULES.glob("*.yaml"):
+        (rules / f.name).write_bytes(f.read_bytes())
+    (rules / "policy.yaml").write_text(TUNNEL_POLICY)
+    (rules / "identity.yaml").write_text(
+        "version: 1\ntrusted_header: {header: X-Authenticated-User, from: [127.0.0.1/32]}\n")
+    gw = start_gateway(tmp_path_factory.mktemp("tunnel-gw"), upstream, tunnel_upstream, test_ca, rules=rules)
+    yield gw
+    gw.stop()
+
+
+def connect_as(gw: GatewayProcess, user: str) -> tuple[socket.socket, bytes]:
+    """Send a CONNECT as `user`; the socket and the proxy's whole answer (head and body)."""
+    raw = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    raw.sendall(f"CONNECT {TUNNEL_HOST}:443 HTTP/1.1\r\nHost: {TUNNEL_HOST}:443\r\n"
+                f"X-Authenticated-User: {user}\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer and (data := raw.recv(4096)):
+        answer += data
+    length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", answer.partition(b"\r\n\r\n")[0])
+    while length and len(answer.partition(b"\r\n\r\n")[2]) < int(length[1]) and (data := raw.recv(4096)):
+        answer += data
+    return raw, answer
+
+
+def test_the_policy_decides_who_may_open_a_tunnel_to_a_do_not_decrypt_service(policy_tunnel_gw, test_ca):
+    """Nothing inside a tunnel is seen, so the CONNECT is where the policy acts: bob's is refused with the rule's
+    message and audited as a block; alice's opens (and the monitored rule that matched it is recorded)."""
+    raw, head = connect_as(policy_tunnel_gw, "bob")
+    with raw:
+        assert head.startswith(b"HTTP/1.1 403") and b"Cursor is not approved for your team." in head
+    raw, head = connect_as(policy_tunnel_gw, "alice")
+    with raw:
+        assert head.startswith(b"HTTP/1.1 200")
+        ctx = ssl.create_default_context(cafile=str(test_ca.ca_pem))  # the upstream's own CA: not intercepted
+        with ctx.wrap_socket(raw, server_hostname=TUNNEL_HOST) as tls:
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {TUNNEL_HOST}\r\nConnection: close\r\n\r\n".encode())
+            response = b""
+            while data := tls.recv(4096):
+                response += data
+    assert response.endswith(b"cursor-ok")
+    events = wait_for_events(policy_tunnel_gw, lambda e: e["service"] == "cursor", count=2)
+    by_user = {e["user"]: e for e in events}
+    assert (by_user["bob"]["decision"], by_user["bob"]["rule_id"], by_user["bob"]["status"],
+            by_user["bob"]["operation"], by_user["bob"]["inspection"]) == ("block", "no-cursor-for-bob", 403,
+                                                                            "tunnel", "skipped")
+    assert (by_user["alice"]["decision"], by_user["alice"]["rule_id"]) == ("monitor", "watch-cursor")
+    assert "rule watch-cursor would block" in by_user["alice"]["reason"]
 
 
 class Failing500(http.server.ThreadingHTTPServer):
