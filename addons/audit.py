@@ -31,6 +31,7 @@ from mitmproxy.exceptions import OptionsError
 
 from core.audit import CAPTURE_LEVELS, AuditEvent, ConnectionEvent
 from core.interaction import KEY, Interaction
+from addons.extract import ASSET
 from core.offload import off_loop
 from storage.schema import METADATA_TTL_DAYS, NAME, TEXT_TTL_DAYS
 from storage.store import (
@@ -81,6 +82,10 @@ class Audit:
         loader.add_option("gateway_capture", str, "redacted",
                           "How much text audit events keep: metadata (none), redacted (DLP findings masked), "
                           "full (raw).", choices=list(CAPTURE_LEVELS))
+        loader.add_option("gateway_audit_assets", bool, False,
+                          "Also store an event for each static file (script, style, image, font) a consumer AI "
+                          "app's page loads from the app's host. Off: those carry no prompt and are left out, "
+                          "unless the policy did something to them (a block is always stored).")
         loader.add_option("gateway_text_ttl_days", int, TEXT_TTL_DAYS,
                           "Days prompt and completion text are kept in the audit store.")
         loader.add_option("gateway_metadata_ttl_days", int, METADATA_TTL_DAYS,
@@ -137,6 +142,8 @@ class Audit:
         if it is None or it.audited:
             return
         it.audited = True  # before any await: the other of response and error must not record it again
+        if it.exchange.operation == ASSET and it.decision == "allow" and not ctx.options.gateway_audit_assets:
+            return
         # Masking and hashing a 60 MB prompt takes a quarter of a second: large interactions are built in a thread.
         size = sum(len(p.text) for p in it.exchange.request_parts()) + len(it.exchange.completion)
         event = await off_loop(size, self._event, it, ctx.options.gateway_capture)

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 PARSED_KEY = "gateway.parsed"  # providers.Parsed: the request's exchange and the provider that understood it
 RESPONSE_KEY = "gateway.response"  # the ResponseParser reassembling this flow's response
+ASSET = "asset"  # the operation of a page's static file (script, style, image, font) on an AI app's host
+ASSET_TYPES = ("image/", "font/", "video/", "audio/", "text/css", "text/javascript", "application/javascript",
+               "application/x-javascript", "application/wasm", "application/font-woff", "application/manifest+json")
+MAX_ASSET_QUERY = 128  # a longer query string could carry data out: not a plain asset fetch
 STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/vnd.amazon.eventstream",
                 "application/stream+json", "application/jsonl")
 
@@ -94,6 +98,10 @@ class Extract:
         if parsed is None:
             return
         content_type = flow.response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if _is_asset(it, flow.request.query, flow.response.status_code, content_type):
+            it.exchange.operation = ASSET
+            flow.response.stream = True  # nothing to read in it: pass it through unbuffered
+            return
         parser = providers.response_parser(parsed, content_type)
         if parser is not None:
             flow.metadata[RESPONSE_KEY] = parser
@@ -148,6 +156,17 @@ class Extract:
             it.exchange.warn(f"connection closed after the end of the response: {message}")
         else:
             it.error = message
+
+
+def _is_asset(it: Interaction, query, status: int, content_type: str) -> bool:
+    """A request no parser claimed that only fetched a static file for a consumer app's page: no body, a short or
+    no query string, and a script, style, image or font back (or a 304 revalidating one). It carries no prompt;
+    the audit labels it (operation ASSET) and by default does not store it (Audit: gateway_audit_assets)."""
+    if it.method not in ("GET", "HEAD") or it.request_bytes or it.exchange.parsed or it.exchange.operation != "unknown":
+        return False
+    if sum(len(k) + len(v) + 2 for k, v in query.items(multi=True)) > MAX_ASSET_QUERY:
+        return False
+    return status == 304 or content_type.startswith(ASSET_TYPES)
 
 
 def _parse_request(req: tuple[str, str, str, dict[str, str]], body: bytes, coding: str | None, limit: int,

@@ -56,3 +56,32 @@ async def broken_interaction_is_still_audited(tmp_path):
             assert audit.writer.status()["written"] == 1
         finally:
             audit.done()
+
+
+@pytest.mark.parametrize("store_assets", [False, True])
+def test_static_files_of_an_app_page_are_left_out_unless_asked_for_or_decided(tmp_path, store_assets):
+    asyncio.run(static_files(tmp_path, store_assets))
+
+
+async def static_files(tmp_path, store_assets: bool):
+    audit = Audit()
+    with taddons.context(audit) as tctx:
+        tctx.configure(audit, gateway_audit=f"chdb://{tmp_path / 'audit'}",
+                       gateway_audit_spool=str(tmp_path / "spool.sqlite"), gateway_audit_assets=store_assets)
+        try:
+            flows = {}
+            for name, decision in (("allowed", "allow"), ("blocked", "block"), ("prompt", "allow")):
+                flow = tflow.tflow(resp=True)
+                it = interaction(decision=decision)
+                if name != "prompt":
+                    it.exchange.operation = "asset"
+                flow.metadata[KEY] = it
+                flows[name] = it
+                await audit.response(flow)
+            assert audit.writer.flush(20)
+            _, rows = audit.store.query("SELECT event_id, operation FROM events FINAL", {})
+            stored = {str(event_id) for event_id, _ in rows}
+        finally:
+            audit.done()
+    assert (flows["allowed"].event_id in stored) == store_assets
+    assert flows["blocked"].event_id in stored and flows["prompt"].event_id in stored

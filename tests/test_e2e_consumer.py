@@ -81,6 +81,24 @@ def test_chatgpt_web_unknown_answer_is_forwarded_and_audited_unparsed(gateway, u
     assert any("not understood" in w for w in event["warnings"])
 
 
+def test_an_app_pages_static_files_pass_through_and_only_what_could_carry_data_is_audited(gateway, upstream, marker):
+    """A consumer app's page loads scripts, styles and images from the app's host: they carry no prompt, so they
+    are passed through and left out of the audit (gateway_audit_assets). A call no parser knows (JSON back), and
+    an image fetch with a long query string (which could carry data out), are still audited."""
+    upstream.route(f"/static/{marker}", lambda rec: Reply(body=b"console.log(1)", content_type="text/javascript"))
+    upstream.route(f"/img/{marker}", lambda rec: Reply(body=b"\x89PNG", content_type="image/png"))
+    upstream.route(f"/backend-api/{marker}", lambda rec: Reply(body=b'{"ok": true}'))
+    long_query = "q=" + "x" * 200
+    with browser(gateway) as http:
+        assert http.get(f"https://chatgpt.com/static/{marker}/app.js").content == b"console.log(1)"
+        assert http.get(f"https://chatgpt.com/img/{marker}/logo.png?v=3").content == b"\x89PNG"
+        assert http.get(f"https://chatgpt.com/img/{marker}/pixel.png?{long_query}").content == b"\x89PNG"
+        assert http.get(f"https://chatgpt.com/backend-api/{marker}/me").json() == {"ok": True}
+    audited = wait_for_events(gateway, lambda e: marker in e["path"], count=2)
+    assert sorted(e["path"].split("?")[0] for e in audited) == [f"/backend-api/{marker}/me",
+                                                               f"/img/{marker}/pixel.png"]
+
+
 # --- WebSockets ------------------------------------------------------------------------------------------------
 
 def _copilot(ws) -> None:
