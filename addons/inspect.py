@@ -179,16 +179,18 @@ class Inspect:
     async def scan(self, it: Interaction) -> None:
         """Scan the request parts of an interaction: fills `it.findings` and `it.inspection`, never raises. Public
         for stages that build exchanges outside the request hook (WebSocket turns)."""
+        from dlp.scanner import in_parts, scan_texts
+
         if self.pool is None:
             it.inspection = "skipped"
             return
-        texts = [p.text for p in it.exchange.request_parts()]
-        if not any(texts):
+        parts = it.exchange.request_parts()
+        if not any(p.text for p in parts):
             it.inspection = "skipped"
             return
-        findings = await self._scan_texts(it, texts, "DLP scan")
+        findings = await self._scan_texts(it, scan_texts(parts), "DLP scan")
         it.inspection = "errored" if findings is None else "inspected"
-        it.findings = findings or []
+        it.findings = in_parts(findings or [], parts)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         await self._scan_response(flow)

@@ -26,6 +26,9 @@ class TextPart:
 
     text: str
     path: JsonPath | None = None
+    #: Words that give the text its meaning, scanned just before it but never part of it (the key a tool-call
+    #: argument value sits under: `"password": "..."` is a secret, the bare value may not look like one).
+    context: str = ""
 
 
 @dataclass(slots=True)

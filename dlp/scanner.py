@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -324,6 +325,27 @@ def _outside_markup(text: str, start: int, end: int) -> Span | None:
     while e > s and text[e - 1].isspace():
         e -= 1
     return (s, e) if e > s else None
+
+
+CONTEXT_SEP = ": "
+
+
+def scan_texts(parts) -> list[str]:
+    """What DLP scans of each `core.exchange.TextPart`: its context (a JSON key) and CONTEXT_SEP before its text,
+    as the key would stand before the value in the document."""
+    return [f"{p.context}{CONTEXT_SEP}{p.text}" if p.context else p.text for p in parts]
+
+
+def in_parts(findings: list[Finding], parts) -> list[Finding]:
+    """Findings of `scan_texts(parts)` moved back onto the parts' own texts; a finding that begins in the
+    context (the key) is dropped: it is not in the text, which is all a redaction can rewrite."""
+    out = []
+    for f in findings:
+        shift = len(parts[f.part].context) + len(CONTEXT_SEP) if 0 <= f.part < len(parts) and \
+            parts[f.part].context else 0
+        if f.start >= shift:
+            out.append(dataclasses.replace(f, start=f.start - shift, end=f.end - shift))
+    return out
 
 
 def resolve_overlaps(findings: list[Finding]) -> list[Finding]:

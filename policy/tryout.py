@@ -102,11 +102,11 @@ def _dlp_scanner(rules: RuleSet) -> Callable[[Exchange], Sequence[Any]] | None:
         return None
     os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")  # never fetch the suffix list (stack-facts)
     try:
-        from dlp.scanner import Scanner
+        from dlp.scanner import Scanner, in_parts, scan_texts
     except ImportError:
         return None
     scanner = Scanner(rules.recognizers)
-    return lambda x: scanner.scan_parts([p.text for p in x.request_parts()])
+    return lambda x: in_parts(scanner.scan_parts(scan_texts(x.request_parts())), x.request_parts())
 
 
 def _redacted(x: Exchange, findings: list, entities: list[str], body: bytes) -> str:

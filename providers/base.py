@@ -107,21 +107,23 @@ def json_leaves(value: Any, path: JsonPath) -> list[TextPart]:
     """Every string and number inside a JSON value, with its path (depth-first, in document order): the parts of
     a tool call whose arguments are an object rather than JSON text (Anthropic `input`, Gemini `args`, Bedrock
     `toolUse.input`), so DLP scans each value and redaction rewrites the strings in place. Numbers are scanned too
-    (a card number sent as a number); redaction cannot rewrite them, so a finding there blocks."""
+    (a card number sent as a number); redaction cannot rewrite them, so a finding there blocks. Each value's key is
+    its `context`, scanned in front of it: under `"password"` a value is a secret that alone it may not look like.
+    (Keys themselves are context only: a value written as a key is not found.)"""
     out: list[TextPart] = []
-    stack: list[tuple[Any, JsonPath]] = [(value, path)]
+    stack: list[tuple[Any, JsonPath, str]] = [(value, path, "")]
     while stack:
-        node, at = stack.pop()
+        node, at, key = stack.pop()
         if isinstance(node, str):
-            out.append(TextPart(node, at))
+            out.append(TextPart(node, at, key))
         elif isinstance(node, bool) or node is None:
             continue
         elif isinstance(node, (int, float)):
-            out.append(TextPart(orjson.dumps(node).decode(), at))
+            out.append(TextPart(orjson.dumps(node).decode(), at, key))
         elif isinstance(node, dict):
-            stack.extend(reversed([(v, (*at, k)) for k, v in node.items()]))
-        elif isinstance(node, list):
-            stack.extend(reversed([(v, (*at, i)) for i, v in enumerate(node)]))
+            stack.extend(reversed([(v, (*at, k), str(k)) for k, v in node.items()]))
+        elif isinstance(node, list):  # items keep the key of their list
+            stack.extend(reversed([(v, (*at, i), key) for i, v in enumerate(node)]))
     return out
 
 

@@ -120,19 +120,24 @@ def test_every_audit_command_in_every_format_over_the_admin_socket(audit_gw, ups
     assert cli(audit_gw, "status", "--format", "csv").startswith("queued,spooled,written")
 
 
+def get_through_tunnel(raw: socket.socket, test_ca) -> bytes:
+    """GET / over TLS inside an open tunnel, checked against the upstream's own CA (it is not intercepted)."""
+    ctx = ssl.create_default_context(cafile=str(test_ca.ca_pem))
+    with ctx.wrap_socket(raw, server_hostname=TUNNEL_HOST) as tls:
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {TUNNEL_HOST}\r\nConnection: close\r\n\r\n".encode())
+        response = b""
+        while data := tls.recv(4096):
+            response += data
+    return response
+
+
 def test_tunnelled_ai_connection_is_recorded(audit_gw, test_ca):
     """A do-not-decrypt AI host is passed through (the client sees the real certificate) and recorded as a
     connection: who, host, service, duration; shown by shadow-ai."""
     with socket.create_connection(("127.0.0.1", audit_gw.port), timeout=10) as raw:
         raw.sendall(f"CONNECT {TUNNEL_HOST}:443 HTTP/1.1\r\nHost: {TUNNEL_HOST}:443\r\n\r\n".encode())
         assert raw.recv(4096).startswith(b"HTTP/1.1 200")
-        ctx = ssl.create_default_context(cafile=str(test_ca.ca_pem))  # the upstream's own CA: not intercepted
-        with ctx.wrap_socket(raw, server_hostname=TUNNEL_HOST) as tls:
-            tls.sendall(f"GET / HTTP/1.1\r\nHost: {TUNNEL_HOST}\r\nConnection: close\r\n\r\n".encode())
-            response = b""
-            while data := tls.recv(4096):
-                response += data
-    assert response.endswith(b"cursor-ok")
+        assert get_through_tunnel(raw, test_ca).endswith(b"cursor-ok")
 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -196,14 +201,7 @@ def test_the_policy_decides_who_may_open_a_tunnel_to_a_do_not_decrypt_service(po
         assert head.startswith(b"HTTP/1.1 403") and b"Cursor is not approved for your team." in head
     raw, head = connect_as(policy_tunnel_gw, "alice")
     with raw:
-        assert head.startswith(b"HTTP/1.1 200")
-        ctx = ssl.create_default_context(cafile=str(test_ca.ca_pem))  # the upstream's own CA: not intercepted
-        with ctx.wrap_socket(raw, server_hostname=TUNNEL_HOST) as tls:
-            tls.sendall(f"GET / HTTP/1.1\r\nHost: {TUNNEL_HOST}\r\nConnection: close\r\n\r\n".encode())
-            response = b""
-            while data := tls.recv(4096):
-                response += data
-    assert response.endswith(b"cursor-ok")
+        assert head.startswith(b"HTTP/1.1 200") and get_through_tunnel(raw, test_ca).endswith(b"cursor-ok")
     events = wait_for_events(policy_tunnel_gw, lambda e: e["service"] == "cursor", count=2)
     by_user = {e["user"]: e for e in events}
     assert (by_user["bob"]["decision"], by_user["bob"]["rule_id"], by_user["bob"]["status"],

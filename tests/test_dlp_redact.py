@@ -204,3 +204,23 @@ def test_stream_restorer_holds_back_only_a_possible_placeholder():
     assert r.feed("<EMAIL_PHONE") == "<EMAIL_PHONE" and r.flush() == ""
     r = StreamRestorer(p)
     assert r.feed("tail <EMA") == "tail " and r.flush() == "<EMA"  # the end of the stream sends what was held
+
+
+def test_a_tool_argument_is_scanned_with_its_key_and_redacted_in_place(scanner):
+    """Values of an argument object are scanned with their key in front (a bare `Tr0ub4dor&3xyzQ` is no secret,
+    under "password" it is), and the findings land on the values themselves, which redaction rewrites."""
+    from dlp.scanner import in_parts, scan_texts
+
+    body = {"contents": [{"role": "model", "parts": [{"functionCall": {"name": "login", "args": {
+        "password": "Tr0ub4dor&3xyzQ", "routing number": "021000021", "cc": [f"mail {EMAIL}"]}}}]}]}
+    parts = parts_of("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.0-flash:generateContent",
+                     body, "gemini")
+    assert {f.entity for f in scanner.scan_parts([p.text for p in parts])} == {"EMAIL_ADDRESS"}  # without keys
+    findings = in_parts(scanner.scan_parts(scan_texts(parts)), parts)
+    assert sorted((f.entity, parts[f.part].text[f.start:f.end]) for f in findings) == [
+        ("EMAIL_ADDRESS", EMAIL), ("GENERIC_SECRET", "Tr0ub4dor&3xyzQ"), ("US_BANK_NUMBER", "021000021")]
+    placeholders = Placeholders()
+    redacted = redact_json(json.loads(json.dumps(body)), parts, findings, placeholders)
+    args = redacted["contents"][0]["parts"][0]["functionCall"]["args"]
+    assert args["password"].startswith("<GENERIC_SECRET_") and args["cc"] == ["mail <EMAIL_ADDRESS_1>"]
+    assert args["routing number"].startswith("<US_BANK_NUMBER_")
