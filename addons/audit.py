@@ -61,7 +61,6 @@ class Audit:
     def __init__(self) -> None:
         self.writer: AuditWriter | None = None
         self._tunnels: dict[str, ConnectionEvent] = {}  # client connection id -> record being built
-        self._proxy_users: dict[str, str] = {}  # client connection id -> proxy-auth user of its CONNECT
 
     @property
     def store(self) -> Store | None:
@@ -188,9 +187,6 @@ class Audit:
     # --- tunnelled AI connections ------------------------------------------------------------------------------
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        user = flow.metadata.get("proxyauth")
-        if user:
-            self._proxy_users[flow.client_conn.id] = user[0]
         it: Interaction | None = flow.metadata.get(KEY)
         if it is not None and not it.audited:
             # A CONNECT to a tunnelled AI host: the policy's decision on it is an event when it did something
@@ -210,14 +206,15 @@ class Audit:
             return
         server = data.context.server.address
         client = data.context.client
+        identify = ctx.master.addons.get("identify")
         self._tunnels[client.id] = ConnectionEvent(
-            client_addr=client.peername[0] if client.peername else "", user=self._proxy_users.get(client.id, ""),
+            client_addr=client.peername[0] if client.peername else "",
+            user=identify.connection_identity(client).user if identify is not None else "",
             host=host, server_addr=f"{server[0]}:{server[1]}" if server else "", service=match.service.id,
             category=match.service.category, sanctioned=match.service.sanctioned,
             reason=match.reason or "do not decrypt")
 
     def client_disconnected(self, client: connection.Client) -> None:
-        self._proxy_users.pop(client.id, None)
         record = self._tunnels.pop(client.id, None)
         if record is None or self.writer is None:
             return

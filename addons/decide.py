@@ -31,7 +31,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, http, tls
 from mitmproxy.exceptions import OptionsError
 
 from addons.extract import PARSED_KEY
@@ -48,9 +48,9 @@ log = logging.getLogger(__name__)
 ASKED_MODEL_KEY = "gateway.asked_model"  # the model the request named (the answer may name a dated version)
 ANSWER_JUDGED_KEY = "gateway.answer_judged"  # set once the response-side rules were applied to this flow
 WARNING_KEY = "gateway.warning"  # the warning header an API client gets on a `warn` it was let through on
-BROWSER_KEY = "gateway.browser"  # the request's enforcement.ACK_COOKIE value (removed from the request)
 PENDING_TTL = 600.0  # seconds a warn page's continue token stays valid
 MAX_PENDING = 10_000  # unanswered warn pages remembered at most (the oldest are forgotten first)
+MAX_ACKS = 100_000  # acknowledgements remembered at most (the oldest are forgotten first)
 MAX_JUSTIFICATION = 1000
 _BROWSER_ID = re.compile(r"[A-Za-z0-9_-]{24}")  # secrets.token_urlsafe(18)
 
@@ -76,6 +76,7 @@ class Decide:
         self.policy = Policy()
         self.pending: dict[str, _Pending] = {}
         self.acks: dict[tuple[str, str, str], _Ack] = {}
+        self.browsers: dict[str, float] = {}  # ack cookie values the gateway issued -> when they expire
 
     def load(self, loader) -> None:
         loader.add_option("gateway_warn_ttl", int, 3600,
@@ -120,6 +121,40 @@ class Decide:
         elif d.action in ("warn", "redact"):
             it.reason += "; a tunnel cannot show a page or be rewritten: let through"
 
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """The last word on a tunnel. Recognise tunnels a do-not-decrypt host by its TLS name, CONNECT host or
+        server address, so a client that CONNECTs to an address and names the host only in its TLS handshake (and
+        any client in transparent mode, which sends no CONNECT) is judged here. A blocked tunnel is decrypted
+        instead: a certificate-pinned client then fails its handshake, which is the block, and any other gets the
+        block message on its first request. Runs after Recognise, before Audit."""
+        if not data.ignore_connection:
+            return
+        recognise, identify = ctx.master.addons.get("recognise"), ctx.master.addons.get("identify")
+        host, match = recognise.connection_match(data) if recognise is not None else (None, None)
+        if match is None or match.decrypt:
+            return
+        client = data.context.client
+        it = Interaction(service=match.service, client_addr=client.peername[0] if client.peername else "",
+                         host=host or "", method="CONNECT", path=host or "", inspection="skipped")
+        it.exchange.operation = TUNNEL
+        if identify is not None:
+            who = identify.connection_identity(client)
+            it.user, it.groups = who.user, sorted(who.groups)
+        try:
+            d = self.evaluate(it, {})
+        except Exception:  # fail closed, as for requests
+            log.exception("policy decision failed")
+            d = Decision("block", reason="policy decision failed: blocked")
+        if d.action != "block":
+            return
+        data.ignore_connection = False
+        it.decision, it.rule_id = "block", d.rule
+        it.reason = f"{d.reason}; decrypted instead of tunnelled, so that the block holds"
+        log.info("blocked tunnel to %s (%s) for %s: %s", host, match.service.id, it.user or it.client_addr, d.reason)
+        audit = ctx.master.addons.get("audit")
+        if audit is not None:
+            audit.record(it)
+
     def request(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
         if it is None or flow.response is not None:  # not AI, or already answered (unparseable body blocked)
@@ -132,11 +167,6 @@ class Decide:
                    "apply its policy to this request, so it was not sent.")
 
     def _decide(self, flow: http.HTTPFlow, it: Interaction) -> None:
-        browser = flow.request.cookies.get(enforcement.ACK_COOKIE)
-        if browser is not None:  # ours: the AI service must never see it
-            del flow.request.cookies[enforcement.ACK_COOKIE]
-            if _BROWSER_ID.fullmatch(browser):
-                flow.metadata[BROWSER_KEY] = browser
         if flow.request.path.split("?")[0] == enforcement.CONTINUE_PATH:
             self._continue(flow, it)
             return
@@ -267,9 +297,11 @@ class Decide:
             return
         headers = {"location": target, "cache-control": "no-store"}
         if not it.user:  # known only by address: the acknowledgement belongs to this browser
-            browser = flow.metadata.get(BROWSER_KEY)
-            if browser is None or not any(key[0] == f"browser:{browser}" for key in self.acks):
-                browser = flow.metadata[BROWSER_KEY] = secrets.token_urlsafe(18)  # only ids we issued are kept
+            browser = _browser(flow)
+            if browser is None or self.browsers.get(browser, 0) <= now:  # only ids the gateway issued are kept
+                browser = flow.metadata[enforcement.ACK_KEY] = secrets.token_urlsafe(18)
+            self.browsers[browser] = now + ctx.options.gateway_warn_ttl
+            self._prune(now)
             headers["set-cookie"] = (f"{enforcement.ACK_COOKIE}={browser}; Path=/; Max-Age="
                                      f"{ctx.options.gateway_warn_ttl}; Secure; HttpOnly; SameSite=Lax")
         self.acks[(_acker(flow, it), pending.service, pending.rule)] = _Ack(justification,
@@ -287,6 +319,11 @@ class Decide:
             del self.pending[next(iter(self.pending))]
         for key in [k for k, a in self.acks.items() if a.expires <= now]:
             del self.acks[key]
+        for browser in [b for b, expires in self.browsers.items() if expires <= now]:
+            del self.browsers[browser]
+        for remembered in (self.acks, self.browsers):  # continues in a loop must not grow memory without bound
+            while len(remembered) >= MAX_ACKS:
+                del remembered[next(iter(remembered))]
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         warning = flow.metadata.get(WARNING_KEY)
@@ -299,8 +336,14 @@ def _acker(flow: http.HTTPFlow, it: Interaction) -> str:
     request without one has acknowledged nothing)."""
     if it.user:
         return f"user:{it.user}"
-    browser = flow.metadata.get(BROWSER_KEY)
+    browser = _browser(flow)
     return f"browser:{browser}" if browser else ""
+
+
+def _browser(flow: http.HTTPFlow) -> str | None:
+    """The request's ack cookie value (Recognise took it off the request), if it has the shape of one we issue."""
+    value = flow.metadata.get(enforcement.ACK_KEY)
+    return value if value is not None and _BROWSER_ID.fullmatch(value) else None
 
 
 def refuse(flow: http.HTTPFlow, it: Interaction, why: str,

@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mitmproxy import ctx, http
+from mitmproxy import connection, ctx, http
 from mitmproxy.exceptions import OptionsError
 
 from core.interaction import KEY, Interaction
 from core.rulesfile import RulesError
-from policy.identity import IdentityConfig
+from policy.identity import Identity, IdentityConfig
 from policy.ruleset import load_identity
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 class Identify:
     def __init__(self) -> None:
         self.config = IdentityConfig()
+        # Who opened each proxy client connection with a CONNECT, by connection id: a tunnel is decided at its TLS
+        # handshake, after the CONNECT (and its credentials) have gone. Entries live as long as the connection.
+        self.connections: dict[str, Identity] = {}
 
     def configure(self, updated: set[str]) -> None:
         if "gateway_rules" in updated:
@@ -39,24 +42,46 @@ class Identify:
         self.config = rules.identity
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        """A CONNECT that opens a tunnel to an AI host (Recognise marked it): who opens it."""
-        self.requestheaders(flow)
+        """Who opens a CONNECT: remembered for the connection, and given to the CONNECT's own Interaction when
+        Recognise made one (a tunnel to an AI host)."""
+        who = self._resolve(flow, flow.client_conn.peername[0])
+        self.connections[flow.client_conn.id] = who
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is not None:
+            it.user, it.groups = who.user, sorted(who.groups)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.connections.pop(client.id, None)
+
+    def connection_identity(self, client: connection.Client) -> Identity:
+        """Who is behind a client connection before any request on it: its CONNECT's identity, else its address."""
+        who = self.connections.get(client.id)
+        return who if who is not None else self.config.resolve(client.peername[0] if client.peername else "")
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        header = self.config.trusted_header
-        header_user = header_groups = ""
-        if header is not None:
-            header_user = flow.request.headers.pop(header.header, "")
-            if header.groups_header:
-                header_groups = flow.request.headers.pop(header.groups_header, "")
         it: Interaction | None = flow.metadata.get(KEY)
         if it is None:
+            self._take_headers(flow)  # not AI, but a forged identity header still never leaves
             return
+        who = self._resolve(flow, it.client_addr)
+        it.user, it.groups = who.user, sorted(who.groups)
+
+    def _take_headers(self, flow: http.HTTPFlow) -> tuple[str, str]:
+        """The SSO header's user and groups, removed from the request whatever its source."""
+        header = self.config.trusted_header
+        if header is None:
+            return "", ""
+        user = flow.request.headers.pop(header.header, "")
+        return user, flow.request.headers.pop(header.groups_header, "") if header.groups_header else ""
+
+    def _resolve(self, flow: http.HTTPFlow, client_addr: str) -> Identity:
+        """Proxy authentication, the trusted SSO header, the CIDR map."""
+        header = self.config.trusted_header
+        header_user, header_groups = self._take_headers(flow)
         auth = flow.metadata.get("proxyauth")
         proxy_user = auth[0] if isinstance(auth, tuple) and auth else ""
-        if (header_user or header_groups) and not self.config.trusts_header_from(it.client_addr):
+        if (header_user or header_groups) and not self.config.trusts_header_from(client_addr):
             log.warning("identity header %s from untrusted address %s ignored (and removed)", header.header,
-                        it.client_addr)
+                        client_addr)
             header_user = header_groups = ""
-        who = self.config.resolve(it.client_addr, proxy_user, header_user, header_groups)
-        it.user, it.groups = who.user, sorted(who.groups)
+        return self.config.resolve(client_addr, proxy_user, header_user, header_groups)

@@ -19,6 +19,7 @@ from mitmproxy.exceptions import OptionsError
 from core.catalog import Catalog, Match
 from core.interaction import KEY, Interaction
 from core.rulesfile import SHIPPED_RULES, RulesError
+from policy.enforcement import ACK_COOKIE, ACK_KEY
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,13 @@ class Recognise:
         # The TLS name, the CONNECT target, or for plain HTTP the request's own host: whichever is an AI service.
         host, match = self._match(flow.client_conn.sni, self.connect_hosts.get(flow.client_conn.id),
                                   flow.request.host)
-        if match is None or not match.service.covers_path(flow.request.path):
+        if match is None:
+            return
+        ack = flow.request.cookies.get(ACK_COOKIE)
+        if ack is not None:  # the gateway's own cookie (warn pages) never leaves, on any path of the host
+            del flow.request.cookies[ACK_COOKIE]
+            flow.metadata[ACK_KEY] = ack
+        if not match.service.covers_path(flow.request.path):
             return
         flow.metadata[KEY] = Interaction(
             service=match.service, client_addr=flow.client_conn.peername[0], host=host,

@@ -21,8 +21,9 @@ CONTINUE_PATH = "/__ai-gateway/continue"  # the warn page's "continue" form post
 WARNING_HEADER = "x-ai-gateway-warning"
 #: Binds a "continue" past a warning to the browser that clicked it, when the proxy does not know the user: users
 #: behind one NAT address must not share (nor be credited with) each other's acknowledgements. Set on the AI
-#: service's host by the continue response, and removed from every request before it goes upstream.
+#: service's host by the continue response; Recognise takes it off every request to a catalog host.
 ACK_COOKIE = "ai_gateway_ack"
+ACK_KEY = "gateway.ack_cookie"  # flow metadata: the request's ACK_COOKIE value, taken off the request
 BROWSER_CATEGORIES = frozenset({"chat", "write", "img", "vid", "aud", "meet", "srch", "comp", "doc"})
 
 # Wire-format hints (core.catalog Service.formats, provider names) -> the error dialect their SDKs parse.

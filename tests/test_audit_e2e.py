@@ -211,6 +211,27 @@ def test_the_policy_decides_who_may_open_a_tunnel_to_a_do_not_decrypt_service(po
     assert "rule watch-cursor would block" in by_user["alice"]["reason"]
 
 
+def test_a_tunnel_named_only_in_the_tls_handshake_is_judged_too(policy_tunnel_gw, tunnel_upstream, test_ca):
+    """CONNECT to a bare address, the blocked service named only by the TLS name (SNI), as a pinned app behind a
+    transparent proxy would look: bob's connection is decrypted instead of tunnelled, so his client, which trusts
+    only the service's own certificate, cannot complete the handshake; the block is audited. Alice's tunnel
+    opens as before."""
+    def connect_ip(user: str) -> socket.socket:
+        raw = socket.create_connection(("127.0.0.1", policy_tunnel_gw.port), timeout=10)
+        raw.sendall(f"CONNECT 127.0.0.1:{tunnel_upstream.port} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"X-Authenticated-User: {user}\r\n\r\n".encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        return raw
+
+    with connect_ip("bob") as raw, pytest.raises(ssl.SSLCertVerificationError):
+        get_through_tunnel(raw, test_ca)
+    with connect_ip("alice") as raw:
+        assert get_through_tunnel(raw, test_ca).endswith(b"cursor-ok")
+    [event] = wait_for_events(policy_tunnel_gw, lambda e: e["service"] == "cursor" and e["user"] == "bob"
+                              and "decrypted instead of tunnelled" in e["reason"])
+    assert (event["decision"], event["rule_id"], event["operation"]) == ("block", "no-cursor-for-bob", "tunnel")
+
+
 class Failing500(http.server.ThreadingHTTPServer):
     """A 'ClickHouse' that answers every request with 500, recording what it was sent."""
 

@@ -46,6 +46,7 @@ services:
   - {id: cohere, name: Cohere API, category: api, sanctioned: true, hosts: [api.cohere.com], formats: [cohere]}
   - {id: mistral, name: Mistral API, category: api, sanctioned: true, hosts: [api.mistral.ai],
      formats: [mistral, openai]}
+  - {id: gemini-app, name: Gemini app, category: chat, hosts: [gemini.google.com], paths: [/app]}
 """
 
 POLICY = """
@@ -89,7 +90,7 @@ rules:
     action: block
     message: Use the company assistant instead of consumer ChatGPT.
   - id: claude-caution
-    when: {services: [claude]}
+    when: {services: [claude, gemini-app]}
     action: warn
     message: Claude is not approved for customer data.
   - id: old-models
@@ -336,7 +337,15 @@ def test_an_anonymous_continue_belongs_to_the_browser_that_clicked_not_to_its_ad
         forged = http_client(anon_gw, cookies={"ai_gateway_ack": "A" * 24})  # an id the gateway never issued
         with forged:
             assert forged.get(f"https://claude.ai/chat/{marker}", headers=html).status_code == 403
+        # the cookie is sent with every request to the host, also to paths the catalog does not count as AI use
+        upstream.route(f"/help/{marker}", lambda rec: Reply(body=b"help page", content_type="text/html"))
+        page = clicker.get(f"https://gemini.google.com/app/{marker}", headers=html)
+        token = re.search(r'name="token" value="([^"]+)"', page.text).group(1)
+        clicker.post("https://gemini.google.com/__ai-gateway/continue", data={"token": token, "target": "/app"})
+        assert "ai_gateway_ack" in str(clicker.cookies.jar)
+        assert clicker.get(f"https://gemini.google.com/help/{marker}").text == "help page"
     forwarded = upstream.requests[seen:]
+    assert any(f"/help/{marker}" in r.path for r in forwarded)
     assert forwarded and all("ai_gateway_ack" not in r.headers.get("cookie", "") for r in forwarded)
     events = wait_for_events(anon_gw, lambda ev: ev["service"] == "claude" and marker in ev["path"], count=4)
     assert [e["justification"] for e in events if e["status"] == 200] == [f"why {marker}"]
