@@ -24,7 +24,7 @@ from mitmproxy.exceptions import OptionsError
 
 import providers
 from core.interaction import KEY, Interaction
-from core.offload import off_loop
+from core.offload import OFFLOAD_CHARS, off_loop
 from providers.base import ResponseParser
 from providers.encoding import MAX_DECODED_BYTES, CompressionBomb, Decoder, EncodingError, decode, encodings
 
@@ -35,7 +35,10 @@ RESPONSE_KEY = "gateway.response"  # the ResponseParser reassembling this flow's
 ASSET = "asset"  # the operation of a page's static file (script, style, image, font) on an AI app's host
 ASSET_TYPES = ("image/", "font/", "video/", "audio/", "text/css", "text/javascript", "application/javascript",
                "application/x-javascript", "application/wasm", "application/font-woff", "application/manifest+json")
+ASSET_SUFFIXES = (".js", ".mjs", ".css", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".avif", ".ico", ".woff",
+                  ".woff2", ".ttf", ".otf", ".wasm", ".map", ".mp4", ".webm", ".mp3")
 MAX_ASSET_QUERY = 128  # a longer query string could carry data out: not a plain asset fetch
+SMALL_WIRE_BYTES = 64 * 1024  # compressed request bodies up to this size are tried on the loop first
 STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/vnd.amazon.eventstream",
                 "application/stream+json", "application/jsonl")
 
@@ -67,8 +70,9 @@ class Extract:
         coding = flow.request.headers.get("content-encoding")
         limit = ctx.options.gateway_max_decoded_bytes
         req = (flow.request.method, it.host, flow.request.path, dict(flow.request.headers))
-        # A compressed body may expand to `limit`: decode it off the loop whatever its size on the wire.
-        size = limit if encodings(coding) else len(body)
+        size = len(body)
+        if encodings(coding) and not _decodes_small(body, coding):
+            size = limit  # it may expand to the cap: decode it off the loop whatever its size on the wire
         parsed, problem, bomb = await off_loop(size, _parse_request, req, body, coding, limit, it.service)
         it.exchange = parsed.exchange
         flow.metadata[PARSED_KEY] = parsed
@@ -166,7 +170,23 @@ def _is_asset(it: Interaction, query, status: int, content_type: str) -> bool:
         return False
     if sum(len(k) + len(v) + 2 for k, v in query.items(multi=True)) > MAX_ASSET_QUERY:
         return False
-    return status == 304 or content_type.startswith(ASSET_TYPES)
+    if status == 304:  # revalidated: no content type to go by, so the name must say it is a static file
+        return it.path.split("?")[0].lower().endswith(ASSET_SUFFIXES)
+    return content_type.startswith(ASSET_TYPES)
+
+
+def _decodes_small(body: bytes, coding: str | None) -> bool:
+    """Does this compressed body decode to at most OFFLOAD_CHARS (or fail to decode)? Tried on the loop for small
+    bodies only (a few ms at most), so that an ordinary compressed prompt is never queued behind large ones."""
+    if len(body) > SMALL_WIRE_BYTES:
+        return False
+    try:
+        decode(body, coding, OFFLOAD_CHARS)
+    except CompressionBomb:
+        return False
+    except EncodingError:
+        return True  # refused on the loop, as cheaply as it fails
+    return True
 
 
 def _parse_request(req: tuple[str, str, str, dict[str, str]], body: bytes, coding: str | None, limit: int,

@@ -85,3 +85,18 @@ async def static_files(tmp_path, store_assets: bool):
             audit.done()
     assert (flows["allowed"].event_id in stored) == store_assets
     assert flows["blocked"].event_id in stored and flows["prompt"].event_id in stored
+
+
+def test_a_304_counts_as_a_static_file_only_when_its_name_says_so():
+    from addons.extract import _is_asset
+
+    def it(path: str) -> Interaction:
+        x = Interaction(service=Service("chatgpt", "ChatGPT", "ChatGPT", "chat"), client_addr="10.1.1.1",
+                        host="chatgpt.com", method="GET", path=path)
+        x.exchange.parsed, x.exchange.operation = False, "unknown"
+        return x
+
+    query = tflow.tflow().request.query
+    assert _is_asset(it("/static/app.3f2a.js"), query, 304, "")
+    assert not _is_asset(it("/backend-api/search"), query, 304, "")  # a revalidated API call may carry a prompt
+    assert _is_asset(it("/backend-api/avatar"), query, 200, "image/png")

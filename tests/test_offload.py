@@ -54,3 +54,16 @@ def test_each_event_loop_has_its_own_slots():
 
     for _ in range(2):
         assert asyncio.run(crowd()) == [42] * (MAX_CONCURRENT * 3)
+
+
+def test_only_compressed_bodies_that_may_expand_past_the_threshold_leave_the_loop():
+    """An ordinary gzip prompt is decoded on the loop (it never queues behind large uploads); one that expands
+    past the threshold, or is too big on the wire to try, goes to a thread."""
+    import gzip
+
+    from addons.extract import SMALL_WIRE_BYTES, _decodes_small
+
+    assert _decodes_small(gzip.compress(b'{"messages": []}'), "gzip")
+    assert not _decodes_small(gzip.compress(b" " * (OFFLOAD_CHARS + 1)), "gzip")  # a few KB that expand past it
+    assert not _decodes_small(b"x" * (SMALL_WIRE_BYTES + 1), "gzip")
+    assert _decodes_small(b"not gzip at all", "gzip")  # refused on the loop, cheaply
