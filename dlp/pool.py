@@ -151,8 +151,13 @@ class DlpPool:
         if not any(texts):
             return []
         self._ensure_running()
-        if self._limits is None:
-            self._limits = await asyncio.shield(self._ready)
+        if self._limits is None:  # no worker has started yet: that waiting counts as waiting for a worker
+            try:
+                async with asyncio.timeout(wait):
+                    self._limits = await asyncio.shield(self._ready)
+            except TimeoutError:
+                raise DlpOverloaded(f"no DLP worker was ready within {wait:g} s (they are starting, or failing "
+                                    f"to start: see the log)") from None
         tasks = [_Task(job, timeout) for job in plan_jobs(texts, *self._limits, self.workers)]
         for task in tasks:
             self._queue.put_nowait(task)
@@ -212,16 +217,17 @@ class DlpPool:
         while not self._closed:
             try:
                 reader, writer = await self._spawn(index)
-            except _Broken as e:  # the rules do not load: every new worker would fail the same way
-                if not self._ready.done():
-                    self._ready.set_exception(DlpError(str(e)))
-                    self._ready.exception()  # retrieved: it is raised to every scan, not logged as lost
+            except _Broken as e:
+                if self._ready.done():  # the rules loaded before: the file is being edited; the reloader will
+                    await self._backoff(index, e, failures := failures + 1)  # refuse or apply the edit
+                    continue
+                # the rules do not load at all: every new worker would fail the same way
+                self._ready.set_exception(DlpError(str(e)))
+                self._ready.exception()  # retrieved: it is raised to every scan, not logged as lost
                 await self._refuse_forever(DlpError(str(e)), carry)
                 return
-            except DlpError as e:  # could not start (fork failed, stuck): try again, a little later each time
-                failures += 1
-                log.error("DLP worker %d: %s; retrying", index, e)
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** failures))
+            except (DlpError, OSError) as e:  # could not start (fork failed, out of descriptors, stuck)
+                await self._backoff(index, e, failures := failures + 1)
                 continue
             failures = 0
             self._writers[index] = writer
@@ -232,6 +238,12 @@ class DlpPool:
                 self._writers.pop(index, None)
                 _kill(self._processes.pop(index, None))
 
+    @staticmethod
+    async def _backoff(index: int, error: Exception, failures: int) -> None:
+        """A worker that could not start is tried again, a little later each time (at most every 30 s)."""
+        log.error("DLP worker %d could not start (%s: %s); retrying", index, type(error).__name__, error)
+        await asyncio.sleep(min(30.0, 0.5 * 2 ** failures))
+
     async def _spawn(self, index: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A new worker process, connected and with its scanner built."""
         ours, theirs = socket.socketpair()
@@ -240,11 +252,26 @@ class DlpPool:
         process = context.Process(target=_worker_main, args=(theirs, self.rules), daemon=True,
                                   name=f"dlp-worker-{index}")
         self._processes[index] = process
+        # Forking through the fork server is a blocking exchange, so it runs in a thread, which a close() cannot
+        # stop: the process it starts is then killed as soon as it exists.
+        starting = asyncio.ensure_future(asyncio.to_thread(process.start))
         try:
-            await asyncio.to_thread(process.start)  # forking through the fork server is a blocking exchange
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(lambda _: _kill(process))
+            ours.close()
+            raise
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_connection(sock=ours)
+        try:
+            reader, writer = await asyncio.open_connection(sock=ours)
+        except OSError:
+            ours.close()
+            _kill(self._processes.pop(index, None))
+            raise
         try:
             async with asyncio.timeout(STARTUP_TIMEOUT):
                 status, detail = await _read(reader)

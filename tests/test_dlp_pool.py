@@ -202,3 +202,84 @@ def test_closed_pool_refuses():
         with pytest.raises(DlpError, match="closed"):
             await p.scan_parts(["text"])
     asyncio.run(main())
+
+
+def _exit_at_once(sock, rules) -> None:
+    """A worker that dies while it starts (killed for memory while loading a model, say)."""
+    os._exit(1)
+
+
+def test_a_scan_waits_no_longer_than_wait_when_no_worker_ever_starts(monkeypatch):
+    monkeypatch.setattr("dlp.pool._worker_main", _exit_at_once)
+
+    async def main(p):
+        with pytest.raises(DlpOverloaded, match="no DLP worker was ready within 1 s"):
+            await p.scan_parts([f"mail {EMAIL}"], timeout=5, wait=1)
+
+    run_with(1, main)
+
+
+def test_a_worker_that_cannot_be_started_for_a_moment_is_started_again(monkeypatch):
+    """Out of file descriptors under a connection flood, say: the slot retries instead of dying for good."""
+    import socket as socket_module
+
+    real, calls = socket_module.socketpair, []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(24, "Too many open files")
+        return real()
+
+    async def main(p):
+        monkeypatch.setattr("dlp.pool.socket.socketpair", flaky)  # once the loop has its own socket pair
+        return await p.scan_parts([f"mail {EMAIL}"], timeout=60, wait=60)
+
+    assert [f.entity for f in run_with(1, main)] == ["EMAIL_ADDRESS"] and len(calls) == 2
+
+
+def test_a_half_saved_rules_file_does_not_poison_a_replaced_worker(tmp_path):
+    """A worker replaced while an admin's edit of the rules is half saved (the reloader refuses such an edit)
+    must not turn its slot into one that fails every scan: it retries, and the other worker scans meanwhile."""
+    rules = tmp_path / "recognizers.yaml"
+    rules.write_text((RULES / "recognizers.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+
+    async def main(p):
+        await p.start()
+        with open(rules, "a", encoding="utf-8") as f:
+            f.write("\n  this: [is: broken\n")
+        os.kill(p.pids()[0], signal.SIGKILL)
+        await asyncio.sleep(1)
+        return [await p.scan_parts([f"mail jane{i}@acme-corp.com"], timeout=30, wait=30) for i in range(20)]
+
+    assert all([f.entity for f in found] == ["EMAIL_ADDRESS"] for found in run_with(2, main, rules))
+
+
+def test_closing_while_workers_start_leaves_none_running(monkeypatch):
+    import multiprocessing
+
+    started = []
+    real = multiprocessing.get_context
+
+    class Recording:
+        def __init__(self, context):
+            self.context = context
+
+        def Process(self, *args, **kwargs):
+            started.append(self.context.Process(*args, **kwargs))
+            return started[-1]
+
+    monkeypatch.setattr("dlp.pool.multiprocessing.get_context", lambda method: Recording(real(method)))
+
+    async def main():
+        p = DlpPool(RULES, workers=2)
+        starting = asyncio.create_task(p.start())
+        await asyncio.sleep(0.02)  # the fork server is still starting the workers
+        p.close()
+        with pytest.raises(DlpError):
+            await starting
+        await asyncio.sleep(0.5)  # killed as soon as they exist (left alone, they would build a scanner first)
+
+    asyncio.run(main())
+    assert started and not [w.pid for w in started if w.pid and os.path.exists(f"/proc/{w.pid}") and
+                            open(f"/proc/{w.pid}/stat").read().split()[2] != "Z"]
