@@ -155,6 +155,7 @@ class Inspect:
         """Build the scanners now, not on the first request; a worker that cannot is reported at once. Then the
         prefilter gate, from the compiled database the workers have just cached (until then every scan goes to
         the workers: the gate only saves time)."""
+        from dlp.rules import load_rules
         from dlp.scanner import Scanner
 
         try:
@@ -163,7 +164,11 @@ class Inspect:
             log.error("DLP workers cannot scan: %s", e)
             return
         try:
-            self.gate = await asyncio.to_thread(Scanner.from_rules, source)
+            rules = await asyncio.to_thread(load_rules, source)
+            if rules.ner:  # NER must run on every text, so the gate could never answer: not worth a spaCy model
+                log.info("DLP: no prefilter gate (NER runs on every prompt)")
+                return
+            self.gate = await asyncio.to_thread(Scanner, rules)
         except Exception as e:  # the workers scan, so every scan stays correct; it is only slower
             log.warning("DLP prefilter gate unavailable, every scan goes to the workers: %s", e)
             return
