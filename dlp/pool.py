@@ -216,7 +216,13 @@ class DlpPool:
         failures = 0
         while not self._closed:
             try:
-                reader, writer = await self._spawn(index)
+                try:
+                    reader, writer = await self._spawn(index)
+                except Exception:
+                    if carry is not None:  # another worker runs it while this one cannot start
+                        self._queue.put_nowait(carry)
+                        carry = None
+                    raise
             except _Broken as e:
                 if self._ready.done():  # the rules loaded before: the file is being edited; the reloader will
                     await self._backoff(index, e, failures := failures + 1)  # refuse or apply the edit
@@ -224,7 +230,7 @@ class DlpPool:
                 # the rules do not load at all: every new worker would fail the same way
                 self._ready.set_exception(DlpError(str(e)))
                 self._ready.exception()  # retrieved: it is raised to every scan, not logged as lost
-                await self._refuse_forever(DlpError(str(e)), carry)
+                await self._refuse_forever(DlpError(str(e)))
                 return
             except (DlpError, OSError) as e:  # could not start (fork failed, out of descriptors, stuck)
                 await self._backoff(index, e, failures := failures + 1)
@@ -322,11 +328,10 @@ class DlpPool:
             else:
                 self._fail(task, DlpError(f"DLP scan failed in the worker: {detail}"))
 
-    async def _refuse_forever(self, error: DlpError, carry: _Task | None) -> None:
+    async def _refuse_forever(self, error: DlpError) -> None:
         """Workers that cannot build a scanner would fail the same way again: fail each job at once instead."""
         while True:
-            task, carry = carry or await self._queue.get(), None
-            self._fail(task, error)
+            self._fail(await self._queue.get(), error)
 
     @staticmethod
     def _fail(task: _Task, error: DlpError) -> None:
