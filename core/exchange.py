@@ -47,10 +47,11 @@ class Attachment:
 class ToolCall:
     """A tool call made by the model (or echoed back in history).
 
-    Most formats send the arguments as JSON text in a string (`path` is that string's path). Some send a JSON
-    object (Anthropic `tool_use.input`): there is no string to rewrite, so each string (and number) value of the
-    object is a `leaves` part with its own path (DLP scans those and redaction rewrites the strings in place; a
-    finding in a number cannot be rewritten and blocks), and `path` is the object's path.
+    Arguments come as a JSON object (Anthropic `tool_use.input`, Gemini `args`; `path` is the object's path) or as
+    JSON text in a string (OpenAI `function.arguments`; `path` is the string's). Either way, when they parse, each
+    string (and number) value is a `leaves` part with its own path, running on into the string for JSON text, and
+    its key as context: DLP scans the values as written, not JSON-escaped, and redaction rewrites the strings in
+    place (a finding in a number cannot be rewritten and blocks). Arguments that do not parse are one part.
     """
 
     name: str

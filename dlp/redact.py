@@ -101,11 +101,12 @@ def unredactable(body: Any, parts: Sequence[TextPart], findings: Iterable[Findin
     by_part: dict[int, list[Finding]] = {}
     for f in findings:
         by_part.setdefault(f.part, []).append(f)
+    documents = _Embedded(body)
     for part, fs in sorted(by_part.items()):
         try:
             if part >= len(parts) or parts[part].path is None:
                 raise ValueError("no JSON path")
-            container, key = _locate(body, parts[part].path)
+            container, key = documents.locate(parts[part].path)
             _rewritten(container[key], parts[part].text, fs, Placeholders())
         except (KeyError, IndexError, TypeError, ValueError):
             bad.add(part)
@@ -117,7 +118,8 @@ def redact_json(body: Any, parts: Sequence[TextPart], findings: Iterable[Finding
 
     A part's path leads to a JSON string holding the part's text, or to a JSON value whose text the part is
     (an Anthropic tool_use `input` object): the value is then rewritten as the redacted text parsed back, which
-    works as long as every finding lies inside a string of it. Raises ValueError naming the parts that cannot be
+    works as long as every finding lies inside a string of it. A path may run on into a string that holds JSON
+    text (a value inside OpenAI tool-call `arguments`): that string is rewritten as the redacted JSON. Raises ValueError naming the parts that cannot be
     rewritten this way (see `unredactable`): a redaction that cannot be applied must block the request, never let
     the value through.
     """
@@ -130,10 +132,37 @@ def redact_json(body: Any, parts: Sequence[TextPart], findings: Iterable[Finding
                          "path does not hold the scanned text, or the result would not be JSON)")
     for part in parts:  # placeholders already in any part of the request are not issued again
         placeholders.reserve(part.text)
+    documents = _Embedded(body)
     for part, fs in sorted(by_part.items()):
-        container, key = _locate(body, parts[part].path)
+        container, key = documents.locate(parts[part].path)
         container[key] = _rewritten(container[key], parts[part].text, fs, placeholders)
+    documents.write_back()
     return body
+
+
+class _Embedded:
+    """Paths that run on into a JSON string holding JSON text (OpenAI tool-call `arguments`): the string is parsed
+    once, its values are rewritten like any other, and `write_back` serializes it into the string again."""
+
+    def __init__(self, body: Any):
+        self.body = body
+        self.documents: dict[tuple, Any] = {}  # path of such a string -> its parsed JSON
+
+    def locate(self, path: Sequence[str | int]) -> tuple[Any, str | int]:
+        node = self.body
+        for i, step in enumerate(path[:-1]):
+            node = node[step]
+            if isinstance(node, str):  # the rest of the path is inside the JSON this string holds
+                outer = tuple(path[:i + 1])
+                if outer not in self.documents:
+                    self.documents[outer] = json.loads(node)
+                return _locate(self.documents[outer], path[i + 1:])
+        return _locate(self.body, path)
+
+    def write_back(self) -> None:
+        for outer, document in self.documents.items():
+            container, key = _locate(self.body, outer)
+            container[key] = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
 
 
 def _rewritten(value: Any, text: str, findings: list[Finding], placeholders: Placeholders) -> Any:

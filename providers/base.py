@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from core.exchange import Exchange, JsonPath, TextPart
+from core.exchange import Exchange, JsonPath, TextPart, ToolCall
 
 #: Reassembled completion text is capped: a runaway stream must not grow the gateway's memory without bound.
 MAX_COMPLETION_CHARS = 1_000_000
@@ -125,6 +125,22 @@ def json_leaves(value: Any, path: JsonPath) -> list[TextPart]:
         elif isinstance(node, list):  # items keep the key of their list
             stack.extend(reversed([(v, (*at, i), key) for i, v in enumerate(node)]))
     return out
+
+
+def with_leaves(call: ToolCall) -> ToolCall:
+    """A tool call whose arguments are JSON text in a string (OpenAI `function.arguments`) gets that JSON's values
+    as leaves, their paths running on into the string (dlp.redact rewrites the string as redacted JSON). Scanned
+    as JSON text, escapes (`\\n`, `\\"`) would hide line structure and context from DLP; arguments that do not
+    parse (cut off, not JSON) stay one part, the text as sent."""
+    if call.path is None or not call.arguments.lstrip().startswith(("{", "[")):
+        return call
+    try:
+        value = orjson.loads(call.arguments)
+    except orjson.JSONDecodeError:
+        return call
+    if isinstance(value, (dict, list)):
+        call.leaves = json_leaves(value, call.path)
+    return call
 
 
 def objects(items: Any, what: str, exchange: Exchange) -> Iterator[tuple[int, dict]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
-                            json_body, objects, text_parts)
+                            json_body, objects, text_parts, with_leaves)
 from providers.uploads import base64_attachment
 
 _NON_TEXT_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file"}
@@ -134,8 +134,8 @@ def tool_calls(raw: dict[str, Any], path: JsonPath) -> list[ToolCall]:
     for j, tc in enumerate(raw.get("tool_calls") or []):
         fn = tc.get("function") if isinstance(tc, dict) else None
         if isinstance(fn, dict):
-            out.append(ToolCall(str(fn.get("name", "")), str(fn.get("arguments", "")), str(tc.get("id", "")),
-                                (*path, "tool_calls", j, "function", "arguments")))
+            out.append(with_leaves(ToolCall(str(fn.get("name", "")), str(fn.get("arguments", "")),
+                                            str(tc.get("id", "")), (*path, "tool_calls", j, "function", "arguments"))))
     return out
 
 
@@ -155,8 +155,8 @@ def chat_message(raw: dict[str, Any], path: JsonPath, exchange: Exchange) -> Non
     message.tool_calls.extend(tool_calls(raw, path))
     legacy = raw.get("function_call")
     if isinstance(legacy, dict):
-        message.tool_calls.append(ToolCall(str(legacy.get("name", "")), str(legacy.get("arguments", "")), "",
-                                           (*path, "function_call", "arguments")))
+        message.tool_calls.append(with_leaves(ToolCall(str(legacy.get("name", "")), str(legacy.get("arguments", "")),
+                                                       "", (*path, "function_call", "arguments"))))
     if role in ("tool", "function"):
         result_path = (*path, "content") if isinstance(content, str) else None
         message.tool_results.append(ToolResult(str(raw.get("tool_call_id") or raw.get("name") or ""),

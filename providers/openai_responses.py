@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolResult
-from providers.base import BodyError, CompletionBuffer, HttpRequest, ResponseParser, SseParser, json_body
+from providers.base import (BodyError, CompletionBuffer, HttpRequest, ResponseParser, SseParser, json_body,
+                            with_leaves)
 from providers.openai_chat import (common, event_object, function_tools, json_response, upstream_error,
                                    usage)
 from providers.uploads import base64_attachment
@@ -58,9 +59,9 @@ def _items(items: list[Any], path: JsonPath, exchange: Exchange) -> None:
                       "mcp_call", "apply_patch_call"):
             key = "arguments" if "arguments" in item else "input"
             args = item.get(key)
-            exchange.messages.append(Message(role="assistant", tool_calls=[ToolCall(
+            exchange.messages.append(Message(role="assistant", tool_calls=[with_leaves(ToolCall(
                 str(item.get("name") or kind), args if isinstance(args, str) else str(args or ""),
-                str(item.get("call_id") or item.get("id") or ""), (*here, key) if isinstance(args, str) else None)]))
+                str(item.get("call_id") or item.get("id") or ""), (*here, key) if isinstance(args, str) else None))]))
         elif kind.endswith("_output"):
             output = item.get("output")
             if isinstance(output, str):

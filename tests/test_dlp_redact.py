@@ -129,6 +129,20 @@ BODIES = {
 }
 
 
+def _embedded_parsed(value):
+    """The body with JSON text held in strings parsed (OpenAI tool-call arguments come back as equivalent JSON)."""
+    if isinstance(value, dict):
+        return {k: _embedded_parsed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_embedded_parsed(v) for v in value]
+    if isinstance(value, str) and value.startswith("{"):
+        try:
+            return _embedded_parsed(json.loads(value))
+        except ValueError:
+            return value
+    return value
+
+
 @pytest.mark.parametrize("name", BODIES)
 def test_redact_json_rewrites_the_parts_in_place(scanner, name):
     host, path, hint, body = BODIES[name]
@@ -146,7 +160,7 @@ def test_redact_json_rewrites_the_parts_in_place(scanner, name):
     assert all(t in wire or html.escape(t, quote=False) in wire for t in placeholders.values)
     # same shape: only strings changed, and every placeholder restores to what was there
     restored = json.loads(placeholders.restore(wire))
-    assert restored == body
+    assert _embedded_parsed(restored) == _embedded_parsed(body)  # tool-call arguments may be re-serialized
     # the same value is the same placeholder everywhere in the request
     assert set(placeholders.values.values()) <= {EMAIL, EMAIL2, KEY}
 
@@ -224,3 +238,22 @@ def test_a_tool_argument_is_scanned_with_its_key_and_redacted_in_place(scanner):
     args = redacted["contents"][0]["parts"][0]["functionCall"]["args"]
     assert args["password"].startswith("<GENERIC_SECRET_") and args["cc"] == ["mail <EMAIL_ADDRESS_1>"]
     assert args["routing number"].startswith("<US_BANK_NUMBER_")
+
+
+def test_openai_tool_arguments_are_scanned_as_values_not_as_escaped_json_text(scanner):
+    """`function.arguments` is JSON text in a string. Scanned as that text, a table's line breaks are `\\n`
+    escapes, and its column headers no longer head anything; as values (with their keys) they do, and the
+    redaction rewrites the values inside the arguments, which stay valid JSON."""
+    from dlp.scanner import in_parts, scan_texts
+
+    table = "name\tssn\nJohn Smith\t536-22-8470\nMary Jones\t078-05-1120"
+    args = json.dumps({"rows": table, "mail": EMAIL})
+    body = {"model": "gpt-4o", "messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "store", "arguments": args}}]}]}
+    parts = parts_of("api.openai.com", "/v1/chat/completions", body, "openai")
+    as_text = {f.entity for f in scanner.scan(args)}
+    findings = in_parts(scanner.scan_parts(scan_texts(parts)), parts)
+    assert {f.entity for f in findings} >= {"US_SSN", "EMAIL_ADDRESS"} and "US_SSN" not in as_text
+    redacted = redact_json(json.loads(json.dumps(body)), parts, findings, Placeholders())
+    sent = json.loads(redacted["messages"][0]["tool_calls"][0]["function"]["arguments"])
+    assert "536-22-8470" not in sent["rows"] and sent["mail"] == "<EMAIL_ADDRESS_1>"
