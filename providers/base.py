@@ -127,6 +127,15 @@ def json_leaves(value: Any, path: JsonPath) -> list[TextPart]:
     return out
 
 
+def tool_call(name: str, arguments: Any, path: JsonPath, call_id: str = "") -> ToolCall:
+    """A tool call whose arguments sit at `path`, as a JSON object or as JSON text: scanned value by value (leaves)
+    when they are either, else as the text sent."""
+    if isinstance(arguments, (dict, list)):
+        return ToolCall(name, orjson.dumps(arguments, default=str).decode(), call_id, path,
+                        json_leaves(arguments, path))
+    return with_leaves(ToolCall(name, "" if arguments is None else str(arguments), call_id, path))
+
+
 def with_leaves(call: ToolCall) -> ToolCall:
     """A tool call whose arguments are JSON text in a string (OpenAI `function.arguments`) gets that JSON's values
     as leaves, their paths running on into the string (dlp.redact rewrites the string as redacted JSON). Scanned

@@ -15,7 +15,7 @@ import orjson
 from core.exchange import Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers import openai_chat, uploads
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, NdjsonParser, ResponseParser,
-                            SseParser, json_body, objects, text_parts)
+                            SseParser, json_body, objects, text_parts, tool_call)
 
 _PATHS = {"/v2/chat": "v2.chat", "/v1/chat": "v1.chat", "/v2/embed": "v2.embed", "/v1/embed": "v1.embed",
           "/v1/generate": "v1.generate"}
@@ -145,9 +145,10 @@ def parse_v1_chat(body: dict[str, Any], exchange: Exchange) -> None:
             exchange.system.extend(parts)
             continue
         message = Message(role, parts)
-        for tc in turn.get("tool_calls") or []:
+        for j, tc in enumerate(turn.get("tool_calls") or []):
             if isinstance(tc, dict):
-                message.tool_calls.append(ToolCall(str(tc.get("name", "")), _dumps(tc.get("parameters"))))
+                message.tool_calls.append(tool_call(str(tc.get("name", "")), tc.get("parameters"),
+                                                    ("chat_history", i, "tool_calls", j, "parameters")))
         for tr in turn.get("tool_results") or []:
             message.tool_results.extend(_v1_tool_result(tr))
         exchange.messages.append(message)

@@ -13,7 +13,7 @@ from typing import Any
 from core.exchange import Exchange, Message, TextPart, ToolCall, ToolResult
 from providers import openai_chat
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
-                            json_body, text_parts)
+                            json_body, text_parts, with_leaves)
 
 _PATHS = {"/v1/agents/completions": "agents.completions", "/v1/conversations": "conversations"}
 
@@ -66,8 +66,8 @@ def _entry(entry: dict[str, Any], path: tuple, exchange: Exchange) -> Message:
                                                         str(entry.get("result", "")), (*path, "result"))])
     message = Message(str(entry.get("role") or "user"), text_parts(entry.get("content"), (*path, "content"), exchange))
     if entry.get("type") == "function.call":
-        message.tool_calls.append(ToolCall(str(entry.get("name", "")), str(entry.get("arguments", "")),
-                                           str(entry.get("tool_call_id", "")), (*path, "arguments")))
+        message.tool_calls.append(with_leaves(ToolCall(str(entry.get("name", "")), str(entry.get("arguments", "")),
+                                                       str(entry.get("tool_call_id", "")), (*path, "arguments"))))
     return message
 
 

@@ -17,7 +17,7 @@ import orjson
 from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers import uploads
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, NdjsonParser, ResponseParser,
-                            json_body, objects)
+                            json_body, objects, tool_call)
 
 _PATHS = {"/api/chat": "chat", "/api/generate": "generate", "/api/embed": "embed", "/api/embeddings": "embed"}
 
@@ -78,10 +78,11 @@ def _chat(body: dict[str, Any], exchange: Exchange) -> None:
             exchange.system.extend(parts)
             continue
         message = Message(role, parts, _images(raw.get("images")))
-        for tc in raw.get("tool_calls") or []:
+        for j, tc in enumerate(raw.get("tool_calls") or []):
             fn = tc.get("function") if isinstance(tc, dict) else None
             if isinstance(fn, dict):
-                message.tool_calls.append(ToolCall(str(fn.get("name", "")), _args(fn.get("arguments"))))
+                message.tool_calls.append(tool_call(str(fn.get("name", "")), fn.get("arguments"),
+                                                    ("messages", i, "tool_calls", j, "function", "arguments")))
         if role == "tool":
             message.tool_results.append(ToolResult(str(raw.get("tool_call_id") or raw.get("tool_name") or ""),
                                                    message.text, ("messages", i, "content") if parts else None))

@@ -32,7 +32,7 @@ def test_chat_streams_by_default(step):
     assert user.attachments[0].kind == "image"
     assert assistant.tool_calls[0].arguments == '{"x":1}'
     assert (tool.tool_results[0].call_id, tool.tool_results[0].text) == ("calc", "2")
-    assert assert_paths_resolve(p, CHAT) == 3
+    assert assert_paths_resolve(p, CHAT) == 4  # three texts and the tool call's argument
     body = ndjson([{"model": "llama3.2", "message": {"role": "assistant", "content": "He", "thinking": "hmm"},
                     "done": False},
                    {"model": "llama3.2", "message": {"role": "assistant", "content": "llo"}, "done": False},

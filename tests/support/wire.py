@@ -47,6 +47,8 @@ def assert_paths_resolve(parsed: Parsed, body: Any) -> int:
             if isinstance(node, str):  # the path runs on into JSON text held by a string (tool-call arguments)
                 node = json.loads(node)
             node = node[key]
+        if isinstance(node, (int, float)) and not isinstance(node, bool):
+            node = json.dumps(node)  # a number value is scanned as its JSON text
         assert node == part.text, (part.path, node, part.text)
         checked += 1
     return checked
