@@ -21,7 +21,7 @@ import orjson
 
 from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
-                            json_body, json_leaves, objects)
+                            json_body, objects, tool_call)
 from providers.uploads import base64_attachment
 
 _MESSAGES = re.compile(r"(?:^|/)v1/messages$")
@@ -130,11 +130,8 @@ def _block(block: dict[str, Any], path: JsonPath, message: Message, exchange: Ex
     elif kind in ("image", "document"):
         message.attachments.append(_source_attachment(block, path, message))
     elif kind in ("tool_use", "server_tool_use"):
-        value = block.get("input")
-        call = ToolCall(str(block.get("name", "")), _json_text(value), str(block.get("id", "")))
-        if isinstance(value, (dict, list)):  # an object, not JSON text: its values are the addressable parts
-            call.path, call.leaves = (*path, "input"), json_leaves(value, (*path, "input"))
-        message.tool_calls.append(call)
+        message.tool_calls.append(tool_call(str(block.get("name", "")), block.get("input"), (*path, "input"),
+                                            str(block.get("id", ""))))
     elif kind == "tool_result":
         inner = block.get("content")
         call_id = str(block.get("tool_use_id", ""))

@@ -28,7 +28,7 @@ import orjson
 from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers import anthropic, cohere, openai_chat, uploads
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, json_body,
-                            json_leaves, objects)
+                            objects, tool_call)
 from providers.eventstream import EventMessage, EventStreamDecoder
 
 _PATH = re.compile(r"^/model/(?P<model>[^/]+)/(?P<verb>converse|converse-stream|invoke|invoke-with-response-stream"
@@ -155,11 +155,8 @@ def _converse_message(raw: dict[str, Any], path: tuple, exchange: Exchange) -> M
             message.parts.append(TextPart(block["text"], (*p, "text")))
         elif isinstance(block.get("toolUse"), dict):
             tu = block["toolUse"]
-            call = ToolCall(str(tu.get("name", "")), _dumps(tu.get("input")), str(tu.get("toolUseId", "")))
-            if isinstance(tu.get("input"), (dict, list)):  # its values are the addressable parts
-                call.path = (*p, "toolUse", "input")
-                call.leaves = json_leaves(tu["input"], call.path)
-            message.tool_calls.append(call)
+            message.tool_calls.append(tool_call(str(tu.get("name", "")), tu.get("input"), (*p, "toolUse", "input"),
+                                                str(tu.get("toolUseId", ""))))
         elif isinstance(block.get("toolResult"), dict):
             tr = block["toolResult"]
             for k, item in enumerate(tr.get("content") or []):

@@ -21,7 +21,7 @@ import orjson
 from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers import uploads
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
-                            json_body, json_leaves)
+                            json_body, tool_call)
 
 _MODEL_PATH = re.compile(r"^/(?:.*/)?(?:models|tunedModels)/(?P<model>[^/:]+):(?P<verb>[A-Za-z]+)$")
 _CODE_ASSIST_PATH = re.compile(r"^/v1internal:(?P<verb>[A-Za-z]+)$")
@@ -207,12 +207,8 @@ def _content(raw: Any, path: tuple, exchange: Exchange, default_role: str) -> Me
         elif isinstance(_get(part, "functionCall"), dict):
             key = _key(part, "functionCall")
             fc = part[key]
-            args = fc.get("args")
-            call = ToolCall(str(fc.get("name", "")), _json(args), str(fc.get("id") or ""))
-            if isinstance(args, (dict, list)):  # its values are the addressable parts
-                call.path = (*p, key, "args")
-                call.leaves = json_leaves(args, call.path)
-            message.tool_calls.append(call)
+            message.tool_calls.append(tool_call(str(fc.get("name", "")), fc.get("args"), (*p, key, "args"),
+                                                str(fc.get("id") or "")))
         elif isinstance(_get(part, "functionResponse"), dict):
             fr = _get(part, "functionResponse")
             message.tool_results.append(ToolResult(str(fr.get("id") or fr.get("name") or ""),

@@ -10,7 +10,6 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
