@@ -77,6 +77,9 @@ class Decide:
         self.pending: dict[str, _Pending] = {}
         self.acks: dict[tuple[str, str, str], _Ack] = {}
         self.browsers: dict[str, float] = {}  # ack cookie values the gateway issued -> when they expire
+        # Client connections to a tunnelled AI host the policy blocked at the TLS handshake (then decrypted): every
+        # request on them is refused with this message, whatever the rules say of the request itself.
+        self.blocked_connections: dict[str, str] = {}
 
     def load(self, loader) -> None:
         loader.add_option("gateway_warn_ttl", int, 3600,
@@ -121,6 +124,19 @@ class Decide:
         elif d.action in ("warn", "redact"):
             it.reason += "; a tunnel cannot show a page or be rewritten: let through"
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        message = self.blocked_connections.get(flow.client_conn.id)
+        if message is None or flow.response is not None:
+            return
+        flow.response = http.Response.make(403, message.encode(), {"content-type": "text/plain; charset=utf-8"})
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is not None:
+            it.decision, it.status = "block", 403
+            it.reason = "the connection was blocked at its TLS handshake (a rule on the tunnelled service)"
+
+    def client_disconnected(self, client) -> None:
+        self.blocked_connections.pop(client.id, None)
+
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         """The last word on a tunnel. Recognise tunnels a do-not-decrypt host by its TLS name, CONNECT host or
         server address, so a client that CONNECTs to an address and names the host only in its TLS handshake (and
@@ -148,6 +164,7 @@ class Decide:
         if d.action != "block":
             return
         data.ignore_connection = False
+        self.blocked_connections[client.id] = enforcement.user_message("block", d.rule, d.message, it.event_id)
         it.decision, it.rule_id = "block", d.rule
         it.reason = f"{d.reason}; decrypted instead of tunnelled, so that the block holds"
         log.info("blocked tunnel to %s (%s) for %s: %s", host, match.service.id, it.user or it.client_addr, d.reason)

@@ -225,11 +225,22 @@ def test_a_tunnel_named_only_in_the_tls_handshake_is_judged_too(policy_tunnel_gw
 
     with connect_ip("bob") as raw, pytest.raises(ssl.SSLCertVerificationError):
         get_through_tunnel(raw, test_ca)
+    with connect_ip("bob") as raw:  # a client that trusts the gateway's CA gets the block on its requests instead
+        ctx = ssl.create_default_context(cafile=str(policy_tunnel_gw.ca))
+        with ctx.wrap_socket(raw, server_hostname=TUNNEL_HOST) as tls:
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {TUNNEL_HOST}\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while data := tls.recv(4096):
+                answer += data
+    assert answer.startswith(b"HTTP/1.1 403") and b"Cursor is not approved for your team." in answer
     with connect_ip("alice") as raw:
         assert get_through_tunnel(raw, test_ca).endswith(b"cursor-ok")
-    [event] = wait_for_events(policy_tunnel_gw, lambda e: e["service"] == "cursor" and e["user"] == "bob"
-                              and "decrypted instead of tunnelled" in e["reason"])
-    assert (event["decision"], event["rule_id"], event["operation"]) == ("block", "no-cursor-for-bob", "tunnel")
+    events = wait_for_events(policy_tunnel_gw, lambda e: e["service"] == "cursor" and e["user"] == "bob"
+                             and "decrypted instead of tunnelled" in e["reason"], count=2)
+    assert {(e["decision"], e["rule_id"], e["operation"]) for e in events} == {("block", "no-cursor-for-bob", "tunnel")}
+    [refused] = wait_for_events(policy_tunnel_gw, lambda e: e["service"] == "cursor" and e["status"] == 403
+                                and "blocked at its TLS handshake" in e["reason"])
+    assert refused["decision"] == "block"
 
 
 class Failing500(http.server.ThreadingHTTPServer):
