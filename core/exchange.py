@@ -71,8 +71,13 @@ class ToolCall:
             return self.arguments
         try:
             value, changed = json.loads(self.arguments), False
+            keys = _keys(value)
+            if any(leaf.path is None and leaf.text not in keys for leaf in self.leaves):
+                return WITHHELD  # a key was masked: the JSON cannot show it masked, so none of it is shown
             for leaf in self.leaves:
-                rel = leaf.path[len(self.path):] if leaf.path is not None else ()
+                if leaf.path is None:  # a key, unchanged
+                    continue
+                rel = leaf.path[len(self.path):]
                 node = value
                 for step in rel[:-1]:
                     node = node[step]
@@ -82,6 +87,24 @@ class ToolCall:
         except (ValueError, KeyError, IndexError, TypeError):
             return self.arguments
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")) if changed else self.arguments
+
+
+#: What the audit shows of tool-call arguments whose keys held something DLP found.
+WITHHELD = '{"<withheld>": "a key of these arguments held data DLP found"}'
+
+
+def _keys(value) -> set[str]:
+    """Every object key in a JSON value."""
+    out: set[str] = set()
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            out.update(map(str, node))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return out
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ Parsers never raise on hostile input: they record what they could not understand
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -109,7 +110,7 @@ def json_leaves(value: Any, path: JsonPath) -> list[TextPart]:
     `toolUse.input`), so DLP scans each value and redaction rewrites the strings in place. Numbers are scanned too
     (a card number sent as a number); redaction cannot rewrite them, so a finding there blocks. Each value's key is
     its `context`, scanned in front of it: under `"password"` a value is a secret that alone it may not look like.
-    (Keys themselves are context only: a value written as a key is not found.)"""
+    Keys are parts of their own, without a path: a value written as a key is found, and cannot be redacted."""
     out: list[TextPart] = []
     stack: list[tuple[Any, JsonPath, str]] = [(value, path, "")]
     while stack:
@@ -119,8 +120,9 @@ def json_leaves(value: Any, path: JsonPath) -> list[TextPart]:
         elif isinstance(node, bool) or node is None:
             continue
         elif isinstance(node, (int, float)):
-            out.append(TextPart(orjson.dumps(node).decode(), at, key))
+            out.append(TextPart(json.dumps(node), at, key))
         elif isinstance(node, dict):
+            out.extend(TextPart(str(k)) for k in node)  # keys are scanned too; having no path, a finding there blocks
             stack.extend(reversed([(v, (*at, k), str(k)) for k, v in node.items()]))
         elif isinstance(node, list):  # items keep the key of their list
             stack.extend(reversed([(v, (*at, i), key) for i, v in enumerate(node)]))
@@ -143,13 +145,22 @@ def with_leaves(call: ToolCall) -> ToolCall:
     parse (cut off, not JSON) stay one part, the text as sent."""
     if call.path is None or not call.arguments.lstrip().startswith(("{", "[")):
         return call
-    try:
-        value = orjson.loads(call.arguments)
-    except orjson.JSONDecodeError:
+    try:  # the standard parser: integers of any size stay exact; a repeated key is refused (_unique)
+        value = json.loads(call.arguments, object_pairs_hook=_unique)
+    except (ValueError, RecursionError):
         return call
     if isinstance(value, (dict, list)):
         call.leaves = json_leaves(value, call.path)
     return call
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys all differ. With a repeated key, a parser keeps one of the values while the tool may
+    read the other: such arguments are scanned as the text sent, never as the parsed values."""
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("repeated key")
+    return dict(pairs)
 
 
 def objects(items: Any, what: str, exchange: Exchange) -> Iterator[tuple[int, dict]]:

@@ -257,3 +257,37 @@ def test_openai_tool_arguments_are_scanned_as_values_not_as_escaped_json_text(sc
     redacted = redact_json(json.loads(json.dumps(body)), parts, findings, Placeholders())
     sent = json.loads(redacted["messages"][0]["tool_calls"][0]["function"]["arguments"])
     assert "536-22-8470" not in sent["rows"] and sent["mail"] == "<EMAIL_ADDRESS_1>"
+
+
+@pytest.mark.parametrize("arguments, in_place", [
+    ('{"note": "536-22-8470 john.smith@example.com", "note": "hi"}', True),  # a repeated key (either may be read)
+    ('{"note": "hi", "john.smith@example.com": "x"}', False),  # the value written as a key
+])
+def test_tool_arguments_hide_nothing_in_repeated_keys_or_in_keys(scanner, arguments, in_place):
+    """What a tool could read is scanned: arguments with a repeated key are scanned (and redacted) as the text
+    sent, and keys are parts of their own, which cannot be redacted in place (a `redact` decision blocks). The
+    audit never shows what DLP found."""
+    from core.audit import _text_slots
+    from core.exchange import WITHHELD
+    from dlp.redact import unredactable
+    from dlp.scanner import in_parts, scan_texts
+
+    body = {"model": "gpt-4o", "messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "note", "arguments": arguments}}]}]}
+    raw = json.dumps(body).encode()
+    req = providers.HttpRequest.from_url_parts("POST", "api.openai.com", "/v1/chat/completions",
+                                               {"content-type": "application/json"}, raw)
+    exchange = providers.parse_request(req, "openai", ("openai",)).exchange
+    parts = exchange.request_parts()
+    findings = in_parts(scanner.scan_parts(scan_texts(parts)), parts)
+    assert "EMAIL_ADDRESS" in {f.entity for f in findings}
+    if in_place:
+        sent = redact_json(json.loads(raw), parts, findings, Placeholders())
+        assert "john.smith@example.com" not in json.dumps(sent)
+    else:
+        assert unredactable(body, parts, findings)  # so a redact decision blocks
+    for (obj, attr), f in ((slot, f) for f in findings for i, slot in enumerate(_text_slots(exchange))
+                           if i == f.part):
+        setattr(obj, attr, "<EMAIL_ADDRESS>")  # what the audit's masking does
+    rendered = exchange.messages[0].tool_calls[0].rendered()
+    assert "john.smith@example.com" not in rendered and (rendered == WITHHELD or "<EMAIL_ADDRESS>" in rendered)

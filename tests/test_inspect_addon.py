@@ -63,7 +63,7 @@ def test_every_text_part_is_scanned_and_findings_index_request_parts():
     parts = it.exchange.request_parts()
     found = [(parts[x.part].text[x.start:x.end], x.entity) for x in it.findings]
     assert found == [(EMAIL, "EMAIL_ADDRESS"), (EMAIL, "EMAIL_ADDRESS")]
-    assert {x.part for x in it.findings} == {1, 2}  # the user message and the tool call's arguments
+    assert {x.part for x in it.findings} == {1, 3}  # the user message, and the value of the arguments (part 2: its key)
 
 
 def test_dlp_off_and_nothing_to_scan_are_skipped():

@@ -56,9 +56,10 @@ def test_messages_request():
     assert (csv.text, csv.inspected) == ("a,b\n1,2", True)
     assert [(c.name, json.loads(c.arguments), c.id) for c in assistant.tool_calls] == \
         [("search", {"q": "NDA law"}, "toolu_1")]
-    # the input is an object, not JSON text: each value is addressable, so redaction can rewrite it in place
-    assert [(t.text, t.path) for t in assistant.tool_calls[0].leaves] == [
-        ("NDA law", ("messages", 1, "content", 1, "input", "q"))]
+    # the input is an object, not JSON text: each value is addressable (redaction can rewrite it in place), each
+    # key is scanned as a part of its own (no path: a finding there cannot be rewritten)
+    assert [(t.text, t.path, t.context) for t in assistant.tool_calls[0].leaves] == [
+        ("q", None, ""), ("NDA law", ("messages", 1, "content", 1, "input", "q"), "q")]
     assert [(r.call_id, r.text, r.path) for r in results.tool_results] == [
         ("toolu_1", "NDAs are enforceable", ("messages", 2, "content", 0, "content")),
         ("toolu_2", "second", ("messages", 2, "content", 1, "content", 0, "text"))]
