@@ -120,9 +120,10 @@ def test_every_audit_command_in_every_format_over_the_admin_socket(audit_gw, ups
     assert cli(audit_gw, "status", "--format", "csv").startswith("queued,spooled,written")
 
 
-def get_through_tunnel(raw: socket.socket, test_ca) -> bytes:
-    """GET / over TLS inside an open tunnel, checked against the upstream's own CA (it is not intercepted)."""
-    ctx = ssl.create_default_context(cafile=str(test_ca.ca_pem))
+def get_through_tunnel(raw: socket.socket, ca) -> bytes:
+    """GET / over TLS inside an open tunnel, the server's certificate checked against `ca` (the upstream's own
+    for a tunnel that is not intercepted)."""
+    ctx = ssl.create_default_context(cafile=str(ca))
     with ctx.wrap_socket(raw, server_hostname=TUNNEL_HOST) as tls:
         tls.sendall(f"GET / HTTP/1.1\r\nHost: {TUNNEL_HOST}\r\nConnection: close\r\n\r\n".encode())
         response = b""
@@ -137,7 +138,7 @@ def test_tunnelled_ai_connection_is_recorded(audit_gw, test_ca):
     with socket.create_connection(("127.0.0.1", audit_gw.port), timeout=10) as raw:
         raw.sendall(f"CONNECT {TUNNEL_HOST}:443 HTTP/1.1\r\nHost: {TUNNEL_HOST}:443\r\n\r\n".encode())
         assert raw.recv(4096).startswith(b"HTTP/1.1 200")
-        assert get_through_tunnel(raw, test_ca).endswith(b"cursor-ok")
+        assert get_through_tunnel(raw, test_ca.ca_pem).endswith(b"cursor-ok")
 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -201,7 +202,7 @@ def test_the_policy_decides_who_may_open_a_tunnel_to_a_do_not_decrypt_service(po
         assert head.startswith(b"HTTP/1.1 403") and b"Cursor is not approved for your team." in head
     raw, head = connect_as(policy_tunnel_gw, "alice")
     with raw:
-        assert head.startswith(b"HTTP/1.1 200") and get_through_tunnel(raw, test_ca).endswith(b"cursor-ok")
+        assert head.startswith(b"HTTP/1.1 200") and get_through_tunnel(raw, test_ca.ca_pem).endswith(b"cursor-ok")
     events = wait_for_events(policy_tunnel_gw, lambda e: e["service"] == "cursor", count=2)
     by_user = {e["user"]: e for e in events}
     assert (by_user["bob"]["decision"], by_user["bob"]["rule_id"], by_user["bob"]["status"],
@@ -224,17 +225,12 @@ def test_a_tunnel_named_only_in_the_tls_handshake_is_judged_too(policy_tunnel_gw
         return raw
 
     with connect_ip("bob") as raw, pytest.raises(ssl.SSLCertVerificationError):
-        get_through_tunnel(raw, test_ca)
+        get_through_tunnel(raw, test_ca.ca_pem)
     with connect_ip("bob") as raw:  # a client that trusts the gateway's CA gets the block on its requests instead
-        ctx = ssl.create_default_context(cafile=str(policy_tunnel_gw.ca))
-        with ctx.wrap_socket(raw, server_hostname=TUNNEL_HOST) as tls:
-            tls.sendall(f"GET / HTTP/1.1\r\nHost: {TUNNEL_HOST}\r\nConnection: close\r\n\r\n".encode())
-            answer = b""
-            while data := tls.recv(4096):
-                answer += data
+        answer = get_through_tunnel(raw, policy_tunnel_gw.ca)
     assert answer.startswith(b"HTTP/1.1 403") and b"Cursor is not approved for your team." in answer
     with connect_ip("alice") as raw:
-        assert get_through_tunnel(raw, test_ca).endswith(b"cursor-ok")
+        assert get_through_tunnel(raw, test_ca.ca_pem).endswith(b"cursor-ok")
     events = wait_for_events(policy_tunnel_gw, lambda e: e["service"] == "cursor" and e["user"] == "bob"
                              and "decrypted instead of tunnelled" in e["reason"], count=2)
     assert {(e["decision"], e["rule_id"], e["operation"]) for e in events} == {("block", "no-cursor-for-bob", "tunnel")}
