@@ -70,10 +70,11 @@ class Extract:
         coding = flow.request.headers.get("content-encoding")
         limit = ctx.options.gateway_max_decoded_bytes
         req = (flow.request.method, it.host, flow.request.path, dict(flow.request.headers))
-        size = len(body)
-        if encodings(coding) and not _decodes_small(body, coding):
-            size = limit  # it may expand to the cap: decode it off the loop whatever its size on the wire
-        parsed, problem, bomb = await off_loop(size, _parse_request, req, body, coding, limit, it.service)
+        decoded = _decode_small(body, coding, limit)
+        if decoded is None:  # it may expand to the cap: decode it off the loop whatever its size on the wire
+            decoded = await off_loop(limit, _decode, body, coding, limit)
+        content, problem, bomb = decoded
+        parsed = await off_loop(len(content), _parse_request, req, content, problem, it.service)
         it.exchange = parsed.exchange
         flow.metadata[PARSED_KEY] = parsed
         if bomb:
@@ -175,36 +176,37 @@ def _is_asset(it: Interaction, query, status: int, content_type: str) -> bool:
     return content_type.startswith(ASSET_TYPES)
 
 
-def _decodes_small(body: bytes, coding: str | None) -> bool:
-    """Does this compressed body decode to at most OFFLOAD_CHARS (or fail to decode)? Tried on the loop for small
-    bodies only (a few ms at most), so that an ordinary compressed prompt is never queued behind large ones."""
+def _decode_small(body: bytes, coding: str | None, limit: int) -> tuple[bytes, str, bool] | None:
+    """`_decode` on the loop, for a body that is not compressed or is small on the wire and decodes to at most
+    OFFLOAD_CHARS (a few ms at most), so that an ordinary compressed prompt never queues behind large ones. None:
+    it expands further, decode it off the loop."""
+    if not encodings(coding):
+        return body, "", False
     if len(body) > SMALL_WIRE_BYTES:
-        return False
-    try:
-        decode(body, coding, OFFLOAD_CHARS)
-    except CompressionBomb:
-        return False
-    except EncodingError:
-        return True  # refused on the loop, as cheaply as it fails
-    return True
+        return None
+    decoded = _decode(body, coding, min(limit, OFFLOAD_CHARS))
+    return None if decoded[2] and limit > OFFLOAD_CHARS else decoded
 
 
-def _parse_request(req: tuple[str, str, str, dict[str, str]], body: bytes, coding: str | None, limit: int,
-                   service) -> tuple[providers.Parsed, str, bool]:
-    """The request body decoded (capped) and parsed: (parsed, what went wrong decoding it, was it a bomb). Pure, so
-    that a large body can be handled in a thread (core.offload)."""
-    problem, bomb = "", False
+def _decode(body: bytes, coding: str | None, limit: int) -> tuple[bytes, str, bool]:
+    """The body decoded, capped: (content, what went wrong decoding it, was it a bomb)."""
     try:
-        content = decode(body, coding, limit)
+        return decode(body, coding, limit), "", False
     except EncodingError as e:
-        content, bomb = b"", isinstance(e, CompressionBomb)
-        problem = f"request body {'refused' if bomb else 'could not be decoded'}: {e}"
+        bomb = isinstance(e, CompressionBomb)
+        return b"", f"request body {'refused' if bomb else 'could not be decoded'}: {e}", bomb
+
+
+def _parse_request(req: tuple[str, str, str, dict[str, str]], content: bytes, problem: str,
+                   service) -> providers.Parsed:
+    """The decoded request parsed (`problem`: why it could not be decoded). Pure, so that a large body can be
+    parsed in a thread (core.offload)."""
     parsed = providers.parse_request(providers.HttpRequest.from_url_parts(*req, content), service.id, service.formats)
     if problem:
         parsed.exchange.parsed = False
         parsed.exchange.warnings.insert(0, problem)
         parsed.error = problem
-    return parsed, problem, bomb
+    return parsed
 
 
 def _error_response(status: int, code: str, message: str) -> http.Response:

@@ -61,9 +61,16 @@ def test_only_compressed_bodies_that_may_expand_past_the_threshold_leave_the_loo
     past the threshold, or is too big on the wire to try, goes to a thread."""
     import gzip
 
-    from addons.extract import SMALL_WIRE_BYTES, _decodes_small
+    from addons.extract import SMALL_WIRE_BYTES, _decode_small
 
-    assert _decodes_small(gzip.compress(b'{"messages": []}'), "gzip")
-    assert not _decodes_small(gzip.compress(b" " * (OFFLOAD_CHARS + 1)), "gzip")  # a few KB that expand past it
-    assert not _decodes_small(b"x" * (SMALL_WIRE_BYTES + 1), "gzip")
-    assert _decodes_small(b"not gzip at all", "gzip")  # refused on the loop, cheaply
+    limit = 64 * 1024 * 1024
+
+    def decodes_small(body: bytes) -> bool:
+        return _decode_small(body, "gzip", limit) is not None
+
+    assert decodes_small(gzip.compress(b'{"messages": []}'))
+    assert not decodes_small(gzip.compress(b" " * (OFFLOAD_CHARS + 1)))  # a few KB that expand past it
+    assert not decodes_small(b"x" * (SMALL_WIRE_BYTES + 1))
+    assert decodes_small(b"not gzip at all")  # refused on the loop, cheaply
+    # a cap below the threshold is still the cap: past it is a bomb, found on the loop
+    assert _decode_small(gzip.compress(b" " * 5000), "gzip", 2048)[2]
