@@ -35,7 +35,7 @@ from mitmproxy import ctx, http, tls
 from mitmproxy.exceptions import OptionsError
 
 from addons.extract import PARSED_KEY
-from addons.recognise import TUNNEL
+from addons.recognise import TUNNEL, tunnel_interaction
 from core.interaction import KEY, Interaction
 from core.rulesfile import RulesError
 from policy import enforcement
@@ -150,9 +150,7 @@ class Decide:
         if match is None or match.decrypt:
             return
         client = data.context.client
-        it = Interaction(service=match.service, client_addr=client.peername[0] if client.peername else "",
-                         host=host or "", method="CONNECT", path=host or "", inspection="skipped")
-        it.exchange.operation = TUNNEL
+        it = tunnel_interaction(match, client.peername[0] if client.peername else "", host or "", host or "")
         if identify is not None:
             who = identify.connection_identity(client)
             it.user, it.groups = who.user, sorted(who.groups)

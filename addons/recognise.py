@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 #: The operation of the CONNECT that opens a tunnel to a do-not-decrypt AI host (the Interaction Recognise gives it).
 TUNNEL = "tunnel"
 
+def tunnel_interaction(match: Match, client_addr: str, host: str, path: str) -> Interaction:
+    """The interaction of opening a tunnel to a do-not-decrypt AI host: nothing inside it will be seen."""
+    it = Interaction(service=match.service, client_addr=client_addr, host=host, method="CONNECT", path=path,
+                     inspection="skipped")
+    it.exchange.operation = TUNNEL
+    return it
+
+
 class Recognise:
     def __init__(self) -> None:
         self.catalog: Catalog | None = None
@@ -52,11 +60,8 @@ class Recognise:
         match = self.catalog.match(flow.request.host)
         if match is not None and not match.decrypt:
             # Its requests will never be seen: the CONNECT is the policy's only chance to act on this AI use.
-            it = Interaction(service=match.service, client_addr=flow.client_conn.peername[0],
-                             host=flow.request.host, method="CONNECT", path=f"{flow.request.host}:{flow.request.port}",
-                             inspection="skipped")
-            it.exchange.operation = TUNNEL
-            flow.metadata[KEY] = it
+            flow.metadata[KEY] = tunnel_interaction(match, flow.client_conn.peername[0], flow.request.host,
+                                                    f"{flow.request.host}:{flow.request.port}")
 
     def client_disconnected(self, client) -> None:
         self.connect_hosts.pop(client.id, None)
