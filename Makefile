@@ -18,6 +18,7 @@ bench:
 	.venv/bin/python bench/proxy.py
 	.venv/bin/python bench/stream.py
 	.venv/bin/python bench/stream.py --prompt pii
+	.venv/bin/python bench/stream.py --prompt token
 	.venv/bin/python bench/bigbody.py
 	.venv/bin/python bench/audit.py
 	.venv/bin/python bench/dlp.py

@@ -39,7 +39,8 @@ from addons.recognise import TUNNEL, tunnel_interaction
 from core.interaction import KEY, Interaction
 from core.rulesfile import RulesError
 from policy import enforcement
-from policy.engine import Decision, Request, Subject, decide, decide_response, wants_response_scan
+from policy.engine import (Decision, Request, Subject, decide, decide_response, findings_matter,
+                           wants_response_scan)
 from policy.language import Policy
 from policy.ruleset import load_policy
 
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 ASKED_MODEL_KEY = "gateway.asked_model"  # the model the request named (the answer may name a dated version)
 ANSWER_JUDGED_KEY = "gateway.answer_judged"  # set once the response-side rules were applied to this flow
+DEFERRED_KEY = "gateway.deferred_decision"  # (policy, Decision) of a request sent before its DLP scan ended
 WARNING_KEY = "gateway.warning"  # the warning header an API client gets on a `warn` it was let through on
 PENDING_TTL = 600.0  # seconds a warn page's continue token stays valid
 MAX_PENDING = 10_000  # unanswered warn pages remembered at most (the oldest are forgotten first)
@@ -190,6 +192,9 @@ class Decide:
         d = self.evaluate(it, flow.request.headers)
         flow.metadata[ASKED_MODEL_KEY] = it.exchange.model
         it.decision, it.reason, it.rule_id = d.action, d.reason, d.rule
+        if it.inspection == "deferred":
+            flow.metadata[DEFERRED_KEY] = (self.policy, d)
+            it.reason += "; decided before the DLP scan ended (no rule in force acts on what it could find)"
         if d.action == "redact":
             it.redact_entities, it.reversible = d.redact_entities, d.reversible
         elif d.action == "block":
@@ -197,17 +202,23 @@ class Decide:
         elif d.action == "warn":
             self._warn(flow, it, d, provider)
 
-    def evaluate(self, it: Interaction, headers) -> Decision:
+    def evaluate(self, it: Interaction, headers, policy: Policy | None = None) -> Decision:
         """The policy's decision on an interaction, enforcing nothing. Public for stages that can only record it
         (WebSocket turns, whose messages are relayed as they come)."""
-        return decide(self.policy, Subject(it.user, frozenset(it.groups), it.client_addr),
+        return decide(policy or self.policy, _subject(it),
                       Request(it.service, it.exchange, it.findings, self._inspection(it),
                               {k.lower(): v for k, v in headers.items()}))
+
+    def findings_matter(self, flow: http.HTTPFlow, it: Interaction, entities: frozenset[str]) -> bool:
+        """Whether findings of these entity types could change what the policy enforces on this request
+        (policy.engine.findings_matter): if not, the inspect stage lets the request go before its scan ends."""
+        return findings_matter(self.policy, _subject(it), Request(
+            it.service, it.exchange, (), headers={k.lower(): v for k, v in flow.request.headers.items()}), entities)
 
     def wants_response_scan(self, flow: http.HTTPFlow) -> bool:
         """Whether a rule on findings `in: response` applies to this flow's interaction (findings aside)."""
         it: Interaction = flow.metadata[KEY]
-        return wants_response_scan(self.policy, Subject(it.user, frozenset(it.groups), it.client_addr),
+        return wants_response_scan(self.policy, _subject(it),
                                    self._answer_request(flow, it, it.inspection))
 
     @staticmethod
@@ -222,10 +233,35 @@ class Decide:
                        {k.lower(): v for k, v in flow.request.headers.items()})
 
     def response(self, flow: http.HTTPFlow) -> None:
+        self._judge_findings(flow)
         self._judge_answer(flow, enforce=True)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._judge_findings(flow)
         self._judge_answer(flow, enforce=False)
+
+    def _judge_findings(self, flow: http.HTTPFlow) -> None:
+        """A request sent before its DLP scan ended, judged again on the findings (same policy) for the audit:
+        the monitored rules they match are recorded ("would redact"). What was enforced cannot change, since the
+        prefilter named every entity type the scan could find and no enforced rule looked at them; should it
+        differ all the same, that is a gateway bug, and the audit and log say so."""
+        it: Interaction | None = flow.metadata.get(KEY)
+        deferred = flow.metadata.pop(DEFERRED_KEY, None)
+        if it is None or deferred is None or it.audited:
+            return
+        if it.inspection != "inspected":  # the reason is in the warnings; fail modes cannot act any more
+            it.reason += f"; the DLP scan after sending {it.inspection}"
+            return
+        policy, sent = deferred
+        d = self.evaluate(it, flow.request.headers, policy)
+        if (d.action, d.rule) == (sent.action, sent.rule) or (sent.action == "allow" and d.action == "monitor"):
+            after = it.reason[len(sent.reason):] if it.reason.startswith(sent.reason) else ""
+            it.decision, it.rule_id, it.reason = d.action, d.rule, d.reason + after
+            return
+        log.error("BUG: %s %s was sent before its DLP scan ended, and the findings make the policy say %s (%s)",
+                  it.service.id, it.event_id, d.action, d.reason)
+        it.reason += (f"; BUG: on the findings of the scan after sending, the policy says {d.action} ({d.reason}), "
+                      f"but the request had been sent")
 
     def _judge_answer(self, flow: http.HTTPFlow, enforce: bool) -> None:
         """The response-side rules, once the completion was scanned. Only a non-streamed answer can still be
@@ -234,7 +270,7 @@ class Decide:
         if it is None or not it.response_inspection or it.audited or flow.metadata.get(ANSWER_JUDGED_KEY):
             return
         flow.metadata[ANSWER_JUDGED_KEY] = True
-        d = decide_response(self.policy, Subject(it.user, frozenset(it.groups), it.client_addr),
+        d = decide_response(self.policy, _subject(it),
                             self._answer_request(flow, it, it.response_inspection))
         if d is None:
             return
@@ -260,6 +296,8 @@ class Decide:
         if not it.exchange.parsed and it.request_bytes > 0:
             return "unparsed"  # whatever was scanned, the body was not understood: findings may miss things
         if it.inspection == "skipped" and not it.exchange.request_parts():
+            return "inspected"
+        if it.inspection == "deferred":  # no rule in force acts on anything the scan could find: judged on none
             return "inspected"
         return it.inspection
 
@@ -344,6 +382,10 @@ class Decide:
         warning = flow.metadata.get(WARNING_KEY)
         if warning and flow.response is not None:  # header values must be ASCII
             flow.response.headers[enforcement.WARNING_HEADER] = warning.encode("ascii", "replace").decode()
+
+
+def _subject(it: Interaction) -> Subject:
+    return Subject(it.user, frozenset(it.groups), it.client_addr)
 
 
 def _acker(flow: http.HTTPFlow, it: Interaction) -> str:

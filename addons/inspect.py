@@ -10,11 +10,17 @@ costs milliseconds when the proxy is busy. The findings land in `Interaction.fin
 `Finding.part` indexing `Exchange.request_parts()`, which is what the decide stage judges, the redact stage
 rewrites and the audit records (as types and positions, never values).
 
+The same pass names the entity types the scan could report at all (`Scanner.could_find`). When no rule in
+force looks at any of them (the shipped policy enforces only its secrets rule, so an e-mail address in a prompt
+changes nothing it enforces; `Decide.findings_matter`), the request is decided and sent at once and the scan
+runs meanwhile, for the audit and the monitored rules: the time to the first token stays as without the
+gateway's DLP. The audit waits for that scan (`settle`), and the decide stage judges its findings then.
+
 `Interaction.inspection` tells the truth about the scan, because the policy's fail modes depend on it (it is
 `pending` until this stage sets it):
-`inspected` (every text part scanned), `skipped` (DLP off, or nothing textual to scan) or `errored` (the scan
+`inspected` (every text part scanned), `skipped` (DLP off, or nothing textual to scan), `errored` (the scan
 timed out, waited too long for a worker, or a worker died; the findings are then not the whole truth and the
-reason is in the warnings).
+reason is in the warnings), or `deferred` while a scan runs after its request was sent.
 
 Completions are scanned when a policy rule asks for it (`findings: {in: response}`, and the rule's other conditions
 hold for this exchange): in `response` (or `error`, when the client hung up first), after Extract has reassembled
@@ -51,6 +57,7 @@ BULK_CHARS = 100_000
 #: at about 16 us per KB that is at most ~0.25 ms of the event loop, a sixth of what mitmproxy spends on a request.
 PREFILTER_CHARS = 16_000
 RESPONSE_SCAN_KEY = "gateway.response_scan"  # the asyncio.Task scanning the flow's completion
+DEFERRED_SCAN_KEY = "gateway.deferred_scan"  # the asyncio.Task scanning a request that was sent before its scan ended
 
 
 def _seconds(name: str) -> float:
@@ -75,7 +82,7 @@ class Inspect:
     def __init__(self) -> None:
         self.pool = None  # dlp.pool.DlpPool while DLP is on
         self.bulk = None  # the pool for prompts over BULK_CHARS, when gateway_dlp_bulk_workers > 0
-        self.gate = None  # dlp.scanner.Scanner of the same rules, for its prefilter (Scanner.nothing_to_find)
+        self.gate = None  # dlp.scanner.Scanner of the same rules, for its prefilter (Scanner.could_find)
         self.timeout = float(DEFAULT_TIMEOUT)
         self.wait = float(DEFAULT_WAIT)
         self.running_ = False  # workers are started once every option is set, then restarted on change
@@ -179,12 +186,16 @@ class Inspect:
         it: Interaction | None = flow.metadata.get(KEY)
         if it is None or flow.response is not None:
             return
-        await self.scan(it)
+        await self.scan(it, flow)
 
-    async def scan(self, it: Interaction) -> None:
+    async def scan(self, it: Interaction, flow: http.HTTPFlow | None = None) -> None:
         """Scan the request parts of an interaction: fills `it.findings` and `it.inspection`, never raises. Public
-        for stages that build exchanges outside the request hook (WebSocket turns)."""
-        from dlp.scanner import in_parts, scan_texts
+        for stages that build exchanges outside the request hook (WebSocket turns).
+
+        With the flow of a request: when the prefilter shows that no rule in force could act on what the scan
+        might find (`Decide.findings_matter`), the scan runs while the request goes upstream: `inspection` is
+        `deferred` until the scan ends, and `settle` waits for that before the answer is judged and audited."""
+        from dlp.scanner import scan_texts
 
         if self.pool is None:
             it.inspection = "skipped"
@@ -193,14 +204,41 @@ class Inspect:
         if not any(p.text for p in parts):
             it.inspection = "skipped"
             return
-        findings = await self._scan_texts(it, scan_texts(parts), "DLP scan")
+        texts = scan_texts(parts)
+        possible = self._possible(texts)
+        if possible:
+            decide = ctx.master.addons.get("decide") if flow is not None else None
+            if decide is not None and not decide.findings_matter(flow, it, possible):
+                it.inspection = "deferred"
+                flow.metadata[DEFERRED_SCAN_KEY] = asyncio.get_running_loop().create_task(
+                    self._scan_parts(it, texts, parts))
+                return
+        if possible == frozenset():
+            it.inspection = "inspected"
+            return
+        await self._scan_parts(it, texts, parts)
+
+    async def _scan_parts(self, it: Interaction, texts: list[str], parts: list) -> None:
+        from dlp.scanner import in_parts
+
+        findings = await self._scan_texts(it, texts, "DLP scan")
         it.inspection = "errored" if findings is None else "inspected"
         it.findings = in_parts(findings or [], parts)
 
+    @staticmethod
+    async def settle(flow: http.HTTPFlow) -> None:
+        """Wait for a scan that runs while the request goes upstream (it records its result on the interaction):
+        before the decide stage judges the findings for the audit and the audit event is written."""
+        task = flow.metadata.get(DEFERRED_SCAN_KEY)
+        if task is not None:
+            await task
+
     async def response(self, flow: http.HTTPFlow) -> None:
+        await self.settle(flow)
         await self._scan_response(flow)
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        await self.settle(flow)
         await self._scan_response(flow)
 
     async def _scan_response(self, flow: http.HTTPFlow) -> None:
@@ -220,9 +258,24 @@ class Inspect:
     async def scan_response(self, it: Interaction) -> None:
         """Scan the completion: its findings are added to `it.findings` with part RESPONSE_PART, and
         `it.response_inspection` says whether the scan completed."""
-        findings = await self._scan_texts(it, [it.exchange.completion], "DLP scan of the answer")
+        texts = [it.exchange.completion]
+        findings = [] if self._possible(texts) == frozenset() else \
+            await self._scan_texts(it, texts, "DLP scan of the answer")
         it.response_inspection = "errored" if findings is None else "inspected"
         it.findings = [*it.findings, *(dataclasses.replace(f, part=RESPONSE_PART) for f in findings or ())]
+
+    def _possible(self, texts: list[str]) -> frozenset[str] | None:
+        """The entity types the scan of these texts could report, by the prefilter gate in this process (empty:
+        nothing to find, no need for the workers); None when the gate cannot say (not ready, NER, long prompt)."""
+        if self.gate is None or sum(map(len, texts)) > ctx.options.gateway_dlp_prefilter_chars:
+            return None
+        possible: set[str] = set()
+        for text in texts:
+            entities = self.gate.could_find(text) if text else frozenset()
+            if entities is None:
+                return None
+            possible |= entities
+        return frozenset(possible)
 
     async def _scan_texts(self, it: Interaction, texts: list[str], what: str) -> list | None:
         """Findings of the texts (part = index), in the bulk pool when they are long; None when the scan failed,
@@ -230,9 +283,6 @@ class Inspect:
         from dlp.pool import DlpOverloaded, DlpTimeout
 
         size = sum(map(len, texts))
-        if self.gate is not None and size <= ctx.options.gateway_dlp_prefilter_chars and \
-                all(self.gate.nothing_to_find(text) for text in texts if text):
-            return []
         pool = self.bulk if self.bulk is not None and size > BULK_CHARS else self.pool
         try:
             return await pool.scan_parts(texts, timeout=self.timeout, wait=self.wait)

@@ -39,14 +39,26 @@ PATH = "/v1/chat/completions"
 
 # --- the traffic ---------------------------------------------------------------------------------------------------
 
-def chat_body(stream: bool = False, size: int = 1024, pii: bool = False) -> bytes:
-    """An OpenAI chat completion request of about `size` bytes (system prompt plus a user turn). `pii`: the user
-    turn ends with an e-mail address, so the gateway's DLP workers must run (the shipped policy only monitors it)."""
+#: What ends the user turn of a bench prompt, by the DLP work it causes in the gateway with the shipped policy.
+PROMPT_TAILS = {
+    # nothing any recognizer could match: the prefilter in the proxy proves it, no worker runs
+    "clean": "",
+    # an e-mail address: only a monitored rule looks at it, so the prompt is sent while the workers scan it
+    "pii": " Send the summary to jane.doe@acme-corp.com.",
+    # a word the enforced secrets rule must rule out before the prompt may leave (it is not a secret): the
+    # request waits for the workers' scan
+    "token": " Use token ghp_notreallyatoken for the demo.",
+}
+
+
+def chat_body(stream: bool = False, size: int = 1024, prompt: str = "clean") -> bytes:
+    """An OpenAI chat completion request of about `size` bytes (system prompt plus a user turn), whose user turn
+    ends with PROMPT_TAILS[prompt]."""
     body = {"model": "gpt-4o", "stream": stream,
             "messages": [{"role": "system", "content": "You are a concise assistant for the finance team."},
                          {"role": "user", "content": ""}]}
     filler = "Summarise the quarterly figures for the board in three bullet points. "
-    tail = " Send the summary to jane.doe@acme-corp.com." if pii else ""
+    tail = PROMPT_TAILS[prompt]
     need = size - len(json.dumps(body, separators=(",", ":"))) - len(tail)
     body["messages"][1]["content"] = (filler * (need // len(filler) + 1))[:max(need, 0)] + tail
     return json.dumps(body, separators=(",", ":")).encode()

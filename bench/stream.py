@@ -9,7 +9,8 @@ rounds. Exit status 1 if the gateway's first chunk did not arrive before half th
 
     python bench/stream.py
     python bench/stream.py --clients 10 --chunks 100 --interval 0.005
-    python bench/stream.py --prompt pii     # a prompt the DLP workers must scan, not only the prefilter
+    python bench/stream.py --prompt pii     # the DLP workers scan it while it is sent (a monitored entity)
+    python bench/stream.py --prompt token   # the prompt waits for the workers (the enforced secrets rule)
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is not on the path
 
-from bench._common import (Mitmdump, Target, Upstream, Workspace, audited, chat_body, connect,  # noqa: E402
-                           exchange, interleaved, machine_line, median, percentile, ratio, request_bytes,
+from bench._common import (PROMPT_TAILS, Mitmdump, Target, Upstream, Workspace, audited, chat_body,  # noqa: E402
+                           connect, exchange, interleaved, machine_line, median, percentile, ratio, request_bytes,
                            start_gateway)
 
 
@@ -38,9 +39,9 @@ class Streams:
     errors: list[str] = field(default_factory=list)
 
 
-async def measure(target: Target, out: Streams, *, clients: int, per_client: int, pii: bool) -> None:
+async def measure(target: Target, out: Streams, *, clients: int, per_client: int, prompt: str) -> None:
     ctx = target.context()
-    stream_request, warm_request = request_bytes(chat_body(stream=True, pii=pii)), request_bytes(chat_body())
+    stream_request, warm_request = request_bytes(chat_body(stream=True, prompt=prompt)), request_bytes(chat_body())
     conns = await asyncio.gather(*(connect(target, ctx) for _ in range(clients)))
     await asyncio.gather(*(exchange(c, warm_request) for c in conns))  # opens the proxies' upstream connections
 
@@ -101,9 +102,10 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.01, help="seconds between frames (0.01)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent streams (4)")
     parser.add_argument("--per-client", type=int, default=3, help="streams per client per round (3)")
-    parser.add_argument("--prompt", choices=["clean", "pii"], default="clean",
+    parser.add_argument("--prompt", choices=sorted(PROMPT_TAILS), default="clean",
                         help="clean: nothing for DLP to find (the common case); pii: an e-mail address, which the "
-                             "DLP workers scan and the shipped policy only monitors (clean)")
+                             "DLP workers scan while the prompt is sent (only a monitored rule looks at it); token: a "
+                             "word the enforced secrets rule must rule out, so the prompt waits for the scan (clean)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds; each measures every target once (2)")
     args = parser.parse_args()
     if args.chunks < 3:
@@ -122,7 +124,7 @@ def main() -> int:
                    Target("gateway", gateway.port, gateway.ca, via_proxy=True)]
         results = {t.name: Streams() for t in targets}
         asyncio.run(run_rounds(targets, results, args.rounds, clients=args.clients, per_client=args.per_client,
-                               pii=args.prompt == "pii"))
+                               prompt=args.prompt))
         # the usage block comes in the next-to-last frame: counted only if the whole stream was reassembled
         events, problem = audited(gateway, f"stream AND output_tokens = {args.chunks - 3}")
     ok = report(targets, results, args.chunks)

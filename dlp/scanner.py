@@ -128,17 +128,20 @@ class Scanner:
             findings.extend(self.scan_chunk(text, chunk, part))
         return resolve_overlaps(findings)
 
-    def nothing_to_find(self, text: str) -> bool:
-        """True when one prefilter pass shows that `scan_text(text)` has no findings: no recognizer could match
-        anywhere (no window opens; recognizers the prefilter cannot narrow down, such as NER, always open one).
+    def could_find(self, text: str) -> frozenset[str] | None:
+        """The entity types `scan_text(text)` could report, from one prefilter pass: those of every recognizer
+        that opens a window (recognizers the prefilter cannot narrow down, such as NER, always open one). Empty:
+        the scan would find nothing.
 
-        It is the prefilter alone, one hyperscan pass of about 16 us per KB, and it is exact: a False only means
-        the recognizers must run. The proxy uses it to keep clean prompts, the common case, off the worker pool.
-        Texts longer than one chunk, and the exhaustive mode, always answer False."""
+        It is the prefilter alone, one hyperscan pass of about 16 us per KB, and it is exact: every finding's
+        entity is in the answer (which may hold more). The proxy uses it to keep clean prompts, the common case,
+        off the worker pool, and to send a prompt before its scan ends when no rule in force looks at what could
+        be found in it. None (cannot say) for texts longer than one chunk, and in the exhaustive mode."""
         if self._prefilter.exhaustive or len(text) > self.rules.limits.chunk_chars:
-            return False
+            return None
         context = TextContext(text, self.rules.context, self._context_words, self._literal_specs)
-        return not self._prefilter.windows(text, 0, len(text), context).regions
+        regions = self._prefilter.windows(text, 0, len(text), context).regions
+        return frozenset(e for k in {unit[0] for unit in regions} for e in self.specs[k].entities)
 
     def chunks(self, length: int) -> list[Chunk]:
         return chunk_plan(length, self.rules.limits.chunk_chars, self.rules.limits.chunk_overlap)

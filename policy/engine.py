@@ -17,7 +17,7 @@ Pure: no mitmproxy, so the same code answers in the proxy, in `gateway rules tes
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +121,29 @@ def wants_response_scan(policy: Policy, subject: Subject, request: Request) -> b
     shadow = is_shadow_ai(policy, request.service)
     return any(_conditions_hold(r, subject, request, shadow, skip_findings=True)
                for r in policy.rules if r.on_response)
+
+
+def findings_matter(policy: Policy, subject: Subject, request: Request, entities: Collection[str]) -> bool:
+    """Could findings of these entity types change the request's enforced decision? No when no rule in
+    `mode: enforce` that looks at findings, and whose other conditions hold, selects any of them before an
+    enforced rule decides without findings. The proxy then decides without waiting for the DLP scan (the prompt
+    goes out at once) and scans for the audit only: `entities` come from the prefilter, which names every entity
+    type the scan could report, so the scan cannot change what was enforced. Monitored rules change nothing
+    enforced: they are judged on the findings when the audit event is written."""
+    shadow = is_shadow_ai(policy, request.service)
+    for rule in policy.rules:
+        if rule.on_response or rule.mode != "enforce":
+            continue
+        if not _conditions_hold(rule, subject, request, shadow, skip_findings=True):
+            continue
+        if not rule.needs_inspection:
+            return False  # this rule decides, whatever is found
+        selectors = [rule.when.findings.entities] if rule.when.findings is not None else []
+        if rule.action == "redact":
+            selectors.append(rule.redact_entities)
+        if all(any(s is None or s.match(e) for e in entities) for s in selectors):
+            return True
+    return False
 
 
 def _walk(policy: Policy, rules: list[Rule], subject: Subject, request: Request, shadow: bool

@@ -9,8 +9,10 @@ values again when reversible, split across stream events or not).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import ssl
@@ -479,6 +481,14 @@ def test_a_broken_recognizers_file_stops_startup_with_file_and_line(tmp_path):
 
 # --- the gateway's own DLP failing ---------------------------------------------------------------------------------
 
+def wait_for_gate(gw: GatewayProcess) -> None:
+    """Until the gateway's DLP prefilter gate is ready (until then every scan waits for the workers)."""
+    deadline = time.monotonic() + 60
+    while "prefilter gate ready" not in gw.output():
+        assert time.monotonic() < deadline, gw.output()[-3000:]
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def stalled_gateway(tmp_path_factory, upstream, test_ca):
     """Shipped rules, and DLP workers that cannot finish a long scan in time (a job may run 1 ms)."""
@@ -500,9 +510,7 @@ def test_when_the_scan_fails_the_shipped_secrets_rule_fails_closed_and_clean_pro
         client.chat.completions.create(model=f"stall-{marker}", messages=[{"role": "user", "content": long_prompt}])
     assert "could not check this request" in str(e.value) and "did not complete in time" in str(e.value)
     assert not [r for r in upstream.requests if AWS_KEY.encode() in r.body]  # nothing left
-    deadline = time.monotonic() + 60
-    while "prefilter gate ready" not in stalled_gateway.output() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for_gate(stalled_gateway)
     tag = "".join(chr(ord("a") + int(c, 16)) for c in marker[3:])  # letters only: no recognizer could match it
     answer = client.chat.completions.create(model="gpt-4o", messages=[
         {"role": "user", "content": f"Summarise the figures of project {tag}."}])
@@ -515,3 +523,83 @@ def test_when_the_scan_fails_the_shipped_secrets_rule_fails_closed_and_clean_pro
     assert AWS_KEY not in json.dumps(blocked)
     [clean] = wait_for_events(stalled_gateway, lambda ev: tag in ev["prompt"])
     assert (clean["decision"], clean["inspection"]) == ("allow", "inspected")
+
+
+# --- sending before the scan ends ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def frozen_gateway(tmp_path_factory, upstream, test_ca):
+    """Shipped rules, one DLP worker, and scan timeouts the tests can wait out (they freeze the worker): a scan
+    may run 2 s, and wait 3 s for a worker."""
+    gw = GatewayProcess(tmp_path_factory.mktemp("frozen-gateway"), {h: upstream.port for h in AI_HOSTS},
+                        test_ca.ca_pem, sets=["gateway_dlp_timeout=2", "gateway_dlp_wait=3", "gateway_dlp_workers=1"])
+    wait_for_gate(gw)
+    yield gw
+    gw.stop()
+
+
+def freeze_dlp_workers(gw: GatewayProcess) -> list[int]:
+    """SIGSTOP the gateway's DLP workers (the fork server, a child of the gateway, starts them: its children). A
+    scan sent to a frozen worker runs out its timeout, then the gateway kills that worker and starts another."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError):
+            continue
+    children = {pid for pid, parent in parents.items() if parent == gw.proc.pid}
+    workers = [pid for pid, parent in parents.items() if parent in children]
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    return workers
+
+
+def test_a_prompt_no_enforced_rule_can_act_on_is_sent_before_its_scan_ends(frozen_gateway, upstream, marker):
+    """With the shipped policy an e-mail address changes nothing enforced (only `block-secrets` is, and the
+    prefilter shows that nothing secret-like is in the prompt), so the prompt goes upstream while it is scanned:
+    the client gets its answer although the scan never completes, which `block-secrets` (fail closed when the
+    scan errors) would otherwise block. A prompt with a key must wait for its scan: with the worker frozen it is
+    blocked, and nothing of it leaves."""
+    upstream.route("/v1/chat/completions", openai_reply)
+    client = openai_client(frozen_gateway)
+    assert freeze_dlp_workers(frozen_gateway)
+    answer = client.chat.completions.create(model="gpt-4o", messages=[
+        {"role": "user", "content": f"{marker}: send the figures to {EMAIL} today."}])
+    assert answer.choices[0].message.content.startswith("Done")
+    assert received(upstream, marker)
+    # the only answered request of this gateway; its prompt is withheld, since its scan did not complete
+    [sent] = wait_for_events(frozen_gateway, lambda ev: ev["status"] == 200)
+    assert sent["prompt"] == "" and marker not in json.dumps(sent)
+    assert (sent["decision"], sent["inspection"]) == ("allow", "errored")
+    assert "decided before the DLP scan ended" in sent["reason"] and "scan after sending errored" in sent["reason"]
+    assert any("timed out" in w for w in sent["warnings"])
+
+    deadline = time.monotonic() + 30
+    while not freeze_dlp_workers(frozen_gateway):  # the replacement of the worker killed for its timeout (frozen
+        assert time.monotonic() < deadline, "no new DLP worker"  # ready, the scan times out; frozen starting, it
+        time.sleep(0.1)  # waits for a worker in vain: either way it does not complete)
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=[
+            {"role": "user", "content": f"{marker}-key: deploy with {AWS_KEY} and mail {EMAIL}."}])
+    assert "could not check this request" in str(e.value)
+    assert not [r for r in upstream.requests if f"{marker}-key".encode() in r.body]
+    [blocked] = wait_for_events(frozen_gateway, lambda ev: ev["status"] == 403)
+    assert (blocked["decision"], blocked["rule_id"], blocked["inspection"]) == ("block", "block-secrets", "errored")
+
+
+def test_a_prompt_sent_before_its_scan_ends_is_audited_with_its_findings_and_monitored_rules(
+        gateway, upstream, marker):
+    """The scan that ran while the prompt went upstream is in the audit event: its findings, and the monitored
+    `redact-pii` rule of the shipped policy judged on them, as if the prompt had waited for its scan."""
+    upstream.route("/v1/chat/completions", openai_stream)
+    wait_for_gate(gateway)
+    client = openai_client(gateway)
+    stream = client.chat.completions.create(model="gpt-4o", stream=True, messages=[
+        {"role": "user", "content": f"{marker}: send the figures to {EMAIL} today."}])
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices).startswith("Done")
+    [ev] = wait_for_events(gateway, lambda ev: marker in ev["prompt"])
+    assert (ev["decision"], ev["rule_id"], ev["inspection"], ev["stream"]) == ("monitor", "redact-pii", "inspected",
+                                                                               True)
+    assert ev["entity_types"] == ["EMAIL_ADDRESS"]
+    assert "would redact EMAIL_ADDRESS" in ev["reason"] and "decided before the DLP scan ended" in ev["reason"]
+    assert EMAIL not in json.dumps(ev)

@@ -388,3 +388,55 @@ def test_response_rules_only_where_they_apply(tmp_path):
           - {id: q, when: {findings: [EMAIL_ADDRESS]}, action: block}
     """)
     assert wants_response_scan(p, BOB, req(ANTHROPIC)) and not wants_response_scan(p, BOB, req(OPENAI))
+
+
+def test_findings_matter_exactly_when_they_could_change_what_is_enforced(tmp_path):
+    """The proxy sends a prompt before its scan ends when findings of the entity types the prefilter saw cannot
+    change the enforced decision. Checked against the engine itself: whenever `findings_matter` says no, every
+    combination of those findings gets the enforced decision that no findings get."""
+    from itertools import chain, combinations
+
+    from policy import findings_matter
+
+    p = policy(tmp_path, """
+        version: 1
+        rules:
+          - {id: block-deepseek, when: {services: [deepseek]}, action: block}
+          - {id: block-keys, when: {findings: ["*_KEY"]}, action: block}
+          - {id: watch-mail, when: {findings: [EMAIL_ADDRESS, PERSON]}, action: redact, mode: monitor}
+          - {id: research-names, who: {groups: [research]}, when: {findings: [PERSON]}, action: allow}
+          - {id: o1-phones, when: {models: [o1]}, action: redact, redact: {entities: [PHONE_NUMBER]}}
+          - {id: names-to-anthropic, when: {services: [anthropic], findings: [PERSON]}, action: warn}
+          - {id: mail-in-answers, when: {findings: {entities: [EMAIL_ADDRESS], in: response}}, action: block}
+          - {id: block-all-anthropic, when: {services: [anthropic]}, action: block}
+    """)
+    entities = ["AWS_ACCESS_KEY", "EMAIL_ADDRESS", "PERSON", "PHONE_NUMBER"]
+    subsets = [frozenset(c) for c in chain.from_iterable(combinations(entities, n) for n in range(1, 5))]
+
+    def enforced(d):  # what the client gets: a monitored "would" changes nothing
+        return ("allow", "", []) if d.action in ("allow", "monitor") else (d.action, d.rule, d.redact_entities)
+
+    said_no = 0
+    for subject in (ALICE, BOB):
+        for service in (OPENAI, DEEPSEEK, ANTHROPIC):
+            for model in ("gpt-4o", "o1"):
+                for possible in subsets:
+                    if findings_matter(p, subject, req(service, chat(model)), possible):
+                        continue
+                    said_no += 1
+                    unscanned = enforced(decide(p, subject, req(service, chat(model))))
+                    for found in (s for s in subsets if s <= possible):
+                        d = decide(p, subject, req(service, chat(model), [F(e) for e in sorted(found)]))
+                        assert enforced(d) == unscanned, (subject.user, service.id, model, possible, found)
+    assert said_no > 20
+
+    def matters(subject, service, model, *possible):
+        return findings_matter(p, subject, req(service, chat(model)), frozenset(possible))
+
+    assert not matters(BOB, OPENAI, "gpt-4o", "EMAIL_ADDRESS")  # only a monitored rule looks at it
+    assert matters(BOB, OPENAI, "gpt-4o", "EMAIL_ADDRESS", "AWS_ACCESS_KEY")
+    assert not matters(BOB, DEEPSEEK, "gpt-4o", "AWS_ACCESS_KEY")  # blocked whatever is found
+    assert matters(ALICE, OPENAI, "gpt-4o", "PERSON") and not matters(BOB, OPENAI, "gpt-4o", "PERSON")  # allow
+    assert matters(BOB, OPENAI, "o1", "PHONE_NUMBER") and not matters(BOB, OPENAI, "gpt-4o", "PHONE_NUMBER")
+    assert not matters(BOB, OPENAI, "o1", "EMAIL_ADDRESS")  # the redaction there is of phone numbers only
+    assert matters(BOB, ANTHROPIC, "gpt-4o", "PERSON")  # a warn, though a block follows for anything else
