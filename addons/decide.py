@@ -28,6 +28,7 @@ import re
 import secrets
 import time
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,17 +207,18 @@ class Decide:
         """The policy's decision on an interaction, enforcing nothing. Public for stages that can only record it
         (WebSocket turns, whose messages are relayed as they come)."""
         return decide(policy or self.policy, _subject(it),
-                      Request(it.service, it.exchange, it.findings, self._inspection(it),
-                              {k.lower(): v for k, v in headers.items()}))
+                      Request(it.service, it.exchange, it.findings, self._inspection(it), _rule_headers(headers)))
 
     def findings_matter(self, flow: http.HTTPFlow, it: Interaction, entities: frozenset[str]) -> bool:
         """Whether findings of these entity types could change what the policy enforces on this request
         (policy.engine.findings_matter): if not, the inspect stage lets the request go before its scan ends."""
         return findings_matter(self.policy, _subject(it), Request(
-            it.service, it.exchange, (), headers={k.lower(): v for k, v in flow.request.headers.items()}), entities)
+            it.service, it.exchange, (), headers=flow.request.headers), entities)
 
     def wants_response_scan(self, flow: http.HTTPFlow) -> bool:
         """Whether a rule on findings `in: response` applies to this flow's interaction (findings aside)."""
+        if not self.policy.response_rules:
+            return False
         it: Interaction = flow.metadata[KEY]
         return wants_response_scan(self.policy, _subject(it),
                                    self._answer_request(flow, it, it.inspection))
@@ -229,8 +231,7 @@ class Decide:
         asked = flow.metadata.get(ASKED_MODEL_KEY)
         if asked and asked != exchange.model:
             exchange = dataclasses.replace(exchange, model=asked)
-        return Request(it.service, exchange, it.findings, inspection,
-                       {k.lower(): v for k, v in flow.request.headers.items()})
+        return Request(it.service, exchange, it.findings, inspection, flow.request.headers)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._judge_findings(flow)
@@ -382,6 +383,12 @@ class Decide:
         warning = flow.metadata.get(WARNING_KEY)
         if warning and flow.response is not None:  # header values must be ASCII
             flow.response.headers[enforcement.WARNING_HEADER] = warning.encode("ascii", "replace").decode()
+
+
+def _rule_headers(headers) -> Mapping[str, str]:
+    """Headers as the rules look them up (lower-case names): mitmproxy's are case-insensitive already, and read
+    as they are (a copy costs more than the policy decision); a plain dict is copied with its names lowered."""
+    return headers if isinstance(headers, http.Headers) else {k.lower(): v for k, v in headers.items()}
 
 
 def _subject(it: Interaction) -> Subject:

@@ -103,7 +103,7 @@ class Extract:
         if parsed is None:
             return
         content_type = flow.response.headers.get("content-type", "").split(";")[0].strip().lower()
-        if _is_asset(it, flow.request.query, flow.response.status_code, content_type):
+        if _is_asset(it, flow.request, flow.response.status_code, content_type):
             it.exchange.operation = ASSET
             flow.response.stream = True  # nothing to read in it: pass it through unbuffered
             return
@@ -163,13 +163,13 @@ class Extract:
             it.error = message
 
 
-def _is_asset(it: Interaction, query, status: int, content_type: str) -> bool:
+def _is_asset(it: Interaction, request: http.Request, status: int, content_type: str) -> bool:
     """A request no parser claimed that only fetched a static file for a consumer app's page: no body, a short or
     no query string, and a script, style, image or font back (or a 304 revalidating one). It carries no prompt;
     the audit labels it (operation ASSET) and by default does not store it (Audit: gateway_audit_assets)."""
     if it.method not in ("GET", "HEAD") or it.request_bytes or it.exchange.parsed or it.exchange.operation != "unknown":
         return False
-    if sum(len(k) + len(v) + 2 for k, v in query.items(multi=True)) > MAX_ASSET_QUERY:
+    if sum(len(k) + len(v) + 2 for k, v in request.query.items(multi=True)) > MAX_ASSET_QUERY:
         return False
     if status == 304:  # revalidated: no content type to go by, so the name must say it is a static file
         return it.path.split("?")[0].lower().endswith(ASSET_SUFFIXES)

@@ -12,9 +12,10 @@ rewrites and the audit records (as types and positions, never values).
 
 The same pass names the entity types the scan could report at all (`Scanner.could_find`). When no rule in
 force looks at any of them (the shipped policy enforces only its secrets rule, so an e-mail address in a prompt
-changes nothing it enforces; `Decide.findings_matter`), the request is decided and sent at once and the scan
-runs meanwhile, for the audit and the monitored rules: the time to the first token stays as without the
-gateway's DLP. The audit waits for that scan (`settle`), and the decide stage judges its findings then.
+changes nothing it enforces; `Decide.findings_matter`), the request is decided and sent at once, and scanned
+once the upstream answers (`responseheaders`), for the audit and the monitored rules: the time to the first
+token stays as without the gateway's DLP. The audit waits for that scan (`settle`), and the decide stage judges
+its findings then.
 
 `Interaction.inspection` tells the truth about the scan, because the policy's fail modes depend on it (it is
 `pending` until this stage sets it):
@@ -33,9 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
@@ -57,7 +61,7 @@ BULK_CHARS = 100_000
 #: at about 16 us per KB that is at most ~0.25 ms of the event loop, a sixth of what mitmproxy spends on a request.
 PREFILTER_CHARS = 16_000
 RESPONSE_SCAN_KEY = "gateway.response_scan"  # the asyncio.Task scanning the flow's completion
-DEFERRED_SCAN_KEY = "gateway.deferred_scan"  # the asyncio.Task scanning a request that was sent before its scan ended
+DEFERRED_SCAN_KEY = "gateway.deferred_scan"  # the _Deferred scan of a request that was sent before it was scanned
 
 
 def _seconds(name: str) -> float:
@@ -76,6 +80,19 @@ def recognizers_file(folder: Path) -> Path:
     defaults, as for the policy)."""
     own = folder / RECOGNIZERS
     return own if own.exists() else SHIPPED_RULES / RECOGNIZERS
+
+
+class _Deferred:
+    """The scan of a request that went upstream before it was scanned: started once, awaited by whoever needs it."""
+
+    def __init__(self, scan: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.scan = scan
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> asyncio.Task:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self.scan())
+        return self.task
 
 
 class Inspect:
@@ -210,8 +227,7 @@ class Inspect:
             decide = ctx.master.addons.get("decide") if flow is not None else None
             if decide is not None and not decide.findings_matter(flow, it, possible):
                 it.inspection = "deferred"
-                flow.metadata[DEFERRED_SCAN_KEY] = asyncio.get_running_loop().create_task(
-                    self._scan_parts(it, texts, parts))
+                flow.metadata[DEFERRED_SCAN_KEY] = _Deferred(functools.partial(self._scan_parts, it, texts, parts))
                 return
         if possible == frozenset():
             it.inspection = "inspected"
@@ -225,13 +241,21 @@ class Inspect:
         it.inspection = "errored" if findings is None else "inspected"
         it.findings = in_parts(findings or [], parts)
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """The scan of a request sent before it was scanned starts once the upstream answers: not while the
+        request is on its way, where its CPU (on a small machine) would delay the answer's first token."""
+        deferred = flow.metadata.get(DEFERRED_SCAN_KEY)
+        if deferred is not None:
+            deferred.start()
+
     @staticmethod
     async def settle(flow: http.HTTPFlow) -> None:
-        """Wait for a scan that runs while the request goes upstream (it records its result on the interaction):
-        before the decide stage judges the findings for the audit and the audit event is written."""
-        task = flow.metadata.get(DEFERRED_SCAN_KEY)
-        if task is not None:
-            await task
+        """Wait for the scan of a request that was sent before it was scanned (it records its result on the
+        interaction; started now if the upstream never answered): before the decide stage judges the findings
+        for the audit and the audit event is written."""
+        deferred = flow.metadata.get(DEFERRED_SCAN_KEY)
+        if deferred is not None:
+            await deferred.start()
 
     async def response(self, flow: http.HTTPFlow) -> None:
         await self.settle(flow)

@@ -96,7 +96,8 @@ class Recognise:
                                   flow.request.host)
         if match is None:
             return
-        ack = flow.request.cookies.get(ACK_COOKIE)
+        # (parsing the cookies of every request costs more than looking for the name first)
+        ack = flow.request.cookies.get(ACK_COOKIE) if ACK_COOKIE in flow.request.headers.get("cookie", "") else None
         if ack is not None:  # the gateway's own cookie (warn pages) never leaves, on any path of the host
             del flow.request.cookies[ACK_COOKIE]
             flow.metadata[ACK_KEY] = ack

@@ -45,7 +45,7 @@ class Request:
     exchange: Exchange
     findings: Sequence[Any] = ()  # objects with .entity (or .entity_type) and .score: dlp.scanner.Finding
     inspection: str = INSPECTED  # anything else means the findings are not the whole truth
-    headers: Mapping[str, str] = field(default_factory=dict)  # request headers, names in lower case
+    headers: Mapping[str, str] = field(default_factory=dict)  # request headers, looked up by lower-case names
 
     @property
     def prompt_chars(self) -> int:

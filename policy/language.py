@@ -203,9 +203,12 @@ class Policy:
     file: str = ""
     # Services some rule names by id: with the sanctioned ones, the services the policy knows (not shadow AI).
     named_services: frozenset[str] = field(init=False, default=frozenset())
+    # Whether any rule is judged on the answer: without one, no completion is scanned (asked on every request).
+    response_rules: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "named_services", frozenset().union(*(r.when.services or () for r in self.rules)))
+        object.__setattr__(self, "response_rules", any(r.on_response for r in self.rules))
 
 
 _WHO_KEYS = {"users", "groups", "sources"}

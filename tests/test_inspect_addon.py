@@ -10,7 +10,7 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.test import taddons, tflow
 
 import providers
-from addons.inspect import SHIPPED_RULES, Inspect
+from addons.inspect import DEFERRED_SCAN_KEY, SHIPPED_RULES, Inspect
 from addons.recognise import Recognise
 from core.catalog import Catalog
 from core.interaction import KEY, Interaction
@@ -181,3 +181,44 @@ def test_dlp_wait_and_timeout_must_be_positive_seconds():
         for name in ("gateway_dlp_wait", "gateway_dlp_timeout"):
             with pytest.raises(OptionsError, match=f"{name} must be a number of seconds > 0, not 'soon'"):
                 tctx.configure(addon, **{name: "soon"})
+
+
+def test_a_prompt_no_enforced_rule_looks_into_is_scanned_once_the_upstream_answers():
+    """With the shipped policy an e-mail address changes nothing enforced: the request hook does not wait for its
+    scan, which starts when the upstream's answer begins (`responseheaders`), or when the flow ends without one
+    (`error`), and fills the findings before the audit. A key is waited for."""
+    from mitmproxy import http
+
+    from addons.decide import Decide
+
+    answered_f, answered = flow_with([{"role": "user", "content": f"mail {EMAIL}"}])
+    failed_f, failed = flow_with([{"role": "user", "content": f"mail {EMAIL} today"}])
+    key_f, key = flow_with([{"role": "user", "content": "deploy with AKIAZ7Q4XK2M3PLR5TVW"}])
+
+    async def go():
+        recognise, addon, decide = Recognise(), Inspect(), Decide()
+        with taddons.context(recognise, addon, decide) as tctx:
+            for stage in (recognise, decide):  # the shipped catalog and policy
+                tctx.configure(stage, gateway_rules=str(SHIPPED_RULES))
+            assert [r.id for r in decide.policy.rules][0] == "block-secrets"
+            tctx.configure(addon, gateway_dlp_workers=1)
+            addon.running()
+            try:
+                await asyncio.gather(*addon.warming)
+                for f in (answered_f, failed_f, key_f):
+                    await addon.request(f)
+                assert (answered.inspection, failed.inspection, key.inspection) == ("deferred", "deferred",
+                                                                                   "inspected")
+                assert [x.entity for x in key.findings] == ["AWS_ACCESS_KEY"]
+                answered_deferred = answered_f.metadata[DEFERRED_SCAN_KEY]
+                assert answered_deferred.task is None  # not while the request is on its way
+                answered_f.response = http.Response.make(200, b"{}", {"content-type": "application/json"})
+                addon.responseheaders(answered_f)
+                assert answered_deferred.task is not None
+                await addon.response(answered_f)
+                await addon.error(failed_f)
+            finally:
+                addon.done()
+    asyncio.run(go())
+    for it in (answered, failed):
+        assert it.inspection == "inspected" and [x.entity for x in it.findings] == ["EMAIL_ADDRESS"]
