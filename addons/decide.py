@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 ASKED_MODEL_KEY = "gateway.asked_model"  # the model the request named (the answer may name a dated version)
 ANSWER_JUDGED_KEY = "gateway.answer_judged"  # set once the response-side rules were applied to this flow
-DEFERRED_KEY = "gateway.deferred_decision"  # (policy, Decision) of a request sent before its DLP scan ended
+# The policy that let a request go before its DLP scan ended, then (that policy, its Decision)
+DEFERRED_KEY = "gateway.deferred_decision"
 WARNING_KEY = "gateway.warning"  # the warning header an API client gets on a `warn` it was let through on
 PENDING_TTL = 600.0  # seconds a warn page's continue token stays valid
 MAX_PENDING = 10_000  # unanswered warn pages remembered at most (the oldest are forgotten first)
@@ -190,11 +191,14 @@ class Decide:
             return
         parsed = flow.metadata.get(PARSED_KEY)
         provider = parsed.provider.name if parsed is not None and parsed.provider is not None else None
-        d = self.evaluate(it, flow.request.headers)
+        # A request sent before its scan ends is decided by the policy that found its findings cannot matter
+        # (findings_matter), even should the rules be reloaded in between.
+        policy = flow.metadata.get(DEFERRED_KEY, self.policy) if it.inspection == "deferred" else self.policy
+        d = self.evaluate(it, flow.request.headers, policy)
         flow.metadata[ASKED_MODEL_KEY] = it.exchange.model
         it.decision, it.reason, it.rule_id = d.action, d.reason, d.rule
         if it.inspection == "deferred":
-            flow.metadata[DEFERRED_KEY] = (self.policy, d)
+            flow.metadata[DEFERRED_KEY] = (policy, d)
             it.reason += "; decided before the DLP scan ended (no rule in force acts on what it could find)"
         if d.action == "redact":
             it.redact_entities, it.reversible = d.redact_entities, d.reversible
@@ -212,8 +216,11 @@ class Decide:
     def findings_matter(self, flow: http.HTTPFlow, it: Interaction, entities: frozenset[str]) -> bool:
         """Whether findings of these entity types could change what the policy enforces on this request
         (policy.engine.findings_matter): if not, the inspect stage lets the request go before its scan ends."""
-        return findings_matter(self.policy, _subject(it), Request(
-            it.service, it.exchange, (), headers=flow.request.headers), entities)
+        if findings_matter(self.policy, _subject(it), Request(it.service, it.exchange, (), headers=flow.request.headers),
+                           entities):
+            return True
+        flow.metadata[DEFERRED_KEY] = self.policy  # the request is decided by this policy (`_decide`)
+        return False
 
     def wants_response_scan(self, flow: http.HTTPFlow) -> bool:
         """Whether a rule on findings `in: response` applies to this flow's interaction (findings aside)."""
@@ -255,14 +262,14 @@ class Decide:
             return
         policy, sent = deferred
         d = self.evaluate(it, flow.request.headers, policy)
-        if (d.action, d.rule) == (sent.action, sent.rule) or (sent.action == "allow" and d.action == "monitor"):
+        if _enforced(d) == _enforced(sent):  # monitored rules may differ: their "would" is what the audit gains
             after = it.reason[len(sent.reason):] if it.reason.startswith(sent.reason) else ""
             it.decision, it.rule_id, it.reason = d.action, d.rule, d.reason + after
             return
-        log.error("BUG: %s %s was sent before its DLP scan ended, and the findings make the policy say %s (%s)",
+        log.error("BUG: %s %s was decided before its DLP scan ended, and the findings make the policy say %s (%s)",
                   it.service.id, it.event_id, d.action, d.reason)
-        it.reason += (f"; BUG: on the findings of the scan after sending, the policy says {d.action} ({d.reason}), "
-                      f"but the request had been sent")
+        it.reason += (f"; BUG: on the findings of the scan that ran after the decision, the policy says {d.action} "
+                      f"({d.reason}), but the decision had been enforced")
 
     def _judge_answer(self, flow: http.HTTPFlow, enforce: bool) -> None:
         """The response-side rules, once the completion was scanned. Only a non-streamed answer can still be
@@ -383,6 +390,13 @@ class Decide:
         warning = flow.metadata.get(WARNING_KEY)
         if warning and flow.response is not None:  # header values must be ASCII
             flow.response.headers[enforcement.WARNING_HEADER] = warning.encode("ascii", "replace").decode()
+
+
+def _enforced(d: Decision) -> tuple:
+    """What a decision does to the request: a monitored rule's "would" does nothing, so monitor is allow."""
+    if d.action in ("allow", "monitor"):
+        return ("allow",)
+    return d.action, d.rule, tuple(d.redact_entities), d.reversible
 
 
 def _rule_headers(headers) -> Mapping[str, str]:

@@ -4,7 +4,7 @@ mitmproxy runs every flow of the process on one event loop: a scan that takes 40
 request by 40 ms (stack-facts). So the `request` hook is async and awaits the scan in `dlp.pool.DlpPool` (worker
 processes): this flow waits, the others go on. Prompts over BULK_CHARS (a pasted document, seconds to scan) go to
 workers of their own, so ordinary prompts never queue behind them. Most prompts hold nothing sensitive: one
-prefilter pass in this process (`Scanner.nothing_to_find`, a hyperscan scan of about 16 us per KB, up to
+prefilter pass in this process (`Scanner.could_find`, a hyperscan scan of about 16 us per KB, up to
 `gateway_dlp_prefilter_chars`) proves that for them exactly, and they skip the round trip to the workers, which
 costs milliseconds when the proxy is busy. The findings land in `Interaction.findings`, one per span, with
 `Finding.part` indexing `Exchange.request_parts()`, which is what the decide stage judges, the redact stage
@@ -39,7 +39,7 @@ import logging
 import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
@@ -48,6 +48,9 @@ from core.exchange import RESPONSE_PART
 from core.interaction import KEY, Interaction
 from core.rulesfile import SHIPPED_RULES, RulesError
 from policy.ruleset import RECOGNIZERS, digests
+
+if TYPE_CHECKING:
+    from dlp.pool import DlpPool
 
 
 log = logging.getLogger(__name__)
@@ -222,22 +225,28 @@ class Inspect:
             it.inspection = "skipped"
             return
         texts = scan_texts(parts)
-        possible = self._possible(texts)
-        if possible:
-            decide = ctx.master.addons.get("decide") if flow is not None else None
+        try:
+            possible = self._possible(texts)
+            decide = ctx.master.addons.get("decide") if flow is not None and possible else None
             if decide is not None and not decide.findings_matter(flow, it, possible):
                 it.inspection = "deferred"
-                flow.metadata[DEFERRED_SCAN_KEY] = _Deferred(functools.partial(self._scan_parts, it, texts, parts))
+                flow.metadata[DEFERRED_SCAN_KEY] = _Deferred(
+                    functools.partial(self._scan_parts, it, texts, parts, self.pool))
                 return
+        except Exception:  # a bug in the gate must cost time, never the scan: the workers decide
+            log.exception("DLP prefilter gate failed; scanning in the workers")
+            possible = None
         if possible == frozenset():
             it.inspection = "inspected"
             return
         await self._scan_parts(it, texts, parts)
 
-    async def _scan_parts(self, it: Interaction, texts: list[str], parts: list) -> None:
+    async def _scan_parts(self, it: Interaction, texts: list[str], parts: list, pool: DlpPool | None = None) -> None:
+        """Scan the request's texts and record the outcome on the interaction. `pool`: the one the prefilter gate
+        belonged to, for a scan that starts later (after a reload it is closed, and the scan says so)."""
         from dlp.scanner import in_parts
 
-        findings = await self._scan_texts(it, texts, "DLP scan")
+        findings = await self._scan_texts(it, texts, "DLP scan", pool)
         it.inspection = "errored" if findings is None else "inspected"
         it.findings = in_parts(findings or [], parts)
 
@@ -254,8 +263,15 @@ class Inspect:
         interaction; started now if the upstream never answered): before the decide stage judges the findings
         for the audit and the audit event is written."""
         deferred = flow.metadata.get(DEFERRED_SCAN_KEY)
-        if deferred is not None:
+        it: Interaction | None = flow.metadata.get(KEY)
+        if deferred is None or it is None:
+            return
+        try:
             await deferred.start()
+        except Exception as e:  # the answer's rules and the audit still run; the inspection says what happened
+            log.exception("DLP scan after sending failed")
+            it.inspection = "errored"
+            it.exchange.warn(f"DLP scan failed: {type(e).__name__}: {str(e)[:200]}")
 
     async def response(self, flow: http.HTTPFlow) -> None:
         await self.settle(flow)
@@ -301,13 +317,15 @@ class Inspect:
             possible |= entities
         return frozenset(possible)
 
-    async def _scan_texts(self, it: Interaction, texts: list[str], what: str) -> list | None:
+    async def _scan_texts(self, it: Interaction, texts: list[str], what: str,
+                          pool: DlpPool | None = None) -> list | None:
         """Findings of the texts (part = index), in the bulk pool when they are long; None when the scan failed,
         with the reason in the exchange's warnings: a failed scan is never passed off as a clean one."""
         from dlp.pool import DlpOverloaded, DlpTimeout
 
         size = sum(map(len, texts))
-        pool = self.bulk if self.bulk is not None and size > BULK_CHARS else self.pool
+        if pool is None:
+            pool = self.bulk if self.bulk is not None and size > BULK_CHARS else self.pool
         try:
             return await pool.scan_parts(texts, timeout=self.timeout, wait=self.wait)
         except DlpTimeout:

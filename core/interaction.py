@@ -32,8 +32,9 @@ class Interaction:
     reason: str = ""  # the rule (or condition) behind the decision
     redact_entities: list[str] = field(default_factory=list)  # set by the decide stage when decision == redact
     reversible: bool = False  # restore placeholders in the answer before the client sees it
-    inspection: str = "pending"  # set by the inspect stage; "pending" if it never ran (the audit says so), "deferred"
-    # while a scan runs after the request was sent (addons/inspect.py)
+    # Set by the inspect stage; "pending" if it never ran (the audit says so); "deferred" while the scan of a request
+    # that was sent before it was scanned has not ended (addons/inspect.py).
+    inspection: str = "pending"
     response_inspection: str = ""  # the completion's DLP scan: "" (not asked for), inspected or errored
     error: str = ""
     status: int = 0

@@ -96,7 +96,7 @@ def test_a_304_counts_as_a_static_file_only_when_its_name_says_so():
         x.exchange.parsed, x.exchange.operation = False, "unknown"
         return x
 
-    query = tflow.tflow().request.query
-    assert _is_asset(it("/static/app.3f2a.js"), query, 304, "")
-    assert not _is_asset(it("/backend-api/search"), query, 304, "")  # a revalidated API call may carry a prompt
-    assert _is_asset(it("/backend-api/avatar"), query, 200, "image/png")
+    request = tflow.tflow().request
+    assert _is_asset(it("/static/app.3f2a.js"), request, 304, "")
+    assert not _is_asset(it("/backend-api/search"), request, 304, "")  # a revalidated API call may carry a prompt
+    assert _is_asset(it("/backend-api/avatar"), request, 200, "image/png")

@@ -56,27 +56,39 @@ def test_an_interaction_no_stage_inspected_says_so():
     assert it.inspection == "pending" and it.to_event("redacted").inspection == "pending"
 
 
-def test_a_prompt_sent_before_its_scan_is_judged_again_on_its_findings_and_a_contradiction_is_reported(caplog):
-    """A prompt the inspect stage let go before its scan ended (`deferred`) is decided on no findings; when the
-    answer ends the findings are judged by the same policy for the audit. Monitored rules then show; an enforced
-    rule that would have acted means the prefilter missed an entity: the audit and the log say so."""
+def test_a_prompt_sent_before_its_scan_is_judged_again_on_its_findings_and_a_contradiction_is_reported(
+        tmp_path, caplog):
+    """A prompt the inspect stage let go before its scan ended (`deferred`) is decided on no findings, by the policy
+    that found its findings could not matter; when the answer ends the findings are judged by that same policy for
+    the audit. Monitored rules then show, and may take the credit from another monitored rule; an enforced rule
+    that would have acted means the prefilter missed an entity: the audit and the log say so."""
     from dlp.scanner import Finding
     from policy import Policy, Rule
+    from policy import load as load_rules
 
+    (tmp_path / "policy.yaml").write_text("""
+version: 1
+rules:
+  - {id: block-keys, when: {findings: ["*_KEY"]}, action: block}
+  - {id: watch-mail, when: {findings: [EMAIL_ADDRESS]}, action: redact, mode: monitor}
+  - {id: watch-gpt4, when: {models: ["gpt-4*"]}, action: block, mode: monitor}
+""")
     for found, decision, rule, said in (
-            (Finding("EMAIL_ADDRESS", 0, 2, 1.0), "monitor", "redact-pii", "rule redact-pii would redact"),
-            (Finding("AWS_ACCESS_KEY", 0, 2, 1.0), "allow", "shadow_ai", "BUG: on the findings of the scan after "
-                                                                         "sending, the policy says block")):
+            (Finding("EMAIL_ADDRESS", 0, 2, 1.0), "monitor", "watch-mail", "rule watch-mail would redact"),
+            (Finding("AWS_ACCESS_KEY", 0, 2, 1.0), "monitor", "watch-gpt4", "BUG: on the findings of the scan that "
+                                                                            "ran after the decision, the policy says "
+                                                                            "block")):
         f, it, catalog = ai_flow({"inspection": "deferred"})
         decide = Decide()
-        decide.policy = load_policy(RULES, catalog)
+        decide.policy = load_rules(tmp_path / "policy.yaml", catalog)
+        assert not decide.findings_matter(f, it, frozenset({"EMAIL_ADDRESS"}))
+        decide.policy = Policy((Rule("block-everything", 1, "block"),))  # a rules reload right then
         decide.request(f)
-        assert f.response is None and (it.decision, it.rule_id) == ("allow", "shadow_ai")
+        assert f.response is None and (it.decision, it.rule_id) == ("monitor", "watch-gpt4")
         assert it.reason.endswith("; decided before the DLP scan ended (no rule in force acts on what it could find)")
-        # a rules reload while the answer streams: the findings are judged by the policy the request was sent under
-        decide.policy = Policy((Rule("block-everything", 1, "block"),))
         it.inspection, it.findings = "inspected", [found]
         decide.response(f)
         assert (it.decision, it.rule_id) == (decision, rule)
-        assert said in it.reason and "decided before the DLP scan ended" in it.reason
-    assert "BUG" in caplog.text
+        assert said in it.reason and "rule watch-gpt4 would block" in it.reason
+        assert "decided before the DLP scan ended" in it.reason
+    assert caplog.text.count("BUG") == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import types
 
 import pytest
 from mitmproxy.exceptions import OptionsError
@@ -217,8 +218,15 @@ def test_a_prompt_no_enforced_rule_looks_into_is_scanned_once_the_upstream_answe
                 assert answered_deferred.task is not None
                 await addon.response(answered_f)
                 await addon.error(failed_f)
+                reloaded_f, reloaded = flow_with([{"role": "user", "content": f"mail {EMAIL} now"}])
+                await addon.request(reloaded_f)
+                addon.rules_reloaded(types.SimpleNamespace(digests={}))  # new recognizers: new workers and gate
+                await addon.error(reloaded_f)
+                return reloaded
             finally:
                 addon.done()
-    asyncio.run(go())
+    reloaded = asyncio.run(go())
     for it in (answered, failed):
         assert it.inspection == "inspected" and [x.entity for x in it.findings] == ["EMAIL_ADDRESS"]
+    # scanned by the workers of the gate that let it go, which a reload closed: said, not passed off as clean
+    assert reloaded.inspection == "errored" and any("DLP pool is closed" in w for w in reloaded.exchange.warnings)
