@@ -153,9 +153,10 @@ class Mitmdump:
         _stop(self.proc)
 
 
-def start_gateway(workdir: Path, upstream: Upstream) -> GatewayProcess:
-    """The real `python -m gateway run`, shipped rules, embedded chdb audit: exactly what the e2e tests run."""
-    return GatewayProcess(workdir, {HOST: upstream.port}, upstream.ca)
+def start_gateway(workdir: Path, upstream: Upstream, sets: list[str] = ()) -> GatewayProcess:
+    """The real `python -m gateway run`, shipped rules, embedded chdb audit: exactly what the e2e tests run
+    (`sets`: options NAME=VALUE, to measure what one of them costs)."""
+    return GatewayProcess(workdir, {HOST: upstream.port}, upstream.ca, sets=list(sets))
 
 
 def audited(gateway, where: str = "1") -> tuple[int | None, str]:

@@ -107,17 +107,20 @@ def main() -> int:
                              "DLP workers scan while the prompt is sent (only a monitored rule looks at it); token: a "
                              "word the enforced secrets rule must rule out, so the prompt waits for the scan (clean)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds; each measures every target once (2)")
+    parser.add_argument("--gateway-set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a gateway option, e.g. gateway_dlp=false to see what DLP costs (repeatable)")
     args = parser.parse_args()
     if args.chunks < 3:
         parser.error("--chunks must be at least 3")
     print(f"bench/stream.py: {args.clients} concurrent streams x {args.per_client} x {args.rounds} rounds per target, "
-          f"{args.chunks} SSE chunks {args.interval * 1000:g} ms apart, {args.prompt} prompt")
+          f"{args.chunks} SSE chunks {args.interval * 1000:g} ms apart, {args.prompt} prompt"
+          f"{''.join(f', --set {o}' for o in args.gateway_set)}")
     print(machine_line())
     with Workspace() as ws:
         upstream = ws.keep(Upstream(ws.dir / "upstream", chunks=args.chunks, interval=args.interval))
         buffering = ws.keep(Mitmdump(ws.dir / "mitmdump-default", upstream))
         streaming = ws.keep(Mitmdump(ws.dir / "mitmdump-stream", upstream, sets=["stream_large_bodies=1"]))
-        gateway = ws.keep(start_gateway(ws.dir / "gateway", upstream))
+        gateway = ws.keep(start_gateway(ws.dir / "gateway", upstream, args.gateway_set))
         targets = [Target("direct", upstream.port, upstream.ca, via_proxy=False),
                    Target("mitmdump (default: buffers)", buffering.port, buffering.ca, via_proxy=True),
                    Target("mitmdump stream_large_bodies=1", streaming.port, streaming.ca, via_proxy=True),
