@@ -74,6 +74,9 @@ class Extract:
         if decoded is None:  # it may expand to the cap: decode it off the loop whatever its size on the wire
             decoded = await off_loop(limit, _decode, body, coding, limit)
         content, problem, bomb = decoded
+        admission = ctx.master.addons.get("admission")
+        if admission is not None and len(content) > len(body) and not admission.decoded(flow, it, len(content)):
+            return  # refused: it no longer fits the gateway's budget for request bodies
         parsed = await off_loop(len(content), _parse_request, req, content, problem, it.service)
         it.exchange = parsed.exchange
         flow.metadata[PARSED_KEY] = parsed
