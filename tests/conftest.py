@@ -6,10 +6,12 @@ and tell their events apart by a unique marker in the prompt.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -46,6 +48,18 @@ def gateway(tmp_path_factory, upstream, test_ca) -> GatewayProcess:
                         test_ca.ca_pem)
     yield gw
     gw.stop()
+
+
+@contextlib.contextmanager
+def own_gateway(tmp_path_factory, upstream, test_ca, name: str, *sets: str) -> Iterator[GatewayProcess]:
+    """A gateway of a module's own, for options the shared one must not have: the shipped rules, every AI host
+    routed to the fake upstream, and `sets` (NAME=VALUE)."""
+    gw = GatewayProcess(tmp_path_factory.mktemp(name), {h: upstream.port for h in AI_HOSTS}, test_ca.ca_pem,
+                        sets=list(sets))
+    try:
+        yield gw
+    finally:
+        gw.stop()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from mitmproxy.test import taddons, tflow
 from addons.admission import SMALL_BYTES, Admission
 from core.catalog import Service
 from core.interaction import KEY, Interaction
+from tests.conftest import own_gateway, wait_for_events
 
 MIB = 1 << 20
 
@@ -108,13 +109,8 @@ def test_the_budget_must_be_a_size():
 @pytest.fixture(scope="module")
 def budget_gateway(tmp_path_factory, upstream, test_ca):
     """The shipped rules, and room for 3 MiB of AI request bodies at once."""
-    from tests.conftest import AI_HOSTS
-    from tests.support.gateway import GatewayProcess
-
-    gw = GatewayProcess(tmp_path_factory.mktemp("budget-gateway"), {h: upstream.port for h in AI_HOSTS},
-                        test_ca.ca_pem, sets=["gateway_request_budget=3m"])
-    yield gw
-    gw.stop()
+    with own_gateway(tmp_path_factory, upstream, test_ca, "budget-gateway", "gateway_request_budget=3m") as gw:
+        yield gw
 
 
 def test_an_upload_over_the_budget_is_refused_with_a_retry_and_audited_while_prompts_go_on(
@@ -126,7 +122,6 @@ def test_an_upload_over_the_budget_is_refused_with_a_retry_and_audited_while_pro
 
     import openai
 
-    from tests.conftest import wait_for_events
     from tests.test_e2e_dlp import _http, openai_client
     from tests.support.upstream import Reply
 

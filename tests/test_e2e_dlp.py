@@ -25,7 +25,7 @@ import httpx2
 import openai
 import pytest
 
-from tests.conftest import AI_HOSTS, PLAIN_HOSTS, wait_for_events
+from tests.conftest import AI_HOSTS, PLAIN_HOSTS, own_gateway, wait_for_events
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import Reply, sse
 
@@ -492,10 +492,8 @@ def wait_for_gate(gw: GatewayProcess) -> None:
 @pytest.fixture(scope="module")
 def stalled_gateway(tmp_path_factory, upstream, test_ca):
     """Shipped rules, and DLP workers that cannot finish a long scan in time (a job may run 1 ms)."""
-    gw = GatewayProcess(tmp_path_factory.mktemp("stalled-gateway"), {h: upstream.port for h in AI_HOSTS},
-                        test_ca.ca_pem, sets=["gateway_dlp_timeout=0.001"])
-    yield gw
-    gw.stop()
+    with own_gateway(tmp_path_factory, upstream, test_ca, "stalled-gateway", "gateway_dlp_timeout=0.001") as gw:
+        yield gw
 
 
 def test_when_the_scan_fails_the_shipped_secrets_rule_fails_closed_and_clean_prompts_still_pass(
@@ -531,11 +529,10 @@ def test_when_the_scan_fails_the_shipped_secrets_rule_fails_closed_and_clean_pro
 def frozen_gateway(tmp_path_factory, upstream, test_ca):
     """Shipped rules, one DLP worker, and scan timeouts the tests can wait out (they freeze the worker): a scan
     may run 2 s, and wait 3 s for a worker."""
-    gw = GatewayProcess(tmp_path_factory.mktemp("frozen-gateway"), {h: upstream.port for h in AI_HOSTS},
-                        test_ca.ca_pem, sets=["gateway_dlp_timeout=2", "gateway_dlp_wait=3", "gateway_dlp_workers=1"])
-    wait_for_gate(gw)
-    yield gw
-    gw.stop()
+    with own_gateway(tmp_path_factory, upstream, test_ca, "frozen-gateway", "gateway_dlp_timeout=2",
+                     "gateway_dlp_wait=3", "gateway_dlp_workers=1") as gw:
+        wait_for_gate(gw)
+        yield gw
 
 
 def freeze_dlp_workers(gw: GatewayProcess) -> list[int]:
