@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Coroutine
@@ -83,6 +84,10 @@ def recognizers_file(folder: Path) -> Path:
     defaults, as for the policy)."""
     own = folder / RECOGNIZERS
     return own if own.exists() else SHIPPED_RULES / RECOGNIZERS
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class _Deferred:
@@ -181,10 +186,12 @@ class Inspect:
     async def _warm(self, pool, source: Path) -> None:
         """Build the scanners now, not on the first request; a worker that cannot is reported at once. Then the
         prefilter gate, from the compiled database the workers have just cached (until then every scan goes to
-        the workers: the gate only saves time)."""
+        the workers: the gate only saves time), from the same recognizers file as they read: a prompt is sent
+        before its scan on the gate's word alone."""
         from dlp.rules import load_rules
         from dlp.scanner import Scanner
 
+        started = await asyncio.to_thread(_digest, source)
         try:
             await pool.start()
         except Exception as e:  # the same error then marks every scan 'errored': say it once, loudly, here
@@ -192,6 +199,11 @@ class Inspect:
             return
         try:
             rules = await asyncio.to_thread(load_rules, source)
+            if await asyncio.to_thread(_digest, source) != started:
+                # The workers may have read another version: the gate must judge by theirs. The reloader
+                # restarts both on the edit.
+                log.warning("DLP prefilter gate not built: %s changed while the workers started", source)
+                return
             if rules.ner:  # NER must run on every text, so the gate could never answer: not worth a spaCy model
                 log.info("DLP: no prefilter gate (NER runs on every prompt)")
                 return

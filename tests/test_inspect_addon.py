@@ -230,3 +230,31 @@ def test_a_prompt_no_enforced_rule_looks_into_is_scanned_once_the_upstream_answe
         assert it.inspection == "inspected" and [x.entity for x in it.findings] == ["EMAIL_ADDRESS"]
     # scanned by the workers of the gate that let it go, which a reload closed: said, not passed off as clean
     assert reloaded.inspection == "errored" and any("DLP pool is closed" in w for w in reloaded.exchange.warnings)
+
+
+def test_no_gate_when_the_recognizers_change_while_the_workers_start(tmp_path, caplog):
+    """A prompt is sent before its scan on the gate's word alone, so the gate must read the recognizers the workers
+    read: edited while they started, there is no gate (every scan goes to the workers) until the reload."""
+    for name in ("endpoints.yaml", "recognizers.yaml"):
+        (tmp_path / name).write_text((SHIPPED_RULES / name).read_text())
+    recognizers = tmp_path / "recognizers.yaml"
+
+    async def go():
+        addon = Inspect()
+        with taddons.context(Recognise(), addon) as tctx:
+            tctx.configure(addon, gateway_dlp_workers=1, gateway_rules=str(tmp_path))
+            addon.running()
+            start = addon.pool.start
+
+            async def start_then_edit():  # an edit saved while the workers start
+                await start()
+                recognizers.write_text(recognizers.read_text() + "\n# edited\n")
+
+            addon.pool.start = start_then_edit
+            try:
+                await asyncio.gather(*addon.warming)
+                return addon.gate
+            finally:
+                addon.done()
+    assert asyncio.run(go()) is None
+    assert "changed while the workers started" in caplog.text
