@@ -170,7 +170,14 @@ class Audit:
     def _submit(self, event: AuditEvent) -> Future | None:
         log.info("AI %s %s %s model=%s decision=%s status=%s", event.service, event.operation, event.user or
                  event.client_addr, event.model or "-", event.decision, event.status)
-        return self.writer.submit(event) if self.writer is not None else None
+        accepted = self.writer.submit(event) if self.writer is not None else None
+        metrics = ctx.master.addons.get("metrics")
+        if metrics is not None:
+            try:
+                metrics.observe(event)
+            except Exception:  # a counting bug must never cost the event
+                log.exception("metrics: audit event %s not counted", event.event_id)
+        return accepted
 
     @staticmethod
     async def _accepted(accepted: Future | None, event_id: str) -> None:
