@@ -8,9 +8,18 @@ once, so twenty clients uploading at the limit would take the proxy, and every u
 
 Each AI request's body size is reserved from `gateway_request_budget` when its headers arrive (Content-Length),
 or, for a body of unknown length, once mitmproxy has read it (before it is decoded and parsed); a compressed
-body is held again at its decoded size once Extract has decoded it. All is given back when its flow ends. A request that does not fit is refused at once with 503 and `Retry-After`, in an error its SDK
-shows, and audited as blocked, with the reason. Requests under SMALL_BYTES (every ordinary prompt) are always
-admitted, so chat keeps working while uploads wait their turn; they count against the budget all the same.
+body is held again at its decoded size once Extract has decoded it. All is given back when its flow ends.
+Requests under SMALL_BYTES (every ordinary prompt) are always admitted, so chat keeps working while uploads wait
+their turn; they count against the budget all the same.
+
+A request that does not fit is answered 503 with `Retry-After`, in an error its SDK shows, and audited. mitmproxy
+still reads the body of a request answered at its headers (the client sends it before it reads the answer), so a
+refused body is held too, and counted, until its flow ends. Past twice the budget a request is not answered but
+cut off at its headers (its connection closed, audited as refused): that is what bounds memory when clients keep
+sending large bodies anyway.
+
+Reserving at the headers means a client that announces a large body and sends it slowly holds its share of the
+budget meanwhile (until mitmproxy's `tcp_timeout`); ordinary prompts are not affected.
 """
 
 from __future__ import annotations
@@ -62,7 +71,7 @@ class Admission:
             size = int(flow.request.headers.get("content-length", ""))
         except ValueError:
             return  # unknown length (chunked, HTTP/2 without the header): judged once read, in `request`
-        self._admit(flow, it, max(size, 0))
+        self._admit(flow, it, max(size, 0), at_headers=True)
 
     def request(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
@@ -77,25 +86,32 @@ class Admission:
         held, _ = self.held.get(flow.id, (0, ""))
         if size <= held:
             return True
-        self._release(flow.id)
-        return self._admit(flow, it, size)
+        return self._admit(flow, it, size, held)
 
-    def _admit(self, flow: http.HTTPFlow, it: Interaction, size: int) -> bool:
-        if self.budget and size >= SMALL_BYTES and self.total + size > self.budget:
-            why = (f"the gateway already holds {self.total >> 20} MiB of AI requests and this one is {size >> 20} "
-                   f"MiB (gateway_request_budget: {self.budget >> 20} MiB)")
-            log.warning("refused %s %s from %s: %s", it.service.id, it.path, it.user or it.client_addr, why)
-            it.decision, it.reason = "block", f"refused: {why}; retry later"
-            flow.response = http.Response.make(
-                503, orjson.dumps({"error": {"type": "overloaded_error", "code": "gateway_busy", "message":
-                                             "The AI gateway is handling too many large requests right now; retry "
-                                             f"in a few seconds. Reference: {it.event_id}"}}),
-                {"content-type": "application/json", "retry-after": RETRY_AFTER,
-                 "x-ai-gateway-reference": it.event_id})
-            return False
+    def _admit(self, flow: http.HTTPFlow, it: Interaction, size: int, held: int = 0, at_headers: bool = False
+               ) -> bool:
+        """Hold `size` bytes for the flow (instead of `held`) if they fit; else refuse it and hold them anyway,
+        since mitmproxy still reads the body of a request refused at its headers."""
+        after = self.total - held + size
+        fits = not self.budget or size < SMALL_BYTES or after <= self.budget
         self.held[flow.id] = (size, flow.client_conn.id)
-        self.total += size
-        return True
+        self.total = after
+        if fits:
+            return True
+        why = (f"the gateway already holds {(self.total - size) >> 20} MiB of AI requests and this one is "
+               f"{size >> 20} MiB (gateway_request_budget: {self.budget >> 20} MiB)")
+        log.warning("refused %s %s from %s: %s", it.service.id, it.path, it.user or it.client_addr, why)
+        it.decision, it.reason, it.request_bytes = "block", f"refused: {why}; retry later", size
+        if at_headers and after > 2 * self.budget:  # its body is still to come: do not let it be read
+            it.reason += "; cut off at its headers (the gateway holds more than twice its budget)"
+            flow.kill()
+            return False
+        flow.response = http.Response.make(
+            503, orjson.dumps({"error": {"type": "overloaded_error", "code": "gateway_busy", "message":
+                                         "The AI gateway is handling too many large requests right now; retry "
+                                         f"in a few seconds. Reference: {it.event_id}"}}),
+            {"content-type": "application/json", "retry-after": RETRY_AFTER, "x-ai-gateway-reference": it.event_id})
+        return False
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._release(flow.id)

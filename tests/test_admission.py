@@ -36,19 +36,36 @@ def test_large_requests_wait_their_turn_and_ordinary_prompts_always_pass():
         first, second, prompt = ai_flow(3 * MIB), ai_flow(3 * MIB), ai_flow(SMALL_BYTES - 1)
         for f in (first, second, prompt):
             admission.requestheaders(f)
-        assert first.response is None and prompt.response is None
+        assert first.response is None and prompt.response is None  # a prompt is let in over the budget
         refused = second.response
         assert refused is not None and refused.status_code == 503 and refused.headers["retry-after"] == "5"
         it = second.metadata[KEY]
         assert json.loads(refused.content)["error"]["code"] == "gateway_busy"
         assert it.event_id in refused.content.decode() and refused.headers["x-ai-gateway-reference"] == it.event_id
         assert it.decision == "block" and it.reason.startswith("refused: the gateway already holds 3 MiB")
-        admission.response(first)  # its flow ended: its bytes are given back
-        again, late_prompt = ai_flow(4 * MIB), ai_flow(SMALL_BYTES - 1)
+        assert it.request_bytes == 3 * MIB
+        # mitmproxy still reads a refused body: it is held, and counted, until its flow ends
+        assert admission.total == 7 * MIB - 1
+        for f in (first, second):
+            admission.response(f)
+        again = ai_flow(4 * MIB)
         admission.requestheaders(again)
-        admission.requestheaders(late_prompt)
-        assert again.response is None and late_prompt.response is None  # a prompt is let in over the budget
-        assert admission.total > 5 * MIB
+        assert again.response is None and admission.total == 5 * MIB - 1
+
+
+def test_past_twice_the_budget_a_large_request_is_cut_off_at_its_headers():
+    admission = Admission()
+    with taddons.context(admission) as tctx:
+        tctx.configure(admission, gateway_request_budget="5m")
+        flows = [ai_flow(4 * MIB) for _ in range(3)]
+        for f in flows:
+            admission.requestheaders(f)
+        admitted, refused, cut = flows
+        assert admitted.response is None and refused.response.status_code == 503
+        assert cut.error is not None and cut.response is None  # killed: its body is never read
+        assert "cut off at its headers" in cut.metadata[KEY].reason
+        admission.error(cut)
+        assert admission.total == 8 * MIB
 
 
 def test_a_body_of_unknown_length_is_judged_once_read():
@@ -60,9 +77,9 @@ def test_a_body_of_unknown_length_is_judged_once_read():
         admission.requestheaders(chunked)
         assert chunked.response is None  # nothing known yet
         admission.request(chunked)
-        assert chunked.response is not None and chunked.response.status_code == 503
+        assert chunked.response is not None and chunked.response.status_code == 503  # read already: answered
         admission.request(held)  # already admitted by its Content-Length: not counted twice
-        assert admission.total == 3 * MIB
+        assert admission.total == 6 * MIB
 
 
 def test_a_closed_connection_gives_back_what_its_flows_held_and_zero_means_no_bound():
@@ -91,7 +108,7 @@ def test_a_compressed_body_is_held_at_its_decoded_size():
         assert admission.decoded(first, first.metadata[KEY], 4 * MIB) and admission.total == 4 * MIB + 100_000
         assert admission.decoded(first, first.metadata[KEY], 1000)  # never less than what is held
         assert not admission.decoded(second, second.metadata[KEY], 4 * MIB)
-        assert second.response.status_code == 503 and admission.total == 4 * MIB
+        assert second.response.status_code == 503 and admission.total == 8 * MIB
         admission.response(first)
         admission.response(second)
         assert admission.total == 0
