@@ -39,6 +39,8 @@ import gc
 import hashlib
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,10 +89,6 @@ def recognizers_file(folder: Path) -> Path:
     return own if own.exists() else SHIPPED_RULES / RECOGNIZERS
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class _Deferred:
     """The scan of a request that went upstream before it was scanned: started once, awaited by whoever needs it."""
 
@@ -114,6 +112,8 @@ class Inspect:
         self.running_ = False  # workers are started once every option is set, then restarted on change
         self.digest: str | None = None  # of the recognizers file the workers run
         self.warming: list[asyncio.Task] = []
+        self.snapshots: Path | None = None  # the folder of the recognizers files the workers and the gate read
+        self.frozen = False  # the startup objects were frozen out of the garbage collector's reach (_warm)
 
     def load(self, loader) -> None:
         loader.add_option("gateway_dlp", bool, True,
@@ -175,52 +175,59 @@ class Inspect:
         folder = Path(ctx.options.gateway_rules)
         source = recognizers_file(folder)
         self.digest = digests(folder).get(RECOGNIZERS)
+        rules = self._snapshot(source)
         workers = ctx.options.gateway_dlp_workers or min(4, os.cpu_count() or 1)
         bulk = ctx.options.gateway_dlp_bulk_workers
-        self.pool = DlpPool(source, workers)
-        self.bulk = DlpPool(source, bulk) if bulk else None
+        self.pool = DlpPool(rules, workers)
+        self.bulk = DlpPool(rules, bulk) if bulk else None
         # The bulk workers start with the first long prompt: many gateways never see one.
-        self.warming = [asyncio.get_running_loop().create_task(self._warm(self.pool, source))]
+        self.warming = [asyncio.get_running_loop().create_task(self._warm(self.pool, rules))]
         log.info("DLP: %d worker process(es) + %d for prompts over %d characters, recognizers from %s",
                  workers, bulk, BULK_CHARS, source)
 
-    async def _warm(self, pool, source: Path) -> None:
+    def _snapshot(self, source: Path) -> Path:
+        """A private copy of the recognizers file, which every worker (those started later to replace one too) and
+        the prefilter gate read: a prompt is sent before its scan on the gate's word alone, so they must all run
+        the same recognizers, whatever is saved to the rules folder until the reloader restarts them."""
+        if self.snapshots is None:
+            self.snapshots = Path(tempfile.mkdtemp(prefix="ai-gateway-dlp-"))
+        content = source.read_bytes()
+        snapshot = self.snapshots / f"recognizers-{hashlib.sha256(content).hexdigest()[:16]}.yaml"
+        snapshot.write_bytes(content)
+        return snapshot
+
+    async def _warm(self, pool, rules: Path) -> None:
         """Build the scanners now, not on the first request; a worker that cannot is reported at once. Then the
-        prefilter gate (`_gate`). Then what the process has built by now (mitmproxy, the recognizers, the audit
-        client: some 180k objects) lives as long as it does, so it is frozen out of the cyclic garbage collector's
-        reach: a full collection walks what requests create, instead of stalling the event loop for 70 ms."""
-        started = await asyncio.to_thread(_digest, source)
+        prefilter gate (`_gate`). Then, once per process, what it has built by now (mitmproxy, the recognizers, the
+        audit client: some 180k objects, alive as long as it is) is frozen out of the cyclic garbage collector's
+        reach: a full collection then walks what requests create, instead of stalling the event loop for 70 ms."""
         try:
             await pool.start()
         except Exception as e:  # the same error then marks every scan 'errored': say it once, loudly, here
             log.error("DLP workers cannot scan: %s", e)
             return
-        self.gate = await self._gate(source, started)
-        gc.freeze()
+        self.gate = await self._gate(rules)
+        if not self.frozen:
+            gc.collect()
+            gc.freeze()
+            self.frozen = True
         if self.gate is not None:
             log.info("DLP: prefilter gate ready (prompts up to %d characters that no recognizer could match skip "
                      "the workers)", ctx.options.gateway_dlp_prefilter_chars)
 
     @staticmethod
-    async def _gate(source: Path, started: str):
+    async def _gate(rules: Path):
         """The prefilter gate, from the compiled database the workers have just cached (until it is ready every
-        scan goes to the workers: the gate only saves time), and from the recognizers file as they read it
-        (`started`, its digest): a prompt is sent before its scan on the gate's word alone. None when it cannot
-        be built or could never answer."""
+        scan goes to the workers: the gate only saves time). None when it cannot be built or could never answer."""
         from dlp.rules import load_rules
         from dlp.scanner import Scanner
 
         try:
-            rules = await asyncio.to_thread(load_rules, source)
-            if await asyncio.to_thread(_digest, source) != started:
-                # The workers may have read another version: the gate must judge by theirs. The reloader
-                # restarts both on the edit.
-                log.warning("DLP prefilter gate not built: %s changed while the workers started", source)
-                return None
-            if rules.ner:  # NER must run on every text, so the gate could never answer: not worth a spaCy model
+            loaded = await asyncio.to_thread(load_rules, rules)
+            if loaded.ner:  # NER must run on every text, so the gate could never answer: not worth a spaCy model
                 log.info("DLP: no prefilter gate (NER runs on every prompt)")
                 return None
-            return await asyncio.to_thread(Scanner, rules)
+            return await asyncio.to_thread(Scanner, loaded)
         except Exception as e:  # the workers scan, so every scan stays correct; it is only slower
             log.warning("DLP prefilter gate unavailable, every scan goes to the workers: %s", e)
             return None
@@ -363,6 +370,9 @@ class Inspect:
 
     def done(self) -> None:
         self._close()
+        if self.snapshots is not None:
+            shutil.rmtree(self.snapshots, ignore_errors=True)
+            self.snapshots = None
 
     def _close(self) -> None:
         for task in self.warming:
@@ -372,4 +382,3 @@ class Inspect:
             if pool is not None:
                 pool.close()
         self.pool = self.bulk = self.gate = None
-        gc.unfreeze()  # what the old gate held in reference cycles must be collectable (frozen again by _warm)

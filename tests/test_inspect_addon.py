@@ -232,29 +232,30 @@ def test_a_prompt_no_enforced_rule_looks_into_is_scanned_once_the_upstream_answe
     assert reloaded.inspection == "errored" and any("DLP pool is closed" in w for w in reloaded.exchange.warnings)
 
 
-def test_no_gate_when_the_recognizers_change_while_the_workers_start(tmp_path, caplog):
-    """A prompt is sent before its scan on the gate's word alone, so the gate must read the recognizers the workers
-    read: edited while they started, there is no gate (every scan goes to the workers) until the reload."""
+def test_workers_started_later_read_the_recognizers_the_gate_was_built_from(tmp_path):
+    """A prompt is sent before its scan on the gate's word alone, so every worker must run the gate's recognizers:
+    a worker that replaces one killed for its timeout reads the snapshot taken at start, not the file as saved
+    since (here broken: read, it would fail every scan until the reloader restarted the pool)."""
     for name in ("endpoints.yaml", "recognizers.yaml"):
         (tmp_path / name).write_text((SHIPPED_RULES / name).read_text())
-    recognizers = tmp_path / "recognizers.yaml"
+    slow_f, slow = flow_with([{"role": "user", "content": f"mail {EMAIL} " * 20000}])
+    later_f, later = flow_with([{"role": "user", "content": f"mail {EMAIL}"}])
 
     async def go():
         addon = Inspect()
         with taddons.context(Recognise(), addon) as tctx:
-            tctx.configure(addon, gateway_dlp_workers=1, gateway_rules=str(tmp_path))
+            tctx.configure(addon, gateway_dlp_workers=1, gateway_dlp_bulk_workers=0, gateway_dlp_timeout="0.01",
+                           gateway_rules=str(tmp_path))
             addon.running()
-            start = addon.pool.start
-
-            async def start_then_edit():  # an edit saved while the workers start
-                await start()
-                recognizers.write_text(recognizers.read_text() + "\n# edited\n")
-
-            addon.pool.start = start_then_edit
             try:
                 await asyncio.gather(*addon.warming)
-                return addon.gate
+                assert addon.gate is not None
+                (tmp_path / "recognizers.yaml").write_text("recognizers: [")  # saved, not yet reloaded
+                await addon.request(slow_f)  # times out: its worker is replaced
+                tctx.options.update(gateway_dlp_timeout="30")
+                await addon.request(later_f)
             finally:
                 addon.done()
-    assert asyncio.run(go()) is None
-    assert "changed while the workers started" in caplog.text
+    asyncio.run(go())
+    assert slow.inspection == "errored"
+    assert later.inspection == "inspected" and [f.entity for f in later.findings] == ["EMAIL_ADDRESS"]
