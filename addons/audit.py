@@ -171,12 +171,7 @@ class Audit:
         log.info("AI %s %s %s model=%s decision=%s status=%s", event.service, event.operation, event.user or
                  event.client_addr, event.model or "-", event.decision, event.status)
         accepted = self.writer.submit(event) if self.writer is not None else None
-        metrics = ctx.master.addons.get("metrics")
-        if metrics is not None:
-            try:
-                metrics.observe(event)
-            except Exception:  # a counting bug must never cost the event
-                log.exception("metrics: audit event %s not counted", event.event_id)
+        _count("observe", event)
         return accepted
 
     @staticmethod
@@ -232,6 +227,7 @@ class Audit:
         log.info("AI tunnel %s %s %s %.0fms", record.service, record.host, record.user or record.client_addr,
                  record.duration_ms)
         self.writer.submit(record)
+        _count("observe_tunnel", record.service)
 
     def done(self) -> None:
         self._close()
@@ -243,3 +239,14 @@ class Audit:
             self.writer = None
             if store is not None:
                 store.close()
+
+
+def _count(what: str, *args) -> None:
+    """Tell the metrics stage (if loaded) what was recorded; a counting bug must never cost a record."""
+    metrics = ctx.master.addons.get("metrics")
+    if metrics is None:
+        return
+    try:
+        getattr(metrics, what)(*args)
+    except Exception:
+        log.exception("metrics: %s not counted", what)

@@ -2,11 +2,12 @@
 (host:port, path /metrics; off when empty).
 
 Interactions are counted from the audit events (Audit hands each one to `observe`), so every interaction the
-audit records, whether request, WebSocket turn or tunnel, is counted once, by the fields auditors query: service,
-operation, decision and inspection; findings by entity type, never by value. All label values come from the
-catalog, the policy and the recognizers, so the series stay few. The audit pipeline's own state (records queued,
-spooled, written, refused, rejected by the store) is read from the writer at each scrape, so that an alert can
-fire when the audit falls behind or loses records: a security product must notice when it stops recording.
+audit records, request or WebSocket turn, is counted once, by the fields auditors query: service, operation,
+decision and inspection; findings by entity type, never by value; tunnelled connections (`observe_tunnel`) by
+service. All label values come from the catalog, the providers' parsers, the policy and the recognizers, never
+from what a client sends, so the series stay few. The audit pipeline's own state (records queued, spooled,
+written, lost, rejected by the store) is read from the writer at each scrape, so that an alert can fire when the
+audit falls behind or loses records: a security product must notice when it stops recording.
 """
 
 from __future__ import annotations
@@ -17,35 +18,42 @@ from collections.abc import Iterator
 from mitmproxy import ctx
 from mitmproxy.exceptions import OptionsError
 from prometheus_client import CollectorRegistry, Counter, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from core.audit import AuditEvent
 
 log = logging.getLogger(__name__)
 
-#: writer.status() keys exported, and what they mean
+#: writer.status() keys exported: (metric name, what it counts, whether it only grows)
 AUDIT_STATE = {
-    "queued": "Audit records waiting to be spooled to disk.",
-    "spooled": "Audit records on disk not yet in ClickHouse.",
-    "written": "Audit records written to ClickHouse since start.",
-    "dropped": "Audit records lost since start (queue full, or the spool could not be written).",
-    "rejected": "Audit records ClickHouse refused, set aside in the spool.",
-    "waiting_on_store_s": "Seconds the writer has been waiting on ClickHouse (0: not waiting).",
+    "queued": ("ai_gateway_audit_queued", "Audit records waiting to be spooled to disk.", False),
+    "spooled": ("ai_gateway_audit_spooled", "Audit records on disk not yet in ClickHouse.", False),
+    "waiting_on_store_s": ("ai_gateway_audit_waiting_on_store_seconds",
+                           "Seconds the writer has been waiting on ClickHouse (0: not waiting).", False),
+    "written": ("ai_gateway_audit_written", "Audit records written to ClickHouse.", True),
+    "dropped": ("ai_gateway_audit_dropped", "Audit records lost (queue full, or the spool could not be written).",
+                True),
+    "rejected": ("ai_gateway_audit_rejected", "Audit records ClickHouse refused, set aside in the spool.", True),
+    "failures": ("ai_gateway_audit_store_failures", "Failed attempts to write to ClickHouse.", True),
 }
 
 
 class _AuditState(Collector):
-    """The audit writer's counters, read when Prometheus scrapes (from the metrics server's thread: plain ints)."""
+    """The audit writer's state, read when Prometheus scrapes (from the metrics server's thread: plain numbers),
+    from whichever writer the audit stage has then (a reconfigured store gets a new one)."""
 
     def __init__(self) -> None:
-        self.writer = None
+        self.audit = None  # the audit addon
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        status = self.writer.status() if self.writer is not None else {}
-        for key, help_text in AUDIT_STATE.items():
-            if isinstance(status.get(key), (int, float)):
-                yield GaugeMetricFamily(f"ai_gateway_audit_{key}", help_text, value=status[key])
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        writer = getattr(self.audit, "writer", None)
+        status = writer.status() if writer is not None else {}
+        for key, (name, help_text, grows) in AUDIT_STATE.items():
+            value = status.get(key)
+            if isinstance(value, (int, float)):
+                family = CounterMetricFamily if grows else GaugeMetricFamily
+                yield family(name, help_text, value=value)
 
 
 class Metrics:
@@ -55,10 +63,13 @@ class Metrics:
                                     ["service", "operation", "decision", "inspection"], registry=self.registry)
         self.findings = Counter("ai_gateway_findings", "DLP findings in audited interactions, by entity type.",
                                 ["entity"], registry=self.registry)
+        self.tunnels = Counter("ai_gateway_tunnels", "Connections to AI services tunnelled without decryption.",
+                               ["service"], registry=self.registry)
         self.audit_state = _AuditState()
         self.registry.register(self.audit_state)
         self.server = None  # (WSGIServer, thread) while serving
         self.address: tuple[str, int] | None = None
+        self.running_ = False  # served from `running` on, so that options set at start are all known
 
     def load(self, loader) -> None:
         loader.add_option("gateway_metrics", str, "",
@@ -69,13 +80,13 @@ class Metrics:
         if "gateway_metrics" not in updated:
             return
         self.address = parse_address(ctx.options.gateway_metrics)
-        if self.server is not None:
+        if self.running_:
             self._stop()
             self._start()
 
     def running(self) -> None:
-        audit = ctx.master.addons.get("audit")
-        self.audit_state.writer = getattr(audit, "writer", None)
+        self.running_ = True
+        self.audit_state.audit = ctx.master.addons.get("audit")
         self._start()
 
     def _start(self) -> None:
@@ -95,6 +106,10 @@ class Metrics:
                                  event.inspection).inc()
         for entity, count in zip(event.entity_types, event.entity_counts):
             self.findings.labels(entity).inc(count)
+
+    def observe_tunnel(self, service: str) -> None:
+        """Count one tunnelled connection (the audit stage, when it records the connection)."""
+        self.tunnels.labels(service).inc()
 
     def done(self) -> None:
         self._stop()

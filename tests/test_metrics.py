@@ -44,7 +44,7 @@ def test_metrics_count_what_the_audit_records_without_values(metrics_gateway, up
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": f"key {AWS_KEY}"}])
     wait_for_events(metrics_gateway, lambda ev: True, count=2)
     deadline = time.monotonic() + 20
-    while (metrics := scrape(metrics_gateway)).get("ai_gateway_audit_written", 0) < 2:
+    while (metrics := scrape(metrics_gateway)).get("ai_gateway_audit_written_total", 0) < 2:
         assert time.monotonic() < deadline, metrics
         time.sleep(0.2)
     chat = 'operation="chat.completions",service="openai"'
@@ -52,7 +52,7 @@ def test_metrics_count_what_the_audit_records_without_values(metrics_gateway, up
     assert metrics[f'ai_gateway_interactions_total{{decision="monitor",inspection="inspected",{chat}}}'] == 1
     assert metrics['ai_gateway_findings_total{entity="EMAIL_ADDRESS"}'] == 1
     assert metrics['ai_gateway_findings_total{entity="AWS_ACCESS_KEY"}'] == 1
-    assert metrics["ai_gateway_audit_dropped"] == 0 and metrics["ai_gateway_audit_rejected"] == 0
+    assert metrics["ai_gateway_audit_dropped_total"] == 0 and metrics["ai_gateway_audit_rejected_total"] == 0
     text = urllib.request.urlopen(metrics_gateway.metrics_url, timeout=10).read().decode()
     assert EMAIL not in text and AWS_KEY not in text and marker not in text
 
@@ -64,3 +64,27 @@ def test_the_metrics_address_is_checked():
     for bad in ("9464", "localhost", "host:port", "127.0.0.1:70000", ":9464"):
         with pytest.raises(OptionsError, match="gateway_metrics must be host:port"):
             parse_address(bad)
+
+
+def test_the_metrics_server_follows_its_option_from_start_to_done():
+    from mitmproxy.test import taddons
+
+    from addons.metrics import Metrics
+
+    metrics = Metrics()
+    with taddons.context(metrics) as tctx:
+        tctx.configure(metrics, gateway_metrics="127.0.0.1:0")
+        assert metrics.server is None  # not before the proxy runs
+        metrics.running()
+        first = metrics.server[0].server_port
+        metrics.observe_tunnel("claude")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=10).read().decode()
+        assert 'ai_gateway_tunnels_total{service="claude"} 1.0' in body
+        tctx.configure(metrics, gateway_metrics="")  # switched off while running
+        assert metrics.server is None
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=2)
+        tctx.configure(metrics, gateway_metrics="127.0.0.1:0")  # and on again
+        assert metrics.server is not None
+        metrics.done()
+        assert metrics.server is None
