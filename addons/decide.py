@@ -216,8 +216,8 @@ class Decide:
     def findings_matter(self, flow: http.HTTPFlow, it: Interaction, entities: frozenset[str]) -> bool:
         """Whether findings of these entity types could change what the policy enforces on this request
         (policy.engine.findings_matter): if not, the inspect stage lets the request go before its scan ends."""
-        if findings_matter(self.policy, _subject(it), Request(it.service, it.exchange, (), headers=flow.request.headers),
-                           entities):
+        request = Request(it.service, it.exchange, (), headers=flow.request.headers)
+        if findings_matter(self.policy, _subject(it), request, entities):
             return True
         flow.metadata[DEFERRED_KEY] = self.policy  # the request is decided by this policy (`_decide`)
         return False
