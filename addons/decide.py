@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 
 ASKED_MODEL_KEY = "gateway.asked_model"  # the model the request named (the answer may name a dated version)
 ANSWER_JUDGED_KEY = "gateway.answer_judged"  # set once the response-side rules were applied to this flow
-# The policy that let a request go before its DLP scan ended, then (that policy, its Decision)
-DEFERRED_KEY = "gateway.deferred_decision"
+SENT_UNDER_KEY = "gateway.sent_under"  # the Policy that let a request go before its DLP scan ended
+DEFERRED_KEY = "gateway.deferred_decision"  # (that Policy, the Decision it took on no findings)
 WARNING_KEY = "gateway.warning"  # the warning header an API client gets on a `warn` it was let through on
 PENDING_TTL = 600.0  # seconds a warn page's continue token stays valid
 MAX_PENDING = 10_000  # unanswered warn pages remembered at most (the oldest are forgotten first)
@@ -193,7 +193,7 @@ class Decide:
         provider = parsed.provider.name if parsed is not None and parsed.provider is not None else None
         # A request sent before its scan ends is decided by the policy that found its findings cannot matter
         # (findings_matter), even should the rules be reloaded in between.
-        policy = flow.metadata.get(DEFERRED_KEY, self.policy) if it.inspection == "deferred" else self.policy
+        policy = flow.metadata.get(SENT_UNDER_KEY, self.policy) if it.inspection == "deferred" else self.policy
         d = self.evaluate(it, flow.request.headers, policy)
         flow.metadata[ASKED_MODEL_KEY] = it.exchange.model
         it.decision, it.reason, it.rule_id = d.action, d.reason, d.rule
@@ -219,7 +219,7 @@ class Decide:
         request = Request(it.service, it.exchange, (), headers=flow.request.headers)
         if findings_matter(self.policy, _subject(it), request, entities):
             return True
-        flow.metadata[DEFERRED_KEY] = self.policy  # the request is decided by this policy (`_decide`)
+        flow.metadata[SENT_UNDER_KEY] = self.policy  # the request is decided by this policy (`_decide`)
         return False
 
     def wants_response_scan(self, flow: http.HTTPFlow) -> bool:

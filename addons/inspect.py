@@ -307,9 +307,7 @@ class Inspect:
         await self.settle(flow)
         await self._scan_response(flow)
 
-    async def error(self, flow: http.HTTPFlow) -> None:
-        await self.settle(flow)
-        await self._scan_response(flow)
+    error = response  # a flow that ends without an answer (or the client hung up first) is settled the same way
 
     async def _scan_response(self, flow: http.HTTPFlow) -> None:
         """Scan the completion once, whichever of `response` and `error` comes first; the other awaits the same
