@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -119,21 +120,29 @@ def run(listen_host: str, listen_port: int, rules_dir: Path, audit_url: str | No
 async def _serve(values: dict, sets: tuple[str, ...]) -> None:
     from mitmproxy import options
     from mitmproxy.exceptions import OptionsError
-    from mitmproxy.tools.dump import DumpMaster
+    from mitmproxy.master import Master
 
-    from addons import default_addons
+    from addons import default_addons, proxy_addons
 
     logging.getLogger().setLevel(logging.INFO)  # mitmproxy's termlog filters by its own verbosity option
     logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # one line per recognizer otherwise
     opts = options.Options()
-    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
-    master.addons.add(*default_addons())
+    master = Master(opts, with_termlog=True)
+    master.addons.add(*proxy_addons(), *default_addons())
     try:
         opts.update(**values)
-        opts.set(*sets, defer=True)
+        opts.set(*sets, defer=True)  # deferred: an option of a --script addon is known once the script loads
     except OptionsError as e:
         master.addons.get("audit").done()
         fail(str(e))
+    if (unloaded := await _scripts_loaded(master)) or opts.deferred:
+        master.addons.get("audit").done()
+    if unloaded:
+        fail(f"addon script did not load: {unloaded[0]} (its error is above)")
+    if opts.deferred:  # mitmproxy would ignore them; a mistyped option must not silently leave a default in place
+        fail(f"unknown option{'s' if len(opts.deferred) > 1 else ''}: {', '.join(sorted(opts.deferred))} "
+             "(the gateway's own are in the README; mitmproxy's addons that change, replay or save decrypted "
+             "traffic are not loaded, so their options do not exist here)")
     confdir = Path(values["confdir"])
     bundle = write_ca_bundle(confdir)
     click.echo(
@@ -146,6 +155,20 @@ async def _serve(values: dict, sets: tuple[str, ...]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     await master.run()
+
+
+async def _scripts_loaded(master, timeout: float = 10.0) -> list[str]:
+    """Wait for the --script addons; the paths of those that did not load.
+
+    mitmproxy loads each script from a task of its own, a loop turn after the option is set, and only then knows
+    the script's options: unknown options can be judged once every script has loaded. A script that fails logs
+    an error, which ends the wait.
+    """
+    scripts, errors = master.addons.get("scriptloader").addons, master.addons.get("errorcheck").logger.has_errored
+    deadline = time.monotonic() + timeout
+    while any(s.ns is None for s in scripts) and not errors and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return [s.path for s in scripts if s.ns is None]
 
 
 # --- ca ----------------------------------------------------------------------------------------------------------

@@ -3,10 +3,41 @@
 recognise -> identify -> admission (a bound on the request bodies held at once) -> extract -> inspect (DLP) ->
 decide -> redact -> audit (counted for Prometheus by metrics; the admin socket answers audit queries from the CLI;
 the reloader applies rules edits).
-`default_addons()` is what `gateway run` loads; each addon can also be loaded on its own with `mitmdump -s`.
+`gateway run` loads `proxy_addons()` and then `default_addons()`; each of ours can also be loaded on its own with
+`mitmdump -s`.
 """
 
 from __future__ import annotations
+
+
+def proxy_addons() -> list:
+    """The mitmproxy addons the gateway runs on, instead of all of mitmdump's.
+
+    Left out: the ones that change or replay traffic after the gateway has inspected it (map_local, map_remote,
+    modify_body, modify_headers, anticache, anticomp, sticky cookies and auth, client and server replay), the ones
+    that write decrypted flows to disk past the audit's capture level (save_stream_file, hardump), the mitm.it
+    onboarding app, and the interactive tools (browser, cut, export, comments, command history, flows read from a
+    file). Their options are unknown to the gateway, so setting one is refused at start instead of silently
+    undermining the policy. Every addon loaded also costs every hook of every flow one call (mitmproxy offers each
+    event to each addon), which is time to first token.
+    """
+    from mitmproxy.addons import (block, core, disable_h2c, dns_resolver, errorcheck, next_layer, proxyauth,
+                                  proxyserver, script, strip_dns_https_records, tlsconfig, upstream_auth)
+
+    return [
+        core.Core(),  # options and commands
+        block.Block(),  # block_global / block_private: never an open proxy by accident
+        strip_dns_https_records.StripDnsHttpsRecords(),  # modes that carry DNS: no ECH, so SNI stays readable
+        disable_h2c.DisableH2C(),
+        proxyauth.ProxyAuth(),  # proxyauth: one of the identity sources (addons/identify.py)
+        proxyserver.Proxyserver(),
+        script.ScriptLoader(),  # gateway run --script
+        dns_resolver.DnsResolver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        upstream_auth.UpstreamAuth(),  # chaining to a corporate upstream proxy
+        errorcheck.ErrorCheck(),  # an error while starting (port in use, bad certificate) stops the gateway
+    ]
 
 
 def default_addons() -> list:

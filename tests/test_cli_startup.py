@@ -94,3 +94,23 @@ def test_stored_prompts_are_owner_only_and_the_ca_certificate_is_public(tmp_path
                                                                      if mode(p) & 0o077}
     assert mode(tmp_path / "ca" / "mitmproxy-ca-cert.pem") == 0o644
     assert mode(tmp_path / "ca" / "mitmproxy-ca.pem") & 0o077 == 0  # the CA's private key
+
+
+@pytest.mark.parametrize("option", [
+    "gateway_dlp_tiemout=5",  # mistyped: mitmproxy would ignore it and leave the default
+    "save_stream_file=/tmp/flows",  # mitmdump's: would write decrypted prompts past the audit's capture level
+    "modify_body=/~q/x/y",  # mitmdump's: would change a request after the policy decided on it
+])
+def test_an_option_no_addon_declares_stops_startup_with_its_name(tmp_path, option):
+    r = gateway("run", "--data-dir", str(tmp_path), "--listen-port", "0", "--set", option)
+    assert r.returncode == 2
+    name = option.split("=")[0]
+    assert r.stderr.strip().startswith(f"gateway: error: unknown option: {name} ("), r.stderr
+
+
+def test_an_addon_script_that_does_not_load_stops_startup(tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text("def oops(:\n")
+    r = gateway("run", "--data-dir", str(tmp_path), "--listen-port", "0", "-s", str(script))
+    assert r.returncode == 2
+    assert r.stderr.strip().endswith(f"gateway: error: addon script did not load: {script} (its error is above)")
