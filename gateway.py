@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -126,6 +127,7 @@ async def _serve(values: dict, sets: tuple[str, ...]) -> None:
 
     logging.getLogger().setLevel(logging.INFO)  # mitmproxy's termlog filters by its own verbosity option
     logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # one line per recognizer otherwise
+    logging.getLogger("mitmproxy.proxy.server").addFilter(ConnectionChatter())
     opts = options.Options()
     master = Master(opts, with_termlog=True)
     master.addons.add(*proxy_addons(), *default_addons())
@@ -155,6 +157,22 @@ async def _serve(values: dict, sets: tuple[str, ...]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     await master.run()
+
+
+class ConnectionChatter(logging.Filter):
+    """mitmproxy's INFO lines for each connection opening and closing, and for each streamed body, become DEBUG.
+
+    At INFO they are four lines for every connection the company makes through the proxy, tunnelled or not, and a
+    terminal write between a streamed answer's headers and its first chunk. The gateway's INFO is what it decided
+    (`AI ...`, `AI tunnel ...`, rules and DLP state); `--set termlog_verbosity=debug` shows the chatter again.
+    """
+
+    CHATTER = re.compile(r"(client|server) (connect|disconnect)\b|Streaming (request to|response from) ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and isinstance(record.msg, str) and self.CHATTER.match(record.msg):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
 
 
 async def _scripts_loaded(master, timeout: float = 10.0) -> list[str]:

@@ -11,7 +11,7 @@ import httpx2
 import openai
 import pytest
 
-from tests.conftest import audit_events, wait_for_events
+from tests.conftest import audit_events, own_gateway, wait_for_events
 from tests.support.upstream import Reply, sse
 
 
@@ -83,6 +83,27 @@ def test_streamed_chat_completion_is_not_buffered(gateway, upstream, marker):
     assert (event["input_tokens"], event["output_tokens"]) == (11, 3)
     assert event["model"] == "gpt-4o" and event["status"] == 200
     assert event["error"] == ""  # a client closing after [DONE] is not an error
+
+
+def streamed_hello(gw, upstream, marker: str) -> str:
+    frames = [chunk({"role": "assistant", "content": marker}, finish="stop"), "data: [DONE]\n\n"]
+    upstream.route("/v1/chat/completions", lambda rec: Reply(content_type="text/event-stream", chunks=sse(frames)))
+    stream = openai_client(gw).chat.completions.create(model="gpt-4o", stream=True,
+                                                       messages=[{"role": "user", "content": marker}])
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+@pytest.mark.parametrize("verbosity", ["info", "debug"])
+def test_the_log_says_what_was_decided_and_connection_chatter_is_debug(tmp_path_factory, upstream, test_ca,
+                                                                      marker, verbosity):
+    """mitmproxy's lines for every connection and streamed body would drown the decisions at INFO."""
+    with own_gateway(tmp_path_factory, upstream, test_ca, "chatter", f"termlog_verbosity={verbosity}") as gw:
+        assert streamed_hello(gw, upstream, marker) == marker
+        wait_for_events(gw, lambda e: marker in e["prompt"])
+        log = gw.output()
+    assert "AI openai chat.completions 127.0.0.1 model=gpt-4o decision=allow status=200" in log
+    chatter = ["client connect", "server connect 127.0.0.1:", "Streaming response from "]
+    assert [line in log for line in chatter] == [verbosity == "debug"] * len(chatter), log[-3000:]
 
 
 def test_non_catalog_host_is_tunnelled_with_its_own_certificate(gateway, upstream, test_ca, marker):
