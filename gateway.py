@@ -125,11 +125,9 @@ async def _serve(values: dict, sets: tuple[str, ...]) -> None:
 
     from addons import default_addons, proxy_addons
 
-    logging.getLogger().setLevel(logging.INFO)  # mitmproxy's termlog filters by its own verbosity option
-    logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # one line per recognizer otherwise
-    logging.getLogger("mitmproxy.proxy.server").addFilter(ConnectionChatter())
     opts = options.Options()
     master = Master(opts, with_termlog=True)
+    _logging()
     master.addons.add(*proxy_addons(), *default_addons())
     try:
         opts.update(**values)
@@ -157,6 +155,21 @@ async def _serve(values: dict, sets: tuple[str, ...]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     await master.run()
+
+
+def _logging() -> None:
+    """What the gateway logs, and at what cost to the event loop."""
+    from mitmproxy.log import LegacyLogEvents
+
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)  # mitmproxy's termlog filters by its own verbosity option
+    for handler in list(root.handlers):
+        # mitmproxy's deprecated `add_log` hook (no loaded addon has it): every record formatted, a wake-up of the
+        # event loop and a call offered to every addon, for each line logged
+        if isinstance(handler, LegacyLogEvents):
+            root.removeHandler(handler)
+    logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # one line per recognizer otherwise
+    logging.getLogger("mitmproxy.proxy.server").addFilter(ConnectionChatter())
 
 
 class ConnectionChatter(logging.Filter):
