@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is not on the path
 
 from bench._common import (PROMPT_TAILS, Mitmdump, Target, Upstream, Workspace, audited, chat_body,  # noqa: E402
-                           connect, exchange, interleaved, machine_line, median, percentile, ratio, request_bytes,
-                           start_gateway)
+                           connect, exchange, interleaved, machine_line, median, median_difference, percentile, ratio,
+                           request_bytes, start_gateway)
 
 
 @dataclass
@@ -84,16 +84,23 @@ def report(targets: list[Target], results: dict[str, Streams], chunks: int) -> b
         for e in sorted(set(s.errors)):
             print(f"  error ({s.errors.count(e)}x): {e}")
     gw, md = results["gateway"], results["mitmdump stream_large_bodies=1"]
-    first, last = percentile(gw.first, 50), percentile(gw.last, 50)
-    md_first, md_last = percentile(md.first, 50), percentile(md.last, 50)
-    print(f"gateway / mitmdump stream_large_bodies=1: first chunk p50 {ratio(first, md_first)} "
-          f"({(first - md_first) * 1000:+.1f} ms), last chunk p50 {ratio(last, md_last)} "
-          f"({(last - md_last) * 1000:+.1f} ms)")
+    first, last = median(gw.first), median(gw.last)
+    if gw.first and md.first:
+        print(f"gateway - mitmdump stream_large_bodies=1, p50: first chunk {difference(gw.first, md.first)}, "
+              f"last chunk {difference(gw.last, md.last)}")
     streams = bool(gw.first) and first < last / 2 and median(gw.pieces) >= chunks * 0.8
     verdict = "does not buffer" if streams else "BUFFERS"
     print(f"gateway {verdict}: first chunk after {first * 1000:.1f} ms of a {last * 1000:.0f} ms answer, "
           f"{median(gw.pieces):.0f} of {chunks} chunks arrived separately")
     return streams
+
+
+def difference(gateway: list[float], mitmdump: list[float]) -> str:
+    """The gateway's median minus mitmdump's, its ratio, its 95% interval, and whether it is more than noise."""
+    diff, lo, hi = median_difference(gateway, mitmdump)
+    verdict = "later" if lo > 0 else "sooner" if hi < 0 else "not told apart from noise"
+    return (f"{diff * 1000:+.2f} ms ({ratio(median(gateway), median(mitmdump))}; 95% interval {lo * 1000:+.2f} to "
+            f"{hi * 1000:+.2f} ms: {verdict})")
 
 
 def main() -> int:
