@@ -16,6 +16,7 @@ incrementally inside the tap for the parser only: the client receives the origin
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import orjson
@@ -158,6 +159,8 @@ class Extract:
             it.status = flow.response.status_code
         parser: ResponseParser | None = flow.metadata.pop(RESPONSE_KEY, None)
         if parser is not None:
+            if flow.response is not None and isinstance(flow.response.stream, _Tap):
+                flow.response.stream.parse()  # what arrived before the break (no end marker to check)
             _finish(it, parser)
         message = flow.error.msg if flow.error else "unknown error"
         if it.exchange.finish_reason and flow.response is not None:
@@ -228,8 +231,9 @@ def _finish(it: Interaction, parser: ResponseParser) -> None:
 
 
 class _Tap:
-    """The stream callable: decodes the chunk (if the stream is compressed) for the parser, feeds the parser,
-    counts bytes, returns the chunk untouched. Never raises.
+    """The stream callable: counts bytes and returns the chunk untouched, so mitmproxy sends it on at once; the
+    chunk is decoded (if the stream is compressed) and parsed right after, on the loop's next turn, together with
+    whatever else arrived meanwhile. Never raises.
 
     A decoding failure or a stream that decodes past the cap stops the parsing there (what was reassembled so far
     is kept and the audit says why); the client keeps receiving the stream as the upstream sends it."""
@@ -238,9 +242,12 @@ class _Tap:
         self.it = it
         self.parser = parser
         self.decoder = decoder
+        self.unparsed: list[bytes] = []  # chunks sent on and not parsed yet
 
     def end(self) -> None:
-        """The upstream finished the stream: a compressed stream must have reached its end marker."""
+        """The upstream finished the stream: the parser gets what it has not seen yet, and a compressed stream
+        must have reached its end marker."""
+        self.parse()
         if self.decoder is not None and self.parser is not None:
             try:
                 self.decoder.finish()
@@ -250,6 +257,16 @@ class _Tap:
     def __call__(self, chunk: bytes) -> bytes:
         self.it.response_bytes += len(chunk)
         if self.parser is not None and chunk:
+            if not self.unparsed:
+                asyncio.get_running_loop().call_soon(self.parse)
+            self.unparsed.append(chunk)
+        return chunk
+
+    def parse(self) -> None:
+        chunks, self.unparsed = self.unparsed, []
+        for chunk in chunks:
+            if self.parser is None:
+                return
             try:
                 data = self.decoder.feed(chunk) if self.decoder is not None else chunk
                 if data:
@@ -261,4 +278,3 @@ class _Tap:
                 log.warning("stream parser failed for %s: %s", self.it.host, e)
                 self.it.exchange.warn(f"stream parser failed: {type(e).__name__}: {e}")
                 self.parser = None
-        return chunk

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -154,10 +155,24 @@ class Mitmdump:
         _stop(self.proc)
 
 
+WARM = ("DLP: prefilter gate ready", "DLP: no prefilter gate", "DLP prefilter gate unavailable",
+        "DLP workers cannot scan")  # the lines that end the DLP warm-up, however it ends
+
+
 def start_gateway(workdir: Path, upstream: Upstream, sets: list[str] = ()) -> GatewayProcess:
     """The real `python -m gateway run`, shipped rules, embedded chdb audit: exactly what the e2e tests run
-    (`sets`: options NAME=VALUE, to measure what one of them costs)."""
-    return GatewayProcess(workdir, {HOST: upstream.port}, upstream.ca, sets=list(sets))
+    (`sets`: options NAME=VALUE, to measure what one of them costs). Returned once warm: the DLP workers and the
+    prefilter gate built and the start-up objects frozen, which would otherwise land in the first rounds."""
+    gateway = GatewayProcess(workdir, {HOST: upstream.port}, upstream.ca, sets=list(sets))
+    if any(s.lower() == "gateway_dlp=false" for s in sets):  # no warm-up to wait for
+        return gateway
+    deadline = time.monotonic() + 120
+    while not any(line in gateway.output() for line in WARM):
+        if time.monotonic() > deadline or gateway.proc.poll() is not None:
+            gateway.stop()
+            raise RuntimeError(f"gateway not warm after 120 s:\n{gateway.output()[-3000:]}")
+        time.sleep(0.1)
+    return gateway
 
 
 def audited(gateway, where: str = "1") -> tuple[int | None, str]:
