@@ -179,7 +179,7 @@ class Inspect:
         workers = ctx.options.gateway_dlp_workers or min(4, os.cpu_count() or 1)
         bulk = ctx.options.gateway_dlp_bulk_workers
         self.pool = DlpPool(rules, workers)
-        self.bulk = DlpPool(rules, bulk) if bulk else None
+        self.bulk = DlpPool(rules, bulk, self.pool.known) if bulk else None  # a conversation that grows long
         # The bulk workers start with the first long prompt: many gateways never see one.
         self.warming = [asyncio.get_running_loop().create_task(self._warm(self.pool, rules))]
         log.info("DLP: %d worker process(es) + %d for prompts over %d characters, recognizers from %s",

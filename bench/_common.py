@@ -53,14 +53,15 @@ PROMPT_TAILS = {
 }
 
 
-def chat_body(stream: bool = False, size: int = 1024, prompt: str = "clean") -> bytes:
+def chat_body(stream: bool = False, size: int = 1024, prompt: str = "clean", nonce: int | None = None) -> bytes:
     """An OpenAI chat completion request of about `size` bytes (system prompt plus a user turn), whose user turn
-    ends with PROMPT_TAILS[prompt]."""
+    ends with PROMPT_TAILS[prompt]. `nonce` makes the user turn one of its own: the gateway remembers the findings
+    of texts it has scanned (dlp.known), so a bench that repeats one prompt would measure that memory, not DLP."""
     body = {"model": "gpt-4o", "stream": stream,
             "messages": [{"role": "system", "content": "You are a concise assistant for the finance team."},
                          {"role": "user", "content": ""}]}
     filler = "Summarise the quarterly figures for the board in three bullet points. "
-    tail = PROMPT_TAILS[prompt]
+    tail = ("" if nonce is None else f" Request {nonce}.") + PROMPT_TAILS[prompt]
     need = size - len(json.dumps(body, separators=(",", ":"))) - len(tail)
     body["messages"][1]["content"] = (filler * (need // len(filler) + 1))[:max(need, 0)] + tail
     return json.dumps(body, separators=(",", ":")).encode()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,12 +42,14 @@ class Streams:
 
 async def measure(target: Target, out: Streams, *, clients: int, per_client: int, prompt: str) -> None:
     ctx = target.context()
-    stream_request, warm_request = request_bytes(chat_body(stream=True, prompt=prompt)), request_bytes(chat_body())
+    warm_request = request_bytes(chat_body())
+    nonces = itertools.count()
     conns = await asyncio.gather(*(connect(target, ctx) for _ in range(clients)))
     await asyncio.gather(*(exchange(c, warm_request) for c in conns))  # opens the proxies' upstream connections
 
     async def client(conn) -> None:
         for _ in range(per_client):
+            stream_request = request_bytes(chat_body(stream=True, prompt=prompt, nonce=next(nonces)))
             arrivals: list[float] = []
             t0 = time.perf_counter()
             try:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.offload import off_loop
+from dlp.known import KnownTexts, as_part
 from dlp.scanner import Chunk, Finding, chunk_plan, resolve_overlaps
 
 log = logging.getLogger(__name__)
@@ -122,10 +123,11 @@ class _Task:
 class DlpPool:
     """`workers` processes scanning with the rules of `rules` (a recognizers.yaml, or the folder holding it)."""
 
-    def __init__(self, rules: str | Path, workers: int = 1):
+    def __init__(self, rules: str | Path, workers: int = 1, known: KnownTexts | None = None):
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.rules, self.workers = str(rules), workers
+        self.known = known if known is not None else KnownTexts()  # shared by the pools of one rule set
         self._limits: tuple[int, int] | None = None
         self._broken: str | None = None  # why the workers cannot scan (the rules do not load)
         self._ready: asyncio.Future | None = None  # the first worker's verdict: limits, or DlpError
@@ -144,13 +146,36 @@ class DlpPool:
 
     async def scan_parts(self, texts: list[str], timeout: float | None = None,
                          wait: float | None = None) -> list[Finding]:
-        """Findings of every text (`Finding.part` is its index), as `Scanner.scan_parts` gives them.
+        """Findings of every text (`Finding.part` is its index), as `Scanner.scan_parts` gives them. Texts this
+        pool's rule set has scanned before are not scanned again (dlp.known).
 
         `timeout`: seconds each job may run in a worker (DlpTimeout). `wait`: seconds the scan may wait for
         workers to take its jobs (DlpOverloaded)."""
         if not any(texts):
             return []
-        self._ensure_running()
+        self._ensure_running()  # a closed pool refuses, even what it remembers
+        keys = await off_loop(sum(map(len, texts)), KnownTexts.digests, texts)
+        found: list[Finding] = []
+        todo: list[int] = []
+        for part, (text, key) in enumerate(zip(texts, keys)):
+            known = self.known.get(key, part) if text else []
+            if known is None:
+                todo.append(part)
+            else:
+                found.extend(known)
+        if not todo:
+            return resolve_overlaps(found)
+        fresh = await self._scan([texts[part] for part in todo], timeout, wait)
+        by_part: dict[int, list[Finding]] = {j: [] for j in range(len(todo))}
+        for f in fresh:
+            by_part[f.part].append(f)
+        for j, part in enumerate(todo):
+            self.known.put(keys[part], by_part[j])
+        if not found and todo == list(range(len(todo))):  # nothing remembered: the parts kept their numbers
+            return fresh
+        return resolve_overlaps(found + [g for j, part in enumerate(todo) for g in as_part(by_part[j], part)])
+
+    async def _scan(self, texts: list[str], timeout: float | None, wait: float | None) -> list[Finding]:
         if self._limits is None:  # no worker has started yet: that waiting counts as waiting for a worker
             try:
                 async with asyncio.timeout(wait):

@@ -4,6 +4,7 @@ dead worker fails only what it must, and says why."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -283,3 +284,50 @@ def test_closing_while_workers_start_leaves_none_running(monkeypatch):
     asyncio.run(main())
     assert started and not [w.pid for w in started if w.pid and os.path.exists(f"/proc/{w.pid}") and
                             open(f"/proc/{w.pid}/stat").read().split()[2] != "Z"]
+
+
+def test_a_text_scanned_before_is_not_scanned_again_whatever_its_place_and_a_failed_scan_is_not_remembered(
+        scanner):
+    """A conversation's earlier turns come back with every turn: their findings are remembered per text (under
+    the same rules), so a turn waits only for its new text. Proven with the only worker frozen."""
+    first, second, new = f"mail {EMAIL}", "call +1 415 555 0100 about the invoice", f"new turn, {EMAIL} again"
+
+    async def main(p):
+        await p.start()
+        before = await p.scan_parts([first, second], timeout=30)
+        [pid] = p.pids()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            again = await p.scan_parts([second, "", first], timeout=0.5, wait=0.5)  # reordered, and an empty part
+            with pytest.raises(DlpTimeout):
+                await p.scan_parts([first, new], timeout=0.5, wait=5)  # the new text needs the worker
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the timeout has had it replaced
+                os.kill(pid, signal.SIGCONT)
+        [key] = p.known.digests([new])
+        forgotten = p.known.get(key, 0)
+        return before, again, forgotten, await p.scan_parts([first, new], timeout=30), p.known.hits
+
+    before, again, forgotten, later, hits = run_with(1, main)
+    assert before == scanner.scan_parts([first, second]) and {f.part for f in before} == {0, 1}
+    assert sorted(again, key=str) == sorted(scanner.scan_parts([second, "", first]), key=str)
+    assert {f.part for f in again} == {0, 2}
+    assert forgotten is None  # the scan that timed out left nothing behind
+    assert sorted(later, key=str) == sorted(scanner.scan_parts([first, new]), key=str)
+    assert hits == 4  # first and second, then first twice more; never the new text
+
+
+def test_known_texts_are_bounded_by_size_and_forget_the_least_recently_used_first():
+    from dlp.known import MAX_FINDINGS, KnownTexts
+    from dlp.scanner import Finding
+
+    known = KnownTexts(size=10)
+    a, b, c, crowd = KnownTexts.digests(["a", "b", "c", "crowd"])
+    three = [Finding("EMAIL_ADDRESS", i, i + 1, 1.0) for i in range(3)]
+    known.put(a, three)  # 4 units
+    known.put(b, three)  # 8
+    assert known.get(a, 5) == [Finding("EMAIL_ADDRESS", i, i + 1, 1.0, 5) for i in range(3)]  # a is now the newest
+    known.put(c, three)  # 12 > 10: b, the least recently used, goes
+    assert known.get(b, 0) is None and known.get(a, 0) is not None and known.get(c, 0) is not None
+    known.put(crowd, [Finding("EMAIL_ADDRESS", i, i + 1, 1.0) for i in range(MAX_FINDINGS + 1)])
+    assert known.get(crowd, 0) is None  # too many to keep: it is scanned again next time
