@@ -121,6 +121,7 @@ def run(listen_host: str, listen_port: int, rules_dir: Path, audit_url: str | No
 async def _serve(values: dict, sets: tuple[str, ...]) -> None:
     from mitmproxy import options
     from mitmproxy.exceptions import OptionsError
+    from mitmproxy.addonmanager import traverse
     from mitmproxy.master import Master
 
     from addons import default_addons, proxy_addons
@@ -139,6 +140,9 @@ async def _serve(values: dict, sets: tuple[str, ...]) -> None:
         master.addons.get("audit").done()
     if unloaded:
         fail(f"addon script did not load: {unloaded[0]} (its error is above)")
+    if any(hasattr(addon, "add_log") for addon in traverse(master.addons.chain)):
+        logging.getLogger("gateway").warning("an addon has an add_log hook, which mitmproxy has deprecated and the "
+                                             "gateway does not call: use Python's logging")
     if opts.deferred:  # mitmproxy would ignore them; a mistyped option must not silently leave a default in place
         fail(f"unknown option{'s' if len(opts.deferred) > 1 else ''}: {', '.join(sorted(opts.deferred))} "
              "(the gateway's own are in the README; mitmproxy's addons that change, replay or save decrypted "

@@ -21,12 +21,13 @@ def proxy_addons() -> list:
     undermining the policy. Every addon loaded also costs every hook of every flow one call (mitmproxy offers each
     event to each addon), which is time to first token.
     """
-    from mitmproxy.addons import (block, core, disable_h2c, dns_resolver, errorcheck, next_layer, proxyauth,
-                                  proxyserver, script, strip_dns_https_records, tlsconfig, upstream_auth)
+    from mitmproxy.addons import (block, blocklist, core, disable_h2c, dns_resolver, errorcheck, next_layer,
+                                  proxyauth, proxyserver, script, strip_dns_https_records, tlsconfig, upstream_auth)
 
     return [
         core.Core(),  # options and commands
         block.Block(),  # block_global / block_private: never an open proxy by accident
+        blocklist.BlockList(),  # block_list: refuse URLs outright, AI or not
         strip_dns_https_records.StripDnsHttpsRecords(),  # modes that carry DNS: no ECH, so SNI stays readable
         disable_h2c.DisableH2C(),
         proxyauth.ProxyAuth(),  # proxyauth: one of the identity sources (addons/identify.py)

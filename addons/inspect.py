@@ -355,7 +355,8 @@ class Inspect:
         if pool is None:
             pool = self.bulk if self.bulk is not None and size > BULK_CHARS else self.pool
         try:
-            return await pool.scan_parts(texts, timeout=self.timeout, wait=self.wait)
+            return await pool.scan_parts(texts, timeout=self.timeout, wait=self.wait,
+                                         scope=it.user or it.client_addr)
         except DlpTimeout:
             it.exchange.warn(f"{what} timed out after {self.timeout:g}s ({size} characters in {len(texts)} parts)")
         except DlpOverloaded as e:

@@ -165,7 +165,8 @@ def start_gateway(workdir: Path, upstream: Upstream, sets: list[str] = ()) -> Ga
     (`sets`: options NAME=VALUE, to measure what one of them costs). Returned once warm: the DLP workers and the
     prefilter gate built and the start-up objects frozen, which would otherwise land in the first rounds."""
     gateway = GatewayProcess(workdir, {HOST: upstream.port}, upstream.ca, sets=list(sets))
-    if any(s.lower() == "gateway_dlp=false" for s in sets):  # no warm-up to wait for
+    # DLP off: no warm-up to wait for
+    if any(s.replace(" ", "").lower() in ("gateway_dlp=false", "gateway_dlp=0", "gateway_dlp=off") for s in sets):
         return gateway
     deadline = time.monotonic() + 120
     while not any(line in gateway.output() for line in WARM):

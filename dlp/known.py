@@ -4,9 +4,12 @@ Chat clients send the whole conversation with every turn: the tenth question car
 answers, and a document pasted at the start travels with every turn after it. Scanning all of it each time makes
 DLP cost grow with the square of a conversation's length, and the prompt waits for that scan whenever an enforced
 rule must look before it is sent. A text's findings depend only on the text and the rules, so the pools of one
-rule set remember them per text: by a 128-bit BLAKE2b digest, never the text itself (the findings hold offsets,
-not values). A reload that changes the recognizers starts new pools that remember nothing. Only completed scans
-are remembered: a failed one is tried again next time.
+rule set remember them per text and per user: by a 128-bit BLAKE2b digest keyed with a secret drawn at start,
+never the text itself (the findings hold offsets, not values). Without the key nobody can craft a harmless text
+whose digest a secret one shares, nor confirm a guessed prompt from a memory dump; with the user in it, nobody
+can tell from how fast a scan answers whether someone else has sent a text. A reload that changes the
+recognizers starts new pools that remember nothing. Only completed scans are remembered: a failed one is tried
+again next time.
 
 Memory is bounded by SIZE, counted as one per text plus one per finding (a finding is about a hundred bytes), the
 least recently used texts forgotten first; a text with more than MAX_FINDINGS findings (a dump of addresses) is
@@ -16,6 +19,7 @@ not remembered at all.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -28,14 +32,16 @@ MAX_FINDINGS = 1_000  # per text
 class KnownTexts:
     def __init__(self, size: int = SIZE):
         self.size = size
+        self._key = os.urandom(32)
         self._found: OrderedDict[bytes, tuple[Finding, ...]] = OrderedDict()
         self._used = 0
         self.hits = 0  # texts whose findings came from here instead of a worker
 
-    @staticmethod
-    def digests(texts: list[str]) -> list[bytes]:
-        """One key per text (hashlib releases the GIL on large ones: callers may run this in a thread)."""
-        return [hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest() for t in texts]
+    def digests(self, texts: list[str], scope: str = "") -> list[bytes]:
+        """One key per text of this scope (hashlib releases the GIL on large texts: this may run in a thread)."""
+        prefix = scope.encode("utf-8", "surrogatepass") + b"\0"
+        return [hashlib.blake2b(prefix + t.encode("utf-8", "surrogatepass"), digest_size=16, key=self._key).digest()
+                for t in texts]
 
     def get(self, key: bytes, part: int) -> list[Finding] | None:
         """The findings of the text with this key, as part `part`; None if it was not scanned (or forgotten)."""

@@ -145,16 +145,17 @@ class DlpPool:
         self._limits = await asyncio.shield(self._ready)
 
     async def scan_parts(self, texts: list[str], timeout: float | None = None,
-                         wait: float | None = None) -> list[Finding]:
+                         wait: float | None = None, scope: str = "") -> list[Finding]:
         """Findings of every text (`Finding.part` is its index), as `Scanner.scan_parts` gives them. Texts this
-        pool's rule set has scanned before are not scanned again (dlp.known).
+        pool's rule set has scanned before for the same `scope` (the user) are not scanned again (dlp.known).
 
         `timeout`: seconds each job may run in a worker (DlpTimeout). `wait`: seconds the scan may wait for
         workers to take its jobs (DlpOverloaded)."""
         if not any(texts):
             return []
         self._ensure_running()  # a closed pool refuses, even what it remembers
-        keys = await off_loop(sum(map(len, texts)), KnownTexts.digests, texts)
+        keys = await off_loop(sum(map(len, texts)), self.known.digests, texts, scope)
+        self._ensure_running()  # (a long text's digests are taken in a thread: the pool may have closed meanwhile)
         found: list[Finding] = []
         todo: list[int] = []
         for part, (text, key) in enumerate(zip(texts, keys)):

@@ -294,19 +294,20 @@ def test_a_text_scanned_before_is_not_scanned_again_whatever_its_place_and_a_fai
 
     async def main(p):
         await p.start()
-        before = await p.scan_parts([first, second], timeout=30)
+        before = await p.scan_parts([first, second], timeout=30, scope="alice")
         [pid] = p.pids()
         os.kill(pid, signal.SIGSTOP)
         try:
-            again = await p.scan_parts([second, "", first], timeout=0.5, wait=0.5)  # reordered, and an empty part
-            with pytest.raises(DlpTimeout):
-                await p.scan_parts([first, new], timeout=0.5, wait=5)  # the new text needs the worker
+            # reordered, and an empty part
+            again = await p.scan_parts([second, "", first], timeout=0.5, wait=0.5, scope="alice")
+            with pytest.raises(DlpTimeout):  # what alice sent is not remembered for bob: his scan needs the worker
+                await p.scan_parts([first], timeout=0.5, wait=5, scope="bob")
         finally:
             with contextlib.suppress(ProcessLookupError):  # the timeout has had it replaced
                 os.kill(pid, signal.SIGCONT)
-        [key] = p.known.digests([new])
+        [key] = p.known.digests([first], "bob")
         forgotten = p.known.get(key, 0)
-        return before, again, forgotten, await p.scan_parts([first, new], timeout=30), p.known.hits
+        return before, again, forgotten, await p.scan_parts([first, new], timeout=30, scope="alice"), p.known.hits
 
     before, again, forgotten, later, hits = run_with(1, main)
     assert before == scanner.scan_parts([first, second]) and {f.part for f in before} == {0, 1}
@@ -314,7 +315,16 @@ def test_a_text_scanned_before_is_not_scanned_again_whatever_its_place_and_a_fai
     assert {f.part for f in again} == {0, 2}
     assert forgotten is None  # the scan that timed out left nothing behind
     assert sorted(later, key=str) == sorted(scanner.scan_parts([first, new]), key=str)
-    assert hits == 4  # first and second, then first twice more; never the new text
+    assert hits == 3  # alice's first and second, then her first once more; never bob's, never the new text
+
+
+def test_digests_are_keyed_per_start_and_scoped_per_user():
+    from dlp.known import KnownTexts
+
+    one, other = KnownTexts(), KnownTexts()
+    assert one.digests(["same text"], "alice") == one.digests(["same text"], "alice")
+    assert one.digests(["same text"], "alice") != one.digests(["same text"], "bob")
+    assert one.digests(["same text"], "alice") != other.digests(["same text"], "alice")  # a key of its own
 
 
 def test_known_texts_are_bounded_by_size_and_forget_the_least_recently_used_first():
@@ -322,7 +332,7 @@ def test_known_texts_are_bounded_by_size_and_forget_the_least_recently_used_firs
     from dlp.scanner import Finding
 
     known = KnownTexts(size=10)
-    a, b, c, crowd = KnownTexts.digests(["a", "b", "c", "crowd"])
+    a, b, c, crowd = known.digests(["a", "b", "c", "crowd"])
     three = [Finding("EMAIL_ADDRESS", i, i + 1, 1.0) for i in range(3)]
     known.put(a, three)  # 4 units
     known.put(b, three)  # 8

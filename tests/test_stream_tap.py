@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 
+from mitmproxy.flow import Error
+from mitmproxy.test import tflow
+
 import providers
-from addons.extract import _Tap
+from addons.extract import RESPONSE_KEY, Extract, _Tap
 from core.catalog import Catalog
-from core.interaction import Interaction
+from core.interaction import KEY, Interaction
 from core.rulesfile import SHIPPED_RULES
 from policy.ruleset import ENDPOINTS
 
@@ -49,6 +52,21 @@ def test_a_chunk_is_handed_back_before_it_is_parsed_and_parsed_on_the_next_turn(
         assert fed == [first, second, last]
         tap.parser.finish()
         assert it.exchange.completion == "Hello!"
+    asyncio.run(go())
+
+
+def test_a_stream_that_breaks_off_keeps_what_arrived_before_the_loop_turned():
+    """Extract's error hook parses what the tap still holds: a broken stream's audit has every chunk that came."""
+    async def go():
+        tap, it = tapped()
+        flow = tflow.tflow(resp=True)
+        flow.metadata[KEY], flow.metadata[RESPONSE_KEY] = it, tap.parser
+        flow.response.stream = tap
+        flow.error = Error("connection reset")
+        for piece in ("Hel", "lo"):
+            tap(frame(piece))
+        Extract().error(flow)  # before the loop's next turn
+        assert it.exchange.completion == "Hello" and it.error == "connection reset"
     asyncio.run(go())
 
 
