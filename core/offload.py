@@ -26,10 +26,10 @@ MAX_CONCURRENT = 2
 _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
-async def off_loop(size: int, fn: Callable[..., T], *args) -> T:
-    """`fn(*args)`: inline when `size` is small, else in a thread (at most MAX_CONCURRENT at once). `fn` must not
-    touch mitmproxy objects: it runs beside the event loop."""
-    if size <= OFFLOAD_CHARS:
+async def off_loop(size: int, fn: Callable[..., T], *args, above: int = OFFLOAD_CHARS) -> T:
+    """`fn(*args)`: inline when `size` is at most `above`, else in a thread (at most MAX_CONCURRENT at once). `fn`
+    must not touch mitmproxy objects: it runs beside the event loop."""
+    if size <= above:
         return fn(*args)
     loop = asyncio.get_running_loop()
     slots = _slots.get(loop)

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 Job = list[tuple[int, str, list[Chunk]]]  # (part, text, chunks of it to scan)
 _HEADER = struct.Struct("!Q")  # every message: its length, then the pickle
+DIGEST_INLINE_CHARS = 64 * 1024  # texts' characters whose digests (dlp.known) are taken on the event loop
 STARTUP_TIMEOUT = 300.0  # seconds a new worker may take to build its scanner (a cold hyperscan compile is ~1 s)
 
 
@@ -154,8 +155,9 @@ class DlpPool:
         if not any(texts):
             return []
         self._ensure_running()  # a closed pool refuses, even what it remembers
-        keys = await off_loop(sum(map(len, texts)), self.known.digests, texts, scope)
-        self._ensure_running()  # (a long text's digests are taken in a thread: the pool may have closed meanwhile)
+        # hashing releases the GIL: past DIGEST_INLINE_CHARS (about 0.1 ms of hashing) it runs beside the loop
+        keys = await off_loop(sum(map(len, texts)), self.known.digests, texts, scope, above=DIGEST_INLINE_CHARS)
+        self._ensure_running()  # (the pool may have closed meanwhile)
         found: list[Finding] = []
         todo: list[int] = []
         for part, (text, key) in enumerate(zip(texts, keys)):

@@ -19,6 +19,17 @@ def test_small_work_runs_inline_and_large_work_in_a_thread():
     assert small == loop_thread and large != loop_thread
 
 
+def test_work_that_leaves_the_loop_sooner_says_from_what_size():
+    async def main():
+        loop_thread = threading.get_ident()
+        small = await off_loop(1000, threading.get_ident, above=1000)
+        large = await off_loop(1001, threading.get_ident, above=1000)
+        return loop_thread, small, large
+
+    loop_thread, small, large = asyncio.run(main())
+    assert small == loop_thread and large != loop_thread
+
+
 def test_the_loop_runs_while_large_work_is_in_a_thread_and_at_most_a_few_run_at_once():
     running, most, ticks = 0, 0, 0
     lock, release = threading.Lock(), threading.Event()
