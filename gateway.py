@@ -168,8 +168,8 @@ def _logging() -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)  # mitmproxy's termlog filters by its own verbosity option
     for handler in list(root.handlers):
-        # mitmproxy's deprecated `add_log` hook (no loaded addon has it): every record formatted, a wake-up of the
-        # event loop and a call offered to every addon, for each line logged
+        # mitmproxy's deprecated `add_log` hook (_serve warns if a loaded addon has one): every record formatted,
+        # a wake-up of the event loop and a call offered to every addon, for each line logged
         if isinstance(handler, LegacyLogEvents):
             root.removeHandler(handler)
     logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # one line per recognizer otherwise
