@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests.conftest import audit_events, own_gateway, wait_for_events
+from tests.support.gateway import GatewayProcess
 from tests.support.upstream import Reply, sse
 
 
@@ -198,3 +199,14 @@ def test_a_tls_name_that_differs_from_the_connect_host_does_not_bypass_inspectio
     [event] = wait_for_events(gateway, lambda e: marker in e["prompt"])
     assert event["service"] == "openai" and event["host"] == "api.openai.com"
     assert event["inspection"] == "inspected" and event["operation"] == "chat.completions"
+
+
+def test_a_script_with_the_deprecated_add_log_hook_is_told_it_is_not_called(tmp_path, upstream, test_ca):
+    script = tmp_path / "old_style.py"
+    script.write_text("def add_log(entry):\n    pass\n")
+    gw = GatewayProcess(tmp_path / "gw", {}, test_ca.ca_pem, extra_args=["-s", str(script)])
+    try:
+        assert "an addon has an add_log hook, which mitmproxy has deprecated and the gateway does not call" \
+            in gw.output()
+    finally:
+        gw.stop()
