@@ -22,3 +22,4 @@ bench:
 	.venv/bin/python bench/bigbody.py
 	.venv/bin/python bench/audit.py
 	.venv/bin/python bench/dlp.py
+	.venv/bin/python bench/conversation.py
