@@ -130,23 +130,25 @@ async def _serve(values: dict, sets: tuple[str, ...]) -> None:
     master = Master(opts, with_termlog=True)
     _logging()
     master.addons.add(*proxy_addons(), *default_addons())
+
+    def refuse(message: str) -> None:
+        master.addons.get("audit").done()
+        fail(message)
+
     try:
         opts.update(**values)
         opts.set(*sets, defer=True)  # deferred: an option of a --script addon is known once the script loads
     except OptionsError as e:
-        master.addons.get("audit").done()
-        fail(str(e))
-    if (unloaded := await _scripts_loaded(master)) or opts.deferred:
-        master.addons.get("audit").done()
-    if unloaded:
-        fail(f"addon script did not load: {unloaded[0]} (its error is above)")
+        refuse(str(e))
+    if unloaded := await _scripts_loaded(master):
+        refuse(f"addon script did not load: {unloaded[0]} (its error is above)")
+    if opts.deferred:  # mitmproxy would ignore them; a mistyped option must not silently leave a default in place
+        refuse(f"unknown option{'s' if len(opts.deferred) > 1 else ''}: {', '.join(sorted(opts.deferred))} "
+               "(the gateway's own are in the README; mitmproxy's addons that change, replay or save decrypted "
+               "traffic are not loaded, so their options do not exist here)")
     if any(hasattr(addon, "add_log") for addon in traverse(master.addons.chain)):
         logging.getLogger("gateway").warning("an addon has an add_log hook, which mitmproxy has deprecated and the "
                                              "gateway does not call: use Python's logging")
-    if opts.deferred:  # mitmproxy would ignore them; a mistyped option must not silently leave a default in place
-        fail(f"unknown option{'s' if len(opts.deferred) > 1 else ''}: {', '.join(sorted(opts.deferred))} "
-             "(the gateway's own are in the README; mitmproxy's addons that change, replay or save decrypted "
-             "traffic are not loaded, so their options do not exist here)")
     confdir = Path(values["confdir"])
     bundle = write_ca_bundle(confdir)
     click.echo(

@@ -5,25 +5,19 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
+
 from core.offload import MAX_CONCURRENT, OFFLOAD_CHARS, off_loop
 
 
-def test_small_work_runs_inline_and_large_work_in_a_thread():
+@pytest.mark.parametrize("above", [None, 1000])  # the default, and work that says from what size it leaves
+def test_small_work_runs_inline_and_large_work_in_a_thread(above):
+    limit, options = (OFFLOAD_CHARS, {}) if above is None else (above, {"above": above})
+
     async def main():
         loop_thread = threading.get_ident()
-        small = await off_loop(OFFLOAD_CHARS, threading.get_ident)
-        large = await off_loop(OFFLOAD_CHARS + 1, threading.get_ident)
-        return loop_thread, small, large
-
-    loop_thread, small, large = asyncio.run(main())
-    assert small == loop_thread and large != loop_thread
-
-
-def test_work_that_leaves_the_loop_sooner_says_from_what_size():
-    async def main():
-        loop_thread = threading.get_ident()
-        small = await off_loop(1000, threading.get_ident, above=1000)
-        large = await off_loop(1001, threading.get_ident, above=1000)
+        small = await off_loop(limit, threading.get_ident, **options)
+        large = await off_loop(limit + 1, threading.get_ident, **options)
         return loop_thread, small, large
 
     loop_thread, small, large = asyncio.run(main())
