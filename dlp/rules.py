@@ -13,7 +13,9 @@ security team editing this file by hand needs, is added here:
 - `require_context`: reported only with a context word nearby, for checksum-only identifiers that one random
   digit run in ten passes;
 - `validator`/`min_entropy`/`case_sensitive` for secrets (see dlp/recognizers.py);
-- `allow`: terms and patterns that are never reported; `context`, `limits` and the optional `ner` model.
+- `allow`: terms and patterns that are never reported; `context`, `limits` and the optional `ner` model;
+- `normalize.key_prefixes`: key prefixes the scanner's normalised views (dlp.normalize) restore to their own case;
+- `inflections`: deny-list terms also match plurals, possessives and other word separators (`Project-Falcon`).
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class DlpRules:
     context: ContextSpec
     limits: Limits
     ner: NerSpec | None
+    key_prefixes: list[str] = field(default_factory=list)  # canonical case of known key prefixes (dlp.normalize)
 
     @property
     def entities(self) -> list[str]:
@@ -145,7 +148,7 @@ def load_rules(path: str | Path) -> DlpRules:
     if doc is None:
         raise RulesError(file, None, "empty file")
     top = check_keys(file, doc, "recognizers file", {"recognizers"},
-                     {"language", "limits", "context", "ner", "allow"})
+                     {"language", "limits", "context", "ner", "allow", "normalize"})
     if top.get("language", "en") != "en":
         raise RulesError(file, top.line_of("language"), "language: only 'en' is supported")
     limits = _limits(file, top.get("limits"))
@@ -165,7 +168,8 @@ def load_rules(path: str | Path) -> DlpRules:
     if not specs:
         raise RulesError(file, top.line_of("recognizers"), "every recognizer is disabled")
     terms, patterns = _allow(file, top.get("allow"))
-    return DlpRules(file, specs, terms, patterns, context, limits, _ner(file, top.get("ner")))
+    return DlpRules(file, specs, terms, patterns, context, limits, _ner(file, top.get("ner")),
+                    _key_prefixes(file, top.get("normalize")))
 
 
 # --- sections -----------------------------------------------------------------------------------------------------
@@ -230,6 +234,13 @@ def _allow(file: Path, m: Any) -> tuple[list[str], list[AllowPattern]]:
     return terms, patterns
 
 
+def _key_prefixes(file: Path, m: Any) -> list[str]:
+    if m is None:
+        return []
+    check_keys(file, m, "normalize", set(), {"key_prefixes"})
+    return _strings(file, m, "key_prefixes", "normalize") if "key_prefixes" in m else []
+
+
 def _ner(file: Path, m: Any) -> NerSpec | None:
     """Optional NER; the model must already be installed: the gateway never downloads one (stack-facts)."""
     if m is None:
@@ -258,7 +269,7 @@ def _ner(file: Path, m: Any) -> NerSpec | None:
 _COMMON = {"name", "type", "enabled", "threshold", "context", "candidates", "require_context"}
 _PREDEFINED = _COMMON | {"options"}
 _CUSTOM = _COMMON | {"supported_entity", "patterns", "deny_list", "deny_list_score", "validator", "min_entropy",
-                     "case_sensitive", "description"}
+                     "case_sensitive", "description", "inflections"}
 
 
 def _recognizer(file: Path, m: Any, limits: Limits, context_spec: ContextSpec) -> RecognizerSpec | None:
@@ -362,7 +373,15 @@ def _custom(file: Path, m: Mapping, name: str, context: list[str] | None) -> Ent
         "context": context, "validator": validator,
         "global_regex_flags": PRESIDIO_FLAGS & ~regex.IGNORECASE if case_sensitive else PRESIDIO_FLAGS,
     }
-    if "deny_list" in m:
+    inflections = m.get("inflections", True)
+    if not isinstance(inflections, bool):
+        raise RulesError(file, m.line_of("inflections"), f"{name}: inflections must be true or false")
+    if "deny_list" in m and inflections:
+        score = float(_number(file, m, "deny_list_score", 0, 1, name)) if "deny_list_score" in m else 1.0
+        patterns.append({"name": "deny_list", "regex": terms_regex(_strings(file, m, "deny_list", name)),
+                         "score": score})
+        conf["patterns"] = patterns
+    elif "deny_list" in m:
         conf["deny_list"] = _strings(file, m, "deny_list", name)
     if "deny_list_score" in m:
         conf["deny_list_score"] = float(_number(file, m, "deny_list_score", 0, 1, name))
@@ -372,6 +391,17 @@ def _custom(file: Path, m: Mapping, name: str, context: list[str] | None) -> Ent
         return SecretRecognizer.from_dict(conf)
     except ValueError as e:
         raise RulesError(file, m.line, f"{name}: {e}") from None
+
+
+_WORD_SEPARATORS = re.compile(r"[\s\-_]+")
+
+
+def terms_regex(terms: list[str]) -> str:
+    """Presidio's deny-list regex (whole words, in list order) with each term's inflections: its words separated
+    by spaces, a dash, an underscore or nothing (`Project-Falcon`, `ProjectFalcon`), and a plural or possessive
+    ending (`Falcons`, `Falcon's`, `Falcons'`, curly apostrophes too), which a reader takes for the same name."""
+    alternatives = ["[\\s\\-_]{0,3}".join(map(re.escape, _WORD_SEPARATORS.split(t.strip()))) for t in terms]
+    return r"(?:^|(?<=\W))(?:" + "|".join(alternatives) + r")(?:['’]s|s['’]?|es)?(?:(?=\W)|$)"
 
 
 def _compile(file: Path, m: Mapping, key: str, flags: int, what: str) -> regex.Pattern:

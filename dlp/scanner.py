@@ -13,6 +13,13 @@ For each text (a part of an exchange):
 Texts longer than limits.chunk_chars are scanned in overlapping chunks; each chunk keeps the findings that start
 in its own half of the overlaps, so a finding shorter than half the overlap is found whole exactly once.
 
+Each chunk is also scanned in its views with obfuscations undone (dlp.normalize: invisible and look-alike
+characters, entities, %XX, spaced-out and dotted values, base64 and hex); a finding in a view is moved back onto
+the original characters it came from and competes with the others in overlap resolution. `could_find` answers
+for the same views: the proxy lets a prompt skip the workers on its answer, so a value the scan would find in a
+view only must be in it. `scan_parts` also scans across each boundary between consecutive texts, for a value
+split over two parts.
+
 This module imports neither Presidio nor spaCy at import time: `Finding` travels to the proxy process, which
 should not pay for them.
 """
@@ -29,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dlp.context import TextContext
+from dlp.normalize import Normalizer, View
 from dlp.prefilter import ALL, Unit, Windows, merge_windows, snap_left, snap_right
 
 if TYPE_CHECKING:
@@ -63,6 +71,7 @@ class Chunk:
 # A markup tag; a finding never swallows one (redacting `hunter2</password>` would break the document).
 _TAG = re.compile(r"</?[A-Za-z][\w:.-]*(?:\s[^<>]*)?/?>")
 GROW_TRIES = 4
+BOUNDARY_CHARS = 256  # characters on each side of a boundary between parts scanned together
 
 
 class Scanner:
@@ -96,6 +105,7 @@ class Scanner:
                       for k in self._costly}
         self._allow_terms = frozenset(normalize_term(t) for t in rules.allow_terms)
         self._normalize = normalize_term
+        self._normalizer = Normalizer(rules.key_prefixes)
         self._analyzers: dict[Unit, Callable[[str, list[Span] | None], list[tuple[str, int, int, float]]]] = {}
 
     def warm_up(self) -> None:
@@ -116,10 +126,38 @@ class Scanner:
         return self.scan_text(text, 0)
 
     def scan_parts(self, texts: list[str]) -> list[Finding]:
-        """Findings of every text, `part` set to its index; sorted by part then position."""
+        """Findings of every text, `part` set to its index, and of values split across consecutive texts (see
+        `scan_boundaries`); sorted by part then position."""
         out: list[Finding] = []
         for part, text in enumerate(texts):
             out.extend(self.scan_text(text, part))
+        return resolve_overlaps(out + self.scan_boundaries(texts, out))
+
+    def scan_boundaries(self, texts: list[str], found: list[Finding]) -> list[Finding]:
+        """Values split across consecutive texts (a key in two messages, a card number cut between two tool
+        arguments): the last BOUNDARY_CHARS of each text joined with the first of the next, no separator. A
+        finding there that crosses the join becomes one finding per side (the piece in each), so a redaction
+        rewrites both pieces. One whose piece on either side overlaps a finding of the same entity in `found`
+        (the findings of the texts themselves) is that value running into the text next to it, and is dropped:
+        `bob@example.com` at the end of one message is not `bob@example.comThanks`."""
+        by_part: dict[int, list[Finding]] = {}
+        for f in found:
+            by_part.setdefault(f.part, []).append(f)
+        out: list[Finding] = []
+        for part, (left, right) in enumerate(zip(texts, texts[1:])):
+            if not left or not right:
+                continue
+            tail, head = left[-BOUNDARY_CHARS:], right[:BOUNDARY_CHARS]
+            cut, offset = len(tail), len(left) - len(tail)
+            for f in self.scan_text(tail + head, part):
+                if not f.start < cut < f.end:
+                    continue
+                pieces = (dataclasses.replace(f, start=offset + f.start, end=len(left)),
+                          dataclasses.replace(f, start=0, end=f.end - cut, part=part + 1))
+                if any(g.entity == f.entity and g.start < p.end and p.start < g.end
+                       for p in pieces for g in by_part.get(p.part, ())):
+                    continue
+                out.extend(pieces)
         return out
 
     def scan_text(self, text: str, part: int = 0) -> list[Finding]:
@@ -136,18 +174,59 @@ class Scanner:
         It is the prefilter alone, one hyperscan pass of about 16 us per KB, and it is exact: every finding's
         entity is in the answer (which may hold more). The proxy uses it to keep clean prompts, the common case,
         off the worker pool, and to send a prompt before its scan ends when no rule in force looks at what could
-        be found in it. None (cannot say) for texts longer than one chunk, and in the exhaustive mode."""
+        be found in it. None (cannot say) for texts longer than one chunk, and in the exhaustive mode.
+
+        The answer covers the text's normalised and decoded views (dlp.normalize) as the scan does: an obfuscated
+        key must not be declared clean."""
         if self._prefilter.exhaustive or len(text) > self.rules.limits.chunk_chars:
             return None
-        context = TextContext(text, self.rules.context, self._context_words, self._literal_specs)
-        regions = self._prefilter.windows(text, 0, len(text), context).regions
-        return frozenset(e for k in {unit[0] for unit in regions} for e in self.specs[k].entities)
+        units: set[int] = set()
+        for t in [text, *(v.text for v in self._normalizer.views(text))]:
+            if len(t) > self.rules.limits.chunk_chars:
+                return None
+            context = TextContext(t, self.rules.context, self._context_words, self._literal_specs)
+            units.update(unit[0] for unit in self._prefilter.windows(t, 0, len(t), context).regions)
+        return frozenset(e for k in units for e in self.specs[k].entities)
+
+    def could_find_parts(self, texts: list[str]) -> frozenset[str] | None:
+        """`could_find` for texts scanned together by `scan_parts`: the union over every text and over every
+        boundary between consecutive texts (a value split between two parts is found there). None: cannot say."""
+        possible: set[str] = set()
+        boundaries = [a[-BOUNDARY_CHARS:] + b[:BOUNDARY_CHARS] for a, b in zip(texts, texts[1:]) if a and b]
+        for text in [*texts, *boundaries]:
+            entities = self.could_find(text) if text else frozenset()
+            if entities is None:
+                return None
+            possible |= entities
+        return frozenset(possible)
 
     def chunks(self, length: int) -> list[Chunk]:
         return chunk_plan(length, self.rules.limits.chunk_chars, self.rules.limits.chunk_overlap)
 
     def scan_chunk(self, text: str, chunk: Chunk, part: int = 0) -> list[Finding]:
-        """Findings starting in the chunk's own region (the whole text when it is one chunk).
+        """Findings starting in the chunk's own region (the whole text when it is one chunk), in the text itself
+        and in the views of the chunk (dlp.normalize), moved back onto the original characters."""
+        findings = self._scan_region(text, chunk, part)
+        views = self._normalizer.views(text[chunk.lo:chunk.hi])
+        if not views:
+            return findings
+        for view in views:
+            findings.extend(self._in_original(view, chunk, part))
+        return resolve_overlaps(findings)
+
+    def _in_original(self, view: View, chunk: Chunk, part: int) -> list[Finding]:
+        """A view's findings on the original text, those starting in the chunk's own region."""
+        whole = Chunk(0, len(view.text), 0, len(view.text))
+        out = []
+        for f in self._scan_region(view.text, whole, part):
+            start, end = view.span(f.start, f.end)
+            start, end = start + chunk.lo, end + chunk.lo
+            if chunk.own_lo <= start < chunk.own_hi:
+                out.append(dataclasses.replace(f, start=start, end=end))
+        return out
+
+    def _scan_region(self, text: str, chunk: Chunk, part: int) -> list[Finding]:
+        """Findings of the text itself starting in the chunk's own region.
 
         Pattern recognizers run first. The costly ones (phonenumbers, NER) run last and skip every candidate lying
         inside a finding they could not outscore: overlap resolution would drop what they found there anyway
