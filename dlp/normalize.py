@@ -110,6 +110,9 @@ def confusables() -> dict[int, str]:
                 if len(e["c"]) == 1 and not e["c"].isascii():
                     table.setdefault(ord(e["c"]), key)
         elif not key.isascii() and (target := ascii_of(entries)):
+            if key.isupper() and target.islower():  # TR39's prototype for a capital I is l: keep it a capital
+                target = next((e["c"] for e in data.get(target, ()) if e["c"].isascii() and e["c"].isupper()),
+                              target)
             table[ord(key)] = target  # the character's own entry wins
     return table
 
