@@ -40,6 +40,8 @@ from importlib import resources
 
 import regex
 
+from dlp.prefilter import hyperscan, to_ascii
+
 Span = tuple[int, int]
 # One step's change: replace [start, end) of its input with `text`; `pieces` gives, per character of `text`, the
 # input span it stands for (SAME: one to one, same length; None: every character stands for the whole span).
@@ -54,7 +56,7 @@ DECODED_VIEWS = 16  # decoded views kept per text
 CARD_DIGITS = range(13, 20)  # a digit run with separators is joined only when it is as long as a card number
 
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
-_PERCENT = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}(?:%[0-9A-Fa-f]{2})*")  # a literal first: re then skips ahead fast
 _INVISIBLE = regex.compile(r"[\p{Cf}\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u3164\ufe00-\ufe0f\uffa0"
                            r"\U000e0100-\U000e01ef]+")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
@@ -68,9 +70,13 @@ _DIGIT_RUN = re.compile(r"(?<![\w.\-/])[0-9]{1,6}(?:[ ._/\-][0-9]{1,6}){1,18}(?!
 _DIGIT_SEP = re.compile(r"[ ._/\-]")
 _ENCODED = re.compile(r"(?<![A-Za-z0-9+/=_\-])[A-Za-z0-9+/_\-]{%d,%d}={0,2}(?![A-Za-z0-9+/=_\-])"
                       % (DECODE_MIN, DECODE_MAX))
+_ENCODED_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-")
+_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_PRINTABLE = frozenset(chr(c) for c in range(0x21, 0x7F))
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
 _URLSAFE = str.maketrans("-_", "+/")
+_ASCII_TEXT_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef"  # the first character of each 4 that encode ASCII text
 _WHITESPACE = re.compile(r"\s")
 _QUOTES = frozenset("'\"`")  # curly quotes fold to these: common in prose, and no recognizer needs them
 
@@ -161,6 +167,57 @@ class _Text:
         self.text, self.starts, self.ends = "".join(out), new_starts, new_ends
 
 
+SPACED, DIGITS, PREFIX, ENCODED = range(4)  # what the gate looks for
+
+
+class _Gate:
+    """Where the steps that apply to ASCII text could apply, from one hyperscan pass (Python's regexes take
+    about 2 ms per 100 KB each for these; hyperscan takes a few hundredths for all). Each kind gets the starts of
+    its candidates: the character before one (or 0), where the step's own regex then runs."""
+
+    def __init__(self, prefixes: list[str]):
+        boundary = rb"(?:^|[^A-Za-z0-9_\-])"
+        expressions = [(SPACED, rb"(?:^|\s)(?:[!-~] ){7}[!-~](?:\s|$)"),
+                       (DIGITS, rb"(?:^|[^0-9A-Za-z_.\-/])(?:[0-9][ ._/\-]?){12}[0-9]"),
+                       (ENCODED, rb"(?:^|[^A-Za-z0-9+/=_\-])[A-Za-z0-9+/_\-]{%d}" % DECODE_MIN)]
+        for prefix in prefixes:  # the prefix with at least one letter in the other case
+            for k, ch in enumerate(prefix):
+                if ch.isalpha():
+                    other = _caseless(prefix[:k]) + re.escape(ch.swapcase()).encode() + _caseless(prefix[k + 1:])
+                    expressions.append((PREFIX, boundary + other + rb"[A-Za-z0-9_\-]"))
+        self._kinds = [kind for kind, _ in expressions]
+        self._db = hyperscan.Database()
+        self._db.compile(expressions=[e for _, e in expressions], ids=list(range(len(expressions))),
+                         elements=len(expressions), flags=[hyperscan.HS_FLAG_SOM_LEFTMOST] * len(expressions))
+
+    def starts(self, text: str) -> list[list[int]]:
+        found: list[set[int]] = [set(), set(), set(), set()]
+        kinds = self._kinds
+        self._db.scan(to_ascii(text), match_event_handler=lambda i, frm, _to, _f, _c: found[kinds[i]].add(frm))
+        return [sorted(f) for f in found]
+
+
+def _caseless(literal: str) -> bytes:
+    return b"".join(f"[{c.lower()}{c.upper()}]".encode() if c.isalpha() else re.escape(c).encode() for c in literal)
+
+
+def _at(s: str, starts: list[int] | None, rx: re.Pattern, first: str) -> Iterable[re.Match]:
+    """Matches of rx at the gate's candidate starts (its start is the candidate or the character after it,
+    whichever can begin a match), or everywhere when there is no gate."""
+    if starts is None:
+        yield from rx.finditer(s)
+        return
+    end = -1
+    for pos in starts:
+        if pos < end:
+            continue
+        m = rx.match(s, pos if pos < len(s) and s[pos] in first and (pos == 0 or s[pos - 1] not in first)
+                     else pos + 1)
+        if m:
+            end = m.end()
+            yield m
+
+
 class Normalizer:
     """Builds the views of texts. One per scanner: it holds the compiled key-prefix regex and the fold table."""
 
@@ -171,22 +228,32 @@ class Normalizer:
                                   re.IGNORECASE) if prefixes else None
         self._fold = confusables()
         self._mark = dict.fromkeys(self._fold, _MARKED)
+        self._gate = _Gate(prefixes) if hyperscan is not None else None
         self._steps: list[Callable[[str], list[Edit]]] = [
-            _entities, _percent, _invisible, _nfkc, _spaces, self._confusables, _spaced, _digit_runs, self._prefixes]
+            _entities, _percent, _invisible, _nfkc, _spaces, self._confusables]
+        self._gated: list[tuple[int, Callable[[str, list[int] | None], list[Edit]]]] = [
+            (SPACED, _spaced), (DIGITS, _digit_runs), (PREFIX, self._prefixes)]
 
     def views(self, text: str) -> list[View]:
         """The views worth scanning besides `text` itself; empty when no step changes anything."""
-        out = self._normalized(text)
-        out.extend(_decoded(text))
-        return out
-
-    def _normalized(self, text: str) -> list[View]:
         state = _Text(text)
         for step in self._steps:
             state.apply(step(state.text))
-        if not state.changed:
-            return []
-        return _windows(text, state)
+        starts = self._starts(text)
+        original = starts
+        for kind, step in self._gated:
+            if state.changed and starts is original:  # the gate saw another text than the steps do now
+                starts = self._starts(state.text)
+            edits = step(state.text, None if starts is None else starts[kind])
+            state.apply(edits)
+            if edits:
+                starts = self._starts(state.text) if self._gate is not None else None
+        out = _windows(text, state) if state.changed else []
+        out.extend(_decoded(text, None if original is None else original[ENCODED]))
+        return out
+
+    def _starts(self, text: str) -> list[list[int]] | None:
+        return self._gate.starts(text) if self._gate is not None else None
 
     def _confusables(self, s: str) -> list[Edit]:
         if s.isascii():
@@ -200,11 +267,11 @@ class Normalizer:
                 edits.append((a, b, folded, SAME))
         return edits
 
-    def _prefixes(self, s: str) -> list[Edit]:
+    def _prefixes(self, s: str, starts: list[int] | None) -> list[Edit]:
         if self._prefix is None:
             return []
         edits = []
-        for m in self._prefix.finditer(s):
+        for m in _at(s, starts, self._prefix, _KEY_CHARS):
             canonical = self._canonical[m.group().casefold()]
             if m.group() != canonical:
                 edits.append((m.start(), m.end(), canonical, SAME))
@@ -308,21 +375,21 @@ def _spaces(s: str) -> list[Edit]:
     return [(m.start(), m.end(), m.group().translate(_SPACE_MAP), SAME) for m in _SPACES.finditer(s)]
 
 
-def _spaced(s: str) -> list[Edit]:
+def _spaced(s: str, starts: list[int] | None) -> list[Edit]:
     edits = []
-    for m in _SPACED.finditer(s):
+    for m in _at(s, starts, _SPACED, _PRINTABLE):
         a = m.start()
         chars = m.group()[::2]
         edits.append((a, m.end(), chars, [(a + 2 * k, a + 2 * k + 1) for k in range(len(chars))]))
     return edits
 
 
-def _digit_runs(s: str) -> list[Edit]:
+def _digit_runs(s: str, starts: list[int] | None) -> list[Edit]:
     """Separators inside a digit run of card length, unless the card recognizer already reads the run (groups of
     three or more digits between single spaces or dashes). Only card-shaped groupings are joined (equal groups, a
     shorter last one, or Amex's 4-6-5), so tables of small numbers are not read as one long number."""
     edits = []
-    for m in _DIGIT_RUN.finditer(s):
+    for m in _at(s, starts, _DIGIT_RUN, "0123456789"):
         run = m.group()
         groups = _DIGIT_SEP.split(run)
         lengths = [len(g) for g in groups]
@@ -343,10 +410,10 @@ def _digit_runs(s: str) -> list[Edit]:
 
 # --- decoded spans -----------------------------------------------------------------------------------------------
 
-def _decoded(text: str) -> list[View]:
+def _decoded(text: str, starts: list[int] | None) -> list[View]:
     """Base64 (standard or URL-safe) and hex runs that decode to printable UTF-8, each as a view of its own."""
     views: list[View] = []
-    for tries, m in enumerate(_ENCODED.finditer(text)):
+    for tries, m in enumerate(_at(text, starts, _ENCODED, _ENCODED_CHARS)):
         if tries >= DECODE_TRIES or len(views) >= DECODED_VIEWS:
             break
         decoded = _decode(m.group())
@@ -362,7 +429,7 @@ def _decode(run: str) -> str | None:
         raw = bytes.fromhex(run)
     else:
         body = run.rstrip("=")
-        if len(body) % 4 == 1:
+        if len(body) % 4 == 1 or body[::4].strip(_ASCII_TEXT_B64):  # not the base64 of ASCII text
             return None
         try:
             raw = base64.b64decode(body.translate(_URLSAFE) + "=" * (-len(body) % 4), validate=True)
