@@ -301,8 +301,8 @@ class Decide:
         all (an empty body, a model listing) has nothing to find, so it counts as inspected."""
         if it.exchange.operation == TUNNEL:
             return "skipped"  # nothing inside a tunnel is seen: not "nothing to find"
-        if not it.exchange.parsed and it.request_bytes > 0:
-            return "unparsed"  # whatever was scanned, the body was not understood: findings may miss things
+        if not it.exchange.read and it.request_bytes > 0:
+            return "unparsed"  # opaque: whatever was scanned, the body's text was not read, findings may miss things
         if it.inspection == "skipped" and not it.exchange.request_parts():
             return "inspected"
         if it.inspection == "deferred":  # no rule in force acts on anything the scan could find: judged on none

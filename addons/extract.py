@@ -24,6 +24,7 @@ from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 
 import providers
+from policy import enforcement
 from core.interaction import KEY, Interaction
 from core.offload import OFFLOAD_CHARS, off_loop
 from providers.base import ResponseParser
@@ -93,6 +94,16 @@ class Extract:
             it.decision, it.reason = "block", problem
             flow.response = _error_response(415, "gateway_undecodable", f"Blocked by the AI gateway: the request "
                                             f"body could not be decoded for inspection ({problem[:200]}).")
+            return
+        if parsed.ambiguous:
+            # Another parser could read this body differently from how the gateway would have inspected it: never
+            # forwarded, whatever the fail modes. The client's SDK shows why.
+            it.decision, it.reason = "block", f"request body refused: {parsed.ambiguous}"
+            text = f"Blocked by the AI gateway: the request body was not sent, as its JSON cannot be read one way " \
+                   f"({parsed.ambiguous}). Send standard JSON (UTF-8, no repeated keys). Reference: {it.event_id}"
+            provider = parsed.provider.name if parsed.provider is not None else None
+            reply = enforcement.api_error(enforcement.dialect(provider, it.service), text, it.event_id, status=400)
+            flow.response = http.Response.make(reply.status, reply.body, reply.headers)
             return
         if parsed.error and ctx.options.gateway_on_parse_error == "block":
             it.decision, it.reason = "block", f"request not parseable: {parsed.error}"

@@ -333,17 +333,12 @@ class Inspect:
         it.findings = [*it.findings, *(dataclasses.replace(f, part=RESPONSE_PART) for f in findings or ())]
 
     def _possible(self, texts: list[str]) -> frozenset[str] | None:
-        """The entity types the scan of these texts could report, by the prefilter gate in this process (empty:
-        nothing to find, no need for the workers); None when the gate cannot say (not ready, NER, long prompt)."""
+        """The entity types the scan of these texts could report (with values split across consecutive texts), by
+        the prefilter gate in this process (empty: nothing to find, no need for the workers); None when the gate
+        cannot say (not ready, NER, long prompt)."""
         if self.gate is None or sum(map(len, texts)) > ctx.options.gateway_dlp_prefilter_chars:
             return None
-        possible: set[str] = set()
-        for text in texts:
-            entities = self.gate.could_find(text) if text else frozenset()
-            if entities is None:
-                return None
-            possible |= entities
-        return frozenset(possible)
+        return self.gate.could_find_parts(texts)
 
     async def _scan_texts(self, it: Interaction, texts: list[str], what: str,
                           pool: DlpPool | None = None) -> list | None:

@@ -92,6 +92,9 @@ class AuditEvent:
     finding_starts: list[int] = field(default_factory=list)
     finding_ends: list[int] = field(default_factory=list)
     finding_scores: list[float] = field(default_factory=list)
+    # --- schema v3 ---
+    #: What of the request body was read and how: `parser|walk|upload|not inspected ... /path/pattern xN`.
+    coverage: list[str] = field(default_factory=list)
 
     def as_row(self) -> dict:
         return _as_row(self)
@@ -182,6 +185,8 @@ def _text_slots(x: Exchange) -> Iterator[tuple[object, str]]:
         for a in m.attachments:
             if a.text:
                 yield a, "text"
+    for p in x.extra:
+        yield p, "text"
 
 
 def mask_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> str:

@@ -29,6 +29,9 @@ class TextPart:
     #: Words that give the text its meaning, scanned just before it but never part of it (the key a tool-call
     #: argument value sits under: `"password": "..."` is a secret, the bare value may not look like one).
     context: str = ""
+    #: Who found this text: "parser" (a provider parser, which knows its role), "walk" (the whole-body walk, for
+    #: fields and endpoints no parser reads: providers/walk.py) or "upload" (text extracted from a file).
+    source: str = "parser"
 
 
 @dataclass(slots=True)
@@ -146,8 +149,10 @@ class Usage:
 class Exchange:
     """One AI request and its response, provider-independent.
 
-    `parsed` is False when the body could not be understood; `warnings` says why. An unparsed exchange is still
-    decided and audited.
+    `parsed` is False when no provider parser understood the body; `warnings` says why. `read` is False when the
+    gateway could not read the body's text at all (opaque bytes, ambiguous JSON): only then is its inspection
+    `unparsed`, since the whole-body walk reads what parsers do not (providers/walk.py). Either way the exchange is
+    still decided and audited.
     """
 
     service: str = ""
@@ -162,7 +167,13 @@ class Exchange:
     finish_reason: str = ""
     usage: Usage = field(default_factory=Usage)
     parsed: bool = True
+    read: bool = True
     warnings: list[str] = field(default_factory=list)
+    #: Texts of the body that no parser placed in the structure above, found by the whole-body walk: every other
+    #: string, key and long number, and what encoded files and non-JSON bodies hold (providers/walk.py).
+    extra: list[TextPart] = field(default_factory=list)
+    #: What of the body was read and how (`how path-pattern xN`), for the audit.
+    coverage: list[str] = field(default_factory=list)
 
     @property
     def system_text(self) -> str:
@@ -190,7 +201,8 @@ class Exchange:
             out.extend(m.parts)
             out.extend(p for tc in m.tool_calls for p in tc.text_parts())
             out.extend(TextPart(tr.text, tr.path) for tr in m.tool_results)
-            out.extend(TextPart(a.text) for a in m.attachments if a.text)
+            out.extend(TextPart(a.text, source="upload") for a in m.attachments if a.text)
+        out.extend(self.extra)
         return out
 
     def warn(self, message: str) -> None:

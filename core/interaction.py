@@ -10,7 +10,7 @@ import time
 from urllib.parse import parse_qsl, urlencode
 from dataclasses import dataclass, field
 
-from core.audit import AuditEvent, captured_text, new_event_id, sha256_text
+from core.audit import AuditEvent, captured_text, mask_echoed_values, new_event_id, sha256_text
 from core.catalog import Service
 from core.exchange import Exchange
 
@@ -64,12 +64,14 @@ class Interaction:
             input_tokens=x.usage.input_tokens, output_tokens=x.usage.output_tokens,
             request_bytes=self.request_bytes, response_bytes=self.response_bytes, status=self.status,
             latency_ms=round((time.monotonic() - self.started) * 1000, 3), decision=self.decision,
-            reason=self.reason, inspection=self.inspection if x.parsed else "unparsed", parsed=x.parsed,
+            reason=self.reason, inspection=self.inspection if x.read else "unparsed", parsed=x.parsed,
             warnings=x.warnings[:50], error=self.error, groups=list(self.groups), source=self.source,
             capture=capture, rule_id=self.rule_id, justification=self.justification if capture != "metadata" else "",
             finish_reason=x.finish_reason,
         )
         event.set_findings(self.findings)
+        # A key path can itself hold a value DLP found (a token used as a metadata key): masked like the completion
+        event.coverage = [mask_echoed_values(line, x, self.findings) for line in x.coverage]
         return event
 
 

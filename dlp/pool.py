@@ -38,7 +38,7 @@ from pathlib import Path
 
 from core.offload import off_loop
 from dlp.known import KnownTexts, as_part
-from dlp.scanner import Chunk, Finding, chunk_plan, resolve_overlaps
+from dlp.scanner import Chunk, Finding, boundaries, chunk_plan, resolve_overlaps, split_findings
 
 log = logging.getLogger(__name__)
 
@@ -155,28 +155,32 @@ class DlpPool:
         if not any(texts):
             return []
         self._ensure_running()  # a closed pool refuses, even what it remembers
+        # The joins between consecutive texts are scanned (and remembered) like texts, for values split across two
+        # parts (Scanner.scan_boundaries); their findings become pieces in the texts they join.
+        joins = boundaries(texts)
+        every = [*texts, *(j.text for j in joins)]
         # hashing releases the GIL: past DIGEST_INLINE_CHARS (about 0.1 ms of hashing) it runs beside the loop
-        keys = await off_loop(sum(map(len, texts)), self.known.digests, texts, scope, above=DIGEST_INLINE_CHARS)
+        keys = await off_loop(sum(map(len, every)), self.known.digests, every, scope, above=DIGEST_INLINE_CHARS)
         self._ensure_running()  # (the pool may have closed meanwhile)
-        found: list[Finding] = []
+        by_text: dict[int, list[Finding]] = {}
         todo: list[int] = []
-        for part, (text, key) in enumerate(zip(texts, keys)):
-            known = self.known.get(key, part) if text else []
+        for i, (text, key) in enumerate(zip(every, keys)):
+            known = self.known.get(key, i) if text else []
             if known is None:
-                todo.append(part)
+                todo.append(i)
             else:
-                found.extend(known)
-        if not todo:
-            return resolve_overlaps(found)
-        fresh = await self._scan([texts[part] for part in todo], timeout, wait)
-        by_part: dict[int, list[Finding]] = {j: [] for j in range(len(todo))}
-        for f in fresh:
-            by_part[f.part].append(f)
-        for j, part in enumerate(todo):
-            self.known.put(keys[part], by_part[j])
-        if not found and todo == list(range(len(todo))):  # nothing remembered: the parts kept their numbers
-            return fresh
-        return resolve_overlaps(found + [g for j, part in enumerate(todo) for g in as_part(by_part[j], part)])
+                by_text[i] = known
+        if todo:
+            fresh = await self._scan([every[i] for i in todo], timeout, wait)
+            scanned: dict[int, list[Finding]] = {j: [] for j in range(len(todo))}
+            for f in fresh:
+                scanned[f.part].append(f)
+            for j, i in enumerate(todo):
+                self.known.put(keys[i], scanned[j])
+                by_text[i] = as_part(scanned[j], i)
+        own = [f for i in range(len(texts)) for f in by_text[i]]
+        split = split_findings(joins, [by_text[len(texts) + k] for k in range(len(joins))], own)
+        return resolve_overlaps(own + split)
 
     async def _scan(self, texts: list[str], timeout: float | None, wait: float | None) -> list[Finding]:
         if self._limits is None:  # no worker has started yet: that waiting counts as waiting for a worker

@@ -134,31 +134,10 @@ class Scanner:
         return resolve_overlaps(out + self.scan_boundaries(texts, out))
 
     def scan_boundaries(self, texts: list[str], found: list[Finding]) -> list[Finding]:
-        """Values split across consecutive texts (a key in two messages, a card number cut between two tool
-        arguments): the last BOUNDARY_CHARS of each text joined with the first of the next, no separator. A
-        finding there that crosses the join becomes one finding per side (the piece in each), so a redaction
-        rewrites both pieces. One whose piece on either side overlaps a finding of the same entity in `found`
-        (the findings of the texts themselves) is that value running into the text next to it, and is dropped:
-        `bob@example.com` at the end of one message is not `bob@example.comThanks`."""
-        by_part: dict[int, list[Finding]] = {}
-        for f in found:
-            by_part.setdefault(f.part, []).append(f)
-        out: list[Finding] = []
-        for part, (left, right) in enumerate(zip(texts, texts[1:])):
-            if not left or not right:
-                continue
-            tail, head = left[-BOUNDARY_CHARS:], right[:BOUNDARY_CHARS]
-            cut, offset = len(tail), len(left) - len(tail)
-            for f in self.scan_text(tail + head, part):
-                if not f.start < cut < f.end:
-                    continue
-                pieces = (dataclasses.replace(f, start=offset + f.start, end=len(left)),
-                          dataclasses.replace(f, start=0, end=f.end - cut, part=part + 1))
-                if any(g.entity == f.entity and g.start < p.end and p.start < g.end
-                       for p in pieces for g in by_part.get(p.part, ())):
-                    continue
-                out.extend(pieces)
-        return out
+        """Values split across consecutive texts: the findings of `boundaries(texts)`, as `split_findings` keeps
+        them."""
+        joins = boundaries(texts)
+        return split_findings(joins, [self.scan_text(j.text) for j in joins], found)
 
     def scan_text(self, text: str, part: int = 0) -> list[Finding]:
         findings: list[Finding] = []
@@ -189,16 +168,13 @@ class Scanner:
         return frozenset(e for k in units for e in self.specs[k].entities)
 
     def could_find_parts(self, texts: list[str]) -> frozenset[str] | None:
-        """`could_find` for texts scanned together by `scan_parts`: the union over every text and over every
-        boundary between consecutive texts (a value split between two parts is found there). None: cannot say."""
-        possible: set[str] = set()
-        boundaries = [a[-BOUNDARY_CHARS:] + b[:BOUNDARY_CHARS] for a, b in zip(texts, texts[1:]) if a and b]
-        for text in [*texts, *boundaries]:
-            entities = self.could_find(text) if text else frozenset()
-            if entities is None:
-                return None
-            possible |= entities
-        return frozenset(possible)
+        """`could_find` for texts scanned together by `scan_parts`, in one pass over every text and every boundary
+        between consecutive texts (a value split between two parts is found there), joined by newlines: a
+        newline ends a match as the end of a text does, and a context word that reaches across it only adds to
+        the answer, so the answer still holds every entity a scan could report. A request whose whole-body walk
+        adds many short texts costs one pass, not one per text. None: cannot say."""
+        joined = "\n".join([*texts, *(j.text for j in boundaries(texts))])
+        return self.could_find(joined) if joined.strip() else frozenset()
 
     def chunks(self, length: int) -> list[Chunk]:
         return chunk_plan(length, self.rules.limits.chunk_chars, self.rules.limits.chunk_overlap)
@@ -427,6 +403,51 @@ def in_parts(findings: list[Finding], parts) -> list[Finding]:
             parts[f.part].context else 0
         if f.start >= shift:
             out.append(dataclasses.replace(f, start=f.start - shift, end=f.end - shift))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Boundary:
+    """The join between text `part` and the next: the last BOUNDARY_CHARS of one and the first of the other, no
+    separator; `cut` is where the second begins in `text`, `offset` where `text` begins in the first."""
+
+    part: int
+    text: str
+    cut: int
+    offset: int
+
+
+def boundaries(texts: list[str]) -> list[Boundary]:
+    """The joins worth scanning for values split across consecutive texts (a key in two messages, a card number
+    cut between two content parts)."""
+    out = []
+    for part, (left, right) in enumerate(zip(texts, texts[1:])):
+        if left and right:
+            tail = left[-BOUNDARY_CHARS:]
+            out.append(Boundary(part, tail + right[:BOUNDARY_CHARS], len(tail), len(left) - len(tail)))
+    return out
+
+
+def split_findings(joins: list[Boundary], scanned: list[list[Finding]], found: list[Finding]) -> list[Finding]:
+    """The findings of each join's text (`scanned`, parallel to `joins`) that cross its cut, as one finding per
+    side (the piece in each text), so a redaction rewrites both pieces. One whose piece on either side overlaps a
+    finding of the same entity in `found` (the findings of the texts themselves) is that value running into the
+    text next to it, and is dropped: `bob@example.com` at the end of one message is not `bob@example.comThanks`."""
+    by_part: dict[int, list[Finding]] = {}
+    for f in found:
+        by_part.setdefault(f.part, []).append(f)
+    out: list[Finding] = []
+    for join, findings in zip(joins, scanned):
+        for f in findings:
+            if not f.start < join.cut < f.end:
+                continue
+            pieces = (Finding(f.entity, join.offset + f.start, join.offset + join.cut, f.score, join.part,
+                              f.recognizer),
+                      Finding(f.entity, 0, f.end - join.cut, f.score, join.part + 1, f.recognizer))
+            if any(g.entity == f.entity and g.start < p.end and p.start < g.end
+                   for p in pieces for g in by_part.get(p.part, ())):
+                continue
+            out.extend(pieces)
     return out
 
 

@@ -60,22 +60,28 @@ def user_message(action: str, rule: str, message: str, ref: str) -> str:
     return f"{verb} by the AI gateway (policy rule '{rule}'): {text} Reference: {ref}"
 
 
-def api_error(dialect_name: str, text: str, ref: str) -> Reply:
+def api_error(dialect_name: str, text: str, ref: str, status: int = 403) -> Reply:
+    """A refusal in the provider's own error shape: 403 for a policy decision, 400 for a request the gateway will
+    not forward as written (its meaning is ambiguous), each typed the way that provider types such errors."""
     json = {"content-type": "application/json", "x-ai-gateway-reference": ref}
+    invalid = status == 400
     if dialect_name == "anthropic":
-        body = {"type": "error", "error": {"type": "permission_error", "message": text}, "request_id": ref}
+        kind = "invalid_request_error" if invalid else "permission_error"
+        body = {"type": "error", "error": {"type": kind, "message": text}, "request_id": ref}
     elif dialect_name == "google":
-        body = {"error": {"code": 403, "message": text, "status": "PERMISSION_DENIED"}}
+        body = {"error": {"code": status, "message": text, "status": "INVALID_ARGUMENT" if invalid else
+                          "PERMISSION_DENIED"}}
     elif dialect_name == "bedrock":
-        json["x-amzn-errortype"] = "AccessDeniedException:http://internal.amazon.com/coral/com.amazon.bedrock/"
+        kind = "ValidationException" if invalid else "AccessDeniedException"
+        json["x-amzn-errortype"] = f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"
         json["x-amzn-requestid"] = ref
         body = {"message": text}
     elif dialect_name == "cohere":
         body = {"id": ref, "message": text}
     else:
-        body = {"error": {"message": text, "type": "permission_error", "param": None,
-                          "code": "blocked_by_policy"}}
-    return Reply(403, json, orjson.dumps(body))
+        body = {"error": {"message": text, "type": "invalid_request_error" if invalid else "permission_error",
+                          "param": None, "code": "ambiguous_body" if invalid else "blocked_by_policy"}}
+    return Reply(status, json, orjson.dumps(body))
 
 
 def block_page(service: Service, rule: str, message: str, ref: str) -> Reply:

@@ -46,8 +46,12 @@ def try_request(rules: RuleSet, user: str, groups: Sequence[str], client_addr: s
     parsed = providers.parse_request(req, service.id, service.formats)
     x = parsed.exchange
     provider = parsed.provider.name if parsed.provider is not None else None
-    out.append(f"request:   {x.operation} model={x.model or '-'} stream={x.stream} parsed={x.parsed}"
+    out.append(f"request:   {x.operation} model={x.model or '-'} stream={x.stream} parsed={x.parsed} read={x.read}"
                f"{' (' + '; '.join(x.warnings) + ')' if x.warnings else ''}")
+    if parsed.ambiguous:
+        out.append(f"decision:  block  (refused before any rule: {parsed.ambiguous}; the client gets a 400)")
+        return "\n".join(out) + "\n"
+    out.extend(f"read:      {line}" for line in x.coverage)
     findings: list = []
     scanner = _dlp_scanner(rules)
     if scanner is None:
@@ -62,7 +66,7 @@ def try_request(rules: RuleSet, user: str, groups: Sequence[str], client_addr: s
             text = parts[f.part].text[f.start:f.end] if 0 <= f.part < len(parts) else ""
             out.append(f"  {entity_of(f):<22} score {f.score:.2f}  part {f.part} [{f.start}:{f.end}]  "
                        f"{_mask(text)}")
-    if not x.parsed and body:
+    if not x.read and body:
         inspection = "unparsed"
     out.append(f"inspection: {inspection}")
     d = decide(rules.policy, subject, Request(service, x, findings, inspection))

@@ -14,6 +14,7 @@ from providers import anthropic, bedrock, bedrock_agent, cohere, gemini, mistral
 from providers import (chatgpt_web, claude_web, deepseek_web, gemini_web, grok_web, mistral_web, perplexity_web,
                        poe_web)
 from providers.base import BodyError, HttpRequest, Provider, ResponseParser
+from providers.walk import AmbiguousBody, Coverage, canonical_json, looks_like_json, walk_json, walk_text
 
 PROVIDERS: list[Provider] = [gemini.PROVIDER, vertex.PROVIDER, bedrock.PROVIDER, bedrock_agent.PROVIDER,
                              cohere.PROVIDER, ollama.PROVIDER, mistral.PROVIDER, anthropic.PROVIDER, openai.PROVIDER]
@@ -27,7 +28,9 @@ PROVIDERS[:0] = [chatgpt_web.PROVIDER, claude_web.PROVIDER, gemini_web.PROVIDER,
 class Parsed:
     exchange: Exchange
     provider: Provider | None
-    error: str = ""  # why the request body could not be parsed ("" if it was)
+    error: str = ""  # why the request body could not be read ("" if it was)
+    #: Why the body's meaning is ambiguous (providers.walk.AmbiguousBody): such a body is refused, never forwarded.
+    ambiguous: str = ""
 
 
 def _ordered(hints: tuple[str, ...]) -> list[Provider]:
@@ -35,7 +38,46 @@ def _ordered(hints: tuple[str, ...]) -> list[Provider]:
 
 
 def parse_request(req: HttpRequest, service: str, hints: tuple[str, ...] = ()) -> Parsed:
-    """Never raises: a malformed body yields an exchange with parsed=False and the reason in `error`."""
+    """The provider parser's structure, then the whole-body walk for everything it did not read. Never raises:
+    a body that could not be read yields an exchange with parsed=False and the reason in `error`; one whose JSON
+    meaning is ambiguous has the reason in `ambiguous`."""
+    parsed = _parse(req, service, hints)
+    _walk(req, parsed)
+    return parsed
+
+
+def _walk(req: HttpRequest, parsed: Parsed) -> None:
+    """Add what the parser did not read (providers/walk.py). A body the walk reads whole is `read`: its every
+    string is inspected, whether or not a parser knows the endpoint (the parser's complaint stays a warning)."""
+    x = parsed.exchange
+    if not req.body:
+        return
+    coverage = Coverage()
+    if looks_like_json(req.content_type, req.body):
+        try:
+            value = canonical_json(req.body)
+        except AmbiguousBody as e:
+            parsed.ambiguous = str(e)
+            x.parsed = x.read = False
+            x.warn(f"request body refused: {e}")
+            return
+        walk_json(value, x, coverage)
+        readable = True
+    else:
+        for part in x.request_parts():
+            coverage.add(part.source, part.path)
+        known = {p.text for p in x.request_parts()}
+        readable = walk_text(req.body, req.content_type, x, coverage)
+        x.extra = [p for p in x.extra if p.text not in known]
+    x.coverage = coverage.lines()
+    x.read = readable or x.parsed
+    if not x.read:
+        x.warn("the body is opaque (binary): its content was not inspected")
+    elif not x.parsed:
+        x.warn("read by the whole-body walk (no parser understood all of it)")
+
+
+def _parse(req: HttpRequest, service: str, hints: tuple[str, ...]) -> Parsed:
     exchange = Exchange(service=service)
     for provider in _ordered(hints):
         operation = provider.recognises(req, hints)

@@ -198,6 +198,11 @@ def migrations(text_ttl_days: int = TEXT_TTL_DAYS, metadata_ttl_days: int = META
                        'tunnel' AS decision, bytes_sent + bytes_received AS bytes
                 FROM connections FINAL""",
         )),
+        Migration(3, "what of each request body was read and how", (
+            *t.add_columns("events", (("coverage", "Array(String)", "CODEC(ZSTD(3))"),)),
+            # a view's `*` was expanded when it was created: made again, so that it shows the new column
+            f"""CREATE OR REPLACE VIEW audit_events{t.on} AS SELECT * FROM events FINAL""",
+        )),
     ]
 
 

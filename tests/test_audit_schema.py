@@ -59,10 +59,12 @@ def test_v1_store_is_migrated_and_keeps_its_rows(tmp_path):
                             column_names=v1_columns)
         assert "groups" not in create_table(fresh, "events")
     with opened(path) as store:
-        assert [r[0] for r in store.query("SELECT version FROM schema_migrations ORDER BY version", {})[1]] == [1, 2]
-        _, rows = store.query("SELECT user, prompt, capture, source, groups, entity_types FROM events "
+        assert [r[0] for r in store.query("SELECT version FROM schema_migrations ORDER BY version", {})[1]] == [1, 2, 3]
+        _, rows = store.query("SELECT user, prompt, capture, source, groups, entity_types, coverage FROM events "
                                  "WHERE event_id = {id:UUID}", {"id": old_id})
-        assert rows == [("alice", "old prompt", "full", "http", [], [])]  # v1 kept raw text: capture 'full'
+        assert rows == [("alice", "old prompt", "full", "http", [], [], [])]
+        _, rows = store.query("SELECT coverage FROM audit_events WHERE event_id = {id:UUID}", {"id": old_id})
+        assert rows == [([],)]  # the dashboard view shows the column added later  # v1 kept raw text: capture 'full'
         stamp = "SELECT inserted_at FROM events WHERE event_id = {id:UUID}"
         first = store.query(stamp, {"id": old_id})[1]
         time.sleep(0.01)

@@ -138,17 +138,22 @@ def test_gateway_certificate_is_forged_for_catalog_hosts(gateway):
     assert issuer.get("organizationName") == "mitmproxy"
 
 
-def test_malformed_json_is_forwarded_and_audited_as_unparsed(gateway, upstream, marker):
-    upstream.route("/v1/chat/completions", lambda rec: Reply(400, b'{"error": {"message": "bad json"}}'))
+def test_malformed_json_is_refused_with_its_reason_and_audited(gateway, upstream, marker):
+    """A JSON body the gateway cannot read one way is not forwarded (the upstream might read it another way): the
+    client gets a 400 in its provider's shape that says why, and the audit row says it was refused."""
+    broken = b'{"model": "gpt-4o", "messages": [' + marker.encode()
     http = httpx2.Client(proxy=gateway.proxy_url, verify=ssl.create_default_context(cafile=str(gateway.ca)))
-    r = http.post("https://api.openai.com/v1/chat/completions", content=b'{"model": "gpt-4o", "messages": [' +
-                  marker.encode(), headers={"content-type": "application/json"})
-    assert r.status_code == 400 and b"bad json" in r.content  # forwarded: the upstream's own answer
+    r = http.post("https://api.openai.com/v1/chat/completions", content=broken,
+                  headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "was not sent" in r.json()["error"]["message"]
+    assert "not valid JSON" in r.json()["error"]["message"]
+    assert not any(marker.encode() in rec.body for rec in upstream.requests)
     [event] = wait_for_events(gateway, lambda e: e["operation"] == "chat.completions" and not e["parsed"]
                               and e["status"] == 400 and e["path"] == "/v1/chat/completions"
-                              and any("invalid JSON" in w for w in e["warnings"]) and e["prompt"] == ""
-                              and e["request_bytes"] == len(b'{"model": "gpt-4o", "messages": [' + marker.encode()))
-    assert event["inspection"] == "unparsed"
+                              and any("not valid JSON" in w for w in e["warnings"]) and e["prompt"] == ""
+                              and e["request_bytes"] == len(broken))
+    assert event["inspection"] == "unparsed" and event["decision"] == "block"
+    assert event["reason"].startswith("request body refused") and event["event_id"] in r.text
     # the gateway is still alive and serving
     upstream.route("/v1/chat/completions", lambda rec: chat_reply("still here"))
     assert openai_client(gateway).chat.completions.create(
@@ -162,7 +167,8 @@ def test_hostile_bodies_never_crash_the_gateway(gateway, upstream, body):
     http = httpx2.Client(proxy=gateway.proxy_url, verify=ssl.create_default_context(cafile=str(gateway.ca)))
     r = http.post("https://api.openai.com/v1/chat/completions", content=body,
                   headers={"content-type": "application/json"})
-    assert r.status_code == 200
+    # answered (a body whose JSON the gateway cannot read one way is refused, saying why), never a crash
+    assert r.status_code == 200 or (r.status_code == 400 and "was not sent" in r.text)
     assert gateway.proc.poll() is None
 
 

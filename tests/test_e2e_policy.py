@@ -427,15 +427,16 @@ def test_mistral_sdk_shows_our_block_message(pgw, upstream, marker):
 
 
 def test_fail_modes_when_the_body_cannot_be_inspected(pgw, upstream, marker):
-    """A body no parser understands cannot be scanned: the fail-closed rule blocks, the fail-open rule is skipped,
-    and the audit says which, with inspection 'unparsed'."""
+    """An opaque (binary) body cannot be scanned: the fail-closed rule blocks, the fail-open rule is skipped, and
+    the audit says which, with inspection 'unparsed'. (Malformed JSON is refused whatever the fail modes:
+    tests/test_evasion.py.)"""
     upstream.route("/v2/chat", lambda rec: Reply(400, b'{"message": "bad json"}'))
-    broken = b'{"model": "m", "messages": [' + marker.encode()
+    broken = b"\x00\x01\x02 opaque " + marker.encode()
     with http_client(pgw, "alice") as client:
         closed = client.post("https://api.mistral.ai/v1/chat/completions", content=broken,
-                             headers={"content-type": "application/json"})
+                             headers={"content-type": "application/octet-stream"})
         opened = client.post("https://api.cohere.com/v2/chat", content=broken,
-                             headers={"content-type": "application/json"})
+                             headers={"content-type": "application/octet-stream"})
     # the user is told the request could not be checked, not the rule's message (which speaks of keys found)
     message = closed.json()["error"]["message"]
     assert closed.status_code == 403 and "cannot read this request's format" in message

@@ -72,6 +72,7 @@ def test_dlp_off_and_nothing_to_scan_are_skipped():
     inspect_flows([f], gateway_dlp=False)
     assert it.inspection == "skipped" and it.findings == []
     g, empty = flow_with([])
+    empty.exchange.extra.clear()  # not even the body's keys and model, which the whole-body walk reads
     inspect_flows([g], gateway_dlp_workers=1)
     assert empty.inspection == "skipped"
 

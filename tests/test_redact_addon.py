@@ -89,8 +89,9 @@ def test_a_finding_without_a_json_path_blocks_instead_of_leaking(openai_service)
     it.exchange.messages[0].attachments.append(Attachment("file", "people.csv", "text/csv", 40,
                                                           text=f"owner,{EMAIL}", inspected=True))
     parts = it.exchange.request_parts()
-    assert parts[-1].path is None
-    it.findings = email_findings(parts[-1].text, len(parts) - 1)
+    [upload] = [i for i, p in enumerate(parts) if p.source == "upload"]
+    assert parts[upload].path is None
+    it.findings = email_findings(parts[upload].text, upload)
     before = f.request.content
     Redact().request(f)
     assert f.request.content == before  # nothing half-redacted either
