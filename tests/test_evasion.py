@@ -9,6 +9,7 @@ its coverage says how the text was read).
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import ssl
@@ -42,6 +43,8 @@ class Case:
     #: What the audit's coverage must name (the way the value was read), or "" for a refused body.
     read_by: str = "walk"
     headers: dict[str, str] = field(default_factory=dict)
+    #: The value as this case spells it (obfuscated), which must not arrive either; None: one of VALUES as is.
+    sent: str | None = None
 
 
 def chat(**extra) -> bytes:
@@ -147,7 +150,43 @@ DIFFERENTIALS = [
     Case("truncated-json", chat(user=KEY)[:-1], read_by=""),
 ]
 
-CASES = FIELDS + ENDPOINTS + DIFFERENTIALS
+def said(text: str, *more: str) -> bytes:
+    """A chat request whose user messages are `text` and `more`."""
+    return json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": t} for t in (text, *more)]}).encode()
+
+
+def obfuscated(id: str, sent: str, *more: str, prefix: str = "please use ") -> Case:
+    return Case(id, said(prefix + sent, *more), sent=sent, read_by="parser")
+
+
+FULLWIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
+OBFUSCATIONS = [
+    obfuscated("zero-width-key", KEY[:4] + "\u200b" + KEY[4:12] + "\u2060" + KEY[12:]),
+    obfuscated("zero-width-email", "jane.doe\u200d@acme-corp.com"),
+    obfuscated("homoglyph-key", "\u0410" + KEY[1:]),  # Cyrillic A
+    obfuscated("homoglyph-email", "jane.d\u043ee@acme-corp.com"),  # Cyrillic o
+    obfuscated("fullwidth-card", "4111 1111 1111 1111".translate(FULLWIDTH)),
+    obfuscated("fullwidth-key", KEY[:4] + KEY[4:].translate(FULLWIDTH)),
+    obfuscated("nbsp-card", "4111\u00a01111\u00a01111\u00a01111"),
+    obfuscated("dotted-card", "4111.1111.1111.1111"),
+    obfuscated("entity-email", "jane.doe&#64;acme-corp.com"),
+    obfuscated("named-entity-email", "jane.doe&commat;acme-corp.com"),
+    obfuscated("percent-email", "jane.doe%40acme-corp.com"),
+    obfuscated("percent-key", "%41%4B%49%41" + KEY[4:]),
+    obfuscated("base64-key", base64.b64encode(f"key={KEY}".encode()).decode()),
+    obfuscated("hex-key", KEY.encode().hex()),
+    obfuscated("lower-prefix-key", "akia" + KEY[4:]),
+    obfuscated("spaced-key", " ".join(KEY)),
+    obfuscated("term-inflected", "Project-Nightjar's roadmap", prefix="summarise "),
+    obfuscated("term-plural", "the Nightjars launch", prefix="summarise "),
+    Case("split-key-messages", said("my key starts AKIAZ7Q4XK", "2M3PLR5TVW is the rest"), sent="AKIAZ7Q4XK",
+         read_by="parser"),
+    Case("split-card-parts", json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "card 41111111"}, {"type": "text", "text": "11111111 thanks"}]}]}).encode(),
+         sent="card 41111111", read_by="parser"),
+]
+
+CASES = FIELDS + ENDPOINTS + DIFFERENTIALS + OBFUSCATIONS
 
 
 @pytest.fixture(scope="module")
@@ -201,11 +240,11 @@ def arrived(upstream, marker: str) -> list[bytes]:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_nothing_of_the_value_leaves(strict_gateway, upstream, case):
     marker = uuid.uuid4().hex[:12]
-    assert any(v.encode() in case.body for v in VALUES), "the case must carry a value"
+    assert case.sent is not None or any(v.encode() in case.body for v in VALUES), "the case must carry a value"
     response = send(strict_gateway, case, marker)
     bodies = arrived(upstream, marker)
     for body in bodies:
-        for value in VALUES:
+        for value in (*VALUES, *([case.sent] if case.sent else [])):
             for spelling in spellings(value):
                 assert spelling not in body, (case.id, value, body[:500])
     [event] = wait_for_events(strict_gateway, lambda e: f"evasion={marker}" in e["path"])
