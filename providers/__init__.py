@@ -67,7 +67,7 @@ def _walk(req: HttpRequest, parsed: Parsed) -> None:
         for part in x.request_parts():
             coverage.add(part.source, part.path)
         known = {p.text for p in x.request_parts()}
-        readable = walk_text(req.body, req.content_type, x, coverage)
+        readable = walk_text(req.body, req.headers.get("content-type", ""), x, coverage)
         x.extra = [p for p in x.extra if p.text not in known]
     x.coverage = coverage.lines()
     x.read = readable or x.parsed
