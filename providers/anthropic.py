@@ -128,7 +128,7 @@ def _block(block: dict[str, Any], path: JsonPath, message: Message, exchange: Ex
     if kind == "text" and isinstance(block.get("text"), str):
         message.parts.append(TextPart(block["text"], (*path, "text")))
     elif kind in ("image", "document"):
-        message.attachments.append(_source_attachment(block, path, message))
+        message.attachments.append(_source_attachment(block, path, message, exchange))
     elif kind in ("tool_use", "server_tool_use"):
         message.tool_calls.append(tool_call(str(block.get("name", "")), block.get("input"), (*path, "input"),
                                             str(block.get("id", ""))))
@@ -143,12 +143,13 @@ def _block(block: dict[str, Any], path: JsonPath, message: Message, exchange: Ex
             if isinstance(b, dict) and isinstance(b.get("text"), str):
                 message.tool_results.append(ToolResult(call_id, b["text"], (*path, "content", k, "text")))
             elif isinstance(b, dict) and b.get("type") in ("image", "document"):
-                message.attachments.append(_source_attachment(b, (*path, "content", k), message))
+                message.attachments.append(_source_attachment(b, (*path, "content", k), message, exchange))
         if len(message.tool_results) == before:
             message.tool_results.append(ToolResult(call_id, ""))  # a result with no text is still a result
 
 
-def _source_attachment(block: dict[str, Any], path: JsonPath | None, message: Message) -> Attachment:
+def _source_attachment(block: dict[str, Any], path: JsonPath | None, message: Message,
+                       exchange: Exchange) -> Attachment:
     """An image or document block. A plain-text document (`source.type: text`) is text the user sent: it becomes
     an addressable text part (so DLP can redact it) and the attachment is marked inspected."""
     kind = str(block.get("type"))
@@ -156,7 +157,7 @@ def _source_attachment(block: dict[str, Any], path: JsonPath | None, message: Me
     name = str(block.get("title") or source.get("file_id") or source.get("url") or "")[:200]
     mime = str(source.get("media_type") or "")
     if source.get("type") == "base64" and isinstance(source.get("data"), str):
-        return base64_attachment(source["data"], name, mime, kind)
+        return base64_attachment(source["data"], name, mime, kind, exchange.warn)
     if source.get("type") == "text" and isinstance(source.get("data"), str):
         message.parts.append(TextPart(source["data"], (*path, "source", "data") if path else None))
         return Attachment(kind=kind, name=name, mime_type=mime or "text/plain",

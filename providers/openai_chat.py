@@ -11,7 +11,7 @@ from typing import Any
 from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
                             json_body, objects, text_parts, with_leaves)
-from providers.uploads import base64_attachment
+from providers.uploads import Warn, base64_attachment
 
 _NON_TEXT_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file"}
 
@@ -94,8 +94,9 @@ def prompt_parts(value: Any, path: JsonPath, exchange: Exchange) -> list[TextPar
     return []
 
 
-def content_attachment(part: dict[str, Any]) -> Attachment:
-    """An image, audio or file content part (chat `image_url` / `input_audio` / `file`)."""
+def content_attachment(part: dict[str, Any], warn: Warn | None = None) -> Attachment:
+    """An image, audio or file content part (chat `image_url` / `input_audio` / `file`); `warn` hears why a file
+    that could have been read was not (an encrypted PDF)."""
     kind = _NON_TEXT_PARTS[part["type"]]
     inner = part.get(part["type"])
     if isinstance(inner, str):  # some compatible hosts send image_url as a bare string
@@ -109,7 +110,7 @@ def content_attachment(part: dict[str, Any]) -> Attachment:
         return Attachment(kind=kind, name=name, mime_type=mime)
     if data.startswith(("http://", "https://")):
         return Attachment(kind=kind, name=name or data[:200], mime_type=mime)
-    return base64_attachment(data, name, mime, kind)
+    return base64_attachment(data, name, mime, kind, warn)
 
 
 def function_tools(tools: Any, exchange: Exchange) -> None:
@@ -151,7 +152,7 @@ def chat_message(raw: dict[str, Any], path: JsonPath, exchange: Exchange) -> Non
     if isinstance(content, list):
         for part in content:
             if isinstance(part, dict) and part.get("type") in _NON_TEXT_PARTS:
-                message.attachments.append(content_attachment(part))
+                message.attachments.append(content_attachment(part, exchange.warn))
     message.tool_calls.extend(tool_calls(raw, path))
     legacy = raw.get("function_call")
     if isinstance(legacy, dict):

@@ -25,18 +25,17 @@ def _form(req: HttpRequest, exchange: Exchange) -> Form:
     return form
 
 
-def _upload_message(form: Form, kind: str = "") -> Message:
-    """The user's turn: the `prompt` field (not addressable in a multipart body) and every file part."""
-    message = Message(role="user", attachments=[p.attachment(kind) for p in form.files()])
-    prompt = form.field("prompt")
-    if prompt:
-        message.parts.append(TextPart(prompt))
+def _upload_message(form: Form, exchange: Exchange, kind: str = "") -> Message:
+    """The user's turn: every `prompt` field (not addressable in a multipart body; a repeated one is read too, as
+    the server may take either) and every file part."""
+    message = Message(role="user", attachments=[p.attachment(kind, exchange.warn) for p in form.files()])
+    message.parts.extend(TextPart(prompt) for prompt in form.fields("prompt") if prompt)
     return message
 
 
 def parse_file(req: HttpRequest, exchange: Exchange) -> None:
     """`POST /files` (multipart `file` + `purpose`), also `/uploads/{id}/parts` (multipart `data`)."""
-    exchange.messages.append(_upload_message(_form(req, exchange)))
+    exchange.messages.append(_upload_message(_form(req, exchange), exchange))
 
 
 def parse_upload(req: HttpRequest, exchange: Exchange) -> None:
@@ -54,7 +53,7 @@ def parse_upload_complete(req: HttpRequest, exchange: Exchange) -> None:
 
 def parse_transcription(req: HttpRequest, exchange: Exchange) -> None:
     """`/audio/transcriptions` and `/audio/translations`: the audio file and the free-text `prompt`."""
-    exchange.messages.append(_upload_message(_form(req, exchange), "audio"))
+    exchange.messages.append(_upload_message(_form(req, exchange), exchange, "audio"))
 
 
 def parse_speech(req: HttpRequest, exchange: Exchange) -> None:
@@ -76,7 +75,7 @@ def parse_image_generation(req: HttpRequest, exchange: Exchange) -> None:
 
 def parse_image_edit(req: HttpRequest, exchange: Exchange) -> None:
     """`/images/edits` and `/images/variations`: the images (and mask) as attachments, and the `prompt`."""
-    exchange.messages.append(_upload_message(_form(req, exchange), "image"))
+    exchange.messages.append(_upload_message(_form(req, exchange), exchange, "image"))
 
 
 def transcription_response(data: dict[str, Any], exchange: Exchange) -> None:

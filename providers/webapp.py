@@ -55,7 +55,7 @@ def form_upload(req: HttpRequest, exchange: Exchange) -> None:
     files = form.files()
     if not files:
         raise BodyError("multipart body without a file")
-    exchange.messages.append(Message("user", attachments=[f.attachment() for f in files]))
+    exchange.messages.append(Message("user", attachments=[f.attachment(warn=exchange.warn) for f in files]))
     if not form.complete:
         exchange.warn("multipart body cut short: the last file may be incomplete")
 
