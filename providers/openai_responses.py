@@ -97,8 +97,8 @@ def _message(item: dict[str, Any], path: JsonPath, exchange: Exchange) -> None:
             elif kind == "input_file":
                 name = str(part.get("filename") or part.get("file_id") or part.get("file_url") or "")[:200]
                 data = part.get("file_data")
-                message.attachments.append(base64_attachment(data, name, "", "file", exchange.warn) if isinstance(data, str)
-                                           else Attachment(kind="file", name=name))
+                message.attachments.append(base64_attachment(data, name, "", "file", exchange.warn)
+                                           if isinstance(data, str) else Attachment(kind="file", name=name))
             elif kind == "input_audio":
                 inner = part.get("input_audio") or {}
                 message.attachments.append(base64_attachment(str(inner.get("data") or ""), "",

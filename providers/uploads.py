@@ -62,7 +62,7 @@ PDF_WORKER_GRACE = 5.0
 PDF_WORKER_MEMORY = 1 << 30
 PDF_WORKERS = 2
 #: Recent PDF results, so the parser and the whole-body walk (providers/walk.py) do not extract one file twice.
-PDF_CACHE = 8
+PDF_CACHE = 4
 
 TEXT_EXTENSIONS = frozenset("""
 txt text md markdown rst csv tsv json jsonl ndjson xml yaml yml toml ini cfg conf env log html htm css svg
@@ -153,7 +153,7 @@ def extract(data: bytes, name: str, mime_type: str) -> Extracted:
     if looks_like_text(data[:SNIFF_BYTES]) or not data:
         return _sniffed_text(data)
     if is_declared_pdf(name, mime_type):
-        return Extracted(None, warning=f"{name or 'file'}: declared a PDF but has no PDF header: not inspected")
+        return Extracted(None, warning="declared a PDF but has no PDF header: not inspected")
     return Extracted(None)
 
 
@@ -180,8 +180,8 @@ def _sniffed_text(data: bytes) -> Extracted:
         try:
             return Extracted(data.decode("utf-16"), True)
         except UnicodeDecodeError as e:
-            return Extracted(data[: e.start & ~1].decode("utf-16"), False, "file: not text after byte "
-                                                                           f"{e.start}: the rest not inspected")
+            return Extracted(data[: e.start & ~1].decode("utf-16"), False,
+                             f"not text after byte {e.start}: the rest not inspected")
     nul = data.find(b"\0")
     end = len(data) if nul < 0 else nul
     try:
@@ -189,9 +189,9 @@ def _sniffed_text(data: bytes) -> Extracted:
     except UnicodeDecodeError as e:
         start = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
         return Extracted(data[:start].removeprefix(b"\xef\xbb\xbf").decode("utf-8"), False,
-                         f"file: not text after byte {start}: the rest not inspected")
+                         f"not text after byte {start}: the rest not inspected")
     if nul >= 0:
-        return Extracted(text, False, f"file: binary data after byte {nul}: the rest not inspected")
+        return Extracted(text, False, f"binary data after byte {nul}: the rest not inspected")
     return Extracted(text, True)
 
 
