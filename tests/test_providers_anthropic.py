@@ -11,6 +11,7 @@ import pytest
 
 from core.exchange import Exchange
 from providers import anthropic
+from tests.support.pdf import pdf
 from tests.support.wire import parse, respond
 
 MESSAGES = {
@@ -23,7 +24,8 @@ MESSAGES = {
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
             {"type": "document", "title": "nda.txt",
              "source": {"type": "text", "media_type": "text/plain", "data": "Party A owes 1M"}},
-            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}},
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                            "data": base64.b64encode(pdf("Clause 1 binds Party A")).decode()}},
             {"type": "document", "source": {"type": "base64", "media_type": "text/csv",
                                             "data": base64.b64encode(b"a,b\n1,2").decode()}}]},
         {"role": "assistant", "content": [
@@ -52,7 +54,7 @@ def test_messages_request():
     image, nda, pdf, csv = user.attachments
     assert (image.kind, image.mime_type, image.inspected) == ("image", "image/png", False)
     assert (nda.kind, nda.name, nda.inspected) == ("document", "nda.txt", True)
-    assert (pdf.mime_type, pdf.inspected) == ("application/pdf", False)
+    assert (pdf.mime_type, pdf.inspected) == ("application/pdf", True) and "Clause 1 binds Party A" in pdf.text
     assert (csv.text, csv.inspected) == ("a,b\n1,2", True)
     assert [(c.name, json.loads(c.arguments), c.id) for c in assistant.tool_calls] == \
         [("search", {"q": "NDA law"}, "toolu_1")]
