@@ -40,6 +40,7 @@ ASSET_TYPES = ("image/", "font/", "video/", "audio/", "text/css", "text/javascri
 ASSET_SUFFIXES = (".js", ".mjs", ".css", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".avif", ".ico", ".woff",
                   ".woff2", ".ttf", ".otf", ".wasm", ".map", ".mp4", ".webm", ".mp3")
 MAX_ASSET_QUERY = 128  # a longer query string could carry data out: not a plain asset fetch
+PDF_MAGIC, PDF_MAGIC_BASE64 = b"%PDF-", b"JVBERi"  # a PDF file's first bytes, as sent and as base64 in JSON
 SMALL_WIRE_BYTES = 64 * 1024  # compressed request bodies up to this size are tried on the loop first
 STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/vnd.amazon.eventstream",
                 "application/stream+json", "application/jsonl")
@@ -79,7 +80,11 @@ class Extract:
         admission = ctx.master.addons.get("admission")
         if admission is not None and len(content) > len(body) and not admission.decoded(flow, it, len(content)):
             return  # refused: it no longer fits the gateway's budget for request bodies
-        parsed = await off_loop(len(content), _parse_request, req, content, problem, it.service)
+        # A PDF's text is extracted in a child process (providers/uploads.py): wait for it in a thread, whatever the
+        # body's size, so that the loop keeps serving everyone else meanwhile.
+        pdf = PDF_MAGIC in content or PDF_MAGIC_BASE64 in content
+        parsed = await off_loop(len(content), _parse_request, req, content, problem, it.service,
+                                above=0 if pdf else OFFLOAD_CHARS)
         it.exchange = parsed.exchange
         flow.metadata[PARSED_KEY] = parsed
         if bomb:

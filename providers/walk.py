@@ -114,10 +114,10 @@ def walk_json(value: Any, exchange: Exchange, coverage: Coverage) -> None:
     """Add every string, key and long number of `value` that the parser's parts do not hold to `exchange.extra`."""
     own: set[JsonPath] = set()
     for part in exchange.request_parts():
+        coverage.add(part.source, part.path)  # the parser's texts, and the files it extracted (no path)
         if part.path is not None:
             own.add(part.path)
             own.update(part.path[:i] for i in range(1, len(part.path)))  # JSON text in a string (tool arguments)
-            coverage.add("parser", part.path)
     keys: dict[str, None] = {}
     stack: list[tuple[Any, JsonPath, str]] = [(value, (), "")]
     while stack:
@@ -147,12 +147,13 @@ def _add_string(text: str, at: JsonPath, key: str, exchange: Exchange, coverage:
 
         head, sep, data = text.partition(";base64,")
         mime = head[5:].split(";")[0] if sep and head.startswith("data:") else ""
-        attachment = base64_attachment(data if sep else text, "", mime)
-        if attachment.text and not any(attachment.text == a.text for m in exchange.messages for a in m.attachments):
-            exchange.extra.append(TextPart(attachment.text, None, "", "upload"))
-            coverage.add("upload" if attachment.inspected else "upload (partly)", at)
-        elif not attachment.text:
+        attachment = base64_attachment(data if sep else text, "", mime, warn=exchange.warn)
+        if not attachment.text:
             coverage.add("not inspected (binary)", at)
+            return
+        if not any(attachment.text == a.text for m in exchange.messages for a in m.attachments):  # not the parser's
+            exchange.extra.append(TextPart(attachment.text, None, "", "upload"))
+        coverage.add("upload" if attachment.inspected else "upload (partly)", at)
         return
     exchange.extra.append(TextPart(text, at, key, "walk"))
     coverage.add("walk", at)
@@ -172,7 +173,8 @@ def walk_text(body: bytes, header: str, exchange: Exchange, coverage: Coverage) 
         return _walk_multipart(body, header, exchange, coverage)
     from providers.uploads import file_attachment
 
-    attachment = file_attachment("", content_type or "application/octet-stream", len(body), body)
+    attachment = file_attachment("", content_type or "application/octet-stream", len(body), body,
+                                 warn=exchange.warn)
     if attachment.text is None:
         coverage.add("not inspected (binary)", f"body {content_type or 'without a type'}")
         return False
@@ -196,7 +198,7 @@ def _walk_multipart(body: bytes, content_type: str, exchange: Exchange, coverage
             exchange.extra.append(TextPart(part.value, None, part.name, "walk"))
             coverage.add("walk field", part.name)
             continue
-        attachment = part.attachment()
+        attachment = part.attachment(warn=exchange.warn)
         if attachment.text:
             exchange.extra.append(TextPart(attachment.text, None, "", "upload"))
         whole = whole and attachment.inspected

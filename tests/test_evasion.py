@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import AI_HOSTS, wait_for_events
 from tests.support.gateway import GatewayProcess
+from tests.support.pdf import pdf
 from tests.support.upstream import Recorded, Reply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +187,48 @@ OBFUSCATIONS = [
          sent="card 41111111", read_by="parser"),
 ]
 
-CASES = FIELDS + ENDPOINTS + DIFFERENTIALS + OBFUSCATIONS
+def multipart(*parts: tuple[str, str, bytes]) -> tuple[bytes, str]:
+    """A multipart body of (content-disposition parameters, content type, content) parts, and its type."""
+    out = b""
+    for disposition, ctype, content in parts:
+        out += (f"--b0undary\r\ncontent-disposition: form-data; {disposition}\r\n"
+                + (f"content-type: {ctype}\r\n" if ctype else "") + "\r\n").encode() + content + b"\r\n"
+    return out + b"--b0undary--\r\n", "multipart/form-data; boundary=b0undary"
+
+
+def upload(id: str, *parts: tuple[str, str, bytes], path: str = "/v1/files") -> Case:
+    body, ctype = multipart(*parts)
+    return Case(id, body, path=path, content_type=ctype, read_by="upload")
+
+
+PDF = base64.b64encode(pdf(f"Deploy with key {KEY} today")).decode()
+LONG_TEXT = ("filler line of an ordinary log file\n" * 17000).encode() + f"aws_key={KEY}\n".encode()
+UPLOADS = [
+    Case("responses-input-file-pdf", json.dumps({"model": "gpt-4o", "input": [{"role": "user", "content": [
+        {"type": "input_file", "filename": "plan.pdf", "file_data": f"data:application/pdf;base64,{PDF}"},
+        {"type": "input_text", "text": "Summarise."}]}]}).encode(), path="/v1/responses", read_by="upload",
+         sent=PDF[:40]),
+    Case("chat-file-part-pdf", json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"filename": "plan.pdf", "file_data": f"data:application/pdf;base64,{PDF}"}},
+        {"type": "text", "text": "Summarise."}]}]}).encode(), read_by="upload", sent=PDF[:40]),
+    Case("anthropic-document-pdf", anthropic(messages=[{"role": "user", "content": [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}},
+        {"type": "text", "text": "Summarise."}]}]), path="/v1/messages", host="api.anthropic.com",
+         read_by="upload", sent=PDF[:40]),
+    upload("multipart-pdf", ('name="purpose"', "", b"assistants"),
+           ('name="file"; filename="plan.bin"', "application/octet-stream", pdf(f"key {KEY}"))),
+    upload("octet-stream-text", ('name="purpose"', "", b"assistants"),
+           ('name="file"; filename="notes"', "application/octet-stream", f"remember {KEY}".encode())),
+    upload("secret-at-600kb", ('name="purpose"', "", b"assistants"),
+           ('name="file"; filename="app.log"', "text/plain", LONG_TEXT)),
+    upload("rfc2231-filename", ('name="purpose"', "", b"assistants"),
+           ("name=\"file\"; filename=\"x.bin\"; filename*=UTF-8''r%C3%A9sum%C3%A9.txt", "",
+            f"mail {KEY}".encode())),
+    upload("repeated-field", ('name="purpose"', "", b"assistants"), ('name="purpose"', "", KEY.encode()),
+           ('name="file"; filename="a.txt"', "text/plain", b"hello")),
+]
+
+CASES = FIELDS + ENDPOINTS + DIFFERENTIALS + OBFUSCATIONS + UPLOADS
 
 
 @pytest.fixture(scope="module")
