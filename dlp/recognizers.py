@@ -24,7 +24,7 @@ from typing import Any
 
 import phonenumbers
 import regex
-from presidio_analyzer import PatternRecognizer
+from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 from presidio_analyzer.pattern_recognizer import REGEX_TIMEOUT_SECONDS
 from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
@@ -53,8 +53,19 @@ def _is_code_or_placeholder(value: str) -> bool:
     if _REFERENCE.match(value) or _PLACEHOLDER.search(value):
         return True
     # An identifier, a dotted path or a call is code (`self.token`, `getpass()`), unless it carries digits or symbols
-    # the way passwords do (`Tr0ub4dor` is an identifier by syntax but not by habit).
-    return bool(_CODE_PATH.match(value)) and (_LETTERS_ONLY.match(value) is not None or not value.isalnum())
+    # the way passwords do (`Tr0ub4dor` is an identifier by syntax but not by habit), or looks generated: three
+    # digits or more (`pk_vn6lc...58`), or the case changing as often as in random text (`jfXudzTQXGqi`; camelCase
+    # changes once a word).
+    if not _CODE_PATH.match(value) or _looks_generated(value):
+        return False
+    return _LETTERS_ONLY.match(value) is not None or not value.isalnum()
+
+
+def _looks_generated(value: str) -> bool:
+    if not value.replace("_", "").isalnum():
+        return False
+    changes = sum(a.islower() != b.islower() for a, b in zip(value, value[1:]) if a.isalpha() and b.isalpha())
+    return sum(c.isdigit() for c in value) >= 3 or (changes >= 4 and changes >= 0.25 * len(value))
 
 
 _PASSWORD = re.compile(r"(?:password|pwd)\s*=\s*([^;&]*)|://[^:@/\s]*:([^@\s]*)@", re.I)
@@ -182,3 +193,149 @@ def analyze_phone(recognizer: PhoneRecognizer, text: str,
         if all(explained[i] for i in open_digits):
             break
     return sorted(spans)
+
+
+# --- people's names -----------------------------------------------------------------------------------------------
+
+_TITLES = ("Mr", "Mrs", "Ms", "Miss", "Mx", "Dr", "Prof", "Sir", "Dame")
+_PARTICLES = ("van", "von", "der", "den", "de", "del", "della", "di", "da", "dos", "das", "du", "la", "le", "bin",
+              "ibn", "al", "el", "ter", "ten")
+_WORD = r"[A-Z][\w'’\-]{1,30}"  # a capitalised word: O'Connor, Al-Sayed, García (\w is Unicode)
+_SURNAME = r"(?:[ \t]+(?:(?:%s)[ \t]+){0,2}%s)" % ("|".join(_PARTICLES), _WORD)
+_NAME_TAIL = r"(?:[ \t]+[A-Z]\.)?%s{1,2}" % _SURNAME  # an optional middle initial, then one or two surnames
+_TITLED = r"\b(?:%s)\.?[ \t]+%s(?:[ \t]+%s)?" % ("|".join(_TITLES), _WORD, _WORD)
+# The same shape with any capitalised first word: run on windows, the first word is then looked up in a set, which
+# is 20 times faster than the `regex` module trying thousands of alternatives at every position.
+_ANY_FIRST = regex.compile(r"\b(%s)%s" % (r"[A-Z][\w'’\-]{0,30}", _NAME_TAIL))
+_TITLED_RE = regex.compile(_TITLED)
+_TOKEN = regex.compile(r"[A-Z][\w'’\-]*")  # a capitalised word (a trailing ' or - is not part of it)
+_NAME_WORD = regex.compile(r"[A-Z][^\W\d_]*(?:['’\-][A-Z]?\p{Ll}[^\W\d_]*)*")  # O'Connor, Al-Sayed; not AX55, Steuer-ID
+NAMES_PER_PATTERN = 1200  # hyperscan refuses an expression longer than about 16,000 characters
+
+
+def _faker_names(locales: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
+    """First names and surnames of Faker's person providers (MIT-licensed data: the first and last names people
+    in each locale commonly have), single capitalised words only."""
+    import importlib
+
+    first, last = set(), set()
+    word = regex.compile(r"[A-Z][^\W\d_]+(?:['’\-][A-Z]?[^\W\d_]+)?")
+    for locale in locales:
+        provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+        for attr in dir(provider):
+            if "name" not in attr or not ("first" in attr or "last" in attr) or attr.endswith(("formats", "pairs")):
+                continue
+            names = getattr(provider, attr)
+            if isinstance(names, (dict, tuple, list)):
+                (first if "first" in attr else last).update(n for n in names if isinstance(n, str)
+                                                             and word.fullmatch(n))
+    return frozenset(first), frozenset(last)
+
+
+# Words that end a place's name although gazetteers list them as surnames too (`Jackson Street`).
+_STREETS = frozenset({"street", "road", "avenue", "lane", "way", "drive", "boulevard", "square", "station", "plaza"})
+
+
+def _common_words() -> tuple[frozenset[str], frozenset[str]]:
+    """Lower-case words that are no one's name on their own: Faker's English word lists (`may`, `hope`, `summer`,
+    `advanced`; some of them surnames too: `price`), and places and dates (street kinds, countries and US states,
+    months and days), which a name does not end with unless it is also a surname (`Brooks`, `Park`)."""
+    import calendar
+
+    from faker.providers.address.en_US import Provider as Address
+    from faker.providers.company.en_US import Provider as Company
+    from faker.providers.lorem.en_US import Provider as Lorem
+
+    words = {*Lorem.word_list, *(w for group in (*Company.bsWords, *Company.catch_phrase_words) for w in group)}
+    places = {*Address.street_suffixes, *calendar.month_name[1:], *calendar.day_name}
+    places |= {w for place in (*Address.countries, *Address.states) for w in place.split()}
+    return frozenset(w.lower() for w in words), frozenset(w.lower() for w in places)
+
+
+class _HyperscanPattern(Pattern):
+    """A pattern for the prefilter only: its recognizer's `analyze` matches it another way, so Presidio's check
+    that the stdlib compiles it (over a second for thousands of names) is skipped."""
+
+    def __init__(self, name: str, regex: str, score: float):
+        self.name, self.regex, self.score = name, regex, score
+        self.compiled_regex, self.compiled_with_flags = None, None
+
+
+class PersonNameRecognizer(PatternRecognizer):
+    """PERSON without a model: a known first name followed by a capitalised surname, or a title and a name.
+
+    Names come from a gazetteer (Faker's person data for the listed locales) instead of an NER model, which the
+    gateway never downloads and which is slow and noisy on code. Its patterns are literal alternations of the first
+    names, so the prefilter finds every candidate in its one hyperscan pass; `analyze` then scores each match:
+    - a known first name and a known surname: 0.85; a title (Mr, Dr...) before a capitalised word: 0.85;
+    - a known first name and a capitalised word that is not a common word (`Maria Gonzalez`, but not `Jackson
+      Street`): 0.65;
+    - a first name that is also a common word or a place (May, Hope, Georgia), or only two letters long: 0.65 with a
+      known surname, 0.4 at the start of a sentence (`May Contain Nuts`), where a context word must lift it; dropped
+      with an unknown word after it.
+    Trailing words that are common words are cut off (`Maria Gonzalez Support`).
+    """
+
+    FULL, FIRST, WEAK = 0.85, 0.65, 0.4
+
+    def __init__(self, supported_language: str = "en", supported_entity: str = "PERSON",
+                 context: list[str] | None = None, locales: list[str] | None = None,
+                 common_words: list[str] | None = None):
+        self.locales = tuple(locales or ("en_US", "en_GB"))
+        self.first_names, self.surnames = _faker_names(self.locales)
+        common, self.places = _common_words()
+        self.common = common | {w.lower() for w in common_words or ()}
+        self.ambiguous = frozenset(n for n in self.first_names
+                                   if n.lower() in self.common or n.lower() in self.places or len(n) <= 2)
+        names = sorted(self.first_names, key=lambda n: (-len(n), n))
+        groups = [names[i:i + NAMES_PER_PATTERN] for i in range(0, len(names), NAMES_PER_PATTERN)]
+        self._groups = {f"first name ({i + 1})": frozenset(g) for i, g in enumerate(groups)}
+        patterns = [Pattern("title and name", _TITLED, self.FULL)]
+        patterns += [_HyperscanPattern(name, r"\b(?:%s)%s" % ("|".join(map(regex.escape, g)), _NAME_TAIL), self.FIRST)
+                     for name, g in zip(self._groups, groups)]
+        super().__init__(supported_entity=supported_entity, supported_language=supported_language,
+                         patterns=patterns, context=context,
+                         global_regex_flags=regex.DOTALL | regex.MULTILINE)
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None,
+                regex_flags: int | None = None) -> list[RecognizerResult]:
+        """What the patterns match, scored; the first-name patterns as one pass with a set lookup (see _ANY_FIRST)."""
+        entity, found = self.supported_entities[0], []
+        names = frozenset().union(*(self._groups.get(p.name, ()) for p in self.patterns))
+        if any(p.name == "title and name" for p in self.patterns):
+            found += [(m.start(), m.end(), self.FULL) for m in _TITLED_RE.finditer(text)]
+        if names:
+            found += [self._score(text, m) for m in _ANY_FIRST.finditer(text, overlapped=True) if m.group(1) in names]
+        return EntityRecognizer.remove_duplicates([RecognizerResult(entity, s, e, score) for s, e, score in found
+                                                   if score > 0])
+
+    def _score(self, text: str, m: regex.Match) -> tuple[int, int, float]:
+        """(start, end, score) of a first-name match; score 0 drops it (see the class docstring)."""
+        first = m.group(1)
+        tokens = [(t.start(), t.start() + len(w), w) for t in _TOKEN.finditer(text, m.end(1), m.end())
+                  if len(w := t.group().rstrip("'’-")) > 1]
+        while tokens and self._not_a_name(tokens[-1][2]):
+            tokens.pop()  # `Maria Gonzalez Support`, `Jackson Street`
+        if not tokens or not _NAME_WORD.fullmatch(tokens[-1][2]):
+            return m.start(), m.end(), 0.0  # `Archer AX55`, `German Steuer-ID`
+        known = tokens[-1][2] in self.surnames
+        if known:
+            score = self.WEAK if first in self.ambiguous and _sentence_start(text, m.start()) else \
+                self.FIRST if first in self.ambiguous else self.FULL
+        elif first in self.ambiguous:
+            return m.start(), m.end(), 0.0
+        else:  # at the start of a sentence any word is capitalised: `Grant Access`
+            score = self.WEAK if _sentence_start(text, m.start()) else self.FIRST
+        return m.start(), tokens[-1][1], score
+
+    def _not_a_name(self, word: str) -> bool:
+        lower = word.lower()
+        if lower in _STREETS:
+            return True
+        return (lower in self.common or lower in self.places) and word not in self.surnames
+
+
+def _sentence_start(text: str, pos: int) -> bool:
+    """Does a sentence (or a line) start at pos? Where every word is capitalised, a capital says nothing."""
+    before = text[:pos].rstrip(" \t")
+    return not before or before[-1] in "\n.!?\"'“(*-•#>"
