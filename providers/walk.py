@@ -25,6 +25,8 @@ from urllib.parse import parse_qsl
 import orjson
 
 from core.exchange import Exchange, JsonPath, TextPart
+from providers.base import BodyError
+from providers.uploads import base64_attachment, file_attachment, parse_form
 
 #: Deeper JSON than any provider's request needs; a deeper body is refused rather than read by a second parser.
 MAX_DEPTH = 128
@@ -143,8 +145,6 @@ def _add_string(text: str, at: JsonPath, key: str, exchange: Exchange, coverage:
     """A string value: prose as a part at its path; an encoded file (long base64 or data: URI) as the text it
     decodes to, if it is text (or a PDF), else recorded as not inspected."""
     if len(text) >= ENCODED_MIN and _ENCODED.fullmatch(text):
-        from providers.uploads import base64_attachment
-
         head, sep, data = text.partition(";base64,")
         mime = head[5:].split(";")[0] if sep and head.startswith("data:") else ""
         attachment = base64_attachment(data if sep else text, "", mime, warn=exchange.warn)
@@ -171,28 +171,27 @@ def walk_text(body: bytes, header: str, exchange: Exchange, coverage: Coverage) 
         return True
     if content_type.startswith("multipart/"):
         return _walk_multipart(body, header, exchange, coverage)
-    from providers.uploads import file_attachment
-
     attachment = file_attachment("", content_type or "application/octet-stream", len(body), body,
                                  warn=exchange.warn)
     if attachment.text is None:
         coverage.add("not inspected (binary)", f"body {content_type or 'without a type'}")
         return False
-    exchange.extra.append(TextPart(attachment.text, None, "", "upload" if attachment.kind != "file" else "walk"))
+    exchange.extra.append(TextPart(attachment.text, None, "", "walk"))
     coverage.add("walk text", f"body {content_type or 'without a type'}")
     return attachment.inspected
 
 
 def _walk_multipart(body: bytes, content_type: str, exchange: Exchange, coverage: Coverage) -> bool:
-    from providers.base import BodyError
-    from providers.uploads import parse_form
-
+    """Every field (its name too) and every file (its name and the text it holds) of a multipart body."""
     try:
         form = parse_form(body, content_type)
     except BodyError as e:
         coverage.add("not inspected (malformed multipart)", str(e)[:80])
         return False
     whole = True
+    names = [n for part in form.parts for n in (part.name, part.filename) if n]
+    if names:  # field and file names are sent too: a value written there is found, and blocks
+        exchange.extra.append(TextPart("\n".join(dict.fromkeys(names)), None, "", "walk"))
     for part in form.parts:
         if part.filename is None:
             exchange.extra.append(TextPart(part.value, None, part.name, "walk"))

@@ -224,6 +224,8 @@ UPLOADS = [
     upload("rfc2231-filename", ('name="purpose"', "", b"assistants"),
            ("name=\"file\"; filename=\"x.bin\"; filename*=UTF-8''r%C3%A9sum%C3%A9.txt", "",
             f"mail {KEY}".encode())),
+    upload("secret-in-filename", ('name="purpose"', "", b"assistants"),
+           (f'name="file"; filename="{KEY}.txt"', "text/plain", b"hello")),
     upload("repeated-field", ('name="purpose"', "", b"assistants"), ('name="purpose"', "", KEY.encode()),
            ('name="file"; filename="a.txt"', "text/plain", b"hello")),
 ]
