@@ -200,17 +200,17 @@ def analyze_phone(recognizer: PhoneRecognizer, text: str,
 _TITLES = ("Mr", "Mrs", "Ms", "Miss", "Mx", "Dr", "Prof", "Sir", "Dame")
 _PARTICLES = ("van", "von", "der", "den", "de", "del", "della", "di", "da", "dos", "das", "du", "la", "le", "bin",
               "ibn", "al", "el", "ter", "ten")
-_WORD = r"[A-Z][\w'’\-]{1,30}"  # a capitalised word: O'Connor, Al-Sayed, García (\w is Unicode)
+_WORD = r"[A-Z][\w'’\-]+"  # a capitalised word: O'Connor, Al-Sayed, García (\w is Unicode)
 _SURNAME = r"(?:[ \t]+(?:(?:%s)[ \t]+){0,2}%s)" % ("|".join(_PARTICLES), _WORD)
 _NAME_TAIL = r"(?:[ \t]+[A-Z]\.)?%s{1,2}" % _SURNAME  # an optional middle initial, then one or two surnames
 _TITLED = r"\b(?:%s)\.?[ \t]+%s(?:[ \t]+%s)?" % ("|".join(_TITLES), _WORD, _WORD)
-# The same shape with any capitalised first word: run on windows, the first word is then looked up in a set, which
-# is 20 times faster than the `regex` module trying thousands of alternatives at every position.
-_ANY_FIRST = regex.compile(r"\b(%s)%s" % (r"[A-Z][\w'’\-]{0,30}", _NAME_TAIL))
+# A capitalised word and a surname; the first word is then looked up in the gazetteer, which costs a set lookup,
+# where thousands of names as alternatives cost the `regex` module 60 us a window and hyperscan seconds to compile.
+_FIRST_AND_SURNAME = r"\b(%s)%s" % (_WORD, _NAME_TAIL)
+_ANY_FIRST = regex.compile(_FIRST_AND_SURNAME)
 _TITLED_RE = regex.compile(_TITLED)
 _TOKEN = regex.compile(r"[A-Z][\w'’\-]*")  # a capitalised word (a trailing ' or - is not part of it)
 _NAME_WORD = regex.compile(r"[A-Z][^\W\d_]*(?:['’\-][A-Z]?\p{Ll}[^\W\d_]*)*")  # O'Connor, Al-Sayed; not AX55, Steuer-ID
-NAMES_PER_PATTERN = 1200  # hyperscan refuses an expression longer than about 16,000 characters
 
 
 def _faker_names(locales: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
@@ -252,21 +252,13 @@ def _common_words() -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(w.lower() for w in words), frozenset(w.lower() for w in places)
 
 
-class _HyperscanPattern(Pattern):
-    """A pattern for the prefilter only: its recognizer's `analyze` matches it another way, so Presidio's check
-    that the stdlib compiles it (over a second for thousands of names) is skipped."""
-
-    def __init__(self, name: str, regex: str, score: float):
-        self.name, self.regex, self.score = name, regex, score
-        self.compiled_regex, self.compiled_with_flags = None, None
-
-
 class PersonNameRecognizer(PatternRecognizer):
     """PERSON without a model: a known first name followed by a capitalised surname, or a title and a name.
 
     Names come from a gazetteer (Faker's person data for the listed locales) instead of an NER model, which the
-    gateway never downloads and which is slow and noisy on code. Its patterns are literal alternations of the first
-    names, so the prefilter finds every candidate in its one hyperscan pass; `analyze` then scores each match:
+    gateway never downloads and which is slow and noisy on code. Its two patterns are shapes (a title or a capitalised
+    word, then capitalised words), which the prefilter finds in its one hyperscan pass; `analyze` then looks the
+    first word up and scores each match:
     - a known first name and a known surname: 0.85; a title (Mr, Dr...) before a capitalised word: 0.85;
     - a known first name and a capitalised word that is not a common word (`Maria Gonzalez`, but not `Jackson
       Street`): 0.65;
@@ -287,25 +279,22 @@ class PersonNameRecognizer(PatternRecognizer):
         self.common = common | {w.lower() for w in common_words or ()}
         self.ambiguous = frozenset(n for n in self.first_names
                                    if n.lower() in self.common or n.lower() in self.places or len(n) <= 2)
-        names = sorted(self.first_names, key=lambda n: (-len(n), n))
-        groups = [names[i:i + NAMES_PER_PATTERN] for i in range(0, len(names), NAMES_PER_PATTERN)]
-        self._groups = {f"first name ({i + 1})": frozenset(g) for i, g in enumerate(groups)}
-        patterns = [Pattern("title and name", _TITLED, self.FULL)]
-        patterns += [_HyperscanPattern(name, r"\b(?:%s)%s" % ("|".join(map(regex.escape, g)), _NAME_TAIL), self.FIRST)
-                     for name, g in zip(self._groups, groups)]
+        patterns = [Pattern("title and name", _TITLED, self.FULL),
+                    Pattern("first name and surname", _FIRST_AND_SURNAME, self.FIRST)]
         super().__init__(supported_entity=supported_entity, supported_language=supported_language,
                          patterns=patterns, context=context,
                          global_regex_flags=regex.DOTALL | regex.MULTILINE)
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None,
                 regex_flags: int | None = None) -> list[RecognizerResult]:
-        """What the patterns match, scored; the first-name patterns as one pass with a set lookup (see _ANY_FIRST)."""
+        """What the patterns match, scored (a first name must be in the gazetteer)."""
         entity, found = self.supported_entities[0], []
-        names = frozenset().union(*(self._groups.get(p.name, ()) for p in self.patterns))
-        if any(p.name == "title and name" for p in self.patterns):
+        names = {p.name for p in self.patterns}
+        if "title and name" in names:
             found += [(m.start(), m.end(), self.FULL) for m in _TITLED_RE.finditer(text)]
-        if names:
-            found += [self._score(text, m) for m in _ANY_FIRST.finditer(text, overlapped=True) if m.group(1) in names]
+        if "first name and surname" in names:
+            found += [self._score(text, m) for m in _ANY_FIRST.finditer(text, overlapped=True)
+                      if m.group(1) in self.first_names]
         return EntityRecognizer.remove_duplicates([RecognizerResult(entity, s, e, score) for s, e, score in found
                                                    if score > 0])
 
