@@ -159,7 +159,8 @@ def test_context_words_make_weak_matches_count(scanner):
 
 def test_a_column_header_is_context_for_its_cells(scanner):
     csv = "name,passport_number,order_id\nJane Doe,287131127,554433221\nOmar Haddad,911502778,554433222\n"
-    assert found(scanner, csv) == {("US_PASSPORT", "287131127"), ("US_PASSPORT", "911502778")}
+    assert found(scanner, csv) == {("US_PASSPORT", "287131127"), ("US_PASSPORT", "911502778"),
+                                   ("PERSON", "Jane Doe"), ("PERSON", "Omar Haddad")}  # the name cells are people
 
 
 def test_checksum_only_ids_need_context(scanner):
