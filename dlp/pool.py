@@ -180,6 +180,8 @@ class DlpPool:
                 by_text[i] = as_part(scanned[j], i)
         own = [f for i in range(len(texts)) for f in by_text[i]]
         split = split_findings(joins, [by_text[len(texts) + k] for k in range(len(joins))], own)
+        if not split:  # each text's findings are already resolved: only their order is left to make
+            return sorted(own, key=lambda f: (f.part, f.start, f.end, f.entity))
         return resolve_overlaps(own + split)
 
     async def _scan(self, texts: list[str], timeout: float | None, wait: float | None) -> list[Finding]:

@@ -326,5 +326,7 @@ class PersonNameRecognizer(PatternRecognizer):
 
 def _sentence_start(text: str, pos: int) -> bool:
     """Does a sentence (or a line) start at pos? Where every word is capitalised, a capital says nothing."""
-    before = text[:pos].rstrip(" \t")
-    return not before or before[-1] in "\n.!?\"'“(*-•#>"
+    i = pos - 1
+    while i >= 0 and text[i] in " \t":  # looked back in place: slicing the text before would copy it per match
+        i -= 1
+    return i < 0 or text[i] in "\n.!?\"'“(*-•#>"

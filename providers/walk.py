@@ -35,7 +35,6 @@ ENCODED_MIN = 1024
 #: Integers from this magnitude on are scanned (a card or account number sent as a number); smaller ones cannot be
 #: anything a recognizer looks for, and every request has many (max_tokens, temperature, indexes).
 LONG_NUMBER = 100_000
-JSON_TYPES = ("application/json", "text/json")
 JSON_LINES_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/json-seq")
 FORM_TYPE = "application/x-www-form-urlencoded"
 # Every JSON string token, and whether a colon follows it (a key). Outside strings JSON has no quotes, so scanning
@@ -102,10 +101,10 @@ def _count_keys(value: Any) -> int:
 
 
 def looks_like_json(content_type: str, body: bytes) -> bool:
-    """Does the body claim to be JSON, by its type or its first character (unless its type says it is lines of
-    JSON, read as text)? Such a body must parse canonically."""
-    if content_type in JSON_TYPES or content_type.endswith("+json"):
-        return True
+    """Does the body begin like JSON (an object or an array, possibly after a byte order mark), unless its type says
+    it is lines of JSON (read as text)? Such a body must parse canonically. A body that does not begin like JSON is
+    read as text whatever its type says (a file's bytes sent as `application/json`): a JSON parser upstream would
+    reject it, so no second reading of it can differ."""
     if content_type in JSON_LINES_TYPES:
         return False
     head = body[:64].lstrip(b" \t\r\n")

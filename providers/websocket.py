@@ -93,7 +93,7 @@ class WsConversation:
             self.begin_turn()
             assert self.turn is not None
             if self.understood_nothing():
-                self.turn.parsed = False
+                self.turn.parsed = self.turn.read = False  # no walk reads WebSocket messages: none was inspected
                 self.turn.warn(f"{self.app}: {self.messages} WebSocket messages, none understood")
                 self.reported_bad = self.bad_messages
             else:

@@ -77,7 +77,7 @@ def test_chatgpt_web_unknown_answer_is_forwarded_and_audited_unparsed(gateway, u
                                                                         "parts": [marker]}}]})
     assert r.status_code == 200 and r.content == b"data: {\"surprise\": 1}\n\n"
     [event] = wait_for_events(gateway, lambda e: marker in e["prompt"])
-    assert not event["parsed"] and event["inspection"] == "unparsed"
+    assert not event["parsed"] and event["inspection"] == "inspected"  # the request's text was read: the walk
     assert any("not understood" in w for w in event["warnings"])
 
 

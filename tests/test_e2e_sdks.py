@@ -447,13 +447,16 @@ def test_bedrock_truncated_event_stream_is_audited_with_the_reason(gateway, upst
     "https://api.cohere.com/v2/chat",
     "https://api.cohere.com/v1/chat",
 ])
-def test_malformed_bodies_are_forwarded_and_audited_as_unparsed(gateway, upstream, marker, url):
+def test_malformed_bodies_are_refused_in_the_providers_shape_and_audited(gateway, upstream, marker, url):
+    """Invalid JSON is not forwarded (the gateway cannot tell how the upstream would read it): the client gets a 400
+    in its provider's error shape saying why, and the audit says it was refused."""
     path = url.split(".com", 1)[1]
-    upstream.route(path, lambda rec: Reply(400, b'{"message": "bad request"}'))
     body = b'{"contents": [' + marker.encode()
     r = http_client(gateway).post(url, content=body, headers={"content-type": "application/json"})
-    assert r.status_code == 400 and b"bad request" in r.content
+    assert r.status_code == 400 and b"was not sent" in r.content and b"not valid JSON" in r.content
+    assert not any(marker.encode() in rec.body for rec in upstream.requests)
     [event] = wait_for_events(gateway, lambda e: e["path"] == path and not e["parsed"] and e["status"] == 400
                               and e["request_bytes"] == len(body))
-    assert any("invalid JSON" in w for w in event["warnings"])
+    assert event["decision"] == "block" and event["inspection"] == "unparsed"
+    assert any("not valid JSON" in w for w in event["warnings"]) and event["event_id"] in r.text
     assert gateway.proc.poll() is None
