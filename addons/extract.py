@@ -85,9 +85,10 @@ class Extract:
             return  # refused: it no longer fits the gateway's budget for request bodies
         # A PDF's text is extracted in a child process (providers/uploads.py): wait for it in a thread, whatever the
         # body's size, so that the loop keeps serving everyone else meanwhile.
-        pdf = PDF_MAGIC in content or PDF_MAGIC_BASE64 in content
+        # (A larger body goes to a thread anyway: it is not searched on the loop.)
+        inline = len(content) <= PARSE_INLINE_BYTES and PDF_MAGIC not in content and PDF_MAGIC_BASE64 not in content
         parsed = await off_loop(len(content), _parse_request, req, content, problem, it.service,
-                                above=0 if pdf else PARSE_INLINE_BYTES)
+                                above=PARSE_INLINE_BYTES if inline else 0)
         it.exchange = parsed.exchange
         flow.metadata[PARSED_KEY] = parsed
         if bomb:

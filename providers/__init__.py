@@ -64,9 +64,10 @@ def _walk(req: HttpRequest, parsed: Parsed) -> None:
         walk_json(value, x, coverage)
         readable = True
     else:
-        for part in x.request_parts():
+        parts = x.request_parts()  # the parser's (a multipart upload's fields and files): not scanned twice
+        for part in parts:
             coverage.add(part.source, part.path)
-        known = {p.text for p in x.request_parts()}
+        known = {p.text for p in parts}
         readable = walk_text(req.body, req.headers.get("content-type", ""), x, coverage)
         x.extra = [p for p in x.extra if p.text not in known]
     x.coverage = coverage.lines()
