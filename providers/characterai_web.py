@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.websocket import WsConversation
+from providers.websocket_base import WsConversation
 
 _CLIENT = {"create_and_generate_turn", "create_turn"}
 _IGNORED = {"create_chat", "create_chat_response", "generate_turn", "ok", "neo_error", "remove_turns",

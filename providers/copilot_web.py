@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.exchange import Attachment
-from providers.websocket import WsConversation
+from providers.websocket_base import WsConversation
 
 _SERVER_EVENTS = {"received", "startMessage", "partCompleted", "citation", "suggestedFollowups", "titleUpdate",
                   "connected", "pong", "challenge", "imageGenerated", "generatingImage", "startCard"}

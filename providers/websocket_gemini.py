@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from core.exchange import Attachment, TextPart, ToolCall, ToolDefinition, ToolResult
-from providers.websocket import WsConversation, get
+from providers.websocket_base import WsConversation, get
 
 
 class GeminiLiveConversation(WsConversation):

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from core.exchange import Attachment, TextPart, ToolCall, ToolDefinition, ToolResult
-from providers.websocket import WsConversation
+from providers.websocket_base import WsConversation
 
 _TEXT_DELTAS = {"response.output_text.delta", "response.text.delta", "response.output_audio_transcript.delta",
                 "response.audio_transcript.delta"}

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from core.interaction import redact_query
-from providers import websocket
+from providers import websocket_base
 from providers.websocket import Turn, conversation_for
 
 
@@ -228,8 +228,8 @@ def test_connection_without_turns_is_still_audited():
 def test_memory_is_bounded(monkeypatch):
     from providers import base
     monkeypatch.setattr(base, "MAX_COMPLETION_CHARS", 1000)
-    monkeypatch.setattr(websocket, "MAX_PROMPT_CHARS", 1000)
-    monkeypatch.setattr(websocket, "MAX_MESSAGE_BYTES", 10_000)
+    monkeypatch.setattr(websocket_base, "MAX_PROMPT_CHARS", 1000)
+    monkeypatch.setattr(websocket_base, "MAX_MESSAGE_BYTES", 10_000)
     conv = conversation_for("copilot", ("copilot-web",), "/c/api/chat")
     feed(conv, (C, {"event": "send", "content": [{"type": "text", "text": "p" * 5000}]}))
     feed(conv, *[(S, {"event": "appendText", "text": "x" * 100})] * 50)
