@@ -44,7 +44,7 @@ import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import regex
 
@@ -75,6 +75,15 @@ _EXACT, _SUPERSET, _GATE, _ALLOW, _CONTEXT, _HEADER = range(6)  # kinds of hyper
 Unit = tuple[int, int]  # what runs on a window: (recognizer index, index of one of its patterns, or ALL)
 
 
+@runtime_checkable
+class _PlausibleHits(Protocol):
+    """A recognizer whose patterns are shapes far commoner than its matches (any capitalised word pair, for
+    PERSON) can say cheaply, for a place the pass reports, whether a match is possible there at all (a word in
+    the gazetteer), so that the other places open no window. `span` holds every match the hit stands for."""
+
+    def plausible(self, pattern: int, text: str, start: int, end: int) -> bool: ...
+
+
 @dataclass(slots=True)
 class Windows:
     """What one prefilter pass found in a region: where to run each recognizer, candidate spans, blobs."""
@@ -82,6 +91,8 @@ class Windows:
     regions: dict[Unit, list[Span]]  # unit -> sorted, disjoint windows
     candidates: dict[int, list[Span]]  # spec index -> union of its candidate spans (gated recognizers only)
     blobs: list[Span]
+    # allow pattern index -> union of where it matched, a superset of its matches (None: not looked, exhaustive)
+    allowed: dict[int, list[Span]] | None = None
 
 
 class _AsciiMap(dict):
@@ -195,6 +206,9 @@ class Prefilter:
         self._needs_context = {(k, i) for k, s in enumerate(specs) if not s.candidates
                                for i, pattern in enumerate(s.patterns)
                                if s.require_context or (pattern.score < s.threshold and not s.has_validator)}
+        # units whose hits the recognizer checks before a window opens (see _PlausibleHits)
+        self._plausible = {(k, i): spec.recognizer.plausible for k, spec in enumerate(specs)
+                           if isinstance(spec.recognizer, _PlausibleHits) for i in range(len(spec.patterns))}
         # allow patterns that cover every entity of a recognizer
         self._allow_for = {k: [j for j, a in enumerate(self.allow) if not a.entities or set(s.entities) <= a.entities]
                            for k, s in enumerate(specs)}
@@ -274,8 +288,11 @@ class Prefilter:
                 spans.setdefault(unit, []).append((lo + frm - width, lo + to + width))
                 continue
             span = (lo + frm, lo + to) if kind == _EXACT else (lo + to - width, lo + to)
+            check = self._plausible.get(unit)
+            if check is not None and not check(unit[1], text, *span):
+                continue
             # Every match this hit stands for lies inside `span`; inside an allow-listed match it cannot be reported.
-            if allowed and any(_inside(span, allowed.get(j, ())) for j in self._allow_for[k]):
+            if allowed and any(inside(span, allowed.get(j, ())) for j in self._allow_for[k]):
                 continue
             # A pattern that needs context to reach its threshold, with no context word of its recognizer within
             # reach and no table row to take a column header from, cannot be reported either.
@@ -284,7 +301,7 @@ class Prefilter:
                 continue
             spans.setdefault(unit, []).append(span)
         regions = {unit: merge_windows(text, s, lo, hi) for unit, s in spans.items()}
-        return Windows(regions, {k: _union(c) for k, c in candidates.items()}, blobs)
+        return Windows(regions, {k: _union(c) for k, c in candidates.items()}, blobs, allowed)
 
     def _blobs(self, buf: bytes, lo: int) -> list[Span]:
         marks: list[tuple[int, int]] = []
@@ -393,7 +410,7 @@ def _cache_dir() -> Path | None:
     return Path(base) / "ai-egress-gateway"
 
 
-def _inside(span: Span, spans: list[Span] | tuple) -> bool:
+def inside(span: Span, spans: list[Span] | tuple) -> bool:
     """Is span inside one of these sorted, disjoint spans?"""
     i = bisect.bisect_right(spans, (span[0], float("inf")))
     return i > 0 and spans[i - 1][1] >= span[1]

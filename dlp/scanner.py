@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from dlp.context import TextContext
 from dlp.normalize import Normalizer, View
-from dlp.prefilter import ALL, Unit, Windows, merge_windows, snap_left, snap_right
+from dlp.prefilter import ALL, Unit, Windows, inside, merge_windows, snap_left, snap_right
 
 if TYPE_CHECKING:
     from dlp.rules import DlpRules, RecognizerSpec
@@ -255,7 +255,7 @@ class Scanner:
             elif spec.require_context or score < spec.threshold:
                 continue
             span = _outside_markup(text, start, end)
-            if span is None or self._allowed(text, span, entity):
+            if span is None or self._allowed(text, span, entity, windows, chunk):
                 continue
             findings.append(Finding(entity, span[0], span[1], round(score, 4), part, spec.name))
         return findings
@@ -314,14 +314,22 @@ class Scanner:
         self._analyzers[unit] = analyze
         return analyze
 
-    def _allowed(self, text: str, span: Span, entity: str) -> bool:
+    def _allowed(self, text: str, span: Span, entity: str, windows: Windows, chunk: Chunk) -> bool:
+        """Is the finding an allow-listed term, or inside a match of an allow pattern for its entity?
+
+        The prefilter's pass saw where each allow pattern matches (a superset of its matches); where it saw none
+        around the finding and the whole reach of the pattern was in the scanned region, the regex need not run.
+        """
         start, end = span
         if self._allow_terms and self._normalize(text[start:end]) in self._allow_terms:
             return True
-        for allow in self.rules.allow_patterns:
+        seen = windows.allowed
+        for j, allow in enumerate(self.rules.allow_patterns):
             if allow.entities and entity not in allow.entities:
                 continue
             lo, hi = max(0, end - allow.width), min(len(text), start + allow.width)
+            if seen is not None and chunk.lo <= lo and hi <= chunk.hi and not inside(span, seen.get(j, ())):
+                continue
             if any(m.start() <= start and end <= m.end()
                    for m in allow.regex.finditer(text, lo, hi, overlapped=True)):  # every match, as hyperscan
                 return True
