@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from core.exchange import RESPONSE_PART, Exchange
 
@@ -48,13 +48,43 @@ class FindingLike(Protocol):
     score: float
 
 
-@dataclass(slots=True)
-class AuditEvent:
+@dataclass
+class AuditRecord:
+    """The columns both audit tables begin with: which record, when, and who reached which host. Written once, so
+    `events` and `connections` cannot drift apart in the columns a query joins them on; also the row conversion
+    both need.
+
+    It declares no slots of its own: the dataclass-made `__slots__` of each record then lists all of its fields,
+    these first, which is the table's column order (storage/store.py reads the columns from it). Having no slots,
+    it is never built itself: only the two records are."""
+
+    __slots__ = ()
+
     event_id: str = field(default_factory=new_event_id)
     ts: datetime = field(default_factory=_now)
     client_addr: str = ""
     user: str = ""
     host: str = ""
+
+    def as_row(self) -> dict[str, Any]:
+        """Column name -> value; shallow (dataclasses.asdict deep-copies every list, the writer's main cost)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Self:
+        """Rebuild from `as_row()` after a JSON round trip (the spool): unknown keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in row.items() if k in names}
+        ts = values.get("ts")
+        if isinstance(ts, str):
+            values["ts"] = datetime.fromisoformat(ts)
+        return cls(**values)
+
+
+@dataclass(slots=True)
+class AuditEvent(AuditRecord):
+    """One AI exchange: what was asked of which service, what came back, and what the gateway decided."""
+
     method: str = ""
     path: str = ""
     service: str = ""
@@ -96,14 +126,6 @@ class AuditEvent:
     #: What of the request body was read and how: `parser|walk|upload|not inspected ... /path/pattern xN`.
     coverage: list[str] = field(default_factory=list)
 
-    def as_row(self) -> dict:
-        return _as_row(self)
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> AuditEvent:
-        """Rebuild from `as_row()` after a JSON round trip (the spool): unknown keys are ignored."""
-        return _from_row(cls, row)
-
     def set_findings(self, findings: Sequence[FindingLike]) -> None:
         ordered = sorted(findings, key=lambda f: (f.part, f.start, f.end))
         self.finding_entities = [f.entity for f in ordered]
@@ -117,18 +139,14 @@ class AuditEvent:
 
 
 @dataclass(slots=True)
-class ConnectionEvent:
+class ConnectionEvent(AuditRecord):
     """A connection to an AI service that was tunnelled, not decrypted (do-not-decrypt hosts, shadow AI).
 
-    Only what the proxy truly knows: who, where, when, how long. mitmproxy does not count the bytes of a
-    connection it does not intercept, so the byte counts are None unless a transport that counts them is used.
+    Only what the proxy truly knows: who, where, when (`ts`: when the client connected), how long. mitmproxy does
+    not count the bytes of a connection it does not intercept, so the byte counts are None unless a transport that
+    counts them is used.
     """
 
-    event_id: str = field(default_factory=new_event_id)
-    ts: datetime = field(default_factory=_now)  # when the client connected
-    client_addr: str = ""
-    user: str = ""
-    host: str = ""
     server_addr: str = ""
     service: str = ""
     category: str = ""
@@ -138,27 +156,6 @@ class ConnectionEvent:
     bytes_sent: int | None = None  # client -> server
     bytes_received: int | None = None  # server -> client
     error: str = ""
-
-    def as_row(self) -> dict:
-        return _as_row(self)
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> ConnectionEvent:
-        return _from_row(cls, row)
-
-
-def _as_row(record) -> dict[str, Any]:
-    """Column name -> value; shallow (dataclasses.asdict deep-copies every list, the writer's main cost)."""
-    return {name: getattr(record, name) for name in record.__slots__}
-
-
-def _from_row(cls, row: dict[str, Any]):
-    names = {f.name for f in fields(cls)}
-    values = {k: v for k, v in row.items() if k in names}
-    ts = values.get("ts")
-    if isinstance(ts, str):
-        values["ts"] = datetime.fromisoformat(ts)
-    return cls(**values)
 
 
 def sha256_text(text: str) -> str:
