@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 JsonPath = tuple[str | int, ...]
 #: The `part` of a DLP finding in the completion (a response-side scan); request findings index request_parts().
@@ -126,6 +126,28 @@ class ToolDefinition:
     parameters: Any = None
 
 
+def joined(parts: list[TextPart]) -> str:
+    """Texts as one, a line each: how a message, the system prompt and a tool result are shown and audited, so
+    all three read the same way."""
+    return "\n".join(p.text for p in parts)
+
+
+class JoinedText:
+    """An attribute that reads a list of parts as one text (`joined`): `Message.text`, `Exchange.system_text`."""
+
+    def __init__(self, parts: str):
+        self.parts = parts  # the name of the attribute holding the list
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> JoinedText: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> str: ...
+
+    def __get__(self, obj: object | None, owner: type | None = None) -> str | JoinedText:
+        return self if obj is None else joined(getattr(obj, self.parts))
+
+
 @dataclass(slots=True)
 class Message:
     role: str  # system | developer | user | assistant | tool
@@ -133,10 +155,7 @@ class Message:
     attachments: list[Attachment] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_results: list[ToolResult] = field(default_factory=list)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(p.text for p in self.parts)
+    text = JoinedText("parts")
 
 
 @dataclass(slots=True)
@@ -174,10 +193,8 @@ class Exchange:
     extra: list[TextPart] = field(default_factory=list)
     #: What of the body was read and how (`how path-pattern xN`), for the audit.
     coverage: list[str] = field(default_factory=list)
-
-    @property
-    def system_text(self) -> str:
-        return "\n".join(p.text for p in self.system)
+    #: The system prompt as one text, whichever fields it came from (instructions, system turns, a preamble).
+    system_text = JoinedText("system")
 
     @property
     def prompt_text(self) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolDefinition, ToolResult
+from core.exchange import (Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolDefinition, ToolResult,
+                           joined)
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
                             json_body, objects, text_parts, with_leaves)
 from providers.uploads import Warn, base64_attachment
@@ -161,7 +162,7 @@ def chat_message(raw: dict[str, Any], path: JsonPath, exchange: Exchange) -> Non
     if role in ("tool", "function"):
         result_path = (*path, "content") if isinstance(content, str) else None
         message.tool_results.append(ToolResult(str(raw.get("tool_call_id") or raw.get("name") or ""),
-                                               "\n".join(p.text for p in parts), result_path))
+                                               joined(parts), result_path))
         message.parts = []
     exchange.messages.append(message)
 
