@@ -280,6 +280,8 @@ class Prefilter:
         context.set_header_lines(sorted(headers))
         spans: dict[Unit, list[Span]] = {(k, ALL): [(lo, hi)] for k in self._always}
         candidates: dict[int, list[Span]] = {}
+        plausible, needs_context, allow_for = self._plausible, self._needs_context, self._allow_for
+        allowed_for: dict[int, list[list[Span]]] = {}  # recognizer -> the allowed spans of its allow patterns
         for i, frm, to in found:
             kind, (unit, width) = kinds[i]
             k = unit[0]
@@ -288,15 +290,19 @@ class Prefilter:
                 spans.setdefault(unit, []).append((lo + frm - width, lo + to + width))
                 continue
             span = (lo + frm, lo + to) if kind == _EXACT else (lo + to - width, lo + to)
-            check = self._plausible.get(unit)
+            check = plausible.get(unit)
             if check is not None and not check(unit[1], text, *span):
                 continue
             # Every match this hit stands for lies inside `span`; inside an allow-listed match it cannot be reported.
-            if allowed and any(inside(span, allowed.get(j, ())) for j in self._allow_for[k]):
-                continue
+            if allowed:
+                lists = allowed_for.get(k)
+                if lists is None:
+                    lists = allowed_for[k] = [allowed[j] for j in allow_for[k] if j in allowed]
+                if lists and _inside_one(span, lists):
+                    continue
             # A pattern that needs context to reach its threshold, with no context word of its recognizer within
             # reach and no table row to take a column header from, cannot be reported either.
-            if unit in self._needs_context and not context.near(k, *context.reach(*span)) and \
+            if unit in needs_context and not context.near(k, *context.reach(*span)) and \
                     text.find("\n", span[0], span[1]) < 0 and not context.supports_by_header(span[0], k):
                 continue
             spans.setdefault(unit, []).append(span)
@@ -414,6 +420,13 @@ def inside(span: Span, spans: list[Span] | tuple) -> bool:
     """Is span inside one of these sorted, disjoint spans?"""
     i = bisect.bisect_right(spans, (span[0], float("inf")))
     return i > 0 and spans[i - 1][1] >= span[1]
+
+
+def _inside_one(span: Span, lists: list[list[Span]]) -> bool:
+    for spans in lists:
+        if inside(span, spans):
+            return True
+    return False
 
 
 def _union(spans: list[Span]) -> list[Span]:
