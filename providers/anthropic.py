@@ -20,8 +20,8 @@ from urllib.parse import unquote
 import orjson
 
 from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolDefinition, ToolResult
-from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
-                            json_body, objects, tool_call)
+from providers.base import (BodyError, BufferedJson, HttpRequest, Reassembly, ResponseParser, SseParser, json_body,
+                            objects, tool_call)
 from providers.uploads import base64_attachment
 
 _MESSAGES = re.compile(r"(?:^|/)v1/messages$")
@@ -227,14 +227,9 @@ def _count_tokens(data: Any, exchange: Exchange) -> None:
         _usage(exchange, {"input_tokens": data.get("input_tokens")})
 
 
-class MessageEvents:
+class MessageEvents(Reassembly):
     """Reassembles a Messages stream from its event objects, whatever carries them: SSE here, the Bedrock event
-    stream for InvokeModelWithResponseStream. Feed each decoded event object to `event`, then call `finish`."""
-
-    def __init__(self, exchange: Exchange):
-        self.exchange = exchange
-        self.text = CompletionBuffer(exchange)
-        self.calls: dict[int, ToolCall] = {}
+    stream for InvokeModelWithResponseStream. Feed each decoded event object to `event`, then call `done`."""
 
     def event(self, data: Any) -> None:
         """One event object; ValueError if it is not an object (the SSE parser counts those)."""
@@ -259,8 +254,7 @@ class MessageEvents:
             if delta.get("type") == "text_delta":
                 self.text.add(delta.get("text"))
             elif delta.get("type") == "input_json_delta":
-                call = self.calls.setdefault(int(data.get("index", 0)), ToolCall("", ""))
-                call.arguments += str(delta.get("partial_json") or "")
+                self.call(int(data.get("index", 0))).arguments += str(delta.get("partial_json") or "")
         elif kind == "message_delta":
             delta = data.get("delta") or {}
             self.exchange.finish_reason = str(delta.get("stop_reason") or self.exchange.finish_reason)
@@ -270,17 +264,13 @@ class MessageEvents:
             self.exchange.model = str(data.get("model") or self.exchange.model)
             self.exchange.finish_reason = str(data.get("stop_reason") or self.exchange.finish_reason)
 
-    def finish(self) -> None:
-        self.exchange.completion = self.text.text()
-        self.exchange.completion_tool_calls = [self.calls[i] for i in sorted(self.calls)]
-
 
 class MessageStream(SseParser):
     """The SSE transport of MessageEvents (`event: <type>` / `data: {"type": <type>, ...}`; ping frames ignored)."""
 
     def __init__(self, exchange: Exchange):
         self.events = MessageEvents(exchange)
-        super().__init__(exchange, lambda event, data: self.events.event(data), self.events.finish)
+        super().__init__(exchange, lambda event, data: self.events.event(data), self.events.done)
 
 
 PROVIDER = AnthropicProvider()

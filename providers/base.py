@@ -195,6 +195,27 @@ class CompletionBuffer:
         return "".join(self.pieces)
 
 
+class Reassembly:
+    """The answer of one response, built as its objects arrive (the one object of a plain body; each event, line,
+    element or chunk of a stream): the text, capped, and the tool calls a stream sends in pieces, by the index it
+    gives each. Every family's reader builds on it, so `done` writes every answer the same way: the text, and the
+    streamed calls in index order after any the reader listed whole. `text` may be shared with an enclosing
+    reader (Bedrock's native streams carry Converse events)."""
+
+    def __init__(self, exchange: Exchange, text: CompletionBuffer | None = None):
+        self.exchange = exchange
+        self.text = text or CompletionBuffer(exchange)
+        self.calls: dict[int, ToolCall] = {}
+
+    def call(self, index: int) -> ToolCall:
+        """The tool call streamed at `index`, begun empty by its first piece."""
+        return self.calls.setdefault(index, ToolCall("", ""))
+
+    def done(self) -> None:
+        self.exchange.completion = self.text.text()
+        self.exchange.completion_tool_calls += [self.calls[i] for i in sorted(self.calls)]
+
+
 class BufferedJson:
     """A response parser for non-streamed JSON bodies: collects bytes (capped) and hands the JSON to `on_json`."""
 

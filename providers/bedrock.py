@@ -27,8 +27,8 @@ import orjson
 
 from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers import anthropic, cohere, openai_chat, uploads
-from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, json_body,
-                            objects, tool_call)
+from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, Reassembly, ResponseParser,
+                            json_body, objects, tool_call)
 from providers.eventstream import EventMessage, EventStreamDecoder
 
 _PATH = re.compile(r"^/model/(?P<model>[^/]+)/(?P<verb>converse|converse-stream|invoke|invoke-with-response-stream"
@@ -231,13 +231,8 @@ def converse_response(data: dict[str, Any], exchange: Exchange, text: Completion
     _converse_usage(data.get("usage"), exchange)
 
 
-class ConverseStreamReader:
+class ConverseStreamReader(Reassembly):
     """ConverseStream events (and Nova's native stream chunks, which are the same events keyed by name)."""
-
-    def __init__(self, exchange: Exchange, text: CompletionBuffer | None = None):
-        self.exchange = exchange
-        self.text = text or CompletionBuffer(exchange)
-        self.tool_calls: dict[int, ToolCall] = {}
 
     def add(self, event_type: str, data: Any) -> None:
         if not isinstance(data, dict):
@@ -246,22 +241,17 @@ class ConverseStreamReader:
         if event_type == "contentBlockStart":
             tu = (data.get("start") or {}).get("toolUse")
             if isinstance(tu, dict):
-                self.tool_calls[index] = ToolCall(str(tu.get("name", "")), "", str(tu.get("toolUseId", "")))
+                self.calls[index] = ToolCall(str(tu.get("name", "")), "", str(tu.get("toolUseId", "")))
         elif event_type == "contentBlockDelta":
             delta = data.get("delta") or {}
             if isinstance(delta.get("text"), str):
                 self.text.add(delta["text"])
             elif isinstance(delta.get("toolUse"), dict):
-                call = self.tool_calls.setdefault(index, ToolCall("", ""))
-                call.arguments += str(delta["toolUse"].get("input") or "")
+                self.call(index).arguments += str(delta["toolUse"].get("input") or "")
         elif event_type == "messageStop":
             self.exchange.finish_reason = str(data.get("stopReason") or "")
         elif event_type == "metadata":
             _converse_usage(data.get("usage"), self.exchange)
-
-    def done(self) -> None:
-        self.exchange.completion = self.text.text()
-        self.exchange.completion_tool_calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
 
 
 class EventStreamParser:
@@ -507,13 +497,12 @@ class NativeReader:
 
     def done(self) -> None:
         if self.anthropic is not None:
-            self.anthropic.finish()
+            self.anthropic.done()
             return
         if self.cohere is not None:
             self.cohere.done()
             return
-        self.exchange.completion = self.text.text()
-        self.exchange.completion_tool_calls += [self.converse.tool_calls[i] for i in sorted(self.converse.tool_calls)]
+        self.converse.done()  # the text it writes is this reader's: the two share it
 
 
 PROVIDER = BedrockProvider()

@@ -23,7 +23,7 @@ import orjson
 
 from core.exchange import Exchange, Message, TextPart, ToolCall
 from providers import uploads
-from providers.base import BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, json_body
+from providers.base import BodyError, BufferedJson, HttpRequest, Reassembly, ResponseParser, json_body
 from providers.bedrock import EventStreamParser, base_model
 
 _ROUTES = (
@@ -101,13 +101,9 @@ def _retrieve_and_generate(req: HttpRequest, body: dict[str, Any], exchange: Exc
     exchange.messages.append(message)
 
 
-class AnswerReader:
+class AnswerReader(Reassembly):
     """Agent `chunk` text and `returnControl` function calls; RetrieveAndGenerate `output` text, whole or
     streamed; Retrieve results (the knowledge-base passages the client receives)."""
-
-    def __init__(self, exchange: Exchange):
-        self.exchange = exchange
-        self.text = CompletionBuffer(exchange)
 
     def add_event(self, event_type: str, payload: Any) -> None:
         if not isinstance(payload, dict):
@@ -135,9 +131,6 @@ class AnswerReader:
             self.text.add(output.get("text"))
         for i, result in enumerate(data.get("retrievalResults") or []):
             self.text.add(("\n\n" if i else "") + str((result.get("content") or {}).get("text") or ""))
-
-    def done(self) -> None:
-        self.exchange.completion = self.text.text()
 
 
 PROVIDER = BedrockAgentProvider()

@@ -8,14 +8,15 @@ events are also what Cohere Command models take and send on Bedrock's InvokeMode
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from core.exchange import Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers import openai_chat, uploads
-from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, NdjsonParser, ResponseParser,
-                            SseParser, json_body, objects, text_parts, tool_call)
+from providers.base import (BodyError, BufferedJson, HttpRequest, NdjsonParser, Reassembly, ResponseParser, SseParser,
+                            json_body, objects, text_parts, tool_call)
 
 _PATHS = {"/v2/chat": "v2.chat", "/v1/chat": "v1.chat", "/v2/embed": "v2.embed", "/v1/embed": "v1.embed",
           "/v1/generate": "v1.generate"}
@@ -92,13 +93,7 @@ def _parse_v2_chat(body: dict[str, Any], exchange: Exchange) -> None:
             message.parts = []
         exchange.messages.append(message)
     _documents(body.get("documents"), exchange)
-    for i, tool in enumerate(body.get("tools") or []):
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if isinstance(fn, dict):
-            exchange.tools.append(ToolDefinition(str(fn.get("name", "")), str(fn.get("description", "")),
-                                                 fn.get("parameters")))
-        else:
-            exchange.warn(f"tools/{i}: not understood")
+    openai_chat.function_definitions(body.get("tools"), exchange)
 
 
 def _tool_content(content: Any) -> str:
@@ -212,21 +207,13 @@ def v2_response(data: dict[str, Any], exchange: Exchange) -> None:
     message = data.get("message") or {}
     texts = [c["text"] for c in message.get("content") or [] if c.get("type") == "text" and "text" in c]
     exchange.completion = "\n".join(texts)
-    for tc in message.get("tool_calls") or []:
-        fn = tc.get("function") or {}
-        exchange.completion_tool_calls.append(ToolCall(str(fn.get("name", "")), str(fn.get("arguments", "")),
-                                                       str(tc.get("id", ""))))
+    exchange.completion_tool_calls.extend(openai_chat.answer_calls(message))
     exchange.finish_reason = str(data.get("finish_reason") or "")
     _v2_usage(data.get("usage"), exchange)
 
 
-class V2StreamReader:
+class V2StreamReader(Reassembly):
     """v2 SSE events: `content-delta` text, `tool-call-start`/`-delta` by index, `message-end` finish and usage."""
-
-    def __init__(self, exchange: Exchange):
-        self.exchange = exchange
-        self.text = CompletionBuffer(exchange)
-        self.tool_calls: dict[int, ToolCall] = {}
 
     def add(self, data: Any) -> None:
         if not isinstance(data, dict):
@@ -237,21 +224,12 @@ class V2StreamReader:
         if kind == "content-delta":
             self.text.add((message.get("content") or {}).get("text"))
         elif kind in ("tool-call-start", "tool-call-delta"):
-            tc = message.get("tool_calls") or {}
-            call = self.tool_calls.setdefault(int(data.get("index", 0)), ToolCall("", ""))
-            fn = tc.get("function") or {}
-            call.name += fn.get("name") or ""
-            call.arguments += fn.get("arguments") or ""
-            call.id = call.id or str(tc.get("id") or "")
+            openai_chat.grow_call(self.call(int(data.get("index", 0))), message.get("tool_calls") or {})
         elif kind == "message-end":
             self.exchange.finish_reason = str(delta.get("finish_reason") or "")
             _v2_usage(delta.get("usage"), self.exchange)
         elif kind == "message-start" and data.get("model"):
             self.exchange.model = str(data["model"])
-
-    def done(self) -> None:
-        self.exchange.completion = self.text.text()
-        self.exchange.completion_tool_calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
 
 
 def v1_response(data: dict[str, Any], exchange: Exchange) -> None:
@@ -263,20 +241,22 @@ def v1_response(data: dict[str, Any], exchange: Exchange) -> None:
         _meta_usage(data.get("meta"), exchange)
         return
     exchange.completion = str(data.get("text") or "")
-    for tc in data.get("tool_calls") or []:
-        exchange.completion_tool_calls.append(ToolCall(str(tc.get("name", "")), _dumps(tc.get("parameters"))))
+    exchange.completion_tool_calls.extend(_v1_calls(data))
     exchange.finish_reason = str(data.get("finish_reason") or "")
     _meta_usage(data.get("meta"), exchange)
 
 
-class V1StreamReader:
+def _v1_calls(data: dict[str, Any]) -> Iterator[ToolCall]:
+    """v1 tool calls (`{name, parameters}`) of a response or a `tool-calls-generation` event; one at a time, so
+    those before an entry of an unexpected shape are kept when it raises."""
+    for tc in data.get("tool_calls") or []:
+        yield ToolCall(str(tc.get("name", "")), _dumps(tc.get("parameters")))
+
+
+class V1StreamReader(Reassembly):
     """v1 stream objects (`event_type`): `text-generation` text, `tool-calls-generation`, `stream-end` with the
     finish reason and the whole response's `meta` usage. Older generate streams send `{text, is_finished}` lines
     without an event type."""
-
-    def __init__(self, exchange: Exchange):
-        self.exchange = exchange
-        self.text = CompletionBuffer(exchange)
 
     def add(self, data: Any) -> None:
         if not isinstance(data, dict):
@@ -289,16 +269,11 @@ class V1StreamReader:
         if kind == "text-generation":
             self.text.add(data.get("text"))
         elif kind == "tool-calls-generation":
-            for tc in data.get("tool_calls") or []:
-                self.exchange.completion_tool_calls.append(ToolCall(str(tc.get("name", "")),
-                                                                    _dumps(tc.get("parameters"))))
+            self.exchange.completion_tool_calls.extend(_v1_calls(data))
         elif kind == "stream-end":
             self.exchange.finish_reason = str(data.get("finish_reason") or "")
             response = data.get("response") or {}
             _meta_usage(response.get("meta"), self.exchange)
-
-    def done(self) -> None:
-        self.exchange.completion = self.text.text()
 
 
 PROVIDER = CohereProvider()

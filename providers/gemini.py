@@ -20,8 +20,8 @@ import orjson
 
 from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers import uploads
-from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
-                            json_body, tool_call)
+from providers.base import (BodyError, BufferedJson, HttpRequest, Reassembly, ResponseParser, SseParser, json_body,
+                            tool_call)
 
 _MODEL_PATH = re.compile(r"^/(?:.*/)?(?:models|tunedModels)/(?P<model>[^/:]+):(?P<verb>[A-Za-z]+)$")
 _CODE_ASSIST_PATH = re.compile(r"^/v1internal:(?P<verb>[A-Za-z]+)$")
@@ -234,13 +234,9 @@ def _json(value: Any) -> str:
         return str(value)
 
 
-class ResponseReader:
+class ResponseReader(Reassembly):
     """Folds GenerateContentResponse objects (one, or one per stream element) into the exchange: answer text
     without thought parts, function calls, the last finish reason and usage, the model version."""
-
-    def __init__(self, exchange: Exchange):
-        self.exchange = exchange
-        self.text = CompletionBuffer(exchange)
 
     def add(self, data: Any) -> None:
         if not isinstance(data, dict):
@@ -276,9 +272,6 @@ class ResponseReader:
             ex.usage.input_tokens = data["totalTokens"]
         if data.get("modelVersion"):
             ex.model = str(data["modelVersion"])
-
-    def done(self) -> None:
-        self.exchange.completion = self.text.text()
 
 
 _JSON_TOKENS = re.compile(rb'["\\{}\[\]]')

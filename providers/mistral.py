@@ -12,8 +12,8 @@ from typing import Any
 
 from core.exchange import Exchange, Message, TextPart, ToolCall, ToolResult
 from providers import openai_chat
-from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
-                            json_body, text_parts, with_leaves)
+from providers.base import (BodyError, BufferedJson, HttpRequest, Reassembly, ResponseParser, SseParser, json_body,
+                            text_parts, with_leaves)
 
 _PATHS = {"/v1/agents/completions": "agents.completions", "/v1/conversations": "conversations"}
 
@@ -71,13 +71,9 @@ def _entry(entry: dict[str, Any], path: tuple, exchange: Exchange) -> Message:
     return message
 
 
-class ConversationReader:
+class ConversationReader(Reassembly):
     """Conversation outputs (`message.output` entries, `function.call` entries, usage), whole or as the
     `message.output.delta` / `conversation.response.done` stream events."""
-
-    def __init__(self, exchange: Exchange):
-        self.exchange = exchange
-        self.text = CompletionBuffer(exchange)
 
     def _content(self, content: Any) -> None:
         if isinstance(content, str):
@@ -116,9 +112,6 @@ class ConversationReader:
             self.exchange.finish_reason = "stop"
         elif kind == "conversation.response.error":
             self.exchange.warn(f"upstream error: {str(data.get('message', ''))[:500]}")
-
-    def done(self) -> None:
-        self.exchange.completion = self.text.text()
 
 
 PROVIDER = MistralProvider()

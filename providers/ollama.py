@@ -14,10 +14,10 @@ from typing import Any
 
 import orjson
 
-from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
-from providers import uploads
-from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, NdjsonParser, ResponseParser,
-                            json_body, objects, tool_call)
+from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolResult
+from providers import openai_chat, uploads
+from providers.base import (BodyError, BufferedJson, HttpRequest, NdjsonParser, Reassembly, ResponseParser, json_body,
+                            objects, tool_call)
 
 _PATHS = {"/api/chat": "chat", "/api/generate": "generate", "/api/embed": "embed", "/api/embeddings": "embed"}
 
@@ -78,23 +78,14 @@ def _chat(body: dict[str, Any], exchange: Exchange) -> None:
             exchange.system.extend(parts)
             continue
         message = Message(role, parts, _images(raw.get("images")))
-        for j, tc in enumerate(raw.get("tool_calls") or []):
-            fn = tc.get("function") if isinstance(tc, dict) else None
-            if isinstance(fn, dict):
-                message.tool_calls.append(tool_call(str(fn.get("name", "")), fn.get("arguments"),
-                                                    ("messages", i, "tool_calls", j, "function", "arguments")))
+        message.tool_calls = [tool_call(str(fn.get("name", "")), fn.get("arguments"), at)  # arguments: an object here
+                              for _, fn, at in openai_chat.function_calls(raw, ("messages", i))]
         if role == "tool":
             message.tool_results.append(ToolResult(str(raw.get("tool_call_id") or raw.get("tool_name") or ""),
                                                    message.text, ("messages", i, "content") if parts else None))
             message.parts = []
         exchange.messages.append(message)
-    for i, tool in enumerate(body.get("tools") or []):
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if isinstance(fn, dict):
-            exchange.tools.append(ToolDefinition(str(fn.get("name", "")), str(fn.get("description", "")),
-                                                 fn.get("parameters")))
-        else:
-            exchange.warn(f"tools/{i}: not understood")
+    openai_chat.function_definitions(body.get("tools"), exchange)
 
 
 def _images(images: Any) -> list[Attachment]:
@@ -107,13 +98,9 @@ def _args(arguments: Any) -> str:
     return arguments if isinstance(arguments, str) else orjson.dumps(arguments, default=str).decode()
 
 
-class ResponseReader:
+class ResponseReader(Reassembly):
     """Folds chat (`message.content`, `message.tool_calls`) and generate (`response`) objects; thinking text is
     not part of the answer. The `done` object carries `done_reason` and the token counts."""
-
-    def __init__(self, exchange: Exchange):
-        self.exchange = exchange
-        self.text = CompletionBuffer(exchange)
 
     def add(self, data: Any) -> None:
         if not isinstance(data, dict):
@@ -138,9 +125,6 @@ class ResponseReader:
             ex.usage.input_tokens = data["prompt_eval_count"]
         if isinstance(data.get("eval_count"), int):
             ex.usage.output_tokens = data["eval_count"]
-
-    def done(self) -> None:
-        self.exchange.completion = self.text.text()
 
 
 PROVIDER = OllamaProvider()

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolResult
-from providers.base import BodyError, CompletionBuffer, HttpRequest, ResponseParser, SseParser, text_parts
-from providers.openai_chat import (common, content_attachment, event_object, function_tools, json_object,
-                                   json_response, upstream_error, usage)
+from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolResult
+from providers.base import BodyError, HttpRequest, Reassembly, ResponseParser, SseParser, text_parts
+from providers.openai_chat import (answer_calls, common, content_attachment, event_object, function_tools,
+                                   json_object, json_response, upstream_error, usage)
 
 
 def _instructions(body: dict[str, Any], exchange: Exchange) -> None:
@@ -99,18 +99,15 @@ def run_object(data: dict[str, Any], exchange: Exchange) -> None:
     exchange.finish_reason = str(data.get("status") or exchange.finish_reason)
     usage(exchange, data.get("usage"))
     action = data.get("required_action") or {}
-    for tc in (action.get("submit_tool_outputs") or {}).get("tool_calls") or []:
-        fn = tc.get("function") or {}
-        exchange.completion_tool_calls.append(ToolCall(str(fn.get("name", "")), str(fn.get("arguments", "")),
-                                                       str(tc.get("id", ""))))
+    exchange.completion_tool_calls.extend(answer_calls(action.get("submit_tool_outputs") or {}))
 
 
 class AssistantStream(SseParser):
     """`thread.message.delta` text, and the run events (`thread.run.*`) for model, status, usage and tool calls."""
 
     def __init__(self, exchange: Exchange):
-        super().__init__(exchange, self._on_event, self._on_finish)
-        self.text = CompletionBuffer(exchange)
+        self.answer = Reassembly(exchange)
+        super().__init__(exchange, self._on_event, self.answer.done)
 
     def _on_event(self, event: str, data: Any) -> None:
         data = event_object(data)
@@ -123,13 +120,10 @@ class AssistantStream(SseParser):
         if event == "thread.message.delta":
             for part in (data.get("delta") or {}).get("content") or []:
                 if isinstance(part, dict) and part.get("type") == "text":
-                    self.text.add((part.get("text") or {}).get("value"))
+                    self.answer.text.add((part.get("text") or {}).get("value"))
         elif event.startswith("thread.run.") and not event.startswith("thread.run.step"):
             self.exchange.completion_tool_calls = []
             run_object(data, self.exchange)
-
-    def _on_finish(self) -> None:
-        self.exchange.completion = self.text.text()
 
 
 def responder(exchange: Exchange, content_type: str) -> ResponseParser:

@@ -6,12 +6,13 @@ Reference: ai-endpoints.md §1.1.1, §1.1.2, §1.1.4 (requests), §2.1 (response
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from core.exchange import (Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolDefinition, ToolResult,
                            joined)
-from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, ResponseParser, SseParser,
-                            json_body, objects, text_parts, with_leaves)
+from providers.base import (BodyError, BufferedJson, HttpRequest, Reassembly, ResponseParser, SseParser, json_body,
+                            objects, text_parts, with_leaves)
 from providers.uploads import Warn, base64_attachment
 
 _NON_TEXT_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file"}
@@ -130,15 +131,50 @@ def function_tools(tools: Any, exchange: Exchange) -> None:
                                              fn.get("parameters")))
 
 
-def tool_calls(raw: dict[str, Any], path: JsonPath) -> list[ToolCall]:
-    """`tool_calls[] = {id, type: "function", function: {name, arguments}}` of a message (OpenAI and Cohere v2)."""
-    out = []
+def function_definitions(tools: Any, exchange: Exchange) -> None:
+    """Tool definitions in the chat shape only (`{type: "function", function: {name, description, parameters}}`),
+    as Cohere v2 and Ollama take them: any other entry is a warning. OpenAI's own endpoints take more shapes
+    (`function_tools`)."""
+    for i, tool in enumerate(tools or []):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(fn, dict):
+            exchange.tools.append(ToolDefinition(str(fn.get("name", "")), str(fn.get("description", "")),
+                                                 fn.get("parameters")))
+        else:
+            exchange.warn(f"tools/{i}: not understood")
+
+
+def function_calls(raw: dict[str, Any], path: JsonPath) -> Iterator[tuple[dict[str, Any], dict[str, Any], JsonPath]]:
+    """Each `tool_calls[] = {id, type: "function", function: {name, arguments}}` entry of a chat message at `path`
+    (the shape OpenAI, Cohere v2 and Ollama share): the entry, its `function` object and the path of its
+    `arguments`. Entries without a function object are skipped; how the arguments read is the format's call."""
     for j, tc in enumerate(raw.get("tool_calls") or []):
         fn = tc.get("function") if isinstance(tc, dict) else None
         if isinstance(fn, dict):
-            out.append(with_leaves(ToolCall(str(fn.get("name", "")), str(fn.get("arguments", "")),
-                                            str(tc.get("id", "")), (*path, "tool_calls", j, "function", "arguments"))))
-    return out
+            yield tc, fn, (*path, "tool_calls", j, "function", "arguments")
+
+
+def tool_calls(raw: dict[str, Any], path: JsonPath) -> list[ToolCall]:
+    """The tool calls of a chat message (OpenAI and Cohere v2), their arguments JSON text."""
+    return [with_leaves(ToolCall(str(fn.get("name", "")), str(fn.get("arguments", "")), str(tc.get("id", "")), at))
+            for tc, fn, at in function_calls(raw, path)]
+
+
+def answer_calls(message: dict[str, Any]) -> Iterator[ToolCall]:
+    """The tool calls of an answer's message (chat choices, Cohere v2 responses, Assistants runs), as sent; one at
+    a time, so those before an entry of an unexpected shape are kept when it raises."""
+    for tc in message.get("tool_calls") or []:
+        fn = tc.get("function") or {}
+        yield ToolCall(str(fn.get("name", "")), str(fn.get("arguments", "")), str(tc.get("id", "")))
+
+
+def grow_call(call: ToolCall, piece: dict[str, Any]) -> None:
+    """One piece of a streamed tool call in the chat shape (`{id, function: {name, arguments}}`, Cohere v2 alike):
+    name and arguments grow piece by piece, the id comes once."""
+    fn = piece.get("function") or {}
+    call.name += fn.get("name") or ""
+    call.arguments += fn.get("arguments") or ""
+    call.id = call.id or str(piece.get("id") or "")
 
 
 def chat_message(raw: dict[str, Any], path: JsonPath, exchange: Exchange) -> None:
@@ -188,10 +224,7 @@ def chat_response(data: dict[str, Any], exchange: Exchange) -> None:
             texts.append(msg["content"])
         elif isinstance(msg.get("refusal"), str):
             texts.append(msg["refusal"])
-        for tc in msg.get("tool_calls") or []:
-            fn = tc.get("function") or {}
-            exchange.completion_tool_calls.append(ToolCall(str(fn.get("name", "")), str(fn.get("arguments", "")),
-                                                           str(tc.get("id", ""))))
+        exchange.completion_tool_calls.extend(answer_calls(msg))
         exchange.finish_reason = exchange.finish_reason or str(choice.get("finish_reason") or "")
     exchange.completion = "\n".join(texts)
     exchange.model = str(data.get("model") or exchange.model)
@@ -204,9 +237,8 @@ class ChatStream(SseParser):
     are read by the same loop."""
 
     def __init__(self, exchange: Exchange):
-        super().__init__(exchange, self._on_event, self._on_finish)
-        self.text = CompletionBuffer(exchange)
-        self.tool_calls: dict[int, ToolCall] = {}
+        self.answer = Reassembly(exchange)
+        super().__init__(exchange, self._on_event, self.answer.done)
 
     def _on_event(self, event: str, data: Any) -> None:
         data = event_object(data)
@@ -216,20 +248,12 @@ class ChatStream(SseParser):
             self.exchange.model = str(data["model"])
         for choice in data.get("choices") or []:
             delta = choice.get("delta") or {}
-            self.text.add(delta.get("content") if delta else choice.get("text"))
+            self.answer.text.add(delta.get("content") if delta else choice.get("text"))
             for tc in delta.get("tool_calls") or []:
-                call = self.tool_calls.setdefault(int(tc.get("index", 0)), ToolCall("", ""))
-                fn = tc.get("function") or {}
-                call.name += fn.get("name") or ""
-                call.arguments += fn.get("arguments") or ""
-                call.id = call.id or str(tc.get("id") or "")
+                grow_call(self.answer.call(int(tc.get("index", 0))), tc)
             if choice.get("finish_reason"):
                 self.exchange.finish_reason = str(choice["finish_reason"])
         usage(self.exchange, data.get("usage"))
-
-    def _on_finish(self) -> None:
-        self.exchange.completion = self.text.text()
-        self.exchange.completion_tool_calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
 
 
 def chat_responder(exchange: Exchange, content_type: str) -> ResponseParser:

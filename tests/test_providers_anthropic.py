@@ -177,7 +177,7 @@ def test_bedrock_body_api_for_the_bedrock_parser():
     for line in STREAM.split(b"\n"):
         if line.startswith(b"data: "):
             events.event(json.loads(line[6:]))
-    events.finish()
+    events.done()
     assert (ex.completion, ex.usage.output_tokens) == ("Héllo world", 15)
     legacy = Exchange()
     anthropic.parse_body({"prompt": "\n\nHuman: hi\n\nAssistant:", "max_tokens_to_sample": 5}, legacy)
