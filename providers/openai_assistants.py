@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolResult
-from providers.base import BodyError, HttpRequest, Reassembly, ResponseParser, SseParser, text_parts
+from providers.base import BodyError, HttpRequest, Reassembly, SseParser, text_parts
 from providers.openai_chat import (answer_calls, common, content_attachment, event_object, function_tools,
-                                   json_object, json_response, upstream_error, usage)
+                                   json_object, sse_or_json, upstream_error, usage)
 
 
 def _instructions(body: dict[str, Any], exchange: Exchange) -> None:
@@ -126,7 +126,4 @@ class AssistantStream(SseParser):
             run_object(data, self.exchange)
 
 
-def responder(exchange: Exchange, content_type: str) -> ResponseParser:
-    if content_type == "text/event-stream":
-        return AssistantStream(exchange)
-    return json_response(exchange, run_object)
+responder = sse_or_json(AssistantStream, run_object)

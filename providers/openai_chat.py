@@ -6,7 +6,7 @@ Reference: ai-endpoints.md §1.1.1, §1.1.2, §1.1.4 (requests), §2.1 (response
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from core.exchange import (Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolDefinition, ToolResult,
@@ -70,6 +70,16 @@ def json_response(exchange: Exchange, on_json) -> BufferedJson:
         if not upstream_error(exchange, data):
             on_json(data, exchange)
     return BufferedJson(exchange, handle)
+
+
+def sse_or_json(stream: Callable[[Exchange], ResponseParser], on_json) -> Callable[[Exchange, str], ResponseParser]:
+    """The responder of an endpoint that answers either way: its `stream` parser for an SSE answer, else the JSON
+    body, read by `on_json` (`json_response`)."""
+    def responder(exchange: Exchange, content_type: str) -> ResponseParser:
+        if content_type == "text/event-stream":
+            return stream(exchange)
+        return json_response(exchange, on_json)
+    return responder
 
 
 class Ignore:
@@ -256,10 +266,7 @@ class ChatStream(SseParser):
         usage(self.exchange, data.get("usage"))
 
 
-def chat_responder(exchange: Exchange, content_type: str) -> ResponseParser:
-    if content_type == "text/event-stream":
-        return ChatStream(exchange)
-    return json_response(exchange, chat_response)
+chat_responder = sse_or_json(ChatStream, chat_response)
 
 
 # --- Legacy Completions ----------------------------------------------------------------------------------------
@@ -291,10 +298,7 @@ def completions_response(data: dict[str, Any], exchange: Exchange) -> None:
     usage(exchange, data.get("usage"))
 
 
-def completions_responder(exchange: Exchange, content_type: str) -> ResponseParser:
-    if content_type == "text/event-stream":
-        return ChatStream(exchange)
-    return json_response(exchange, completions_response)
+completions_responder = sse_or_json(ChatStream, completions_response)
 
 
 # --- Embeddings ------------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from typing import Any
 
 from core.exchange import Attachment, Exchange, Message, TextPart
 from providers.base import CompletionBuffer, HttpRequest, ResponseParser, SseParser
-from providers.openai_chat import (Ignore, common, event_object, json_object, json_response, upstream_error,
-                                   usage)
+from providers.openai_chat import (Ignore, common, event_object, json_object, json_response, sse_or_json,
+                                   upstream_error, usage)
 from providers.uploads import Form, parse_form
 
 
@@ -154,10 +154,7 @@ class ImageStream(SseParser):
                 usage(self.exchange, data.get("usage"))
 
 
-def image_responder(exchange: Exchange, content_type: str) -> ResponseParser:
-    if content_type == "text/event-stream":
-        return ImageStream(exchange)
-    return json_response(exchange, image_response)
+image_responder = sse_or_json(ImageStream, image_response)
 
 
 def metadata_responder(exchange: Exchange, content_type: str) -> ResponseParser:

@@ -11,8 +11,8 @@ from typing import Any
 from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolResult
 from providers.base import (BodyError, CompletionBuffer, HttpRequest, ResponseParser, SseParser, json_body,
                             with_leaves)
-from providers.openai_chat import (common, event_object, function_tools, json_response, upstream_error,
-                                   usage)
+from providers.openai_chat import (common, event_object, function_tools, json_response, sse_or_json,
+                                   upstream_error, usage)
 from providers.uploads import base64_attachment
 
 _TEXT_PARTS = ("input_text", "output_text", "text", "refusal")
@@ -197,10 +197,7 @@ class ResponsesStream(SseParser):
             response_object(self.final, self.exchange)
 
 
-def responder(exchange: Exchange, content_type: str) -> ResponseParser:
-    if content_type == "text/event-stream":
-        return ResponsesStream(exchange)
-    return json_response(exchange, response_object)
+responder = sse_or_json(ResponsesStream, response_object)
 
 
 def input_tokens_response(data: dict[str, Any], exchange: Exchange) -> None:
