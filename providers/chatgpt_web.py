@@ -22,7 +22,7 @@ from typing import Any
 from core.exchange import Attachment, Exchange, Message, TextPart
 from providers.base import CompletionBuffer, HttpRequest, ResponseParser, json_body
 from providers.uploads import file_attachment, kind_of
-from providers.webapp import Ignore, PatchDocument, SoftSseParser, WebAppProvider, str_field, unparsed
+from providers.webapp import PatchDocument, SoftSseParser, WebAppProvider, str_field, unparsed
 
 _CONVERSATION = re.compile(r"^/(?:backend-api(?:/f)?|backend-anon|unauth-mweb)/conversation(?:/updates)?$")
 _UPLOADED = re.compile(r"^/backend-api/files/[^/]+/uploaded$")
@@ -73,9 +73,7 @@ class ChatGPTWebProvider(WebAppProvider):
         for i, raw in enumerate(messages):
             exchange.messages.append(_message(raw, ("messages", i), exchange))
 
-    def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
-        if exchange.operation != "conversation":
-            return Ignore()
+    def answer(self, exchange: Exchange) -> ResponseParser:
         return ConversationStream(exchange)
 
 

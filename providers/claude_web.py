@@ -16,9 +16,9 @@ import re
 from typing import Any
 
 from core.exchange import Attachment, Exchange, Message, TextPart
-from providers.base import CompletionBuffer, HttpRequest, ResponseParser, json_body
+from providers.base import CompletionBuffer, HttpRequest, ResponseParser
 from providers.uploads import kind_of
-from providers.webapp import Ignore, SoftSseParser, WebAppProvider, form_upload, str_field
+from providers.webapp import SoftSseParser, WebAppProvider, str_field
 
 _COMPLETION = re.compile(r"^/api/organizations/[^/]+/chat_conversations/[^/]+/(?:retry_)?completion$")
 _UPLOAD = re.compile(r"^/api/(?:convert_document|[^/]+/upload)$")
@@ -34,14 +34,7 @@ class ClaudeWebProvider(WebAppProvider):
             return "conversation"
         return "upload" if _UPLOAD.match(req.path) else None
 
-    def parse(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
-        if operation == "upload":
-            form_upload(req, exchange)
-            return
-        body = json_body(req)
-        if not isinstance(body, dict):
-            raise TypeError("body is not a JSON object")
-        exchange.stream = True
+    def prompt(self, req: HttpRequest, body: dict[str, Any], exchange: Exchange) -> None:
         base: tuple = ()
         if "prompt" not in body and isinstance(body.get("completion"), dict):  # 2023 shape
             body, base = body["completion"] | {"attachments": body.get("attachments")}, ("completion",)
@@ -72,8 +65,8 @@ class ClaudeWebProvider(WebAppProvider):
                 exchange.system.append(TextPart(style["prompt"], ("personalized_styles", i, "prompt")))
         exchange.messages.append(message)
 
-    def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
-        return CompletionStream(exchange) if exchange.operation == "conversation" else Ignore()
+    def answer(self, exchange: Exchange) -> ResponseParser:
+        return CompletionStream(exchange)
 
 
 class CompletionStream(SoftSseParser):

@@ -13,29 +13,17 @@ from __future__ import annotations
 from typing import Any
 
 from core.exchange import Attachment, Exchange, Message, TextPart
-from providers.base import MAX_COMPLETION_CHARS, HttpRequest, ResponseParser, json_body
-from providers.webapp import (Ignore, PatchDocument, SoftSseParser, WebAppProvider, form_upload, str_field,
-                             unparsed)
-
-_PATHS = {"/api/v0/chat/completion": "conversation", "/api/v0/chat/edit_message": "conversation",
-          "/api/v0/chat/continue": "conversation", "/api/v0/chat/regenerate": "conversation",
-          "/api/v0/file/upload_file": "upload"}
+from providers.base import MAX_COMPLETION_CHARS, HttpRequest, ResponseParser
+from providers.webapp import PatchDocument, SoftSseParser, WebAppProvider, str_field, unparsed
 
 
 class DeepSeekWebProvider(WebAppProvider):
     name = "deepseek-web"
+    paths = {"/api/v0/chat/completion": "conversation", "/api/v0/chat/edit_message": "conversation",
+             "/api/v0/chat/continue": "conversation", "/api/v0/chat/regenerate": "conversation",
+             "/api/v0/file/upload_file": "upload"}
 
-    def operation(self, req: HttpRequest) -> str | None:
-        return _PATHS.get(req.path) if req.method == "POST" else None
-
-    def parse(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
-        if operation == "upload":
-            form_upload(req, exchange)
-            return
-        body = json_body(req)
-        if not isinstance(body, dict):
-            raise TypeError("body is not a JSON object")
-        exchange.stream = True
+    def prompt(self, req: HttpRequest, body: dict[str, Any], exchange: Exchange) -> None:
         exchange.model = str_field(body, "model_type", "model")
         if body.get("thinking_enabled") is True and not exchange.model:
             exchange.model = "thinking"
@@ -50,8 +38,8 @@ class DeepSeekWebProvider(WebAppProvider):
                 message.attachments.append(Attachment(kind="file", name=ref))
         exchange.messages.append(message)
 
-    def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
-        return CompletionStream(exchange) if exchange.operation == "conversation" else Ignore()
+    def answer(self, exchange: Exchange) -> ResponseParser:
+        return CompletionStream(exchange)
 
 
 class CompletionStream(SoftSseParser):

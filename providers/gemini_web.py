@@ -50,7 +50,7 @@ class GeminiWebProvider(WebAppProvider):
             message.attachments.append(Attachment(kind="file", name=_file_name(entry)))
         exchange.messages.append(message)
 
-    def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
+    def answer(self, exchange: Exchange) -> ResponseParser:
         return StreamGenerateResponse(exchange)
 
 

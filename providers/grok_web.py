@@ -41,7 +41,7 @@ class GrokWebProvider(WebAppProvider):
                 message.attachments.append(Attachment(kind=kind, name=name[:300]))
         exchange.messages.append(message)
 
-    def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
+    def answer(self, exchange: Exchange) -> ResponseParser:
         return ResponseLines(exchange)
 
 

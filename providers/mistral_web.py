@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from core.exchange import Attachment, Exchange, Message
-from providers.base import CompletionBuffer, HttpRequest, ResponseParser, json_body, text_parts
+from providers.base import CompletionBuffer, HttpRequest, ResponseParser, text_parts
 from providers.webapp import SoftResponse, WebAppProvider, str_field
 
 MAX_LINE = 4 * 1024 * 1024
@@ -21,15 +21,9 @@ MAX_LINE = 4 * 1024 * 1024
 
 class MistralWebProvider(WebAppProvider):
     name = "mistral-web"
+    paths = {"/api/chat": "conversation"}
 
-    def operation(self, req: HttpRequest) -> str | None:
-        return "conversation" if req.method == "POST" and req.path == "/api/chat" else None
-
-    def parse(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
-        body = json_body(req)
-        if not isinstance(body, dict):
-            raise TypeError("body is not a JSON object")
-        exchange.stream = True
+    def prompt(self, req: HttpRequest, body: dict[str, Any], exchange: Exchange) -> None:
         exchange.model = str_field(body, "model", "agentId")
         content = body.get("messageInput")
         if content is None and body.get("mode") == "retry":
@@ -43,7 +37,7 @@ class MistralWebProvider(WebAppProvider):
             message.attachments.append(Attachment(kind="file", name=name, mime_type=mime))
         exchange.messages.append(message)
 
-    def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
+    def answer(self, exchange: Exchange) -> ResponseParser:
         return DataStream(exchange)
 
 

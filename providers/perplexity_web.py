@@ -19,9 +19,7 @@ from providers.webapp import SoftSseParser, WebAppProvider, str_field
 
 class PerplexityWebProvider(WebAppProvider):
     name = "perplexity-web"
-
-    def operation(self, req: HttpRequest) -> str | None:
-        return "conversation" if req.method == "POST" and req.path == "/rest/sse/perplexity_ask" else None
+    paths = {"/rest/sse/perplexity_ask": "conversation"}
 
     def parse(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
         body = json_body(req)
@@ -36,7 +34,7 @@ class PerplexityWebProvider(WebAppProvider):
                 message.attachments.append(Attachment(kind="file", name=url[:300]))
         exchange.messages.append(message)
 
-    def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
+    def answer(self, exchange: Exchange) -> ResponseParser:
         return AskStream(exchange)
 
 

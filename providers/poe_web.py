@@ -42,8 +42,8 @@ class PoeWebProvider(WebAppProvider):
         exchange.messages.append(message)
         exchange.warn("poe-web: the answer arrives over a separate channel and is not captured")
 
-    def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
-        return Ignore()
+    def answer(self, exchange: Exchange) -> ResponseParser:
+        return Ignore()  # it arrives over another channel
 
 
 PROVIDER = PoeWebProvider()

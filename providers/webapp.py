@@ -12,10 +12,10 @@ loose path patterns never capture an API host's traffic.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from core.exchange import Exchange, Message
-from providers.base import MAX_COMPLETION_CHARS, BodyError, HttpRequest, ResponseParser, SseParser
+from providers.base import MAX_COMPLETION_CHARS, BodyError, HttpRequest, ResponseParser, SseParser, json_body
 from providers.uploads import parse_form
 
 #: The errors a best-effort parser may hit on an unexpected shape; anything else is a bug and should surface.
@@ -23,10 +23,19 @@ SHAPE_ERRORS = (BodyError, KeyError, TypeError, ValueError, AttributeError, Inde
 
 
 class WebAppProvider:
-    """Base for consumer-app providers: `operation(req)` picks the operation, `parse(req, operation, exchange)`
-    fills the exchange and may raise on a shape it does not know; both are only asked for hinted hosts."""
+    """Base for consumer-app providers, only asked for hinted hosts. What most apps do is the default, so an app
+    writes only where it differs:
+
+    - `operation(req)` picks the operation: by default a POST to one of `paths`;
+    - `parse(req, operation, exchange)` fills the exchange: by default an `upload` is a multipart form of files,
+      anything else a JSON object holding the prompt, read by `prompt(req, body, exchange)`, and answered by a
+      stream. Both may raise on a shape they do not know: the exchange is then unparsed, never refused;
+    - `answer(exchange)` is the parser of a conversation's answer; other operations' answers (upload tickets)
+      carry nothing to audit."""
 
     name = ""
+    #: The paths the app is posted to, and the operation each is (apps whose paths vary override `operation`).
+    paths: ClassVar[dict[str, str]] = {}
 
     def recognises(self, req: HttpRequest, hints: tuple[str, ...]) -> str | None:
         if self.name not in hints:
@@ -34,7 +43,7 @@ class WebAppProvider:
         return self.operation(req)
 
     def operation(self, req: HttpRequest) -> str | None:
-        raise NotImplementedError
+        return self.paths.get(req.path) if req.method == "POST" else None
 
     def parse_request(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
         try:
@@ -43,9 +52,22 @@ class WebAppProvider:
             unparsed(exchange, f"{self.name} {operation}: {e if isinstance(e, BodyError) else _shape(e)}")
 
     def parse(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
+        if operation == "upload":
+            form_upload(req, exchange)
+            return
+        body = json_body(req)
+        if not isinstance(body, dict):
+            raise TypeError("body is not a JSON object")
+        exchange.stream = True
+        self.prompt(req, body, exchange)
+
+    def prompt(self, req: HttpRequest, body: dict[str, Any], exchange: Exchange) -> None:
         raise NotImplementedError
 
     def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
+        return self.answer(exchange) if exchange.operation == "conversation" else Ignore()
+
+    def answer(self, exchange: Exchange) -> ResponseParser:
         raise NotImplementedError
 
 
