@@ -29,7 +29,7 @@ class WebAppProvider:
     - `operation(req)` picks the operation: by default a POST to one of `paths`;
     - `parse(req, operation, exchange)` fills the exchange: by default an `upload` is a multipart form of files,
       anything else a JSON object holding the prompt, read by `prompt(req, body, exchange)`, and answered by a
-      stream. Both may raise on a shape they do not know: the exchange is then unparsed, never refused;
+      stream. Both may raise on a shape they do not know: the exchange is then marked unparsed (see above);
     - `answer(exchange)` is the parser of a conversation's answer; other operations' answers (upload tickets)
       carry nothing to audit."""
 
