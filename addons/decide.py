@@ -35,7 +35,6 @@ from pathlib import Path
 from mitmproxy import ctx, http, tls
 from mitmproxy.exceptions import OptionsError
 
-from addons.extract import PARSED_KEY
 from addons.recognise import TUNNEL, tunnel_interaction
 from core.interaction import KEY, Interaction
 from core.rulesfile import RulesError
@@ -47,11 +46,6 @@ from policy.ruleset import load_policy
 
 log = logging.getLogger(__name__)
 
-ASKED_MODEL_KEY = "gateway.asked_model"  # the model the request named (the answer may name a dated version)
-ANSWER_JUDGED_KEY = "gateway.answer_judged"  # set once the response-side rules were applied to this flow
-SENT_UNDER_KEY = "gateway.sent_under"  # the Policy that let a request go before its DLP scan ended
-DEFERRED_KEY = "gateway.deferred_decision"  # (that Policy, the Decision it took on no findings)
-WARNING_KEY = "gateway.warning"  # the warning header an API client gets on a `warn` it was let through on
 PENDING_TTL = 600.0  # seconds a warn page's continue token stays valid
 MAX_PENDING = 10_000  # unanswered warn pages remembered at most (the oldest are forgotten first)
 MAX_ACKS = 100_000  # acknowledgements remembered at most (the oldest are forgotten first)
@@ -189,16 +183,15 @@ class Decide:
         if flow.request.path.split("?")[0] == enforcement.CONTINUE_PATH:
             self._continue(flow, it)
             return
-        parsed = flow.metadata.get(PARSED_KEY)
-        provider = parsed.provider.name if parsed is not None and parsed.provider is not None else None
+        provider = _provider(it)
         # A request sent before its scan ends is decided by the policy that found its findings cannot matter
         # (findings_matter), even should the rules be reloaded in between.
-        policy = flow.metadata.get(SENT_UNDER_KEY, self.policy) if it.inspection == "deferred" else self.policy
+        policy = (it.stages.sent_under or self.policy) if it.inspection == "deferred" else self.policy
         d = self.evaluate(it, flow.request.headers, policy)
-        flow.metadata[ASKED_MODEL_KEY] = it.exchange.model
+        it.stages.asked_model = it.exchange.model
         it.decision, it.reason, it.rule_id = d.action, d.reason, d.rule
         if it.inspection == "deferred":
-            flow.metadata[DEFERRED_KEY] = (policy, d)
+            it.stages.sent_under, it.stages.deferred_decision = policy, d
             it.reason += "; decided before the DLP scan ended (no rule in force acts on what it could find)"
         if d.action == "redact":
             it.redact_entities, it.reversible = d.redact_entities, d.reversible
@@ -219,7 +212,7 @@ class Decide:
         request = Request(it.service, it.exchange, (), headers=flow.request.headers)
         if findings_matter(self.policy, _subject(it), request, entities):
             return True
-        flow.metadata[SENT_UNDER_KEY] = self.policy  # the request is decided by this policy (`_decide`)
+        it.stages.sent_under = self.policy  # the request is decided by this policy (`_decide`)
         return False
 
     def wants_response_scan(self, flow: http.HTTPFlow) -> bool:
@@ -235,7 +228,7 @@ class Decide:
         """The request as the response-side rules see it: conditions are on what was asked, so the model is the
         one the client named, not the dated version the provider answers with (`gpt-4o` -> `gpt-4o-2024-08-06`)."""
         exchange = it.exchange
-        asked = flow.metadata.get(ASKED_MODEL_KEY)
+        asked = it.stages.asked_model
         if asked and asked != exchange.model:
             exchange = dataclasses.replace(exchange, model=asked)
         return Request(it.service, exchange, it.findings, inspection, flow.request.headers)
@@ -254,14 +247,13 @@ class Decide:
         prefilter named every entity type the scan could find and no enforced rule looked at them; should it
         differ all the same, that is a gateway bug, and the audit and log say so."""
         it: Interaction | None = flow.metadata.get(KEY)
-        deferred = flow.metadata.pop(DEFERRED_KEY, None)
-        if it is None or deferred is None or it.audited:
+        if it is None or it.stages.deferred_decision is None or it.audited:
             return
+        sent, it.stages.deferred_decision = it.stages.deferred_decision, None
         if it.inspection != "inspected":  # the reason is in the warnings; fail modes cannot act any more
             it.reason += f"; the DLP scan after sending {it.inspection}"
             return
-        policy, sent = deferred
-        d = self.evaluate(it, flow.request.headers, policy)
+        d = self.evaluate(it, flow.request.headers, it.stages.sent_under)
         if _enforced(d) == _enforced(sent):  # monitored rules may differ: their "would" is what the audit gains
             after = it.reason[len(sent.reason):] if it.reason.startswith(sent.reason) else ""
             it.decision, it.rule_id, it.reason = d.action, d.rule, d.reason + after
@@ -275,9 +267,9 @@ class Decide:
         """The response-side rules, once the completion was scanned. Only a non-streamed answer can still be
         replaced; whatever cannot be enforced is recorded as what the rule would have done."""
         it: Interaction | None = flow.metadata.get(KEY)
-        if it is None or not it.response_inspection or it.audited or flow.metadata.get(ANSWER_JUDGED_KEY):
+        if it is None or not it.response_inspection or it.audited or it.stages.answer_judged:
             return
-        flow.metadata[ANSWER_JUDGED_KEY] = True
+        it.stages.answer_judged = True
         d = decide_response(self.policy, _subject(it),
                             self._answer_request(flow, it, it.response_inspection))
         if d is None:
@@ -285,8 +277,7 @@ class Decide:
         reason = d.reason
         if d.action == "block" and d.mode == "enforce":
             if enforce and flow.response is not None and not flow.response.stream:
-                parsed = flow.metadata.get(PARSED_KEY)
-                self._block(flow, it, d, parsed.provider.name if parsed and parsed.provider else None)
+                self._block(flow, it, d, _provider(it))
                 it.decision, it.rule_id, it.status = "block", d.rule, flow.response.status_code
             else:
                 reason = f"would block (answer already {'streamed' if enforce else 'sent'}): {reason}"
@@ -321,7 +312,7 @@ class Decide:
 
     def _warn(self, flow: http.HTTPFlow, it: Interaction, d: Decision, provider: str | None) -> None:
         now = time.monotonic()
-        ack = self.acks.get((_acker(flow, it), it.service.id, d.rule))
+        ack = self.acks.get((_acker(it), it.service.id, d.rule))
         if ack is not None and ack.expires > now:
             it.justification = ack.justification
             it.reason += "; the user continued past the warning"
@@ -335,7 +326,7 @@ class Decide:
             flow.response = http.Response.make(reply.status, reply.body, reply.headers)
             it.reason += "; warning page shown"
             return
-        flow.metadata[WARNING_KEY] = enforcement.user_message("warn", d.rule, d.message, it.event_id)
+        it.stages.warning = enforcement.user_message("warn", d.rule, d.message, it.event_id)
         it.reason += "; API client let through with a warning header"
 
     def _continue(self, flow: http.HTTPFlow, it: Interaction) -> None:
@@ -357,15 +348,17 @@ class Decide:
                                                {"content-type": "text/plain; charset=utf-8"})
             return
         headers = {"location": target, "cache-control": "no-store"}
+        acker = _acker(it)
         if not it.user:  # known only by address: the acknowledgement belongs to this browser
-            browser = _browser(flow)
+            browser = _browser(it)
             if browser is None or self.browsers.get(browser, 0) <= now:  # only ids the gateway issued are kept
-                browser = flow.metadata[enforcement.ACK_KEY] = secrets.token_urlsafe(18)
+                browser = secrets.token_urlsafe(18)
+            acker = f"browser:{browser}"
             self.browsers[browser] = now + ctx.options.gateway_warn_ttl
             self._prune(now)
             headers["set-cookie"] = (f"{enforcement.ACK_COOKIE}={browser}; Path=/; Max-Age="
                                      f"{ctx.options.gateway_warn_ttl}; Secure; HttpOnly; SameSite=Lax")
-        self.acks[(_acker(flow, it), pending.service, pending.rule)] = _Ack(justification,
+        self.acks[(acker, pending.service, pending.rule)] = _Ack(justification,
                                                                             now + ctx.options.gateway_warn_ttl)
         it.decision, it.rule_id, it.justification = "warn", pending.rule, justification
         it.reason = f"rule {pending.rule}: the user chose to continue past the warning"
@@ -387,7 +380,8 @@ class Decide:
                 del remembered[next(iter(remembered))]
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        warning = flow.metadata.get(WARNING_KEY)
+        it: Interaction | None = flow.metadata.get(KEY)
+        warning = it.stages.warning if it is not None else None
         if warning and flow.response is not None:  # header values must be ASCII
             flow.response.headers[enforcement.WARNING_HEADER] = warning.encode("ascii", "replace").decode()
 
@@ -409,19 +403,25 @@ def _subject(it: Interaction) -> Subject:
     return Subject(it.user, frozenset(it.groups), it.client_addr)
 
 
-def _acker(flow: http.HTTPFlow, it: Interaction) -> str:
+def _acker(it: Interaction) -> str:
     """Who an acknowledgement of a warning belongs to: the user, or else the browser holding the cookie (a
     request without one has acknowledged nothing)."""
     if it.user:
         return f"user:{it.user}"
-    browser = _browser(flow)
+    browser = _browser(it)
     return f"browser:{browser}" if browser else ""
 
 
-def _browser(flow: http.HTTPFlow) -> str | None:
+def _browser(it: Interaction) -> str | None:
     """The request's ack cookie value (Recognise took it off the request), if it has the shape of one we issue."""
-    value = flow.metadata.get(enforcement.ACK_KEY)
+    value = it.stages.browser
     return value if value is not None and _BROWSER_ID.fullmatch(value) else None
+
+
+def _provider(it: Interaction) -> str | None:
+    """The name of the provider parser that understood the request (its error shapes are the client's)."""
+    parsed = it.stages.parsed
+    return parsed.provider.name if parsed is not None and parsed.provider is not None else None
 
 
 def refuse(flow: http.HTTPFlow, it: Interaction, why: str,
@@ -430,8 +430,6 @@ def refuse(flow: http.HTTPFlow, it: Interaction, why: str,
     """Fail closed: the client gets a block answer in its provider's error shape, the audit the reason."""
     it.decision = "block"
     it.reason = f"{it.reason}; {why}" if it.reason else why
-    parsed = flow.metadata.get(PARSED_KEY)
-    provider = parsed.provider.name if parsed is not None and parsed.provider is not None else None
     text = enforcement.user_message("block", it.rule_id or "gateway", message, it.event_id)
-    reply = enforcement.api_error(enforcement.dialect(provider, it.service), text, it.event_id)
+    reply = enforcement.api_error(enforcement.dialect(_provider(it), it.service), text, it.event_id)
     flow.response = http.Response.make(reply.status, reply.body, reply.headers)

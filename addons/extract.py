@@ -32,8 +32,6 @@ from providers.encoding import MAX_DECODED_BYTES, CompressionBomb, Decoder, Enco
 
 log = logging.getLogger(__name__)
 
-PARSED_KEY = "gateway.parsed"  # providers.Parsed: the request's exchange and the provider that understood it
-RESPONSE_KEY = "gateway.response"  # the ResponseParser reassembling this flow's response
 ASSET = "asset"  # the operation of a page's static file (script, style, image, font) on an AI app's host
 ASSET_TYPES = ("image/", "font/", "video/", "audio/", "text/css", "text/javascript", "application/javascript",
                "application/x-javascript", "application/wasm", "application/font-woff", "application/manifest+json")
@@ -89,8 +87,7 @@ class Extract:
         inline = len(content) <= PARSE_INLINE_BYTES and PDF_MAGIC not in content and PDF_MAGIC_BASE64 not in content
         parsed = await off_loop(len(content), _parse_request, req, content, problem, it.service,
                                 above=PARSE_INLINE_BYTES if inline else 0)
-        it.exchange = parsed.exchange
-        flow.metadata[PARSED_KEY] = parsed
+        it.exchange, it.stages.parsed = parsed.exchange, parsed
         if bomb:
             it.decision, it.reason = "block", "request body is a compression bomb"
             flow.response = _error_response(413, "gateway_compression_bomb", f"Blocked by the AI gateway: the "
@@ -123,7 +120,7 @@ class Extract:
         it: Interaction | None = flow.metadata.get(KEY)
         if it is None or flow.response is None:
             return
-        parsed = flow.metadata.get(PARSED_KEY)
+        parsed = it.stages.parsed
         if parsed is None:
             return
         content_type = flow.response.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -132,8 +129,7 @@ class Extract:
             flow.response.stream = True  # nothing to read in it: pass it through unbuffered
             return
         parser = providers.response_parser(parsed, content_type)
-        if parser is not None:
-            flow.metadata[RESPONSE_KEY] = parser
+        it.stages.response_parser = parser
         # A streamed request is streamed back whatever its content type (Gemini without alt=sse streams a JSON
         # array as application/json), except a JSON answer that must be restored whole for reversible redaction.
         if content_type in STREAM_TYPES or (it.exchange.stream and flow.response.status_code == 200 and not (
@@ -147,7 +143,7 @@ class Extract:
         if it is None or flow.response is None:
             return
         it.status = flow.response.status_code
-        parser: ResponseParser | None = flow.metadata.pop(RESPONSE_KEY, None)
+        parser, it.stages.response_parser = it.stages.response_parser, None
         if parser is None:
             return
         if isinstance(flow.response.stream, _Tap):
@@ -177,7 +173,7 @@ class Extract:
             return
         if flow.response is not None:
             it.status = flow.response.status_code
-        parser: ResponseParser | None = flow.metadata.pop(RESPONSE_KEY, None)
+        parser, it.stages.response_parser = it.stages.response_parser, None
         if parser is not None:
             if flow.response is not None and isinstance(flow.response.stream, _Tap):
                 flow.response.stream.parse()  # what arrived before the break (no end marker to check)

@@ -41,15 +41,15 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 
 from core.exchange import RESPONSE_PART
 from core.interaction import KEY, Interaction
+from core.offload import Deferred
 from core.rulesfile import SHIPPED_RULES, RulesError
 from policy.ruleset import RECOGNIZERS, digests
 
@@ -67,8 +67,6 @@ BULK_CHARS = 100_000
 #: Longest prompt (all text parts together) the proxy process checks with the prefilter before using the workers:
 #: at about 16 us per KB that is at most ~0.25 ms of the event loop, a sixth of what mitmproxy spends on a request.
 PREFILTER_CHARS = 16_000
-RESPONSE_SCAN_KEY = "gateway.response_scan"  # the asyncio.Task scanning the flow's completion
-DEFERRED_SCAN_KEY = "gateway.deferred_scan"  # the _Deferred scan of a request that was sent before it was scanned
 
 
 def _seconds(name: str) -> float:
@@ -87,19 +85,6 @@ def recognizers_file(folder: Path) -> Path:
     defaults, as for the policy)."""
     own = folder / RECOGNIZERS
     return own if own.exists() else SHIPPED_RULES / RECOGNIZERS
-
-
-class _Deferred:
-    """The scan of a request that went upstream before it was scanned: started once, awaited by whoever needs it."""
-
-    def __init__(self, scan: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        self.scan = scan
-        self.task: asyncio.Task | None = None
-
-    def start(self) -> asyncio.Task:
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self.scan())
-        return self.task
 
 
 class Inspect:
@@ -260,8 +245,7 @@ class Inspect:
             decide = ctx.master.addons.get("decide") if flow is not None and possible else None
             if decide is not None and not decide.findings_matter(flow, it, possible):
                 it.inspection = "deferred"
-                flow.metadata[DEFERRED_SCAN_KEY] = _Deferred(
-                    functools.partial(self._scan_parts, it, texts, parts, self.pool))
+                it.stages.deferred_scan = Deferred(functools.partial(self._scan_parts, it, texts, parts, self.pool))
                 return
         except Exception:  # a bug in the gate must cost time, never the scan: the workers decide
             log.exception("DLP prefilter gate failed; scanning in the workers")
@@ -283,21 +267,20 @@ class Inspect:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """The scan of a request sent before it was scanned starts once the upstream answers: not while the
         request is on its way, where its CPU (on a small machine) would delay the answer's first token."""
-        deferred = flow.metadata.get(DEFERRED_SCAN_KEY)
-        if deferred is not None:
-            deferred.start()
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is not None and it.stages.deferred_scan is not None:
+            it.stages.deferred_scan.start()
 
     @staticmethod
     async def settle(flow: http.HTTPFlow) -> None:
         """Wait for the scan of a request that was sent before it was scanned (it records its result on the
         interaction; started now if the upstream never answered): before the decide stage judges the findings
         for the audit and the audit event is written."""
-        deferred = flow.metadata.get(DEFERRED_SCAN_KEY)
         it: Interaction | None = flow.metadata.get(KEY)
-        if deferred is None or it is None:
+        if it is None or it.stages.deferred_scan is None:
             return
         try:
-            await deferred.start()
+            await it.stages.deferred_scan.start()
         except Exception as e:  # the answer's rules and the audit still run; the inspection says what happened
             log.exception("DLP scan after sending failed")
             it.inspection = "errored"
@@ -315,12 +298,12 @@ class Inspect:
         it: Interaction | None = flow.metadata.get(KEY)
         if it is None or it.audited or self.pool is None or not it.exchange.completion:
             return
-        task = flow.metadata.get(RESPONSE_SCAN_KEY)
+        task = it.stages.response_scan
         if task is None:
             decide = ctx.master.addons.get("decide")
             if decide is None or not decide.wants_response_scan(flow):
                 return
-            task = flow.metadata[RESPONSE_SCAN_KEY] = asyncio.get_running_loop().create_task(self.scan_response(it))
+            task = it.stages.response_scan = asyncio.get_running_loop().create_task(self.scan_response(it))
         await task
 
     async def scan_response(self, it: Interaction) -> None:

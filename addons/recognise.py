@@ -19,7 +19,7 @@ from mitmproxy.exceptions import OptionsError
 from core.catalog import Catalog, Match
 from core.interaction import KEY, Interaction
 from core.rulesfile import SHIPPED_RULES, RulesError
-from policy.enforcement import ACK_COOKIE, ACK_KEY
+from policy.enforcement import ACK_COOKIE
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +100,13 @@ class Recognise:
         ack = flow.request.cookies.get(ACK_COOKIE) if ACK_COOKIE in flow.request.headers.get("cookie", "") else None
         if ack is not None:  # the gateway's own cookie (warn pages) never leaves, on any path of the host
             del flow.request.cookies[ACK_COOKIE]
-            flow.metadata[ACK_KEY] = ack
         if not match.service.covers_path(flow.request.path):
             return
-        flow.metadata[KEY] = Interaction(
+        it = flow.metadata[KEY] = Interaction(
             service=match.service, client_addr=flow.client_conn.peername[0], host=host,
             method=flow.request.method, path=flow.request.path,
         )
+        it.stages.browser = ack
         # An AI request is inspected before it leaves: never stream its body upstream unseen (stream_large_bodies
         # would otherwise send it before the request hook runs; body_size_limit bounds what is buffered).
         flow.request.stream = False

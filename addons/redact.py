@@ -36,7 +36,6 @@ from providers.encoding import EncodingError, decode
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDERS_KEY = "gateway.placeholders"  # dlp.redact.Placeholders of a reversible redaction
 
 
 class Redact:
@@ -83,15 +82,15 @@ class Redact:
         done = ", ".join(f"{n} {e}" for e, n in sorted(counts.items()))
         it.reason = f"{it.reason}; redacted {done}" if it.reason else f"redacted {done}"
         if it.reversible:
-            flow.metadata[PLACEHOLDERS_KEY] = placeholders
+            it.stages.placeholders = placeholders
             flow.request.headers["accept-encoding"] = "identity"
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Runs after Extract's: wraps its stream tap so the tap sees upstream bytes and the client restored ones."""
-        placeholders = flow.metadata.get(PLACEHOLDERS_KEY)
+        it: Interaction | None = flow.metadata.get(KEY)
+        placeholders = it.stages.placeholders if it is not None else None
         if placeholders is None or flow.response is None or not flow.response.stream:
             return
-        it: Interaction = flow.metadata[KEY]
         content_type = flow.response.headers.get("content-type", "").split(";")[0].strip().lower()
         framing = "sse" if content_type == "text/event-stream" else "ndjson" if content_type in NDJSON_TYPES else ""
         if not framing or flow.response.headers.get("content-encoding", "identity").lower() != "identity":
@@ -104,19 +103,20 @@ class Redact:
                                 else _RestoringStream(answer))
 
     def response(self, flow: http.HTTPFlow) -> None:
-        placeholders = flow.metadata.get(PLACEHOLDERS_KEY)
+        it: Interaction | None = flow.metadata.get(KEY)
+        placeholders = it.stages.placeholders if it is not None else None
         if placeholders is None or flow.response is None:
             return
         if flow.response.stream:
             answer = getattr(flow.response.stream, "answer", None)
             if answer is not None and answer.error:
-                flow.metadata[KEY].exchange.warn(f"placeholders not restored past this point: {answer.error}")
+                it.exchange.warn(f"placeholders not restored past this point: {answer.error}")
             return
         try:  # capped like every body the gateway decodes: a hostile upstream's bomb is not expanded
             content = decode(flow.response.raw_content or b"", flow.response.headers.get("content-encoding"),
                              ctx.options.gateway_max_decoded_bytes)
         except EncodingError as e:
-            flow.metadata[KEY].exchange.warn(f"placeholders not restored in the answer: {e}")
+            it.exchange.warn(f"placeholders not restored in the answer: {e}")
             return
         if content:
             flow.response.content = _restorer(placeholders).json_body(content)

@@ -25,13 +25,12 @@ import logging
 from mitmproxy import ctx, http
 
 from core.audit import new_event_id
-from core.interaction import KEY, Interaction
+from core.interaction import KEY, Interaction, Stages
 from policy.engine import Decision
-from providers.websocket import Turn, WsConversation, conversation_for
+from providers.websocket import Turn, conversation_for
 
 log = logging.getLogger(__name__)
 
-CONVERSATION_KEY = "gateway.websocket"  # the flow's WsConversation
 #: Query parameters that carry credentials in WebSocket URLs (browsers cannot set headers on a WebSocket).
 
 
@@ -45,10 +44,11 @@ class WebSocketAudit:
         if it is None or flow.websocket is None:
             return
         it.audited = True
-        flow.metadata[CONVERSATION_KEY] = conversation_for(it.service.id, it.service.formats, flow.request.path)
+        it.stages.conversation = conversation_for(it.service.id, it.service.formats, flow.request.path)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
-        conversation: WsConversation | None = flow.metadata.get(CONVERSATION_KEY)
+        it: Interaction | None = flow.metadata.get(KEY)
+        conversation = it.stages.conversation if it is not None else None
         if conversation is None or flow.websocket is None or not flow.websocket.messages:
             return
         message = flow.websocket.messages[-1]
@@ -56,7 +56,10 @@ class WebSocketAudit:
         del flow.websocket.messages[:-1]
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
-        conversation: WsConversation | None = flow.metadata.pop(CONVERSATION_KEY, None)
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is None:
+            return
+        conversation, it.stages.conversation = it.stages.conversation, None
         if conversation is None or flow.websocket is None:
             return
         reason = flow.websocket.close_reason or (flow.error.msg if flow.error else "")
@@ -71,7 +74,7 @@ class WebSocketAudit:
             event = dataclasses.replace(it, exchange=turn.exchange, source="websocket", status=101,
                                         request_bytes=turn.request_bytes, response_bytes=turn.response_bytes,
                                         findings=[], inspection="skipped", started=turn.started, audited=False,
-                                        event_id=new_event_id())
+                                        event_id=new_event_id(), stages=Stages())
             task = asyncio.get_running_loop().create_task(self._inspect_and_audit(event, headers))
             self.pending.add(task)
             task.add_done_callback(self.pending.discard)

@@ -1,20 +1,53 @@
-"""Everything the gateway learns about one AI request as it crosses the proxy.
+"""Everything the gateway learns about one AI request as it crosses the proxy: the one per-flow record.
 
-The addons fill it in stage by stage (recognise, extract, inspect, decide, enforce) and the audit addon turns it
-into an `AuditEvent`. It lives in `flow.metadata[KEY]`; a flow without one is not AI traffic.
+The addons fill it in stage by stage (recognise, identify, admission, extract, inspect, decide, redact) and the
+audit addon turns it into an `AuditEvent`. It lives in `flow.metadata[KEY]`, the only metadata key the gateway
+uses; a flow without one is not AI traffic. Its fields are the facts the audit records; `Interaction.stages`
+holds what the stages hand each other on the way, each field written by one stage only (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import time
-from urllib.parse import parse_qsl, urlencode
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlencode
 
 from core.audit import AuditEvent, captured_text, mask_echoed_values, new_event_id, sha256_text
 from core.catalog import Service
 from core.exchange import Exchange
 
+if TYPE_CHECKING:
+    import asyncio
+
+    from core.offload import Deferred
+    from dlp.redact import Placeholders
+    from policy.engine import Decision
+    from policy.language import Policy
+    from providers import Parsed
+    from providers.base import ResponseParser
+    from providers.websocket import WsConversation
+
 KEY = "gateway"
+
+
+@dataclass
+class Stages:
+    """What one stage leaves for a later one about this flow, beyond the audited facts. One writer per field (named
+    first); the others only read. Nothing here reaches the audit event."""
+
+    browser: str | None = None  # recognise: the warn pages' cookie (policy.enforcement.ACK_COOKIE), taken off
+    parsed: Parsed | None = None  # extract: the request's exchange and the provider that understood it
+    response_parser: ResponseParser | None = None  # extract: reassembling the response, until it has ended
+    deferred_scan: Deferred | None = None  # inspect: the scan of a request sent before it was scanned
+    response_scan: asyncio.Task | None = None  # inspect: the scan of the completion, awaited by response and error
+    asked_model: str | None = None  # decide: the model the request named (the answer may name a dated version)
+    sent_under: Policy | None = None  # decide: the policy that let the request go before its scan ended
+    deferred_decision: Decision | None = None  # decide: what that policy decided on no findings
+    answer_judged: bool = False  # decide: the response-side rules were applied
+    warning: str | None = None  # decide: the warning header an API client gets on a `warn` it was let through on
+    placeholders: Placeholders | None = None  # redact: the values of a reversible redaction, to restore
+    conversation: WsConversation | None = None  # websocket: the conversation followed over the upgraded flow
 
 
 @dataclass
@@ -46,6 +79,7 @@ class Interaction:
     source: str = "http"  # http | websocket
     rule_id: str = ""  # id of the policy rule behind the decision
     justification: str = ""  # what the user typed to continue past a warning
+    stages: Stages = field(default_factory=Stages, repr=False, compare=False)
 
     def to_event(self, capture: str = "redacted") -> AuditEvent:
         """The audit row. `capture` (metadata | redacted | full) decides how much text it keeps; the prompt's

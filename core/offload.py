@@ -9,14 +9,17 @@ would cost more than it saves.
 
 At most MAX_CONCURRENT such jobs run at once and the others queue, which also bounds how many bodies are being
 expanded in memory at the same time.
+
+`Deferred` is work that starts later, once, when whoever needs it first asks (the DLP scan of a request that was
+sent before it was scanned starts when the upstream answers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -37,3 +40,16 @@ async def off_loop(size: int, fn: Callable[..., T], *args, above: int = OFFLOAD_
         slots = _slots[loop] = asyncio.Semaphore(MAX_CONCURRENT)
     async with slots:
         return await asyncio.to_thread(fn, *args)
+
+
+class Deferred:
+    """A coroutine started once, by the first caller of `start`; every caller awaits the same task."""
+
+    def __init__(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.work = work
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> asyncio.Task:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self.work())
+        return self.task

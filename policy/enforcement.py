@@ -23,7 +23,6 @@ WARNING_HEADER = "x-ai-gateway-warning"
 #: behind one NAT address must not share (nor be credited with) each other's acknowledgements. Set on the AI
 #: service's host by the continue response; Recognise takes it off every request to a catalog host.
 ACK_COOKIE = "ai_gateway_ack"
-ACK_KEY = "gateway.ack_cookie"  # flow metadata: the request's ACK_COOKIE value, taken off the request
 BROWSER_CATEGORIES = frozenset({"chat", "write", "img", "vid", "aud", "meet", "srch", "comp", "doc"})
 
 # Wire-format hints (core.catalog Service.formats, provider names) -> the error dialect their SDKs parse.

@@ -9,7 +9,6 @@ from mitmproxy.test import tflow
 
 import providers
 from addons.decide import Decide
-from addons.extract import PARSED_KEY
 from addons.redact import Redact
 from core.catalog import Catalog
 from core.interaction import KEY, Interaction
@@ -30,7 +29,7 @@ def ai_flow(it_kwargs: dict):
     parsed = providers.parse_request(req, "openai", service.formats)
     it = Interaction(service=service, client_addr="127.0.0.1", host="api.openai.com", method="POST",
                      path=f.request.path, exchange=parsed.exchange, **it_kwargs)
-    f.metadata[KEY], f.metadata[PARSED_KEY] = it, parsed
+    f.metadata[KEY], it.stages.parsed = it, parsed
     return f, it, catalog
 
 

@@ -11,7 +11,7 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.test import taddons, tflow
 
 import providers
-from addons.inspect import DEFERRED_SCAN_KEY, SHIPPED_RULES, Inspect
+from addons.inspect import SHIPPED_RULES, Inspect
 from addons.recognise import Recognise
 from core.catalog import Catalog
 from core.interaction import KEY, Interaction
@@ -212,7 +212,7 @@ def test_a_prompt_no_enforced_rule_looks_into_is_scanned_once_the_upstream_answe
                 assert (answered.inspection, failed.inspection, key.inspection) == ("deferred", "deferred",
                                                                                    "inspected")
                 assert [x.entity for x in key.findings] == ["AWS_ACCESS_KEY"]
-                answered_deferred = answered_f.metadata[DEFERRED_SCAN_KEY]
+                answered_deferred = answered_f.metadata[KEY].stages.deferred_scan
                 assert answered_deferred.task is None  # not while the request is on its way
                 answered_f.response = http.Response.make(200, b"{}", {"content-type": "application/json"})
                 addon.responseheaders(answered_f)

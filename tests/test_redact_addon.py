@@ -8,9 +8,8 @@ import pytest
 from mitmproxy.test import tflow
 
 import providers
-from addons.extract import PARSED_KEY
 from addons.inspect import SHIPPED_RULES
-from addons.redact import PLACEHOLDERS_KEY, Redact
+from addons.redact import Redact
 from core.catalog import Catalog
 from core.exchange import Attachment
 from core.interaction import KEY, Interaction
@@ -36,7 +35,7 @@ def flow_for(service, body: dict, findings: list[Finding], *, reversible: bool =
     it = Interaction(service=service, client_addr="127.0.0.1", host="api.openai.com", method="POST",
                      path="/v1/chat/completions", exchange=parsed.exchange, findings=findings, decision="redact",
                      redact_entities=list(entities), reversible=reversible)
-    f.metadata[KEY], f.metadata[PARSED_KEY] = it, parsed
+    f.metadata[KEY], it.stages.parsed = it, parsed
     return f, it
 
 
@@ -58,7 +57,7 @@ def test_body_is_rewritten_in_place_and_stays_valid_json(openai_service):
     assert sent["messages"][0]["content"] == 'mail <EMAIL_ADDRESS_1> and <EMAIL_ADDRESS_1> "quoted" \\ ok'
     assert sent["temperature"] == 0.5 and sent["model"] == "m"
     assert f.request.headers["content-length"] == str(len(f.request.raw_content))
-    assert f.metadata[PLACEHOLDERS_KEY] is not None and f.request.headers["accept-encoding"] == "identity"
+    assert it.stages.placeholders is not None and f.request.headers["accept-encoding"] == "identity"
     assert f.response is None and it.decision == "redact" and "2 EMAIL_ADDRESS" in it.reason
 
 

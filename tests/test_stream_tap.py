@@ -9,7 +9,7 @@ from mitmproxy.flow import Error
 from mitmproxy.test import tflow
 
 import providers
-from addons.extract import RESPONSE_KEY, Extract, _Tap
+from addons.extract import Extract, _Tap
 from core.catalog import Catalog
 from core.interaction import KEY, Interaction
 from core.rulesfile import SHIPPED_RULES
@@ -60,7 +60,7 @@ def test_a_stream_that_breaks_off_keeps_what_arrived_before_the_loop_turned():
     async def go():
         tap, it = tapped()
         flow = tflow.tflow(resp=True)
-        flow.metadata[KEY], flow.metadata[RESPONSE_KEY] = it, tap.parser
+        flow.metadata[KEY], it.stages.response_parser = it, tap.parser
         flow.response.stream = tap
         flow.error = Error("connection reset")
         for piece in ("Hel", "lo"):
