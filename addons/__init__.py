@@ -1,8 +1,10 @@
 """The gateway's mitmproxy addons, one concern each, in the order they see a flow.
 
+rules (loads the rules folder and hands every stage the validated rule set, at start and on each edit) ->
 recognise -> identify -> admission (a bound on the request bodies held at once) -> extract -> inspect (DLP) ->
-decide -> redact -> audit (counted for Prometheus by metrics; the admin socket answers audit queries from the CLI;
-the reloader applies rules edits).
+decide -> redact -> audit (counted for Prometheus by metrics; the admin socket answers audit queries from the CLI).
+The stages share one record per flow (core.interaction.Interaction) and tell each other facts as events
+(addons/hooks.py), never by looking each other up: docs/architecture.md.
 `gateway run` loads `proxy_addons()` and then `default_addons()`; each of ours can also be loaded on its own with
 `mitmdump -s`.
 """
@@ -52,8 +54,8 @@ def default_addons() -> list:
     from addons.metrics import Metrics
     from addons.recognise import Recognise
     from addons.redact import Redact
-    from addons.reload import RulesReload
+    from addons.rules import Rules
     from addons.websocket import WebSocketAudit
 
-    return [Recognise(), Identify(), Admission(), Extract(), Inspect(), WebSocketAudit(), Decide(), Redact(),
-            Audit(), Metrics(), AdminSocket(), RulesReload()]
+    return [Rules(), Recognise(), Identify(), Admission(), Extract(), Inspect(), WebSocketAudit(), Decide(), Redact(),
+            Audit(), Metrics(), AdminSocket()]

@@ -37,12 +37,11 @@ from mitmproxy.exceptions import OptionsError
 
 from addons.recognise import TUNNEL, tunnel_interaction
 from core.interaction import KEY, Interaction
-from core.rulesfile import RulesError
 from policy import enforcement
 from policy.engine import (Decision, Request, Subject, decide, decide_response, findings_matter,
                            wants_response_scan)
 from policy.language import Policy
-from policy.ruleset import load_policy
+from policy.ruleset import RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +85,8 @@ class Decide:
     def configure(self, updated: set[str]) -> None:
         if "gateway_warn_ttl" in updated and ctx.options.gateway_warn_ttl < 0:
             raise OptionsError("gateway_warn_ttl must be >= 0")
-        if "gateway_rules" in updated:
-            recognise = ctx.master.addons.get("recognise")
-            try:
-                self.policy = load_policy(Path(ctx.options.gateway_rules), recognise.catalog)
-            except RulesError as e:
-                raise OptionsError(str(e)) from None
 
-    def rules_reloaded(self, rules) -> None:
-        """Called by the rules reloader with a fully validated rule set."""
+    def rules_loaded(self, rules: RuleSet) -> None:
         self.policy = rules.policy
 
     def http_connect(self, flow: http.HTTPFlow) -> None:

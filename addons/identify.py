@@ -10,15 +10,12 @@ and logged, never believed.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from mitmproxy import connection, ctx, http
-from mitmproxy.exceptions import OptionsError
+from mitmproxy import connection, http
 
 from core.interaction import KEY, Interaction
-from core.rulesfile import RulesError
 from policy.identity import Identity, IdentityConfig
-from policy.ruleset import load_identity
+from policy.ruleset import RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +27,7 @@ class Identify:
         # handshake, after the CONNECT (and its credentials) have gone. Entries live as long as the connection.
         self.connections: dict[str, Identity] = {}
 
-    def configure(self, updated: set[str]) -> None:
-        if "gateway_rules" in updated:
-            try:
-                self.config = load_identity(Path(ctx.options.gateway_rules))
-            except RulesError as e:
-                raise OptionsError(str(e)) from None
-
-    def rules_reloaded(self, rules) -> None:
-        """Called by the rules reloader with a fully validated rule set."""
+    def rules_loaded(self, rules: RuleSet) -> None:
         self.config = rules.identity
 
     def http_connect(self, flow: http.HTTPFlow) -> None:

@@ -50,8 +50,8 @@ from mitmproxy.exceptions import OptionsError
 from core.exchange import RESPONSE_PART
 from core.interaction import KEY, Interaction
 from core.offload import Deferred
-from core.rulesfile import SHIPPED_RULES, RulesError
-from policy.ruleset import RECOGNIZERS, digests
+from core.rulesfile import SHIPPED_RULES
+from policy.ruleset import RECOGNIZERS, RuleSet, digests
 
 if TYPE_CHECKING:
     from dlp.pool import DlpPool
@@ -99,6 +99,7 @@ class Inspect:
         self.warming: list[asyncio.Task] = []
         self.snapshots: Path | None = None  # the folder of the recognizers files the workers and the gate read
         self.frozen = False  # the startup objects were frozen out of the garbage collector's reach (_warm)
+        self.folder = SHIPPED_RULES  # the rules folder in force (rules_loaded), for its recognizers file
 
     def load(self, loader) -> None:
         loader.add_option("gateway_dlp", bool, True,
@@ -128,27 +129,17 @@ class Inspect:
         for name in ("gateway_dlp_workers", "gateway_dlp_bulk_workers", "gateway_dlp_prefilter_chars"):
             if name in updated and getattr(ctx.options, name) < 0:
                 raise OptionsError(f"{name} must be 0 or more, not {getattr(ctx.options, name)}")
-        if updated & {"gateway_dlp", "gateway_rules"} and ctx.options.gateway_dlp:
-            # Checked here so a bad rules file stops start-up with its file and line, instead of failing in
-            # every worker on the first request.
-            from dlp.rules import load_rules
-
-            try:
-                load_rules(recognizers_file(Path(ctx.options.gateway_rules)))
-            except RulesError as e:
-                raise OptionsError(str(e)) from None
-        if self.running_ and updated & {"gateway_dlp", "gateway_dlp_workers", "gateway_dlp_bulk_workers",
-                                        "gateway_rules"}:
+        if self.running_ and updated & {"gateway_dlp", "gateway_dlp_workers", "gateway_dlp_bulk_workers"}:
             self._start()
 
     def running(self) -> None:
         self.running_ = True
         self._start()
 
-    def rules_reloaded(self, rules) -> None:
-        """The rules reloader validated a new rule set: new workers if the recognizers changed."""
-        digest = rules.digests.get(RECOGNIZERS)
-        if digest != self.digest and ctx.options.gateway_dlp:
+    def rules_loaded(self, rules: RuleSet) -> None:
+        """A new rule set (its recognizers.yaml checked with it): new workers if the recognizers changed."""
+        self.folder = rules.folder
+        if self.running_ and rules.digests.get(RECOGNIZERS) != self.digest and ctx.options.gateway_dlp:
             self._start()
 
     def _start(self) -> None:
@@ -157,9 +148,8 @@ class Inspect:
         self._close()
         if not ctx.options.gateway_dlp:
             return
-        folder = Path(ctx.options.gateway_rules)
-        source = recognizers_file(folder)
-        self.digest = digests(folder).get(RECOGNIZERS)
+        source = recognizers_file(self.folder)
+        self.digest = digests(self.folder).get(RECOGNIZERS)
         rules = self._snapshot(source)
         workers = ctx.options.gateway_dlp_workers or min(4, os.cpu_count() or 1)
         bulk = ctx.options.gateway_dlp_bulk_workers

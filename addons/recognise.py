@@ -11,15 +11,13 @@ the tunnel will be seen.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from mitmproxy import ctx, http, tls
-from mitmproxy.exceptions import OptionsError
+from mitmproxy import http, tls
 
 from core.catalog import Catalog, Match
 from core.interaction import KEY, Interaction
-from core.rulesfile import SHIPPED_RULES, RulesError
 from policy.enforcement import ACK_COOKIE
+from policy.ruleset import RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +40,8 @@ class Recognise:
         # names are checked. Entries live as long as the client connection.
         self.connect_hosts: dict[str, str] = {}
 
-    def load(self, loader) -> None:
-        loader.add_option("gateway_rules", str, str(SHIPPED_RULES),
-                          "Folder of the gateway's rules files (endpoints.yaml, policy, recognizers).")
-
-    def configure(self, updated: set[str]) -> None:
-        if "gateway_rules" in updated:
-            try:
-                self.catalog = Catalog.load(Path(ctx.options.gateway_rules) / "endpoints.yaml")
-            except RulesError as e:
-                raise OptionsError(str(e)) from None
+    def rules_loaded(self, rules: RuleSet) -> None:
+        self.catalog = rules.catalog
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         self.connect_hosts[flow.client_conn.id] = flow.request.host

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 SPOOL_FILE = "audit-spool.sqlite"
-RULES_STATUS_FILE = "rules-status.json"  # written by the running gateway's rules reloader (addons/reload.py)
+RULES_STATUS_FILE = "rules-status.json"  # written by the running gateway's rules reloader (addons/rules.py)
 
 
 def default_data_dir() -> Path:

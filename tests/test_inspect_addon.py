@@ -12,7 +12,7 @@ from mitmproxy.test import taddons, tflow
 
 import providers
 from addons.inspect import SHIPPED_RULES, Inspect
-from addons.recognise import Recognise
+from addons.rules import Rules
 from core.catalog import Catalog
 from core.interaction import KEY, Interaction
 from dlp.pool import DlpPool
@@ -38,7 +38,7 @@ def run_inspect(hook: str, items, **options) -> None:
     """Run the addon as mitmproxy would: options set, `running` (the pool starts), then `hook` for each item."""
     async def go():
         addon = Inspect()
-        with taddons.context(Recognise(), addon) as tctx:
+        with taddons.context(Rules(), addon) as tctx:
             tctx.configure(addon, **options)
             addon.running()
             try:
@@ -91,7 +91,7 @@ def test_workers_that_cannot_scan_make_the_inspection_errored(tmp_path):
 
     async def go():
         addon = Inspect()
-        with taddons.context(Recognise(), addon):
+        with taddons.context(Rules(), addon):
             addon.pool = DlpPool(bad, 1)
             try:
                 await addon.request(f)
@@ -133,7 +133,7 @@ def test_clean_prompts_skip_the_workers_only_where_the_prefilter_proves_them_cle
 
     async def go():
         addon = Inspect()
-        with taddons.context(Recognise(), addon) as tctx:
+        with taddons.context(Rules(), addon) as tctx:
             tctx.configure(addon, gateway_dlp_workers=1)
             addon.running()
             try:
@@ -158,7 +158,7 @@ def test_a_scan_that_cannot_get_a_worker_in_time_is_errored_as_overloaded():
 
     async def go():
         addon = Inspect()
-        with taddons.context(Recognise(), addon) as tctx:
+        with taddons.context(Rules(), addon) as tctx:
             tctx.configure(addon, gateway_dlp_workers=1, gateway_dlp_bulk_workers=0, gateway_dlp_wait="0.2",
                            gateway_dlp_timeout="120")
             addon.running()
@@ -179,7 +179,7 @@ def test_a_scan_that_cannot_get_a_worker_in_time_is_errored_as_overloaded():
 
 def test_dlp_wait_and_timeout_must_be_positive_seconds():
     addon = Inspect()
-    with taddons.context(Recognise(), addon) as tctx:
+    with taddons.context(Rules(), addon) as tctx:
         for name in ("gateway_dlp_wait", "gateway_dlp_timeout"):
             with pytest.raises(OptionsError, match=f"{name} must be a number of seconds > 0, not 'soon'"):
                 tctx.configure(addon, **{name: "soon"})
@@ -198,10 +198,9 @@ def test_a_prompt_no_enforced_rule_looks_into_is_scanned_once_the_upstream_answe
     key_f, key = flow_with([{"role": "user", "content": "deploy with AKIAZ7Q4XK2M3PLR5TVW"}])
 
     async def go():
-        recognise, addon, decide = Recognise(), Inspect(), Decide()
-        with taddons.context(recognise, addon, decide) as tctx:
-            for stage in (recognise, decide):  # the shipped catalog and policy
-                tctx.configure(stage, gateway_rules=str(SHIPPED_RULES))
+        rules, addon, decide = Rules(), Inspect(), Decide()
+        with taddons.context(rules, addon, decide) as tctx:
+            tctx.configure(rules, gateway_rules=str(SHIPPED_RULES))  # the shipped catalog and policy, to every stage
             assert [r.id for r in decide.policy.rules][0] == "block-secrets"
             tctx.configure(addon, gateway_dlp_workers=1)
             addon.running()
@@ -221,7 +220,7 @@ def test_a_prompt_no_enforced_rule_looks_into_is_scanned_once_the_upstream_answe
                 await addon.error(failed_f)
                 reloaded_f, reloaded = flow_with([{"role": "user", "content": f"mail {EMAIL} now"}])
                 await addon.request(reloaded_f)
-                addon.rules_reloaded(types.SimpleNamespace(digests={}))  # new recognizers: new workers and gate
+                addon.rules_loaded(types.SimpleNamespace(digests={}, folder=SHIPPED_RULES))  # new recognizers: new workers and gate
                 await addon.error(reloaded_f)
                 return reloaded
             finally:
@@ -244,9 +243,10 @@ def test_workers_started_later_read_the_recognizers_the_gate_was_built_from(tmp_
 
     async def go():
         addon = Inspect()
-        with taddons.context(Recognise(), addon) as tctx:
-            tctx.configure(addon, gateway_dlp_workers=1, gateway_dlp_bulk_workers=0, gateway_dlp_timeout="0.01",
-                           gateway_rules=str(tmp_path))
+        rules = Rules()
+        with taddons.context(rules, addon) as tctx:
+            tctx.configure(rules, gateway_rules=str(tmp_path))
+            tctx.configure(addon, gateway_dlp_workers=1, gateway_dlp_bulk_workers=0, gateway_dlp_timeout="0.01")
             addon.running()
             try:
                 await asyncio.gather(*addon.warming)

@@ -1,11 +1,14 @@
-"""Hot reload of the rules folder: edits take effect within seconds, open connections are never dropped.
+"""The rules stage: the one owner of the rules folder, at start and on every edit (hot reload).
 
-A change anywhere in the folder reloads every rules file (policy/ruleset.py) in a thread. Only a rule set that
-loads completely is applied, and all at once: the catalog goes to the recognise stage, and each addon with a
-`rules_reloaded(rules)` method gets the new set (identify, decide; any later stage can join the same way).
-A broken edit is refused: the last good rules stay active, the error (`file:line: message`) is logged and
-written to the status file that `gateway rules status` prints. In-flight flows keep the rules they started
-with; new requests, on old or new connections, see the new ones.
+It loads every rules file together (policy/ruleset.py) and hands the stages the complete, validated `RuleSet` as
+one event, `rules_loaded` (addons/hooks.py: recognise takes the catalog, identify the identity sources, inspect the
+recognizers, decide and tunnel the policy). Nothing else reads the rules folder. At start a broken file stops the
+gateway with its `file:line`; afterwards, a change anywhere in the folder reloads it in a thread, and only a rule
+set that loads completely is applied, all at once. A broken edit is refused: the last good rules stay active, the
+error is logged and written to the status file that `gateway rules status` prints. In-flight flows keep the
+rules they started with; new requests, on old or new connections, see the new ones.
+
+Load it before the other stages (addons.default_addons does): their configure then runs with the rules in place.
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ from pathlib import Path
 import orjson
 import watchfiles
 from mitmproxy import ctx
+from mitmproxy.exceptions import OptionsError
 
-from core.rulesfile import RulesError
+from addons.hooks import RulesLoadedHook
+from core.rulesfile import SHIPPED_RULES, RulesError
 from policy import ruleset
 
 log = logging.getLogger(__name__)
 
 
-class RulesReload:
+class Rules:
     def __init__(self) -> None:
         self.task: asyncio.Task | None = None
         self.stop: asyncio.Event | None = None
@@ -36,6 +41,8 @@ class RulesReload:
         self.started = False  # the event loop runs: the watcher can be (re)started
 
     def load(self, loader) -> None:
+        loader.add_option("gateway_rules", str, str(SHIPPED_RULES),
+                          "Folder of the gateway's rules files (endpoints.yaml, policy, identity, recognizers).")
         loader.add_option("gateway_rules_reload", bool, True,
                           "Watch the rules folder and apply valid edits without a restart.")
         loader.add_option("gateway_rules_status", str, "",
@@ -43,9 +50,13 @@ class RulesReload:
                           "`gateway rules status`. Empty: not written.")
 
     def configure(self, updated: set[str]) -> None:
-        if "gateway_rules" in updated:  # the other addons loaded it (or refused start-up) in their configure
-            folder = Path(ctx.options.gateway_rules)
-            self.active = {"since": _now(), "files": ruleset.digests(folder)}
+        if "gateway_rules" in updated:
+            try:
+                rules = ruleset.load(Path(ctx.options.gateway_rules))
+            except RulesError as e:
+                raise OptionsError(str(e)) from None
+            ctx.master.addons.trigger(RulesLoadedHook(rules))
+            self.active = {"since": _now(), "files": rules.digests}
             self.error = None
             self._write_status()
         elif "gateway_rules_status" in updated:
@@ -103,17 +114,7 @@ class RulesReload:
             if previous_error is not None:
                 self._write_status()
             return True
-        recognise = ctx.master.addons.get("recognise")
-        if recognise is not None:
-            recognise.catalog = rules.catalog
-        for addon in ctx.master.addons.chain:
-            if hasattr(addon, "rules_reloaded"):
-                try:
-                    addon.rules_reloaded(rules)
-                except Exception as e:  # an addon that cannot take the new rules: say so, keep watching
-                    log.error("%s could not apply the new rules: %s", type(addon).__name__, e)
-                    self.error = {"file": str(folder), "line": None, "at": _now(),
-                                  "message": f"{type(addon).__name__} kept its previous rules: {e}"}
+        ctx.master.addons.trigger(RulesLoadedHook(rules))
         self.reloads += 1
         self.active = {"since": _now(), "files": rules.digests}
         log.info("rules reloaded from %s: %d policy rules, %d services", folder, len(rules.policy.rules),
