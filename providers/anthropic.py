@@ -20,8 +20,8 @@ from urllib.parse import unquote
 import orjson
 
 from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolDefinition, ToolResult
-from providers.base import (BodyError, BufferedJson, HttpRequest, Reassembly, ResponseParser, SseParser, json_body,
-                            objects, tool_call)
+from providers.base import (BodyError, BufferedJson, HttpRequest, Reassembly, ResponseParser, SseParser,
+                            block_message, json_body, objects, tool_call)
 from providers.uploads import base64_attachment
 
 _MESSAGES = re.compile(r"(?:^|/)v1/messages$")
@@ -106,18 +106,13 @@ def _system(system: Any, exchange: Exchange) -> None:
 
 
 def _message(raw: dict[str, Any], path: JsonPath, exchange: Exchange) -> None:
-    role = str(raw.get("role", ""))
+    message, blocks = block_message(raw, path)
+    for at, block in blocks:
+        _block(block, at, message, exchange)
     content = raw.get("content")
-    message = Message(role=role)
-    if isinstance(content, str):
-        message.parts.append(TextPart(content, (*path, "content")))
-    elif isinstance(content, list):
-        for j, block in enumerate(content):
-            if isinstance(block, dict):
-                _block(block, (*path, "content", j), message, exchange)
-    else:
+    if not isinstance(content, (str, list)):
         exchange.warn(f"{'/'.join(map(str, path))}/content: unexpected {type(content).__name__}")
-    if role == "system":  # newest API versions accept system turns
+    if message.role == "system":  # newest API versions accept system turns
         exchange.system.extend(message.parts)
     else:
         exchange.messages.append(message)

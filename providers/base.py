@@ -19,8 +19,10 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from core.exchange import Exchange, JsonPath, TextPart, ToolCall
+from core.exchange import Exchange, JsonPath, Message, TextPart, ToolCall
 
+#: Typed content blocks of a message, each with its JSON path (`block_message`).
+Blocks = list[tuple[JsonPath, dict[str, Any]]]
 #: Reassembled completion text is capped: a runaway stream must not grow the gateway's memory without bound.
 MAX_COMPLETION_CHARS = 1_000_000
 
@@ -102,6 +104,20 @@ def text_parts(content: Any, path: JsonPath, exchange: Exchange, text_types: tup
         elif isinstance(part, dict) and part.get("type") in text_types and isinstance(part.get(text_key), str):
             out.append(TextPart(part[text_key], (*path, i, text_key)))
     return out
+
+
+def block_message(raw: dict[str, Any], path: JsonPath, default_role: str = "") -> tuple[Message, Blocks]:
+    """A message (`{role, content}` at `path`) in the formats whose content is either the text itself or a list of
+    typed blocks (Anthropic, OpenAI Responses, Bedrock Converse): the Message with its role, and its one text part
+    when the content is text; and the blocks that are objects, each with its path, for the format to read. Other
+    content gives no blocks; whether it deserves a warning is the format's call."""
+    message = Message(role=str(raw.get("role", default_role)))
+    content = raw.get("content")
+    if isinstance(content, str):
+        message.parts.append(TextPart(content, (*path, "content")))
+        return message, []
+    blocks = content if isinstance(content, list) else []
+    return message, [((*path, "content", j), block) for j, block in enumerate(blocks) if isinstance(block, dict)]
 
 
 def json_leaves(value: Any, path: JsonPath) -> list[TextPart]:

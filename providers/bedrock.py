@@ -28,7 +28,7 @@ import orjson
 from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers import anthropic, cohere, openai_chat, uploads
 from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, Reassembly, ResponseParser,
-                            json_body, objects, tool_call)
+                            block_message, json_body, objects, tool_call)
 from providers.eventstream import EventMessage, EventStreamDecoder
 
 _PATH = re.compile(r"^/model/(?P<model>[^/]+)/(?P<verb>converse|converse-stream|invoke|invoke-with-response-stream"
@@ -142,15 +142,8 @@ def parse_converse(body: dict[str, Any], exchange: Exchange, prefix: tuple = ())
 
 
 def _converse_message(raw: dict[str, Any], path: tuple, exchange: Exchange) -> Message:
-    message = Message(str(raw.get("role", "")))
-    content = raw.get("content")
-    if isinstance(content, str):  # Nova tolerates a bare string
-        message.parts.append(TextPart(content, (*path, "content")))
-        return message
-    for j, block in enumerate(content if isinstance(content, list) else []):
-        p = (*path, "content", j)
-        if not isinstance(block, dict):
-            continue
+    message, blocks = block_message(raw, path)  # Nova tolerates a bare string as the content
+    for p, block in blocks:
         if isinstance(block.get("text"), str):
             message.parts.append(TextPart(block["text"], (*p, "text")))
         elif isinstance(block.get("toolUse"), dict):

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolResult
-from providers.base import (BodyError, CompletionBuffer, HttpRequest, ResponseParser, SseParser, json_body,
-                            with_leaves)
+from providers.base import (BodyError, CompletionBuffer, HttpRequest, ResponseParser, SseParser, block_message,
+                            json_body, with_leaves)
 from providers.openai_chat import (common, event_object, function_tools, json_response, sse_or_json,
                                    upstream_error, usage)
 from providers.uploads import base64_attachment
@@ -75,35 +75,28 @@ def _items(items: list[Any], path: JsonPath, exchange: Exchange) -> None:
 
 
 def _message(item: dict[str, Any], path: JsonPath, exchange: Exchange) -> None:
-    role = str(item.get("role", "user"))
-    content = item.get("content")
-    message = Message(role=role)
-    if isinstance(content, str):
-        message.parts.append(TextPart(content, (*path, "content")))
-    elif isinstance(content, list):
-        for j, part in enumerate(content):
-            if not isinstance(part, dict):
-                continue
-            kind = part.get("type")
-            if kind in _TEXT_PARTS and isinstance(part.get("text") or part.get("refusal"), str):
-                key = "text" if isinstance(part.get("text"), str) else "refusal"
-                message.parts.append(TextPart(part[key], (*path, "content", j, key)))
-            elif kind == "input_image":
-                url = part.get("image_url")
-                message.attachments.append(
-                    base64_attachment(url, str(part.get("file_id") or ""), "", "image")
-                    if isinstance(url, str) and url.startswith("data:")
-                    else Attachment(kind="image", name=str(url or part.get("file_id") or "")[:200]))
-            elif kind == "input_file":
-                name = str(part.get("filename") or part.get("file_id") or part.get("file_url") or "")[:200]
-                data = part.get("file_data")
-                message.attachments.append(base64_attachment(data, name, "", "file", exchange.warn)
-                                           if isinstance(data, str) else Attachment(kind="file", name=name))
-            elif kind == "input_audio":
-                inner = part.get("input_audio") or {}
-                message.attachments.append(base64_attachment(str(inner.get("data") or ""), "",
-                                                             f"audio/{inner.get('format', '')}", "audio"))
-    if role in ("system", "developer"):
+    message, parts = block_message(item, path, "user")
+    for at, part in parts:
+        kind = part.get("type")
+        if kind in _TEXT_PARTS and isinstance(part.get("text") or part.get("refusal"), str):
+            key = "text" if isinstance(part.get("text"), str) else "refusal"
+            message.parts.append(TextPart(part[key], (*at, key)))
+        elif kind == "input_image":
+            url = part.get("image_url")
+            message.attachments.append(
+                base64_attachment(url, str(part.get("file_id") or ""), "", "image")
+                if isinstance(url, str) and url.startswith("data:")
+                else Attachment(kind="image", name=str(url or part.get("file_id") or "")[:200]))
+        elif kind == "input_file":
+            name = str(part.get("filename") or part.get("file_id") or part.get("file_url") or "")[:200]
+            data = part.get("file_data")
+            message.attachments.append(base64_attachment(data, name, "", "file", exchange.warn)
+                                       if isinstance(data, str) else Attachment(kind="file", name=name))
+        elif kind == "input_audio":
+            inner = part.get("input_audio") or {}
+            message.attachments.append(base64_attachment(str(inner.get("data") or ""), "",
+                                                         f"audio/{inner.get('format', '')}", "audio"))
+    if message.role in ("system", "developer"):
         exchange.system.extend(message.parts)
     else:
         exchange.messages.append(message)
