@@ -55,7 +55,8 @@ def default_addons() -> list:
     from addons.recognise import Recognise
     from addons.redact import Redact
     from addons.rules import Rules
+    from addons.tunnel import Tunnel
     from addons.websocket import WebSocketAudit
 
-    return [Rules(), Recognise(), Identify(), Admission(), Extract(), Inspect(), WebSocketAudit(), Decide(), Redact(),
+    return [Rules(), Recognise(), Identify(), Admission(), Extract(), Inspect(), WebSocketAudit(), Decide(), Tunnel(), Redact(),
             Audit(), Metrics(), AdminSocket()]

@@ -26,7 +26,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mitmproxy import connection, ctx, http, tls
+from mitmproxy import connection, ctx, http
 from mitmproxy.exceptions import OptionsError
 
 from core.audit import CAPTURE_LEVELS, AuditEvent, ConnectionEvent
@@ -198,22 +198,21 @@ class Audit:
             else:
                 self.record(it)
 
-    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        """Runs after Recognise decided: an ignored connection to a catalog host is AI use we cannot see into."""
-        if not data.ignore_connection or self.writer is None:
+    def ai_tunnel(self, data, it: Interaction, host: str, match) -> None:
+        """A connection to an AI host at its handshake (addons.hooks.AiTunnelHook), after the policy: still to be
+        tunnelled, it is AI use we cannot see into, recorded when it ends; blocked (decrypted instead), the
+        decision is an event of its own."""
+        if not data.ignore_connection:
+            if it.decision == "block":
+                self.record(it)
             return
-        recognise = ctx.master.addons.get("recognise")
-        host, match = recognise.connection_match(data) if recognise is not None else (None, None)
-        if match is None:
+        if self.writer is None:
             return
         server = data.context.server.address
         client = data.context.client
-        identify = ctx.master.addons.get("identify")
         self._tunnels[client.id] = ConnectionEvent(
-            client_addr=client.peername[0] if client.peername else "",
-            user=identify.connection_identity(client).user if identify is not None else "",
-            host=host, server_addr=f"{server[0]}:{server[1]}" if server else "", service=match.service.id,
-            category=match.service.category, sanctioned=match.service.sanctioned,
+            client_addr=it.client_addr, user=it.user, host=host, server_addr=f"{server[0]}:{server[1]}" if server
+            else "", service=match.service.id, category=match.service.category, sanctioned=match.service.sanctioned,
             reason=match.reason or "do not decrypt")
 
     def client_disconnected(self, client: connection.Client) -> None:

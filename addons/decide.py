@@ -32,10 +32,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mitmproxy import ctx, http, tls
+from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 
-from addons.recognise import TUNNEL, tunnel_interaction
+from addons.recognise import TUNNEL
 from core.interaction import KEY, Interaction
 from policy import enforcement
 from policy.engine import (Decision, Request, Subject, decide, decide_response, findings_matter,
@@ -74,9 +74,6 @@ class Decide:
         self.pending: dict[str, _Pending] = {}
         self.acks: dict[tuple[str, str, str], _Ack] = {}
         self.browsers: dict[str, float] = {}  # ack cookie values the gateway issued -> when they expire
-        # Client connections to a tunnelled AI host the policy blocked at the TLS handshake (then decrypted): every
-        # request on them is refused with this message, whatever the rules say of the request itself.
-        self.blocked_connections: dict[str, str] = {}
 
     def load(self, loader) -> None:
         loader.add_option("gateway_warn_ttl", int, 3600,
@@ -88,77 +85,6 @@ class Decide:
 
     def rules_loaded(self, rules: RuleSet) -> None:
         self.policy = rules.policy
-
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        """A CONNECT that opens a tunnel to a do-not-decrypt AI host: nothing inside it will be seen, so this is
-        where the policy acts. Rules on who and which service apply as to any request; rules on what is sent
-        (models, operations, findings) cannot hold, and a rule that needs findings applies its fail mode for
-        `skipped`. A block refuses the CONNECT (403 with the message); a warn cannot show a page here, so the
-        tunnel opens and the audit says so."""
-        it: Interaction | None = flow.metadata.get(KEY)
-        if it is None or flow.response is not None or it.exchange.operation != TUNNEL:
-            return
-        try:
-            d = self.evaluate(it, flow.request.headers)
-        except Exception as e:
-            log.exception("policy decision failed")
-            d = Decision("block", reason=f"policy decision failed ({type(e).__name__}): blocked")
-        it.decision, it.reason, it.rule_id = d.action, d.reason, d.rule
-        if d.action == "block":
-            text = enforcement.user_message("block", d.rule, d.message, it.event_id)
-            flow.response = http.Response.make(403, text.encode(), {"content-type": "text/plain; charset=utf-8",
-                                                                    "x-ai-gateway-reference": it.event_id})
-            it.status = 403
-            log.info("blocked tunnel to %s (%s) for %s: %s", it.host, it.service.id, it.user or it.client_addr,
-                     d.reason)
-        elif d.action in ("warn", "redact"):
-            it.reason += "; a tunnel cannot show a page or be rewritten: let through"
-
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        message = self.blocked_connections.get(flow.client_conn.id)
-        if message is None or flow.response is not None:
-            return
-        flow.response = http.Response.make(403, message.encode(), {"content-type": "text/plain; charset=utf-8"})
-        it: Interaction | None = flow.metadata.get(KEY)
-        if it is not None:
-            it.decision, it.status = "block", 403
-            it.reason = "the connection was blocked at its TLS handshake (a rule on the tunnelled service)"
-
-    def client_disconnected(self, client) -> None:
-        self.blocked_connections.pop(client.id, None)
-
-    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        """The last word on a tunnel. Recognise tunnels a do-not-decrypt host by its TLS name, CONNECT host or
-        server address, so a client that CONNECTs to an address and names the host only in its TLS handshake (and
-        any client in transparent mode, which sends no CONNECT) is judged here. A blocked tunnel is decrypted
-        instead: a certificate-pinned client then fails its handshake, which is the block, and any other gets the
-        block message on its first request. Runs after Recognise, before Audit."""
-        if not data.ignore_connection:
-            return
-        recognise, identify = ctx.master.addons.get("recognise"), ctx.master.addons.get("identify")
-        host, match = recognise.connection_match(data) if recognise is not None else (None, None)
-        if match is None or match.decrypt:
-            return
-        client = data.context.client
-        it = tunnel_interaction(match, client.peername[0] if client.peername else "", host or "", host or "")
-        if identify is not None:
-            who = identify.connection_identity(client)
-            it.user, it.groups = who.user, sorted(who.groups)
-        try:
-            d = self.evaluate(it, {})
-        except Exception:  # fail closed, as for requests
-            log.exception("policy decision failed")
-            d = Decision("block", reason="policy decision failed: blocked")
-        if d.action != "block":
-            return
-        data.ignore_connection = False
-        self.blocked_connections[client.id] = enforcement.user_message("block", d.rule, d.message, it.event_id)
-        it.decision, it.rule_id = "block", d.rule
-        it.reason = f"{d.reason}; decrypted instead of tunnelled, so that the block holds"
-        log.info("blocked tunnel to %s (%s) for %s: %s", host, match.service.id, it.user or it.client_addr, d.reason)
-        audit = ctx.master.addons.get("audit")
-        if audit is not None:
-            audit.record(it)
 
     def request(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)

@@ -42,10 +42,14 @@ class Identify:
     def client_disconnected(self, client: connection.Client) -> None:
         self.connections.pop(client.id, None)
 
-    def connection_identity(self, client: connection.Client) -> Identity:
-        """Who is behind a client connection before any request on it: its CONNECT's identity, else its address."""
+    def ai_tunnel(self, data, it: Interaction, host: str, match) -> None:
+        """Who opens a connection that will be tunnelled (addons.hooks.AiTunnelHook), before any request on it: its
+        CONNECT's identity, else its address."""
+        client = data.context.client
         who = self.connections.get(client.id)
-        return who if who is not None else self.config.resolve(client.peername[0] if client.peername else "")
+        if who is None:
+            who = self.config.resolve(client.peername[0] if client.peername else "")
+        it.user, it.groups = who.user, sorted(who.groups)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 
-from mitmproxy import http, tls
+from mitmproxy import ctx, http, tls
+
+from addons.hooks import AiTunnelHook
 
 from core.catalog import Catalog, Match
 from core.interaction import KEY, Interaction
@@ -65,8 +67,7 @@ class Recognise:
         return next((n for n in names if n), None), None
 
     def connection_match(self, data: tls.ClientHelloData) -> tuple[str | None, Match | None]:
-        """The AI service a TLS connection goes to, by its TLS name, its CONNECT host or its server address.
-        Public so the audit records tunnelled connections by the same rule that tunnelled them."""
+        """The AI service a TLS connection goes to, by its TLS name, its CONNECT host or its server address."""
         server = data.context.server.address
         return self._match(data.client_hello.sni, self.connect_hosts.get(data.context.client.id),
                            server[0] if server else None)
@@ -77,8 +78,11 @@ class Recognise:
             data.ignore_connection = True
         elif not match.decrypt:
             data.ignore_connection = True
+            client = data.context.client
             log.info("AI connection tunnelled without inspection: %s (%s) from %s: %s", host, match.service.id,
-                     data.context.client.peername[0], match.reason)
+                     client.peername[0], match.reason)
+            it = tunnel_interaction(match, client.peername[0] if client.peername else "", host or "", host or "")
+            ctx.master.addons.trigger(AiTunnelHook(data, it, host or "", match))
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # The TLS name, the CONNECT target, or for plain HTTP the request's own host: whichever is an AI service.
