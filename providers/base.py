@@ -263,7 +263,7 @@ class BufferedJson:
             return
         try:
             self.on_json(data)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        except UNEXPECTED_SHAPE as e:
             self.exchange.warn(f"response: unexpected shape: {type(e).__name__}: {e}")
 
 
@@ -321,39 +321,65 @@ class SseDecoder:
             self.event = value
 
 
-class SseParser:
+#: What a format's callback raises on a frame of a shape it does not expect: that frame is lost, not the stream.
+UNEXPECTED_SHAPE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+class DecodedStream:
+    """What the stream parsers (SSE, NDJSON, Bedrock's event stream) share: the bytes go to an incremental `decoder`,
+    each frame it completes to `dispatch` (the format's: decode the payload, hand it on with `hand_on`). A frame
+    the callback could not read is counted in `bad`, never raised, and reported once at the end (`unit` names the
+    frames), before `on_finish` runs. `flush` reads what the decoder still holds when the body ends."""
+
+    unit = "events"
+
+    def __init__(self, exchange: Exchange, decoder: Any, on_finish=None):
+        self.exchange = exchange
+        self.decoder = decoder
+        self.on_finish = on_finish
+        self.bad = 0
+
+    def feed(self, chunk: bytes) -> None:
+        for frame in self.decoder.feed(chunk):
+            self.dispatch(frame)
+
+    def finish(self) -> None:
+        self.flush()
+        if self.bad:
+            self.exchange.warn(f"stream: {self.bad} {self.unit} not understood")
+        if self.on_finish:
+            self.on_finish()
+
+    def flush(self) -> None:
+        for frame in self.decoder.finish():
+            self.dispatch(frame)
+
+    def dispatch(self, frame: Any) -> None:
+        raise NotImplementedError
+
+    def hand_on(self, callback, *payload: Any) -> None:
+        try:
+            callback(*payload)
+        except UNEXPECTED_SHAPE:
+            self.bad += 1
+
+
+class SseParser(DecodedStream):
     """A response parser for SSE bodies: decodes events and hands each JSON payload to `on_event(event, data)`.
 
     Non-JSON data lines (such as `[DONE]`) go to `on_event` as the raw string."""
 
     def __init__(self, exchange: Exchange, on_event, on_finish=None):
-        self.exchange = exchange
-        self.decoder = SseDecoder(exchange)
+        super().__init__(exchange, SseDecoder(exchange), on_finish)
         self.on_event = on_event
-        self.on_finish = on_finish
-        self.bad_events = 0
 
-    def feed(self, chunk: bytes) -> None:
-        for event, data in self.decoder.feed(chunk):
-            self._dispatch(event, data)
-
-    def finish(self) -> None:
-        for event, data in self.decoder.finish():
-            self._dispatch(event, data)
-        if self.bad_events:
-            self.exchange.warn(f"stream: {self.bad_events} events not understood")
-        if self.on_finish:
-            self.on_finish()
-
-    def _dispatch(self, event: str, data: str) -> None:
+    def dispatch(self, frame: tuple[str, str]) -> None:
+        event, data = frame
         try:
             payload: Any = orjson.loads(data)
         except orjson.JSONDecodeError:
             payload = data
-        try:
-            self.on_event(event, payload)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-            self.bad_events += 1
+        self.hand_on(self.on_event, event, payload)
 
 
 class NdjsonDecoder:
@@ -404,32 +430,19 @@ class NdjsonDecoder:
             self.bad_lines += 1
 
 
-class NdjsonParser:
+class NdjsonParser(DecodedStream):
     """A response parser for NDJSON bodies: hands each JSON value to `on_object(obj)`; a callback that meets an
-    unexpected shape costs that line, counted and reported once at the end, never the stream."""
+    unexpected shape costs that line, counted with the lines that are not JSON and reported once at the end."""
+
+    unit = "lines"
 
     def __init__(self, exchange: Exchange, on_object, on_finish=None):
-        self.exchange = exchange
-        self.decoder = NdjsonDecoder(exchange)
+        super().__init__(exchange, NdjsonDecoder(exchange), on_finish)
         self.on_object = on_object
-        self.on_finish = on_finish
-        self.bad_objects = 0
 
-    def feed(self, chunk: bytes) -> None:
-        for obj in self.decoder.feed(chunk):
-            self._dispatch(obj)
+    def dispatch(self, frame: Any) -> None:
+        self.hand_on(self.on_object, frame)
 
-    def finish(self) -> None:
-        for obj in self.decoder.finish():
-            self._dispatch(obj)
-        bad = self.bad_objects + self.decoder.bad_lines
-        if bad:
-            self.exchange.warn(f"stream: {bad} lines not understood")
-        if self.on_finish:
-            self.on_finish()
-
-    def _dispatch(self, obj: Any) -> None:
-        try:
-            self.on_object(obj)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-            self.bad_objects += 1
+    def flush(self) -> None:
+        super().flush()
+        self.bad += self.decoder.bad_lines

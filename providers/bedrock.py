@@ -27,8 +27,8 @@ import orjson
 
 from core.exchange import Attachment, Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers import anthropic, cohere, openai_chat, uploads
-from providers.base import (BodyError, BufferedJson, CompletionBuffer, HttpRequest, Reassembly, ResponseParser,
-                            block_message, json_body, objects, tool_call)
+from providers.base import (BodyError, BufferedJson, CompletionBuffer, DecodedStream, HttpRequest, Reassembly,
+                            ResponseParser, block_message, json_body, objects, tool_call)
 from providers.eventstream import EventMessage, EventStreamDecoder
 
 _PATH = re.compile(r"^/model/(?P<model>[^/]+)/(?P<verb>converse|converse-stream|invoke|invoke-with-response-stream"
@@ -247,43 +247,30 @@ class ConverseStreamReader(Reassembly):
             _converse_usage(data.get("usage"), self.exchange)
 
 
-class EventStreamParser:
+class EventStreamParser(DecodedStream):
     """A response parser for the binary event stream: decodes frames, hands `(event_type, json payload)` of each
     event to `on_event`, turns exception frames into warnings, reports framing errors and truncation."""
 
     def __init__(self, exchange: Exchange, on_event, on_finish):
-        self.exchange = exchange
-        self.decoder = EventStreamDecoder()
+        super().__init__(exchange, EventStreamDecoder(), on_finish)
         self.on_event = on_event
-        self.on_finish = on_finish
-        self.bad_events = 0
 
-    def feed(self, chunk: bytes) -> None:
-        for message in self.decoder.feed(chunk):
-            self._dispatch(message)
-
-    def _dispatch(self, message: EventMessage) -> None:
+    def dispatch(self, frame: EventMessage) -> None:
         try:
-            payload = orjson.loads(message.payload) if message.payload else {}
+            payload = orjson.loads(frame.payload) if frame.payload else {}
         except orjson.JSONDecodeError:
-            self.bad_events += 1
+            self.bad += 1
             return
-        if message.message_type != "event":
+        if frame.message_type != "event":
             detail = payload.get("message", "") if isinstance(payload, dict) else ""
-            self.exchange.warn(f"stream {message.message_type}: {message.event_type}: {str(detail)[:500]}")
+            self.exchange.warn(f"stream {frame.message_type}: {frame.event_type}: {str(detail)[:500]}")
             return
-        try:
-            self.on_event(message.event_type, payload)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-            self.bad_events += 1
+        self.hand_on(self.on_event, frame.event_type, payload)
 
-    def finish(self) -> None:
-        error = self.decoder.finish()
+    def flush(self) -> None:
+        error = self.decoder.finish()  # it holds no frame at the end, only why the stream ended badly
         if error:
             self.exchange.warn(f"event stream: {error}")
-        if self.bad_events:
-            self.exchange.warn(f"stream: {self.bad_events} events not understood")
-        self.on_finish()
 
 
 def _count_tokens(body: dict[str, Any], exchange: Exchange, req: HttpRequest) -> None:
