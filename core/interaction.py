@@ -41,6 +41,7 @@ class Stages:
     response_parser: ResponseParser | None = None  # extract: reassembling the response, until it has ended
     deferred_scan: Deferred | None = None  # inspect: the scan of a request sent before it was scanned
     response_scan: asyncio.Task | None = None  # inspect: the scan of the completion, awaited by response and error
+    decision: Decision | None = None  # decide: the policy's decision on the request, which warn and redact carry out
     asked_model: str | None = None  # decide: the model the request named (the answer may name a dated version)
     sent_under: Policy | None = None  # decide: the policy that let the request go before its scan ended
     deferred_decision: Decision | None = None  # decide: what that policy decided on no findings
