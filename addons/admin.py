@@ -42,6 +42,10 @@ class AdminSocket:
     def __init__(self) -> None:
         self.server: asyncio.AbstractServer | None = None
         self.path: Path | None = None
+        self.writer = None  # storage.writer.AuditWriter the audit stage opened (addons.hooks.AuditOpenedHook)
+
+    def audit_opened(self, writer) -> None:
+        self.writer = writer
 
     def load(self, loader) -> None:
         loader.add_option("gateway_admin_socket", str, "",
@@ -76,14 +80,14 @@ class AdminSocket:
             writer.close()
 
     async def _answer(self, line: bytes) -> dict:
-        audit = ctx.master.addons.get("audit")
+        writer = self.writer
         try:
             request = orjson.loads(line)
-            if request["query"] == "status" and audit is not None and audit.writer is not None:
-                status = audit.writer.status()
+            if request["query"] == "status" and writer is not None:
+                status = writer.status()
                 return {"columns": list(status), "rows": [list(status.values())]}
-            if audit is None or audit.store is None:
-                return {"error": "the gateway has no audit store open" if audit is None or audit.writer is None
+            if writer is None or writer.store is None:
+                return {"error": "the gateway has no audit store open" if writer is None
                         else "the audit store is not connected yet (events wait in the spool)"}
             query = QUERIES[request["query"]]
             params = request.get("params") or {}
@@ -92,7 +96,7 @@ class AdminSocket:
         except (orjson.JSONDecodeError, KeyError, TypeError) as e:
             return {"error": f"bad request: {e}"}
         try:
-            columns, rows = await asyncio.to_thread(query, audit.store, **params)
+            columns, rows = await asyncio.to_thread(query, writer.store, **params)
         except (TypeError, ValueError) as e:
             return {"error": str(e)}
         except Exception as e:  # noqa: BLE001 - the store's own errors: report, never crash the gateway

@@ -79,6 +79,12 @@ class Admission:
             return
         self._admit(flow, it, len(flow.request.raw_content or b""))
 
+    def request_decoded(self, flow: http.HTTPFlow, size: int) -> None:
+        """Extract decoded a compressed body (addons.hooks.RequestDecodedHook): held at what it costs now."""
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is not None and flow.response is None:
+            self.decoded(flow, it, size)
+
     def decoded(self, flow: http.HTTPFlow, it: Interaction, size: int) -> bool:
         """The request's body decoded to `size` bytes (Extract, for a compressed one): hold that instead of what
         was sent, so that compressed uploads count at what they cost. False, with the flow answered, when it no

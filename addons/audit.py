@@ -29,6 +29,7 @@ from pathlib import Path
 from mitmproxy import connection, ctx, http
 from mitmproxy.exceptions import OptionsError
 
+from addons.hooks import AuditOpenedHook, AuditRecordedHook
 from core.audit import CAPTURE_LEVELS, AuditEvent, ConnectionEvent
 from core.interaction import KEY, Interaction
 from addons.extract import ASSET
@@ -127,6 +128,7 @@ class Audit:
             raise OptionsError(f"cannot open the audit spool: {e}") from None
         log.info("audit store: %s (capture: %s, text kept %d days, metadata %d days, spool %s)", url.redacted,
                  o.gateway_capture, o.gateway_text_ttl_days, o.gateway_metadata_ttl_days, spool)
+        ctx.master.addons.trigger(AuditOpenedHook(self.writer))
 
     # --- AI exchanges ------------------------------------------------------------------------------------------
 
@@ -154,6 +156,10 @@ class Audit:
         it.audited = True
         return self._submit(self._event(it, ctx.options.gateway_capture))
 
+    def ai_turn(self, it: Interaction, headers: dict[str, str]) -> None:
+        """A WebSocket turn (addons.hooks.AiTurnHook), scanned and judged by now."""
+        self.record(it)
+
     @staticmethod
     def _event(it: Interaction, capture: str) -> AuditEvent:
         """The interaction's event; a metadata-only one that says so if it cannot be built in full."""
@@ -171,7 +177,7 @@ class Audit:
         log.info("AI %s %s %s model=%s decision=%s status=%s", event.service, event.operation, event.user or
                  event.client_addr, event.model or "-", event.decision, event.status)
         accepted = self.writer.submit(event) if self.writer is not None else None
-        _count("observe", event)
+        _announce(event)
         return accepted
 
     @staticmethod
@@ -226,7 +232,7 @@ class Audit:
         log.info("AI tunnel %s %s %s %.0fms", record.service, record.host, record.user or record.client_addr,
                  record.duration_ms)
         self.writer.submit(record)
-        _count("observe_tunnel", record.service)
+        _announce(record)
 
     def done(self) -> None:
         self._close()
@@ -238,14 +244,10 @@ class Audit:
             self.writer = None
             if store is not None:
                 store.close()
+            ctx.master.addons.trigger(AuditOpenedHook(None))
 
 
-def _count(what: str, *args) -> None:
-    """Tell the metrics stage (if loaded) what was recorded; a counting bug must never cost a record."""
-    metrics = ctx.master.addons.get("metrics")
-    if metrics is None:
-        return
-    try:
-        getattr(metrics, what)(*args)
-    except Exception:
-        log.exception("metrics: %s not counted", what)
+def _announce(event: AuditEvent | ConnectionEvent) -> None:
+    """Tell the stages that count what is recorded (metrics); mitmproxy logs a handler's failure and goes on, so
+    a counting bug never costs a record."""
+    ctx.master.addons.trigger(AuditRecordedHook(event))

@@ -16,7 +16,6 @@ the audit records what the rule would have done (decision `monitor`, "would bloc
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 
@@ -25,8 +24,7 @@ from mitmproxy import http
 from addons.recognise import TUNNEL
 from core.interaction import KEY, Interaction
 from policy import enforcement
-from policy.engine import (Decision, Request, Subject, decide, decide_response, findings_matter,
-                           wants_response_scan)
+from policy.engine import Decision, Request, answer_request, decide, decide_response, subject_of
 from policy.language import Policy
 from policy.ruleset import RuleSet
 
@@ -70,38 +68,27 @@ class Decide:
         elif d.action == "block":
             self._block(flow, it, d, provider)
 
+    def ai_turn(self, it: Interaction, headers: dict[str, str]) -> None:
+        """A WebSocket turn (addons.hooks.AiTurnHook), already relayed, scanned by now: the policy's outcome is
+        recorded, and anything stronger than monitor is what the rule *would* have done."""
+        try:
+            d = self.evaluate(it, headers)
+        except Exception as e:  # a bug here must cost the judgement, never the audit event
+            log.exception("WebSocket turn %s not judged", it.event_id)
+            it.inspection = "errored"
+            it.exchange.warn(f"turn not judged: {type(e).__name__}: {str(e)[:200]}")
+            return
+        it.rule_id = d.rule
+        if d.action in ("allow", "monitor"):
+            it.decision, it.reason = d.action, d.reason
+        else:
+            it.decision = "monitor"
+            it.reason = f"would {d.action} (not enforced on a WebSocket): {d.reason}"
+
     def evaluate(self, it: Interaction, headers, policy: Policy | None = None) -> Decision:
-        """The policy's decision on an interaction, enforcing nothing. Public for stages that can only record it
-        (WebSocket turns, whose messages are relayed as they come)."""
-        return decide(policy or self.policy, _subject(it),
+        """The policy's decision on an interaction, enforcing nothing."""
+        return decide(policy or self.policy, subject_of(it),
                       Request(it.service, it.exchange, it.findings, self._inspection(it), _rule_headers(headers)))
-
-    def findings_matter(self, flow: http.HTTPFlow, it: Interaction, entities: frozenset[str]) -> bool:
-        """Whether findings of these entity types could change what the policy enforces on this request
-        (policy.engine.findings_matter): if not, the inspect stage lets the request go before its scan ends."""
-        request = Request(it.service, it.exchange, (), headers=flow.request.headers)
-        if findings_matter(self.policy, _subject(it), request, entities):
-            return True
-        it.stages.sent_under = self.policy  # the request is decided by this policy (`_decide`)
-        return False
-
-    def wants_response_scan(self, flow: http.HTTPFlow) -> bool:
-        """Whether a rule on findings `in: response` applies to this flow's interaction (findings aside)."""
-        if not self.policy.response_rules:
-            return False
-        it: Interaction = flow.metadata[KEY]
-        return wants_response_scan(self.policy, _subject(it),
-                                   self._answer_request(flow, it, it.inspection))
-
-    @staticmethod
-    def _answer_request(flow: http.HTTPFlow, it: Interaction, inspection: str) -> Request:
-        """The request as the response-side rules see it: conditions are on what was asked, so the model is the
-        one the client named, not the dated version the provider answers with (`gpt-4o` -> `gpt-4o-2024-08-06`)."""
-        exchange = it.exchange
-        asked = it.stages.asked_model
-        if asked and asked != exchange.model:
-            exchange = dataclasses.replace(exchange, model=asked)
-        return Request(it.service, exchange, it.findings, inspection, flow.request.headers)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._judge_findings(flow)
@@ -140,8 +127,8 @@ class Decide:
         if it is None or not it.response_inspection or it.audited or it.stages.answer_judged:
             return
         it.stages.answer_judged = True
-        d = decide_response(self.policy, _subject(it),
-                            self._answer_request(flow, it, it.response_inspection))
+        d = decide_response(self.policy, subject_of(it),
+                            answer_request(it, it.response_inspection, flow.request.headers))
         if d is None:
             return
         reason = d.reason
@@ -191,10 +178,6 @@ def _rule_headers(headers) -> Mapping[str, str]:
     """Headers as the rules look them up (lower-case names): mitmproxy's are case-insensitive already, and read
     as they are (a copy costs more than the policy decision); a plain dict is copied with its names lowered."""
     return headers if isinstance(headers, http.Headers) else {k.lower(): v for k, v in headers.items()}
-
-
-def _subject(it: Interaction) -> Subject:
-    return Subject(it.user, frozenset(it.groups), it.client_addr)
 
 
 def provider_of(it: Interaction) -> str | None:

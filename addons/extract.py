@@ -24,6 +24,7 @@ from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 
 import providers
+from addons.hooks import RequestDecodedHook
 from policy import enforcement
 from core.interaction import KEY, Interaction
 from core.offload import OFFLOAD_CHARS, off_loop
@@ -78,9 +79,10 @@ class Extract:
         if decoded is None:  # it may expand to the cap: decode it off the loop whatever its size on the wire
             decoded = await off_loop(limit, _decode, body, coding, limit)
         content, problem, bomb = decoded
-        admission = ctx.master.addons.get("admission")
-        if admission is not None and len(content) > len(body) and not admission.decoded(flow, it, len(content)):
-            return  # refused: it no longer fits the gateway's budget for request bodies
+        if len(content) > len(body):
+            await ctx.master.addons.trigger_event(RequestDecodedHook(flow, len(content)))
+            if flow.response is not None:
+                return  # refused: it no longer fits the gateway's budget for request bodies
         # A PDF's text is extracted in a child process (providers/uploads.py): wait for it in a thread, whatever the
         # body's size, so that the loop keeps serving everyone else meanwhile.
         # (A larger body goes to a thread anyway: it is not searched on the loop.)

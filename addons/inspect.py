@@ -12,7 +12,7 @@ rewrites and the audit records (as types and positions, never values).
 
 The same pass names the entity types the scan could report at all (`Scanner.could_find`). When no rule in
 force looks at any of them (the shipped policy enforces only its secrets rule, so an e-mail address in a prompt
-changes nothing it enforces; `Decide.findings_matter`), the request is decided and sent at once, and scanned
+changes nothing it enforces; `policy.engine.findings_matter`), the request is decided and sent at once, and scanned
 once the upstream answers (`responseheaders`), for the audit and the monitored rules: the time to the first
 token stays as without the gateway's DLP. The audit waits for that scan (`settle`), and the decide stage judges
 its findings then.
@@ -51,6 +51,8 @@ from core.exchange import RESPONSE_PART
 from core.interaction import KEY, Interaction
 from core.offload import Deferred
 from core.rulesfile import SHIPPED_RULES
+from policy.engine import Request, answer_request, findings_matter, subject_of, wants_response_scan
+from policy.language import Policy
 from policy.ruleset import RECOGNIZERS, RuleSet, digests
 
 if TYPE_CHECKING:
@@ -100,6 +102,9 @@ class Inspect:
         self.snapshots: Path | None = None  # the folder of the recognizers files the workers and the gate read
         self.frozen = False  # the startup objects were frozen out of the garbage collector's reach (_warm)
         self.folder = SHIPPED_RULES  # the rules folder in force (rules_loaded), for its recognizers file
+        # The policy in force, which says which findings could change what it enforces; until the rules stage has
+        # handed one over, every request is scanned before it is sent and no answer is.
+        self.policy: Policy | None = None
 
     def load(self, loader) -> None:
         loader.add_option("gateway_dlp", bool, True,
@@ -138,7 +143,7 @@ class Inspect:
 
     def rules_loaded(self, rules: RuleSet) -> None:
         """A new rule set (its recognizers.yaml checked with it): new workers if the recognizers changed."""
-        self.folder = rules.folder
+        self.folder, self.policy = rules.folder, rules.policy
         if self.running_ and rules.digests.get(RECOGNIZERS) != self.digest and ctx.options.gateway_dlp:
             self._start()
 
@@ -213,12 +218,16 @@ class Inspect:
             return
         await self.scan(it, flow)
 
+    async def ai_turn(self, it: Interaction, headers: dict[str, str]) -> None:
+        """A WebSocket turn (addons.hooks.AiTurnHook), already relayed: scanned for the audit."""
+        await self.scan(it)
+
     async def scan(self, it: Interaction, flow: http.HTTPFlow | None = None) -> None:
         """Scan the request parts of an interaction: fills `it.findings` and `it.inspection`, never raises. Public
         for stages that build exchanges outside the request hook (WebSocket turns).
 
         With the flow of a request: when the prefilter shows that no rule in force could act on what the scan
-        might find (`Decide.findings_matter`), the scan runs while the request goes upstream: `inspection` is
+        might find (`policy.engine.findings_matter`), the scan runs while the request goes upstream: `inspection` is
         `deferred` until the scan ends, and `settle` waits for that before the answer is judged and audited."""
         from dlp.scanner import scan_texts
 
@@ -232,8 +241,8 @@ class Inspect:
         texts = scan_texts(parts)
         try:
             possible = self._possible(texts)
-            decide = ctx.master.addons.get("decide") if flow is not None and possible else None
-            if decide is not None and not decide.findings_matter(flow, it, possible):
+            if flow is not None and possible and not self._findings_matter(flow, it, possible):
+                it.stages.sent_under = self.policy  # the request is decided by this policy (addons/decide.py)
                 it.inspection = "deferred"
                 it.stages.deferred_scan = Deferred(functools.partial(self._scan_parts, it, texts, parts, self.pool))
                 return
@@ -290,8 +299,8 @@ class Inspect:
             return
         task = it.stages.response_scan
         if task is None:
-            decide = ctx.master.addons.get("decide")
-            if decide is None or not decide.wants_response_scan(flow):
+            if self.policy is None or not self.policy.response_rules or not wants_response_scan(
+                    self.policy, subject_of(it), answer_request(it, it.inspection, flow.request.headers)):
                 return
             task = it.stages.response_scan = asyncio.get_running_loop().create_task(self.scan_response(it))
         await task
@@ -304,6 +313,14 @@ class Inspect:
             await self._scan_texts(it, texts, "DLP scan of the answer")
         it.response_inspection = "errored" if findings is None else "inspected"
         it.findings = [*it.findings, *(dataclasses.replace(f, part=RESPONSE_PART) for f in findings or ())]
+
+    def _findings_matter(self, flow: http.HTTPFlow, it: Interaction, entities: frozenset[str]) -> bool:
+        """Could findings of these entity types change what the policy enforces on this request
+        (policy.engine.findings_matter)? If not, the request goes before its scan ends."""
+        if self.policy is None:
+            return True
+        request = Request(it.service, it.exchange, (), headers=flow.request.headers)
+        return findings_matter(self.policy, subject_of(it), request, entities)
 
     def _possible(self, texts: list[str]) -> frozenset[str] | None:
         """The entity types the scan of these texts could report (with values split across consecutive texts), by

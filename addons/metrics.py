@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from core.audit import AuditEvent
+from core.audit import AuditEvent, ConnectionEvent
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,10 @@ class _AuditState(Collector):
     from whichever writer the audit stage has then (a reconfigured store gets a new one)."""
 
     def __init__(self) -> None:
-        self.audit = None  # the audit addon
+        self.writer = None  # storage.writer.AuditWriter the audit stage opened (addons.hooks.AuditOpenedHook)
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        writer = getattr(self.audit, "writer", None)
+        writer = self.writer
         status = writer.status() if writer is not None else {}
         for key, (name, help_text, grows) in AUDIT_STATE.items():
             value = status.get(key)
@@ -86,8 +86,16 @@ class Metrics:
 
     def running(self) -> None:
         self.running_ = True
-        self.audit_state.audit = ctx.master.addons.get("audit")
         self._start()
+
+    def audit_opened(self, writer) -> None:
+        self.audit_state.writer = writer
+
+    def audit_recorded(self, event: AuditEvent | ConnectionEvent) -> None:
+        if isinstance(event, ConnectionEvent):
+            self.observe_tunnel(event.service)
+        else:
+            self.observe(event)
 
     def _start(self) -> None:
         if self.address is None:

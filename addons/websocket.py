@@ -6,8 +6,8 @@ held back, dropped or rewritten. Every completed conversation turn becomes its o
 see providers/websocket.py), written through the Audit addon like an HTTP exchange. The upgrade exchange itself
 is not audited separately: its turns are.
 
-Each turn is scanned by DLP (`Inspect.scan`, in the worker pool) and judged by the policy (`Decide.evaluate`) in a
-background task, and then audited: the messages have long been relayed, so nothing waits for it. The policy's
+Each turn is announced as the `ai_turn` event (addons/hooks.py) from a background task: Inspect scans it (in the
+worker pool), Decide judges it, Audit records it; the messages have long been relayed, so nothing waits for it. The policy's
 outcome is recorded, never enforced: a turn the policy would block or redact was already on its way, so its
 event says `monitor` with "would block ... (not enforced on a WebSocket)" and the rule id. With capture
 `redacted` the stored prompt has the findings masked, as for HTTP.
@@ -24,9 +24,9 @@ import logging
 
 from mitmproxy import ctx, http
 
+from addons.hooks import AiTurnHook
 from core.audit import new_event_id
 from core.interaction import KEY, Interaction, Stages
-from policy.engine import Decision
 from providers.websocket import Turn, conversation_for
 
 log = logging.getLogger(__name__)
@@ -81,31 +81,7 @@ class WebSocketAudit:
 
     @staticmethod
     async def _inspect_and_audit(event: Interaction, headers: dict[str, str]) -> None:
-        """Scan, judge (record only) and audit one turn; the event is written whatever goes wrong on the way."""
-        try:
-            inspect = ctx.master.addons.get("inspect")
-            if inspect is not None:
-                await inspect.scan(event)
-            decide = ctx.master.addons.get("decide")
-            if decide is not None:
-                _judge(event, decide.evaluate(event, headers))
-        except Exception as e:  # a bug here must cost the scan, never the audit event
-            log.exception("WebSocket turn %s not inspected", event.event_id)
-            event.inspection = "errored"
-            event.exchange.warn(f"turn not inspected: {type(e).__name__}: {str(e)[:200]}")
-        audit = ctx.master.addons.get("audit")
-        if audit is None:
-            log.info("AI websocket turn %s %s (audit addon not loaded)", event.service.id, event.exchange.operation)
-        else:
-            audit.record(event)
-
-
-def _judge(event: Interaction, d: Decision) -> None:
-    """Record the policy's decision on a turn that was already relayed: anything stronger than monitor is what
-    the rule *would* have done."""
-    event.rule_id = d.rule
-    if d.action in ("allow", "monitor"):
-        event.decision, event.reason = d.action, d.reason
-    else:
-        event.decision = "monitor"
-        event.reason = f"would {d.action} (not enforced on a WebSocket): {d.reason}"
+        """Scan, judge (record only) and audit one turn: the ai_turn event, handled by Inspect, Decide and Audit
+        in turn (addons.hooks.AiTurnHook). mitmproxy logs a handler that fails and goes on to the next, so the
+        turn's event is written whatever goes wrong on the way."""
+        await ctx.master.addons.trigger_event(AiTurnHook(event, headers))

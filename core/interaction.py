@@ -43,7 +43,7 @@ class Stages:
     response_scan: asyncio.Task | None = None  # inspect: the scan of the completion, awaited by response and error
     decision: Decision | None = None  # decide: the policy's decision on the request, which warn and redact carry out
     asked_model: str | None = None  # decide: the model the request named (the answer may name a dated version)
-    sent_under: Policy | None = None  # decide: the policy that let the request go before its scan ended
+    sent_under: Policy | None = None  # inspect: the policy that let the request go before its scan ended
     deferred_decision: Decision | None = None  # decide: what that policy decided on no findings
     answer_judged: bool = False  # decide: the response-side rules were applied
     warning: str | None = None  # decide: the warning header an API client gets on a `warn` it was let through on

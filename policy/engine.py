@@ -17,6 +17,7 @@ Pure: no mitmproxy, so the same code answers in the proxy, in `gateway rules tes
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,6 +114,22 @@ def fail_closed_message(inspection: str) -> str:
     return (f"The AI gateway could not check this request for data that must not leave the company ({why}), and "
             f"policy requires that check. Try again in a moment; if it keeps failing, contact the security team "
             f"with the reference.")
+
+
+def subject_of(it: Any) -> Subject:
+    """Who asks, from a core.interaction.Interaction (not imported: core names this module's types)."""
+    return Subject(it.user, frozenset(it.groups), it.client_addr)
+
+
+def answer_request(it: Any, inspection: str, headers: Mapping[str, str]) -> Request:
+    """The request as the response-side rules see it: conditions are on what was asked, so the model is the one
+    the client named (`it.stages.asked_model`), not the dated version the provider answers with (`gpt-4o` ->
+    `gpt-4o-2024-08-06`)."""
+    exchange = it.exchange
+    asked = it.stages.asked_model
+    if asked and asked != exchange.model:
+        exchange = dataclasses.replace(exchange, model=asked)
+    return Request(it.service, exchange, it.findings, inspection, headers)
 
 
 def wants_response_scan(policy: Policy, subject: Subject, request: Request) -> bool:

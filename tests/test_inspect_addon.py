@@ -220,7 +220,7 @@ def test_a_prompt_no_enforced_rule_looks_into_is_scanned_once_the_upstream_answe
                 await addon.error(failed_f)
                 reloaded_f, reloaded = flow_with([{"role": "user", "content": f"mail {EMAIL} now"}])
                 await addon.request(reloaded_f)
-                addon.rules_loaded(types.SimpleNamespace(digests={}, folder=SHIPPED_RULES))  # new recognizers: new workers and gate
+                addon.rules_loaded(types.SimpleNamespace(digests={}, folder=SHIPPED_RULES, policy=decide.policy))  # new recognizers: new workers and gate
                 await addon.error(reloaded_f)
                 return reloaded
             finally:
@@ -238,6 +238,9 @@ def test_workers_started_later_read_the_recognizers_the_gate_was_built_from(tmp_
     since (here broken: read, it would fail every scan until the reloader restarted the pool)."""
     for name in ("endpoints.yaml", "recognizers.yaml"):
         (tmp_path / name).write_text((SHIPPED_RULES / name).read_text())
+    # an enforced rule on e-mail addresses: the prompts are scanned before they are sent, in the workers
+    (tmp_path / "policy.yaml").write_text("version: 1\nrules:\n"
+                                          "  - {id: no-mail, when: {findings: [EMAIL_ADDRESS]}, action: redact}\n")
     slow_f, slow = flow_with([{"role": "user", "content": f"mail {EMAIL} " * 20000}])
     later_f, later = flow_with([{"role": "user", "content": f"mail {EMAIL}"}])
 

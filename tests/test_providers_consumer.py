@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import pytest
 
 import providers
-from addons.recognise import SHIPPED_RULES
+from core.rulesfile import SHIPPED_RULES
 from core.catalog import Catalog
 from providers.base import HttpRequest
 
