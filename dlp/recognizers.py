@@ -340,3 +340,69 @@ def _sentence_start(text: str, pos: int) -> bool:
     while i >= 0 and text[i] in " \t":  # looked back in place: slicing the text before would copy it per match
         i -= 1
     return i < 0 or text[i] in "\n.!?\"'“(*-•#>"
+
+
+# --- other countries' passports -------------------------------------------------------------------------------------
+
+_PASSPORT_NUMBER = r"[A-Z]{1,3}[0-9]{6,8}|[0-9]{2}[A-Z]{2}[0-9]{5}"  # France 18AV52341, Spain PAB482913, Canada GA302915
+_COUNTRY_KEY = r"(?:[Cc]ountry|COUNTRY|[Nn]ationality|NATIONALITY|[Cc]itizenship)[\w\-]{0,6}[\"']?[ \t]?[:=][ \t]?[\"']?"
+_COUNTRY = r"(?P<code>[A-Z]{2,3}|[A-Z][a-z]{2,20})\b"
+
+
+class PassportNumberRecognizer(PatternRecognizer):
+    """PASSPORT_NUMBER: passport numbers of the countries without a recognizer of their own, next to "passport".
+
+    Presidio's US, UK, Indian and German passport recognizers report any number of their format (`E48291735` is
+    a US next-generation number by its shape, and also what China issues). When the text says which country
+    issued the passport (`Chinese passport number E48291735`, `nationality=NGA passport=A09382716`,
+    `"number": "TK4829173", "country": "JPN"`) and it is not one of those countries, the number is this entity,
+    scored above them (STATED) so that overlap resolution keeps it; a bare number next to "passport" scores NEAR and
+    needs the context word. Countries are Faker's ISO 3166 codes and English names plus the `nationalities`
+    option (demonyms); `national` lists the codes, names and demonyms that the format-specific recognizers own.
+    The country evidence is part of the matched shape (so the prefilter's window holds it), the finding is the
+    number alone.
+    """
+
+    NEAR, STATED = 0.05, 0.5
+
+    def __init__(self, supported_language: str = "en", supported_entity: str = "PASSPORT_NUMBER",
+                 context: list[str] | None = None, national: list[str] | None = None,
+                 nationalities: list[str] | None = None):
+        from faker.providers.address import Provider as Countries
+        from faker.providers.address.en_US import Provider as Address
+
+        self.national = frozenset(national or ())
+        self.countries = frozenset({*Countries.alpha_2_country_codes, *Countries.alpha_3_country_codes,
+                                    *(n for n in Address.countries if " " not in n), *(nationalities or ())})
+        number = r"\b(?P<number>%s)\b" % _PASSPORT_NUMBER
+        patterns = [
+            Pattern("number", number, self.NEAR),
+            # `Chinese passport number E48291735`
+            Pattern("nationality before", r"\b(?P<adj>[A-Z][a-z]{2,20})[ \t]+[Pp]assport\b[^\n\d]{0,24}?%s" % number,
+                    self.STATED),
+            # `nationality=NGA passport=A09382716`
+            Pattern("country before", r"%s%s[^\n\d]{0,30}?[Pp]assport\b[^\n\d]{0,24}?%s" % (_COUNTRY_KEY, _COUNTRY, number),
+                    self.STATED),
+            # `"number": "TK4829173", "country": "JPN"`, `passport E48291735 (China)`
+            Pattern("country after",
+                    r"%s(?:[\"']?[ \t]{0,3}[,;]?\s{0,16}[\"']?[\w\-]{0,16}%s%s|[ \t]{0,2}\((?P<adj>[A-Z][a-z]{2,20})\))"
+                    % (number, _COUNTRY_KEY, _COUNTRY), self.STATED),
+        ]
+        super().__init__(supported_entity=supported_entity, supported_language=supported_language,
+                         patterns=patterns, context=context, global_regex_flags=regex.DOTALL | regex.MULTILINE)
+        self._compiled = {p.name: regex.compile(p.regex, self.global_regex_flags) for p in patterns}
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None,
+                regex_flags: int | None = None) -> list[RecognizerResult]:
+        entity, found = self.supported_entities[0], {}
+        for pattern in self.patterns:
+            # overlapped: every start, so a window finds what the whole text does
+            for m in self._compiled[pattern.name].finditer(text, overlapped=True):
+                if pattern.name != "number":
+                    groups = m.groupdict()
+                    country = groups.get("code") or groups.get("adj")
+                    if country in self.national or country not in self.countries:
+                        continue
+                span = m.span("number")
+                found[span] = max(found.get(span, 0.0), pattern.score)
+        return [RecognizerResult(entity, s, e, score) for (s, e), score in sorted(found.items())]
