@@ -11,7 +11,7 @@ from __future__ import annotations
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult
 from presidio_analyzer.nlp_engine import NoOpNlpEngine
 
-from dlp.rules import DlpRules
+from dlp.spec import DlpRules
 
 
 class PlainPresidio:

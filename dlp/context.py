@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from dlp.rules import ContextSpec
+    from dlp.spec import ContextSpec
 
 _WORD = re.compile(r"[^\W\d_]+|\d+")  # runs of letters (any script), runs of digits
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+")  # creditCardNumber, HTTPServer

@@ -57,7 +57,7 @@ from dlp.context import HEADER_LINE
 
 if TYPE_CHECKING:
     from dlp.context import TextContext
-    from dlp.rules import AllowPattern, ContextSpec, RecognizerSpec
+    from dlp.spec import AllowPattern, ContextSpec, RecognizerSpec
 
 log = logging.getLogger(__name__)
 

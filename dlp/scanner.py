@@ -40,7 +40,7 @@ from dlp.normalize import Normalizer, View
 from dlp.prefilter import ALL, Unit, Windows, inside, merge_windows, snap_left, snap_right
 
 if TYPE_CHECKING:
-    from dlp.rules import DlpRules, RecognizerSpec
+    from dlp.spec import DlpRules, RecognizerSpec
 
 Span = tuple[int, int]
 Raw = tuple[int, str, int, int, float]  # recognizer index, entity, start, end, score: a match before _keep
@@ -82,7 +82,7 @@ class Scanner:
 
         from dlp.context import ContextWords
         from dlp.prefilter import Prefilter
-        from dlp.rules import normalize_term
+        from dlp.spec import normalize_term
 
         self.rules = rules
         self.specs: list[RecognizerSpec] = list(rules.recognizers)
@@ -350,7 +350,7 @@ def chunk_plan(length: int, size: int, overlap: int) -> list[Chunk]:
 def _ner_spec(rules: DlpRules) -> RecognizerSpec:
     from presidio_analyzer.predefined_recognizers import SpacyRecognizer
 
-    from dlp.rules import RecognizerSpec
+    from dlp.spec import RecognizerSpec
 
     ner = rules.ner
     recognizer = SpacyRecognizer(supported_language="en", supported_entities=list(ner.entities))
