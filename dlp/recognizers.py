@@ -210,6 +210,7 @@ _TITLED = r"\b(?:%s)\.?[ \t]+%s(?:[ \t]+%s)?\b" % ("|".join(_TITLES), _WORD, _WO
 # where thousands of names as alternatives cost the `regex` module 60 us a window and hyperscan seconds to compile.
 _FIRST_AND_SURNAME = r"\b(%s)%s\b" % (_WORD, _NAME_TAIL)
 _ANY_FIRST = regex.compile(_FIRST_AND_SURNAME)
+_FIRST_WORD = regex.compile(r"\b%s(?=[ \t])" % _WORD)  # what group 1 of _ANY_FIRST can be
 _TITLED_RE = regex.compile(_TITLED)
 _TOKEN = regex.compile(r"[A-Z][\w'’\-]*")  # a capitalised word (a trailing ' or - is not part of it)
 _NAME_WORD = regex.compile(r"[A-Z][^\W\d_]*(?:['’\-][A-Z]?\p{Ll}[^\W\d_]*)*")  # O'Connor, Al-Sayed; not AX55, Steuer-ID
@@ -306,7 +307,8 @@ class PersonNameRecognizer(PatternRecognizer):
         and this set lookup spares each of them a window."""
         if self.patterns[pattern].name != "first name and surname":
             return True
-        return any(w in self.first_names for w in text[start:end].split()[:-1])
+        # every word a match could start with: after a space, or inside one after a hyphen (`Dodd-Frank Wall`)
+        return any(m.group() in self.first_names for m in _FIRST_WORD.finditer(text, start, end, overlapped=True))
 
     def _score(self, text: str, m: regex.Match) -> tuple[int, int, float]:
         """(start, end, score) of a first-name match; score 0 drops it (see the class docstring)."""
