@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.utils import human
 
 from core.interaction import KEY, Interaction
+from policy import enforcement
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +107,17 @@ class Admission:
         why = (f"the gateway already holds {(self.total - size) >> 20} MiB of AI requests and this one is "
                f"{size >> 20} MiB (gateway_request_budget: {self.budget >> 20} MiB)")
         log.warning("refused %s %s from %s: %s", it.service.id, it.path, it.user or it.client_addr, why)
-        it.decision, it.reason, it.request_bytes = "block", f"refused: {why}; retry later", size
+        it.request_bytes = size
+        it.decide("block", f"refused: {why}; retry later")
         if at_headers and after > 2 * self.budget:  # its body is still to come: do not let it be read
-            it.reason += "; cut off at its headers (the gateway holds more than twice its budget)"
+            it.note("cut off at its headers (the gateway holds more than twice its budget)")
             flow.kill()
             return False
-        flow.response = http.Response.make(
-            503, orjson.dumps({"error": {"type": "overloaded_error", "code": "gateway_busy", "message":
-                                         "The AI gateway is handling too many large requests right now; retry "
-                                         f"in a few seconds. Reference: {it.event_id}"}}),
-            {"content-type": "application/json", "retry-after": RETRY_AFTER, "x-ai-gateway-reference": it.event_id})
+        reply = enforcement.gateway_error(
+            503, "gateway_busy", "The AI gateway is handling too many large requests right now; retry in a few "
+            f"seconds. Reference: {it.event_id}", kind="overloaded_error",
+            headers={"retry-after": RETRY_AFTER, "x-ai-gateway-reference": it.event_id})
+        flow.response = http.Response.make(reply.status, reply.body, reply.headers)
         return False
 
     def response(self, flow: http.HTTPFlow) -> None:

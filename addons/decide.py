@@ -58,11 +58,11 @@ class Decide:
         policy = (it.stages.sent_under or self.policy) if it.inspection == "deferred" else self.policy
         d = self.evaluate(it, flow.request.headers, policy)
         it.stages.asked_model = it.exchange.model
-        it.decision, it.reason, it.rule_id = d.action, d.reason, d.rule
+        it.decide(d.action, d.reason, d.rule)
         it.stages.decision = d
         if it.inspection == "deferred":
             it.stages.sent_under, it.stages.deferred_decision = policy, d
-            it.reason += "; decided before the DLP scan ended (no rule in force acts on what it could find)"
+            it.note("decided before the DLP scan ended (no rule in force acts on what it could find)")
         if d.action == "redact":
             it.redact_entities, it.reversible = d.redact_entities, d.reversible
         elif d.action == "block":
@@ -78,12 +78,10 @@ class Decide:
             it.inspection = "errored"
             it.exchange.warn(f"turn not judged: {type(e).__name__}: {str(e)[:200]}")
             return
-        it.rule_id = d.rule
         if d.action in ("allow", "monitor"):
-            it.decision, it.reason = d.action, d.reason
+            it.decide(d.action, d.reason, d.rule)
         else:
-            it.decision = "monitor"
-            it.reason = f"would {d.action} (not enforced on a WebSocket): {d.reason}"
+            it.decide("monitor", f"would {d.action} (not enforced on a WebSocket): {d.reason}", d.rule)
 
     def evaluate(self, it: Interaction, headers, policy: Policy | None = None) -> Decision:
         """The policy's decision on an interaction, enforcing nothing."""
@@ -108,17 +106,18 @@ class Decide:
             return
         sent, it.stages.deferred_decision = it.stages.deferred_decision, None
         if it.inspection != "inspected":  # the reason is in the warnings; fail modes cannot act any more
-            it.reason += f"; the DLP scan after sending {it.inspection}"
+            it.note(f"the DLP scan after sending {it.inspection}")
             return
         d = self.evaluate(it, flow.request.headers, it.stages.sent_under)
         if _enforced(d) == _enforced(sent):  # monitored rules may differ: their "would" is what the audit gains
-            after = it.reason[len(sent.reason):] if it.reason.startswith(sent.reason) else ""
-            it.decision, it.rule_id, it.reason = d.action, d.rule, d.reason + after
+            after = it.reasons[1:]  # the first is the decision's own (`_decide`), the others what came of it
+            it.decide(d.action, d.reason, d.rule)
+            it.reasons += after
             return
         log.error("BUG: %s %s was decided before its DLP scan ended, and the findings make the policy say %s (%s)",
                   it.service.id, it.event_id, d.action, d.reason)
-        it.reason += (f"; BUG: on the findings of the scan that ran after the decision, the policy says {d.action} "
-                      f"({d.reason}), but the decision had been enforced")
+        it.note(f"BUG: on the findings of the scan that ran after the decision, the policy says {d.action} "
+                f"({d.reason}), but the decision had been enforced")
 
     def _judge_answer(self, flow: http.HTTPFlow, enforce: bool) -> None:
         """The response-side rules, once the completion was scanned. Only a non-streamed answer can still be
@@ -135,13 +134,14 @@ class Decide:
         if d.action == "block" and d.mode == "enforce":
             if enforce and flow.response is not None and not flow.response.stream:
                 self._block(flow, it, d, provider_of(it))
-                it.decision, it.rule_id, it.status = "block", d.rule, flow.response.status_code
+                it.decide("block", rule_id=d.rule)
+                it.status = flow.response.status_code
             else:
                 reason = f"would block (answer already {'streamed' if enforce else 'sent'}): {reason}"
                 d.action = "monitor"
         if d.action == "monitor" and it.decision == "allow":
-            it.decision, it.rule_id = "monitor", d.rule
-        it.reason = f"{it.reason}; answer: {reason}" if it.reason else f"answer: {reason}"
+            it.decide("monitor", rule_id=d.rule)
+        it.note(f"answer: {reason}")
 
     @staticmethod
     def _inspection(it: Interaction) -> str:
@@ -190,8 +190,8 @@ def refuse(flow: http.HTTPFlow, it: Interaction, why: str,
            message: str = "Sensitive data was found that could not be redacted from this request, so it was not "
                           "sent.") -> None:
     """Fail closed: the client gets a block answer in its provider's error shape, the audit the reason."""
-    it.decision = "block"
-    it.reason = f"{it.reason}; {why}" if it.reason else why
+    it.decide("block")
+    it.note(why)
     text = enforcement.user_message("block", it.rule_id or "gateway", message, it.event_id)
     reply = enforcement.api_error(enforcement.dialect(provider_of(it), it.service), text, it.event_id)
     flow.response = http.Response.make(reply.status, reply.body, reply.headers)

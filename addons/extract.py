@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import orjson
 from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 
@@ -91,7 +90,7 @@ class Extract:
                                 above=PARSE_INLINE_BYTES if inline else 0)
         it.exchange, it.stages.parsed = parsed.exchange, parsed
         if bomb:
-            it.decision, it.reason = "block", "request body is a compression bomb"
+            it.decide("block", "request body is a compression bomb")
             flow.response = _error_response(413, "gateway_compression_bomb", f"Blocked by the AI gateway: the "
                                             f"request body decodes to more than {limit} bytes and was not "
                                             f"expanded (compression bomb?).")
@@ -99,14 +98,14 @@ class Extract:
         if problem:
             # The client chose an encoding we cannot read (`Content-Encoding: none`); an upstream that ignores the
             # header would still read the JSON. What cannot be inspected does not leave, whatever the fail modes.
-            it.decision, it.reason = "block", problem
+            it.decide("block", problem)
             flow.response = _error_response(415, "gateway_undecodable", f"Blocked by the AI gateway: the request "
                                             f"body could not be decoded for inspection ({problem[:200]}).")
             return
         if parsed.ambiguous:
             # Another parser could read this body differently from how the gateway would have inspected it: never
             # forwarded, whatever the fail modes. The client's SDK shows why.
-            it.decision, it.reason = "block", f"request body refused: {parsed.ambiguous}"
+            it.decide("block", f"request body refused: {parsed.ambiguous}")
             text = f"Blocked by the AI gateway: the request body was not sent, as its JSON cannot be read one way " \
                    f"({parsed.ambiguous}). Send standard JSON (UTF-8, no repeated keys). Reference: {it.event_id}"
             provider = parsed.provider.name if parsed.provider is not None else None
@@ -114,7 +113,7 @@ class Extract:
             flow.response = http.Response.make(reply.status, reply.body, reply.headers)
             return
         if parsed.error and ctx.options.gateway_on_parse_error == "block":
-            it.decision, it.reason = "block", f"request not parseable: {parsed.error}"
+            it.decide("block", f"request not parseable: {parsed.error}")
             flow.response = _error_response(400, "gateway_unparseable", f"Blocked by the AI gateway: the request "
                                             f"body could not be inspected ({parsed.error[:200]}).")
 
@@ -158,7 +157,7 @@ class Extract:
                                    ctx.options.gateway_max_decoded_bytes))
             except CompressionBomb as e:
                 it.exchange.warn(f"response refused: {e}")
-                it.decision, it.reason = "block", "response body is a compression bomb"
+                it.decide("block", "response body is a compression bomb")
                 flow.response = _error_response(502, "gateway_compression_bomb", f"Blocked by the AI gateway: the "
                                                 f"response decodes to more than "
                                                 f"{ctx.options.gateway_max_decoded_bytes} bytes and was not "
@@ -234,10 +233,8 @@ def _parse_request(req: tuple[str, str, str, dict[str, str]], content: bytes, pr
 
 
 def _error_response(status: int, code: str, message: str) -> http.Response:
-    """An error the client's SDK shows: OpenAI-style JSON, which Anthropic's and most other SDKs also surface."""
-    return http.Response.make(status, orjson.dumps({"error": {"type": "invalid_request_error", "code": code,
-                                                              "message": message}}),
-                              {"content-type": "application/json"})
+    reply = enforcement.gateway_error(status, code, message)
+    return http.Response.make(reply.status, reply.body, reply.headers)
 
 
 def _finish(it: Interaction, parser: ResponseParser) -> None:

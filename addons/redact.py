@@ -80,7 +80,7 @@ class Redact:
         for f in findings:
             counts[f.entity] = counts.get(f.entity, 0) + 1
         done = ", ".join(f"{n} {e}" for e, n in sorted(counts.items()))
-        it.reason = f"{it.reason}; redacted {done}" if it.reason else f"redacted {done}"
+        it.note(f"redacted {done}")
         if it.reversible:
             it.stages.placeholders = placeholders
             flow.request.headers["accept-encoding"] = "identity"

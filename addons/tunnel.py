@@ -46,16 +46,16 @@ class Tunnel:
         if it is None or flow.response is not None or it.exchange.operation != TUNNEL:
             return
         d = self._decide(it, flow.request.headers)
-        it.decision, it.reason, it.rule_id = d.action, d.reason, d.rule
+        it.decide(d.action, d.reason, d.rule)
         if d.action == "block":
             text = enforcement.user_message("block", d.rule, d.message, it.event_id)
-            flow.response = http.Response.make(403, text.encode(), {"content-type": "text/plain; charset=utf-8",
-                                                                    "x-ai-gateway-reference": it.event_id})
+            reply = enforcement.plain_refusal(text, it.event_id)
+            flow.response = http.Response.make(reply.status, reply.body, reply.headers)
             it.status = 403
             log.info("blocked tunnel to %s (%s) for %s: %s", it.host, it.service.id, it.user or it.client_addr,
                      d.reason)
         elif d.action in ("warn", "redact"):
-            it.reason += "; a tunnel cannot show a page or be rewritten: let through"
+            it.note("a tunnel cannot show a page or be rewritten: let through")
 
     def ai_tunnel(self, data, it: Interaction, host: str, match) -> None:
         """The handshake of a connection about to be tunnelled (addons.hooks.AiTunnelHook); Identify has said who."""
@@ -65,19 +65,20 @@ class Tunnel:
         data.ignore_connection = False
         self.blocked_connections[data.context.client.id] = enforcement.user_message("block", d.rule, d.message,
                                                                                     it.event_id)
-        it.decision, it.rule_id = "block", d.rule
-        it.reason = f"{d.reason}; decrypted instead of tunnelled, so that the block holds"
+        it.decide("block", d.reason, d.rule)
+        it.note("decrypted instead of tunnelled, so that the block holds")
         log.info("blocked tunnel to %s (%s) for %s: %s", host, match.service.id, it.user or it.client_addr, d.reason)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         message = self.blocked_connections.get(flow.client_conn.id)
         if message is None or flow.response is not None:
             return
-        flow.response = http.Response.make(403, message.encode(), {"content-type": "text/plain; charset=utf-8"})
+        reply = enforcement.plain_refusal(message)
+        flow.response = http.Response.make(reply.status, reply.body, reply.headers)
         it: Interaction | None = flow.metadata.get(KEY)
         if it is not None:
-            it.decision, it.status = "block", 403
-            it.reason = "the connection was blocked at its TLS handshake (a rule on the tunnelled service)"
+            it.status = 403
+            it.decide("block", "the connection was blocked at its TLS handshake (a rule on the tunnelled service)")
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.blocked_connections.pop(client.id, None)

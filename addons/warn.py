@@ -91,7 +91,7 @@ class Warn:
         ack = self.acks.get((_acker(it), it.service.id, d.rule))
         if ack is not None and ack.expires > now:
             it.justification = ack.justification
-            it.reason += "; the user continued past the warning"
+            it.note("the user continued past the warning")
             return
         if enforcement.wants_html(flow.request.headers.get("accept", ""), it.service, provider):
             self._prune(now)
@@ -100,10 +100,10 @@ class Warn:
             reply = enforcement.warn_page(it.service, d.rule, d.message, it.event_id, token,
                                           flow.request.path if flow.request.method == "GET" else "/")
             flow.response = http.Response.make(reply.status, reply.body, reply.headers)
-            it.reason += "; warning page shown"
+            it.note("warning page shown")
             return
         it.stages.warning = enforcement.user_message("warn", d.rule, d.message, it.event_id)
-        it.reason += "; API client let through with a warning header"
+        it.note("API client let through with a warning header")
 
     def _continue(self, flow: http.HTTPFlow, it: Interaction) -> None:
         """The warn page's form: remember the acknowledgement and send the browser back where it was going."""
@@ -119,9 +119,9 @@ class Warn:
         now = time.monotonic()
         who = it.user or it.client_addr
         if pending is None or pending.expires <= now or pending.who != who or pending.service != it.service.id:
-            it.decision, it.reason = "block", "warning continue refused: unknown, expired or someone else's token"
-            flow.response = http.Response.make(403, b"This confirmation link has expired: reload the page.",
-                                               {"content-type": "text/plain; charset=utf-8"})
+            it.decide("block", "warning continue refused: unknown, expired or someone else's token")
+            reply = enforcement.plain_refusal("This confirmation link has expired: reload the page.")
+            flow.response = http.Response.make(reply.status, reply.body, reply.headers)
             return
         headers = {"location": target, "cache-control": "no-store"}
         acker = _acker(it)
@@ -136,8 +136,8 @@ class Warn:
                                      f"{ctx.options.gateway_warn_ttl}; Secure; HttpOnly; SameSite=Lax")
         self.acks[(acker, pending.service, pending.rule)] = _Ack(justification,
                                                                             now + ctx.options.gateway_warn_ttl)
-        it.decision, it.rule_id, it.justification = "warn", pending.rule, justification
-        it.reason = f"rule {pending.rule}: the user chose to continue past the warning"
+        it.justification = justification
+        it.decide("warn", f"rule {pending.rule}: the user chose to continue past the warning", pending.rule)
         if not target.startswith("/") or target.startswith("//"):  # never redirect off the warned host
             headers["location"] = "/"
         flow.response = http.Response.make(303, b"", headers)

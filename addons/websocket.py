@@ -74,7 +74,7 @@ class WebSocketAudit:
             event = dataclasses.replace(it, exchange=turn.exchange, source="websocket", status=101,
                                         request_bytes=turn.request_bytes, response_bytes=turn.response_bytes,
                                         findings=[], inspection="skipped", started=turn.started, audited=False,
-                                        event_id=new_event_id(), stages=Stages())
+                                        event_id=new_event_id(), stages=Stages(), reasons=list(it.reasons))
             task = asyncio.get_running_loop().create_task(self._inspect_and_audit(event, headers))
             self.pending.add(task)
             task.add_done_callback(self.pending.discard)

@@ -62,8 +62,8 @@ class Interaction:
     groups: list[str] = field(default_factory=list)
     exchange: Exchange = field(default_factory=Exchange)
     findings: list = field(default_factory=list)  # dlp.scanner.Finding objects from request (and response) scans
-    decision: str = "allow"  # allow | monitor | redact | warn | block
-    reason: str = ""  # the rule (or condition) behind the decision
+    decision: str = "allow"  # allow | monitor | redact | warn | block: set with `decide` only
+    reasons: list[str] = field(default_factory=list)  # why: the rule behind the decision, then what came of it
     redact_entities: list[str] = field(default_factory=list)  # set by the decide stage when decision == redact
     reversible: bool = False  # restore placeholders in the answer before the client sees it
     # Set by the inspect stage; "pending" if it never ran (the audit says so); "deferred" while the scan of a request
@@ -81,6 +81,24 @@ class Interaction:
     rule_id: str = ""  # id of the policy rule behind the decision
     justification: str = ""  # what the user typed to continue past a warning
     stages: Stages = field(default_factory=Stages, repr=False, compare=False)
+
+    def decide(self, action: str, reason: str | None = None, rule_id: str | None = None) -> None:
+        """The one way a stage sets the decision. `reason` replaces the reasons (None keeps them: the decision
+        changes for the reasons already given); `rule_id` names the rule behind it (None keeps the one named)."""
+        self.decision = action
+        if reason is not None:
+            self.reasons = [reason] if reason else []
+        if rule_id is not None:
+            self.rule_id = rule_id
+
+    def note(self, reason: str) -> None:
+        """Add to the reasons for the decision: how it was enforced, or what happened after."""
+        self.reasons.append(reason)
+
+    @property
+    def reason(self) -> str:
+        """The reasons as the audit records them."""
+        return "; ".join(self.reasons)
 
     def to_event(self, capture: str = "redacted") -> AuditEvent:
         """The audit row. `capture` (metadata | redacted | full) decides how much text it keeps; the prompt's

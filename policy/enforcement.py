@@ -83,6 +83,23 @@ def api_error(dialect_name: str, text: str, ref: str, status: int = 403) -> Repl
     return Reply(status, json, orjson.dumps(body))
 
 
+def gateway_error(status: int, code: str, message: str, kind: str = "invalid_request_error",
+                  headers: dict[str, str] | None = None) -> Reply:
+    """A refusal that is the gateway's own, not the policy's (a body it cannot read, a compression bomb, too busy):
+    OpenAI-style JSON, which Anthropic's and most other SDKs also surface."""
+    return Reply(status, {"content-type": "application/json", **(headers or {})},
+                 orjson.dumps({"error": {"type": kind, "code": code, "message": message}}))
+
+
+def plain_refusal(text: str, ref: str = "", status: int = 403) -> Reply:
+    """A refusal as plain text, for what no provider's client parses: a CONNECT, a connection blocked at its
+    handshake, a warn page's expired link."""
+    headers = {"content-type": "text/plain; charset=utf-8"}
+    if ref:
+        headers["x-ai-gateway-reference"] = ref
+    return Reply(status, headers, text.encode())
+
+
 def block_page(service: Service, rule: str, message: str, ref: str) -> Reply:
     body = _page("Blocked by your organisation's AI policy",
                  f"<p>Your request to <b>{_e(service.name)}</b> was blocked by the policy rule "

@@ -12,6 +12,7 @@ from addons.decide import Decide
 from addons.redact import Redact
 from core.catalog import Catalog
 from core.interaction import KEY, Interaction
+from policy.engine import Request, findings_matter, subject_of
 from policy.ruleset import ENDPOINTS, load_policy
 
 RULES = Path(__file__).resolve().parents[1] / "rules"
@@ -78,9 +79,11 @@ rules:
                                                                             "ran after the decision, the policy says "
                                                                             "block")):
         f, it, catalog = ai_flow({"inspection": "deferred"})
+        policy = load_rules(tmp_path / "policy.yaml", catalog)
+        request = Request(it.service, it.exchange, (), headers=f.request.headers)
+        assert not findings_matter(policy, subject_of(it), request, frozenset({"EMAIL_ADDRESS"}))
+        it.stages.sent_under = policy  # as the inspect stage records it when it lets the request go unscanned
         decide = Decide()
-        decide.policy = load_rules(tmp_path / "policy.yaml", catalog)
-        assert not decide.findings_matter(f, it, frozenset({"EMAIL_ADDRESS"}))
         decide.policy = Policy((Rule("block-everything", 1, "block"),))  # a rules reload right then
         decide.request(f)
         assert f.response is None and (it.decision, it.rule_id) == ("monitor", "watch-gpt4")
