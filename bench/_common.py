@@ -1,6 +1,6 @@
 """What the benchmarks share: the fake upstream in its own process, the proxies under test, and a raw asyncio client.
 
-Three things keep the numbers about the proxy and not about the harness (stack-facts):
+Three things keep the numbers about the proxy and not about the harness (docs/stack.md):
 - the load generator is a raw asyncio HTTP/1.1 client over TLS inside an HTTP CONNECT tunnel (httpx's AsyncClient
   is itself a bottleneck at 50 concurrent requests; wrk cannot tunnel TLS through a CONNECT proxy);
 - the fake upstream is tests/support/upstream.py's FakeUpstream (no Nagle delay, a deep accept queue), run in a

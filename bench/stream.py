@@ -3,7 +3,7 @@
 The fake upstream sends an OpenAI chat completion stream of --chunks SSE frames, --interval apart (50 x 10 ms
 by default: about half a second from first to last). A proxy that passes the stream through delivers the first
 chunk within milliseconds and every chunk on its own; a buffering proxy delivers everything at the end. Bare
-mitmdump buffers by default (stack-facts), so it is measured twice: as shipped, which shows what buffering looks
+mitmdump buffers by default (docs/stack.md), so it is measured twice: as shipped, which shows what buffering looks
 like, and with `stream_large_bodies=1`, the streaming floor the gateway is compared with. Targets take turns in
 rounds. Exit status 1 if the gateway's first chunk did not arrive before half the stream had been sent.
 

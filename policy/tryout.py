@@ -104,7 +104,7 @@ def _dlp_scanner(rules: RuleSet) -> Callable[[Exchange], Sequence[Any]] | None:
     """The DLP package's scanner, in-process, over the same parts the proxy scans (None: no DLP here)."""
     if rules.recognizers is None:
         return None
-    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")  # never fetch the suffix list (stack-facts)
+    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")  # never fetch the suffix list (docs/stack.md)
     try:
         from dlp.scanner import Scanner, in_parts, scan_texts
     except ImportError:

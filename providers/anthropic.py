@@ -8,7 +8,7 @@ The same body travels in other envelopes, recognised by path and shape rather th
 - Bedrock InvokeModel sends the body without `model` and `stream` (both in the URL). The Bedrock parser owns that
   transport and its event stream, and calls `parse_body`, `message_response` and `MessageEvents` from here.
 
-Reference: ai-endpoints.md §1.3 (requests), §1.5 and §1.6.2 (Vertex and Bedrock forms), §2.1 and §2.3 (responses).
+Source [SDK]: the anthropic Python SDK's types and its Vertex and Bedrock clients (marks: docs/providers.md).
 """
 
 from __future__ import annotations

@@ -1,18 +1,19 @@
 """Amazon Bedrock runtime: Converse, ConverseStream, InvokeModel and InvokeModelWithResponseStream.
 
-Reference: ai-endpoints.md §1.6 (paths, Converse shapes, native bodies), §2.1, §2.7 (event stream). The model is
-the URL-encoded `modelId` in the path (`/model/{modelId}/converse`) and streaming is chosen by the path, never
-by the body. Streams are `application/vnd.amazon.eventstream` binary frames (providers/eventstream.py).
+Source [SDK]: botocore's bedrock-runtime service model; each vendor body below has its own mark (marks:
+docs/providers.md). The model is the URL-encoded `modelId` in the path (`/model/{modelId}/converse`) and streaming
+is chosen by the path, never by the body. Streams are `application/vnd.amazon.eventstream` binary frames
+(providers/eventstream.py).
 
 InvokeModel carries the model vendor's own JSON; the vendor is read from the model id (after an inference-profile
 prefix such as `us.` or an ARN), with the body's shape as the fallback:
-  anthropic.*            Anthropic Messages (and legacy `prompt`) body, Anthropic stream events in the chunks
-  amazon.nova*           Converse-like body; stream chunks are `{eventName: payload}`
-  amazon.titan*          `inputText`, `results[].outputText` (and Titan embeddings)
-  meta.llama*            `prompt`, `generation`
-  mistral.*              `prompt` → `outputs[].text`, or OpenAI-style `messages`
-  cohere.*               Cohere v1 chat (providers/cohere.py) and Cohere embeddings
-  others (openai.gpt-oss, ai21, deepseek, qwen ...): OpenAI-style `messages` → `choices`
+  anthropic.*    [SDK]          Anthropic Messages (and legacy `prompt`) body, Anthropic stream events in the chunks
+  amazon.nova*   [DOC]          Converse-like body; stream chunks are `{eventName: payload}`
+  amazon.titan*  [UNCONFIRMED]  `inputText`, `results[].outputText` (and Titan embeddings)
+  meta.llama*    [DOC]          `prompt`, `generation` (the answer's fields [UNCONFIRMED])
+  mistral.*      [UNCONFIRMED]  `prompt` → `outputs[].text`, or OpenAI-style `messages`
+  cohere.*       [UNCONFIRMED]  Cohere v1 chat (providers/cohere.py) and Cohere embeddings
+  others (openai.gpt-oss, ai21, deepseek, qwen ...) [UNCONFIRMED]: OpenAI-style `messages` → `choices`
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Amazon Bedrock agent runtime (bedrock-agent-runtime.{region}.amazonaws.com): agents and knowledge bases.
 
-Reference: ai-endpoints.md §1.6 (operations table) and botocore's bedrock-agent-runtime service model.
+Source [SDK]: botocore's bedrock-agent-runtime service model (marks: docs/providers.md).
   InvokeAgent               POST /agents/{agentId}/agentAliases/{aliasId}/sessions/{sessionId}/text  `inputText`
   InvokeInlineAgent         POST /agents/{sessionId}   `inputText`, `instruction`, `foundationModel`
   RetrieveAndGenerate       POST /retrieveAndGenerate(Stream)   `input.text`, the model ARN in the configuration

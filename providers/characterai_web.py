@@ -1,6 +1,6 @@
 """Character.AI (neo.character.ai): the chat WebSocket. Best effort, fails soft.
 
-Reference: ai-endpoints.md §3.9 [OBS]. `wss://neo.character.ai/ws/`: the client sends
+Format [OBS] (marks: docs/providers.md). `wss://neo.character.ai/ws/`: the client sends
 `{command: "create_and_generate_turn", payload: {character_id, turn: {candidates: [{raw_content}]}}}` (also
 `create_turn`); the server answers `add_turn` / `update_turn` frames whose `turn.candidates[].raw_content` is the
 text so far, finished when `is_final`. The server also echoes the human turn (`author.is_human`): skipped. The

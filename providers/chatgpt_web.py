@@ -1,6 +1,6 @@
 """ChatGPT web app (chatgpt.com, chat.openai.com): conversations and file uploads. Best effort, fails soft.
 
-Reference: ai-endpoints.md §3.1 [OBS]. A prompt is `POST /backend-api/f/conversation` (older
+Format [OBS] (marks: docs/providers.md). A prompt is `POST /backend-api/f/conversation` (older
 `/backend-api/conversation`, logged out `/backend-anon/conversation`); the answer is SSE, either the modern
 "delta encoding v1" (JSON-patch-like `{p, o, v}` frames, see `webapp.PatchDocument`, one document per channel `c`)
 or the legacy stream of whole-message snapshots. Both can interleave typed frames (`message_stream_complete`,

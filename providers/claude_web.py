@@ -1,6 +1,6 @@
 """Claude web app (claude.ai): sending a message. Best effort, fails soft.
 
-Reference: ai-endpoints.md §3.2 [OBS]. `POST /api/organizations/{org}/chat_conversations/{conv}/completion` (and
+Format [OBS] (marks: docs/providers.md). `POST /api/organizations/{org}/chat_conversations/{conv}/completion` (and
 `retry_completion`) with the user text in `prompt`; documents converted in the browser travel as
 `attachments[].extracted_content` and are inspected as text (with their JSON path, so redaction can rewrite them);
 uploaded files are only referenced by id in `files[]` and are not inspected here; their uploads (multipart

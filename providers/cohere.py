@@ -1,9 +1,9 @@
 """Cohere wire formats: v2 chat (OpenAI-like messages, SSE stream of typed events), v1 chat (`message`,
 `preamble`, `chat_history`; NDJSON stream), v1/v2 embed.
 
-Reference: ai-endpoints.md §1.7 (requests), §2.1 (responses), §2.5 (streams). The v1 chat body and its stream
-events are also what Cohere Command models take and send on Bedrock's InvokeModel, so providers/bedrock.py uses
-`parse_v1_chat`, `v1_response` and `V1StreamReader` from here.
+Source [SDK]: cohere-python (marks: docs/providers.md). The v1 chat body and its stream events are also what Cohere
+Command models take and send on Bedrock's InvokeModel, so providers/bedrock.py uses `parse_v1_chat`, `v1_response`
+and `V1StreamReader` from here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Microsoft Copilot (copilot.microsoft.com): the chat WebSocket. Best effort, fails soft.
 
-Reference: ai-endpoints.md §3.4 [OBS]. `wss://copilot.microsoft.com/c/api/chat?api-version=2`. The client sends
+Format [OBS] (marks: docs/providers.md). `wss://copilot.microsoft.com/c/api/chat?api-version=2`. The client sends
 `{event: "send", conversationId, content: [{type: "text", text}], mode}` (after an optional `setOptions`); the
 server streams `{event: "appendText", text}` deltas between `received`/`startMessage` and `done`, which ends the
 turn. The chat `mode` (chat, smart, reasoning) is the model choice the user made, so it is recorded as the model.

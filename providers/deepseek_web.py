@@ -1,6 +1,6 @@
 """DeepSeek web app (chat.deepseek.com): chat completion. Best effort, fails soft.
 
-Reference: ai-endpoints.md §3.6 [OBS]. `POST /api/v0/chat/completion` (also `edit_message`, `regenerate`-style
+Format [OBS] (marks: docs/providers.md). `POST /api/v0/chat/completion` (also `edit_message`, `regenerate`-style
 `continue`) with the text in `prompt` and uploaded files referenced by id in `ref_file_ids`. The SSE answer starts
 with `event: ready`, then JSON-patch-like `{v, p, o}` frames (`webapp.PatchDocument`): a first snapshot
 `{"v": {"response": {...}}}`, then appends to `response/fragments/-1/content`; fragments are typed RESPONSE

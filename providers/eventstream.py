@@ -1,5 +1,6 @@
 """Incremental decoder for the AWS binary event stream (`application/vnd.amazon.eventstream`), as Bedrock's
-ConverseStream and InvokeModelWithResponseStream send it. Reference: ai-endpoints.md §2.7.
+ConverseStream and InvokeModelWithResponseStream send it. Source [SDK]: botocore's `eventstream.py` (marks:
+docs/providers.md).
 
 Frame: total length (u32 BE), headers length (u32 BE), CRC32 of those 8 bytes, headers, payload, CRC32 of
 everything before it. Frames are reassembled across arbitrary chunk boundaries from the length prelude.

@@ -1,9 +1,9 @@
 """Google Gemini wire format: the Gemini Developer API, Vertex AI, and the Gemini CLI / Code Assist envelope.
 
-Reference: ai-endpoints.md §1.4 (paths, request body), §1.5 (Vertex paths, Code Assist), §2.1 (response), §2.4
-(streams). The model and the stream flag live in the URL (`models/{model}:streamGenerateContent`), not the body.
-A stream is SSE with `?alt=sse`, otherwise one JSON array whose elements arrive over time; both are reassembled
-element by element as the bytes pass, never buffered whole.
+Source [SDK]: google-genai, and Google's docs for the two stream forms; the Code Assist envelope is [OBS] (marks:
+docs/providers.md). The model and the stream flag live in the URL (`models/{model}:streamGenerateContent`), not the
+body. A stream is SSE with `?alt=sse`, otherwise one JSON array whose elements arrive over time; both are
+reassembled element by element as the bytes pass, never buffered whole.
 
 The Code Assist backend (cloudcode-pa.googleapis.com, used by the Gemini CLI) wraps the same body in
 `{model, project, request: {...}}` and its answers in `{response: {...}}`.

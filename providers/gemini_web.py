@@ -1,6 +1,6 @@
 """Gemini web app (gemini.google.com, bard.google.com): StreamGenerate. Best effort, fails soft.
 
-Reference: ai-endpoints.md §3.3 [OBS, positions drift across builds]. The request is a form post whose `f.req`
+Format [OBS], positions drift across builds (marks: docs/providers.md). The request is a form post whose `f.req`
 field is JSON `[null, "<inner JSON string>"]`; the prompt is `inner[0][0]` and `inner[0][3]` lists uploaded files.
 The text sits inside a JSON string inside a form field, so it has no JSON path: DLP inspects it, but redaction
 cannot rewrite it in place (the policy can still block).

@@ -1,6 +1,6 @@
 """Grok web app (grok.com): new conversations and follow-up responses. Best effort, fails soft.
 
-Reference: ai-endpoints.md §3.10 [OBS]. `POST /rest/app-chat/conversations/new` (follow-ups
+Format [OBS] (marks: docs/providers.md). `POST /rest/app-chat/conversations/new` (follow-ups
 `POST /rest/app-chat/conversations/{id}/responses` [UNCONFIRMED]) with the text in `message`, the model in
 `modelName`, custom instructions in `customInstructions` and uploads referenced in `fileAttachments` /
 `imageAttachments`. The answer is newline-delimited JSON: tokens at `result.response.token` (follow-ups:

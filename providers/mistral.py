@@ -1,9 +1,9 @@
 """Mistral's own endpoints. Its /v1/chat/completions is OpenAI format, and /v1/fim/completions (`prompt` +
 `suffix`) is read by the OpenAI legacy-completions parser: both are left to providers/openai.py.
 
-Reference: ai-endpoints.md §1.8. Agents completions are a chat body with `agent_id` instead of `model`: the OpenAI
-chat parsers read it, this module names the agent as the model. Conversations (`inputs`, `instructions`) have
-their own output entries and stream events.
+Source [SDK]: mistralai's client-python (marks: docs/providers.md). Agents completions are a chat body with
+`agent_id` instead of `model`: the OpenAI chat parsers read it, this module names the agent as the model.
+Conversations (`inputs`, `instructions`) have their own output entries and stream events.
 """
 
 from __future__ import annotations

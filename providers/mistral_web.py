@@ -1,8 +1,8 @@
 """Mistral Le Chat (chat.mistral.ai): the streaming chat endpoint. Best effort, fails soft.
 
-Reference: ai-endpoints.md §3.7 [OBS]. `POST /api/chat` with the text in `messageInput` (a string, or a list of
-`{type: "text", text}` parts) and files in `messageFiles`. The answer is a line-prefixed data stream in the
-Vercel AI style: `0:"<JSON string: a text chunk>"`, and other prefixes for data (`2:`), errors (`3:`), finish
+Format [OBS] (marks: docs/providers.md). `POST /api/chat` with the text in `messageInput` (a string, or a list of
+`{type: "text", text}` parts) and files in `messageFiles`. The answer is a line-prefixed data stream in the Vercel
+AI style: `0:"<JSON string: a text chunk>"`, and other prefixes [UNCONFIRMED] for data (`2:`), errors (`3:`), finish
 (`d:` / `e:` with `finishReason` and `usage`); unknown prefixes are ignored.
 """
 

@@ -1,8 +1,8 @@
 """Ollama native API: /api/chat, /api/generate, /api/embed (and the legacy /api/embeddings).
 
-Reference: ai-endpoints.md §1.9. Streaming is the DEFAULT in Ollama: a body without `"stream": false` gets an
-NDJSON stream (one JSON object per line, the last with `done: true` and the token counts). The same reader folds
-the streamed objects and the single non-streamed object, which has the same shape.
+Source [SDK]: Ollama's server routes (marks: docs/providers.md). Streaming is the DEFAULT in Ollama: a body without
+`"stream": false` gets an NDJSON stream (one JSON object per line, the last with `done: true` and the token counts).
+The same reader folds the streamed objects and the single non-streamed object, which has the same shape.
 
 The paths are generic (`/api/chat` exists elsewhere), so a request is claimed only with the catalog's `ollama`
 hint or a body that names a model.

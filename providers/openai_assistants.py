@@ -4,7 +4,7 @@ event stream.
 Instructions are the system prompt; thread messages are user (or assistant) turns; `submit_tool_outputs` sends
 tool results. A run's answer arrives as `thread.message.delta` events when streamed; a non-streamed run returns
 only the run object (the answer is fetched later from the thread), so its completion stays empty.
-Reference: ai-endpoints.md §1.1.5 (requests), §2.2.3 (stream).
+Source [SDK]: openai-python (marks: docs/providers.md).
 """
 
 from __future__ import annotations

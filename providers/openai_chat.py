@@ -1,7 +1,7 @@
 """OpenAI Chat Completions, legacy Completions and Embeddings: the formats every OpenAI-compatible host speaks.
 
 Also the helpers the other OpenAI modules share (usage, content parts, error bodies).
-Reference: ai-endpoints.md §1.1.1, §1.1.2, §1.1.4 (requests), §2.1 (responses), §2.2.1 (stream chunks).
+Source [SDK]: openai-python (marks: docs/providers.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """OpenAI files, uploads, audio and images: the text fields they carry (prompts, speech input) and the files
 they send, recorded as attachments (name, type, size; text extracted from text-like files).
 
-Reference: ai-endpoints.md §1.1.6 (files, uploads), §1.1.7 (audio), §1.1.8 (images).
+Source [SDK]: openai-python (marks: docs/providers.md).
 """
 
 from __future__ import annotations

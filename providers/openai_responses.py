@@ -1,7 +1,7 @@
 """OpenAI Responses API (`/responses`): instructions, input items, function calls and their outputs, and the
 typed SSE event stream.
 
-Reference: ai-endpoints.md §1.1.3 (request), §2.1 (response `output[]`), §2.2.2 (stream events).
+Source [SDK]: openai-python (marks: docs/providers.md).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Perplexity web app (www.perplexity.ai): perplexity_ask. Best effort, fails soft.
 
-Reference: ai-endpoints.md §3.5 [OBS]. `POST /rest/sse/perplexity_ask` with the question in `query_str` and the
+Format [OBS] (marks: docs/providers.md). `POST /rest/sse/perplexity_ask` with the question in `query_str` and the
 rest under `params` (`model_preference`, `attachments` as URLs). The SSE frames repeat the answer as it grows:
 `blocks[]` whose `markdown_block` has the `answer` so far (or `chunks`), and in newer builds `diff_block` patches
-to the same block; older frames carry `answer` or a JSON `text`. The last non-empty answer wins.
+[UNCONFIRMED] to the same block; older frames carry `answer` or a JSON `text`. The last non-empty answer wins.
 """
 
 from __future__ import annotations

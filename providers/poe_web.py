@@ -1,6 +1,6 @@
 """Poe (poe.com): the send-message GraphQL mutation. Best effort, fails soft; request side only.
 
-Reference: ai-endpoints.md §3.8 [OBS]. Everything goes through `POST /api/gql_POST` with `{queryName, variables,
+Format [OBS] (marks: docs/providers.md). Everything goes through `POST /api/gql_POST` with `{queryName, variables,
 extensions}`; a prompt is a mutation whose name contains `sendMessage` (`chatHelpers_sendMessageMutation_Mutation`,
 `sendMessageMutation`), with the text in `variables.query` and the bot in `variables.bot`. Other queries are not
 claimed. The answer does not come back on this request (it arrives over Poe's update channel, [UNCONFIRMED]), so

@@ -1,10 +1,10 @@
 """Vertex AI partner models other than Gemini and Claude: Mistral, Codestral, Llama and other publishers'
 models served at `…/publishers/{publisher}/models/{model}:rawPredict` (or `:streamRawPredict`).
 
-Reference: ai-endpoints.md §1.5. Their bodies are the publisher's own API, which for these publishers is the
-OpenAI chat format (`messages`, or `prompt` + `suffix` for fill-in-the-middle), so the OpenAI parsers read them;
-this module only moves the model and the stream flag from the URL. Gemini (`publishers/google`) is read by
-providers/gemini.py and Claude (`publishers/anthropic`) by providers/anthropic.py.
+This path form is [UNCONFIRMED] per publisher (marks: docs/providers.md). Their bodies are the publisher's own API,
+which for these publishers is the OpenAI chat format (`messages`, or `prompt` + `suffix` for fill-in-the-middle), so
+the OpenAI parsers read them; this module only moves the model and the stream flag from the URL. Gemini
+(`publishers/google`) is read by providers/gemini.py and Claude (`publishers/anthropic`) by providers/anthropic.py.
 """
 
 from __future__ import annotations

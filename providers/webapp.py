@@ -1,10 +1,10 @@
 """What the consumer-app parsers (ChatGPT, Claude, Gemini, Perplexity, DeepSeek, Mistral web) share.
 
-These apps speak undocumented, drifting formats (ai-endpoints.md §3, all [OBS]). Their parsers therefore FAIL SOFT:
-a shape they do not know marks the exchange unparsed with a warning, but never raises. A raised BodyError would
-make the registry report a parse *error*, which `gateway_on_parse_error=block` turns into a blocked request: one
-silent change in a web app would then cut a whole company off ChatGPT. Blocking unparsed traffic stays possible,
-but as an explicit policy on `parsed = False`, not as an accident of drift.
+These apps speak undocumented, drifting formats (all [OBS]: seen only in third-party clients, docs/providers.md).
+Their parsers therefore FAIL SOFT: a shape they do not know marks the exchange unparsed with a warning, but never
+raises. A raised BodyError would make the registry report a parse *error*, which `gateway_on_parse_error=block`
+turns into a blocked request: one silent change in a web app would then cut a whole company off ChatGPT. Blocking
+unparsed traffic stays possible, but as an explicit policy on `parsed = False`, not as an accident of drift.
 
 A consumer provider claims a request only when the catalog names its format for the host (`hints`), so its
 loose path patterns never capture an API host's traffic.

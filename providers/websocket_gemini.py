@@ -1,11 +1,12 @@
 """Gemini Live over WebSocket (`wss://generativelanguage.googleapis.com/ws/...BidiGenerateContent`, Vertex alike).
 
-Reference: ai-endpoints.md §2.4 [UNCONFIRMED message names]. The client sends `setup` (model, `systemInstruction`,
-`tools`), then `clientContent` (`turns[]` of `{role, parts[{text}]}`, `turnComplete`), `realtimeInput` (text or
-media chunks: counted, not inspected) and `toolResponse`. The server answers `setupComplete`, `serverContent`
-(`modelTurn.parts[].text`, `outputTranscription.text`, `inputTranscription.text`, `turnComplete`), `toolCall`
-and `usageMetadata`. `turnComplete` from the server ends the turn. Field names are accepted in camelCase and
-snake_case; the server often sends its JSON in binary frames, so frames are decoded whatever their type.
+Message names [UNCONFIRMED]: check them against a live capture (marks: docs/providers.md). The client sends `setup`
+(model, `systemInstruction`, `tools`), then `clientContent` (`turns[]` of `{role, parts[{text}]}`, `turnComplete`),
+`realtimeInput` (text or media chunks: counted, not inspected) and `toolResponse`. The server answers
+`setupComplete`, `serverContent` (`modelTurn.parts[].text`, `outputTranscription.text`, `inputTranscription.text`,
+`turnComplete`), `toolCall` and `usageMetadata`. `turnComplete` from the server ends the turn. Field names are
+accepted in camelCase and snake_case; the server often sends its JSON in binary frames, so frames are decoded
+whatever their type.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """OpenAI Realtime over WebSocket (wss://api.openai.com/v1/realtime, Azure `/openai/realtime`).
 
-Reference: ai-endpoints.md §1.1.9 [SDK]. Client events: `session.update` (session `instructions`, `model`, `tools`:
-session state, copied into every turn), `conversation.item.create` (a user message with `input_text` parts, or a
-`function_call_output`), `input_audio_buffer.append` (audio, counted, not inspected), `response.create` (may carry
-per-response `instructions`). Server events: `response.output_text.delta` / `response.output_audio_transcript.delta`
-(and the beta names `response.text.delta` / `response.audio_transcript.delta`), `response.function_call_arguments
-.done`, `conversation.item.input_audio_transcription.completed` (what the user said), and `response.done` with
+Source [SDK]: openai-python (marks: docs/providers.md). Client events: `session.update` (session `instructions`,
+`model`, `tools`: session state, copied into every turn), `conversation.item.create` (a user message with
+`input_text` parts, or a `function_call_output`), `input_audio_buffer.append` (audio, counted, not inspected),
+`response.create` (may carry per-response `instructions`). Server events: `response.output_text.delta` /
+`response.output_audio_transcript.delta` (and the beta names `response.text.delta` /
+`response.audio_transcript.delta`), `response.function_call_arguments.done`,
+`conversation.item.input_audio_transcription.completed` (what the user said), and `response.done` with
 `response.usage`, which ends the turn.
 """
 

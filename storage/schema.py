@@ -2,11 +2,11 @@
 
 Each migration has a version and its DDL; `schema_migrations` records what was applied, so a store created by an
 older gateway is brought forward and a newer one is never touched by an older binary. A migration, once shipped,
-is never edited: the next change is a new version. Design notes (see lessons-from-peers.md): one row per AI
-exchange in a ReplacingMergeTree keyed so that a re-sent event (same event_id, same values) collapses, which is
-what makes the at-least-once writer exactly-once for readers (queries use FINAL); monthly partitions;
-LowCardinality for the columns people group by; ZSTD on text; prompt and completion text expire sooner than
-metadata (column TTL vs table TTL).
+is never edited: the next change is a new version. Design notes (following the LLM log stores Helicone and
+Langfuse keep on ClickHouse): one row per AI exchange in a ReplacingMergeTree keyed so that a re-sent event (same
+event_id, same values) collapses, which is what makes the at-least-once writer exactly-once for readers (queries
+use FINAL); monthly partitions; LowCardinality for the columns people group by; ZSTD on text; prompt and
+completion text expire sooner than metadata (column TTL vs table TTL).
 
 Cluster mode (`Target(cluster="name")`) renders the same migrations as `ON CLUSTER` DDL: each table becomes a
 Replicated*MergeTree `<name>_local` on every node, and `<name>` a Distributed table over it, sharded by

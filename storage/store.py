@@ -1,6 +1,6 @@
 """Connecting to the audit store and applying the schema.
 
-`chdb:///path` runs the real ClickHouse engine in this process (one process per path: stack-facts);
+`chdb:///path` runs the real ClickHouse engine in this process (one process per path: docs/stack.md);
 `http(s)://user@host:port/db` talks to a server or cluster. The password comes from the URL, the environment
 (GATEWAY_AUDIT_PASSWORD) or a file (`--audit-password-file`, preferred: not visible in `ps`). Credentials never
 appear in errors, logs or reprs: `AuditUrl.redacted` is what we print, and every error message from the client

@@ -1,7 +1,7 @@
 """The shipped AI endpoint catalog (rules/endpoints.yaml), and what the loader says about broken catalogs.
 
 The shipped file is what decides, at every TLS handshake, whether a connection is decrypted: these tests pin
-representative hosts of each section of the reference (API providers, consumer apps, shadow-AI list), the hosts
+representative hosts of each section of the catalog (API providers, consumer apps, shadow-AI list), the hosts
 that must stay untouched, and the error an admin gets for a mistake in a hand-edited catalog.
 """
 
@@ -17,7 +17,8 @@ from core.rulesfile import RulesError
 
 SHIPPED = Path(__file__).resolve().parent.parent / "rules" / "endpoints.yaml"
 
-# Category codes of the reference's shadow-AI list (ai-endpoints.md §4); it has no MCP servers.
+# The category codes of the shadow-AI survey that section 3 of the catalog comes from: each must be a known
+# category and be used. `mcp` is the gateway's own (the survey lists no MCP servers).
 REFERENCE_CATEGORIES = {"chat", "code", "write", "img", "vid", "aud", "meet", "srch", "api", "gw", "comp", "doc"}
 
 # The format hints the parsers know by name (a typo here would silently lose the hint).
@@ -37,7 +38,7 @@ def catalog() -> Catalog:
 
 
 @pytest.mark.parametrize("host, service", [
-    # §1 API providers: exact hosts
+    # section 1, API providers: exact hosts
     ("api.openai.com", "openai"),
     ("eu.api.openai.com", "openai"),
     ("api.anthropic.com", "anthropic"),
@@ -55,7 +56,7 @@ def catalog() -> Catalog:
     ("router.huggingface.co", "huggingface"),
     ("ollama.com", "ollama"),
     ("api.cloudflare.com", "cloudflare-workers-ai"),
-    # §1 API providers: subdomain and in-label wildcards
+    # section 1, API providers: subdomain and in-label wildcards
     ("myres.openai.azure.com", "azure-openai"),
     ("myres.services.ai.azure.com", "azure-ai-foundry"),
     ("us-central1-aiplatform.googleapis.com", "vertex-ai"),
@@ -68,7 +69,7 @@ def catalog() -> Catalog:
     ("aws-external-anthropic.us-west-2.api.aws", "anthropic-aws"),
     ("my-endpoint.us-east-1.aws.endpoints.huggingface.cloud", "huggingface-endpoints"),
     ("ark.cn-beijing.volces.com", "volcengine-ark"),
-    # §3 consumer apps and assistants
+    # section 2, consumer apps and assistants
     ("chatgpt.com", "chatgpt"),
     ("chat.openai.com", "chatgpt"),
     ("files.oaiusercontent.com", "chatgpt"),
@@ -90,7 +91,7 @@ def catalog() -> Catalog:
     ("cloudcode-pa.googleapis.com", "gemini-code-assist"),
     ("q.us-east-1.amazonaws.com", "amazon-q"),
     ("huggingface.co", "huggingchat"),
-    # §4 shadow-AI list: registrable domains match apex and subdomains, full hosts match themselves
+    # section 3, shadow-AI list: registrable domains match apex and subdomains, full hosts match themselves
     ("midjourney.com", "midjourney"),
     ("www.midjourney.com", "midjourney"),
     ("otter.ai", "otter"),

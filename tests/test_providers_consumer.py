@@ -1,6 +1,6 @@
 """Consumer web apps (ChatGPT, Claude, Gemini, Perplexity, DeepSeek, Mistral web): fixtures built from the field
-names of ai-endpoints.md §3, fed through the registry with the shipped catalog's format hints, streams split into
-small chunks so no frame arrives whole. Malformed input must never raise and never count as a parse *error*
+names in docs/providers.md (all [OBS]), fed through the registry with the shipped catalog's format hints, streams
+split into small chunks so no frame arrives whole. Malformed input must never raise and never count as a parse *error*
 (which `gateway_on_parse_error=block` would turn into a block): it is audited as unparsed."""
 
 from __future__ import annotations

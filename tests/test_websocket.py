@@ -1,6 +1,6 @@
 """WebSocket conversations (OpenAI Realtime, Gemini Live, Microsoft Copilot): message fixtures built from the field
-names of ai-endpoints.md §1.1.9, §2.4 and §3.4, fed to the pure state machines the addon drives. Malformed,
-oversized and unknown traffic never raises and ends up audited as unparsed."""
+names in docs/providers.md (from the sources it names, not from captures), fed to the pure state machines the addon
+drives. Malformed, oversized and unknown traffic never raises and ends up audited as unparsed."""
 
 from __future__ import annotations
 

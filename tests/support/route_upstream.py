@@ -1,7 +1,7 @@
 """Test-only mitmproxy addon: send connections for chosen hosts to fake upstreams on 127.0.0.1.
 
 `--set test_upstream=api.openai.com=8443,api.anthropic.com=8443` redirects the server connection while SNI and the
-Host header keep the real name (stack-facts), so the gateway recognises and decrypts the real AI host exactly as
+Host header keep the real name (docs/stack.md), so the gateway recognises and decrypts the real AI host exactly as
 in production, and the fake upstream's certificate (signed by the test CA) is verified upstream.
 """
 
