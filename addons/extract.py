@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
@@ -89,6 +90,7 @@ class Extract:
         parsed = await off_loop(len(content), _parse_request, req, content, problem, it.service,
                                 above=PARSE_INLINE_BYTES if inline else 0)
         it.exchange, it.stages.parsed = parsed.exchange, parsed
+        it.stages.body, parsed.body = parsed.body, None
         if bomb:
             it.decide("block", "request body is a compression bomb")
             flow.response = _error_response(413, "gateway_compression_bomb", f"Blocked by the AI gateway: the "
@@ -137,7 +139,7 @@ class Extract:
                 content_type == "application/json" and it.reversible)):
             coding = flow.response.headers.get("content-encoding")
             decoder = Decoder(coding, ctx.options.gateway_max_decoded_bytes) if encodings(coding) else None
-            flow.response.stream = _Tap(it, parser, decoder)
+            flow.response.stream = it.stages.tap = _Tap(it, parser, decoder)
 
     def response(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
@@ -258,6 +260,7 @@ class _Tap:
         self.parser = parser
         self.decoder = decoder
         self.unparsed: list[bytes] = []  # chunks sent on and not parsed yet
+        self.then: Callable[[bytes], bytes] | None = None  # a later stage's change to what the client receives
 
     def end(self) -> None:
         """The upstream finished the stream: the parser gets what it has not seen yet, and a compressed stream
@@ -275,7 +278,7 @@ class _Tap:
             if not self.unparsed:
                 asyncio.get_running_loop().call_soon(self.parse)
             self.unparsed.append(chunk)
-        return chunk
+        return chunk if self.then is None else self.then(chunk)
 
     def parse(self) -> None:
         chunks, self.unparsed = self.unparsed, []

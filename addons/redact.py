@@ -7,9 +7,9 @@ cannot be rewritten for (a part without a JSON path, such as text extracted from
 that is not JSON) blocks the request instead: a redaction that cannot be applied must never leak the value.
 
 Reversible pseudonymization (`Interaction.reversible`): the placeholders in the model's answer are replaced by
-the original values before the client sees them, for buffered answers (in `response`) and streamed ones (the
-stream callable Extract installed is wrapped, so Extract's parser, and so the audit, sees the redacted
-completion, while the client gets restored bytes, chunk by chunk, a placeholder split across chunks included).
+the original values before the client sees them, for buffered answers (in `response`) and streamed ones (Extract's
+stream tap gets a restorer as its `then`, so Extract's parser, and so the audit, sees the redacted completion,
+while the client gets restored bytes, chunk by chunk, a placeholder split across chunks included).
 
 Restoring reads the answer's own format (dlp/answer.py): a JSON body is parsed, restored and re-serialized; a
 stream is read event by event (SSE, NDJSON) because a model writes a placeholder token by token, so it arrives
@@ -28,7 +28,6 @@ import orjson
 from mitmproxy import ctx, http
 
 from addons.decide import refuse
-from addons.extract import _Tap
 from core.interaction import KEY, Interaction
 from dlp.answer import Restorer, StreamedAnswer
 from dlp.redact import Placeholders, redact_json, unredactable
@@ -41,15 +40,19 @@ log = logging.getLogger(__name__)
 class Redact:
     def request(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
-        if it is None or flow.response is not None or it.decision != "redact":
+        if it is None:
+            return
+        body, it.stages.body = it.stages.body, None  # taken: not held while the request is upstream
+        if flow.response is not None or it.decision != "redact":
             return
         try:
-            self._redact(flow, it)
+            self._redact(flow, it, body)
         except Exception as e:  # a redaction that failed must not let the raw request out
             log.exception("redaction failed")
             refuse(flow, it, f"redaction failed ({type(e).__name__}): blocked rather than sent unredacted")
 
-    def _redact(self, flow: http.HTTPFlow, it: Interaction) -> None:
+    def _redact(self, flow: http.HTTPFlow, it: Interaction, body) -> None:
+        """Rewrite `body`, the canonical parse of the request that DLP inspected (Extract's; None: not JSON)."""
         wanted = set(it.redact_entities)
         findings = [f for f in it.findings if not wanted or f.entity in wanted]
         if not findings:
@@ -58,11 +61,9 @@ class Redact:
             return refuse(flow, it, "the request is signed with AWS SigV4 over its body, so a redacted body would be "
                                      "rejected upstream: blocked rather than sent unredacted (clients using a Bedrock "
                                      "API key can be redacted)")
-        try:
-            body = orjson.loads(flow.request.get_content(strict=True) or b"")
-        except (ValueError, orjson.JSONDecodeError) as e:
-            return refuse(flow, it, f"request body cannot be rewritten ({type(e).__name__}): blocked rather "
-                                     f"than sent unredacted")
+        if body is None:
+            return refuse(flow, it, "request body cannot be rewritten (it is not JSON): blocked rather than sent "
+                                    "unredacted")
         parts = it.exchange.request_parts()
         stuck = unredactable(body, parts, findings)
         if stuck:
@@ -97,10 +98,12 @@ class Redact:
             it.exchange.warn(f"placeholders not restored in the answer: {content_type or 'untyped'} stream"
                              f"{' (compressed)' if framing else ''} is not readable event by event")
             return
-        answer = StreamedAnswer(_restorer(placeholders), framing)
-        stream = flow.response.stream
-        flow.response.stream = (_RestoringTap(stream, answer) if isinstance(stream, _Tap)
-                                else _RestoringStream(answer))
+        answer = it.stages.restoring = StreamedAnswer(_restorer(placeholders), framing)
+        restore = _RestoringStream(answer)
+        if it.stages.tap is not None and flow.response.stream is it.stages.tap:
+            it.stages.tap.then = restore  # Extract's parser keeps reading the upstream's (redacted) bytes
+        else:
+            flow.response.stream = restore
 
     def response(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
@@ -108,7 +111,7 @@ class Redact:
         if placeholders is None or flow.response is None:
             return
         if flow.response.stream:
-            answer = getattr(flow.response.stream, "answer", None)
+            answer = it.stages.restoring
             if answer is not None and answer.error:
                 it.exchange.warn(f"placeholders not restored past this point: {answer.error}")
             return
@@ -137,20 +140,6 @@ class _RestoringStream:
 
     def __call__(self, chunk: bytes) -> bytes:
         return self.answer.feed(chunk) if chunk else self.answer.finish()  # b"": the upstream's end of stream
-
-
-class _RestoringTap(_Tap):
-    """Extract's tap (it keeps feeding the parser with the upstream's bytes, so the audit holds the redacted
-    completion), followed by the restorer for what the client receives. A subclass, not a wrapper, because Extract
-    finishes its tap in `response` by recognising it."""
-
-    def __init__(self, tap: _Tap, answer: StreamedAnswer):
-        vars(self).update(vars(tap))  # the same tap, carried on: its parser, decoder and counters
-        self.answer = answer
-
-    def __call__(self, chunk: bytes) -> bytes:
-        chunk = super().__call__(chunk)
-        return self.answer.feed(chunk) if chunk else self.answer.finish()
 
 
 def _still_present(sent: bytes, parts: list, findings: list) -> list[str]:

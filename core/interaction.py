@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlencode
 
 from core.audit import AuditEvent, captured_text, mask_echoed_values, new_event_id, sha256_text
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from core.offload import Deferred
+    from dlp.answer import StreamedAnswer
     from dlp.redact import Placeholders
     from policy.engine import Decision
     from policy.language import Policy
@@ -31,6 +33,15 @@ if TYPE_CHECKING:
 KEY = "gateway"
 
 
+class Tap(Protocol):
+    """Extract's stream callable on a streamed answer: its parser reads what the upstream sends; `then`, when a
+    later stage sets it, changes what the client receives (redact: the original values restored)."""
+
+    then: Callable[[bytes], bytes] | None
+
+    def __call__(self, chunk: bytes) -> bytes: ...
+
+
 @dataclass
 class Stages:
     """What one stage leaves for a later one about this flow, beyond the audited facts. One writer per field (named
@@ -38,6 +49,9 @@ class Stages:
 
     browser: str | None = None  # recognise: the warn pages' cookie (policy.enforcement.ACK_COOKIE), taken off
     parsed: Parsed | None = None  # extract: the request's exchange and the provider that understood it
+    body: Any = None  # extract: the canonical parse of a JSON body, what was inspected; redact takes it (and so
+    # releases it) once the decision is known, and rewrites it for a redaction
+    tap: Tap | None = None  # extract: the tap on a streamed answer
     response_parser: ResponseParser | None = None  # extract: reassembling the response, until it has ended
     deferred_scan: Deferred | None = None  # inspect: the scan of a request sent before it was scanned
     response_scan: asyncio.Task | None = None  # inspect: the scan of the completion, awaited by response and error
@@ -48,6 +62,7 @@ class Stages:
     answer_judged: bool = False  # decide: the response-side rules were applied
     warning: str | None = None  # decide: the warning header an API client gets on a `warn` it was let through on
     placeholders: Placeholders | None = None  # redact: the values of a reversible redaction, to restore
+    restoring: StreamedAnswer | None = None  # redact: the streamed answer whose placeholders are being restored
     conversation: WsConversation | None = None  # websocket: the conversation followed over the upgraded flow
 
 

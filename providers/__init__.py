@@ -8,6 +8,7 @@ still an AI exchange: it is audited as `unknown` with the parse warning, never d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from core.exchange import Exchange
 from providers import anthropic, bedrock, bedrock_agent, cohere, gemini, mistral, ollama, openai, vertex
@@ -31,6 +32,7 @@ class Parsed:
     error: str = ""  # why the request body could not be read ("" if it was)
     #: Why the body's meaning is ambiguous (providers.walk.AmbiguousBody): such a body is refused, never forwarded.
     ambiguous: str = ""
+    body: Any = None  # the canonical parse of a JSON body: exactly what was inspected, for a stage that rewrites it
 
 
 def _ordered(hints: tuple[str, ...]) -> list[Provider]:
@@ -62,6 +64,7 @@ def _walk(req: HttpRequest, parsed: Parsed) -> None:
             x.warn(f"request body refused: {e}")
             return
         walk_json(value, x, coverage)
+        parsed.body = value
         readable = True
     else:
         parts = x.request_parts()  # the parser's (a multipart upload's fields and files): not scanned twice

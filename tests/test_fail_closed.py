@@ -30,7 +30,7 @@ def ai_flow(it_kwargs: dict):
     parsed = providers.parse_request(req, "openai", service.formats)
     it = Interaction(service=service, client_addr="127.0.0.1", host="api.openai.com", method="POST",
                      path=f.request.path, exchange=parsed.exchange, **it_kwargs)
-    f.metadata[KEY], it.stages.parsed = it, parsed
+    f.metadata[KEY], it.stages.parsed, it.stages.body = it, parsed, parsed.body  # as Extract leaves them
     return f, it, catalog
 
 

@@ -35,7 +35,7 @@ def flow_for(service, body: dict, findings: list[Finding], *, reversible: bool =
     it = Interaction(service=service, client_addr="127.0.0.1", host="api.openai.com", method="POST",
                      path="/v1/chat/completions", exchange=parsed.exchange, findings=findings, decision="redact",
                      redact_entities=list(entities), reversible=reversible)
-    f.metadata[KEY], it.stages.parsed = it, parsed
+    f.metadata[KEY], it.stages.parsed, it.stages.body = it, parsed, parsed.body  # as Extract leaves them
     return f, it
 
 
@@ -105,6 +105,7 @@ def test_a_body_that_is_not_json_blocks(openai_service):
     f, it = flow_for(openai_service, {"model": "m", "messages": [{"role": "user", "content": text}]},
                      email_findings(text, 0))
     f.request.content = b"not json " + EMAIL.encode()
+    it.stages.body = None  # Extract leaves no canonical parse of a body that is not JSON
     Redact().request(f)
     assert f.response.status_code == 403 and it.decision == "block"
 
