@@ -1,6 +1,6 @@
 """Answer audit queries from the CLI while the gateway runs.
 
-The embedded store can be opened by one process only (stack-facts), so `gateway audit ...` cannot open it while
+The embedded store can be opened by one process only (docs/stack.md), so `gateway audit ...` cannot open it while
 the gateway runs. Instead the gateway listens on a Unix socket (mode 0600: only its owner may read the audit) and
 runs the same named, parameterized queries (`storage.queries.QUERIES`) for the CLI. Protocol: one JSON request
 line `{"query": name, "params": {...}}`, one JSON response line `{"columns": [...], "rows": [...]}` or

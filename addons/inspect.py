@@ -1,7 +1,7 @@
 """Inspect what is sent: DLP on every text part of the exchange, in a process pool, never on the event loop.
 
 mitmproxy runs every flow of the process on one event loop: a scan that takes 40 ms there stalls every other
-request by 40 ms (stack-facts). So the `request` hook is async and awaits the scan in `dlp.pool.DlpPool` (worker
+request by 40 ms (docs/stack.md). So the `request` hook is async and awaits the scan in `dlp.pool.DlpPool` (worker
 processes): this flow waits, the others go on. Prompts over BULK_CHARS (a pasted document, seconds to scan) go to
 workers of their own, so ordinary prompts never queue behind them. Most prompts hold nothing sensitive: one
 prefilter pass in this process (`Scanner.could_find`, a hyperscan scan of about 16 us per KB, up to

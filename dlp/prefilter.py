@@ -1,6 +1,6 @@
 """Where could anything match? One hyperscan pass answers for every recognizer at once.
 
-Presidio runs every recognizer's regexes over the whole text (43 ms for 2 KB, stack-facts), and almost all of a
+Presidio runs every recognizer's regexes over the whole text (43 ms for 2 KB, docs/stack.md), and almost all of a
 prompt matches nothing. Hyperscan compiles every pattern of every recognizer into one automaton that scans at
 hundreds of MB/s; the recognizers then run only on small windows around the places it reports.
 

@@ -6,7 +6,7 @@ custom entries are built with Presidio's own `PatternRecognizer.from_dict`. What
 security team editing this file by hand needs, is added here:
 
 - every error names `file:line` (unknown key, bad regex, threshold out of range, unknown predefined recognizer);
-- `threshold`: one score threshold per recognizer, because no single global threshold fits (stack-facts);
+- `threshold`: one score threshold per recognizer, because no single global threshold fits (docs/stack.md);
 - `candidates`: regexes a finding of this recognizer must overlap; they gate a noisy or costly recognizer
   (Presidio's phone recognizer fires at 0.4 on any digit run that parses as a number somewhere) and tell the
   prefilter where to run it; without them the prefilter is derived from the recognizer's own patterns;
@@ -143,7 +143,7 @@ def _key_prefixes(file: Path, m: Any) -> list[str]:
 
 
 def _ner(file: Path, m: Any) -> NerSpec | None:
-    """Optional NER; the model must already be installed: the gateway never downloads one (stack-facts)."""
+    """Optional NER; the model must already be installed: the gateway never downloads one (docs/stack.md)."""
     if m is None:
         return None
     check_keys(file, m, "ner", set(), {"model", "entities", "threshold"})
