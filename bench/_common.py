@@ -160,11 +160,13 @@ WARM = ("DLP: prefilter gate ready", "DLP: no prefilter gate", "DLP prefilter ga
         "DLP workers cannot scan")  # the lines that end the DLP warm-up, however it ends
 
 
-def start_gateway(workdir: Path, upstream: Upstream, sets: list[str] = ()) -> GatewayProcess:
+def start_gateway(workdir: Path, upstream: Upstream, sets: list[str] = (), source: Path | None = None
+                  ) -> GatewayProcess:
     """The real `python -m gateway run`, shipped rules, embedded chdb audit: exactly what the e2e tests run
-    (`sets`: options NAME=VALUE, to measure what one of them costs). Returned once warm: the DLP workers and the
-    prefilter gate built and the start-up objects frozen, which would otherwise land in the first rounds."""
-    gateway = GatewayProcess(workdir, {HOST: upstream.port}, upstream.ca, sets=list(sets))
+    (`sets`: options NAME=VALUE, to measure what one of them costs; `source`: another commit's tree, see
+    `checkout`). Returned once warm: the DLP workers and the prefilter gate built and the start-up objects frozen,
+    which would otherwise land in the first rounds."""
+    gateway = GatewayProcess(workdir, {HOST: upstream.port}, upstream.ca, sets=list(sets), source=source)
     # DLP off: no warm-up to wait for
     if any(s.replace(" ", "").lower() in ("gateway_dlp=false", "gateway_dlp=0", "gateway_dlp=off") for s in sets):
         return gateway
@@ -175,6 +177,15 @@ def start_gateway(workdir: Path, upstream: Upstream, sets: list[str] = ()) -> Ga
             raise RuntimeError(f"gateway not warm after 120 s:\n{gateway.output()[-3000:]}")
         time.sleep(0.1)
     return gateway
+
+
+def checkout(rev: str, into: Path) -> Path:
+    """The repository's tree at `rev` (a commit, tag or branch), for a gateway row of an earlier commit beside this
+    one in the same run: the way to tell a change's cost from the machine's mood."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def audited(gateway, where: str = "1") -> tuple[int | None, str]:

@@ -14,6 +14,7 @@ afterwards), or its row measures a broken gateway and the exit status is 1.
 
     python bench/proxy.py                      # defaults: 20 clients, 3 rounds of 6 s per target
     python bench/proxy.py --clients 1          # unloaded latency
+    python bench/proxy.py --baseline HEAD~5    # and the gateway of an earlier commit, in the same rounds
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: t
 
 from bench._common import (Mitmdump, Tally, Target, Upstream, Workspace, audited, chat_body,  # noqa: E402
                            connect, cpu_seconds, exchange, interleaved, machine_busy, machine_line, percentile, ratio,
-                           request_bytes, start_gateway)
+                           checkout, request_bytes, start_gateway)
 
 
 async def measure(target: Target, tally: Tally, upstream_pid: int, *, clients: int, seconds: float, limit: int,
@@ -88,7 +89,7 @@ async def run_rounds(targets: list[Target], tallies: dict[str, Tally], upstream_
         await measure(target, tallies[target.name], upstream_pid, **load)
 
 
-def report(targets: list[Target], tallies: dict[str, Tally]) -> None:
+def report(targets: list[Target], tallies: dict[str, Tally], baseline: str | None = None) -> None:
     print(f"{'target':<10} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'proxy CPU':>9} {'ms/req':>6} {'client CPU':>10} {'upstream CPU':>12} {'others CPU':>10}")
     rows = {}
@@ -108,6 +109,10 @@ def report(targets: list[Target], tallies: dict[str, Tally]) -> None:
     gw, md, direct = rows["gateway"], rows["mitmdump"], rows["direct"]
     print(f"gateway / mitmdump: req/s {ratio(gw['rps'], md['rps'])}, p50 {ratio(gw['p50'], md['p50'])}, "
           f"p99 {ratio(gw['p99'], md['p99'])}, proxy CPU per request {ratio(gw['cpu'], md['cpu'])}")
+    if "baseline" in rows:
+        base = rows["baseline"]
+        print(f"gateway / gateway at {baseline}: req/s {ratio(gw['rps'], base['rps'])}, p50 "
+              f"{ratio(gw['p50'], base['p50'])}, proxy CPU per request {ratio(gw['cpu'], base['cpu'])}")
     print(f"direct ran {ratio(direct['rps'], max(gw['rps'], md['rps']))} the faster proxy's rate: "
           f"the client and the upstream are not what limits the proxied rows")
 
@@ -119,6 +124,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each measures every target once (3)")
     parser.add_argument("--requests", type=int, default=120000, help="at most this many per target (120000)")
     parser.add_argument("--body-size", type=int, default=1024, help="request body bytes (1024)")
+    parser.add_argument("--baseline", metavar="REV", help="also measure the gateway of this commit (e.g. HEAD~3)")
     args = parser.parse_args()
     body = chat_body(size=args.body_size)
     print(f"bench/proxy.py: {args.clients} keep-alive clients, {len(body)} B chat completion POSTs, "
@@ -131,11 +137,18 @@ def main() -> int:
         targets = [Target("direct", upstream.port, upstream.ca, via_proxy=False),
                    Target("mitmdump", mitm.port, mitm.ca, via_proxy=True, pid=mitm.proc.pid),
                    Target("gateway", gateway.port, gateway.ca, via_proxy=True, pid=gateway.proc.pid)]
+        base = None
+        if args.baseline:
+            base = ws.keep(start_gateway(ws.dir / "baseline", upstream,
+                                         source=checkout(args.baseline, ws.dir / "baseline-tree")))
+            targets.append(Target("baseline", base.port, base.ca, via_proxy=True, pid=base.proc.pid))
         tallies = {t.name: Tally() for t in targets}
         asyncio.run(run_rounds(targets, tallies, upstream.proc.pid, args.rounds, clients=args.clients,
                                seconds=args.seconds, limit=args.requests // args.rounds, body=body))
         events, problem = audited(gateway)
-    report(targets, tallies)
+        if base is not None:
+            audited(base)
+    report(targets, tallies, args.baseline)
     sent = tallies["gateway"].sent
     print(f"gateway audit: {events} events in the store for {sent} requests sent to the gateway"
           f"{'' if events == sent else '  <- MISMATCH: the gateway row does not measure a working gateway'}"

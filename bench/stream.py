@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: t
 
 from bench._common import (PROMPT_TAILS, Mitmdump, Target, Upstream, Workspace, audited, chat_body,  # noqa: E402
                            connect, exchange, interleaved, machine_line, median, median_difference, percentile, ratio,
-                           request_bytes, start_gateway)
+                           checkout, request_bytes, start_gateway)
 
 
 @dataclass
@@ -75,7 +75,7 @@ async def run_rounds(targets: list[Target], results: dict[str, Streams], rounds:
         await measure(target, results[target.name], **load)
 
 
-def report(targets: list[Target], results: dict[str, Streams], chunks: int) -> bool:
+def report(targets: list[Target], results: dict[str, Streams], chunks: int, baseline: str | None = None) -> bool:
     print(f"{'target':<31} {'streams':>7} {'first chunk p50/p99 ms':>22} {'last chunk p50/p99 ms':>21} "
           f"{'pieces p50':>10} {'gap p50 ms':>10}")
     for t in targets:
@@ -91,6 +91,10 @@ def report(targets: list[Target], results: dict[str, Streams], chunks: int) -> b
     if gw.first and md.first:
         print(f"gateway - mitmdump stream_large_bodies=1, p50: first chunk {difference(gw.first, md.first)}, "
               f"last chunk {difference(gw.last, md.last)}")
+    base = results.get(f"gateway at {baseline}")
+    if base is not None and gw.first and base.first:
+        print(f"gateway - gateway at {baseline}, p50: first chunk {difference(gw.first, base.first)}, last chunk "
+              f"{difference(gw.last, base.last)}")
     streams = bool(gw.first) and first < last / 2 and median(gw.pieces) >= chunks * 0.8
     verdict = "does not buffer" if streams else "BUFFERS"
     print(f"gateway {verdict}: first chunk after {first * 1000:.1f} ms of a {last * 1000:.0f} ms answer, "
@@ -119,6 +123,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="rounds; each measures every target once (2)")
     parser.add_argument("--gateway-set", action="append", default=[], metavar="NAME=VALUE",
                         help="a gateway option, e.g. gateway_dlp=false to see what DLP costs (repeatable)")
+    parser.add_argument("--baseline", metavar="REV", help="also measure the gateway of this commit (e.g. HEAD~3)")
     args = parser.parse_args()
     if args.chunks < 3:
         parser.error("--chunks must be at least 3")
@@ -135,12 +140,19 @@ def main() -> int:
                    Target("mitmdump (default: buffers)", buffering.port, buffering.ca, via_proxy=True),
                    Target("mitmdump stream_large_bodies=1", streaming.port, streaming.ca, via_proxy=True),
                    Target("gateway", gateway.port, gateway.ca, via_proxy=True)]
+        base = None
+        if args.baseline:
+            base = ws.keep(start_gateway(ws.dir / "baseline", upstream, args.gateway_set,
+                                         source=checkout(args.baseline, ws.dir / "baseline-tree")))
+            targets.append(Target(f"gateway at {args.baseline}", base.port, base.ca, via_proxy=True))
         results = {t.name: Streams() for t in targets}
         asyncio.run(run_rounds(targets, results, args.rounds, clients=args.clients, per_client=args.per_client,
                                prompt=args.prompt))
         # the usage block comes in the next-to-last frame: counted only if the whole stream was reassembled
         events, problem = audited(gateway, f"stream AND output_tokens = {args.chunks - 3}")
-    ok = report(targets, results, args.chunks)
+        if base is not None:
+            audited(base)
+    ok = report(targets, results, args.chunks, args.baseline)
     sent = len(results["gateway"].first)
     ok = ok and events == sent
     print(f"gateway audit: {events} streamed events with their usage reassembled for {sent} streams"

@@ -37,7 +37,8 @@ def wait_listening(name: str, proc: subprocess.Popen, port: int, ready: Path, ou
 
 class GatewayProcess:
     def __init__(self, data_dir: Path, routes: dict[str, int], upstream_ca: Path, *, rules: Path | None = None,
-                 sets: list[str] | None = None, extra_args: list[str] | None = None):
+                 sets: list[str] | None = None, extra_args: list[str] | None = None, source: Path | None = None):
+        """`source`: the tree whose gateway to run (another commit's, for a benchmark); default this one."""
         self.data_dir = data_dir
         self.port = free_port()
         self.log_path = data_dir / "gateway.log"
@@ -53,9 +54,9 @@ class GatewayProcess:
         args += extra_args or []
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=Path(__file__).resolve().parents[2])
+        tree = source or Path(__file__).resolve().parents[2]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(tree))  # its modules, not the installed ones
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=tree)
         self._wait_ready()
 
     @property
