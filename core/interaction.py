@@ -60,7 +60,7 @@ class Stages:
     sent_under: Policy | None = None  # inspect: the policy that let the request go before its scan ended
     deferred_decision: Decision | None = None  # decide: what that policy decided on no findings
     answer_judged: bool = False  # decide: the response-side rules were applied
-    warning: str | None = None  # decide: the warning header an API client gets on a `warn` it was let through on
+    warning: str | None = None  # warn: the warning header an API client gets on a `warn` it was let through on
     placeholders: Placeholders | None = None  # redact: the values of a reversible redaction, to restore
     restoring: StreamedAnswer | None = None  # redact: the streamed answer whose placeholders are being restored
     conversation: WsConversation | None = None  # websocket: the conversation followed over the upgraded flow
