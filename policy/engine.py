@@ -258,6 +258,8 @@ def _conditions_hold(rule: Rule, subject: Subject, request: Request, shadow: boo
     if when.headers is not None and not all(name in request.headers and values.match(request.headers[name])
                                             for name, values in when.headers):
         return False
+    if when.tools is not None and not when.tools.holds(x):
+        return False
     if when.findings is not None and not skip_findings:
         selected = sum(1 for f in request.findings if when.findings.selects(f))
         if selected < when.findings.min_count:

@@ -11,7 +11,8 @@
         when: {services: [...], categories: [...], sanctioned: true, shadow_ai: false, operations: ["chat.*"],
                models: ["gpt-4o*"], findings: {entities: [AWS_*], min_count: 1, min_score: 0.5, in: request},
                prompt_chars: {min: 0, max: 100k}, attachment_bytes: {max: 10MB}, attachment_types: [image/*],
-               headers: {chatgpt-account-id: ["0f3c*"]}}
+               headers: {chatgpt-account-id: ["0f3c*"]},
+               tools: {names: [shell, "re:exec_.*"], args: {command: "re:rm\\s+-rf", path: "/etc/*"}}}
         action: block        # allow | monitor | redact | warn | block
         redact: {entities: [EMAIL_ADDRESS], reversible: true}    # action redact only
         mode: enforce        # or monitor: record what the rule would have done, do nothing
@@ -20,7 +21,8 @@
         message: Secrets must never be sent to AI services.
 
 Every condition given must hold; inside a list, any item will do. Patterns are case-insensitive shell globs
-matched against the whole value, or regular expressions written `re:...`. Rules are read top to bottom and the first
+matched against the whole value, or regular expressions written `re:...` (searched anywhere in a tool call's
+argument values, matched whole elsewhere). Rules are read top to bottom and the first
 enforced rule that matches decides (docs/policy.md). Loading is strict: an unknown key, a bad glob, regex or
 CIDR, a service id missing from the catalog or an unknown category is refused with `file:line: message`, since a
 typo in a security rule must never silently match nothing.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,13 +63,14 @@ class Globs:
     rx: re.Pattern[str]
 
     @classmethod
-    def of(cls, patterns: list[str]) -> Globs:
-        """Raises re.error for a bad `re:` pattern."""
+    def of(cls, patterns: list[str], search: bool = False) -> Globs:
+        """Raises re.error for a bad `re:` pattern. `search`: a `re:` pattern may match anywhere in the value (for
+        free text such as a tool call's arguments: `re:rm\\s+-rf`); globs still match the whole value."""
         parts = []
         for p in patterns:
             if p.startswith("re:"):
                 re.compile(p[3:])
-                parts.append(f"(?:{p[3:]})\\Z")
+                parts.append(f"(?s:.*?)(?:{p[3:]})" if search else f"(?:{p[3:]})\\Z")
             else:
                 parts.append(f"(?:{fnmatch.translate(p)})")
         return cls(tuple(patterns), re.compile("|".join(parts), re.IGNORECASE))
@@ -115,6 +119,45 @@ class FindingsMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolsMatch:
+    """A tool the request offers the model (`tools[]`) or a call of one it carries back (the conversation's
+    history), by name (`names`, any if None); with `args`, only calls count, and each (JSON path, patterns) must
+    hold for one and the same call: a value at the path (dotted keys; a list matches when one of its items does)
+    that a pattern matches."""
+
+    names: Globs | None = None
+    args: tuple[tuple[tuple[str, ...], Globs], ...] = ()
+
+    def holds(self, exchange: Any) -> bool:
+        calls = [c for m in exchange.messages for c in m.tool_calls]
+        if not self.args:
+            offered = [t.name for t in exchange.tools] + [c.name for c in calls]
+            return any(self.names is None or self.names.match(n) for n in offered)
+        return any((self.names is None or self.names.match(c.name)) and
+                   all(_any_value(_arguments(c.arguments), path, globs) for path, globs in self.args)
+                   for c in calls)
+
+
+def _arguments(text: str) -> Any:
+    """A call's arguments as JSON, or the text itself when they do not parse (then only a path-less match holds)."""
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return text
+
+
+def _any_value(value: Any, path: tuple[str, ...], globs: Globs) -> bool:
+    """Does a value at `path` match? A list on the way, or at the end, matches when one of its items does."""
+    if isinstance(value, list):
+        return any(_any_value(v, path, globs) for v in value)
+    if path:
+        return isinstance(value, dict) and path[0] in value and _any_value(value[path[0]], path[1:], globs)
+    if isinstance(value, dict) or value is None:
+        return False
+    return globs.match(value if isinstance(value, str) else json.dumps(value))
+
+
+@dataclass(frozen=True, slots=True)
 class Who:
     users: Globs | None = None
     groups: frozenset[str] | None = None
@@ -134,6 +177,7 @@ class When:
     attachment_bytes: Range | None = None
     attachment_types: Globs | None = None
     headers: tuple[tuple[str, Globs], ...] | None = None  # (lower-case name, value patterns): all must hold
+    tools: ToolsMatch | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +257,7 @@ class Policy:
 
 _WHO_KEYS = {"users", "groups", "sources"}
 _WHEN_KEYS = {"services", "categories", "sanctioned", "shadow_ai", "operations", "models", "findings",
-              "prompt_chars", "attachment_bytes", "attachment_types", "headers"}
+              "prompt_chars", "attachment_bytes", "attachment_types", "headers", "tools"}
 _RULE_KEYS = {"who", "when", "mode", "fail", "redact", "message", "description"}
 
 
@@ -321,7 +365,28 @@ def _when(path: str | Path, raw: Any, catalog: Catalog, where: str) -> When:
         attachment_bytes=_range(path, m, "attachment_bytes", where) if "attachment_bytes" in m else None,
         attachment_types=_globs(path, m, "attachment_types", where) if "attachment_types" in m else None,
         headers=_headers(path, m, where) if "headers" in m else None,
+        tools=_tools(path, m, where) if "tools" in m else None,
     )
+
+
+def _tools(path: str | Path, m: rulesfile.Mapping, where: str) -> ToolsMatch:
+    """`tools: [names]`, or `tools: {names: [...], args: {json.path: pattern or [patterns]}}`."""
+    if isinstance(m["tools"], list):
+        return ToolsMatch(names=_globs(path, m, "tools", where))
+    t = rulesfile.check_keys(path, m["tools"], f"{where} tools", set(), {"names", "args"})
+    if not t:
+        raise RulesError(path, m.line_of("tools"), f"{where}: 'tools' needs 'names' or 'args'")
+    args = []
+    if "args" in t:
+        raw = t["args"]
+        if not isinstance(raw, rulesfile.Mapping) or not raw:
+            raise RulesError(path, t.line_of("args"), f"{where}: 'args' must map argument paths (a.b) to patterns")
+        for key in raw:
+            steps = tuple(str(key).split("."))
+            if not all(steps):
+                raise RulesError(path, raw.line_of(str(key)), f"{where}: {key!r} is not an argument path (a.b.c)")
+            args.append((steps, _globs(path, raw, key, where, search=True)))
+    return ToolsMatch(names=_globs(path, t, "names", where) if "names" in t else None, args=tuple(args))
 
 
 def _headers(path: str | Path, m: rulesfile.Mapping, where: str) -> tuple[tuple[str, Globs], ...]:
@@ -362,7 +427,7 @@ def _entity_globs(path: str | Path, m: rulesfile.Mapping, key: str, where: str) 
     return Globs.of(items)
 
 
-def _globs(path: str | Path, m: rulesfile.Mapping, key: str, where: str) -> Globs:
+def _globs(path: str | Path, m: rulesfile.Mapping, key: str, where: str, search: bool = False) -> Globs:
     items = _strings(path, m, key, where)
     for g in items:
         if g.startswith("re:"):
@@ -373,7 +438,7 @@ def _globs(path: str | Path, m: rulesfile.Mapping, key: str, where: str) -> Glob
                     from None
         elif g.count("[") != g.count("]"):
             raise RulesError(path, m.line_of(key), f"{where}: bad glob {g!r} in {key!r} (unbalanced brackets)")
-    return Globs.of(items)
+    return Globs.of(items, search)
 
 
 def _range(path: str | Path, m: rulesfile.Mapping, key: str, where: str) -> Range:

@@ -97,6 +97,14 @@ rules:
     when: {models: ["gpt-3.5*"]}
     action: warn
     message: gpt-3.5 is being retired; switch to gpt-4o-mini.
+  - id: no-shell-tools
+    when: {tools: [shell, "re:exec_.*"]}
+    action: block
+    message: Agents may not be given shell tools.
+  - id: no-destructive-commands
+    when: {tools: {names: [run_command], args: {command: "re:rm\\\\s+-rf"}}}
+    action: block
+    message: Destructive commands are not allowed.
 """
 
 IDENTITY = """
@@ -681,3 +689,43 @@ def test_rules_test_explains_a_warning(tmp_path):
                   "https://api.openai.com/v1/chat/completions", "--body", str(body))
     assert "decision:  warn  (rule: old-models)" in out.stdout
     assert "x-ai-gateway-warning: Warning by the AI gateway (policy rule 'old-models'): gpt-3.5" in out.stdout
+
+
+def _tool(name: str) -> dict:
+    return {"type": "function", "function": {"name": name, "description": "runs things",
+                                             "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_a_request_offering_a_forbidden_tool_is_blocked_before_it_leaves(pgw, upstream, marker):
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply(f"ok {marker}"))
+    client = openai_as(pgw, "alice")
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": f"{marker} list"}],
+                                       tools=[_tool("read_file"), _tool("exec_python")])
+    assert "Agents may not be given shell tools." in str(e.value)
+    assert not sent_upstream(upstream, f"{marker} list")
+    [event] = wait_for_events(pgw, lambda ev: ev["event_id"] == reference_in(str(e.value)))
+    assert (event["decision"], event["rule_id"]) == ("block", "no-shell-tools")
+    answer = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": f"{marker} ok"}],
+                                            tools=[_tool("read_file")])
+    assert answer.choices[0].message.content == f"ok {marker}" and sent_upstream(upstream, f"{marker} ok")
+
+
+def test_a_conversation_carrying_a_forbidden_call_is_blocked_by_its_arguments(pgw, upstream, marker):
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply(f"ok {marker}"))
+
+    def history(command: str) -> list[dict]:
+        call = {"id": "call_1", "type": "function",
+                "function": {"name": "run_command", "arguments": json.dumps({"command": command})}}
+        return [{"role": "user", "content": f"{marker} clean up"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "done"}]
+
+    client = openai_as(pgw, "alice")
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=history("sudo rm  -rf /var/lib/app"),
+                                       tools=[_tool("run_command")])
+    assert "Destructive commands are not allowed." in str(e.value) and not sent_upstream(upstream, marker)
+    answer = client.chat.completions.create(model="gpt-4o", messages=history("ls -la /var/lib/app"),
+                                            tools=[_tool("run_command")])
+    assert answer.choices[0].message.content == f"ok {marker}"
