@@ -2,11 +2,12 @@
 
 rules (loads the rules folder and hands every stage the validated rule set, at start and on each edit) ->
 recognise -> identify -> admission (a bound on the request bodies held at once) -> extract -> inspect (DLP) ->
-decide -> tunnel (do-not-decrypt connections) -> warn -> redact -> audit (counted for Prometheus by metrics; the admin socket answers audit queries from the CLI).
+decide -> tunnel (do-not-decrypt connections) -> warn -> strip (forbidden tools) -> redact -> audit (counted for
+Prometheus by metrics; the admin socket answers audit queries from the CLI).
 The stages share one record per flow (core.interaction.Interaction) and tell each other facts as events
 (addons/hooks.py), never by looking each other up: docs/architecture.md.
-`gateway run` loads `proxy_addons()` and then `default_addons()`; each of ours can also be loaded on its own with
-`mitmdump -s`.
+`gateway run` loads `proxy_addons()` and then `default_addons()`; a stage loaded on its own with `mitmdump -s`
+needs the rules stage beside it (it hands the stages their rules).
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ def default_addons() -> list:
     from addons.recognise import Recognise
     from addons.redact import Redact
     from addons.rules import Rules
+    from addons.strip import Strip
     from addons.tunnel import Tunnel
     from addons.warn import Warn
     from addons.websocket import WebSocketAudit
 
-    return [Rules(), Recognise(), Identify(), Admission(), Extract(), Inspect(), WebSocketAudit(), Decide(), Tunnel(), Warn(), Redact(),
-            Audit(), Metrics(), AdminSocket()]
+    return [Rules(), Recognise(), Identify(), Admission(), Extract(), Inspect(), WebSocketAudit(), Decide(), Tunnel(),
+            Warn(), Strip(), Redact(), Audit(), Metrics(), AdminSocket()]

@@ -54,7 +54,7 @@ class Tunnel:
             it.status = 403
             log.info("blocked tunnel to %s (%s) for %s: %s", it.host, it.service.id, it.user or it.client_addr,
                      d.reason)
-        elif d.action in ("warn", "redact"):
+        elif d.action in ("warn", "redact", "strip"):
             it.note("a tunnel cannot show a page or be rewritten: let through")
 
     def ai_tunnel(self, data, it: Interaction, host: str, match) -> None:

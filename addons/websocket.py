@@ -7,10 +7,10 @@ see providers/websocket.py), written through the Audit addon like an HTTP exchan
 is not audited separately: its turns are.
 
 Each turn is announced as the `ai_turn` event (addons/hooks.py) from a background task: Inspect scans it (in the
-worker pool), Decide judges it, Audit records it; the messages have long been relayed, so nothing waits for it. The policy's
-outcome is recorded, never enforced: a turn the policy would block or redact was already on its way, so its
-event says `monitor` with "would block ... (not enforced on a WebSocket)" and the rule id. With capture
-`redacted` the stored prompt has the findings masked, as for HTTP.
+worker pool), Decide judges it, Audit records it; the messages have long been relayed, so nothing waits for it.
+The policy's outcome is recorded, never enforced: a turn the policy would block or redact was already on its
+way, so its event says `monitor` with "would block ... (not enforced on a WebSocket)" and the rule id. With
+capture `redacted` the stored prompt has the findings masked, as for HTTP.
 
 mitmproxy keeps every message of a flow in `flow.websocket.messages`; for a realtime audio session that grows
 without bound, so once a message has been read it is removed from that list (the last one stays for display).

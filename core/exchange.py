@@ -121,9 +121,12 @@ class ToolResult:
 
 @dataclass(slots=True)
 class ToolDefinition:
+    """A tool the request offers the model; `path` is its entry in the body, so a rule can strip it."""
+
     name: str
     description: str = ""
     parameters: Any = None
+    path: JsonPath | None = None
 
 
 def joined(parts: list[TextPart]) -> str:

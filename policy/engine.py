@@ -59,13 +59,14 @@ class Request:
 
 @dataclass(slots=True)
 class Decision:
-    action: str  # allow | monitor | redact | warn | block
+    action: str  # allow | monitor | redact | strip | warn | block
     rule: str = ""  # id of the deciding rule; "defaults" or "shadow_ai" when no rule matched
     mode: str = "enforce"  # enforce | monitor (monitor: the deciding rule is a monitored one, nothing enforced)
     reason: str = ""  # one line for the audit: what decided, and every monitored or failed-open rule on the way
     message: str = ""  # what the user is told (block and warn)
     redact_entities: list[str] = field(default_factory=list)
     reversible: bool = False
+    strip_tools: list[str] = field(default_factory=list)  # names of the offered tools a strip removes
     fail: str = ""  # "open" or "closed" when a fail mode was exercised, else ""
     shadow_ai: bool = False
 
@@ -207,7 +208,15 @@ def _apply(rule: Rule, request: Request, shadow: bool, policy: Policy) -> Decisi
     if rule.action == "redact":
         d.redact_entities = _redact_entities(rule, request)
         d.reversible = rule.reversible
+    elif rule.action == "strip":
+        d.strip_tools = _strip_tools(rule, request)
     return d
+
+
+def _strip_tools(rule: Rule, request: Request) -> list[str]:
+    """The names of the offered tools the rule's tools condition names."""
+    names = rule.when.tools.names
+    return sorted({t.name for t in request.exchange.tools if names is None or names.match(t.name)})
 
 
 def _redact_entities(rule: Rule, request: Request) -> list[str]:
@@ -222,6 +231,8 @@ def _redact_entities(rule: Rule, request: Request) -> list[str]:
 def _summary(d: Decision) -> str:
     if d.action == "redact":
         return f"redact {', '.join(d.redact_entities)}{' (reversible)' if d.reversible else ''}"
+    if d.action == "strip":
+        return f"strip tools {', '.join(d.strip_tools)}"
     return d.action
 
 
@@ -266,5 +277,7 @@ def _conditions_hold(rule: Rule, subject: Subject, request: Request, shadow: boo
             return False
     if rule.action == "redact" and not skip_findings and not _redact_entities(rule, request):
         return False  # a redact rule with nothing to redact does not match: later rules still apply
+    if rule.action == "strip" and not _strip_tools(rule, request):
+        return False  # the tool is only called in the history, not offered: nothing to strip, later rules apply
     return True
 

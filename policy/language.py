@@ -13,7 +13,7 @@
                prompt_chars: {min: 0, max: 100k}, attachment_bytes: {max: 10MB}, attachment_types: [image/*],
                headers: {chatgpt-account-id: ["0f3c*"]},
                tools: {names: [shell, "re:exec_.*"], args: {command: "re:rm\\s+-rf", path: "/etc/*"}}}
-        action: block        # allow | monitor | redact | warn | block
+        action: block        # allow | monitor | redact | strip | warn | block
         redact: {entities: [EMAIL_ADDRESS], reversible: true}    # action redact only
         mode: enforce        # or monitor: record what the rule would have done, do nothing
         fail: closed         # when the inspection a rule needs did not complete; or per reason:
@@ -43,7 +43,7 @@ from core.catalog import CATEGORIES, Catalog
 from core.exchange import RESPONSE_PART
 from core.rulesfile import RulesError
 
-ACTIONS = ("allow", "monitor", "redact", "warn", "block")
+ACTIONS = ("allow", "monitor", "redact", "strip", "warn", "block")
 MODES = ("enforce", "monitor")
 FAIL_MODES = ("open", "closed")
 _ID_RX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -315,6 +315,11 @@ def _rule(path: str | Path, raw: Any, catalog: Catalog, defaults: Defaults) -> R
         reversible = r.get("reversible", False)
         if not isinstance(reversible, bool):
             raise RulesError(path, r.line_of("reversible"), f"{where}: 'reversible' must be true or false")
+    if action == "strip" and (when.tools is None or when.tools.args):
+        raise RulesError(path, m.line_of("action"), f"{where}: 'action: strip' removes the tools its condition "
+                                                    f"names from what the model is offered: it needs 'when: tools' "
+                                                    f"with names and no 'args' (arguments are in calls, not "
+                                                    f"definitions)")
     if when.findings is not None and when.findings.where == "response" and action in ("redact", "warn"):
         raise RulesError(path, m.line_of("action"), f"{where}: a rule on findings 'in: response' can block, "
                                                     f"monitor or allow the answer, not {action} it")

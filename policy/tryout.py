@@ -77,6 +77,8 @@ def try_request(rules: RuleSet, user: str, groups: Sequence[str], client_addr: s
         out.append("shadow AI: the service is not sanctioned and no rule names it")
     if d.action == "redact":
         out.append(f"redact:    {', '.join(d.redact_entities)}{' (reversible)' if d.reversible else ''}")
+    if d.action == "strip":
+        out.append(f"strip:     the model is not offered {', '.join(d.strip_tools)}")
     if d.action == "block":
         reply = enforcement.api_error(enforcement.dialect(provider, service),
                                       enforcement.user_message("block", d.rule, d.message, REFERENCE), REFERENCE)
@@ -84,6 +86,8 @@ def try_request(rules: RuleSet, user: str, groups: Sequence[str], client_addr: s
                    f"{reply.status} {reply.body.decode()}")
     elif d.action == "redact":
         out.append("upstream:  " + _redacted(x, findings, d.redact_entities, body))
+    elif d.action == "strip":
+        out.append(f"upstream:  the body without the definitions of {', '.join(d.strip_tools)}")
     elif d.action == "warn":
         out.append(f"warning:   browsers first get a page with Continue; API clients get the header "
                    f"{enforcement.WARNING_HEADER}: {enforcement.user_message('warn', d.rule, d.message, REFERENCE)}")

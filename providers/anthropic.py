@@ -89,7 +89,8 @@ def parse_body(body: Any, exchange: Exchange, operation: str = "") -> None:
     for i, tool in enumerate(body.get("tools") or []):
         if isinstance(tool, dict):
             exchange.tools.append(ToolDefinition(str(tool.get("name") or tool.get("type") or ""),
-                                                 str(tool.get("description") or ""), tool.get("input_schema")))
+                                                 str(tool.get("description") or ""), tool.get("input_schema"),
+                                                 ("tools", i)))
         else:
             exchange.warn(f"tools/{i}: not understood")
 

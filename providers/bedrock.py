@@ -134,12 +134,13 @@ def parse_converse(body: dict[str, Any], exchange: Exchange, prefix: tuple = ())
     for i, raw in objects(body.get("messages") or [], "messages", exchange):
         exchange.messages.append(_converse_message(raw, (*prefix, "messages", i), exchange))
     tool_config = body.get("toolConfig") if isinstance(body.get("toolConfig"), dict) else {}
-    for tool in tool_config.get("tools") or []:
+    for i, tool in enumerate(tool_config.get("tools") or []):
         spec = tool.get("toolSpec") if isinstance(tool, dict) else None
         if isinstance(spec, dict):
             schema = spec.get("inputSchema")
             exchange.tools.append(ToolDefinition(str(spec.get("name", "")), str(spec.get("description", "")),
-                                                 schema.get("json") if isinstance(schema, dict) else None))
+                                                 schema.get("json") if isinstance(schema, dict) else None,
+                                                 (*prefix, "toolConfig", "tools", i)))
 
 
 def _converse_message(raw: dict[str, Any], path: tuple, exchange: Exchange) -> Message:

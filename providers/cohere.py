@@ -152,10 +152,10 @@ def parse_v1_chat(body: dict[str, Any], exchange: Exchange) -> None:
         current.tool_results.extend(_v1_tool_result(tr))
     exchange.messages.append(current)
     _documents(body.get("documents"), exchange)
-    for tool in body.get("tools") or []:
+    for i, tool in enumerate(body.get("tools") or []):
         if isinstance(tool, dict):
             exchange.tools.append(ToolDefinition(str(tool.get("name", "")), str(tool.get("description", "")),
-                                                 tool.get("parameter_definitions")))
+                                                 tool.get("parameter_definitions"), ("tools", i)))
 
 
 def _v1_tool_result(tr: Any) -> list[ToolResult]:

@@ -119,11 +119,12 @@ class GeminiProvider:
             if not isinstance(tool, dict):
                 exchange.warn(f"tools/{i}: not an object")
                 continue
-            for decl in _get(tool, "functionDeclarations") or []:
+            key = _key(tool, "functionDeclarations")
+            for j, decl in enumerate(_get(tool, "functionDeclarations") or []):
                 if isinstance(decl, dict):
                     exchange.tools.append(ToolDefinition(
                         str(decl.get("name", "")), str(decl.get("description", "")),
-                        decl.get("parameters") or _get(decl, "parametersJsonSchema")))
+                        decl.get("parameters") or _get(decl, "parametersJsonSchema"), (*prefix, "tools", i, key, j)))
 
     def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
         if exchange.operation == "files.upload":

@@ -125,9 +125,10 @@ def content_attachment(part: dict[str, Any], warn: Warn | None = None) -> Attach
     return base64_attachment(data, name, mime, kind, warn)
 
 
-def function_tools(tools: Any, exchange: Exchange) -> None:
+def function_tools(tools: Any, exchange: Exchange, path: JsonPath = ("tools",)) -> None:
     """Tool definitions in the chat shape (`{type, function: {...}}`), the flat Responses shape
-    (`{type: function, name, ...}`) and built-ins (`{type: code_interpreter}`), plus legacy `functions`."""
+    (`{type: function, name, ...}`) and built-ins (`{type: code_interpreter}`), plus legacy `functions`; `path`:
+    where the list is in the body."""
     if not isinstance(tools, list):
         return
     for i, tool in enumerate(tools):
@@ -138,7 +139,7 @@ def function_tools(tools: Any, exchange: Exchange) -> None:
         if not isinstance(fn, dict):
             fn = tool if "name" in tool else {"name": str(tool.get("type", ""))}
         exchange.tools.append(ToolDefinition(str(fn.get("name", "")), str(fn.get("description", "") or ""),
-                                             fn.get("parameters")))
+                                             fn.get("parameters"), (*path, i)))
 
 
 def function_definitions(tools: Any, exchange: Exchange) -> None:
@@ -149,7 +150,7 @@ def function_definitions(tools: Any, exchange: Exchange) -> None:
         fn = tool.get("function") if isinstance(tool, dict) else None
         if isinstance(fn, dict):
             exchange.tools.append(ToolDefinition(str(fn.get("name", "")), str(fn.get("description", "")),
-                                                 fn.get("parameters")))
+                                                 fn.get("parameters"), ("tools", i)))
         else:
             exchange.warn(f"tools/{i}: not understood")
 
@@ -223,7 +224,7 @@ def parse_chat(req: HttpRequest, exchange: Exchange) -> None:
     for i, raw in objects(body["messages"], "messages", exchange):
         chat_message(raw, ("messages", i), exchange)
     function_tools(body.get("tools"), exchange)
-    function_tools(body.get("functions"), exchange)
+    function_tools(body.get("functions"), exchange, ("functions",))
 
 
 def chat_response(data: dict[str, Any], exchange: Exchange) -> None:

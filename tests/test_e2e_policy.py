@@ -97,6 +97,9 @@ rules:
     when: {models: ["gpt-3.5*"]}
     action: warn
     message: gpt-3.5 is being retired; switch to gpt-4o-mini.
+  - id: no-deleting-tools
+    when: {tools: ["delete_*"]}
+    action: strip
   - id: no-shell-tools
     when: {tools: [shell, "re:exec_.*"]}
     action: block
@@ -629,7 +632,7 @@ def test_broken_policy_stops_startup_with_its_line(tmp_path):
     result = gateway("run", "--data-dir", str(tmp_path / "data"), "--listen-port", "0", "--rules", str(folder))
     assert result.returncode == 2
     assert result.stderr.strip() == (f"gateway: error: {folder / 'policy.yaml'}:3: rule 'a': 'action' must be one "
-                                     f"of allow, monitor, redact, warn, block, not 'nope'")
+                                     f"of allow, monitor, redact, strip, warn, block, not 'nope'")
 
 
 def test_rules_check_accepts_the_shipped_rules():
@@ -729,3 +732,32 @@ def test_a_conversation_carrying_a_forbidden_call_is_blocked_by_its_arguments(pg
     answer = client.chat.completions.create(model="gpt-4o", messages=history("ls -la /var/lib/app"),
                                             tools=[_tool("run_command")])
     assert answer.choices[0].message.content == f"ok {marker}"
+
+
+def test_a_forbidden_tool_is_stripped_and_the_request_goes_on_with_the_others(pgw, upstream, marker):
+    upstream.route("/v1/chat/completions", lambda rec: chat_reply(f"ok {marker}"))
+    answer = openai_as(pgw, "alice").chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": f"{marker} tidy"}],
+        tools=[_tool("read_file"), _tool("delete_repo"), _tool("list_dir")])
+    assert answer.choices[0].message.content == f"ok {marker}"
+    [sent] = [r for r in upstream.requests if marker.encode() in r.body]
+    assert [t["function"]["name"] for t in json.loads(sent.body)["tools"]] == ["read_file", "list_dir"]
+    [event] = wait_for_events(pgw, lambda ev: marker in ev["prompt"])
+    assert (event["decision"], event["rule_id"]) == ("strip", "no-deleting-tools")
+    assert "stripped tools delete_repo from the request" in event["reason"]
+
+
+def test_anthropic_tools_are_stripped_too_and_an_empty_list_goes_with_its_choice(pgw, upstream, marker):
+    upstream.route("/v1/messages", lambda rec: anthropic_reply(f"ok {marker}"))
+    tools = [{"name": "delete_branch", "input_schema": {"type": "object"}}]
+    answer = anthropic_as(pgw, "alice").messages.create(
+        model="claude-test-model", max_tokens=10, messages=[{"role": "user", "content": f"{marker} go"}],
+        tools=tools, tool_choice={"type": "auto"})
+    assert answer.content[0].text == f"ok {marker}"
+    [sent] = [r for r in upstream.requests if marker.encode() in r.body]
+    assert "tools" not in json.loads(sent.body) and "tool_choice" not in json.loads(sent.body)
+    with pytest.raises(anthropic.PermissionDeniedError):  # insisting on the stripped tool: refused, not altered
+        anthropic_as(pgw, "alice").messages.create(
+            model="claude-test-model", max_tokens=10, messages=[{"role": "user", "content": f"{marker} must"}],
+            tools=tools, tool_choice={"type": "tool", "name": "delete_branch"})
+    assert not sent_upstream(upstream, f"{marker} must")

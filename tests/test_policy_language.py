@@ -28,7 +28,7 @@ def write(tmp_path, text: str, name: str = "policy.yaml") -> Path:
     ("version: 2\n", 1, "unsupported policy version 2"),
     ("version: 1\nrule: []\n", 2, "policy file: unknown key 'rule'"),
     ("version: 1\nrules:\n  - id: a\n    action: deny\n", 4, "rule 'a': 'action' must be one of allow, monitor, "
-                                                             "redact, warn, block, not 'deny'"),
+                                                             "redact, strip, warn, block, not 'deny'"),
     ("version: 1\nrules:\n  - id: a\n    action: block\n    whne: {}\n", 5, "rule: unknown key 'whne'"),
     ("version: 1\nrules:\n  - action: block\n", 3, "rule: missing key 'id'"),
     ("version: 1\nrules:\n  - {id: a, action: block}\n  - {id: a, action: allow}\n", 4,

@@ -104,3 +104,45 @@ def test_a_bad_tools_condition_names_file_and_line(tmp_path, when, message):
     with pytest.raises(RulesError) as e:
         policy(tmp_path, f"- {{id: r, when: {when}, action: block}}")
     assert message in str(e.value) and "policy.yaml:3" in str(e.value)
+
+
+def test_strip_names_the_offered_tools_it_removes_and_lets_later_rules_apply_otherwise(tmp_path):
+    pol = policy(tmp_path, """
+        - {id: no-shell, when: {tools: [shell, "exec_*"]}, action: strip}
+        - {id: then-block, when: {tools: [shell]}, action: block}
+    """)
+    service = CATALOG.services["openai"]
+    d = decide(pol, Subject(), Request(service, openai_chat(tools=["read_file", "shell", "exec_sql"]), (), "inspected"))
+    assert (d.action, d.rule, d.strip_tools) == ("strip", "no-shell", ["exec_sql", "shell"])
+    assert "strip tools exec_sql, shell" in d.reason
+    # only called in the history, not offered: nothing to strip, the next rule decides
+    d = decide(pol, Subject(), Request(service, openai_chat(calls=[("shell", {})]), (), "inspected"))
+    assert (d.action, d.rule) == ("block", "then-block")
+
+
+@pytest.mark.parametrize("build, paths", [
+    (openai_chat, [("tools", 0), ("tools", 1)]),
+    (anthropic_messages, [("tools", 0), ("tools", 1)]),
+])
+def test_parsers_record_where_each_offered_tool_is(build, paths):
+    assert [t.path for t in build(tools=["a", "b"]).tools] == paths
+
+
+def test_gemini_and_bedrock_tools_have_their_paths():
+    gemini = exchange("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.0-flash:generateContent",
+                      {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                       "tools": [{"functionDeclarations": [{"name": "a"}, {"name": "b"}]}]}, "gemini", ("gemini",))
+    assert [(t.name, t.path) for t in gemini.tools] == [("a", ("tools", 0, "functionDeclarations", 0)),
+                                                        ("b", ("tools", 0, "functionDeclarations", 1))]
+    bedrock = exchange("bedrock-runtime.us-east-1.amazonaws.com", "/model/anthropic.claude-3/converse",
+                       {"messages": [{"role": "user", "content": [{"text": "hi"}]}],
+                        "toolConfig": {"tools": [{"toolSpec": {"name": "a", "inputSchema": {"json": {}}}}]}},
+                       "bedrock", ("bedrock",))
+    assert [(t.name, t.path) for t in bedrock.tools] == [("a", ("toolConfig", "tools", 0))]
+
+
+@pytest.mark.parametrize("when", ["{models: [x]}", "{tools: {names: [x], args: {a: b}}}"])
+def test_strip_needs_a_tools_condition_on_names(tmp_path, when):
+    with pytest.raises(RulesError) as e:
+        policy(tmp_path, f"- {{id: r, when: {when}, action: strip}}")
+    assert "'action: strip'" in str(e.value) and "policy.yaml:3" in str(e.value)
