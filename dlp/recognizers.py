@@ -452,7 +452,7 @@ class PersonNameRecognizer(PatternRecognizer):
         i = start - 1
         while i >= 0 and text[i] in " \t\"'":
             i -= 1
-        return i >= 0 and text[i] in ":=>\n\r]" and self._label_or_speaker(text, start, end)
+        return i >= 0 and text[i] in ":=>\n\r]" and self._label_or_speaker(text, start, end) is not None
 
     # --- reading a match --------------------------------------------------------------------------------------------
 
@@ -499,9 +499,14 @@ class PersonNameRecognizer(PatternRecognizer):
         span = tokens[0][0], tokens[-1][1]
         if email and self._spelt_in_address(text, m.end(), words, exact=True):
             return *span, self.FULL
-        if self._label_or_speaker(text, m.start(), m.end()):
-            known = (self.is_first(words[0]) and words[0] not in self.ambiguous) or self.is_surname(words[-1])
-            return *span, self.FULL if known else self.FIRST
+        found = self._label_or_speaker(text, m.start(), m.end())
+        if found:
+            known = (self.is_first(words[0]) and words[0] not in self.ambiguous) or \
+                any(self.is_surname(w) and not self._is_common(w) for w in words[1:])
+            if known:
+                return *span, self.FULL
+            if found == "label":  # a speaker needs a known word: headings end with a colon too (`Known Issues:`)
+                return *span, self.FIRST
         return None
 
     def _spelt_in_address(self, text: str, end: int, words: list[str], exact: bool = False) -> bool:
@@ -528,7 +533,7 @@ class PersonNameRecognizer(PatternRecognizer):
                 letters[0][:1] + letters[-1], letters[0] + letters[-1], letters[-1] + letters[0][:1])
         return False
 
-    def _label_or_speaker(self, text: str, start: int, end: int) -> bool:
+    def _label_or_speaker(self, text: str, start: int, end: int) -> str | None:
         """Does a person's label end right before `start` (`Tenant: `, `"name": "`, `<FullName>`, a sign-off's
         line), or does a chat speaker's line start there, with a colon after `end`? Read within the reach every
         window has (a line start must be a newline seen there)."""
@@ -536,38 +541,39 @@ class PersonNameRecognizer(PatternRecognizer):
         while i >= 0 and text[i] in " \t\"'":
             i -= 1
         if i < 0:
-            return False
+            return None
         c = text[i]
         if c not in ":=>\n\r]":
-            return False
+            return None
         lo = _reach_before(text, start)
         if i < lo:
-            return False
+            return None
         if c == ":" or c == "=":
             head = text[lo:i].rstrip(" \t")
             words = head.lower().split()[-3:]
             if not words:
-                return False
-            if any(" ".join(words[-n:]) in self.labels for n in (1, 2, 3)):
-                return True  # `Line manager: `
+                return None
             key = words[-1]
-            return c == ":" and key.endswith('"') and key.strip('{[,"\'').endswith("name")  # `"full_name": "`
+            if any(" ".join(words[-n:]) in self.labels for n in (1, 2, 3)) or (  # `Line manager: `
+                    c == ":" and key.endswith('"') and key.strip('{[,"\'').endswith("name")):  # `"full_name": "`
+                return "label"
+            return None
         if c == ">":
             tag = text[lo:i]
             j = tag.rfind("<")
-            return j >= 0 and " " not in tag[j:] and tag[j:].lower().endswith("name")  # `<pay:FullName>`
+            return "label" if j >= 0 and " " not in tag[j:] and tag[j:].lower().endswith("name") else None
         if c == "]":  # a [timestamp] at the start of the line
             j = text.rfind("\n", lo, i)
             k = text.rfind("[", lo, i + 1)
             if j < 0 or k < 0 or text[j + 1:k].strip(" \t") or not _TIMESTAMP.fullmatch(text, k, i + 1):
-                return False
+                return None
         else:  # a line start: after a sign-off, or a speaker
             j = text.rfind("\n", lo, i)
             if j >= 0:
                 line = text[j + 1:i].strip(" \t\r").lower().rstrip(",!.")
                 if line.endswith("thank you") or (line and len(line) < 30 and line.split()[-1] in _SIGN_OFFS):
-                    return True
-        return _SPEAKER_AFTER.match(text, end, _reach_after(text, end)) is not None
+                    return "label"
+        return "speaker" if _SPEAKER_AFTER.match(text, end, _reach_after(text, end)) else None
 
     def _tokens(self, text: str, start: int, end: int) -> list[tuple[int, int, str]]:
         """The capitalised words in text[start:end] (initials left out), trailing common words cut off."""
