@@ -141,6 +141,9 @@ def match_patterns(recognizer: PatternRecognizer, text: str) -> list[tuple[int, 
     or an invalidation drops the match). A recognizer that overrides analyze (IBAN) is called as it is.
     tests/test_dlp_scanner.py checks that both agree on the corpus for every configured recognizer.
     """
+    spans = getattr(recognizer, "spans", None)
+    if spans is not None:  # a recognizer of this module that gives (start, end, score) itself
+        return spans(text)
     if type(recognizer).analyze is not PatternRecognizer.analyze:
         entity = recognizer.supported_entities[0]
         return [(r.start, r.end, r.score) for r in recognizer.analyze(text, [entity], None)]
@@ -220,9 +223,9 @@ _TITLED = r"\b(?:%s)\.?[ \t]+%s(?:[ \t]+%s)?\b" % ("|".join(_TITLES), _WORD, _WO
 # (a label before it, its e-mail address after it, a chat speaker's colon) is read around this one shape's matches,
 # within the margin every window has: each further hyperscan expression costs the whole pass.
 _FIRST_AND_SURNAME = r"\b(%s),?%s\b" % (_WORD, _NAME_TAIL)
-# Lower-case names are only read after a word said to a person (`spoke to john smith`, `cc raj patel`), and only
-# when both words are in the gazetteer.
-_LOWER_CUE = r"\b(?:spoke to|spoke with|talked to|cc|ask|asked|ping|pinged|tell|told|met|thanks)[ \t]+([a-z]{2,20}[ \t]+[a-z]{2,20})\b"
+# Lower-case names are only read after `spoke to`, `talked to` or `cc` (`spoke to john smith`, `cc raj patel`), and
+# only when both words are in the gazetteer (a cue as common as `ask` would cost every prompt a look).
+_LOWER_CUE = r"\b(?:spoke to|spoke with|talked to|cc)[ \t]+([a-z]{2,20}[ \t]+[a-z]{2,20})\b"
 # The line after a sign-off (`Regards,\n...`) holds a name: its last word is one of these (or it is `thank you`).
 _SIGN_OFFS = frozenset({"regards", "cheers", "thanks", "best", "sincerely", "faithfully", "warmly", "respectfully",
                         "wishes"})
@@ -367,6 +370,13 @@ class PersonNameRecognizer(PatternRecognizer):
         self.place_prefixes = frozenset(place_prefixes or ())
         self.chinese = frozenset(chinese_surnames or ()) | self._romanised_chinese_surnames()
         self.surname_first = frozenset(surname_first or ()) | self.chinese
+        # what _score reads as a first name and a surname without further ado (its fast path in _read)
+        self._plain_first = frozenset(f for f in self.first_names if len(f) > 2 and not f.isupper()
+                                      and f not in self.ambiguous and f not in self.secondary
+                                      and f not in self.surname_first)
+        self._not_surname_words = self.common | self.places | self.place_words | _STREETS
+        self._plain_surnames = frozenset(w for w in self.surnames if w.isascii() and w.isalpha() and len(w) > 2
+                                         and not w.isupper() and w.lower() not in _STREETS)
         self.labels = frozenset(" ".join(w.lower().split()) for w in labels or ("name",))
         patterns = [Pattern("title and name", _TITLED, self.FULL),
                     Pattern("first name and surname", _FIRST_AND_SURNAME, self.FIRST),
@@ -410,7 +420,12 @@ class PersonNameRecognizer(PatternRecognizer):
     def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None,
                 regex_flags: int | None = None) -> list[RecognizerResult]:
         """What the patterns match, scored (see the class docstring)."""
-        entity, found = self.supported_entities[0], []
+        entity = self.supported_entities[0]
+        return [RecognizerResult(entity, s, e, score) for s, e, score in self.spans(text)]
+
+    def spans(self, text: str) -> list[tuple[int, int, float]]:
+        """analyze's findings as (start, end, score), without result objects (dlp.recognizers.match_patterns)."""
+        found = []
         for pattern in self.patterns:
             compiled, name = self._compiled[pattern.name], pattern.name
             if name == "title and name":
@@ -420,7 +435,9 @@ class PersonNameRecognizer(PatternRecognizer):
                 found += [self._read(text, m) for m in compiled.finditer(text, overlapped=True)]
             else:
                 found += [r for m in compiled.finditer(text, overlapped=True) if (r := self._lower(m))]
-        return [RecognizerResult(entity, s, e, score) for s, e, score in _remove_duplicates(found)]
+        if len(found) == 1:
+            return found if found[0][2] > 0 else []
+        return _remove_duplicates(found)
 
     def plausible(self, pattern: int, text: str, start: int, end: int) -> bool:
         """Could a match lie in text[start:end]? Only if a word before its last is a known first name, a surname
@@ -458,8 +475,19 @@ class PersonNameRecognizer(PatternRecognizer):
 
     def _read(self, text: str, m: regex.Match) -> tuple[int, int, float]:
         """(start, end, score) of a match of the first-name shape; score 0 drops it."""
-        first = m.group(1)
-        if text[m.end(1)] == ",":
+        first, tail = m.group(1), m.end(1)
+        if text[tail] == " " and first in self._plain_first:
+            # the common case, as _score reads it: a plain first name and one known surname (Ada Lovelace)
+            last = text[tail + 1:m.end()]
+            if last in self._plain_surnames:
+                if not self._not_a_person(text, m.start(), m.end(), [first, last]):
+                    return m.start(), m.end(), self.FULL
+            elif last.isalpha() and last.isascii() and len(last) > 2 and not last.isupper() \
+                    and (lower := last.lower()) not in self._not_surname_words and last not in self.surnames \
+                    and not (lower[-1] == "s" and lower[:-1] in self.common) and not _sentence_start(text, m.start()) \
+                    and not self._not_a_person(text, m.start(), m.end(), [first, last]):
+                return m.start(), m.end(), self.FIRST  # a plain first name and a name-shaped word (Ada Perlman)
+        if text[tail] == ",":
             return self._surname_comma(text, m)
         found = (m.start(), m.end(), 0.0)
         if self.is_first(first) or first in self.surname_first:

@@ -7,8 +7,8 @@ with the NoOpNlpEngine (dlp/baseline.py); both are scored the same way.
 
 Thresholds: every entity must reach recall 0.9 and precision 0.9 (a single miss or a single false alarm on an
 entity with about ten occurrences is tolerated, so the test does not break on one edge case, while a recognizer
-that stops working or starts firing on the hard negatives fails it). Overall: recall 0.95 and precision 0.95, and
-against plain Presidio recall not lower and precision higher (the goal of issue 4).
+that stops working or starts firing on the hard negatives fails it). Overall: recall 0.97 and precision 0.97 (issue 12;
+0.95 before), and against plain Presidio recall not lower and precision higher (the goal of issue 4).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import yaml
 CORPUS = Path(__file__).parent / "dlp_corpus"  # corpus.yaml, and held-out batches written later
 RULES = Path(__file__).resolve().parent.parent / "rules"
 MIN_ENTITY_RECALL = MIN_ENTITY_PRECISION = 0.9
-MIN_RECALL = MIN_PRECISION = 0.95
+MIN_RECALL = MIN_PRECISION = 0.97
 
 
 @dataclass
