@@ -1,6 +1,6 @@
 """Presidio recognizers for secrets, and the scanner's fast ways of running Presidio's recognizers on windows.
 
-Secrets are what Presidio has no recognizer for (stack-facts), and a bare regex for them is noisy: documentation
+Secrets are what Presidio has no recognizer for (docs/stack.md), and a bare regex for them is noisy: documentation
 placeholders (`ghp_xxxxxxxx...`), template references (`${DB_PASSWORD}`, `{{ secrets.TOKEN }}`) and code
 (`password = get_password()`) all match. A `SecretRecognizer` is an ordinary Presidio `PatternRecognizer` (so plain
 Presidio runs it unchanged, and the corpus comparison is fair) whose `validate_result`/`invalidate_result` apply
