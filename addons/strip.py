@@ -19,22 +19,23 @@ from mitmproxy import http
 
 from addons.decide import refuse
 from core.interaction import KEY, Interaction
+from core.offload import off_loop
 
 log = logging.getLogger(__name__)
 
 
 class Strip:
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
         if it is None or flow.response is not None or it.decision != "strip" or it.stages.decision is None:
             return
         try:
-            self._strip(flow, it, set(it.stages.decision.strip_tools))
+            await self._strip(flow, it, set(it.stages.decision.strip_tools))
         except Exception as e:  # a strip that failed must not let the forbidden tool out
             log.exception("strip failed")
             refuse(flow, it, f"stripping tools failed ({type(e).__name__}): blocked rather than sent with them")
 
-    def _strip(self, flow: http.HTTPFlow, it: Interaction, names: set[str]) -> None:
+    async def _strip(self, flow: http.HTTPFlow, it: Interaction, names: set[str]) -> None:
         body = it.stages.body
         gone = [t for t in it.exchange.tools if t.name in names]
         if body is None or any(t.path is None for t in gone):
@@ -51,7 +52,8 @@ class Strip:
             if not parent and parent_path == ["tools"] and isinstance(body, dict):
                 del body["tools"]
                 body.pop("tool_choice", None)
-        flow.request.content = orjson.dumps(body)  # re-encoded with the request's content-encoding
+        # serialized in a thread when large (core/offload.py), then re-encoded with the request's content-encoding
+        flow.request.content = await off_loop(len(flow.request.raw_content or b""), orjson.dumps, body)
         it.note(f"stripped tools {', '.join(sorted({t.name for t in gone}))} from the request")
 
 

@@ -133,9 +133,12 @@ class ToolsMatch:
         if not self.args:
             offered = [t.name for t in exchange.tools] + [c.name for c in calls]
             return any(self.names is None or self.names.match(n) for n in offered)
-        return any((self.names is None or self.names.match(c.name)) and
-                   all(_any_value(_arguments(c.arguments), path, globs) for path, globs in self.args)
-                   for c in calls)
+        for c in calls:
+            if self.names is None or self.names.match(c.name):
+                value = _arguments(c.arguments)  # once per call, whatever the number of conditions
+                if all(_any_value(value, path, globs) for path, globs in self.args):
+                    return True
+        return False
 
 
 def _arguments(text: str) -> Any:
