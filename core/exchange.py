@@ -62,6 +62,7 @@ class ToolCall:
     id: str = ""
     path: JsonPath | None = None
     leaves: list[TextPart] = field(default_factory=list)
+    value: Any = None  # the arguments parsed, when they are a JSON object or array that parses one way
 
     def text_parts(self) -> list[TextPart]:
         """What DLP scans of the arguments: the values of an object, else the JSON text."""

@@ -123,7 +123,8 @@ class ToolsMatch:
     """A tool the request offers the model (`tools[]`) or a call of one it carries back (the conversation's
     history), by name (`names`, any if None); with `args`, only calls count, and each (JSON path, patterns) must
     hold for one and the same call: a value at the path (dotted keys; a list matches when one of its items does)
-    that a pattern matches."""
+    that a pattern matches. Arguments that did not parse one way (cut off, not JSON, a repeated key) are read as
+    the text sent: each pattern against the whole of it, so a malformed call cannot slip past a rule."""
 
     names: Globs | None = None
     args: tuple[tuple[tuple[str, ...], Globs], ...] = ()
@@ -135,18 +136,13 @@ class ToolsMatch:
             return any(self.names is None or self.names.match(n) for n in offered)
         for c in calls:
             if self.names is None or self.names.match(c.name):
-                value = _arguments(c.arguments)  # once per call, whatever the number of conditions
-                if all(_any_value(value, path, globs) for path, globs in self.args):
+                if c.value is None:  # arguments that did not parse one way: each pattern reads the text as sent
+                    held = all(globs.match(c.arguments) for _, globs in self.args)
+                else:  # parsed once, by the provider parser
+                    held = all(_any_value(c.value, path, globs) for path, globs in self.args)
+                if held:
                     return True
         return False
-
-
-def _arguments(text: str) -> Any:
-    """A call's arguments as JSON, or the text itself when they do not parse (then only a path-less match holds)."""
-    try:
-        return json.loads(text) if text else {}
-    except ValueError:
-        return text
 
 
 def _any_value(value: Any, path: tuple[str, ...], globs: Globs) -> bool:

@@ -150,7 +150,7 @@ def tool_call(name: str, arguments: Any, path: JsonPath, call_id: str = "") -> T
     when they are either, else as the text sent."""
     if isinstance(arguments, (dict, list)):
         return ToolCall(name, orjson.dumps(arguments, default=str).decode(), call_id, path,
-                        json_leaves(arguments, path))
+                        json_leaves(arguments, path), arguments)
     return with_leaves(ToolCall(name, "" if arguments is None else str(arguments), call_id, path))
 
 
@@ -166,7 +166,7 @@ def with_leaves(call: ToolCall) -> ToolCall:
     except (ValueError, RecursionError):
         return call
     if isinstance(value, (dict, list)):
-        call.leaves = json_leaves(value, call.path)
+        call.leaves, call.value = json_leaves(value, call.path), value
     return call
 
 

@@ -146,3 +146,20 @@ def test_strip_needs_a_tools_condition_on_names(tmp_path, when):
     with pytest.raises(RulesError) as e:
         policy(tmp_path, f"- {{id: r, when: {when}, action: strip}}")
     assert "'action: strip'" in str(e.value) and "policy.yaml:3" in str(e.value)
+
+
+def test_arguments_that_do_not_parse_one_way_are_judged_on_their_text(tmp_path):
+    """A repeated key (one parser reads `ls`, another `rm -rf /`) or arguments cut off must not slip past a rule."""
+    pol = policy(tmp_path, r"""
+        - {id: no-rm, when: {tools: {names: [run], args: {command: "re:rm\\s+-rf"}}}, action: block}
+    """)
+
+    def chat(arguments: str):
+        call = {"id": "c0", "type": "function", "function": {"name": "run", "arguments": arguments}}
+        return exchange("api.openai.com", "/v1/chat/completions", {"model": "gpt-4o", "messages": [
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [call]}]},
+            "openai", ("openai",))
+
+    assert action(pol, chat('{"command": "rm -rf /", "command": "ls"}')) == "block"
+    assert action(pol, chat('{"command": "rm -rf /tmp/x"')) == "block"  # cut off
+    assert action(pol, chat('{"command": "ls", "command": "pwd"}')) == "allow"
