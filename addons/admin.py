@@ -52,6 +52,8 @@ class AdminSocket:
                           "Unix socket answering `gateway audit` commands. Default: beside the embedded store.")
 
     async def running(self) -> None:
+        if ctx.options.gateway_audit_role == "spool":  # a proxy process of several: the audit process answers
+            return
         path = (Path(ctx.options.gateway_admin_socket) if ctx.options.gateway_admin_socket
                 else socket_path_for(ctx.options.gateway_audit))
         if path is None:

@@ -13,6 +13,10 @@ server address, start and duration (it does not count the bytes of a connection 
 The embedded store is opened in `configure`, before the proxy accepts traffic, so a bad `--audit` URL or a
 store held by another process stops start-up with a clear error. A ClickHouse server is connected by the writer
 in the background: a server that is down at start-up does not stop the proxy, its events wait in the spool.
+
+`gateway_audit_role` splits this between processes (`gateway run --workers N`, storage/writer.py): a proxy
+process only spools (`spool`: it never opens the store), the audit process ships the shared spool to the store
+and sees no traffic (`ship`); one process alone does both (`all`).
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ from storage.writer import AuditWriter
 log = logging.getLogger(__name__)
 
 SPOOL_WAIT = 5.0  # seconds a response waits for its audit record to be durable before going out anyway
-STORE_OPTIONS = {"gateway_audit", "gateway_audit_password_file", "gateway_audit_cluster", "gateway_audit_spool",
+ROLES = ("all", "spool", "ship")
+STORE_OPTIONS = {"gateway_audit", "gateway_audit_role", "gateway_audit_password_file", "gateway_audit_cluster", "gateway_audit_spool",
                  "gateway_text_ttl_days", "gateway_metadata_ttl_days"}
 
 
@@ -79,6 +84,10 @@ class Audit:
         loader.add_option("gateway_audit_spool", str, "",
                           "Local spool file (SQLite) every audit record passes through before ClickHouse. "
                           "Default: beside the embedded store, or in the confdir.")
+        loader.add_option("gateway_audit_role", str, "all",
+                          "all: this process spools and ships to the store; spool: a proxy process of several "
+                          "(the audit process ships); ship: the audit process (`gateway run --workers N`).",
+                          choices=list(ROLES))
         loader.add_option("gateway_capture", str, "redacted",
                           "How much text audit events keep: metadata (none), redacted (DLP findings masked), "
                           "full (raw).", choices=list(CAPTURE_LEVELS))
@@ -118,10 +127,12 @@ class Audit:
             def open_store() -> Store:
                 return Store.open(url, **settings)
 
-            if url.scheme == "chdb":
-                self.writer = AuditWriter(spool, store=open_store())
+            if o.gateway_audit_role == "spool":
+                self.writer = AuditWriter(spool, ship=False)
+            elif url.scheme == "chdb":
+                self.writer = AuditWriter(spool, store=open_store(), shared=o.gateway_audit_role == "ship")
             else:
-                self.writer = AuditWriter(spool, open_store=open_store)
+                self.writer = AuditWriter(spool, open_store=open_store, shared=o.gateway_audit_role == "ship")
         except (AuditUrlError, StoreLockedError, StoreUnavailableError) as e:  # the latter: chdb schema errors
             raise OptionsError(str(e)) from None
         except (OSError, sqlite3.Error) as e:

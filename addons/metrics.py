@@ -8,16 +8,21 @@ service. All label values come from the catalog, the providers' parsers, the pol
 from what a client sends, so the series stay few. The audit pipeline's own state (records queued, spooled,
 written, lost, rejected by the store) is read from the writer at each scrape, so that an alert can fire when the
 audit falls behind or loses records: a security product must notice when it stops recording.
+
+With several proxy processes (`gateway run --workers N`) prometheus-client's multiprocess mode counts them all:
+`gateway run` gives every process the same `PROMETHEUS_MULTIPROC_DIR`, each process's counters go to files there,
+and the audit process alone serves /metrics, summing the files (and adding its writer's state: the shared spool).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 from mitmproxy import ctx
 from mitmproxy.exceptions import OptionsError
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter, multiprocess, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -101,8 +106,13 @@ class Metrics:
         if self.address is None:
             return
         host, port = self.address
+        registry = self.registry
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # every process's counters, from their files
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            registry.register(self.audit_state)
         try:
-            self.server = start_http_server(port, host, registry=self.registry)
+            self.server = start_http_server(port, host, registry=registry)
         except OSError as e:  # the proxy is worth more than its metrics: say so and go on
             log.error("metrics not served on %s:%d: %s", host, port, e)
             return

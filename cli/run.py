@@ -1,15 +1,27 @@
 """`gateway run`: start mitmproxy with the gateway's addons, after checking the rules, the audit URL, the addon
 scripts and every `--set` option; and the logging the gateway sets up for it (the ConnectionChatter filter).
+
+With `--workers N` (N > 1) this process supervises: N proxy processes serve the one listen address, and an audit
+process of its own holds the audit store (which one process only may open: docs/stack.md), ships the spool the
+proxy processes share (storage/writer.py), answers `gateway audit ...` and serves /metrics for all of them
+(addons/metrics.py). mitmproxy binds its listen socket itself and does not share a port; every proxy process runs
+on an event loop whose servers set SO_REUSEPORT, so the kernel spreads incoming connections over the processes
+(Linux balances a port's SO_REUSEPORT sockets by connection) and mitmproxy's own binding code is untouched. A proxy
+or audit process that dies is started again; one that fails before it is up stops the gateway with its error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import re
+import shutil
 import signal
+import socket
 import time
+from multiprocessing.connection import wait
 from pathlib import Path
 
 import click
@@ -32,8 +44,12 @@ from core.rulesfile import SHIPPED_RULES
 @click.option("-s", "--script", "scripts", multiple=True, type=click.Path(dir_okay=False),
               help="Extra mitmproxy addon script (repeatable).")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Any mitmproxy option (repeatable).")
+@click.option("--workers", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+              show_default="the number of cores",
+              help="Proxy processes serving the listen address (more than one: plus an audit process).")
 def run(listen_host: str, listen_port: int, rules_dir: Path, audit_url: str | None, password_file: str,
-        data_dir: Path, confdir: Path | None, scripts: tuple[str, ...], sets: tuple[str, ...]) -> None:
+        data_dir: Path, confdir: Path | None, scripts: tuple[str, ...], sets: tuple[str, ...],
+        workers: int) -> None:
     """Start the gateway."""
     from addons.admin import socket_path_for
     from core.catalog import Catalog
@@ -62,16 +78,194 @@ def run(listen_host: str, listen_port: int, rules_dir: Path, audit_url: str | No
     except OSError as e:
         fail(f"cannot create {e.filename}: {e.strerror}")
     # body_size_limit applies to decrypted (AI) traffic only: bodies are buffered for inspection, so bound them.
-    asyncio.run(_serve(dict(listen_host=listen_host, listen_port=listen_port, confdir=str(confdir),
-                            body_size_limit="64m",
-                            gateway_rules=str(rules_dir), gateway_audit=url, scripts=list(scripts),
-                            gateway_rules_status=str(data_dir.resolve() / RULES_STATUS_FILE),
-                            gateway_audit_password_file=password_file,
-                            gateway_audit_spool=str(data_dir.resolve() / SPOOL_FILE),
-                            gateway_admin_socket=str(socket_path_for(url, data_dir.resolve()))), sets))
+    values = dict(listen_host=listen_host, listen_port=listen_port, confdir=str(confdir), body_size_limit="64m",
+                  gateway_rules=str(rules_dir), gateway_audit=url, scripts=list(scripts),
+                  gateway_rules_status=str(data_dir.resolve() / RULES_STATUS_FILE),
+                  gateway_audit_password_file=password_file,
+                  gateway_audit_spool=str(data_dir.resolve() / SPOOL_FILE),
+                  gateway_admin_socket=str(socket_path_for(url, data_dir.resolve())))
+    if workers == 1:
+        asyncio.run(_serve(values, sets))
+    else:
+        Supervisor(values, sets, workers, data_dir.resolve()).run()
 
 
-async def _serve(values: dict, sets: tuple[str, ...]) -> None:
+#: What a proxy process of several may not do itself: the audit process ships, answers queries and serves metrics.
+PROXY_PROCESS = {"gateway_audit_role": "spool", "gateway_metrics": ""}
+AUDIT_PROCESS = {"gateway_audit_role": "ship"}
+#: Restarts of one process within RESTART_WINDOW seconds after which the supervisor gives up.
+MAX_RESTARTS, RESTART_WINDOW = 5, 60.0
+
+
+class Supervisor:
+    """`gateway run --workers N`: start the audit process and N proxy processes, start again any that dies."""
+
+    def __init__(self, values: dict, sets: tuple[str, ...], workers: int, data_dir: Path):
+        self.sets = sets
+        self.workers = workers
+        # counters of every process, summed by the audit process's /metrics (addons/metrics.py); a fresh folder
+        # per start, as prometheus-client's multiprocess mode requires
+        metrics_dir = data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        # Held (bound, never listening: it receives no connections) for the supervisor's life: port 0 becomes one
+        # port for all, and no other program takes it while a proxy process is being replaced.
+        self.reservation = shared_port_socket(values["listen_host"], values["listen_port"])
+        self.values = dict(values, listen_port=self.reservation.getsockname()[1])
+        self.context = multiprocessing.get_context("spawn")  # fresh interpreters: no event loop or threads copied
+        self.processes: dict[str, multiprocessing.Process] = {}
+        self.ready: dict[str, object] = {}
+        self.restarts: dict[str, list[float]] = {}
+        self.stopping = False
+
+    def run(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._stop)
+        try:
+            self._start("audit")
+            self._start("proxy 1")
+            # the others once the first is past its checks: a bad option or script is then reported once
+            while not self.ready["proxy 1"].wait(0.1) and not self.stopping:
+                for name, process in list(self.processes.items()):
+                    if not process.is_alive():
+                        self._replace(name, process)
+            for i in range(2, self.workers + 1 if not self.stopping else 2):
+                self._start(f"proxy {i}")
+            _banner(self.values, f"{self.workers} proxy processes and an audit process")
+            while not self.stopping:
+                wait([p.sentinel for p in self.processes.values()], timeout=0.5)
+                for name, process in list(self.processes.items()):
+                    if not process.is_alive() and not self.stopping:
+                        self._replace(name, process)
+        finally:
+            self._shutdown()
+
+    def _start(self, name: str) -> None:
+        ready = self.context.Event()
+        if name == "audit":
+            target, args = audit_process, (self.values, self.sets, ready)
+        else:
+            target, args = proxy_process, (name, self.values, self.sets, ready)
+        process = self.context.Process(target=target, args=args, name=name, daemon=False)
+        process.start()
+        self.processes[name], self.ready[name] = process, ready
+
+    def _replace(self, name: str, process: multiprocessing.Process) -> None:
+        now = time.monotonic()
+        recent = [t for t in self.restarts.get(name, []) if now - t < RESTART_WINDOW] + [now]
+        self.restarts[name] = recent
+        if not self.ready[name].is_set():  # its own error is above
+            self._shutdown()
+            if process.exitcode and process.exitcode > 0:
+                raise SystemExit(process.exitcode)
+            fail(f"{name} process failed to start (exit code {process.exitcode})")
+        if len(recent) > MAX_RESTARTS:
+            self._shutdown()
+            fail(f"{name} process exited {len(recent)} times in {RESTART_WINDOW:.0f}s: giving up")
+        click.echo(f"{name} process {process.pid} exited with code {process.exitcode}: starting another",
+                   err=True)
+        self._start(name)
+
+    def _stop(self, *_) -> None:
+        self.stopping = True
+
+    def _shutdown(self) -> None:
+        """Proxy processes first (each spools what it has queued), then the audit process (ships what it can)."""
+        self.stopping = True
+        proxies = [p for name, p in self.processes.items() if name != "audit"]
+        for group in (proxies, [self.processes["audit"]] if "audit" in self.processes else []):
+            for process in group:
+                if process.is_alive():
+                    process.terminate()
+            for process in group:
+                process.join(20)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+        self.processes.clear()
+        self.reservation.close()
+
+
+def shared_port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound with SO_REUSEPORT to (host, port), port 0 choosing one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+    except OSError as e:
+        sock.close()
+        fail(f"cannot listen on {host or '*'}:{port}: {e.strerror}")
+    return sock
+
+
+class SharedPortLoop(asyncio.SelectorEventLoop):
+    """An event loop whose TCP servers set SO_REUSEPORT unless told otherwise, so that the proxy processes of one
+    gateway can each bind the listen address (mitmproxy's listen code calls asyncio.start_server itself)."""
+
+    async def create_server(self, *args, reuse_port: bool | None = None, **kwargs):
+        return await super().create_server(*args, reuse_port=True if reuse_port is None else reuse_port, **kwargs)
+
+
+def proxy_process(name: str, values: dict, sets: tuple[str, ...], ready) -> None:
+    """One proxy process of several (spawned by Supervisor)."""
+    asyncio.run(_serve(values, sets, name=name, forced=PROXY_PROCESS, ready=ready), loop_factory=SharedPortLoop)
+
+
+def audit_process(values: dict, sets: tuple[str, ...], ready) -> None:
+    """The audit process (spawned by Supervisor): the store, the shared spool's shipper, the admin socket and
+    /metrics, and no proxy."""
+    asyncio.run(_ship(values, sets, ready))
+
+
+async def _ship(values: dict, sets: tuple[str, ...], ready) -> None:
+    from mitmproxy import options
+    from mitmproxy.exceptions import OptionsError
+    from mitmproxy.master import Master
+
+    from addons.admin import AdminSocket
+    from addons.audit import Audit
+    from addons.metrics import Metrics
+
+    opts = options.Options()
+    master = Master(opts, with_termlog=True)
+    _logging("audit")
+    master.addons.add(Audit(), Metrics(), AdminSocket())
+    try:
+        opts.update_known(**values, **AUDIT_PROCESS)
+        opts.set(*sets, defer=True)  # the proxy processes' options stay deferred here: they judge them
+        opts.update(**AUDIT_PROCESS)
+    except OptionsError as e:
+        master.addons.get("audit").done()
+        fail(str(e))
+    await _run(master, ready)
+
+
+async def _run(master, ready) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.shutdown)
+    if ready is not None:
+        ready.set()
+    await master.run()
+
+
+def _banner(values: dict, processes: str = "") -> None:
+    confdir = Path(values["confdir"])
+    bundle = write_ca_bundle(confdir)
+    click.echo(
+        f"AI gateway listening on http://{values['listen_host']}:{values['listen_port']}"
+        f"{f' ({processes})' if processes else ''}\n"
+        f"  CA certificate: {confdir / CA_FILE}   (trust it in clients; system roots + CA: {bundle})\n"
+        f"  point a client at it:  export HTTPS_PROXY=http://{values['listen_host']}:{values['listen_port']} "
+        f"SSL_CERT_FILE={bundle}\n"
+        f"  audit: {values['gateway_audit'].split('@')[-1]}   query it with: gateway audit search --since 1h")
+
+
+async def _serve(values: dict, sets: tuple[str, ...], *, name: str | None = None, forced: dict | None = None,
+                 ready=None) -> None:
+    """A proxy process: the only one (`name` None), or one of several (`forced`: what PROXY_PROCESS says)."""
     from mitmproxy import options
     from mitmproxy.exceptions import OptionsError
     from mitmproxy.addonmanager import traverse
@@ -81,7 +275,9 @@ async def _serve(values: dict, sets: tuple[str, ...]) -> None:
 
     opts = options.Options()
     master = Master(opts, with_termlog=True)
-    _logging()
+    _logging(name)
+    if name is not None:
+        logging.getLogger("gateway").info("proxy process %d started", os.getpid())
     master.addons.add(*proxy_addons(), *default_addons())
 
     def refuse(message: str) -> None:
@@ -89,8 +285,9 @@ async def _serve(values: dict, sets: tuple[str, ...]) -> None:
         fail(message)
 
     try:
-        opts.update(**values)
+        opts.update(**values, **(forced or {}))  # at once: a proxy process of several never opens the store
         opts.set(*sets, defer=True)  # deferred: an option of a --script addon is known once the script loads
+        opts.update(**(forced or {}))
     except OptionsError as e:
         refuse(str(e))
     if unloaded := await _scripts_loaded(master):
@@ -102,22 +299,13 @@ async def _serve(values: dict, sets: tuple[str, ...]) -> None:
     if any(hasattr(addon, "add_log") for addon in traverse(master.addons.chain)):
         logging.getLogger("gateway").warning("an addon has an add_log hook, which mitmproxy has deprecated and the "
                                              "gateway does not call: use Python's logging")
-    confdir = Path(values["confdir"])
-    bundle = write_ca_bundle(confdir)
-    click.echo(
-        f"AI gateway listening on http://{values['listen_host']}:{values['listen_port']}\n"
-        f"  CA certificate: {confdir / CA_FILE}   (trust it in clients; system roots + CA: {bundle})\n"
-        f"  point a client at it:  export HTTPS_PROXY=http://{values['listen_host']}:{values['listen_port']} "
-        f"SSL_CERT_FILE={bundle}\n"
-        f"  audit: {values['gateway_audit'].split('@')[-1]}   query it with: gateway audit search --since 1h")
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, master.shutdown)
-    await master.run()
+    if name is None:
+        _banner(values)
+    await _run(master, ready)
 
 
-def _logging() -> None:
-    """What the gateway logs, and at what cost to the event loop."""
+def _logging(process: str | None = None) -> None:
+    """What the gateway logs, and at what cost to the event loop; `process` names one of several in each line."""
     from mitmproxy.log import LegacyLogEvents
 
     root = logging.getLogger()
@@ -129,6 +317,22 @@ def _logging() -> None:
             root.removeHandler(handler)
     logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # one line per recognizer otherwise
     logging.getLogger("mitmproxy.proxy.server").addFilter(ConnectionChatter())
+    if process is not None:
+        for handler in root.handlers:
+            handler.addFilter(ProcessName(process))
+
+
+class ProcessName(logging.Filter):
+    """Each line starts with the process it comes from (`[proxy 2]`), once however many handlers print it."""
+
+    def __init__(self, process: str):
+        super().__init__()
+        self.prefix = f"[{process}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "gateway_process", False):
+            record.msg, record.gateway_process = self.prefix + str(record.msg), True
+        return True
 
 
 class ConnectionChatter(logging.Filter):

@@ -18,6 +18,14 @@ Every record goes through a local spool before ClickHouse (a write-ahead log: SQ
 * A row ClickHouse rejects while it is healthy (a bad value, not an outage) would block the spool forever: the
   batch is retried row by row and a rejected row is moved to the spool's `rejected` table, kept and counted.
 
+With several proxy processes (`gateway run --workers N`) the spool is one file they share: each proxy process
+runs a writer that only spools (`ship=False`: it never opens the store, which one process only may hold), and the
+audit process runs the one that ships (`shared=True`: rows arrive from other processes, so it counts the spool at
+every round instead of trusting its own count). SQLite in WAL mode takes appends from several processes (their
+transactions take turns on the file's lock) while the shipper reads and deletes, and the ship order stays the
+order rows were accepted. One shared file, rather than one per proxy process, leaves nothing behind when a proxy
+process is killed: the rows it had accepted are already in the file the audit process ships from.
+
 Queue depth, spool size and failures are logged on every failure and on recovery, and `status()` reports them
 (the admin socket's `gateway audit status`).
 """
@@ -82,14 +90,17 @@ class AuditWriter:
     def __init__(self, spool_path: Path, *, store: Store | None = None,
                  open_store: Callable[[], Store] | None = None, batch_size: int = 1000,
                  flush_interval: float = 0.5, max_queue: int = 100_000, max_backoff: float = 10.0,
-                 spool_report: int = 1000):
+                 spool_report: int = 1000, ship: bool = True, shared: bool = False):
         """`store` (already open, e.g. chdb) or `open_store` (called by the ship thread until it succeeds, so a
-        ClickHouse server that is down at start-up does not stop the proxy)."""
-        if store is None and open_store is None:
+        ClickHouse server that is down at start-up does not stop the proxy); neither with `ship=False` (spool
+        only: another process ships). `shared`: other processes append to the spool too."""
+        if ship and store is None and open_store is None:
             raise ValueError("AuditWriter needs a store or a way to open one")
         self.store = store
         self._open_store = open_store
         self.spool_path = Path(spool_path)
+        self.ship = ship
+        self.shared = shared
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_backoff = max_backoff
@@ -102,7 +113,7 @@ class AuditWriter:
         self._spool = open_spool(self.spool_path)
         self.spooled = self._spool.execute("SELECT count(*) FROM spool").fetchone()[0]
         self.rejected = self._spool.execute("SELECT count(*) FROM rejected").fetchone()[0]
-        if self.spooled:
+        if self.spooled and ship:
             log.warning("audit spool %s holds %d records from before: replaying", self.spool_path, self.spooled)
         self._ship_db = open_spool(self.spool_path)
         self._count_lock = threading.Lock()
@@ -114,7 +125,8 @@ class AuditWriter:
         self._spool_thread = threading.Thread(target=self._spool_loop, name="audit-spool", daemon=True)
         self._ship_thread = threading.Thread(target=self._ship_loop, name="audit-ship", daemon=True)
         self._spool_thread.start()
-        self._ship_thread.start()
+        if ship:
+            self._ship_thread.start()
 
     # --- the proxy's side --------------------------------------------------------------------------------------
 
@@ -135,14 +147,15 @@ class AuditWriter:
         since = self._busy_since
         return {"queued": self.queue.qsize(), "spooled": self.spooled, "written": self.written,
                 "failures": self.failures, "dropped": self.dropped, "rejected": self.rejected,
-                "store": self.store.url.redacted if self.store else "not connected",
+                "store": self.store.url.redacted if self.store else "not connected" if self.ship else "audit process",
                 "waiting_on_store_s": round(time.monotonic() - since, 1) if since else 0.0,
                 "last_error": self.last_error, "spool": str(self.spool_path)}
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything submitted so far is in ClickHouse (tests, benchmarks)."""
+        """Wait until everything submitted so far is in ClickHouse (tests, benchmarks); in the spool, for a
+        writer that does not ship."""
         deadline = time.monotonic() + timeout
-        while self.queue.unfinished_tasks or self.spooled:
+        while self.queue.unfinished_tasks or (self.spooled and self.ship):
             if time.monotonic() > deadline:
                 return False
             self._wake.set()
@@ -154,6 +167,10 @@ class AuditWriter:
         the next start. Nothing is dropped."""
         self.queue.put(_Item(None, Future()))
         self._spool_thread.join(timeout)
+        if not self.ship:
+            self._spool.close()
+            self._ship_db.close()
+            return
         deadline = time.monotonic() + timeout
         while self.spooled and time.monotonic() < deadline and self.store is not None and not self.last_error:
             self._wake.set()
@@ -203,6 +220,8 @@ class AuditWriter:
             return
         for i in items:
             i.accepted.set_result(True)
+        if not self.ship:
+            return
         if self.spooled >= self.batch_size:
             self._wake.set()
         if self.spooled >= self._next_report:  # visible even while the ship thread hangs on a silent store
@@ -221,6 +240,8 @@ class AuditWriter:
             self._wake.clear()
             if self._stopping.is_set():
                 return
+            if self.shared:
+                self._count_spool()
             if not self.spooled or time.monotonic() < next_try:
                 continue
             try:
@@ -257,8 +278,7 @@ class AuditWriter:
         rows = self._ship_db.execute("SELECT seq, tbl, row FROM spool ORDER BY seq LIMIT ?",
                                      (self.batch_size,)).fetchall()
         if not rows:  # the count drifted (it is only a hint for waking up): take the truth
-            with self._count_lock:
-                self.spooled = self._ship_db.execute("SELECT count(*) FROM spool").fetchone()[0]
+            self._count_spool()
             return
         try:
             self._insert(store, rows)
@@ -270,6 +290,10 @@ class AuditWriter:
             self._ship_db.execute("DELETE FROM spool WHERE seq <= ?", (rows[-1][0],))
             self.spooled -= len(rows)
         self.written += len(rows)
+
+    def _count_spool(self) -> None:
+        with self._count_lock:
+            self.spooled = self._ship_db.execute("SELECT count(*) FROM spool").fetchone()[0]
 
     @staticmethod
     def _insert(store: Store, rows: list[tuple[int, str, bytes]]) -> None:
