@@ -37,8 +37,10 @@ def wait_listening(name: str, proc: subprocess.Popen, port: int, ready: Path, ou
 
 class GatewayProcess:
     def __init__(self, data_dir: Path, routes: dict[str, int], upstream_ca: Path, *, rules: Path | None = None,
-                 sets: list[str] | None = None, extra_args: list[str] | None = None, source: Path | None = None):
-        """`source`: the tree whose gateway to run (another commit's, for a benchmark); default this one."""
+                 sets: list[str] | None = None, extra_args: list[str] | None = None, source: Path | None = None,
+                 workers: int = 1):
+        """`source`: the tree whose gateway to run (another commit's, for a benchmark); default this one.
+        `workers`: proxy processes (`gateway run --workers`); one unless a test is about several."""
         self.data_dir = data_dir
         self.port = free_port()
         self.log_path = data_dir / "gateway.log"
@@ -47,6 +49,8 @@ class GatewayProcess:
                 str(data_dir), "-s", str(ROUTE_ADDON),
                 "--set", f"test_upstream={','.join(f'{h}={p}' for h, p in routes.items())}",
                 "--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
+        if source is None or workers != 1:  # an earlier commit's gateway (a bench's baseline) may not know it
+            args += ["--workers", str(workers)]
         if rules:
             args += ["--rules", str(rules)]
         for s in sets or []:
