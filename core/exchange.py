@@ -10,6 +10,7 @@ indexes), so redaction can rewrite exactly that string in the original JSON and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -63,6 +64,7 @@ class ToolCall:
     path: JsonPath | None = None
     leaves: list[TextPart] = field(default_factory=list)
     value: Any = None  # the arguments parsed, when they are a JSON object or array that parses one way
+    server: str = ""  # the MCP server the tool lives on (its host), "" for the client's own tools
 
     def text_parts(self) -> list[TextPart]:
         """What DLP scans of the arguments: the values of an object, else the JSON text."""
@@ -128,6 +130,15 @@ class ToolDefinition:
     description: str = ""
     parameters: Any = None
     path: JsonPath | None = None
+    server: str = ""  # the MCP server the tool lives on (its host), "" for the client's own tools
+
+    @property
+    def digest(self) -> str:
+        """A stable hash of what the model is told about the tool (name, description, parameter schema; keys
+        sorted), so the same definition hashes alike in every request and a changed one does not."""
+        canon = json.dumps([self.name, self.description, self.parameters], sort_keys=True, ensure_ascii=False,
+                           separators=(",", ":"), default=str)
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
 def joined(parts: list[TextPart]) -> str:

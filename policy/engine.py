@@ -214,9 +214,8 @@ def _apply(rule: Rule, request: Request, shadow: bool, policy: Policy) -> Decisi
 
 
 def _strip_tools(rule: Rule, request: Request) -> list[str]:
-    """The names of the offered tools the rule's tools condition names."""
-    names = rule.when.tools.names
-    return sorted({t.name for t in request.exchange.tools if names is None or names.match(t.name)})
+    """The names of the offered tools the rule's tools condition names (by name and server)."""
+    return sorted({t.name for t in request.exchange.tools if rule.when.tools.counts(t)})
 
 
 def _redact_entities(rule: Rule, request: Request) -> list[str]:
