@@ -83,6 +83,34 @@ def api_error(dialect_name: str, text: str, ref: str, status: int = 403) -> Repl
     return Reply(status, json, orjson.dumps(body))
 
 
+#: The JSON-RPC error code of an MCP request the gateway refused (in the range JSON-RPC leaves to servers).
+MCP_REFUSED = -32001
+MCP_INVALID = -32600  # JSON-RPC's own code for a request that is not valid JSON-RPC
+
+
+def mcp_refusals(requests: list[tuple[object, str]], text: str, ref: str, code: int = MCP_REFUSED) -> list[dict]:
+    """What an MCP client shows for requests the gateway refused, one answer per request id: a `tools/call` gets
+    a tool result with `isError` (clients hand it to the model, which reads why), any other request a JSON-RPC
+    error. A body with no request that can be answered by id (not JSON-RPC) gets one error with id null."""
+    data = {"reference": ref}
+    if not requests:
+        return [{"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": text, "data": data}}]
+    return [{"jsonrpc": "2.0", "id": rpc_id, "result": {"content": [{"type": "text", "text": text}], "isError": True,
+                                                         "_meta": data}}
+            if method == "tools/call" and code == MCP_REFUSED else
+            {"jsonrpc": "2.0", "id": rpc_id, "error": {"code": code, "message": text, "data": data}}
+            for rpc_id, method in requests]
+
+
+def mcp_reply(answers: list[dict], batch: bool, ref: str) -> Reply:
+    """The answers as a Streamable HTTP POST's response (200 JSON; a batch answered as one); none: 202, no body,
+    as for notifications."""
+    headers = {"x-ai-gateway-reference": ref}
+    if not answers:
+        return Reply(202, headers, b"")
+    return Reply(200, {"content-type": "application/json", **headers}, orjson.dumps(answers if batch else answers[0]))
+
+
 def gateway_error(status: int, code: str, message: str, kind: str = "invalid_request_error",
                   headers: dict[str, str] | None = None) -> Reply:
     """A refusal that is the gateway's own, not the policy's (a body it cannot read, a compression bomb, too busy):
