@@ -47,7 +47,8 @@ class TestCA:
         self.store = CertStore.from_store(folder, "testca", 2048)
         self.ca_pem = folder / "testca-ca-cert.pem"
 
-    def server_context(self, hosts: list[str]) -> ssl.SSLContext:
+    def leaf_pem(self, hosts: list[str]) -> Path:
+        """A certificate for `hosts` (and 127.0.0.1) with its key, in one PEM file: for servers that load files."""
         entry = self.store.get_cert(hosts[0], [x509.DNSName(h) for h in hosts] + [x509.IPAddress(
             __import__("ipaddress").ip_address("127.0.0.1"))])
         cert_file = self.folder / f"leaf-{abs(hash(tuple(hosts)))}.pem"
@@ -55,8 +56,11 @@ class TestCA:
         cert_file.write_bytes(entry.cert.to_pem() + entry.privatekey.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
             serialization.NoEncryption()))
+        return cert_file
+
+    def server_context(self, hosts: list[str]) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(cert_file)
+        ctx.load_cert_chain(self.leaf_pem(hosts))
         return ctx
 
 
