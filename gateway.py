@@ -7,6 +7,7 @@
     gateway rules check      validate the rules files (file:line: message, exit status 1)
     gateway rules test       decide one request offline: decision, rule, findings, body sent upstream
     gateway rules status     the rules a running gateway has active, and its last refused edit
+    gateway pac              a PAC file sending only AI hosts through the gateway (also served at /proxy.pac)
 
 The commands live in the `cli` package, one module per group; this file is the entry point (`python gateway.py`,
 `python -m gateway`, the `gateway` console script).
