@@ -25,7 +25,7 @@ REFERENCE_CATEGORIES = {"chat", "code", "write", "img", "vid", "aud", "meet", "s
 KNOWN_FORMATS = {
     "openai", "azure-openai", "anthropic", "gemini", "vertex", "bedrock", "cohere", "mistral", "ollama",
     "huggingface", "chatgpt-web", "claude-web", "gemini-web", "copilot-web", "perplexity-web", "deepseek-web",
-    "mistral-web", "grok-web", "poe-web", "character-ai-web", "connect-rpc",
+    "mistral-web", "grok-web", "poe-web", "character-ai-web", "connect-rpc", "mcp",
 }
 
 
@@ -69,6 +69,10 @@ def catalog() -> Catalog:
     ("aws-external-anthropic.us-west-2.api.aws", "anthropic-aws"),
     ("my-endpoint.us-east-1.aws.endpoints.huggingface.cloud", "huggingface-endpoints"),
     ("ark.cn-beijing.volces.com", "volcengine-ark"),
+    # section 4, vendor-hosted MCP servers
+    ("mcp.linear.app", "linear-mcp"),
+    ("mcp.atlassian.com", "atlassian-mcp"),
+    ("docs.mcp.cloudflare.com", "cloudflare-mcp"),
     # section 2, consumer apps and assistants
     ("chatgpt.com", "chatgpt"),
     ("chat.openai.com", "chatgpt"),
@@ -214,6 +218,15 @@ def test_every_service_is_described_and_unsanctioned(catalog: Catalog) -> None:
         assert s.name and s.vendor, s.id
         assert s.sanctioned is False, s.id
         assert set(s.formats) <= KNOWN_FORMATS, (s.id, s.formats)
+
+
+def test_mcp_servers_are_read_as_mcp(catalog: Catalog) -> None:
+    """A vendor's MCP server is read as MCP whatever the request looks like (the hint makes the MCP parser claim
+    every request on the host), and only MCP servers carry that hint."""
+    mcp = [s for s in catalog.services.values() if s.category == "mcp"]
+    assert len(mcp) >= 20
+    assert all(s.formats == ("mcp",) for s in mcp)
+    assert all("mcp" not in s.formats for s in catalog.services.values() if s.category != "mcp")
 
 
 # --- broken catalogs: every error names file and line ------------------------------------------------------
