@@ -46,6 +46,9 @@ Job = list[tuple[int, str, list[Chunk]]]  # (part, text, chunks of it to scan)
 _HEADER = struct.Struct("!Q")  # every message: its length, then the pickle
 DIGEST_INLINE_CHARS = 64 * 1024  # texts' characters whose digests (dlp.known) are taken on the event loop
 STARTUP_TIMEOUT = 300.0  # seconds a new worker may take to build its scanner (a cold hyperscan compile is ~1 s)
+#: After a job's deadline the loop takes this long a look more at the worker's socket: a reply that came while the
+#: event loop was busy elsewhere (resolving a large scan's findings, say) is not late, and its worker is healthy.
+LATE_GRACE = 0.05
 
 
 class DlpError(RuntimeError):
@@ -343,8 +346,7 @@ class DlpPool:
                 task.started.set_result(None)
             try:
                 await _write(writer, task.job)
-                async with asyncio.timeout(task.timeout):
-                    status, detail = await _read(reader)
+                status, detail = await _reply_within(reader, task.timeout)
             except TimeoutError:
                 self._fail(task, DlpTimeout(f"did not finish within {task.timeout:g} s"))
                 log.warning("DLP worker %d: a job ran over %g s; the worker is replaced", index, task.timeout)
@@ -381,6 +383,21 @@ async def _write(writer: asyncio.StreamWriter, job: Job) -> None:
     writer.write(_HEADER.pack(len(data)))
     writer.write(data)
     await writer.drain()
+
+
+async def _reply_within(reader: asyncio.StreamReader, timeout: float | None):
+    """The worker's reply, or TimeoutError when it is not there `timeout` seconds after the job was sent. The
+    deadline is checked against what reached the socket, not against when this loop got round to reading it."""
+    read = asyncio.ensure_future(_read(reader))
+    try:
+        done, _ = await asyncio.wait({read}, timeout=timeout)
+        if not done:
+            done, _ = await asyncio.wait({read}, timeout=LATE_GRACE)
+        if not done:
+            raise TimeoutError
+        return read.result()
+    finally:
+        read.cancel()
 
 
 async def _read(reader: asyncio.StreamReader):

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,32 @@ def test_time_waiting_for_a_worker_does_not_count_against_the_timeout(one_job_ru
     small, slow, waited = run_with(1, main, one_job_rules)
     assert waited > 0.5, "precondition: the slow scan must outlast the small scan's timeout"
     assert [f.entity for f in small] == ["EMAIL_ADDRESS"] and len(slow) == 60_000
+
+
+def test_a_reply_that_came_while_the_loop_was_busy_is_not_late():
+    """The worker answers within the timeout, but the event loop is busy (a large scan's findings resolved on it)
+    past the deadline: the answer is already on the socket, so the scan succeeds and the worker is not replaced."""
+    async def main(p):
+        await p.start()
+        await p.scan_parts([f"mail {EMAIL}"], timeout=60)  # warm: the worker has scanned once
+        [pid] = p.pids()
+        async def stall():  # once the job is with the worker, the loop is busy for longer than the timeout
+            while p._queue.empty():
+                await asyncio.sleep(0)
+            while not p._queue.empty():
+                await asyncio.sleep(0)
+            for _ in range(3):  # the job is written, its reply not yet read
+                await asyncio.sleep(0)
+            time.sleep(0.8)
+
+        staller = asyncio.create_task(stall())
+        found = await p.scan_parts([f"write to {EMAIL}"], timeout=0.3)
+        await staller
+        return found, pid, p.pids()
+
+    found, before, after = run_with(1, main)
+    assert [f.entity for f in found] == ["EMAIL_ADDRESS"]
+    assert after == [before], "a healthy worker was killed for the loop's delay"
 
 
 def test_a_scan_that_cannot_get_a_worker_in_time_is_overloaded_and_leaves_the_queue(one_job_rules):
