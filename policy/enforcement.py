@@ -59,6 +59,13 @@ def user_message(action: str, rule: str, message: str, ref: str) -> str:
     return f"{verb} by the AI gateway (policy rule '{rule}'): {text} Reference: {ref}"
 
 
+def tool_refusal(tool: str, rule: str, message: str, ref: str) -> str:
+    """What the model "says" instead of a tool call the policy refused (providers/toolcalls.py puts it in the
+    answer's own shape): the agent shows it, or hands it back to the model, which can try another way."""
+    text = message or "This tool may not be used under the organisation's AI usage policy."
+    return f"The AI gateway refused the call of the tool '{tool}' (policy rule '{rule}'): {text} Reference: {ref}"
+
+
 def api_error(dialect_name: str, text: str, ref: str, status: int = 403) -> Reply:
     """A refusal in the provider's own error shape: 403 for a policy decision, 400 for a request the gateway will
     not forward as written (its meaning is ambiguous), each typed the way that provider types such errors."""
