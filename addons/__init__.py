@@ -57,9 +57,10 @@ def default_addons() -> list:
     from addons.redact import Redact
     from addons.rules import Rules
     from addons.strip import Strip
+    from addons.toolcalls import AnswerTools
     from addons.tunnel import Tunnel
     from addons.warn import Warn
     from addons.websocket import WebSocketAudit
 
     return [Rules(), Recognise(), Identify(), Admission(), Extract(), Inspect(), WebSocketAudit(), Decide(), Tunnel(),
-            Warn(), Strip(), Redact(), Audit(), Metrics(), AdminSocket()]
+            Warn(), Strip(), Redact(), AnswerTools(), Audit(), Metrics(), AdminSocket()]

@@ -132,3 +132,15 @@ def _headers(data: bytes) -> dict[str, Any]:
             raise ValueError(f"header {name!r} has unknown type {kind}")
         headers[name] = value
     return headers
+
+
+def encode(headers: dict[str, str], payload: bytes) -> bytes:
+    """One frame, every header a string (type 7, as AWS sends `:event-type` and friends): for a message the
+    gateway writes into a stream itself (providers/toolcalls.py)."""
+    hb = b""
+    for name, value in headers.items():
+        n, v = name.encode(), value.encode()
+        hb += bytes([len(n)]) + n + b"\x07" + struct.pack(">H", len(v)) + v
+    prelude = struct.pack(">II", PRELUDE + len(hb) + len(payload) + 4, len(hb))
+    body = prelude + struct.pack(">I", crc32(prelude)) + hb + payload
+    return body + struct.pack(">I", crc32(body))

@@ -1,0 +1,735 @@
+"""Tool calls in a model's answer: each one judged as soon as it is complete, and a forbidden one replaced by a
+refusal in the provider's own shapes, in a JSON answer and in a stream.
+
+An agent runs what the model answers, so a call the policy forbids must not reach it; but what replaces the call
+must be something the client already handles, or the agent crashes instead of going on: a text the model "said"
+(OpenAI chat: message content, `tool_calls` gone, `finish_reason: stop`; Responses: a message item instead of the
+function_call item; Anthropic: a text block instead of the tool_use block, `stop_reason: end_turn`; Gemini: a text
+part instead of the functionCall part; Bedrock Converse: a text block instead of the toolUse block,
+`stopReason: end_turn`). The finish reason says "tool calls" only while an allowed call is left.
+
+Streams are not held back: an event that is not part of a tool call goes on as soon as it is complete (an SSE event
+or an AWS event-stream frame is the smallest unit a client reads anyway). Only the events of a tool call are held,
+until the call is complete (OpenAI chat: its arguments' JSON closed, or the choice finished; Responses: its
+`output_item.done`; Anthropic and Converse: its block's stop; Gemini sends a call whole in one event). Then they go
+on unchanged when the call is allowed, or refusal events take their place. A call that never completes before the
+stream ends, or whose held events outgrow `max_call_bytes`, is refused too: nothing is held without bound, and
+what could not be judged does not reach the agent.
+
+`judge(call) -> refusal text | None` is the policy's (addons/toolcalls.py); everything here is pure: no mitmproxy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from core.exchange import ToolCall
+from providers import eventstream
+from providers.base import tool_call
+
+Judge = Callable[[ToolCall], "str | None"]
+MAX_CALL_BYTES = 1 << 20  # held events of one streamed tool call, by default
+MAX_EVENT_BYTES = 16 << 20  # one SSE event or event-stream frame that has not ended yet
+CHAT, RESPONSES, ANTHROPIC, GEMINI, CONVERSE = "openai-chat", "openai-responses", "anthropic", "gemini", "converse"
+INCOMPLETE = "did not complete"
+OVERSIZED = "grew past the cap"
+
+
+def format_of(provider: str | None, operation: str) -> str | None:
+    """The answer format whose tool calls this module reads, for the parser that understood the request."""
+    if provider in ("openai", "vertex") and operation == "chat.completions":
+        return CHAT
+    if provider == "openai" and operation == "responses":
+        return RESPONSES
+    if provider in ("anthropic", "vertex") and operation == "messages":
+        return ANTHROPIC
+    if provider in ("gemini", "vertex") and operation == "generateContent":
+        return GEMINI
+    if provider == "bedrock" and operation == "converse":
+        return CONVERSE
+    return None
+
+
+# --- JSON answers --------------------------------------------------------------------------------------------------
+
+def rewrite_body(fmt: str, data: Any, judge: Judge) -> bool:
+    """Replace the forbidden calls of a parsed JSON answer in place; True if anything changed."""
+    if not isinstance(data, dict):
+        return False
+    return bool(_BODIES[fmt](data, judge))
+
+
+def _chat_body(data: dict, judge: Judge) -> bool:
+    changed = False
+    for i, choice in enumerate(data.get("choices") or []):
+        message = choice.get("message") if isinstance(choice, dict) else None
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if not isinstance(calls, list):
+            continue
+        kept, refusals = [], []
+        for j, tc in enumerate(calls):
+            fn = tc.get("function") if isinstance(tc, dict) else None
+            if not isinstance(fn, dict):
+                kept.append(tc)
+                continue
+            text = judge(tool_call(str(fn.get("name", "")), str(fn.get("arguments") or ""),
+                                   ("choices", i, "message", "tool_calls", j, "function", "arguments"),
+                                   str(tc.get("id", ""))))
+            (refusals if text else kept).append(text or tc)
+        if refusals:
+            changed = True
+            message["content"] = "\n\n".join(filter(None, [message.get("content"), *refusals]))
+            if kept:
+                message["tool_calls"] = kept
+            else:
+                del message["tool_calls"]
+                if choice.get("finish_reason") == "tool_calls":
+                    choice["finish_reason"] = "stop"
+    return changed
+
+
+def _responses_body(data: dict, judge: Judge) -> bool:
+    output, changed = data.get("output"), False
+    for i, item in enumerate(output if isinstance(output, list) else ()):
+        call = _responses_call(item, ("output", i))
+        if call is not None and (text := judge(call)):
+            output[i], changed = responses_message(item, text), True
+    return changed
+
+
+def _responses_call(item: Any, path: tuple) -> ToolCall | None:
+    if not isinstance(item, dict) or item.get("type") not in ("function_call", "custom_tool_call"):
+        return None
+    args = item.get("arguments", item.get("input"))
+    return tool_call(str(item.get("name", "")), "" if args is None else str(args), (*path, "arguments"),
+                     str(item.get("call_id", "")))
+
+
+def responses_message(item: dict, text: str, status: str = "completed") -> dict:
+    """The message item that takes a refused function_call item's place."""
+    return {"type": "message", "id": f"msg_{item.get('id') or item.get('call_id') or 'refused'}", "status": status,
+            "role": "assistant", "content": [] if status != "completed" else [_output_text(text)]}
+
+
+def _output_text(text: str) -> dict:
+    return {"type": "output_text", "text": text, "annotations": []}
+
+
+def _anthropic_body(data: dict, judge: Judge) -> bool:
+    content, changed = data.get("content"), False
+    for i, block in enumerate(content if isinstance(content, list) else ()):
+        if isinstance(block, dict) and block.get("type") == "tool_use":
+            text = judge(tool_call(str(block.get("name", "")), block.get("input"), ("content", i, "input"),
+                                   str(block.get("id", ""))))
+            if text:
+                content[i], changed = {"type": "text", "text": text}, True
+    if changed and data.get("stop_reason") == "tool_use" and not any(
+            isinstance(b, dict) and b.get("type") == "tool_use" for b in content):
+        data["stop_reason"] = "end_turn"
+    return changed
+
+
+def _gemini_body(data: dict, judge: Judge) -> bool:
+    changed = False
+    if isinstance(data.get("response"), dict) and "candidates" not in data:
+        data = data["response"]  # Code Assist envelope
+    for i, candidate in enumerate(data.get("candidates") or []):
+        parts = ((candidate.get("content") or {}).get("parts") if isinstance(candidate, dict) else None) or []
+        for j, part in enumerate(parts):
+            fc = part.get("functionCall") if isinstance(part, dict) else None
+            if isinstance(fc, dict):
+                text = judge(tool_call(str(fc.get("name", "")), fc.get("args") or {},
+                                       ("candidates", i, "content", "parts", j, "functionCall", "args"),
+                                       str(fc.get("id") or "")))
+                if text:
+                    parts[j], changed = {"text": text}, True
+    return changed
+
+
+def _converse_body(data: dict, judge: Judge) -> bool:
+    content = ((data.get("output") or {}).get("message") or {}).get("content")
+    changed = False
+    for i, block in enumerate(content if isinstance(content, list) else ()):
+        tu = block.get("toolUse") if isinstance(block, dict) else None
+        if isinstance(tu, dict):
+            text = judge(tool_call(str(tu.get("name", "")), tu.get("input"),
+                                   ("output", "message", "content", i, "toolUse", "input"), str(tu.get("toolUseId", ""))))
+            if text:
+                content[i], changed = {"text": text}, True
+    if changed and data.get("stopReason") == "tool_use" and not any(
+            isinstance(b, dict) and "toolUse" in b for b in content):
+        data["stopReason"] = "end_turn"
+    return changed
+
+
+_BODIES = {CHAT: _chat_body, RESPONSES: _responses_body, ANTHROPIC: _anthropic_body, GEMINI: _gemini_body,
+           CONVERSE: _converse_body}
+
+
+# --- streams -------------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Held:
+    """A streamed tool call being assembled, and the events of it held back meanwhile."""
+
+    name: str = ""
+    id: str = ""
+    arguments: str = ""
+    events: list[bytes] = field(default_factory=list)
+    size: int = 0
+    end: _JsonEnd | None = None  # OpenAI chat: where the arguments' JSON closes
+    extra: dict = field(default_factory=dict)  # what a format needs to build its refusal (index, item, template)
+
+
+class _JsonEnd:
+    """Where a JSON value written piece by piece closes: brackets counted outside strings, linear in the text (the
+    whole text is parsed once, when it has closed)."""
+
+    def __init__(self) -> None:
+        self.depth, self.in_string, self.escaped, self.opened = 0, False, False, False
+
+    def feed(self, text: str) -> bool:
+        for ch in text:
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif ch == "\\":
+                    self.escaped = True
+                elif ch == '"':
+                    self.in_string = False
+            elif ch == '"':
+                self.in_string = True
+            elif ch in "{[":
+                self.depth, self.opened = self.depth + 1, True
+            elif ch in "}]":
+                self.depth -= 1
+                if self.opened and self.depth <= 0:
+                    return True
+        return False
+
+
+class StreamGuard:
+    """Stream callable logic: `feed(chunk)` returns what the client gets now, `finish()` what it gets at the end.
+    `refused` lists (call name, why) for calls refused for what they are not (incomplete, oversized); calls the
+    policy refused went through `judge`, which records them."""
+
+    def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
+        self.judge = judge
+        self.max_call_bytes = max_call_bytes
+        self.refused: list[tuple[str, str]] = []
+        self.broken = ""  # why nothing more is passed on (a frame too large, an unreadable frame)
+
+    def feed(self, chunk: bytes) -> bytes:
+        raise NotImplementedError
+
+    def finish(self) -> bytes:
+        raise NotImplementedError
+
+    def _verdict(self, held: _Held, value: Any) -> str | None:
+        """The refusal text for a complete call, None to let it through."""
+        return self.judge(tool_call(held.name, value, ("arguments",), held.id))
+
+    def _not_judged(self, held: _Held, why: str) -> str:
+        self.refused.append((held.name, why))
+        return (f"The AI gateway did not pass on the call of the tool '{held.name}': the call {why} "
+                f"({held.size} bytes held).")
+
+
+_SSE_END = re.compile(rb"\r?\n\r?\n")
+
+
+class SseGuard(StreamGuard):
+    """SSE framing: complete events (raw bytes kept) go to `event(raw, name, data)`; data that is not JSON is
+    passed as its text. Only events holding `marker` are parsed at all: the others go on as they are."""
+
+    marker: tuple[bytes, ...] = ()
+
+    def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
+        super().__init__(judge, max_call_bytes)
+        self.buf = bytearray()
+        self.newline = b"\n\n"
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.broken:
+            return b""
+        start = max(0, len(self.buf) - 3)
+        self.buf += chunk
+        out, begin = [], 0
+        for m in _SSE_END.finditer(self.buf, start):
+            out.append(self._event(bytes(self.buf[begin:m.end()]), m.group()))
+            begin = m.end()
+        del self.buf[:begin]
+        if len(self.buf) > MAX_EVENT_BYTES:
+            self.broken = f"an event of more than {MAX_EVENT_BYTES} bytes"
+            self.buf.clear()
+            out.append(self.end())
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        out = b"" if self.broken or not self.buf else self._event(bytes(self.buf), b"")
+        self.buf.clear()
+        return out + (b"" if self.broken else self.end())
+
+    def _event(self, raw: bytes, newline: bytes) -> bytes:
+        if newline:
+            self.newline = newline
+        if not any(m in raw for m in self.marker):
+            return raw
+        name, data = "", []
+        for line in raw.decode("utf-8", "replace").splitlines():
+            key, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if key == "data":
+                data.append(value)
+            elif key == "event":
+                name = value
+        try:
+            payload = orjson.loads("\n".join(data))
+        except orjson.JSONDecodeError:
+            return raw
+        return self.event(raw, name, payload) if isinstance(payload, dict) else raw
+
+    def sse(self, payload: dict, name: str = "") -> bytes:
+        """An event the guard writes, in the stream's own line endings."""
+        nl = self.newline[: len(self.newline) // 2]
+        head = f"event: {name}".encode() + nl if name else b""
+        return head + b"data: " + orjson.dumps(payload) + self.newline
+
+    def event(self, raw: bytes, name: str, data: dict) -> bytes:
+        raise NotImplementedError
+
+    def end(self) -> bytes:
+        """The stream ended: what the calls still held become."""
+        raise NotImplementedError
+
+
+def _hold(held: _Held, raw: bytes) -> None:
+    held.events.append(raw)
+    held.size += len(raw)
+
+
+class ChatGuard(SseGuard):
+    """OpenAI chat completions (`choices[].delta.tool_calls[]` by index, `finish_reason`, `[DONE]`)."""
+
+    marker = (b"tool_calls",)
+
+    def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
+        super().__init__(judge, max_call_bytes)
+        self.pending: dict[tuple[int, int], _Held] = {}  # (choice, call index) -> the call being held
+        self.done: set[tuple[int, int]] = set()  # judged or refused: later pieces of them are dropped
+        self.batch: list[bytes] = []  # the held events, in order, while any call is pending
+        self.batch_keys: list[tuple[int, int]] = []
+        self.results: dict[tuple[int, int], str | None] = {}
+        self.judged: dict[tuple[int, int], _Held] = {}
+        self.allowed: dict[int, int] = {}  # choice -> allowed calls passed on (their indexes on the client)
+        self.refusals: dict[int, int] = {}
+        self.template: dict = {}
+
+    def event(self, raw: bytes, name: str, data: dict) -> bytes:
+        self.template = {k: data[k] for k in ("id", "object", "created", "model", "system_fingerprint") if k in data}
+        choices = [c for c in data.get("choices") or [] if isinstance(c, dict)]
+        pieces = [(int(c.get("index", 0)), tc) for c in choices
+                  for tc in (c.get("delta") or {}).get("tool_calls") or [] if isinstance(tc, dict)]
+        finished = [int(c.get("index", 0)) for c in choices if c.get("finish_reason")]
+        out = []
+        if pieces:
+            live = False
+            for ci, tc in pieces:
+                key = (ci, int(tc.get("index", 0)))
+                if key in self.done:
+                    continue  # a piece after the call was judged: the client never gets more than was judged
+                held = self.pending.get(key)
+                if held is None:
+                    held = self.pending[key] = _Held(end=_JsonEnd(), extra={"choice": ci})
+                    self.batch_keys.append(key)
+                fn = tc.get("function") or {}
+                held.name += str(fn.get("name") or "")
+                held.id = held.id or str(tc.get("id") or "")
+                piece = str(fn.get("arguments") or "")
+                held.arguments += piece
+                held.size += len(raw)
+                live = True
+                if held.end.feed(piece):
+                    out.append(self._resolve(key, None))
+                elif held.size > self.max_call_bytes:
+                    out.append(self._resolve(key, OVERSIZED))
+            if live:
+                self.batch.append(raw)
+            out.append(self._flush())
+            if not finished:
+                return b"".join(out)
+        if finished:
+            for key in list(self.pending):
+                if key[0] in finished:
+                    out.append(self._resolve(key, INCOMPLETE))
+            out.append(self._flush())
+            if pieces:  # the finish rode on a held event: say it again, as it now stands
+                out.append(self._finish_event(finished, data))
+            else:
+                out.append(self._finish_event(finished, data, raw))
+            return b"".join(out)
+        return raw
+
+    def _resolve(self, key: tuple[int, int], why: str | None) -> bytes:
+        held = self.pending.pop(key)
+        self.done.add(key)
+        if why is not None:
+            self.results[key] = self._not_judged(held, why)
+        else:
+            try:
+                value = json.loads(held.arguments)
+            except ValueError:
+                value = held.arguments  # judged on the text as sent
+            self.results[key] = self._verdict(held, value)
+        self.judged[key] = held
+        return b""
+
+    def _flush(self) -> bytes:
+        """Once no call is pending, the batch goes out: as it came if every call in it was allowed and none before
+        it was refused (indexes unchanged), else rebuilt: the allowed calls whole, a refusal text for the others."""
+        if self.pending or not self.batch_keys:
+            return b""
+        keys, batch, self.batch_keys, self.batch = self.batch_keys, self.batch, [], []
+        held = {k: self.judged.pop(k) for k in keys}
+        if all(self.results[k] is None for k in keys) and not any(self.refusals.get(k[0]) for k in keys):
+            for ci, _ in keys:
+                self.allowed[ci] = self.allowed.get(ci, 0) + 1
+            return b"".join(batch)
+        out = []
+        for key in keys:
+            ci, h = key[0], held[key]
+            text = self.results.pop(key)
+            if text is None:
+                n = self.allowed.get(ci, 0)
+                self.allowed[ci] = n + 1
+                delta = {"tool_calls": [{"index": n, "id": h.id, "type": "function",
+                                         "function": {"name": h.name, "arguments": h.arguments}}]}
+            else:
+                self.refusals[ci] = self.refusals.get(ci, 0) + 1
+                delta = {"role": "assistant", "content": text}
+            out.append(self.sse({**self.template, "choices": [{"index": ci, "delta": delta, "finish_reason": None}]}))
+        return b"".join(out)
+
+    def _finish_event(self, finished: list[int], data: dict, raw: bytes | None = None) -> bytes:
+        """`finish_reason: tool_calls` becomes `stop` for a choice whose every call was refused."""
+        stale = [c for c in data.get("choices") or [] if isinstance(c, dict) and c.get("finish_reason") == "tool_calls"
+                 and self.refusals.get(int(c.get("index", 0))) and not self.allowed.get(int(c.get("index", 0)))]
+        if raw is not None and not stale:
+            return raw
+        choices = []
+        for c in data.get("choices") or []:
+            if not isinstance(c, dict) or not c.get("finish_reason"):
+                continue
+            reason = "stop" if c in stale else c["finish_reason"]
+            choices.append({"index": c.get("index", 0), "delta": {}, "finish_reason": reason})
+        extra = {"usage": data["usage"]} if raw is not None and "usage" in data else {}
+        return self.sse({**self.template, "choices": choices, **extra})
+
+    def end(self) -> bytes:
+        out = [self._resolve(key, INCOMPLETE) for key in list(self.pending)]
+        return b"".join(out) + self._flush()
+
+
+class AnthropicGuard(SseGuard):
+    """Anthropic Messages (`content_block_start` tool_use, `input_json_delta`, `content_block_stop`, and the
+    `message_delta` stop reason)."""
+
+    marker = (b"tool_use", b"input_json_delta", b"content_block_stop", b"message_delta")
+
+    def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
+        super().__init__(judge, max_call_bytes)
+        self.pending: dict[int, _Held] = {}
+        self.dropped: set[int] = set()  # refused for its size: its later events are dropped
+        self.allowed = self.refusals = 0
+
+    def event(self, raw: bytes, name: str, data: dict) -> bytes:
+        kind = data.get("type") or name
+        index = data.get("index")
+        if kind == "content_block_start" and (data.get("content_block") or {}).get("type") == "tool_use":
+            block = data["content_block"]
+            held = self.pending[index] = _Held(str(block.get("name", "")), str(block.get("id", "")))
+            _hold(held, raw)
+            return self._check(index)
+        if index in self.dropped:
+            if kind == "content_block_stop":
+                self.dropped.discard(index)
+            return b""
+        if kind == "content_block_delta" and index in self.pending:
+            held = self.pending[index]
+            held.arguments += str((data.get("delta") or {}).get("partial_json") or "")
+            _hold(held, raw)
+            return self._check(index)
+        if kind == "content_block_stop" and index in self.pending:
+            held = self.pending.pop(index)
+            _hold(held, raw)
+            try:
+                value = json.loads(held.arguments) if held.arguments.strip() else {}
+            except ValueError:
+                value = held.arguments
+            return self._release(index, held, self._verdict(held, value))
+        if kind == "message_delta":
+            out = self.end()
+            delta = data.get("delta") or {}
+            if delta.get("stop_reason") == "tool_use" and self.refusals and not self.allowed:
+                data["delta"] = {**delta, "stop_reason": "end_turn"}
+                return out + self.sse(data, name or "message_delta")
+            return out + raw
+        return raw
+
+    def _check(self, index: int) -> bytes:
+        held = self.pending[index]
+        if held.size <= self.max_call_bytes:
+            return b""
+        del self.pending[index]
+        self.dropped.add(index)
+        return self._release(index, held, self._not_judged(held, OVERSIZED), stopped=False)
+
+    def _release(self, index: int, held: _Held, text: str | None, stopped: bool = True) -> bytes:
+        if text is None:
+            self.allowed += 1
+            return b"".join(held.events)
+        self.refusals += 1
+        return (self.sse({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
+                         "content_block_start")
+                + self.sse({"type": "content_block_delta", "index": index,
+                            "delta": {"type": "text_delta", "text": text}}, "content_block_delta")
+                + self.sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
+
+    def end(self) -> bytes:
+        out = []
+        for index in list(self.pending):
+            held = self.pending.pop(index)
+            out.append(self._release(index, held, self._not_judged(held, INCOMPLETE)))
+        return b"".join(out)
+
+
+class ResponsesGuard(SseGuard):
+    """OpenAI Responses: a function_call item's events, `output_item.added` to `output_item.done`, are held; a
+    refused one is replaced by a message item's events at the same output index, and the final response's
+    `output` says the same."""
+
+    marker = (b"function_call", b"custom_tool_call", b"response.completed", b"response.incomplete",
+              b"response.failed")
+    ITEM_EVENTS = ("response.function_call_arguments.delta", "response.function_call_arguments.done",
+                   "response.custom_tool_call_input.delta", "response.custom_tool_call_input.done")
+
+    def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
+        super().__init__(judge, max_call_bytes)
+        self.pending: dict[int, _Held] = {}
+        self.dropped: set[int] = set()
+        self.replaced: dict[int, dict] = {}  # output index -> the message item that replaced the call
+        self.seq = 0
+
+    def event(self, raw: bytes, name: str, data: dict) -> bytes:
+        kind = str(data.get("type") or name)
+        self.seq = max(self.seq, int(data.get("sequence_number") or 0))
+        index = data.get("output_index")
+        item = data.get("item") if isinstance(data.get("item"), dict) else {}
+        if kind == "response.output_item.added" and item.get("type") in ("function_call", "custom_tool_call"):
+            held = self.pending[index] = _Held(str(item.get("name", "")), str(item.get("call_id", "")),
+                                               extra={"item": item})
+            _hold(held, raw)
+            return self._check(index)
+        if index in self.dropped and (kind in self.ITEM_EVENTS or kind == "response.output_item.done"):
+            if kind == "response.output_item.done":
+                self.dropped.discard(index)
+            return b""
+        if index in self.pending and kind in self.ITEM_EVENTS:
+            _hold(self.pending[index], raw)
+            return self._check(index)
+        if index in self.pending and kind == "response.output_item.done":
+            held = self.pending.pop(index)
+            _hold(held, raw)
+            call = _responses_call(item, ("item",))
+            text = self.judge(call) if call is not None else None
+            return self._release(index, held, text, item)
+        if kind in ("response.completed", "response.incomplete", "response.failed") and isinstance(
+                data.get("response"), dict):
+            out = self.end()
+            output = data["response"].get("output")
+            if not self.replaced or not isinstance(output, list):
+                return out + raw
+            for i, it in enumerate(output):
+                if i in self.replaced and isinstance(it, dict) and it.get("type") in (
+                        "function_call", "custom_tool_call"):
+                    output[i] = self.replaced[i]
+            return out + self.sse(data, name or kind)
+        return raw
+
+    def _check(self, index: int) -> bytes:
+        held = self.pending[index]
+        if held.size <= self.max_call_bytes:
+            return b""
+        del self.pending[index]
+        self.dropped.add(index)
+        return self._release(index, held, self._not_judged(held, OVERSIZED), held.extra["item"])
+
+    def _release(self, index: int, held: _Held, text: str | None, item: dict) -> bytes:
+        if text is None:
+            return b"".join(held.events)
+        done = responses_message(item, text)
+        self.replaced[index] = done
+        base = {"output_index": index}
+        events = [("response.output_item.added", {**base, "item": responses_message(item, text, "in_progress")}),
+                  ("response.content_part.added", {**base, "item_id": done["id"], "content_index": 0,
+                                                   "part": _output_text("")}),
+                  ("response.output_text.delta", {**base, "item_id": done["id"], "content_index": 0, "delta": text,
+                                                  "logprobs": []}),
+                  ("response.output_text.done", {**base, "item_id": done["id"], "content_index": 0, "text": text,
+                                                 "logprobs": []}),
+                  ("response.content_part.done", {**base, "item_id": done["id"], "content_index": 0,
+                                                  "part": _output_text(text)}),
+                  ("response.output_item.done", {**base, "item": done})]
+        return b"".join(self.sse({"type": kind, "sequence_number": self._next(), **payload}, kind)
+                        for kind, payload in events)
+
+    def _next(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def end(self) -> bytes:
+        out = []
+        for index in list(self.pending):
+            held = self.pending.pop(index)
+            out.append(self._release(index, held, self._not_judged(held, INCOMPLETE), held.extra["item"]))
+        return b"".join(out)
+
+
+class GeminiGuard(SseGuard):
+    """Gemini (`alt=sse`): each event carries whole `functionCall` parts, judged at once and, if refused,
+    replaced in that event by text parts."""
+
+    marker = (b"functionCall",)
+
+    def event(self, raw: bytes, name: str, data: dict) -> bytes:
+        return self.sse(data) if _gemini_body(data, self.judge) else raw
+
+    def end(self) -> bytes:
+        return b""
+
+
+class ConverseGuard(StreamGuard):
+    """Bedrock ConverseStream, AWS event-stream frames: a toolUse block's frames (`contentBlockStart` with
+    `start.toolUse`, its `contentBlockDelta`s, its `contentBlockStop`) are held; a refused one becomes a text delta
+    and a stop at the same block index, and `messageStop` says `end_turn` when no call is left."""
+
+    def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
+        super().__init__(judge, max_call_bytes)
+        self.buf = bytearray()
+        self.decoder = eventstream.EventStreamDecoder()
+        self.pending: dict[int, _Held] = {}
+        self.dropped: set[int] = set()
+        self.allowed = self.refusals = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.broken:
+            return b""
+        self.buf += chunk
+        out = []
+        while len(self.buf) >= eventstream.PRELUDE:
+            total = int.from_bytes(self.buf[:4], "big")
+            if total > MAX_EVENT_BYTES or total < eventstream.PRELUDE + 4:
+                self.broken = f"a frame of {total} bytes"
+                break
+            if len(self.buf) < total:
+                break
+            raw = bytes(self.buf[:total])
+            del self.buf[:total]
+            messages = self.decoder.feed(raw)
+            if self.decoder.error or len(messages) != 1:
+                self.broken = f"an unreadable frame ({self.decoder.error or 'no message'})"
+                break
+            out.append(self._frame(raw, messages[0]))
+        if self.broken:
+            self.buf.clear()
+            out.append(self.end())
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        return b"" if self.broken else self.end()
+
+    def _frame(self, raw: bytes, message: eventstream.EventMessage) -> bytes:
+        kind = message.event_type
+        if kind not in ("contentBlockStart", "contentBlockDelta", "contentBlockStop", "messageStop"):
+            return raw
+        try:
+            data = orjson.loads(message.payload)
+        except orjson.JSONDecodeError:
+            return raw
+        if not isinstance(data, dict):
+            return raw
+        index = data.get("contentBlockIndex")
+        if kind == "contentBlockStart" and isinstance((data.get("start") or {}).get("toolUse"), dict):
+            tu = data["start"]["toolUse"]
+            held = self.pending[index] = _Held(str(tu.get("name", "")), str(tu.get("toolUseId", "")))
+            _hold(held, raw)
+            return self._check(index)
+        if index in self.dropped and kind in ("contentBlockDelta", "contentBlockStop"):
+            if kind == "contentBlockStop":
+                self.dropped.discard(index)
+            return b""
+        if kind == "contentBlockDelta" and index in self.pending:
+            held = self.pending[index]
+            held.arguments += str(((data.get("delta") or {}).get("toolUse") or {}).get("input") or "")
+            _hold(held, raw)
+            return self._check(index)
+        if kind == "contentBlockStop" and index in self.pending:
+            held = self.pending.pop(index)
+            _hold(held, raw)
+            try:
+                value = json.loads(held.arguments) if held.arguments.strip() else {}
+            except ValueError:
+                value = held.arguments
+            return self._release(index, held, self._verdict(held, value))
+        if kind == "messageStop":
+            out = self.end()
+            if data.get("stopReason") == "tool_use" and self.refusals and not self.allowed:
+                return out + _converse_frame("messageStop", {**data, "stopReason": "end_turn"})
+            return out + raw
+        return raw
+
+    def _check(self, index: int) -> bytes:
+        held = self.pending[index]
+        if held.size <= self.max_call_bytes:
+            return b""
+        del self.pending[index]
+        self.dropped.add(index)
+        return self._release(index, held, self._not_judged(held, OVERSIZED))
+
+    def _release(self, index: int, held: _Held, text: str | None) -> bytes:
+        if text is None:
+            self.allowed += 1
+            return b"".join(held.events)
+        self.refusals += 1
+        return (_converse_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": {"text": text}})
+                + _converse_frame("contentBlockStop", {"contentBlockIndex": index}))
+
+    def end(self) -> bytes:
+        out = []
+        for index in list(self.pending):
+            held = self.pending.pop(index)
+            out.append(self._release(index, held, self._not_judged(held, INCOMPLETE)))
+        return b"".join(out)
+
+
+def _converse_frame(event_type: str, payload: dict) -> bytes:
+    return eventstream.encode({":event-type": event_type, ":content-type": "application/json",
+                               ":message-type": "event"}, orjson.dumps(payload))
+
+
+GUARDS: dict[str, type[StreamGuard]] = {CHAT: ChatGuard, RESPONSES: ResponsesGuard, ANTHROPIC: AnthropicGuard,
+                                        GEMINI: GeminiGuard, CONVERSE: ConverseGuard}
+
+
+def stream_guard(fmt: str, content_type: str, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES
+                 ) -> StreamGuard | None:
+    """The guard for a streamed answer of this format, None for a framing it does not read (Gemini's JSON-array
+    stream without alt=sse)."""
+    framing = "application/vnd.amazon.eventstream" if fmt == CONVERSE else "text/event-stream"
+    return GUARDS[fmt](judge, max_call_bytes) if content_type == framing else None

@@ -1,0 +1,315 @@
+"""Tool calls in model answers (providers/toolcalls.py, policy/toolcalls.py): real provider answers, JSON and
+streamed, with a forbidden call and an allowed one. What the guard passes on is read back by the gateway's own
+response parsers (as a client's SDK would read it): the refusal is text, the finish reason consistent, an allowed
+call unchanged to the byte, and the text before a call goes on before the call has arrived."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import orjson
+import pytest
+
+from core.catalog import Catalog
+from core.exchange import ToolCall
+from core.rulesfile import SHIPPED_RULES
+from policy.engine import Subject
+from policy.language import load
+from policy.toolcalls import forbidding
+from providers import toolcalls
+from tests.support import eventstream_frames as es
+from tests.support.wire import parse, respond
+
+REFUSAL = "REFUSED"
+
+
+def judge(call: ToolCall) -> str | None:
+    """Forbids `shell`, and `run` with a destructive command (read from the parsed arguments)."""
+    if call.name == "shell":
+        return f"{REFUSAL} {call.name}"
+    if call.name == "run" and "rm -rf" in str((call.value or {}).get("command", "")):
+        return f"{REFUSAL} {call.name}"
+    return None
+
+
+# --- the answers, as each provider writes them ---------------------------------------------------------------------
+
+REQUESTS = {
+    toolcalls.CHAT: ("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "go"}],
+                                              "tools": [{"type": "function", "function": {"name": "run"}}]}),
+    toolcalls.RESPONSES: ("/v1/responses", {"model": "gpt-4o", "input": "go",
+                                            "tools": [{"type": "function", "name": "run"}]}),
+    toolcalls.ANTHROPIC: ("/v1/messages", {"model": "claude-x", "max_tokens": 9, "tools": [{"name": "run"}],
+                                           "messages": [{"role": "user", "content": "go"}]}),
+    toolcalls.GEMINI: ("/v1beta/models/gemini-2.0-flash:generateContent", {
+        "contents": [{"role": "user", "parts": [{"text": "go"}]}],
+        "tools": [{"functionDeclarations": [{"name": "run"}]}]}),
+    toolcalls.CONVERSE: ("/model/m1/converse", {"messages": [{"role": "user", "content": [{"text": "go"}]}],
+                                                "toolConfig": {"tools": [{"toolSpec": {"name": "run"}}]}}),
+}
+HOSTS = {toolcalls.CHAT: "api.openai.com", toolcalls.RESPONSES: "api.openai.com",
+         toolcalls.ANTHROPIC: "api.anthropic.com", toolcalls.GEMINI: "generativelanguage.googleapis.com",
+         toolcalls.CONVERSE: "bedrock-runtime.us-east-1.amazonaws.com"}
+
+
+def body(fmt: str, name: str, args: dict) -> dict:
+    """A JSON answer with some text and one call."""
+    if fmt == toolcalls.CHAT:
+        return {"id": "c1", "object": "chat.completion", "model": "gpt-4o", "choices": [{"index": 0, "message": {
+            "role": "assistant", "content": "Let me.", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                "name": name, "arguments": json.dumps(args)}}]}, "finish_reason": "tool_calls"}]}
+    if fmt == toolcalls.RESPONSES:
+        return {"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-4o", "output": [
+            {"type": "message", "id": "msg_0", "status": "completed", "role": "assistant",
+             "content": [{"type": "output_text", "text": "Let me.", "annotations": []}]},
+            {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": name, "arguments": json.dumps(args),
+             "status": "completed"}]}
+    if fmt == toolcalls.ANTHROPIC:
+        return {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": [
+            {"type": "text", "text": "Let me."}, {"type": "tool_use", "id": "toolu_1", "name": name, "input": args}],
+            "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 1}}
+    if fmt == toolcalls.GEMINI:
+        return {"candidates": [{"content": {"role": "model", "parts": [
+            {"text": "Let me."}, {"functionCall": {"name": name, "args": args}}]}, "finishReason": "STOP"}]}
+    return {"output": {"message": {"role": "assistant", "content": [
+        {"text": "Let me."}, {"toolUse": {"toolUseId": "tu_1", "name": name, "input": args}}]}},
+        "stopReason": "tool_use", "usage": {"inputTokens": 1, "outputTokens": 1}}
+
+
+def sse(*events: dict, named: bool = False) -> list[bytes]:
+    return [(f"event: {e['type']}\n" if named else "").encode() + b"data: " + json.dumps(e).encode() + b"\n\n"
+            for e in events]
+
+
+def stream(fmt: str, name: str, args: dict) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """A streamed answer: (the text's events, the call's events, the events after it)."""
+    text = json.dumps(args)
+    half = len(text) // 2
+    if fmt == toolcalls.CHAT:
+        def chunk(delta, finish=None):
+            return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return (sse(chunk({"role": "assistant", "content": "Let "}), chunk({"content": "me."})),
+                sse(chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                           "function": {"name": name, "arguments": ""}}]}),
+                    chunk({"tool_calls": [{"index": 0, "function": {"arguments": text[:half]}}]}),
+                    chunk({"tool_calls": [{"index": 0, "function": {"arguments": text[half:]}}]})),
+                sse(chunk({}, "tool_calls")) + [b"data: [DONE]\n\n"])
+    if fmt == toolcalls.RESPONSES:
+        item = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": name, "arguments": "",
+                "status": "in_progress"}
+        done = {**item, "arguments": text, "status": "completed"}
+        message = {"type": "message", "id": "msg_0", "status": "completed", "role": "assistant",
+                   "content": [{"type": "output_text", "text": "Let me.", "annotations": []}]}
+        return (sse({"type": "response.created", "sequence_number": 0, "response": {"id": "resp_1", "output": []}},
+                    {"type": "response.output_text.delta", "sequence_number": 1, "output_index": 0,
+                     "item_id": "msg_0", "content_index": 0, "delta": "Let me."}, named=True),
+                sse({"type": "response.output_item.added", "sequence_number": 2, "output_index": 1, "item": item},
+                    {"type": "response.function_call_arguments.delta", "sequence_number": 3, "output_index": 1,
+                     "item_id": "fc_1", "delta": text[:half]},
+                    {"type": "response.function_call_arguments.delta", "sequence_number": 4, "output_index": 1,
+                     "item_id": "fc_1", "delta": text[half:]},
+                    {"type": "response.function_call_arguments.done", "sequence_number": 5, "output_index": 1,
+                     "item_id": "fc_1", "arguments": text},
+                    {"type": "response.output_item.done", "sequence_number": 6, "output_index": 1, "item": done},
+                    named=True),
+                sse({"type": "response.completed", "sequence_number": 7, "response": {
+                    "id": "resp_1", "status": "completed", "model": "gpt-4o", "output": [message, done]}},
+                    named=True))
+    if fmt == toolcalls.ANTHROPIC:
+        return (sse({"type": "message_start", "message": {"model": "claude-x", "usage": {"input_tokens": 1}}},
+                    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me."}},
+                    {"type": "content_block_stop", "index": 0}, named=True),
+                sse({"type": "content_block_start", "index": 1, "content_block": {
+                    "type": "tool_use", "id": "toolu_1", "name": name, "input": {}}},
+                    {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta",
+                                                                           "partial_json": text[:half]}},
+                    {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta",
+                                                                           "partial_json": text[half:]}},
+                    {"type": "content_block_stop", "index": 1}, named=True),
+                sse({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 5}},
+                    {"type": "message_stop"}, named=True))
+    if fmt == toolcalls.GEMINI:
+        def part(p, finish=None):
+            candidate = {"content": {"role": "model", "parts": [p]}, "index": 0}
+            return {"candidates": [{**candidate, "finishReason": finish}] if finish else [candidate]}
+        return (sse(part({"text": "Let me."})), sse(part({"functionCall": {"name": name, "args": args}}, "STOP")),
+                [])
+    return ([es.event("messageStart", {"role": "assistant"}),
+             es.event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Let me."}}),
+             es.event("contentBlockStop", {"contentBlockIndex": 0})],
+            [es.event("contentBlockStart", {"contentBlockIndex": 1, "start": {"toolUse": {
+                "toolUseId": "tu_1", "name": name}}}),
+             es.event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": text[:half]}}}),
+             es.event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": text[half:]}}}),
+             es.event("contentBlockStop", {"contentBlockIndex": 1})],
+            [es.event("messageStop", {"stopReason": "tool_use"}),
+             es.event("metadata", {"usage": {"inputTokens": 1, "outputTokens": 1}})])
+
+
+CONTENT_TYPES = {fmt: "text/event-stream" for fmt in REQUESTS} | {
+    toolcalls.CONVERSE: "application/vnd.amazon.eventstream"}
+STOPS = {toolcalls.CHAT: ("tool_calls", "stop"), toolcalls.RESPONSES: ("completed", "completed"),
+         toolcalls.ANTHROPIC: ("tool_use", "end_turn"), toolcalls.GEMINI: ("STOP", "STOP"),
+         toolcalls.CONVERSE: ("tool_use", "end_turn")}
+
+
+def read_back(fmt: str, answer: bytes | dict, streamed: bool):
+    """The answer as the gateway's own parser for that provider reads it."""
+    path, request = REQUESTS[fmt]
+    if streamed and fmt == toolcalls.GEMINI:
+        path = path.replace(":generateContent", ":streamGenerateContent") + "?alt=sse"
+    parsed = parse(path, {**request, "stream": True} if streamed and fmt != toolcalls.GEMINI else request,
+                   host=HOSTS[fmt], hints=(fmt.split("-")[0] if fmt != toolcalls.CONVERSE else "bedrock",))
+    assert toolcalls.format_of(parsed.provider.name, parsed.exchange.operation) == fmt
+    return respond(parsed, CONTENT_TYPES[fmt] if streamed else "application/json",
+                   answer if isinstance(answer, bytes) else answer).exchange
+
+
+FORMATS = list(REQUESTS)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_forbidden_call_in_a_json_answer_becomes_text_and_the_finish_reason_says_stop(fmt):
+    data = body(fmt, "run", {"command": "rm -rf /"})
+    assert toolcalls.rewrite_body(fmt, data, judge)
+    x = read_back(fmt, data, streamed=False)
+    assert x.completion_tool_calls == [] and f"{REFUSAL} run" in x.completion and "Let me." in x.completion
+    assert x.finish_reason == STOPS[fmt][1]
+    assert orjson.loads(orjson.dumps(data)) == data  # still plain JSON
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_allowed_call_in_a_json_answer_is_left_alone(fmt):
+    data = body(fmt, "run", {"command": "ls"})
+    before = json.dumps(data)
+    assert not toolcalls.rewrite_body(fmt, data, judge) and json.dumps(data) == before
+
+
+def guarded(fmt: str, chunks: list[bytes], step: int = 0, max_call_bytes: int = toolcalls.MAX_CALL_BYTES):
+    """Feed the guard (re-chunked by `step`), collecting what it passes on after each piece."""
+    guard = toolcalls.stream_guard(fmt, CONTENT_TYPES[fmt], judge, max_call_bytes)
+    data = b"".join(chunks)
+    pieces = [data[i:i + step] for i in range(0, len(data), step)] if step else chunks
+    return guard, [guard.feed(p) for p in pieces] + [guard.finish()]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("step", [0, 7])
+def test_a_streamed_allowed_call_passes_unchanged_and_the_text_before_it_goes_on_first(fmt, step):
+    text, call, after = stream(fmt, "run", {"command": "ls -la"})
+    guard = toolcalls.stream_guard(fmt, CONTENT_TYPES[fmt], judge)
+    assert guard.feed(b"".join(text)) == b"".join(text)  # before any of the call arrived
+    _, out = guarded(fmt, text + call + after, step)
+    assert b"".join(out) == b"".join(text + call + after)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_streamed_forbidden_call_is_replaced_by_refusal_events_with_a_consistent_stop(fmt):
+    text, call, after = stream(fmt, "run", {"command": "sudo rm -rf /srv"})
+    guard = toolcalls.stream_guard(fmt, CONTENT_TYPES[fmt], judge)
+    assert guard.feed(b"".join(text)) == b"".join(text)
+    held = [guard.feed(c) for c in call[:-1]]
+    assert held == [b""] * len(held)  # the call's events wait for it to be complete
+    out = b"".join(text) + b"".join(held) + guard.feed(call[-1]) + guard.feed(b"".join(after)) + guard.finish()
+    x = read_back(fmt, out, streamed=True)
+    assert x.completion_tool_calls == [] and x.completion == f"Let me.{REFUSAL} run"
+    assert x.finish_reason == STOPS[fmt][1] and not x.warnings
+    assert b"rm -rf" not in out
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != toolcalls.GEMINI])  # Gemini sends a call whole
+def test_a_call_that_never_completes_is_refused_at_the_end_of_the_stream(fmt):
+    text, call, _ = stream(fmt, "run", {"command": "ls"})
+    guard, out = guarded(fmt, text + call[:2])
+    x = read_back(fmt, b"".join(out), streamed=True)
+    assert x.completion_tool_calls == [] and "did not complete" in x.completion
+    assert guard.refused == [("run", toolcalls.INCOMPLETE)]
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != toolcalls.GEMINI])
+def test_a_call_growing_past_the_cap_is_refused_and_nothing_more_of_it_is_held(fmt):
+    text, call, after = stream(fmt, "run", {"command": "ls " + "x" * 50_000})
+    guard, out = guarded(fmt, text + call + after, step=999, max_call_bytes=4096)
+    passed = b"".join(out)
+    assert len(passed) < 12_000 and b"xxxxxxxxxx" not in passed
+    x = read_back(fmt, passed, streamed=True)
+    assert x.completion_tool_calls == [] and "grew past the cap" in x.completion
+    assert x.finish_reason == STOPS[fmt][1]
+    assert guard.refused == [("run", toolcalls.OVERSIZED)]
+
+
+def test_chat_a_refused_call_among_allowed_ones_keeps_the_others_renumbered():
+    def chunk(delta, finish=None):
+        return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    def call(i, name, args):
+        return chunk({"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function",
+                                      "function": {"name": name, "arguments": json.dumps(args)}}]})
+    events = sse(call(0, "shell", {"c": "x"}), call(1, "run", {"command": "ls"}), chunk({}, "tool_calls"))
+    _, out = guarded(toolcalls.CHAT, events)
+    x = read_back(toolcalls.CHAT, b"".join(out), streamed=True)
+    assert [(c.name, c.arguments) for c in x.completion_tool_calls] == [("run", '{"command": "ls"}')]
+    assert x.finish_reason == "tool_calls" and x.completion == f"{REFUSAL} shell"
+    assert b'"index":0,"id":"call_1"' in b"".join(out)  # the allowed call takes the refused one's index
+
+
+def test_an_event_that_never_ends_is_cut_rather_than_held():
+    guard = toolcalls.stream_guard(toolcalls.ANTHROPIC, "text/event-stream", judge)
+    assert guard.feed(b"data: {" + b"x" * (toolcalls.MAX_EVENT_BYTES + 1)) == b""
+    assert guard.broken and guard.feed(b"\n\n") == b""
+
+
+def test_a_json_array_stream_is_not_a_framing_the_guard_reads():
+    assert toolcalls.stream_guard(toolcalls.GEMINI, "application/json", judge) is None
+
+
+# --- the policy's judgement --------------------------------------------------------------------------------------
+
+CATALOG = Catalog.load(SHIPPED_RULES / "endpoints.yaml")
+RULES = """
+- id: admins-may
+  who: {users: [root]}
+  when: {tools: [shell]}
+  action: allow
+- id: no-shell
+  when: {tools: [shell]}
+  action: block
+  message: No shell.
+- id: no-rm
+  when: {tools: {names: [run], args: {command: "re:rm\\\\s+-rf"}}}
+  action: block
+- id: no-delete
+  when: {tools: ["delete_*"]}
+  action: strip
+- id: watch-mail
+  when: {tools: [send_mail]}
+  action: block
+  mode: monitor
+"""
+
+
+@pytest.fixture
+def pol(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nrules:\n" + textwrap.indent(textwrap.dedent(RULES).strip(), "  ") + "\n")
+    return load(path, CATALOG)
+
+
+@pytest.mark.parametrize("user,name,args,expected", [
+    ("", "shell", {}, ("no-shell", "enforce")),
+    ("root", "shell", {}, None),  # first match: the allow before it
+    ("", "run", {"command": "sudo rm  -rf /"}, ("no-rm", "enforce")),
+    ("", "run", {"command": "ls"}, None),
+    ("", "delete_repo", {}, ("no-delete", "enforce")),  # stripped from the offer, so its call is refused too
+    ("", "send_mail", {}, ("watch-mail", "monitor")),  # recorded, not refused
+    ("", "read_file", {}, None),
+])
+def test_a_call_is_judged_by_the_tool_rules_as_if_offered_alone(pol, user, name, args, expected):
+    x = parse(*REQUESTS[toolcalls.CHAT], host="api.openai.com", hints=("openai",)).exchange
+    call = ToolCall(name, json.dumps(args), value=args)
+    d = forbidding(pol, Subject(user), CATALOG.services["openai"], x, "gpt-4o", {}, call)
+    assert (None if d is None else (d.rule, d.mode)) == expected
