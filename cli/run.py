@@ -215,7 +215,7 @@ def proxy_process(name: str, values: dict, sets: tuple[str, ...], ready) -> None
 
 def audit_process(values: dict, sets: tuple[str, ...], ready) -> None:
     """The audit process (spawned by Supervisor): the store, the shared spool's shipper, the admin socket and
-    /metrics, and no proxy."""
+    /metrics (with /ready and the PAC file), and no proxy."""
     asyncio.run(_ship(values, sets, ready))
 
 
@@ -227,11 +227,13 @@ async def _ship(values: dict, sets: tuple[str, ...], ready) -> None:
     from addons.admin import AdminSocket
     from addons.audit import Audit
     from addons.metrics import Metrics
+    from addons.rules import Rules
 
     opts = options.Options()
     master = Master(opts, with_termlog=True)
     _logging("audit")
-    master.addons.add(Audit(), Metrics(), AdminSocket())
+    # the rules too: /metrics serves the PAC file of the catalog in force and /ready says whether rules load
+    master.addons.add(Rules(), Audit(), Metrics(), AdminSocket())
     try:
         opts.update_known(**values, **AUDIT_PROCESS)
         opts.set(*sets, defer=True)  # the proxy processes' options stay deferred here: they judge them
