@@ -52,6 +52,7 @@ def default_addons() -> list:
     from addons.extract import Extract
     from addons.identify import Identify
     from addons.inspect import Inspect
+    from addons.mcp import McpGuard
     from addons.metrics import Metrics
     from addons.recognise import Recognise
     from addons.redact import Redact
@@ -63,4 +64,4 @@ def default_addons() -> list:
     from addons.websocket import WebSocketAudit
 
     return [Rules(), Recognise(), Identify(), Admission(), Extract(), Inspect(), WebSocketAudit(), Decide(), Tunnel(),
-            Warn(), Strip(), Redact(), AnswerTools(), Audit(), Metrics(), AdminSocket()]
+            Warn(), Strip(), Redact(), McpGuard(), AnswerTools(), Audit(), Metrics(), AdminSocket()]

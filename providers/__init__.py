@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.exchange import Exchange
-from providers import anthropic, bedrock, bedrock_agent, cohere, gemini, mistral, ollama, openai, vertex
+from providers import anthropic, bedrock, bedrock_agent, cohere, gemini, mcp, mistral, ollama, openai, vertex
 from providers import (chatgpt_web, claude_web, deepseek_web, gemini_web, grok_web, mistral_web, perplexity_web,
                        poe_web)
 from providers.base import BodyError, HttpRequest, Provider, ResponseParser
@@ -23,6 +23,8 @@ PROVIDERS: list[Provider] = [gemini.PROVIDER, vertex.PROVIDER, bedrock.PROVIDER,
 #: is not an OpenAI files call); each claims requests only where the catalog names its format (providers/webapp.py).
 PROVIDERS[:0] = [chatgpt_web.PROVIDER, claude_web.PROVIDER, gemini_web.PROVIDER, perplexity_web.PROVIDER,
                  deepseek_web.PROVIDER, mistral_web.PROVIDER, grok_web.PROVIDER, poe_web.PROVIDER]
+#: MCP before all: a JSON-RPC body calling an MCP method is MCP on whichever host it goes to (providers/mcp.py).
+PROVIDERS.insert(0, mcp.PROVIDER)
 
 
 @dataclass(slots=True)

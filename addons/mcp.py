@@ -1,0 +1,227 @@
+"""Govern MCP: a server's tool listings lose the tools the policy forbids, a call of one is refused in the shape
+MCP clients show, and every refusal of an MCP request is answered as JSON-RPC (providers/mcp.py reads the traffic).
+
+- **Listings**: every `tools/list` answer, JSON or SSE, on the POST's answer or on a session's GET stream, loses
+  the tools the policy forbids (policy/mcp.py); the audit records a `strip` with the rule. An SSE event is held only
+  while it arrives (up to providers.mcp.MAX_EVENT, a larger one is dropped), the stream is never buffered.
+- **Calls**: a `tools/call` the decide stage let through is refused still when its tool is one a listing would
+  lose (a client may call a tool it was never shown). Refusals of MCP requests (this stage's, the decide stage's,
+  extract's for a body it will not forward) are answered per request id (policy.enforcement.mcp_refusals): a tool
+  error result with `isError` for a call, a JSON-RPC error otherwise.
+- **The older HTTP+SSE transport** answers on the GET stream, not on the POST: a refused POST is sent on as a
+  `ping` under the same id (harmless, every server answers it) and the server's answer to it, on the stream, is
+  replaced by the refusal. Sessions are known from their stream's `endpoint` event and forgotten when it ends.
+
+Runs after redact (whose `then` on a stream it chains rather than replaces), so the refusal it sends is the last
+word on the request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from urllib.parse import urljoin, urlsplit
+
+import orjson
+from mitmproxy import ctx, http
+
+from addons.decide import provider_of
+from core.exchange import ToolDefinition
+from core.interaction import KEY, Interaction
+from core.offload import off_loop
+from policy import enforcement
+from policy.engine import subject_of
+from policy.language import Policy
+from policy.mcp import forbidden_tools
+from policy.ruleset import RuleSet
+from providers import mcp
+from providers.encoding import EncodingError, decode
+
+log = logging.getLogger(__name__)
+
+MAX_SESSIONS = 10_000  # older-transport sessions known at once (the oldest is forgotten first)
+MAX_REASONS = 32  # distinct listing notes one long-lived stream adds to its audit event
+
+
+class McpGuard:
+    def __init__(self) -> None:
+        self.policy = Policy()
+        #: The older transport's sessions: (host, the path and query the GET stream named in its `endpoint` event)
+        #: -> the Rewrite of that stream, where the answers to the session's POSTs arrive.
+        self.sessions: OrderedDict[tuple[str, str], mcp.Rewrite] = OrderedDict()
+
+    def rules_loaded(self, rules: RuleSet) -> None:
+        self.policy = rules.policy
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is None or provider_of(it) != mcp.NAME:
+            return
+        # an answer the gateway may have to change must be readable event by event: not compressed
+        flow.request.headers.pop("accept-encoding", None)
+        try:
+            await self._request(flow, it)
+        except Exception as e:  # the refusal must not be lost, nor a forbidden call let out
+            log.exception("MCP refusal failed")
+            it.decide("block", f"MCP request not judged ({type(e).__name__}): blocked")
+            self._answer(flow, enforcement.mcp_reply(enforcement.mcp_refusals(
+                [], "The AI gateway could not apply its policy to this MCP request.", it.event_id), False, it.event_id))
+
+    async def _request(self, flow: http.HTTPFlow, it: Interaction) -> None:
+        d = it.stages.decision
+        message = d.message if d is not None and d.action == "block" else ""
+        if flow.response is None and it.decision not in ("block", "warn"):
+            calls = [c for m in it.exchange.messages for c in m.tool_calls]
+            forbidden = self._forbidden(flow, it, [ToolDefinition(c.name, server=c.server) for c in calls])
+            if not forbidden:
+                return
+            name, d = next(iter(forbidden.items()))
+            it.decide("block", f"rule {d.rule}: tool {name} of MCP server {mcp.server_of(it.host)} is not allowed "
+                               f"(hidden from its tools/list)", d.rule)
+            message = d.message
+        if it.decision != "block":
+            return
+        # refused by this stage (no response yet), by decide (403) or by extract (400: a body it will not forward)
+        invalid = flow.response is not None and flow.response.status_code == 400
+        code = enforcement.MCP_INVALID if invalid else enforcement.MCP_REFUSED
+        value = await _body(flow)  # parsed again only to answer each refused request by its id
+        text = enforcement.user_message("block", it.rule_id or "gateway", message or "; ".join(it.reasons),
+                                        it.event_id)
+        requests = mcp.requests_of(value)
+        answers = enforcement.mcp_refusals(requests, text, it.event_id, code)
+        session = self.sessions.get((it.host, flow.request.path))
+        if session is None:
+            return self._answer(flow, enforcement.mcp_reply(answers, isinstance(value, list), it.event_id))
+        if not requests:
+            return self._answer(flow, enforcement.mcp_reply([], False, it.event_id))
+        for (rpc_id, _), answer in zip(requests, answers):
+            session.refuse(rpc_id, answer)
+        pings = [{"jsonrpc": "2.0", "id": rpc_id, "method": "ping"} for rpc_id, _ in requests]
+        flow.request.content = orjson.dumps(pings if isinstance(value, list) else pings[0])
+        flow.response = None
+        it.note("refused on the session's SSE stream: the server was sent a ping under the same id")
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is None or flow.response is None or provider_of(it) != mcp.NAME or not flow.response.stream:
+            return
+        if flow.response.headers.get("content-type", "").split(";")[0].strip().lower() != "text/event-stream":
+            return
+        if flow.response.headers.get("content-encoding", "identity").lower() != "identity":
+            # the gateway asked for none; what it cannot read event by event, it does not pass unfiltered
+            it.decide("block", "MCP stream compressed although the gateway asked for none: not passed on")
+            flow.response.stream = lambda chunk: b""
+            return
+        rewrite = self._rewrite(flow, it)
+        events = _SseFilter(rewrite, lambda url: self._open(flow, it, url, rewrite), it)
+        tap = it.stages.tap
+        if tap is not None and flow.response.stream is tap:
+            then = tap.then
+            tap.then = events if then is None else _chain(events, then)
+        else:
+            flow.response.stream = events
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._close(flow)
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is None or flow.response is None or flow.response.stream or provider_of(it) != mcp.NAME:
+            return
+        if not flow.response.headers.get("content-type", "").startswith("application/json"):
+            return
+        try:
+            body = decode(flow.response.raw_content or b"", flow.response.headers.get("content-encoding"),
+                          ctx.options.gateway_max_decoded_bytes)
+        except EncodingError:
+            return  # extract has refused it already (a bomb) or noted it
+        rewrite = self._rewrite(flow, it)
+        if not rewrite.might_change(body):
+            return
+        try:
+            changed = rewrite.value(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            return
+        if changed is not None:
+            flow.response.content = orjson.dumps(changed)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._close(flow)
+
+    def _rewrite(self, flow: http.HTTPFlow, it: Interaction) -> mcp.Rewrite:
+        return mcp.Rewrite(lambda tools: self._hide(flow, it, tools))
+
+    def _forbidden(self, flow: http.HTTPFlow, it: Interaction, tools: list[ToolDefinition]):
+        server = mcp.server_of(it.host)
+        for t in tools:
+            t.server = t.server or server
+        return forbidden_tools(self.policy, subject_of(it), it.service, tools, flow.request.headers) if tools else {}
+
+    def _hide(self, flow: http.HTTPFlow, it: Interaction, tools: list[ToolDefinition]) -> set[str]:
+        """The tools a listing loses; the audit records which, and by which rules."""
+        forbidden = self._forbidden(flow, it, tools)
+        if forbidden:
+            rules = sorted({d.rule for d in forbidden.values()})
+            reason = f"tools/list: removed {', '.join(sorted(forbidden))} (rule {', '.join(rules)})"
+            if it.decision in ("allow", "monitor"):
+                it.decide("strip", reason, rules[0])
+            elif reason not in it.reasons and len(it.reasons) < MAX_REASONS:
+                it.note(reason)
+        return set(forbidden)
+
+    def _open(self, flow: http.HTTPFlow, it: Interaction, url: str, rewrite: mcp.Rewrite) -> None:
+        """The older transport's stream named the URL of its session's POSTs."""
+        target = urlsplit(urljoin(f"https://{it.host}{flow.request.path}", url.strip()))
+        key = (it.host, target.path + (f"?{target.query}" if target.query else ""))
+        self.sessions[key] = rewrite
+        flow.metadata["mcp_session"] = key
+        while len(self.sessions) > MAX_SESSIONS:
+            self.sessions.popitem(last=False)
+
+    def _close(self, flow: http.HTTPFlow) -> None:
+        key = flow.metadata.pop("mcp_session", None)
+        if key is not None:
+            self.sessions.pop(key, None)
+
+    @staticmethod
+    def _answer(flow: http.HTTPFlow, reply: enforcement.Reply) -> None:
+        flow.response = http.Response.make(reply.status, reply.body, reply.headers)
+
+
+class _SseFilter:
+    """The stream callable on an MCP SSE answer: whole events pass on as they complete, changed by the Rewrite;
+    only the event still arriving is held."""
+
+    def __init__(self, rewrite: mcp.Rewrite, on_endpoint: Callable[[str], None], it: Interaction):
+        self.rewrite = rewrite
+        self.on_endpoint = on_endpoint
+        self.it = it
+        self.events = mcp.SseEvents()
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if not chunk:  # the end of the stream
+            return self.events.rest()
+        dropped = self.events.dropped
+        out = []
+        for raw in self.events.feed(chunk):
+            event, endpoint = mcp.rewrite_event(raw, self.rewrite)
+            if endpoint:
+                self.on_endpoint(endpoint)
+            out.append(event)
+        if self.events.dropped > dropped:
+            self.it.exchange.warn(f"MCP stream: an event over {mcp.MAX_EVENT} bytes was dropped, not passed on "
+                                  f"unread")
+        return b"".join(out)
+
+
+def _chain(first: Callable[[bytes], bytes], then: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    return lambda chunk: then(first(chunk))
+
+
+async def _body(flow: http.HTTPFlow):
+    """The JSON-RPC body as it will be sent (after redaction), or None when it is not JSON."""
+    raw = flow.request.raw_content or b""
+    try:
+        content = decode(raw, flow.request.headers.get("content-encoding"), ctx.options.gateway_max_decoded_bytes)
+        return await off_loop(len(content), orjson.loads, content)
+    except (EncodingError, orjson.JSONDecodeError):
+        return None

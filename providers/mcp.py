@@ -1,0 +1,375 @@
+"""MCP (Model Context Protocol) over HTTP: the JSON-RPC 2.0 messages an MCP client and server exchange, in both
+HTTP transports, read into the Exchange so that tool rules, DLP and the audit see an agent's MCP traffic like a
+model API's tool calls.
+
+Source [DOC]: the MCP specification's transports (Streamable HTTP, and the HTTP+SSE transport it replaced);
+[SDK]: the official `mcp` Python SDK, which the end-to-end tests drive as client and as server (marks:
+docs/providers.md).
+
+- **Streamable HTTP**: the client POSTs one message (or, in older versions, a batch) to the endpoint; the server
+  answers `application/json` or with an SSE stream of messages; a GET opens a stream of the server's own requests
+  and notifications; `Mcp-Session-Id` names the session, `MCP-Protocol-Version` the version; DELETE ends it.
+- **HTTP+SSE** (the older transport): a GET opens the stream, whose first event (`endpoint`) names the URL the
+  client POSTs its messages to; those POSTs are answered 202 with no body, and every answer comes on the GET
+  stream, matched by id.
+
+Operations: `mcp.<method>` for one request or notification (`mcp.tools/call`, `mcp.tools/list`,
+`mcp.initialize`, `mcp.notifications/initialized`), `mcp.other` for a method MCP does not define, `mcp.batch`,
+`mcp.response` (the client answering a request of the server's, such as sampling), `mcp.stream` (a GET stream),
+`mcp.session.end` (DELETE), `mcp.invalid` (not JSON-RPC 2.0). A `tools/call` is a ToolCall (name, parsed
+arguments as leaves for DLP, the JSON-RPC id, the server); the tools a `tools/list` answer lists are the
+exchange's definitions (with their hash, `ToolDefinition.digest`); a call's result is its completion.
+
+Pure: no mitmproxy. What the gateway changes in the server's messages (`Rewrite`, `SseEvents`) lives here too, so
+that the addon (addons/mcp.py) only wires it to flows.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from core.exchange import Exchange, JsonPath, Message, ToolCall, ToolDefinition
+from providers.base import (MAX_COMPLETION_CHARS, BodyError, BufferedJson, CompletionBuffer, HttpRequest,
+                            ResponseParser, SseParser, json_body, tool_call)
+
+NAME = "mcp"
+#: The methods MCP defines (besides `notifications/*`): a JSON-RPC body calling one of them is MCP on any host.
+METHODS = frozenset({"initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/read",
+                     "resources/templates/list", "resources/subscribe", "resources/unsubscribe", "prompts/list",
+                     "prompts/get", "completion/complete", "logging/setLevel", "sampling/createMessage",
+                     "elicitation/create", "roots/list", "tasks/get", "tasks/list", "tasks/cancel", "tasks/result",
+                     "server/discover", "subscriptions/listen"})  # the last two: 2026-07-28 (stateless)
+MAX_METHOD = 64  # a longer notification name is `mcp.other`: operations are a short column
+#: Definitions a long-lived stream may add to one exchange (each listing of a session adds its tools again).
+MAX_TOOLS = 4096
+#: An SSE event the gateway may have to change is held until it is complete, up to this size; a larger one is
+#: dropped (what the gateway cannot read whole, it cannot pass unfiltered).
+MAX_EVENT = 8 * 1024 * 1024
+
+
+def is_method(method: Any) -> bool:
+    return isinstance(method, str) and (method in METHODS or method.startswith("notifications/"))
+
+
+def server_of(url_or_host: str) -> str:
+    """How rules name an MCP server (`tools: {servers: [...]}`): its host name, lower-case, without port."""
+    if "://" in url_or_host:
+        return (urlsplit(url_or_host).hostname or "").lower()
+    return url_or_host.rsplit(":", 1)[0].lower() if url_or_host.count(":") == 1 else url_or_host.lower()
+
+
+def rpc_key(rpc_id: Any) -> str:
+    """A JSON-RPC id as a key: its JSON text, so `1` and `"1"` stay apart, as the client tells them apart."""
+    return orjson.dumps(rpc_id).decode()
+
+
+def messages(value: Any) -> Iterator[tuple[JsonPath, dict[str, Any] | None, str]]:
+    """Each message of a body (one object or a batch) with its path, or None and why it is not JSON-RPC 2.0."""
+    if isinstance(value, list):
+        if not value:
+            yield (), None, "empty batch"
+        for i, item in enumerate(value):
+            yield (i,), *_checked(item)
+    else:
+        yield (), *_checked(value)
+
+
+def _checked(msg: Any) -> tuple[dict[str, Any] | None, str]:
+    if not isinstance(msg, dict):
+        return None, f"not a JSON-RPC message ({type(msg).__name__})"
+    if msg.get("jsonrpc") != "2.0":
+        return None, "not JSON-RPC 2.0 (no 'jsonrpc': '2.0')"
+    rpc_id = msg.get("id")
+    if "id" in msg and (isinstance(rpc_id, bool) or not isinstance(rpc_id, (str, int))):
+        return None, f"id must be a string or an integer, not {orjson.dumps(rpc_id).decode()[:40]}"
+    if "method" in msg:
+        return (msg, "") if isinstance(msg["method"], str) else (None, "method is not a string")
+    if "id" not in msg or ("result" in msg) == ("error" in msg):
+        return None, "neither a request nor a response (a response has an id and one of result, error)"
+    return msg, ""
+
+
+def requests_of(value: Any) -> list[tuple[Any, str]]:
+    """(id, method) of each request in a body: what must be answered when it is refused (notifications and the
+    client's own responses are not answered)."""
+    return [(m["id"], m["method"]) for _, m, _ in messages(value) if m is not None and "method" in m and "id" in m]
+
+
+def operation_of(value: Any) -> str:
+    if isinstance(value, list):
+        return "mcp.batch" if value else "mcp.invalid"
+    msg, problem = _checked(value)
+    if msg is None:
+        return "mcp.invalid"
+    method = msg.get("method")
+    if method is None:
+        return "mcp.response"
+    return f"mcp.{method}" if is_method(method) and len(method) <= MAX_METHOD else "mcp.other"
+
+
+class McpProvider:
+    name = NAME
+
+    def recognises(self, req: HttpRequest, hints: tuple[str, ...]) -> str | None:
+        """On a catalog MCP server (`formats: [mcp]`) every request; on any other host a JSON-RPC body calling an
+        MCP method, or the GET stream of a Streamable HTTP session."""
+        hinted = NAME in hints
+        if req.method == "GET":
+            if hinted or ("mcp-session-id" in req.headers and "text/event-stream" in req.headers.get("accept", "")):
+                return "mcp.stream"
+            return None
+        if req.method == "DELETE":
+            return "mcp.session.end" if hinted or "mcp-session-id" in req.headers else None
+        if req.method != "POST":
+            return None
+        if b'"jsonrpc"' not in req.body or not req.body.lstrip()[:1] in (b"{", b"["):
+            return "mcp.invalid" if hinted else None
+        try:
+            value = orjson.loads(req.body)
+        except orjson.JSONDecodeError:
+            return "mcp.invalid" if hinted else None
+        if hinted:
+            return operation_of(value)
+        first = next((m for _, m, _ in messages(value) if m is not None), None)
+        return operation_of(value) if first is not None and is_method(first.get("method")) else None
+
+    def parse_request(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
+        if req.method == "GET":
+            exchange.stream = True
+        if req.method != "POST":
+            return
+        value = json_body(req)
+        server = server_of(req.host)
+        for path, msg, problem in messages(value):
+            where = "/".join(map(str, path)) or "body"
+            if msg is None:
+                exchange.parsed = False
+                exchange.warn(f"{where}: {problem}")
+            elif msg.get("method") == "tools/call":
+                call = _call(msg, path, server)
+                if call is None:
+                    exchange.parsed = False
+                    exchange.warn(f"{where}: tools/call without a tool name")
+                else:
+                    exchange.messages.append(Message(role="assistant", tool_calls=[call]))
+        # every other string (resource URIs, prompt arguments, sampling answers) is read by the whole-body walk
+
+    def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser | None:
+        """JSON or SSE; nothing for any other answer (the older transport's `202 Accepted`, whose answers come on
+        the GET stream)."""
+        answer = Answer(exchange)
+        if content_type == "text/event-stream":
+            return SseParser(exchange, answer.event, answer.done)
+        return BufferedJson(exchange, answer.body) if content_type == "application/json" else None
+
+
+def _call(msg: dict[str, Any], path: JsonPath, server: str) -> ToolCall | None:
+    params = msg.get("params")
+    if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+        return None
+    rpc_id = rpc_key(msg["id"]) if "id" in msg else ""
+    if "arguments" in params:
+        call = tool_call(params["name"], params["arguments"], (*path, "params", "arguments"), rpc_id)
+    else:
+        call = ToolCall(params["name"], "{}", rpc_id, value={})
+    call.server = server
+    return call
+
+
+class Answer:
+    """The server's messages, whole (JSON) or event by event (SSE): listed tools become the exchange's
+    definitions, a call's result its completion, an error a warning. The `endpoint` event of the older transport
+    is only a URL."""
+
+    def __init__(self, exchange: Exchange):
+        self.exchange = exchange
+        self.text = CompletionBuffer(exchange)
+
+    def body(self, value: Any) -> None:
+        for path, msg, problem in messages(value):
+            if msg is None:
+                self.exchange.warn(f"answer {'/'.join(map(str, path)) or 'body'}: {problem}")
+            else:
+                self.message(msg)
+        self.done()
+
+    def event(self, event: str, data: Any) -> None:
+        if event == "endpoint":
+            return
+        if isinstance(data, (dict, list)):
+            for path, msg, problem in messages(data):
+                if msg is None:
+                    self.exchange.warn(f"answer event: {problem}")
+                else:
+                    self.message(msg)
+        elif data:
+            self.exchange.warn("answer event: not JSON")
+
+    def message(self, msg: dict[str, Any]) -> None:
+        if "error" in msg:
+            error = msg["error"] if isinstance(msg["error"], dict) else {}
+            self.exchange.warn(f"JSON-RPC error {error.get('code')}: {str(error.get('message'))[:200]}")
+            self.exchange.finish_reason = "error"
+            return
+        result = msg.get("result")
+        if not isinstance(result, dict):
+            return
+        if isinstance(result.get("tools"), list):
+            for tool in listed(result["tools"]):
+                if len(self.exchange.tools) < MAX_TOOLS:
+                    self.exchange.tools.append(tool)
+            self.exchange.finish_reason = "tools"
+        elif isinstance(result.get("content"), list):
+            for item in result["content"]:
+                if isinstance(item, dict) and isinstance(item.get("text"), str):
+                    self.text.add(item["text"])
+            if "structuredContent" in result:
+                self.text.add(orjson.dumps(result["structuredContent"], default=str).decode()[:MAX_COMPLETION_CHARS])
+            self.exchange.finish_reason = "tool_error" if result.get("isError") is True else "tool_result"
+
+    def done(self) -> None:
+        self.exchange.completion = self.text.text()
+
+
+def listed(tools: list[Any], server: str = "") -> list[ToolDefinition]:
+    """The tools of a `tools/list` result (`{name, description, inputSchema}`), each with its index as path."""
+    return [ToolDefinition(t["name"], str(t.get("description") or ""), t.get("inputSchema"), ("tools", i), server)
+            for i, t in enumerate(tools) if isinstance(t, dict) and isinstance(t.get("name"), str)]
+
+
+def hosted_servers(entries: Any, path: JsonPath, exchange: Exchange) -> None:
+    """MCP servers a model provider connects to on the client's behalf: OpenAI Responses `tools[]` entries of
+    `type: mcp` (`server_label`, `server_url` or a `connector_id`) and Anthropic `mcp_servers[]` (`name`, `url`).
+    Each is a definition named by its label, with the server's host as `server`, so `tools: {servers: ...}` rules
+    hold for it and `action: strip` can take it out at its path."""
+    if not isinstance(entries, list):
+        return
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or (path == ("tools",) and entry.get("type") != "mcp"):
+            continue
+        url = entry.get("server_url") or entry.get("url") or ""
+        server = server_of(url) if isinstance(url, str) and url else f"connector:{entry.get('connector_id', '')}"
+        name = str(entry.get("server_label") or entry.get("name") or server)
+        at = (*path, i)
+        known = next((t for t in exchange.tools if t.path == at), None)
+        if known is None:
+            exchange.tools.append(ToolDefinition(name, str(entry.get("server_description") or ""),
+                                                 entry.get("allowed_tools"), at, server))
+        else:
+            known.name, known.server = name, server
+
+
+# ---- what the gateway changes in what the server sends ----------------------------------------------------------
+
+
+class Rewrite:
+    """The changes to one session's server messages: every `tools/list` answer loses the tools `hide` names (any
+    answer, whatever its id: a server answering under an id the client did not use gains nothing), and the answer
+    to a request the gateway refused on the older transport (sent on as a `ping` under the same id) is replaced by
+    the refusal. Bounded: at most MAX_REFUSED refusals wait for their answer."""
+
+    MAX_REFUSED = 1024
+
+    def __init__(self, hide: Callable[[list[ToolDefinition]], set[str]]):
+        self.hide = hide
+        self.refused: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def refuse(self, rpc_id: Any, reply: dict[str, Any]) -> None:
+        self.refused[rpc_key(rpc_id)] = reply
+        while len(self.refused) > self.MAX_REFUSED:
+            self.refused.popitem(last=False)
+
+    def might_change(self, raw: bytes) -> bool:
+        """Cheap test before parsing: only a listing or an answer to a refused request changes."""
+        return b'"tools"' in raw or bool(self.refused)
+
+    def value(self, value: Any) -> Any | None:
+        """The body as the client gets it, or None when nothing changed."""
+        if isinstance(value, list):
+            out = [self.message(m) for m in value]
+            return None if all(o is None for o in out) else [m if o is None else o for m, o in zip(value, out)]
+        return self.message(value)
+
+    def message(self, msg: Any) -> dict[str, Any] | None:
+        if not isinstance(msg, dict) or "method" in msg:
+            return None
+        if self.refused and "id" in msg:
+            reply = self.refused.pop(rpc_key(msg["id"]), None) if not isinstance(msg["id"], (dict, list)) else None
+            if reply is not None:
+                return reply
+        result = msg.get("result")
+        if isinstance(result, dict) and isinstance(result.get("tools"), list):
+            hidden = self.hide(listed(result["tools"]))
+            if hidden:
+                kept = [t for t in result["tools"] if not (isinstance(t, dict) and t.get("name") in hidden)]
+                return {**msg, "result": {**result, "tools": kept}}
+        return None
+
+
+class SseEvents:
+    """Splits an SSE byte stream into whole events (raw bytes, blank line included), holding only the event still
+    arriving; one larger than MAX_EVENT is dropped whole (`dropped` counts them)."""
+
+    def __init__(self, max_event: int = MAX_EVENT):
+        self.buf = bytearray()
+        self.max_event = max_event
+        self.skipping = False
+        self.dropped = 0
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self.buf += chunk
+        out: list[bytes] = []
+        while True:
+            end = _event_end(self.buf)
+            if end < 0:
+                if len(self.buf) > self.max_event:
+                    self.buf.clear()
+                    if not self.skipping:
+                        self.skipping, self.dropped = True, self.dropped + 1
+                return out
+            event = bytes(self.buf[:end])
+            del self.buf[:end]
+            if self.skipping:
+                self.skipping = False
+                continue
+            out.append(event)
+
+    def rest(self) -> bytes:
+        """What is left when the stream ends (an event without its blank line)."""
+        rest, self.buf = bytes(self.buf), bytearray()
+        return b"" if self.skipping else rest
+
+
+def _event_end(buf: bytearray) -> int:
+    """The end of the first whole event (after its blank line), or -1."""
+    ends = [i + len(sep) for sep in (b"\n\n", b"\r\n\r\n", b"\r\r") if (i := buf.find(sep)) >= 0]
+    return min(ends) if ends else -1
+
+
+def rewrite_event(raw: bytes, rewrite: Rewrite) -> tuple[bytes, str]:
+    """An SSE event as the client gets it, and the `endpoint` event's URL ("" for any other event)."""
+    lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
+    if any(line.strip() == b"event: endpoint" or line.strip() == b"event:endpoint" for line in lines):
+        return raw, b"\n".join(data).decode("utf-8", "replace")
+    if not data or not rewrite.might_change(raw):
+        return raw, ""
+    try:
+        value = orjson.loads(b"\n".join(data))
+    except orjson.JSONDecodeError:
+        return raw, ""
+    changed = rewrite.value(value)
+    if changed is None:
+        return raw, ""
+    head = b"".join(line + b"\n" for line in lines if line and not line.startswith(b"data:"))
+    return head + b"data: " + orjson.dumps(changed) + b"\n\n", ""
+
+
+PROVIDER = McpProvider()
+
+__all__ = ["PROVIDER", "Rewrite", "SseEvents", "hosted_servers", "requests_of", "rewrite_event", "server_of"]

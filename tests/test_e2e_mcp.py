@@ -1,0 +1,160 @@
+"""End to end: the official `mcp` SDK as client and as server, through the real gateway, over TLS, both transports.
+
+The servers are the SDK's MCPServer under uvicorn (tests/support/mcp_upstream.py), reached by the names of
+vendor-hosted MCP servers of the shipped catalog (category mcp), and on a host the catalog gives another format
+(found by the traffic's shape). The client is the SDK's `Client` over Streamable HTTP (the 2026-07-28 stateless
+envelope and the initialize handshake with its session and GET stream) and over the older HTTP+SSE transport,
+whose answers all come on the GET stream. What must hold: a listing loses the tool a rule forbids, a call of that
+tool is refused and shown by the client as a tool error (the server never gets it), an allowed call is answered,
+a secret in a call's arguments is found by DLP and stopped, a tool whose definition changes is flagged, and the
+audit rows say what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import ssl
+import textwrap
+import uuid
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.conftest import wait_for_events
+from tests.support.gateway import GatewayProcess
+from tests.support.mcp_upstream import McpUpstream
+
+REPO = Path(__file__).resolve().parent.parent
+AWS_KEY = "AKIAZ7Q4XK2M3PLR5TVW"
+
+POLICY = """
+version: 1
+rules:
+  - id: block-secrets
+    when: {findings: {entities: ["*_KEY"]}}
+    action: block
+    message: Remove the credential from the tool's arguments.
+  - id: no-deleting-mcp-tools
+    when: {tools: {names: ["delete_*"], servers: [mcp.linear.app, mcp.atlassian.com, api.githubcopilot.com]}}
+    action: strip
+"""
+
+STREAMABLE = "https://mcp.linear.app/mcp"  # catalog: linear-mcp, formats [mcp]
+BY_SHAPE = "https://api.githubcopilot.com/mcp"  # catalog: github-copilot, formats [openai]
+SSE = "https://mcp.atlassian.com/sse"  # catalog: atlassian-mcp, formats [mcp]
+
+
+@pytest.fixture(scope="module")
+def servers(test_ca):
+    streamable = McpUpstream(test_ca, ["mcp.linear.app", "api.githubcopilot.com"], "streamable-http")
+    sse = McpUpstream(test_ca, ["mcp.atlassian.com"], "sse")
+    yield {"streamable": streamable, "sse": sse}
+    streamable.close()
+    sse.close()
+
+
+@pytest.fixture(scope="module")
+def mgw(tmp_path_factory, servers, test_ca):
+    """A gateway with the shipped catalog and identity rules and the test policy."""
+    base = tmp_path_factory.mktemp("mcp-gw")
+    rules = base / "rules"
+    rules.mkdir()
+    for name in ("endpoints.yaml", "identity.yaml", "recognizers.yaml"):
+        shutil.copy(REPO / "rules" / name, rules / name)
+    (rules / "policy.yaml").write_text(textwrap.dedent(POLICY).lstrip())
+    st, sse = servers["streamable"].port, servers["sse"].port
+    gw = GatewayProcess(base / "data", {"mcp.linear.app": st, "api.githubcopilot.com": st, "mcp.atlassian.com": sse},
+                        test_ca.ca_pem, rules=rules, sets=["gateway_dlp_wait=120"])  # a busy machine starts slowly
+    yield gw
+    gw.stop()
+
+
+def transport(gw: GatewayProcess, url: str):
+    """The SDK's transport for `url` through the gateway, trusting its CA."""
+    verify = ssl.create_default_context(cafile=str(gw.ca))
+
+    def factory(headers=None, timeout=None, auth=None) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(proxy=gw.proxy_url, verify=verify, headers=headers, auth=auth,
+                                  timeout=timeout or httpx2.Timeout(150))
+
+    if url.endswith("/sse"):
+        return sse_client(url, httpx_client_factory=factory)
+    return streamable_http_client(url, http_client=factory())
+
+
+def session(gw: GatewayProcess, url: str, mode: str, steps):
+    """Run `steps(client)` in one MCP session and return what it returns."""
+    async def run():
+        async with Client(transport(gw, url), mode=mode) as client:
+            return await steps(client)
+    return asyncio.run(asyncio.wait_for(run(), 300))
+
+
+def reference(text: str) -> str:
+    m = re.search(r"Reference: ([0-9a-f-]{36})", text)
+    assert m, f"no reference in {text!r}"
+    return m.group(1)
+
+
+async def list_and_call(client: Client, marker: str):
+    listing = await client.list_tools()
+    allowed = await client.call_tool("read_file", {"path": f"{marker}.txt"})
+    refused = await client.call_tool("delete_file", {"path": f"{marker}.txt"})
+    return [t.name for t in listing.tools], allowed, refused
+
+
+@pytest.mark.parametrize("url, mode", [(STREAMABLE, "auto"), (STREAMABLE, "legacy"), (BY_SHAPE, "legacy"),
+                                       (SSE, "legacy")],
+                         ids=["streamable-2026", "streamable-handshake", "streamable-by-shape", "http+sse"])
+def test_listing_filtered_forbidden_call_refused_allowed_call_answered(mgw, servers, url, mode):
+    marker = f"mk-{uuid.uuid4().hex[:12]}"
+    server = servers["sse" if url == SSE else "streamable"]
+    names, allowed, refused = session(mgw, url, mode, lambda c: list_and_call(c, marker))
+
+    assert "read_file" in names and "lookup" in names and "delete_file" not in names
+    assert not allowed.is_error and allowed.content[0].text == f"contents of {marker}.txt"
+    assert refused.is_error
+    text = refused.content[0].text
+    assert "Blocked by the AI gateway" in text and "no-deleting-mcp-tools" in text and "delete_file" in text
+    assert {"path": f"{marker}.txt"} in server.called("read_file")
+    assert {"path": f"{marker}.txt"} not in server.called("delete_file")  # never left the gateway
+
+    host = url.split("/")[2]
+    [call] = wait_for_events(mgw, lambda e: e["event_id"] == reference(text))
+    assert (call["operation"], call["decision"], call["rule_id"]) == ("mcp.tools/call", "block",
+                                                                      "no-deleting-mcp-tools")
+    assert f"tool delete_file of MCP server {host} is not allowed" in call["reason"]
+    assert "<tool_call delete_file>" in call["prompt"] and marker in call["prompt"]
+    [ok] = wait_for_events(mgw, lambda e: e["operation"] == "mcp.tools/call" and "<tool_call read_file>"
+                           in e["prompt"] and marker in e["prompt"])
+    assert ok["decision"] == "allow" and ok["status"] in (200, 202)
+    # the listing is audited where its answer came: the POST (Streamable HTTP) or the session's GET stream
+    listing_op = "mcp.stream" if url == SSE else "mcp.tools/list"
+    listings = wait_for_events(mgw, lambda e: e["operation"] == listing_op and e["decision"] == "strip"
+                               and e["path"].startswith(url.split(host)[1]))
+    assert all(e["rule_id"] == "no-deleting-mcp-tools" for e in listings)
+    assert all("tools/list: removed delete_file (rule no-deleting-mcp-tools)" in e["reason"] for e in listings)
+
+
+@pytest.mark.parametrize("url", [STREAMABLE, SSE], ids=["streamable", "http+sse"])
+def test_secret_in_tool_arguments_is_found_and_stopped(mgw, servers, url):
+    marker = f"mk-{uuid.uuid4().hex[:12]}"
+    server = servers["sse" if url == SSE else "streamable"]
+
+    async def steps(client: Client):
+        await client.list_tools()
+        return await client.call_tool("read_file", {"path": f"/tmp/{marker}?key={AWS_KEY}"})
+
+    result = session(mgw, url, "legacy", steps)
+    assert result.is_error and "Remove the credential from the tool's arguments." in result.content[0].text
+    assert not any(marker in args["path"] for args in server.called("read_file"))
+    [event] = wait_for_events(mgw, lambda e: e["event_id"] == reference(result.content[0].text))
+    assert (event["operation"], event["decision"], event["rule_id"]) == ("mcp.tools/call", "block",
+                                                                         "block-secrets")
+    assert "AWS_ACCESS_KEY" in event["entity_types"] and AWS_KEY not in event["prompt"]
