@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dlp.context import TextContext
+from dlp.injection import RECOGNIZER, THREATS, Detector, rules_near
+from dlp.injection import scan as detect_threats
 from dlp.normalize import Normalizer, View
 from dlp.prefilter import ALL, Unit, Windows, inside, merge_windows, snap_left, snap_right
 
@@ -56,6 +58,10 @@ class Finding:
     score: float
     part: int = 0
     recognizer: str = ""
+    #: Where the part's text came from (dlp.injection.SOURCES), set in the proxy, which knows the parts' roles.
+    source: str = ""
+    #: "experimental" for a finding of a rule still on trial (dlp.injection): the policy keeps it in monitor.
+    stage: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +113,8 @@ class Scanner:
         self._normalize = normalize_term
         self._normalizer = Normalizer(rules.key_prefixes)
         self._analyzers: dict[Unit, Callable[[str, list[Span] | None], list[tuple[str, int, int, float]]]] = {}
+        # prompt injection (dlp.injection): its own hyperscan pass over the same text and normalised views
+        self._threats = Detector(rules_near(str(rules.file)))
 
     def warm_up(self) -> None:
         """Scan a sample with the common entities once, so that what validators load on first use (the public
@@ -160,12 +168,14 @@ class Scanner:
         if self._prefilter.exhaustive or len(text) > self.rules.limits.chunk_chars:
             return None
         units: set[int] = set()
+        threats = False
         for t in [text, *(v.text for v in self._normalizer.views(text))]:
             if len(t) > self.rules.limits.chunk_chars:
                 return None
             context = TextContext(t, self.rules.context, self._context_words, self._literal_specs)
             units.update(unit[0] for unit in self._prefilter.windows(t, 0, len(t), context).regions)
-        return frozenset(e for k in units for e in self.specs[k].entities)
+            threats = threats or self._threats.could_find(t)
+        return frozenset(e for k in units for e in self.specs[k].entities) | (THREATS if threats else frozenset())
 
     def could_find_parts(self, texts: list[str]) -> frozenset[str] | None:
         """`could_find` for texts scanned together by `scan_parts`, in one pass over every text and every boundary
@@ -182,13 +192,20 @@ class Scanner:
     def scan_chunk(self, text: str, chunk: Chunk, part: int = 0) -> list[Finding]:
         """Findings starting in the chunk's own region (the whole text when it is one chunk), in the text itself
         and in the views of the chunk (dlp.normalize), moved back onto the original characters."""
-        findings = self._scan_region(text, chunk, part)
         views = self._normalizer.views(text[chunk.lo:chunk.hi])
+        findings = self._scan_region(text, chunk, part) + self._threats_in(text, chunk, part, views)
         if not views:
-            return findings
+            return resolve_overlaps(findings)
         for view in views:
             findings.extend(self._in_original(view, chunk, part))
         return resolve_overlaps(findings)
+
+    def _threats_in(self, text: str, chunk: Chunk, part: int, views: list[View]) -> list[Finding]:
+        """Prompt-injection findings (dlp.injection) of the chunk and its views, those starting in its own region."""
+        return [Finding(h.entity, h.start + chunk.lo, h.end + chunk.lo, h.score, part, RECOGNIZER + h.rule,
+                        stage=h.stage if h.stage != "stable" else "")
+                for h in detect_threats(self._threats, text[chunk.lo:chunk.hi], views)
+                if chunk.own_lo <= h.start + chunk.lo < chunk.own_hi]
 
     def _in_original(self, view: View, chunk: Chunk, part: int) -> list[Finding]:
         """A view's findings on the original text, those starting in the chunk's own region."""
@@ -460,12 +477,14 @@ def split_findings(joins: list[Boundary], scanned: list[list[Finding]], found: l
 
 
 def resolve_overlaps(findings: list[Finding]) -> list[Finding]:
-    """Keep a set of non-overlapping findings per part: highest score, then longest, then earliest wins."""
+    """Keep a set of non-overlapping findings per part: highest score, then longest, then earliest wins. Threats
+    (dlp.injection: a phrase, not a value) are resolved apart from values: a sentence that injects and the e-mail
+    address in it are both reported, so the address can still be redacted."""
     ranked = sorted(set(findings), key=lambda f: (-f.score, -(f.end - f.start), f.part, f.start, f.entity))
-    taken: dict[int, list[Span]] = {}
+    taken: dict[tuple[int, bool], list[Span]] = {}
     kept = []
     for f in ranked:
-        spans = taken.setdefault(f.part, [])
+        spans = taken.setdefault((f.part, f.entity in THREATS), [])
         i = bisect.bisect_left(spans, (f.start, f.end))
         if (i > 0 and spans[i - 1][1] > f.start) or (i < len(spans) and spans[i][0] < f.end):
             continue

@@ -1,0 +1,497 @@
+"""Prompt-injection detection: rule families as data (rules/injection.yaml), one hyperscan pass, confirmed by `regex`.
+
+A model obeys an instruction wherever it reads one, and the one that hurts an agent rarely comes from its user: it
+rides in a tool result, a fetched page, a retrieved document, an MCP result or a tool's description, and the answer
+then carries data out, often as a markdown image whose URL holds it. So the detector runs on every text DLP scans,
+in the same worker processes, after the same normalisation (dlp.normalize: invisible characters, look-alikes,
+entities, base64 and hex decoded), and reports three entity types:
+
+- PROMPT_INJECTION: an instruction override, a forged system turn or chat-template token, a jailbreak persona, a
+  system-prompt extraction, an exfiltration request or a tool-poisoning phrase;
+- HIDDEN_INSTRUCTIONS: the same, hidden from the human reader: Unicode tag characters, zero-width binary, an RLO
+  override, zero-width or soft hyphens between letters, white-on-white or zero-size CSS, HTML and markdown comments,
+  alt text, hidden Word runs;
+- EXFILTRATION_LINK: a markdown or HTML image or link whose URL carries data (long encoded or personal values in
+  its query, path or host), the shape a model's answer takes when an injection makes it leak.
+
+Why rules and not a classifier: a model file must be downloaded and run (tens of ms per prompt), its false positives
+on shell snippets and arithmetic cannot be explained or fixed by an administrator, and its F1 falls on long texts.
+The rules compile into ONE hyperscan database of their own (the DLP prefilter is tuned for other shapes), scanned
+over the UTF-8 bytes once per text; a pattern that hyperscan cannot run as written is compiled in its prefilter
+mode, and every hit is confirmed with `regex` around where it ended, so a clean text costs one pass.
+
+Scores are the rule's, then in context: lowered when the text discusses or quotes injections (a question about
+prompt injection, a test fixture, a write-up) or the phrase is negated; raised when several different rules agree,
+or when the phrase is hidden. Where the text came from (user, system, tool_result, document, mcp_result,
+tool_definition) is known only to the proxy, which scans parts of a request: `by_source` applies each rule's weight
+for that source there (a system prompt's "do not tell the user" is the operator's wish, a tool description's is
+poisoning) and stamps the source on every finding, so a policy can block indirect injection and only record direct.
+Rules marked `stage: experimental` are reported with that stage; the policy keeps them out of enforced rules.
+
+Nothing here imports mitmproxy or Presidio.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import regex
+
+from core.rulesfile import SHIPPED_RULES, RulesError, check_keys, load
+from dlp.prefilter import hyperscan
+
+RULES_FILE = "injection.yaml"
+PROMPT_INJECTION, HIDDEN_INSTRUCTIONS, EXFILTRATION_LINK = "PROMPT_INJECTION", "HIDDEN_INSTRUCTIONS", "EXFILTRATION_LINK"
+THREATS = frozenset({PROMPT_INJECTION, HIDDEN_INSTRUCTIONS, EXFILTRATION_LINK})
+#: Where a text can come from; `dlp.injection.part_sources` names them for an exchange's request parts.
+SOURCES = ("user", "system", "assistant", "tool_call", "tool_result", "document", "mcp_result", "tool_definition",
+           "answer", "other")
+FAMILIES = ("instruction_override", "role_impersonation", "hidden_instruction", "encoded_payload", "exfiltration",
+            "tool_poisoning")
+STAGES = ("stable", "experimental")
+RECOGNIZER = "injection:"  # Finding.recognizer of the detector's findings: this prefix and the rule id
+
+_TAGS = re.compile(r"[\U000e0000-\U000e007f]{8,}")
+_ZW_BINARY = re.compile(r"[\u200b\u200c\u200d\u2060]{16,}")
+_INTERLEAVED = re.compile(r"(?:[^\s\u200b-\u200d\u2060\u00ad][\u200b-\u200d\u2060\u00ad]+){8,}")
+_RLO = re.compile(r"\u202e([^\u202c\n]{8,})")
+_FENCE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.DOTALL)
+_URL_IN = re.compile(
+    r"!\[[^\]\n]*\]\(\s*<?(?P<img>(?:https?:)?//[^\s)>]+)"  # markdown image
+    r"|(?<!!)\[[^\]\n]*\]\(\s*<?(?P<link>(?:https?:)?//[^\s)>]+)"  # markdown link
+    r"|^[ \t]*\[[^\]\n]+\]:[ \t]*<?(?P<ref>(?:https?:)?//\S+?)>?(?:\s|$)"  # reference-style definition
+    r"|<img\b[^>]*?\bsrc\s*=\s*[\"']?(?P<html_img>(?:https?:)?//[^\"'\s>]+)"
+    r"|<a\b[^>]*?\bhref\s*=\s*[\"']?(?P<html_link>(?:https?:)?//[^\"'\s>]+)",
+    re.IGNORECASE | re.MULTILINE)
+_B64ISH = re.compile(r"[A-Za-z0-9+/_=-]{20,}")
+_HEXISH = re.compile(r"(?:[0-9a-fA-F]{2}){8,}")
+_SECRETISH = re.compile(r"AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{16,}|xox[abp]-|BEGIN\s+\w*\s*PRIVATE")
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+_DIGITS = re.compile(r"\d[\d -]{8,}\d")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One phrase family member: `regex` confirms what the hyperscan pass saw."""
+
+    id: str
+    family: str
+    entity: str
+    score: float
+    stage: str
+    regex: regex.Pattern
+    weights: dict[str, float]  # source -> factor on the score (0: not reported from there)
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A detection in one text, before the proxy knows its source."""
+
+    entity: str
+    start: int
+    end: int
+    score: float
+    rule: str
+    stage: str = "stable"
+
+
+@dataclass
+class InjectionRules:
+    path: Path
+    rules: list[Rule]
+    weights: dict[str, float]  # source -> default factor, for rules that do not say
+    meta: regex.Pattern | None  # the text discusses or quotes injections
+    meta_factor: float = 0.6
+    quoted_factor: float = 0.5  # in quotes or code, in a text that discusses injections
+    negation: regex.Pattern | None = None
+    negated_factor: float = 0.4
+    corroboration: float = 0.1  # added per other rule that agrees in the same text (at most 2)
+    hidden_boost: float = 0.2
+    hidden: regex.Pattern | None = None  # markup that hides what follows from the reader
+    link_score: dict[str, float] = field(default_factory=lambda: {"image": 0.9, "link": 0.7})
+    by_id: dict[str, Rule] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.by_id = {r.id: r for r in self.rules}
+
+    def weight(self, rule_id: str, source: str) -> float:
+        rule = self.by_id.get(rule_id)
+        if rule is not None and source in rule.weights:
+            return rule.weights[source]
+        return self.weights.get(source, 1.0)
+
+
+_FLAGS = {"ignorecase": regex.IGNORECASE, "multiline": regex.MULTILINE, "dotall": regex.DOTALL}
+
+
+def _compile(file: Path, m, key: str, flags: int = regex.IGNORECASE) -> regex.Pattern | None:
+    source = m.get(key)
+    if source is None:
+        return None
+    if isinstance(source, list):
+        source = "|".join(f"(?:{s})" for s in source)
+    try:
+        return regex.compile(source, flags | regex.V0)
+    except regex.error as e:
+        raise RulesError(file, m.line_of(key), f"{key}: bad regular expression: {e}") from None
+
+
+def _factor(file: Path, m, key: str, default: float) -> float:
+    value = m.get(key, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise RulesError(file, m.line_of(key), f"{key} must be a number from 0 to 1")
+    return float(value)
+
+
+def _weights(file: Path, m, key: str) -> dict[str, float]:
+    raw = m.get(key) or {}
+    out = {}
+    for source in raw:
+        if source not in SOURCES:
+            raise RulesError(file, raw.line_of(source), f"unknown source {source!r} (one of {', '.join(SOURCES)})")
+        out[source] = _factor(file, raw, source, 1.0)
+    return out
+
+
+def load_rules(path: str | Path) -> InjectionRules:
+    """rules/injection.yaml (a folder's, or the file itself); any mistake is a RulesError naming file:line."""
+    path = Path(path)
+    file = path / RULES_FILE if path.is_dir() else path
+    doc = load(file)
+    top = check_keys(file, doc, "injection rules", {"version", "rules"},
+                     {"sources", "context", "links"})
+    context = check_keys(file, top.get("context") or {}, "context", set(),
+                         {"meta", "meta_factor", "quoted_factor", "negation", "negated_factor", "corroboration",
+                          "hidden", "hidden_boost"}) if top.get("context") else {}
+    rules, ids = [], set()
+    for entry in top["rules"]:
+        r = check_keys(file, entry, "rule", {"id", "family", "pattern"}, {"entity", "score", "stage", "weights",
+                                                                          "flags", "note"})
+        rid = r["id"]
+        if rid in ids:
+            raise RulesError(file, r.line_of("id"), f"rule {rid!r} is defined twice")
+        ids.add(rid)
+        if r["family"] not in FAMILIES:
+            raise RulesError(file, r.line_of("family"), f"unknown family {r['family']!r}")
+        entity = r.get("entity", PROMPT_INJECTION)
+        if entity not in THREATS:
+            raise RulesError(file, r.line_of("entity"), f"unknown entity {entity!r}")
+        stage = r.get("stage", "stable")
+        if stage not in STAGES:
+            raise RulesError(file, r.line_of("stage"), f"stage must be one of {', '.join(STAGES)}")
+        flags = regex.IGNORECASE
+        if "flags" in r:
+            flags = 0
+            for name in r["flags"]:
+                if name not in _FLAGS and name != "case_sensitive":
+                    raise RulesError(file, r.line_of("flags"), f"unknown flag {name!r}")
+                flags |= _FLAGS.get(name, 0)
+        rules.append(Rule(rid, r["family"], entity, _factor(file, r, "score", 0.8), stage,
+                          _compile(file, r, "pattern", flags), _weights(file, r, "weights"), r.line_of("id")))
+    return InjectionRules(
+        file, rules, _weights(file, top, "sources"),
+        meta=_compile(file, context, "meta") if context else None,
+        meta_factor=_factor(file, context, "meta_factor", 0.6) if context else 0.6,
+        quoted_factor=_factor(file, context, "quoted_factor", 0.5) if context else 0.5,
+        negation=_compile(file, context, "negation") if context else None,
+        negated_factor=_factor(file, context, "negated_factor", 0.4) if context else 0.4,
+        corroboration=_factor(file, context, "corroboration", 0.1) if context else 0.1,
+        hidden=_compile(file, context, "hidden") if context else None,
+        hidden_boost=_factor(file, context, "hidden_boost", 0.2) if context else 0.2,
+        link_score={k: _factor(file, top["links"], k, v) for k, v in {"image": 0.9, "link": 0.7}.items()}
+        if top.get("links") else {"image": 0.9, "link": 0.7})
+
+
+@cache
+def rules_near(recognizers_file: str) -> InjectionRules:
+    """The injection rules that go with a recognizers file: the injection.yaml beside it, else the shipped one."""
+    own = Path(recognizers_file).parent / RULES_FILE
+    return load_rules(own if own.exists() else SHIPPED_RULES / RULES_FILE)
+
+
+def _hs_flags(pattern: regex.Pattern) -> int:
+    flags = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_ALLOWEMPTY
+    if pattern.flags & regex.IGNORECASE:
+        flags |= hyperscan.HS_FLAG_CASELESS
+    if pattern.flags & regex.DOTALL:
+        flags |= hyperscan.HS_FLAG_DOTALL
+    if pattern.flags & regex.MULTILINE:
+        flags |= hyperscan.HS_FLAG_MULTILINE
+    if not pattern.pattern.isascii():
+        flags |= hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_UCP
+    return flags
+
+
+WIDTH = 400  # characters before a hit's end in which its confirming regex is run
+
+
+class Detector:
+    """Compiled once per process (a few tens of ms); `detect` per text."""
+
+    def __init__(self, rules: InjectionRules):
+        self.rules = rules
+        self._db = None
+        if hyperscan is not None and rules.rules:
+            self._db = hyperscan.Database()
+            self._db.compile(expressions=[r.regex.pattern.encode() for r in rules.rules],
+                             ids=list(range(len(rules.rules))), elements=len(rules.rules),
+                             flags=[_hs_flags(r.regex) for r in rules.rules])
+
+    # --- the pass ---------------------------------------------------------------------------------------------
+
+    def _candidates(self, text: str) -> dict[int, list[int]]:
+        """Rule index -> character offsets where the hyperscan pass saw a match of it end (a superset)."""
+        if self._db is None:
+            return {k: [len(text)] for k in range(len(self.rules.rules))}
+        data = text.encode("utf-8", "surrogatepass")
+        ends: dict[int, list[int]] = {}
+
+        def on_match(rule: int, _from: int, to: int, _flags: int, _ctx) -> None:
+            ends.setdefault(rule, []).append(to)
+
+        self._db.scan(data, match_event_handler=on_match)
+        if not ends:
+            return ends
+        if len(data) == len(text):
+            return ends
+        # byte offsets to character offsets, only for texts that hit (rare)
+        return {k: [len(data[:e].decode("utf-8", "ignore")) for e in v] for k, v in ends.items()}
+
+    def could_find(self, text: str) -> bool:
+        """Could `detect(text)` report anything? One hyperscan pass plus the checks for hidden and link shapes."""
+        return bool(self._candidates(text)) or bool(_TAGS.search(text) or _ZW_BINARY.search(text)
+                                                    or _INTERLEAVED.search(text) or "\u202e" in text
+                                                    or _URL_IN.search(text))
+
+    def _matches(self, text: str) -> list[tuple[Rule, int, int]]:
+        out = []
+        for k, ends in self._candidates(text).items():
+            rule = self.rules.rules[k]
+            seen = set()
+            for end in sorted(set(ends)):
+                lo = max(0, end - WIDTH)
+                for m in rule.regex.finditer(text, lo, min(len(text), end + 64)):
+                    if m.end() > m.start() and (m.start(), m.end()) not in seen:
+                        seen.add((m.start(), m.end()))
+                        out.append((rule, m.start(), m.end()))
+        return out
+
+    # --- detection ----------------------------------------------------------------------------------------------
+
+    def detect(self, text: str) -> list[Hit]:
+        """Every hit in the text: phrases (scored in context), hidden payloads, exfiltration links. JSON escapes
+        (`\\n`, `\\"`) read as the spaces and quotes they stand for, same length: a tool description or MCP result
+        quoted as JSON text must not hide `\\nIgnore` from a word boundary."""
+        hits = self._phrases(_JSON_ESCAPE.sub(_unescaped, text) if "\\" in text else text)
+        hits += self._hidden(text)
+        hits += exfiltration_links(text, self.rules.link_score)
+        return hits
+
+    def _phrases(self, text: str, hidden: bool = False) -> list[Hit]:
+        matches = self._matches(text)
+        if not matches:
+            return []
+        r = self.rules
+        distinct = len({rule.id for rule, _, _ in matches})
+        corroborated = r.corroboration * min(2, distinct - 1)
+        meta = r.meta is not None and r.meta.search(text) is not None
+        quoted = _quoted_spans(text) if meta else []
+        hidden_spans = [] if hidden or r.hidden is None else _hidden_spans(text, r.hidden)
+        out = []
+        for rule, start, end in matches:
+            score = rule.score + corroborated
+            entity = rule.entity
+            if hidden or _inside(start, hidden_spans):
+                score, entity = score + r.hidden_boost, HIDDEN_INSTRUCTIONS
+            elif meta:
+                score *= r.quoted_factor if _inside(start, quoted) else r.meta_factor
+            if r.negation is not None and r.negation.search(text, max(0, start - 32), start):
+                score *= r.negated_factor
+            out.append(Hit(entity, start, end, round(min(0.99, score), 4), rule.id, rule.stage))
+        return out
+
+    def _hidden(self, text: str) -> list[Hit]:
+        """Payloads a human does not see: decoded and scanned; a phrase found there is a hidden instruction."""
+        out = []
+        for m in _TAGS.finditer(text):
+            decoded = "".join(chr(ord(c) - 0xE0000) for c in m.group() if 0xE0020 <= ord(c) <= 0xE007E)
+            if m.start() > 0 and text[m.start() - 1] == "\U0001f3f4" or sum(c.isalpha() for c in decoded) < 6:
+                continue  # a subdivision flag emoji (England, Scotland, Wales) is built of tag characters
+            out.append(self._hidden_hit(decoded, m.start(), m.end(), "hidden.tag-characters", 0.9))
+        for m in _ZW_BINARY.finditer(text):
+            decoded = _zero_width_binary(m.group())
+            if decoded:
+                out.append(self._hidden_hit(decoded, m.start(), m.end(), "hidden.zero-width-binary", 0.9))
+        for m in _INTERLEAVED.finditer(text):
+            plain = re.sub(r"[\u200b-\u200d\u2060\u00ad]", "", m.group())
+            out.extend(Hit(HIDDEN_INSTRUCTIONS, m.start(), m.end(), h.score, h.rule, h.stage)
+                       for h in self._phrases(plain, hidden=True)[:1])
+        for m in _RLO.finditer(text):
+            out.extend(Hit(HIDDEN_INSTRUCTIONS, m.start(), m.end(), h.score, h.rule, h.stage)
+                       for h in self._phrases(m.group(1)[::-1], hidden=True)[:1])
+        return out
+
+    def _hidden_hit(self, decoded: str, start: int, end: int, rule: str, score: float) -> Hit:
+        """Hidden text is suspect in itself (nobody hides what a reader should see); a phrase in it is more so."""
+        found = self._phrases(decoded, hidden=True)
+        best = max([score, *(h.score for h in found)])
+        return Hit(HIDDEN_INSTRUCTIONS, start, end, round(min(0.99, best), 4), found[0].rule if found else rule)
+
+
+_JSON_ESCAPE = re.compile(r'\\[nrt"\\/]')
+
+
+def _unescaped(m: re.Match) -> str:
+    return ' "' if m.group() == '\\"' else "  "
+
+
+def _inside(pos: int, spans: list[tuple[int, int]]) -> bool:
+    return any(s <= pos < e for s, e in spans)
+
+
+_QUOTES = re.compile(r"\"[^\"\n]{4,400}\"|“[^”]{4,400}”|„[^“”]{4,400}[“”]|«[^»]{4,400}»|「[^」]{2,400}」"
+                     r"|‘[^’]{4,400}’|'[^'\n]{8,400}'")
+
+
+def _quoted_spans(text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in _QUOTES.finditer(text)] + [m.span() for m in _FENCE.finditer(text)]
+
+
+def _hidden_spans(text: str, hidden: regex.Pattern) -> list[tuple[int, int]]:
+    """Where markup hides text: from a hiding construct to the end of its element (or 600 characters)."""
+    spans = []
+    for m in hidden.finditer(text):
+        close = text.find("-->", m.end()) if m.group().startswith("<!--") else -1
+        spans.append((m.start(), close + 3 if close >= 0 else min(len(text), m.end() + 600)))
+    return spans
+
+
+def _zero_width_binary(run: str) -> str | None:
+    """Zero-width characters as bits (U+200B 0, U+200C 1; U+200D or U+2060 between bytes), if they spell text."""
+    if len(set(run)) < 2:
+        return None
+    groups = re.split(r"[\u200d\u2060]", run) if ("\u200d" in run or "\u2060" in run) else \
+        [run[i:i + 8] for i in range(0, len(run), 8)]
+    try:
+        chars = [chr(int(g.replace("\u200b", "0").replace("\u200c", "1"), 2)) for g in groups if g]
+    except ValueError:
+        return None
+    decoded = "".join(chars)
+    return decoded if len(decoded) >= 4 and sum(c.isprintable() for c in decoded) >= 0.9 * len(decoded) else None
+
+
+# --- exfiltration links -------------------------------------------------------------------------------------------
+
+def exfiltration_links(text: str, scores: dict[str, float]) -> list[Hit]:
+    """Images and links whose URL carries data: a markdown image renders (and is fetched) without a click, so its
+    URL is the classic way out; a link needs the click and scores lower. Links in code are examples, not leaks."""
+    if "//" not in text:
+        return []
+    code = [m.span() for m in _FENCE.finditer(text)]
+    out = []
+    for m in _URL_IN.finditer(text):
+        kind = m.lastgroup
+        if _inside(m.start(), code):
+            continue
+        url = m.group(kind)
+        why = data_in_url(url)
+        if why:
+            score = scores["image" if kind in ("img", "html_img", "ref") else "link"]
+            out.append(Hit(EXFILTRATION_LINK, m.start(kind), m.end(kind), score, f"link.{why}"))
+    return out
+
+
+def data_in_url(url: str) -> str | None:
+    """Why this URL carries data (query, path or host), or None. Data: a secret or personal value, an encoded
+    run that decodes to text, or prose; not: sizes, formats, placeholders, a search's few words, UTM tags."""
+    parts = urllib.parse.urlsplit(url if "://" in url else "https:" + url)
+    host = parts.hostname or ""
+    if host in ("localhost", "127.0.0.1") or not host:
+        return None
+    values = [v for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+              if not k.lower().startswith("utm_")]
+    for v in values:
+        if _SECRETISH.search(v) or _EMAIL.search(v) or _DIGITS.search(v):
+            return "personal-or-secret-query"
+        if v.startswith(("{", "[")) and len(v) > 20:
+            return "structured-query"
+        if len(v) >= 60 or (len(v) >= 24 and v.count(" ") >= 4):
+            return "long-query"
+        if _decodes_to_text(v):
+            return "encoded-query"
+    for segment in parts.path.split("/"):
+        stem = segment.rsplit(".", 1)[0]
+        if len(stem) >= 24 and _decodes_to_text(stem):
+            return "encoded-path"
+    labels = host.split(".")[:-2]
+    if any(len(label) >= 16 and _decodes_to_text(label) for label in labels):
+        return "encoded-host"
+    return None
+
+
+def _decodes_to_text(value: str) -> bool:
+    """Does a run of base64 or hex decode to mostly printable text of some length?"""
+    for candidate in (m.group() for m in _HEXISH.finditer(value)):
+        if len(candidate) >= 16:
+            try:
+                decoded = bytes.fromhex(candidate).decode("utf-8")
+            except ValueError:
+                continue
+            if decoded.isprintable():
+                return True
+    for candidate in (m.group() for m in _B64ISH.finditer(value)):
+        if len(candidate) < 20:
+            continue
+        try:
+            raw = base64.b64decode(candidate.replace("-", "+").replace("_", "/") + "=" * (-len(candidate) % 4))
+            decoded = raw.decode("utf-8")
+        except (binascii.Error, ValueError):
+            continue
+        if len(decoded) >= 12 and sum(c.isprintable() or c in "\n\t" for c in decoded) >= 0.95 * len(decoded) \
+                and sum(c.isalpha() for c in decoded) >= 0.5 * len(decoded):
+            return True
+    return False
+
+
+# --- by source ------------------------------------------------------------------------------------------------------
+
+def by_source(findings: list, sources: list[str], rules: InjectionRules) -> list:
+    """Findings of request parts with `source` set from their part (`sources[part]`), and the detector's findings
+    scored for where their text came from (a rule's weight for that source; 0 drops the finding)."""
+    import dataclasses
+
+    out = []
+    for f in findings:
+        source = sources[f.part] if 0 <= f.part < len(sources) else "other"
+        if f.recognizer.startswith(RECOGNIZER):
+            weight = rules.weight(f.recognizer[len(RECOGNIZER):], source)
+            if weight <= 0:
+                continue
+            out.append(dataclasses.replace(f, source=source, score=round(min(0.99, f.score * weight), 4)))
+        else:
+            out.append(dataclasses.replace(f, source=source))
+    return out
+
+
+def scan(detector: Detector, text: str, views) -> list[Hit]:
+    """Hits in the text and in its normalised views (dlp.normalize.View), moved back onto the original; a phrase
+    that only shows once invisible characters are removed is a hidden instruction."""
+    hits = detector.detect(text)
+    for view in views:
+        for h in detector.detect(view.text):
+            start, end = view.span(h.start, h.end)
+            entity = h.entity
+            if entity == PROMPT_INJECTION and _INVISIBLE.search(text, start, end):
+                entity = HIDDEN_INSTRUCTIONS
+            hits.append(Hit(entity, start, end, h.score, h.rule, h.stage))
+    return hits
+
+
+_INVISIBLE = regex.compile(r"\p{Cf}")
