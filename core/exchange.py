@@ -228,14 +228,33 @@ class Exchange:
 
     def request_parts(self) -> list[TextPart]:
         """Every addressable text the client sent: what DLP scans and redaction rewrites."""
-        out = list(self.system)
+        return [p for _, p in self._sourced_parts()]
+
+    def request_sources(self) -> list[str]:
+        """Where each of `request_parts()` came from (parallel to it), as prompt-injection findings are scored
+        (dlp.injection.SOURCES): user, system, assistant, tool_call, tool_result, mcp_result (the result of a call
+        to a tool on an MCP server), document (an uploaded or attached file), tool_definition, other."""
+        return [s for s, _ in self._sourced_parts()]
+
+    def _sourced_parts(self):
+        on_mcp = {tc.id for m in self.messages for tc in m.tool_calls if tc.server and tc.id}
+        roles = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
+        tools = [t.path for t in self.tools if t.path]
+        yield from (("system", p) for p in self.system)
         for m in self.messages:
-            out.extend(m.parts)
-            out.extend(p for tc in m.tool_calls for p in tc.text_parts())
-            out.extend(TextPart(tr.text, tr.path) for tr in m.tool_results)
-            out.extend(TextPart(a.text, source="upload") for a in m.attachments if a.text)
-        out.extend(self.extra)
-        return out
+            role = roles.get(m.role, "tool_result" if m.role == "tool" else "other")
+            yield from ((role, p) for p in m.parts)
+            yield from (("tool_call", p) for tc in m.tool_calls for p in tc.text_parts())
+            yield from (("mcp_result" if tr.call_id in on_mcp else "tool_result", TextPart(tr.text, tr.path))
+                        for tr in m.tool_results)
+            yield from (("document", TextPart(a.text, source="upload")) for a in m.attachments if a.text)
+        for p in self.extra:
+            if p.source == "upload":
+                yield "document", p
+            elif p.path and any(p.path[:len(t)] == t for t in tools):
+                yield "tool_definition", p
+            else:
+                yield "other", p
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
