@@ -50,6 +50,7 @@ class McpGuard:
         #: The older transport's sessions: (host, the path and query the GET stream named in its `endpoint` event)
         #: -> the Rewrite of that stream, where the answers to the session's POSTs arrive.
         self.sessions: OrderedDict[tuple[str, str], mcp.Rewrite] = OrderedDict()
+        self.first_seen = mcp.FirstSeen()  # per gateway process: each of `--workers N` learns on its own
 
     def rules_loaded(self, rules: RuleSet) -> None:
         self.policy = rules.policy
@@ -148,7 +149,7 @@ class McpGuard:
         self._close(flow)
 
     def _rewrite(self, flow: http.HTTPFlow, it: Interaction) -> mcp.Rewrite:
-        return mcp.Rewrite(lambda tools: self._hide(flow, it, tools))
+        return mcp.Rewrite(lambda tools: self._listing(flow, it, tools))
 
     def _forbidden(self, flow: http.HTTPFlow, it: Interaction, tools: list[ToolDefinition]):
         server = mcp.server_of(it.host)
@@ -156,17 +157,30 @@ class McpGuard:
             t.server = t.server or server
         return forbidden_tools(self.policy, subject_of(it), it.service, tools, flow.request.headers) if tools else {}
 
-    def _hide(self, flow: http.HTTPFlow, it: Interaction, tools: list[ToolDefinition]) -> set[str]:
-        """The tools a listing loses; the audit records which, and by which rules."""
-        forbidden = self._forbidden(flow, it, tools)
+    def _listing(self, flow: http.HTTPFlow, it: Interaction, tools: list[ToolDefinition]) -> set[str]:
+        """The tools a listing loses; the audit records which, and by which rules, and any tool whose definition
+        is not the one first seen (after the strip decision, which replaces the reasons)."""
+        forbidden = self._forbidden(flow, it, tools)  # names each tool's server
         if forbidden:
             rules = sorted({d.rule for d in forbidden.values()})
-            reason = f"tools/list: removed {', '.join(sorted(forbidden))} (rule {', '.join(rules)})"
-            if it.decision in ("allow", "monitor"):
-                it.decide("strip", reason, rules[0])
-            elif reason not in it.reasons and len(it.reasons) < MAX_REASONS:
-                it.note(reason)
+            self._note(it, f"tools/list: removed {', '.join(sorted(forbidden))} (rule {', '.join(rules)})",
+                       rules[0])
+        for tool, first in self.first_seen.changed(tools):
+            change = (f"tools/list: definition of {tool.name} on {tool.server} changed since first seen "
+                      f"(digest {first}, now {tool.digest})")
+            if change not in it.exchange.warnings and len(it.exchange.warnings) < MAX_REASONS:
+                it.exchange.warn(change)
+            self._note(it, change)
         return set(forbidden)
+
+    @staticmethod
+    def _note(it: Interaction, reason: str, strip_rule: str = "") -> None:
+        """A listing's outcome in the audit: the first removal decides `strip`; the rest are noted once each (a
+        long-lived stream lists again and again), up to MAX_REASONS."""
+        if strip_rule and it.decision in ("allow", "monitor"):
+            it.decide("strip", reason, strip_rule)
+        elif reason not in it.reasons and len(it.reasons) < MAX_REASONS:
+            it.note(reason)
 
     def _open(self, flow: http.HTTPFlow, it: Interaction, url: str, rewrite: mcp.Rewrite) -> None:
         """The older transport's stream named the URL of its session's POSTs."""

@@ -264,6 +264,32 @@ def hosted_servers(entries: Any, path: JsonPath, exchange: Exchange) -> None:
             known.name, known.server = name, server
 
 
+class FirstSeen:
+    """The first definition (its digest) of each (server, tool) listed since the gateway started, so a listing
+    whose definition differs is flagged: a server that changes a tool's description or schema after its users
+    approved it (a "rug pull") is seen at the next listing. Bounded: past `limit` entries the oldest is
+    forgotten (it would then be learned again from its next listing)."""
+
+    def __init__(self, limit: int = 100_000):
+        self.limit = limit
+        self.digests: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def changed(self, tools: list[ToolDefinition]) -> list[tuple[ToolDefinition, str]]:
+        """The tools whose definition differs from the first one seen, each with that first digest; the others
+        are remembered if new."""
+        out = []
+        for tool in tools:
+            key = (tool.server, tool.name)
+            first = self.digests.get(key)
+            if first is None:
+                self.digests[key] = tool.digest
+                if len(self.digests) > self.limit:
+                    self.digests.popitem(last=False)
+            elif first != tool.digest:
+                out.append((tool, first))
+        return out
+
+
 # ---- what the gateway changes in what the server sends ----------------------------------------------------------
 
 
@@ -372,4 +398,4 @@ def rewrite_event(raw: bytes, rewrite: Rewrite) -> tuple[bytes, str]:
 
 PROVIDER = McpProvider()
 
-__all__ = ["PROVIDER", "Rewrite", "SseEvents", "hosted_servers", "requests_of", "rewrite_event", "server_of"]
+__all__ = ["PROVIDER", "FirstSeen", "Rewrite", "SseEvents", "hosted_servers", "requests_of", "rewrite_event", "server_of"]

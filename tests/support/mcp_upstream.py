@@ -1,6 +1,6 @@
 """A real MCP server (the official `mcp` SDK's MCPServer) on 127.0.0.1 over TLS from the test CA, in a thread.
 
-One instance serves one transport: Streamable HTTP (`/mcp`) or the older HTTP+SSE transport (`/sse`, messages
+One instance serves one transport: Streamable HTTP (`/mcp`, answers as SSE or, if asked, JSON) or the older HTTP+SSE transport (`/sse`, messages
 posted to `/messages/`), under uvicorn as the SDK's own `run()` would. Its tools record every call they get, so a
 test can tell a call the gateway refused (the server never saw it) from one it let through.
 """
@@ -24,14 +24,17 @@ LOOKUP_DESCRIPTION = "Look a word up in the dictionary."
 
 
 class McpUpstream:
-    def __init__(self, ca: TestCA, hosts: list[str], transport: Literal["streamable-http", "sse"]):
+    def __init__(self, ca: TestCA, hosts: list[str], transport: Literal["streamable-http", "sse"],
+                 json_response: bool = False):
+        """`json_response`: Streamable HTTP answers a POST with one JSON body instead of an SSE stream."""
         self.calls: list[tuple[str, dict]] = []
         self.server = MCPServer("test-tools")
         self._tools()
         if transport == "sse":
             app = self.server.sse_app(transport_security=OPEN, host="0.0.0.0")
         else:
-            app = self.server.streamable_http_app(transport_security=OPEN, host="0.0.0.0")
+            app = self.server.streamable_http_app(transport_security=OPEN, host="0.0.0.0",
+                                                  json_response=json_response)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
