@@ -272,13 +272,17 @@ class _Tap:
             except EncodingError as e:
                 self.it.exchange.warn(f"streamed response: {e}")
 
-    def __call__(self, chunk: bytes) -> bytes:
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         self.it.response_bytes += len(chunk)
         if self.parser is not None and chunk:
             if not self.unparsed:
                 asyncio.get_running_loop().call_soon(self.parse)
             self.unparsed.append(chunk)
-        return chunk if self.then is None else self.then(chunk)
+        if self.then is None:
+            return chunk
+        # Nothing to send yet must be no chunk at all: mitmproxy sends an empty one, which on a chunked HTTP/1.1
+        # connection is the end of the body (the client would stop reading there).
+        return self.then(chunk) or ([] if chunk else b"")
 
     def parse(self) -> None:
         chunks, self.unparsed = self.unparsed, []

@@ -1,0 +1,407 @@
+"""End to end: the model's answer calls a tool the policy forbids, and the real SDK gets a refusal it handles.
+
+Each official SDK goes through the real gateway to a fake upstream that answers with a tool call: a forbidden one
+comes back as text in the provider's own shape (finish reason consistent, the SDK parses it), an allowed one passes
+unchanged. In the streamed cases the upstream holds the call back until the test has seen the text before it, so
+the text provably reached the client before the upstream sent the call. Calls that never complete or grow past the
+cap are refused too, and every refusal is audited with its rule and the tool's name.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+
+import pytest
+
+from tests.conftest import AI_HOSTS, wait_for_events
+from tests.support import eventstream_frames as es
+from tests.support.gateway import GatewayProcess
+from tests.support.upstream import Reply
+from tests.test_e2e_foundation import chunk, openai_client
+from tests.test_e2e_openai_anthropic import anthropic_client
+from tests.test_e2e_policy import write_rules
+from tests.test_e2e_sdks import MODEL, genai_client, route_gemini
+
+POLICY = """
+version: 1
+defaults: {action: allow, shadow_ai: allow}
+rules:
+  - id: no-destructive-commands
+    when: {tools: {names: [run_command], args: {command: "re:rm\\\\s+-rf"}}}
+    action: block
+    message: Destructive commands are not allowed.
+  - id: no-mail
+    when: {tools: [send_mail]}
+    action: block
+    mode: monitor
+"""
+CAP = 16 * 1024
+RM, LS = {"command": "sudo rm  -rf /srv/app"}, {"command": "ls -la /srv/app"}
+
+
+@pytest.fixture(scope="module")
+def tgw(tmp_path_factory, upstream, test_ca):
+    base = tmp_path_factory.mktemp("toolcalls-gw")
+    gw = GatewayProcess(base / "data", {h: upstream.port for h in AI_HOSTS}, test_ca.ca_pem,
+                        rules=write_rules(base / "rules", POLICY), sets=[f"gateway_tool_call_max_bytes={CAP}"])
+    yield gw
+    gw.stop()
+
+
+def held_back(before: Iterable[str | bytes], gate: threading.Event, after: Iterable[str | bytes]):
+    """Chunks: `before` at once, `after` only once the test has set `gate` (it saw what came before)."""
+    for c in before:
+        yield c.encode() if isinstance(c, str) else c
+    if not gate.wait(20):
+        raise TimeoutError("the test never saw the text before the call")
+    for c in after:
+        yield c.encode() if isinstance(c, str) else c
+
+
+def refusal_event(gw, marker: str) -> dict:
+    [event] = wait_for_events(gw, lambda e: marker in e["prompt"])
+    return event
+
+
+def assert_refused(event: dict, tool: str = "run_command", rule: str = "no-destructive-commands") -> None:
+    assert (event["decision"], event["rule_id"], event["status"]) == ("block", rule, 200), event
+    assert f"answer: tool call {tool} refused (rule {rule})" in event["reason"]
+
+
+FUNCTION = {"type": "function", "function": {"name": "run_command", "parameters": {"type": "object"}}}
+
+
+# --- OpenAI chat completions ------------------------------------------------------------------------------------
+
+def chat_answer(args: dict, name: str = "run_command") -> Reply:
+    return Reply(body=json.dumps({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                "name": name, "arguments": json.dumps(args)}}]}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}).encode())
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_openai_chat_a_forbidden_call_becomes_the_answer_text(tgw, upstream, marker, args, refused):
+    upstream.route("/v1/chat/completions", lambda rec: chat_answer(args))
+    answer = openai_client(tgw).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": f"{marker} clean up"}], tools=[FUNCTION])
+    choice = answer.choices[0]
+    if refused:
+        assert choice.finish_reason == "stop" and choice.message.tool_calls is None
+        assert "refused the call of the tool 'run_command'" in choice.message.content
+        assert "Destructive commands are not allowed." in choice.message.content
+        assert_refused(refusal_event(tgw, marker))
+    else:
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        [call] = choice.message.tool_calls
+        assert (call.id, call.function.name, json.loads(call.function.arguments)) == ("call_1", "run_command", LS)
+        assert refusal_event(tgw, marker)["decision"] == "allow"
+
+
+def chat_call_frames(args: dict) -> list[str]:
+    text = json.dumps(args)
+    return [chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                   "function": {"name": "run_command", "arguments": ""}}]}),
+            *[chunk({"tool_calls": [{"index": 0, "function": {"arguments": text[i:i + 5]}}]})
+              for i in range(0, len(text), 5)],
+            chunk({}, "tool_calls"), "data: [DONE]\n\n"]
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_openai_chat_stream_text_first_then_the_call_refused_or_passed(tgw, upstream, marker, args, refused):
+    gate = threading.Event()
+    upstream.route("/v1/chat/completions", lambda rec: Reply(content_type="text/event-stream", chunks=held_back(
+        [chunk({"role": "assistant", "content": "Cleaning "}), chunk({"content": "up."})], gate,
+        chat_call_frames(args))))
+    stream = openai_client(tgw).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": f"{marker} clean up"}], tools=[FUNCTION], stream=True)
+    text, calls, finish = "", {}, None
+    for ev in stream:
+        for c in ev.choices:
+            text += c.delta.content or ""
+            if text == "Cleaning up." and not gate.is_set():
+                gate.set()  # the text came while the upstream still held the call back (it waits for this)
+            for tc in c.delta.tool_calls or []:
+                entry = calls.setdefault(tc.index, {"id": tc.id, "name": "", "arguments": ""})
+                entry["name"] += tc.function.name or ""
+                entry["arguments"] += tc.function.arguments or ""
+            finish = c.finish_reason or finish
+    assert gate.is_set()
+    if refused:
+        assert calls == {} and finish == "stop"
+        assert text.startswith("Cleaning up.") and "refused the call of the tool 'run_command'" in text
+        assert_refused(refusal_event(tgw, marker))
+    else:
+        assert text == "Cleaning up." and finish == "tool_calls"
+        assert calls == {0: {"id": "call_1", "name": "run_command", "arguments": json.dumps(LS)}}
+
+
+def test_openai_chat_stream_a_call_that_never_completes_is_refused(tgw, upstream, marker):
+    frames = chat_call_frames(RM)[:3]  # the call's first pieces, then the stream ends
+    upstream.route("/v1/chat/completions", lambda rec: Reply(content_type="text/event-stream", chunks=[
+        chunk({"role": "assistant", "content": "Hm."}).encode(), *(f.encode() for f in frames)]))
+    stream = openai_client(tgw).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": f"{marker} go"}], tools=[FUNCTION], stream=True)
+    deltas = [c.delta for ev in stream for c in ev.choices]
+    assert not any(d.tool_calls for d in deltas)
+    assert "the call did not complete" in "".join(d.content or "" for d in deltas)
+    event = refusal_event(tgw, marker)
+    assert event["decision"] == "block" and "tool call run_command refused: it did not complete" in event["reason"]
+
+
+def test_openai_chat_stream_huge_arguments_are_refused_not_held(tgw, upstream, marker):
+    upstream.route("/v1/chat/completions", lambda rec: Reply(content_type="text/event-stream", chunks=(
+        f.encode() for f in chat_call_frames({"command": "echo " + "A" * 200_000}))))
+    stream = openai_client(tgw).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": f"{marker} go"}], tools=[FUNCTION], stream=True)
+    deltas, finish = [], None
+    for ev in stream:
+        for c in ev.choices:
+            deltas.append(c.delta)
+            finish = c.finish_reason or finish
+    assert not any(d.tool_calls for d in deltas) and finish == "stop"
+    assert "the call grew past the cap" in "".join(d.content or "" for d in deltas)
+    assert "grew past the cap" in refusal_event(tgw, marker)["reason"]
+
+
+def test_a_monitored_rule_records_the_call_it_would_refuse_and_lets_it_through(tgw, upstream, marker):
+    upstream.route("/v1/chat/completions", lambda rec: chat_answer({"to": "x@example.com"}, "send_mail"))
+    answer = openai_client(tgw).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": f"{marker} mail"}],
+        tools=[{"type": "function", "function": {"name": "send_mail"}}])
+    assert answer.choices[0].message.tool_calls[0].function.name == "send_mail"
+    event = refusal_event(tgw, marker)
+    assert (event["decision"], event["rule_id"]) == ("monitor", "no-mail")
+    assert "tool call send_mail would be refused (rule no-mail, mode: monitor)" in event["reason"]
+
+
+# --- OpenAI Responses -------------------------------------------------------------------------------------------
+
+RESPONSES_TOOL = {"type": "function", "name": "run_command", "parameters": {"type": "object"}}
+
+
+def fc_item(args: dict, status: str = "completed") -> dict:
+    return {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "run_command",
+            "arguments": json.dumps(args) if status == "completed" else "", "status": status}
+
+
+def response_object(output: list[dict]) -> dict:
+    return {"id": "resp_1", "object": "response", "created_at": 1, "status": "completed", "model": "gpt-4.1",
+            "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+            "usage": {"input_tokens": 3, "output_tokens": 3, "total_tokens": 6}}
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_openai_responses_a_forbidden_function_call_item_becomes_a_message(tgw, upstream, marker, args, refused):
+    upstream.route("/v1/responses", lambda rec: Reply(body=json.dumps(response_object([fc_item(args)])).encode()))
+    answer = openai_client(tgw).responses.create(model="gpt-4.1", input=f"{marker} clean", tools=[RESPONSES_TOOL])
+    [item] = answer.output
+    if refused:
+        assert item.type == "message" and "refused the call of the tool 'run_command'" in answer.output_text
+        assert_refused(refusal_event(tgw, marker))
+    else:
+        assert (item.type, item.call_id, json.loads(item.arguments)) == ("function_call", "call_1", LS)
+
+
+def sse_event(payload: dict) -> str:
+    return f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n"
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_openai_responses_stream_text_first_then_the_call(tgw, upstream, marker, args, refused):
+    message = {"type": "message", "id": "msg_0", "status": "completed", "role": "assistant",
+               "content": [{"type": "output_text", "text": "On it.", "annotations": []}]}
+    text = json.dumps(args)
+    before = [sse_event({"type": "response.created", "sequence_number": 0,
+                         "response": {**response_object([]), "status": "in_progress"}}),
+              sse_event({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
+                         "item": {**message, "status": "in_progress", "content": []}}),
+              sse_event({"type": "response.output_text.delta", "sequence_number": 2, "output_index": 0,
+                         "item_id": "msg_0", "content_index": 0, "delta": "On it.", "logprobs": []}),
+              sse_event({"type": "response.output_item.done", "sequence_number": 3, "output_index": 0,
+                         "item": message})]
+    after = [sse_event({"type": "response.output_item.added", "sequence_number": 4, "output_index": 1,
+                        "item": fc_item(args, "in_progress")}),
+             sse_event({"type": "response.function_call_arguments.delta", "sequence_number": 5, "output_index": 1,
+                        "item_id": "fc_1", "delta": text}),
+             sse_event({"type": "response.function_call_arguments.done", "sequence_number": 6, "output_index": 1,
+                        "item_id": "fc_1", "arguments": text}),
+             sse_event({"type": "response.output_item.done", "sequence_number": 7, "output_index": 1,
+                        "item": fc_item(args)}),
+             sse_event({"type": "response.completed", "sequence_number": 8,
+                        "response": response_object([message, fc_item(args)])})]
+    gate = threading.Event()
+    upstream.route("/v1/responses", lambda rec: Reply(content_type="text/event-stream",
+                                                      chunks=held_back(before, gate, after)))
+    final = None
+    for ev in openai_client(tgw).responses.create(model="gpt-4.1", input=f"{marker} clean", tools=[RESPONSES_TOOL],
+                                                  stream=True):
+        if ev.type == "response.output_text.delta" and ev.delta == "On it.":
+            assert not gate.is_set()
+            gate.set()
+        if ev.type == "response.completed":
+            final = ev.response
+    assert gate.is_set() and final is not None
+    kinds = [i.type for i in final.output]
+    if refused:
+        assert kinds == ["message", "message"] and "refused the call of the tool" in final.output_text
+        assert_refused(refusal_event(tgw, marker))
+    else:
+        assert kinds == ["message", "function_call"] and json.loads(final.output[1].arguments) == LS
+
+
+# --- Anthropic --------------------------------------------------------------------------------------------------
+
+ANTHROPIC_TOOL = {"name": "run_command", "input_schema": {"type": "object"}}
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_anthropic_a_forbidden_tool_use_block_becomes_text(tgw, upstream, marker, args, refused):
+    upstream.route("/v1/messages", lambda rec: Reply(body=json.dumps({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
+        "content": [{"type": "text", "text": "On it."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "run_command", "input": args}],
+        "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 3}}).encode()))
+    answer = anthropic_client(tgw).messages.create(model="claude-test", max_tokens=50, tools=[ANTHROPIC_TOOL],
+                                                   messages=[{"role": "user", "content": f"{marker} clean"}])
+    if refused:
+        assert answer.stop_reason == "end_turn" and [b.type for b in answer.content] == ["text", "text"]
+        assert "refused the call of the tool 'run_command'" in answer.content[1].text
+        assert_refused(refusal_event(tgw, marker))
+    else:
+        assert answer.stop_reason == "tool_use" and answer.content[1].input == LS
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_anthropic_stream_text_first_then_the_tool_use(tgw, upstream, marker, args, refused):
+    text = json.dumps(args)
+    before = [sse_event({"type": "message_start", "message": {
+                  "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test", "content": [],
+                  "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+              sse_event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+              sse_event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "On it."}}),
+              sse_event({"type": "content_block_stop", "index": 0})]
+    after = [sse_event({"type": "content_block_start", "index": 1, "content_block": {
+                 "type": "tool_use", "id": "toolu_1", "name": "run_command", "input": {}}}),
+             *[sse_event({"type": "content_block_delta", "index": 1, "delta": {
+                 "type": "input_json_delta", "partial_json": text[i:i + 7]}}) for i in range(0, len(text), 7)],
+             sse_event({"type": "content_block_stop", "index": 1}),
+             sse_event({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                        "usage": {"output_tokens": 9}}),
+             sse_event({"type": "message_stop"})]
+    gate = threading.Event()
+    upstream.route("/v1/messages", lambda rec: Reply(content_type="text/event-stream",
+                                                     chunks=held_back(before, gate, after)))
+    with anthropic_client(tgw).messages.stream(model="claude-test", max_tokens=50, tools=[ANTHROPIC_TOOL],
+                                               messages=[{"role": "user", "content": f"{marker} clean"}]) as stream:
+        for ev in stream:
+            if ev.type == "text" and ev.text == "On it.":
+                assert not gate.is_set()
+                gate.set()
+        final = stream.get_final_message()
+    assert gate.is_set()
+    if refused:
+        assert final.stop_reason == "end_turn" and [b.type for b in final.content] == ["text", "text"]
+        assert "refused the call of the tool 'run_command'" in final.content[1].text
+        assert_refused(refusal_event(tgw, marker))
+    else:
+        assert final.stop_reason == "tool_use" and final.content[1].input == LS
+
+
+# --- Google Gemini (google-genai) -------------------------------------------------------------------------------
+
+def gemini_chunk(part: dict, finish: str | None = None) -> str:
+    candidate = {"content": {"role": "model", "parts": [part]}, "index": 0}
+    if finish:
+        candidate["finishReason"] = finish
+    return f"data: {json.dumps({'candidates': [candidate], 'modelVersion': 'gemini-2.0-flash-001'})}\r\n\r\n"
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_google_genai_stream_a_forbidden_function_call_part_becomes_text(tgw, upstream, marker, args, refused):
+    from google.genai import types
+    gate = threading.Event()
+    route_gemini(upstream, "gemini-2.0-flash:streamGenerateContent", lambda rec: Reply(
+        content_type="text/event-stream", chunks=held_back(
+            [gemini_chunk({"text": "On it."})], gate,
+            [gemini_chunk({"functionCall": {"name": "run_command", "args": args}}, "STOP")])))
+    client = genai_client(tgw)
+    tool = types.Tool(function_declarations=[types.FunctionDeclaration(name="run_command")])
+    pieces, calls, finish = [], [], None
+    for c in client.models.generate_content_stream(model="gemini-2.0-flash", contents=f"{marker} clean",
+                                                   config=types.GenerateContentConfig(tools=[tool])):
+        if c.text == "On it.":
+            assert not gate.is_set()
+            gate.set()
+        parts = c.candidates[0].content.parts
+        pieces += [p.text for p in parts if p.text]
+        calls += [p.function_call for p in parts if p.function_call]
+        finish = c.candidates[0].finish_reason or finish
+    assert gate.is_set() and finish == types.FinishReason.STOP
+    if refused:
+        assert calls == [] and "refused the call of the tool 'run_command'" in pieces[-1]
+        assert_refused(refusal_event(tgw, marker))
+    else:
+        assert [(c.name, c.args) for c in calls] == [("run_command", LS)]
+
+
+# --- Amazon Bedrock (boto3) -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def bedrock(tgw, monkeypatch):
+    import boto3
+    from botocore.config import Config
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATESTNOTAREALKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-not-real")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return boto3.client("bedrock-runtime", region_name="us-east-1", verify=str(tgw.ca),
+                        config=Config(proxies={"https": tgw.proxy_url}, retries={"max_attempts": 1}))
+
+
+CONVERSE_TOOLS = {"tools": [{"toolSpec": {"name": "run_command", "inputSchema": {"json": {"type": "object"}}}}]}
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_boto3_converse_stream_a_forbidden_tool_use_becomes_text(tgw, upstream, bedrock, marker, args, refused):
+    text = json.dumps(args)
+    before = [es.event("messageStart", {"role": "assistant"}),
+              es.event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "On it."}}),
+              es.event("contentBlockStop", {"contentBlockIndex": 0})]
+    after = [es.event("contentBlockStart", {"contentBlockIndex": 1, "start": {"toolUse": {
+                 "toolUseId": "tu_1", "name": "run_command"}}}),
+             *[es.event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": text[i:i + 6]}}})
+               for i in range(0, len(text), 6)],
+             es.event("contentBlockStop", {"contentBlockIndex": 1}),
+             es.event("messageStop", {"stopReason": "tool_use"}),
+             es.event("metadata", {"usage": {"inputTokens": 3, "outputTokens": 3, "totalTokens": 6},
+                                   "metrics": {"latencyMs": 5}})]
+    gate = threading.Event()
+    data = b"".join(after)
+    upstream.route(f"/model/{MODEL.replace(':', '%3A')}/converse-stream", lambda rec: Reply(
+        content_type="application/vnd.amazon.eventstream",
+        chunks=held_back(before, gate, [data[i:i + 29] for i in range(0, len(data), 29)])))
+    response = bedrock.converse_stream(modelId=MODEL, toolConfig=CONVERSE_TOOLS,
+                                       messages=[{"role": "user", "content": [{"text": f"{marker} clean"}]}])
+    texts, tool_input, tool_uses, stop = [], "", [], None
+    for ev in response["stream"]:
+        delta = ev.get("contentBlockDelta", {}).get("delta", {})
+        if "text" in delta:
+            texts.append(delta["text"])
+            if delta["text"] == "On it.":
+                assert not gate.is_set()
+                gate.set()
+        tool_input += delta.get("toolUse", {}).get("input", "")
+        if "toolUse" in ev.get("contentBlockStart", {}).get("start", {}):
+            tool_uses.append(ev["contentBlockStart"]["start"]["toolUse"]["name"])
+        stop = ev.get("messageStop", {}).get("stopReason", stop)
+    assert gate.is_set()
+    if refused:
+        assert tool_uses == [] and stop == "end_turn"
+        assert "refused the call of the tool 'run_command'" in texts[-1]
+        assert_refused(refusal_event(tgw, marker))
+    else:
+        assert tool_uses == ["run_command"] and json.loads(tool_input) == LS and stop == "tool_use"
