@@ -227,10 +227,16 @@ class Answer:
         elif isinstance(result.get("content"), list):
             for item in result["content"]:
                 if isinstance(item, dict) and isinstance(item.get("text"), str):
-                    self.text.add(item["text"])
+                    self.add(item["text"])
             if "structuredContent" in result:
-                self.text.add(orjson.dumps(result["structuredContent"], default=str).decode()[:MAX_COMPLETION_CHARS])
+                self.add(orjson.dumps(result["structuredContent"], default=str).decode()[:MAX_COMPLETION_CHARS])
             self.exchange.finish_reason = "tool_error" if result.get("isError") is True else "tool_result"
+
+    def add(self, text: str) -> None:
+        """A text of a result, on a line of its own (a stream carries many results)."""
+        if self.text.pieces and text:
+            self.text.add("\n")
+        self.text.add(text)
 
     def done(self) -> None:
         self.exchange.completion = self.text.text()
