@@ -13,8 +13,8 @@ or an AWS event-stream frame is the smallest unit a client reads anyway). Only t
 until the call is complete (OpenAI chat: its arguments' JSON closed, or the choice finished; Responses: its
 `output_item.done`; Anthropic and Converse: its block's stop; Gemini sends a call whole in one event). Then they go
 on unchanged when the call is allowed, or refusal events take their place. A call that never completes before the
-stream ends, or whose held events outgrow `max_call_bytes`, is refused too: nothing is held without bound, and
-what could not be judged does not reach the agent.
+stream ends, or while the events held (of all the calls held at once) outgrow `max_call_bytes`, is refused too:
+nothing is held without bound, and what could not be judged does not reach the agent.
 
 `judge(call) -> refusal text | None` is the policy's (addons/toolcalls.py); everything here is pure: no mitmproxy.
 """
@@ -34,7 +34,7 @@ from providers import eventstream
 from providers.base import tool_call
 
 Judge = Callable[[ToolCall], "str | None"]
-MAX_CALL_BYTES = 1 << 20  # held events of one streamed tool call, by default
+MAX_CALL_BYTES = 1 << 20  # events of streamed tool calls held at once, by default
 MAX_EVENT_BYTES = 16 << 20  # one SSE event or event-stream frame that has not ended yet
 CHAT, RESPONSES, ANTHROPIC, GEMINI, CONVERSE = "openai-chat", "openai-responses", "anthropic", "gemini", "converse"
 INCOMPLETE = "did not complete"
@@ -159,7 +159,8 @@ def _converse_body(data: dict, judge: Judge) -> bool:
         tu = block.get("toolUse") if isinstance(block, dict) else None
         if isinstance(tu, dict):
             text = judge(tool_call(str(tu.get("name", "")), tu.get("input"),
-                                   ("output", "message", "content", i, "toolUse", "input"), str(tu.get("toolUseId", ""))))
+                                   ("output", "message", "content", i, "toolUse", "input"),
+                                   str(tu.get("toolUseId", ""))))
             if text:
                 content[i], changed = {"text": text}, True
     if changed and data.get("stopReason") == "tool_use" and not any(
@@ -309,11 +310,6 @@ class SseGuard(StreamGuard):
         raise NotImplementedError
 
 
-def _hold(held: _Held, raw: bytes) -> None:
-    held.events.append(raw)
-    held.size += len(raw)
-
-
 class ChatGuard(SseGuard):
     """OpenAI chat completions (`choices[].delta.tool_calls[]` by index, `finish_reason`, `[DONE]`)."""
 
@@ -325,6 +321,7 @@ class ChatGuard(SseGuard):
         self.done: set[tuple[int, int]] = set()  # judged or refused: later pieces of them are dropped
         self.batch: list[bytes] = []  # the held events, in order, while any call is pending
         self.batch_keys: list[tuple[int, int]] = []
+        self.batch_size = 0
         self.results: dict[tuple[int, int], str | None] = {}
         self.judged: dict[tuple[int, int], _Held] = {}
         self.allowed: dict[int, int] = {}  # choice -> allowed calls passed on (their indexes on the client)
@@ -346,7 +343,7 @@ class ChatGuard(SseGuard):
                     continue  # a piece after the call was judged: the client never gets more than was judged
                 held = self.pending.get(key)
                 if held is None:
-                    held = self.pending[key] = _Held(end=_JsonEnd(), extra={"choice": ci})
+                    held = self.pending[key] = _Held(end=_JsonEnd())
                     self.batch_keys.append(key)
                 fn = tc.get("function") or {}
                 held.name += str(fn.get("name") or "")
@@ -357,10 +354,11 @@ class ChatGuard(SseGuard):
                 live = True
                 if held.end.feed(piece):
                     out.append(self._resolve(key, None))
-                elif held.size > self.max_call_bytes:
-                    out.append(self._resolve(key, OVERSIZED))
             if live:
                 self.batch.append(raw)
+                self.batch_size += len(raw)
+                if self.batch_size > self.max_call_bytes:  # everything held at once counts
+                    out += [self._resolve(key, OVERSIZED) for key in list(self.pending)]
             out.append(self._flush())
             if not finished:
                 return b"".join(out)
@@ -395,7 +393,7 @@ class ChatGuard(SseGuard):
         it was refused (indexes unchanged), else rebuilt: the allowed calls whole, a refusal text for the others."""
         if self.pending or not self.batch_keys:
             return b""
-        keys, batch, self.batch_keys, self.batch = self.batch_keys, self.batch, [], []
+        keys, batch, self.batch_keys, self.batch, self.batch_size = self.batch_keys, self.batch, [], [], 0
         held = {k: self.judged.pop(k) for k in keys}
         if all(self.results[k] is None for k in keys) and not any(self.refusals.get(k[0]) for k in keys):
             for ci, _ in keys:
@@ -436,93 +434,136 @@ class ChatGuard(SseGuard):
         return b"".join(out) + self._flush()
 
 
-class AnthropicGuard(SseGuard):
-    """Anthropic Messages (`content_block_start` tool_use, `input_json_delta`, `content_block_stop`, and the
-    `message_delta` stop reason)."""
-
-    marker = (b"tool_use", b"input_json_delta", b"content_block_stop", b"message_delta")
+class _BlockCalls:
+    """What the formats that stream a call as a block of its own share (its start, its pieces, its stop, by
+    index: Anthropic, Responses, Converse): the block's events are held from its start to its stop, then released
+    or replaced (`_release`, the format's). Everything held at once counts against the cap: past it, every call
+    held is refused and the rest of its events are dropped."""
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
         super().__init__(judge, max_call_bytes)
-        self.pending: dict[int, _Held] = {}
-        self.dropped: set[int] = set()  # refused for its size: its later events are dropped
+        self.pending: dict[Any, _Held] = {}
+        self.dropped: set = set()  # refused before their stop: what else comes of them is dropped
+        self.held_total = 0
         self.allowed = self.refusals = 0
+
+    def _open(self, index: Any, held: _Held, raw: bytes) -> bytes:
+        self.dropped.discard(index)
+        self.pending[index] = held
+        return self._add(index, raw)
+
+    def _add(self, index: Any, raw: bytes) -> bytes:
+        held = self.pending[index]
+        held.events.append(raw)
+        held.size += len(raw)
+        self.held_total += len(raw)
+        if self.held_total <= self.max_call_bytes:
+            return b""
+        out = []
+        for i in list(self.pending):
+            self.dropped.add(i)
+            held = self._take(i)
+            out.append(self._refuse(i, held, self._not_judged(held, OVERSIZED)))
+        return b"".join(out)
+
+    def _take(self, index: Any) -> _Held:
+        held = self.pending.pop(index)
+        self.held_total -= held.size
+        return held
+
+    def _close(self, index: Any, raw: bytes) -> bytes:
+        """The block's stop: the call is complete, judged on its arguments (parsed if they parse, else the text)."""
+        held = self._take(index)
+        held.events.append(raw)
+        try:
+            value = json.loads(held.arguments) if held.arguments.strip() else {}
+        except ValueError:
+            value = held.arguments
+        text = self._verdict(held, value)
+        if text is None:
+            self.allowed += 1
+            return b"".join(held.events)
+        return self._refuse(index, held, text)
+
+    def _refuse(self, index: Any, held: _Held, text: str) -> bytes:
+        self.refusals += 1
+        return self._release(index, held, text)
+
+    def _release(self, index: Any, held: _Held, text: str) -> bytes:
+        """The events that take a refused call's place."""
+        raise NotImplementedError
+
+    def _dropping(self, index: Any, stop: bool) -> bool:
+        """Is this an event of a call refused before its stop (dropped; the stop ends that)?"""
+        if index not in self.dropped:
+            return False
+        if stop:
+            self.dropped.discard(index)
+        return True
+
+    def _stale_stop(self) -> bool:
+        """Does a "tool use" stop reason now stand for no call at all?"""
+        return bool(self.refusals) and not self.allowed
+
+    def end(self) -> bytes:
+        out = []
+        for index in list(self.pending):
+            held = self._take(index)
+            out.append(self._refuse(index, held, self._not_judged(held, INCOMPLETE)))
+        return b"".join(out)
+
+
+class AnthropicGuard(_BlockCalls, SseGuard):
+    """Anthropic Messages (`content_block_start` tool_use, `input_json_delta`, `content_block_stop`, and the
+    `message_delta` stop reason). A refused call's block becomes a text block at the same index."""
+
+    marker = (b"tool_use", b"input_json_delta", b"content_block_stop", b"message_delta")
 
     def event(self, raw: bytes, name: str, data: dict) -> bytes:
         kind = data.get("type") or name
         index = data.get("index")
         if kind == "content_block_start" and (data.get("content_block") or {}).get("type") == "tool_use":
             block = data["content_block"]
-            held = self.pending[index] = _Held(str(block.get("name", "")), str(block.get("id", "")))
-            _hold(held, raw)
-            return self._check(index)
-        if index in self.dropped:
-            if kind == "content_block_stop":
-                self.dropped.discard(index)
+            return self._open(index, _Held(str(block.get("name", "")), str(block.get("id", ""))), raw)
+        if kind in ("content_block_delta", "content_block_stop") and self._dropping(
+                index, kind == "content_block_stop"):
             return b""
         if kind == "content_block_delta" and index in self.pending:
-            held = self.pending[index]
-            held.arguments += str((data.get("delta") or {}).get("partial_json") or "")
-            _hold(held, raw)
-            return self._check(index)
+            self.pending[index].arguments += str((data.get("delta") or {}).get("partial_json") or "")
+            return self._add(index, raw)
         if kind == "content_block_stop" and index in self.pending:
-            held = self.pending.pop(index)
-            _hold(held, raw)
-            try:
-                value = json.loads(held.arguments) if held.arguments.strip() else {}
-            except ValueError:
-                value = held.arguments
-            return self._release(index, held, self._verdict(held, value))
+            return self._close(index, raw)
         if kind == "message_delta":
             out = self.end()
             delta = data.get("delta") or {}
-            if delta.get("stop_reason") == "tool_use" and self.refusals and not self.allowed:
+            if delta.get("stop_reason") == "tool_use" and self._stale_stop():
                 data["delta"] = {**delta, "stop_reason": "end_turn"}
                 return out + self.sse(data, name or "message_delta")
             return out + raw
         return raw
 
-    def _check(self, index: int) -> bytes:
-        held = self.pending[index]
-        if held.size <= self.max_call_bytes:
-            return b""
-        del self.pending[index]
-        self.dropped.add(index)
-        return self._release(index, held, self._not_judged(held, OVERSIZED), stopped=False)
-
-    def _release(self, index: int, held: _Held, text: str | None, stopped: bool = True) -> bytes:
-        if text is None:
-            self.allowed += 1
-            return b"".join(held.events)
-        self.refusals += 1
+    def _release(self, index: Any, held: _Held, text: str) -> bytes:
         return (self.sse({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
                          "content_block_start")
                 + self.sse({"type": "content_block_delta", "index": index,
                             "delta": {"type": "text_delta", "text": text}}, "content_block_delta")
                 + self.sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
 
-    def end(self) -> bytes:
-        out = []
-        for index in list(self.pending):
-            held = self.pending.pop(index)
-            out.append(self._release(index, held, self._not_judged(held, INCOMPLETE)))
-        return b"".join(out)
 
-
-class ResponsesGuard(SseGuard):
+class ResponsesGuard(_BlockCalls, SseGuard):
     """OpenAI Responses: a function_call item's events, `output_item.added` to `output_item.done`, are held; a
     refused one is replaced by a message item's events at the same output index, and the final response's
     `output` says the same."""
 
     marker = (b"function_call", b"custom_tool_call", b"response.completed", b"response.incomplete",
               b"response.failed")
+    CALLS = ("function_call", "custom_tool_call")
     ITEM_EVENTS = ("response.function_call_arguments.delta", "response.function_call_arguments.done",
                    "response.custom_tool_call_input.delta", "response.custom_tool_call_input.done")
+    FINAL = ("response.completed", "response.incomplete", "response.failed")
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
         super().__init__(judge, max_call_bytes)
-        self.pending: dict[int, _Held] = {}
-        self.dropped: set[int] = set()
         self.replaced: dict[int, dict] = {}  # output index -> the message item that replaced the call
         self.seq = 0
 
@@ -531,73 +572,46 @@ class ResponsesGuard(SseGuard):
         self.seq = max(self.seq, int(data.get("sequence_number") or 0))
         index = data.get("output_index")
         item = data.get("item") if isinstance(data.get("item"), dict) else {}
-        if kind == "response.output_item.added" and item.get("type") in ("function_call", "custom_tool_call"):
-            held = self.pending[index] = _Held(str(item.get("name", "")), str(item.get("call_id", "")),
-                                               extra={"item": item})
-            _hold(held, raw)
-            return self._check(index)
-        if index in self.dropped and (kind in self.ITEM_EVENTS or kind == "response.output_item.done"):
-            if kind == "response.output_item.done":
-                self.dropped.discard(index)
+        if kind == "response.output_item.added" and item.get("type") in self.CALLS:
+            held = _Held(str(item.get("name", "")), str(item.get("call_id", "")), extra={"item": item})
+            return self._open(index, held, raw)
+        item_event = kind in self.ITEM_EVENTS or kind == "response.output_item.done"
+        if item_event and self._dropping(index, kind == "response.output_item.done"):
             return b""
         if index in self.pending and kind in self.ITEM_EVENTS:
-            _hold(self.pending[index], raw)
-            return self._check(index)
+            return self._add(index, raw)
         if index in self.pending and kind == "response.output_item.done":
-            held = self.pending.pop(index)
-            _hold(held, raw)
-            call = _responses_call(item, ("item",))
-            text = self.judge(call) if call is not None else None
-            return self._release(index, held, text, item)
-        if kind in ("response.completed", "response.incomplete", "response.failed") and isinstance(
-                data.get("response"), dict):
+            held = self.pending[index]
+            args = item.get("arguments", item.get("input"))
+            held.name, held.arguments = str(item.get("name") or held.name), "" if args is None else str(args)
+            held.extra["item"] = item
+            return self._close(index, raw)
+        if kind in self.FINAL and isinstance(data.get("response"), dict):
             out = self.end()
             output = data["response"].get("output")
             if not self.replaced or not isinstance(output, list):
                 return out + raw
             for i, it in enumerate(output):
-                if i in self.replaced and isinstance(it, dict) and it.get("type") in (
-                        "function_call", "custom_tool_call"):
+                if i in self.replaced and isinstance(it, dict) and it.get("type") in self.CALLS:
                     output[i] = self.replaced[i]
             return out + self.sse(data, name or kind)
         return raw
 
-    def _check(self, index: int) -> bytes:
-        held = self.pending[index]
-        if held.size <= self.max_call_bytes:
-            return b""
-        del self.pending[index]
-        self.dropped.add(index)
-        return self._release(index, held, self._not_judged(held, OVERSIZED), held.extra["item"])
-
-    def _release(self, index: int, held: _Held, text: str | None, item: dict) -> bytes:
-        if text is None:
-            return b"".join(held.events)
-        done = responses_message(item, text)
-        self.replaced[index] = done
+    def _release(self, index: Any, held: _Held, text: str) -> bytes:
+        item = held.extra["item"]
+        done = self.replaced[index] = responses_message(item, text)
         base = {"output_index": index}
+        part = {**base, "item_id": done["id"], "content_index": 0}
         events = [("response.output_item.added", {**base, "item": responses_message(item, text, "in_progress")}),
-                  ("response.content_part.added", {**base, "item_id": done["id"], "content_index": 0,
-                                                   "part": _output_text("")}),
-                  ("response.output_text.delta", {**base, "item_id": done["id"], "content_index": 0, "delta": text,
-                                                  "logprobs": []}),
-                  ("response.output_text.done", {**base, "item_id": done["id"], "content_index": 0, "text": text,
-                                                 "logprobs": []}),
-                  ("response.content_part.done", {**base, "item_id": done["id"], "content_index": 0,
-                                                  "part": _output_text(text)}),
+                  ("response.content_part.added", {**part, "part": _output_text("")}),
+                  ("response.output_text.delta", {**part, "delta": text, "logprobs": []}),
+                  ("response.output_text.done", {**part, "text": text, "logprobs": []}),
+                  ("response.content_part.done", {**part, "part": _output_text(text)}),
                   ("response.output_item.done", {**base, "item": done})]
-        return b"".join(self.sse({"type": kind, "sequence_number": self._next(), **payload}, kind)
-                        for kind, payload in events)
-
-    def _next(self) -> int:
-        self.seq += 1
-        return self.seq
-
-    def end(self) -> bytes:
         out = []
-        for index in list(self.pending):
-            held = self.pending.pop(index)
-            out.append(self._release(index, held, self._not_judged(held, INCOMPLETE), held.extra["item"]))
+        for kind, payload in events:
+            self.seq += 1
+            out.append(self.sse({"type": kind, "sequence_number": self.seq, **payload}, kind))
         return b"".join(out)
 
 
@@ -614,18 +628,18 @@ class GeminiGuard(SseGuard):
         return b""
 
 
-class ConverseGuard(StreamGuard):
+class ConverseGuard(_BlockCalls, StreamGuard):
     """Bedrock ConverseStream, AWS event-stream frames: a toolUse block's frames (`contentBlockStart` with
     `start.toolUse`, its `contentBlockDelta`s, its `contentBlockStop`) are held; a refused one becomes a text delta
-    and a stop at the same block index, and `messageStop` says `end_turn` when no call is left."""
+    and a stop at the same block index, and `messageStop` says `end_turn` when no call is left. A frame that does
+    not decode (a wrong length or CRC) stops the stream there: botocore would fail on it too."""
+
+    EVENTS = ("contentBlockStart", "contentBlockDelta", "contentBlockStop", "messageStop")
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
         super().__init__(judge, max_call_bytes)
         self.buf = bytearray()
         self.decoder = eventstream.EventStreamDecoder()
-        self.pending: dict[int, _Held] = {}
-        self.dropped: set[int] = set()
-        self.allowed = self.refusals = 0
 
     def feed(self, chunk: bytes) -> bytes:
         if self.broken:
@@ -656,7 +670,7 @@ class ConverseGuard(StreamGuard):
 
     def _frame(self, raw: bytes, message: eventstream.EventMessage) -> bytes:
         kind = message.event_type
-        if kind not in ("contentBlockStart", "contentBlockDelta", "contentBlockStop", "messageStop"):
+        if kind not in self.EVENTS:
             return raw
         try:
             data = orjson.loads(message.payload)
@@ -667,55 +681,24 @@ class ConverseGuard(StreamGuard):
         index = data.get("contentBlockIndex")
         if kind == "contentBlockStart" and isinstance((data.get("start") or {}).get("toolUse"), dict):
             tu = data["start"]["toolUse"]
-            held = self.pending[index] = _Held(str(tu.get("name", "")), str(tu.get("toolUseId", "")))
-            _hold(held, raw)
-            return self._check(index)
-        if index in self.dropped and kind in ("contentBlockDelta", "contentBlockStop"):
-            if kind == "contentBlockStop":
-                self.dropped.discard(index)
+            return self._open(index, _Held(str(tu.get("name", "")), str(tu.get("toolUseId", ""))), raw)
+        if kind in ("contentBlockDelta", "contentBlockStop") and self._dropping(index, kind == "contentBlockStop"):
             return b""
         if kind == "contentBlockDelta" and index in self.pending:
-            held = self.pending[index]
-            held.arguments += str(((data.get("delta") or {}).get("toolUse") or {}).get("input") or "")
-            _hold(held, raw)
-            return self._check(index)
+            self.pending[index].arguments += str(((data.get("delta") or {}).get("toolUse") or {}).get("input") or "")
+            return self._add(index, raw)
         if kind == "contentBlockStop" and index in self.pending:
-            held = self.pending.pop(index)
-            _hold(held, raw)
-            try:
-                value = json.loads(held.arguments) if held.arguments.strip() else {}
-            except ValueError:
-                value = held.arguments
-            return self._release(index, held, self._verdict(held, value))
+            return self._close(index, raw)
         if kind == "messageStop":
             out = self.end()
-            if data.get("stopReason") == "tool_use" and self.refusals and not self.allowed:
+            if data.get("stopReason") == "tool_use" and self._stale_stop():
                 return out + _converse_frame("messageStop", {**data, "stopReason": "end_turn"})
             return out + raw
         return raw
 
-    def _check(self, index: int) -> bytes:
-        held = self.pending[index]
-        if held.size <= self.max_call_bytes:
-            return b""
-        del self.pending[index]
-        self.dropped.add(index)
-        return self._release(index, held, self._not_judged(held, OVERSIZED))
-
-    def _release(self, index: int, held: _Held, text: str | None) -> bytes:
-        if text is None:
-            self.allowed += 1
-            return b"".join(held.events)
-        self.refusals += 1
+    def _release(self, index: Any, held: _Held, text: str) -> bytes:
         return (_converse_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": {"text": text}})
                 + _converse_frame("contentBlockStop", {"contentBlockIndex": index}))
-
-    def end(self) -> bytes:
-        out = []
-        for index in list(self.pending):
-            held = self.pending.pop(index)
-            out.append(self._release(index, held, self._not_judged(held, INCOMPLETE)))
-        return b"".join(out)
 
 
 def _converse_frame(event_type: str, payload: dict) -> bytes:

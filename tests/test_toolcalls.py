@@ -313,3 +313,25 @@ def test_a_call_is_judged_by_the_tool_rules_as_if_offered_alone(pol, user, name,
     call = ToolCall(name, json.dumps(args), value=args)
     d = forbidding(pol, Subject(user), CATALOG.services["openai"], x, "gpt-4o", {}, call)
     assert (None if d is None else (d.rule, d.mode)) == expected
+
+
+@pytest.mark.parametrize("fmt", [toolcalls.CHAT, toolcalls.ANTHROPIC])
+def test_many_calls_opened_at_once_count_against_one_cap(fmt):
+    """Each call small, none ever complete: what is held at once is bounded all the same."""
+    if fmt == toolcalls.CHAT:
+        events = sse(*({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o", "choices": [
+            {"index": 0, "delta": {"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function", "function": {
+                "name": "run", "arguments": '{"command": "'}}]}, "finish_reason": None}]} for i in range(200)))
+    else:
+        events = sse(*({"type": "content_block_start", "index": i, "content_block": {
+            "type": "tool_use", "id": f"t{i}", "name": "run", "input": {}}} for i in range(200)), named=True)
+    guard = toolcalls.stream_guard(fmt, "text/event-stream", judge, 4096)
+    out = []
+    for e in events:
+        out.append(guard.feed(e))
+        assert (guard.batch_size if fmt == toolcalls.CHAT else guard.held_total) <= 4096
+    out.append(guard.finish())
+    whys = [why for _, why in guard.refused]
+    assert len(whys) == 200 and whys[0] == toolcalls.OVERSIZED and set(whys) == {toolcalls.OVERSIZED,
+                                                                                  toolcalls.INCOMPLETE}
+    assert b'"command": "' not in b"".join(out) and b"tool_use" not in b"".join(out)
