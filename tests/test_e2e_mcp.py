@@ -13,6 +13,7 @@ audit rows say what happened.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import ssl
@@ -192,3 +193,39 @@ def test_changed_definition_is_flagged(mgw, servers, url):
                               in e["reason"] and (url != SSE or marker in e["completion"]))
     assert all(e["operation"] == ("mcp.stream" if url == SSE else "mcp.tools/list") for e in flagged)
     assert all(any("changed since first seen" in w for w in e["warnings"]) for e in flagged)
+
+
+def post(gw: GatewayProcess, url: str, body: bytes) -> httpx2.Response:
+    with httpx2.Client(proxy=gw.proxy_url, verify=ssl.create_default_context(cafile=str(gw.ca)),
+                       timeout=150) as client:
+        return client.post(url, content=body, headers={"content-type": "application/json",
+                                                       "accept": "application/json, text/event-stream"})
+
+
+@pytest.mark.parametrize("body, code, ids", [
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"', -32600, [None]),  # cut off
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_file", "name": "delete_file"}}',
+     -32600, [1]),  # a repeated key: the server might read the other one
+    (json.dumps([{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "delete_file"}},
+                 {"jsonrpc": "2.0", "id": "two", "method": "tools/list"}]).encode(), -32001, [1, "two"]),
+], ids=["malformed", "ambiguous", "batch-with-a-forbidden-call"])
+def test_hostile_requests_are_answered_as_jsonrpc_and_audited(mgw, servers, body, code, ids):
+    answer = post(mgw, STREAMABLE, body)
+    assert answer.status_code == 200
+    replies = answer.json() if isinstance(answer.json(), list) else [answer.json()]
+    assert [r["id"] for r in replies] == ids
+    for r in replies:  # a refused call is a tool error result, anything else a JSON-RPC error
+        assert r["result"]["isError"] if "result" in r else r["error"]["code"] == code
+    assert not servers["streamable"].called("delete_file")
+    [event] = wait_for_events(mgw, lambda e: e["event_id"] == answer.headers["x-ai-gateway-reference"])
+    assert event["decision"] == "block" and event["operation"].startswith("mcp.")
+
+
+def test_huge_arguments_are_inspected_and_forwarded(mgw, servers):
+    marker = f"mk-{uuid.uuid4().hex[:12]}"
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": "read_file", "arguments": {"path": marker, "pad": "word " * 600_000}}})
+    answer = post(mgw, STREAMABLE, body.encode())
+    assert answer.status_code == 400  # the server's own answer: no session was opened
+    [event] = wait_for_events(mgw, lambda e: e["operation"] == "mcp.tools/call" and marker in e["prompt"])
+    assert event["decision"] == "allow" and event["inspection"] == "inspected" and event["request_bytes"] > 3e6
