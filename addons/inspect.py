@@ -94,6 +94,7 @@ class Inspect:
         self.pool = None  # dlp.pool.DlpPool while DLP is on
         self.bulk = None  # the pool for prompts over BULK_CHARS, when gateway_dlp_bulk_workers > 0
         self.gate = None  # dlp.scanner.Scanner of the same rules, for its prefilter (Scanner.could_find)
+        self.threat_rules = None  # dlp.injection.InjectionRules the workers run, while DLP is on
         self.timeout = float(DEFAULT_TIMEOUT)
         self.wait = float(DEFAULT_WAIT)
         self.running_ = False  # workers are started once every option is set, then restarted on change
@@ -148,6 +149,7 @@ class Inspect:
             self._start()
 
     def _start(self) -> None:
+        from dlp.injection import rules_near
         from dlp.pool import DlpPool
 
         self._close()
@@ -156,6 +158,7 @@ class Inspect:
         source = recognizers_file(self.folder)
         self.digest = digests(self.folder).get(RECOGNIZERS)
         rules = self._snapshot(source)
+        self.threat_rules = rules_near(str(rules))  # the workers' own: the weights of their findings by source
         workers = ctx.options.gateway_dlp_workers or min(4, os.cpu_count() or 1)
         bulk = ctx.options.gateway_dlp_bulk_workers
         self.pool = DlpPool(rules, workers)
@@ -259,9 +262,12 @@ class Inspect:
         belonged to, for a scan that starts later (after a reload it is closed, and the scan says so)."""
         from dlp.scanner import in_parts
 
+        from dlp.injection import by_source
+
         findings = await self._scan_texts(it, texts, "DLP scan", pool)
         it.inspection = "errored" if findings is None else "inspected"
-        it.findings = in_parts(findings or [], parts)
+        # each finding says where its text came from, and prompt injection is scored for it (dlp.injection)
+        it.findings = by_source(in_parts(findings or [], parts), it.exchange.request_sources(), self.threat_rules)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """The scan of a request sent before it was scanned starts once the upstream answers: not while the
@@ -312,7 +318,8 @@ class Inspect:
         findings = [] if self._possible(texts) == frozenset() else \
             await self._scan_texts(it, texts, "DLP scan of the answer")
         it.response_inspection = "errored" if findings is None else "inspected"
-        it.findings = [*it.findings, *(dataclasses.replace(f, part=RESPONSE_PART) for f in findings or ())]
+        it.findings = [*it.findings, *(dataclasses.replace(f, part=RESPONSE_PART, source="answer")
+                                       for f in findings or ())]
 
     def _findings_matter(self, flow: http.HTTPFlow, it: Interaction, entities: frozenset[str]) -> bool:
         """Could findings of these entity types change what the policy enforces on this request

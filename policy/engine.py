@@ -271,7 +271,8 @@ def _conditions_hold(rule: Rule, subject: Subject, request: Request, shadow: boo
     if when.tools is not None and not when.tools.holds(x):
         return False
     if when.findings is not None and not skip_findings:
-        selected = sum(1 for f in request.findings if when.findings.selects(f))
+        enforced = rule.mode == "enforce"
+        selected = sum(1 for f in request.findings if when.findings.selects(f, enforced))
         if selected < when.findings.min_count:
             return False
     if rule.action == "redact" and not skip_findings and not _redact_entities(rule, request):

@@ -96,6 +96,9 @@ def entity_of(finding: Any) -> str:
 
 
 FINDINGS_IN = ("request", "response")
+#: Where a finding's text came from (the same names as dlp.injection.SOURCES; policy does not import dlp).
+FINDING_SOURCES = ("user", "system", "assistant", "tool_call", "tool_result", "document", "mcp_result",
+                   "tool_definition", "answer", "other")
 
 
 def in_response(finding: Any) -> bool:
@@ -106,16 +109,22 @@ def in_response(finding: Any) -> bool:
 @dataclass(frozen=True, slots=True)
 class FindingsMatch:
     """At least `min_count` findings whose entity matches `entities` (any, if None) with score >= `min_score`,
-    in the request (`in: request`, the default) or in the model's answer (`in: response`)."""
+    in the request (`in: request`, the default) or in the model's answer (`in: response`), from one of `sources`
+    (where the text came from: dlp.injection.SOURCES; any, if None), so a rule can block an injection riding in a
+    tool result and only record a user's own. A finding of a rule still on trial (`stage: experimental`) counts
+    only for rules in `mode: monitor` (`enforced` False): it is recorded, never enforced."""
 
     entities: Globs | None = None
     min_count: int = 1
     min_score: float = 0.0
     where: str = "request"
+    sources: frozenset[str] | None = None
 
-    def selects(self, finding: Any) -> bool:
+    def selects(self, finding: Any, enforced: bool = False) -> bool:
         return (finding.score >= self.min_score and in_response(finding) == (self.where == "response")
-                and (self.entities is None or self.entities.match(entity_of(finding))))
+                and (self.entities is None or self.entities.match(entity_of(finding)))
+                and (self.sources is None or getattr(finding, "source", "") in self.sources)
+                and not (enforced and getattr(finding, "stage", "") == "experimental"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,7 +431,8 @@ def _findings(path: str | Path, m: rulesfile.Mapping, where: str) -> FindingsMat
     raw = m["findings"]
     if isinstance(raw, list):  # shorthand: a list of entity types
         return FindingsMatch(entities=_entity_globs(path, m, "findings", where))
-    f = rulesfile.check_keys(path, raw, f"{where} findings", set(), {"entities", "min_count", "min_score", "in"})
+    f = rulesfile.check_keys(path, raw, f"{where} findings", set(),
+                             {"entities", "min_count", "min_score", "in", "sources"})
     min_count = f.get("min_count", 1)
     if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
         raise RulesError(path, f.line_of("min_count"), f"{where}: 'min_count' must be a whole number >= 1")
@@ -430,8 +440,15 @@ def _findings(path: str | Path, m: rulesfile.Mapping, where: str) -> FindingsMat
     if not isinstance(min_score, (int, float)) or isinstance(min_score, bool) or not 0 <= min_score <= 1:
         raise RulesError(path, f.line_of("min_score"), f"{where}: 'min_score' must be a number from 0 to 1")
     entities = _entity_globs(path, f, "entities", where) if "entities" in f else None
+    sources = None
+    if "sources" in f:
+        sources = frozenset(_strings(path, f, "sources", where))
+        unknown = sorted(sources - set(FINDING_SOURCES))
+        if unknown:
+            raise RulesError(path, f.line_of("sources"), f"{where}: unknown source {unknown[0]!r} (one of "
+                                                         f"{', '.join(FINDING_SOURCES)})")
     return FindingsMatch(entities, min_count, float(min_score),
-                         _choice(path, f, "in", FINDINGS_IN, "request", where))
+                         _choice(path, f, "in", FINDINGS_IN, "request", where), sources)
 
 
 def _entity_globs(path: str | Path, m: rulesfile.Mapping, key: str, where: str) -> Globs:

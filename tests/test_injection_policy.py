@@ -1,0 +1,97 @@
+"""Prompt injection in the policy: a `findings` condition names the sources its findings must come from, so a rule
+blocks an injection riding in a tool result while a user's own jailbreak is only recorded; a finding of an
+experimental detector rule counts for monitored rules only; and the proxy knows each part's source."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from core.rulesfile import RulesError
+from dlp.injection import by_source, load_rules
+from policy import decide
+from tests.test_policy_engine import BOB, req
+from tests.test_policy_engine import policy as load_policy
+from tests.test_walk import parse
+
+RULES = """
+    version: 1
+    rules:
+      - id: indirect-injection
+        when: {findings: {entities: [PROMPT_INJECTION, HIDDEN_INSTRUCTIONS], min_score: 0.8,
+                          sources: [tool_result, document, mcp_result, tool_definition]}}
+        action: block
+      - id: direct-injection
+        when: {findings: {entities: [PROMPT_INJECTION], sources: [user]}}
+        action: block
+        mode: monitor
+"""
+
+
+@dataclass
+class F:  # the shape of dlp.scanner.Finding the engine reads
+    entity: str
+    score: float = 0.9
+    source: str = ""
+    stage: str = ""
+    start: int = 0
+    end: int = 1
+    part: int = 0
+    recognizer: str = "injection:test"
+
+
+def test_a_rule_blocks_indirect_injection_and_only_records_the_users_own(tmp_path):
+    p = load_policy(tmp_path, RULES)
+    blocked = decide(p, BOB, req(findings=[F("PROMPT_INJECTION", 0.9, "tool_result")]))
+    assert (blocked.action, blocked.rule) == ("block", "indirect-injection")
+    recorded = decide(p, BOB, req(findings=[F("PROMPT_INJECTION", 0.9, "user")]))
+    assert (recorded.action, recorded.rule) == ("monitor", "direct-injection")
+    weak = decide(p, BOB, req(findings=[F("HIDDEN_INSTRUCTIONS", 0.6, "document")]))
+    assert weak.action == "allow"  # below the rule's min_score
+
+
+def test_an_experimental_finding_counts_only_for_monitored_rules(tmp_path):
+    p = load_policy(tmp_path, RULES)
+    trial = decide(p, BOB, req(findings=[F("PROMPT_INJECTION", 0.95, "tool_result", "experimental")]))
+    assert trial.action == "allow"
+    monitored = decide(p, BOB, req(findings=[F("PROMPT_INJECTION", 0.95, "user", "experimental")]))
+    assert (monitored.action, monitored.rule) == ("monitor", "direct-injection")
+
+
+def test_an_unknown_source_is_refused_with_its_line(tmp_path):
+    with pytest.raises(RulesError, match=r"policy.yaml:5: .*unknown source 'tool_results'"):
+        load_policy(tmp_path, """
+            version: 1
+            rules:
+              - id: r
+                when: {findings: {sources: [tool_results]}}
+                action: block
+        """)
+
+
+def test_every_request_part_has_its_source():
+    body = {"model": "gpt-4o", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                              "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "Sunny."}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather now."}}]}
+    x = parse(json.dumps(body).encode()).exchange
+    sources = dict(zip((p.text for p in x.request_parts()), x.request_sources()))
+    assert len(x.request_sources()) == len(x.request_parts())
+    assert (sources["Be brief."], sources["Weather in Oslo?"], sources["Oslo"], sources["Sunny."],
+            sources["Weather now."]) == ("system", "user", "tool_call", "tool_result", "tool_definition")
+
+
+def test_findings_get_their_source_and_the_rules_weight_for_it():
+    rules = load_rules("rules")
+    findings = [F("PROMPT_INJECTION", 0.8, part=0, recognizer="injection:tool.conceal"),
+                F("PROMPT_INJECTION", 0.8, part=1, recognizer="injection:tool.conceal"),
+                F("EMAIL_ADDRESS", 1.0, part=0, recognizer="EmailRecognizer")]
+    out = by_source(findings, ["system", "tool_definition"], rules)
+    assert [(f.entity, f.source, f.score) for f in out] == [
+        ("PROMPT_INJECTION", "system", round(0.8 * rules.weight("tool.conceal", "system"), 4)),
+        ("PROMPT_INJECTION", "tool_definition", 0.8), ("EMAIL_ADDRESS", "system", 1.0)]
