@@ -43,13 +43,13 @@ OVERSIZED = "grew past the cap"
 
 def format_of(provider: str | None, operation: str) -> str | None:
     """The answer format whose tool calls this module reads, for the parser that understood the request."""
-    if provider in ("openai", "vertex") and operation == "chat.completions":
+    if provider in ("openai", "vertex") and operation == "chat.completions":  # vertex: partner models (Mistral...)
         return CHAT
     if provider == "openai" and operation == "responses":
         return RESPONSES
-    if provider in ("anthropic", "vertex") and operation == "messages":
+    if provider == "anthropic" and operation == "messages":  # Claude on Vertex too
         return ANTHROPIC
-    if provider in ("gemini", "vertex") and operation == "generateContent":
+    if provider == "gemini" and operation == "generateContent":  # Vertex's Gemini too
         return GEMINI
     if provider == "bedrock" and operation == "converse":
         return CONVERSE
