@@ -125,6 +125,10 @@ class AuditEvent(AuditRecord):
     # --- schema v3 ---
     #: What of the request body was read and how: `parser|walk|upload|not inspected ... /path/pattern xN`.
     coverage: list[str] = field(default_factory=list)
+    # --- schema v4 ---
+    #: Where each finding's text came from (user, system, tool_result, mcp_result, document, tool_definition,
+    #: answer, ...: dlp.injection.SOURCES), parallel to finding_entities: prompt injection is judged by it.
+    finding_sources: list[str] = field(default_factory=list)
 
     def set_findings(self, findings: Sequence[FindingLike]) -> None:
         ordered = sorted(findings, key=lambda f: (f.part, f.start, f.end))
@@ -133,6 +137,7 @@ class AuditEvent(AuditRecord):
         self.finding_starts = [int(f.start) for f in ordered]
         self.finding_ends = [int(f.end) for f in ordered]
         self.finding_scores = [round(float(f.score), 4) for f in ordered]
+        self.finding_sources = [getattr(f, "source", "") for f in ordered]
         counts = Counter(self.finding_entities)
         self.entity_types = sorted(counts)
         self.entity_counts = [counts[e] for e in self.entity_types]

@@ -203,6 +203,18 @@ def migrations(text_ttl_days: int = TEXT_TTL_DAYS, metadata_ttl_days: int = META
             # a view's `*` was expanded when it was created: made again, so that it shows the new column
             f"""CREATE OR REPLACE VIEW audit_events{t.on} AS SELECT * FROM events FINAL""",
         )),
+        Migration(4, "where each finding's text came from (prompt injection by source)", (
+            *t.add_columns("events", (("finding_sources", "Array(LowCardinality(String))", ""),)),
+            f"""CREATE OR REPLACE VIEW audit_events{t.on} AS SELECT * FROM events FINAL""",
+            # one row per finding with its source, for "prompt injection from tool results this week" (rows older
+            # than v4 have no sources: they read as '')
+            f"""CREATE VIEW IF NOT EXISTS audit_finding_sources{t.on} AS
+                SELECT event_id, ts, user, service, decision, rule_id, entity_type, finding_source, score
+                FROM events FINAL
+                ARRAY JOIN finding_entities AS entity_type,
+                           arrayResize(finding_sources, length(finding_entities), '') AS finding_source,
+                           finding_scores AS score""",
+        )),
     ]
 
 

@@ -48,7 +48,8 @@ def test_v1_store_is_migrated_and_keeps_its_rows(tmp_path):
     version on open; the old row is still there, read with the new columns' defaults."""
     path = tmp_path / "audit"
     with opened(path) as fresh:  # an engine on this path, then rebuild it as v1 by hand
-        for t in ("audit_events", "audit_findings", "audit_ai_use", "events", "connections", "schema_migrations"):
+        for t in ("audit_events", "audit_findings", "audit_ai_use", "audit_finding_sources", "events", "connections",
+                  "schema_migrations"):
             fresh.client.command(f"DROP TABLE IF EXISTS {t}")
         for stmt in migrations_table() + migrations()[0].statements:
             fresh.client.command(stmt)
@@ -59,7 +60,7 @@ def test_v1_store_is_migrated_and_keeps_its_rows(tmp_path):
                             column_names=v1_columns)
         assert "groups" not in create_table(fresh, "events")
     with opened(path) as store:
-        assert [r[0] for r in store.query("SELECT version FROM schema_migrations ORDER BY version", {})[1]] == [1, 2, 3]
+        assert [r[0] for r in store.query("SELECT version FROM schema_migrations ORDER BY version", {})[1]] == [1, 2, 3, 4]
         _, rows = store.query("SELECT user, prompt, capture, source, groups, entity_types, coverage FROM events "
                                  "WHERE event_id = {id:UUID}", {"id": old_id})
         assert rows == [("alice", "old prompt", "full", "http", [], [], [])]

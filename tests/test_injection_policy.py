@@ -95,3 +95,21 @@ def test_findings_get_their_source_and_the_rules_weight_for_it():
     assert [(f.entity, f.source, f.score) for f in out] == [
         ("PROMPT_INJECTION", "system", round(0.8 * rules.weight("tool.conceal", "system"), 4)),
         ("PROMPT_INJECTION", "tool_definition", 0.8), ("EMAIL_ADDRESS", "system", 1.0)]
+
+
+def test_the_audit_row_keeps_each_findings_source_and_a_view_counts_them(tmp_path):
+    from core.audit import AuditEvent
+    from storage.store import Store
+
+    event = AuditEvent(user="alice", service="openai", decision="block", rule_id="indirect-injection")
+    event.set_findings([F("EMAIL_ADDRESS", 1.0, "user", part=0), F("PROMPT_INJECTION", 0.95, "tool_result", part=3)])
+    store = Store.open(f"chdb://{tmp_path / 'audit'}")
+    try:
+        store.insert_events([event])
+        _, rows = store.query("SELECT finding_entities, finding_sources FROM events", {})
+        assert rows == [(["EMAIL_ADDRESS", "PROMPT_INJECTION"], ["user", "tool_result"])]
+        _, rows = store.query("SELECT finding_source, count() FROM audit_finding_sources "
+                              "WHERE entity_type = 'PROMPT_INJECTION' GROUP BY finding_source", {})
+        assert rows == [("tool_result", 1)]
+    finally:
+        store.close()
