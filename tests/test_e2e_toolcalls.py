@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import zlib
 from collections.abc import Iterable
 
 import pytest
@@ -45,7 +46,9 @@ RM, LS = {"command": "sudo rm  -rf /srv/app"}, {"command": "ls -la /srv/app"}
 def tgw(tmp_path_factory, upstream, test_ca):
     base = tmp_path_factory.mktemp("toolcalls-gw")
     gw = GatewayProcess(base / "data", {h: upstream.port for h in AI_HOSTS}, test_ca.ca_pem,
-                        rules=write_rules(base / "rules", POLICY), sets=[f"gateway_tool_call_max_bytes={CAP}"])
+                        rules=write_rules(base / "rules", POLICY),
+                        # no rule here needs findings: no DLP workers to wait for (the audit keeps the text)
+                        sets=[f"gateway_tool_call_max_bytes={CAP}", "gateway_dlp=false", "gateway_capture=full"])
     yield gw
     gw.stop()
 
@@ -405,3 +408,22 @@ def test_boto3_converse_stream_a_forbidden_tool_use_becomes_text(tgw, upstream, 
         assert_refused(refusal_event(tgw, marker))
     else:
         assert tool_uses == ["run_command"] and json.loads(tool_input) == LS and stop == "tool_use"
+
+
+def test_a_stream_compressed_although_identity_was_asked_for_is_decoded_and_still_guarded(tgw, upstream, marker):
+    def gzipped(frames: list[str]):
+        z = zlib.compressobj(wbits=31)
+        for f in frames:
+            yield z.compress(f.encode()) + z.flush(zlib.Z_SYNC_FLUSH)
+        yield z.flush()
+    upstream.route("/v1/chat/completions", lambda rec: Reply(
+        content_type="text/event-stream", headers={"content-encoding": "gzip"},
+        chunks=gzipped([chunk({"role": "assistant", "content": "Hm."}), *chat_call_frames(RM)])))
+    stream = openai_client(tgw).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": f"{marker} go"}], tools=[FUNCTION], stream=True)
+    deltas = [c.delta for ev in stream for c in ev.choices]
+    assert not any(d.tool_calls for d in deltas)
+    assert "refused the call of the tool 'run_command'" in "".join(d.content or "" for d in deltas)
+    [sent] = [r for r in upstream.requests if marker.encode() in r.body]
+    assert sent.headers.get("accept-encoding") == "identity"
+    assert_refused(refusal_event(tgw, marker))
