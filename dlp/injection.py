@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import os
 import re
+import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from functools import cache
@@ -216,6 +219,21 @@ def rules_near(recognizers_file: str) -> InjectionRules:
     return load_rules(own if own.exists() else SHIPPED_RULES / RULES_FILE)
 
 
+_BOUNDED = re.compile(r"\{(\d*),\d+\}\??")
+_UNICODE_CLASS = re.compile(r"(?<!\\)\\([bw])")
+
+
+def _hs_source(pattern: regex.Pattern) -> bytes:
+    """What hyperscan compiles for a rule: a superset of it, cheap to compile. Bounded gaps (`[^.\\n]{0,40}`) become
+    unbounded (compiling a bounded repeat costs seconds; the confirming regex still bounds it). In a pattern with
+    non-ASCII letters, hyperscan without Unicode classes (which cost seconds more) would not see a Cyrillic or CJK
+    letter as a word character: `\\b` is dropped and `\\w` widened to `\\S`."""
+    source = _BOUNDED.sub(lambda m: "*" if m.group(1) in ("", "0") else "+", pattern.pattern)
+    if not source.isascii():
+        source = _UNICODE_CLASS.sub(lambda m: "" if m.group(1) == "b" else "\\S", source)
+    return source.encode()
+
+
 def _hs_flags(pattern: regex.Pattern) -> int:
     flags = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_ALLOWEMPTY
     if pattern.flags & regex.IGNORECASE:
@@ -225,7 +243,7 @@ def _hs_flags(pattern: regex.Pattern) -> int:
     if pattern.flags & regex.MULTILINE:
         flags |= hyperscan.HS_FLAG_MULTILINE
     if not pattern.pattern.isascii():
-        flags |= hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_UCP
+        flags |= hyperscan.HS_FLAG_UTF8  # caseless still folds Cyrillic, Greek and the rest
     return flags
 
 
@@ -239,10 +257,7 @@ class Detector:
         self.rules = rules
         self._db = None
         if hyperscan is not None and rules.rules:
-            self._db = hyperscan.Database()
-            self._db.compile(expressions=[r.regex.pattern.encode() for r in rules.rules],
-                             ids=list(range(len(rules.rules))), elements=len(rules.rules),
-                             flags=[_hs_flags(r.regex) for r in rules.rules])
+            self._db = _compiled([_hs_source(r.regex) for r in rules.rules], [_hs_flags(r.regex) for r in rules.rules])
 
     # --- the pass ---------------------------------------------------------------------------------------------
 
@@ -350,6 +365,36 @@ _JSON_ESCAPE = re.compile(r'\\[nrt"\\/]')
 
 def _unescaped(m: re.Match) -> str:
     return ' "' if m.group() == '\\"' else "  "
+
+
+def _compiled(sources: list[bytes], flags: list[int]):
+    """The database, from the DLP prefilter's disk cache folder when these rules were compiled before: every worker
+    process needs it, and compiling takes a second or more."""
+    from dlp.prefilter import _cache_dir
+
+    key = hashlib.sha256(repr((hyperscan.__version__, sources, flags)).encode()).hexdigest()[:32]
+    folder = _cache_dir()
+    path = folder / f"injection-{key}.hsdb" if folder else None
+    if path and path.exists():
+        try:
+            db = hyperscan.loadb(path.read_bytes(), hyperscan.HS_MODE_BLOCK)
+            db.scratch = hyperscan.Scratch(db)  # a deserialized database comes without scratch space
+            return db
+        except (OSError, hyperscan.error):
+            pass  # unreadable: compiled again and rewritten
+    db = hyperscan.Database()
+    db.compile(expressions=sources, ids=list(range(len(sources))), elements=len(sources), flags=flags)
+    if path:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
+                tmp.write(hyperscan.dumpb(db))
+            os.replace(tmp.name, path)
+            for old in sorted(path.parent.glob("injection-*.hsdb"), key=lambda f: f.stat().st_mtime)[:-4]:
+                old.unlink(missing_ok=True)  # each edit of the rules makes one; the latest few are kept
+        except OSError:
+            pass  # no cache: the next process compiles again
+    return db
 
 
 def _inside(pos: int, spans: list[tuple[int, int]]) -> bool:
