@@ -72,7 +72,7 @@ class McpGuard:
     async def _request(self, flow: http.HTTPFlow, it: Interaction) -> None:
         d = it.stages.decision
         message = d.message if d is not None and d.action == "block" else ""
-        if flow.response is None and it.decision not in ("block", "warn"):
+        if flow.response is None and it.decision != "block":  # an API client's warn goes on: its calls are judged
             calls = [c for m in it.exchange.messages for c in m.tool_calls]
             forbidden = self._forbidden(flow, it, [ToolDefinition(c.name, server=c.server) for c in calls])
             if not forbidden:
@@ -123,11 +123,20 @@ class McpGuard:
         else:
             flow.response.stream = events
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         self._close(flow)
         it: Interaction | None = flow.metadata.get(KEY)
         if it is None or flow.response is None or flow.response.stream or provider_of(it) != mcp.NAME:
             return
+        if it.decision == "block" and flow.response.status_code == 403 and \
+                flow.response.headers.get("x-ai-gateway-reference") == it.event_id:
+            # decide withheld the answer (a rule on findings in the response) in an API's error shape, which an
+            # MCP client takes for a broken server: it gets the refusal as the answer to each of its requests
+            rule = next((r for r in self.policy.rules if r.id == it.rule_id), None)
+            text = enforcement.user_message("block", it.rule_id, rule.message if rule else "", it.event_id)
+            value = await _body(flow)
+            reply = enforcement.mcp_refusals(mcp.requests_of(value), text, it.event_id)
+            return self._answer(flow, enforcement.mcp_reply(reply, isinstance(value, list), it.event_id))
         if not flow.response.headers.get("content-type", "").startswith("application/json"):
             return
         try:
@@ -139,11 +148,12 @@ class McpGuard:
         if not rewrite.might_change(body):
             return
         try:
-            changed = rewrite.value(orjson.loads(body))
+            value = await off_loop(len(body), orjson.loads, body)
         except orjson.JSONDecodeError:
             return
+        changed = rewrite.value(value)
         if changed is not None:
-            flow.response.content = orjson.dumps(changed)
+            flow.response.content = await off_loop(len(body), orjson.dumps, changed)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._close(flow)

@@ -404,4 +404,5 @@ def rewrite_event(raw: bytes, rewrite: Rewrite) -> tuple[bytes, str]:
 
 PROVIDER = McpProvider()
 
-__all__ = ["PROVIDER", "FirstSeen", "Rewrite", "SseEvents", "hosted_servers", "requests_of", "rewrite_event", "server_of"]
+__all__ = ["PROVIDER", "FirstSeen", "Rewrite", "SseEvents", "hosted_servers", "requests_of", "rewrite_event",
+           "server_of"]

@@ -45,6 +45,10 @@ rules:
     when: {tools: {names: ["delete_*"], servers: [mcp.linear.app, mcp.notion.com, mcp.atlassian.com,
                                                         api.githubcopilot.com]}}
     action: strip
+  - id: no-personal-data-in-tool-results
+    when: {services: [notion-mcp], findings: {entities: [EMAIL_ADDRESS], in: response}}
+    action: block
+    message: The tool's result held personal data and was withheld.
 """
 
 STREAMABLE = "https://mcp.linear.app/mcp"  # catalog: linear-mcp, formats [mcp]
@@ -166,6 +170,24 @@ def test_secret_in_tool_arguments_is_found_and_stopped(mgw, servers, url):
     assert (event["operation"], event["decision"], event["rule_id"]) == ("mcp.tools/call", "block",
                                                                          "block-secrets")
     assert "AWS_ACCESS_KEY" in event["entity_types"] and AWS_KEY not in event["prompt"]
+
+
+def test_personal_data_in_a_tool_result_is_found_and_withheld(mgw, servers):
+    """A result is the MCP exchange's answer: a rule on findings `in: response` judges it, and a JSON answer it
+    blocks reaches the client as a tool error, not as an HTTP error the SDK would take for a broken server."""
+    marker = f"mk-{uuid.uuid4().hex[:12]}"
+
+    async def steps(client: Client):
+        await client.list_tools()
+        return await client.call_tool("read_file", {"path": f"{marker} notes of jane.doe@example.com"})
+
+    result = session(mgw, JSON_ANSWERS, "legacy", steps)
+    assert result.is_error and "The tool's result held personal data and was withheld." in result.content[0].text
+    assert {"path": f"{marker} notes of jane.doe@example.com"} in servers["json"].called("read_file")  # it was asked
+    [event] = wait_for_events(mgw, lambda e: e["event_id"] == reference(result.content[0].text))
+    assert (event["operation"], event["decision"], event["rule_id"]) == ("mcp.tools/call", "block",
+                                                                         "no-personal-data-in-tool-results")
+    assert 65535 in event["finding_parts"]  # the finding is in the answer
 
 
 @pytest.mark.parametrize("url", [STREAMABLE, SSE], ids=["streamable", "http+sse"])
