@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from core.rulesfile import SHIPPED_RULES
+from dlp.injection import SOURCES
 
 
 
@@ -19,11 +20,16 @@ from core.rulesfile import SHIPPED_RULES
 @click.argument("source", default="-", type=click.File("r", encoding="utf-8", errors="replace"), metavar="[FILE|-]")
 @click.option("--rules", "rules_dir", type=click.Path(exists=True, path_type=Path), default=SHIPPED_RULES,
               show_default="the shipped rules/", help="Folder holding recognizers.yaml (or the file itself).")
+@click.option("--source", "source_of", type=click.Choice(SOURCES), default="user", show_default=True,
+              help="Where the text comes from: prompt-injection findings are scored for it (rules/injection.yaml), "
+                   "as the gateway scores a request part.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="json: one object per line.")
-def scan_command(source, rules_dir: Path, fmt: str) -> None:
-    """Scan FILE (or standard input) and list the findings, values masked."""
+def scan_command(source, rules_dir: Path, source_of: str, fmt: str) -> None:
+    """Scan FILE (or standard input) and list the findings, values masked: personal data and secrets, and prompt
+    injection (PROMPT_INJECTION, HIDDEN_INSTRUCTIONS, EXFILTRATION_LINK) scored for `--source`."""
     from core.rulesfile import RulesError
+    from dlp.injection import by_source, rules_near
     from dlp.redact import mask
     from dlp.scanner import Scanner
 
@@ -32,9 +38,10 @@ def scan_command(source, rules_dir: Path, fmt: str) -> None:
     except RulesError as e:
         raise click.ClickException(str(e)) from None
     text = source.read()
-    findings = scanner.scan(text)
-    rows = [{"entity": f.entity, "score": f.score, "part": f.part, "start": f.start, "end": f.end,
-             "recognizer": f.recognizer, "value": mask(text[f.start:f.end])} for f in findings]
+    findings = by_source(scanner.scan(text), [source_of], rules_near(str(scanner.rules.file)))
+    rows = [{"entity": f.entity, "score": f.score, "part": f.part, "source": f.source, "start": f.start,
+             "end": f.end, "recognizer": f.recognizer, "stage": f.stage or "stable",
+             "value": mask(text[f.start:f.end])} for f in findings]
     if fmt == "json":
         for row in rows:
             click.echo(json.dumps(row, ensure_ascii=False))
@@ -42,9 +49,9 @@ def scan_command(source, rules_dir: Path, fmt: str) -> None:
     if not rows:
         click.echo(f"no findings in {len(text)} characters")
         return
-    header = ("entity", "score", "part", "span", "value", "recognizer")
-    table = [(r["entity"], f"{r['score']:.2f}", str(r["part"]), f"{r['start']}-{r['end']}", r["value"],
-              r["recognizer"]) for r in rows]
+    header = ("entity", "score", "part", "source", "span", "value", "recognizer")
+    table = [(r["entity"], f"{r['score']:.2f}", str(r["part"]), r["source"], f"{r['start']}-{r['end']}", r["value"],
+              r["recognizer"] + (" (experimental)" if r["stage"] == "experimental" else "")) for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
     for row in [header, *table]:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

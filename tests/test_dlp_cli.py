@@ -19,7 +19,7 @@ def test_table_from_a_file_masks_the_values(tmp_path):
     result = CliRunner().invoke(scan_command, [str(path)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["entity", "score", "part", "span", "value", "recognizer"]
+    assert lines[0].split() == ["entity", "score", "part", "source", "span", "value", "recognizer"]
     assert [line.split()[0] for line in lines[1:4]] == ["EMAIL_ADDRESS", "PHONE_NUMBER", "GITHUB_TOKEN"]
     assert "ja********om (22)" in result.output and lines[-1] == f"3 finding(s) in {len(TEXT)} characters"
     assert not any(v in result.output for v in VALUES)
@@ -31,7 +31,8 @@ def test_json_from_stdin_one_object_per_line():
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert [(r["entity"], TEXT[r["start"]:r["end"]]) for r in rows] == [
         ("EMAIL_ADDRESS", VALUES[0]), ("PHONE_NUMBER", VALUES[1]), ("GITHUB_TOKEN", VALUES[2])]
-    assert set(rows[0]) == {"entity", "score", "part", "start", "end", "recognizer", "value"}
+    assert set(rows[0]) == {"entity", "score", "part", "source", "start", "end", "recognizer",
+                           "stage", "value"}
     assert not any(v in result.output for v in VALUES)
 
 

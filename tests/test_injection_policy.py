@@ -113,3 +113,10 @@ def test_the_audit_row_keeps_each_findings_source_and_a_view_counts_them(tmp_pat
         assert rows == [("tool_result", 1)]
     finally:
         store.close()
+
+
+def test_the_policy_knows_the_detectors_sources():
+    from dlp.injection import SOURCES
+    from policy.language import FINDING_SOURCES
+
+    assert FINDING_SOURCES == SOURCES
