@@ -53,13 +53,23 @@ PROMPT_TAILS = {
 }
 
 
-def chat_body(stream: bool = False, size: int = 1024, prompt: str = "clean", nonce: int | None = None) -> bytes:
+#: The tool a bench request offers when it asks for `tools` (and the upstream then calls it: `sse_frames`).
+TOOL = {"type": "function", "function": {
+    "name": "run_command", "description": "Runs a shell command.",
+    "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}}}
+
+
+def chat_body(stream: bool = False, size: int = 1024, prompt: str = "clean", nonce: int | None = None,
+              tools: bool = False) -> bytes:
     """An OpenAI chat completion request of about `size` bytes (system prompt plus a user turn), whose user turn
     ends with PROMPT_TAILS[prompt]. `nonce` makes the user turn one of its own: the gateway remembers the findings
-    of texts it has scanned (dlp.known), so a bench that repeats one prompt would measure that memory, not DLP."""
+    of texts it has scanned (dlp.known), so a bench that repeats one prompt would measure that memory, not DLP.
+    `tools`: it offers the model TOOL."""
     body = {"model": "gpt-4o", "stream": stream,
             "messages": [{"role": "system", "content": "You are a concise assistant for the finance team."},
                          {"role": "user", "content": ""}]}
+    if tools:
+        body["tools"] = [TOOL]
     filler = "Summarise the quarterly figures for the board in three bullet points. "
     tail = ("" if nonce is None else f" Request {nonce}.") + PROMPT_TAILS[prompt]
     need = size - len(json.dumps(body, separators=(",", ":"))) - len(tail)
@@ -74,17 +84,24 @@ CHAT_REPLY = json.dumps({
     "usage": {"prompt_tokens": 230, "completion_tokens": 18, "total_tokens": 248}}).encode()
 
 
-def sse_frames(chunks: int) -> list[bytes]:
-    """`chunks` (at least 3) SSE frames as the real API sends them: a word per chunk, then the finish reason,
-    the usage block and [DONE]."""
+def sse_frames(chunks: int, tool_call: bool = False) -> list[bytes]:
+    """`chunks` (at least 3; 5 with a tool call) SSE frames as the real API sends them: a word per chunk, then
+    (`tool_call`) a call of TOOL in two pieces, then the finish reason, the usage block and [DONE]. The usage
+    counts chunks - 3 tokens either way."""
     def frame(choices: list, usage: dict | None = None) -> bytes:
         return b"data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1,
                                        "model": "gpt-4o", "choices": choices, "usage": usage}).encode() + b"\n\n"
-    words = max(chunks - 3, 0)
+
+    def call(piece: dict) -> bytes:
+        return frame([{"index": 0, "delta": {"tool_calls": [{"index": 0, **piece}]}, "finish_reason": None}])
+    tokens = max(chunks - 3, 0)
+    words = max(chunks - 5, 0) if tool_call else tokens
+    pieces = [call({"id": "call_bench", "type": "function", "function": {"name": "run_command", "arguments": ""}}),
+              call({"function": {"arguments": '{"command": "ls -la /srv/reports"}'}})] if tool_call else []
     return ([frame([{"index": 0, "delta": {"content": f"word{i} "}, "finish_reason": None}]) for i in range(words)]
-            + [frame([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
-               frame([], {"prompt_tokens": 230, "completion_tokens": words, "total_tokens": 230 + words}),
-               b"data: [DONE]\n\n"])
+            + pieces + [frame([{"index": 0, "delta": {}, "finish_reason": "tool_calls" if tool_call else "stop"}]),
+                        frame([], {"prompt_tokens": 230, "completion_tokens": tokens, "total_tokens": 230 + tokens}),
+                        b"data: [DONE]\n\n"])
 
 
 # --- the fake upstream, in its own process --------------------------------------------------------------------
@@ -94,11 +111,12 @@ def serve_upstream(ca_dir: Path, chunks: int, interval: float) -> None:
 
     up = FakeUpstream(TestCA(ca_dir), [HOST])
     up.requests = deque(maxlen=0)  # the benchmark asserts nothing about requests: record none, keep memory flat
-    frames = sse_frames(chunks)
+    frames, with_call = sse_frames(chunks), sse_frames(chunks, tool_call=True)
 
     def answer(rec) -> Reply:
-        if b'"stream":true' in rec.body:
-            return Reply(content_type="text/event-stream", chunks=sse(frames, delay=interval))
+        if b'"stream":true' in rec.body:  # a request offering tools gets a call of one
+            return Reply(content_type="text/event-stream",
+                         chunks=sse(with_call if b'"tools"' in rec.body else frames, delay=interval))
         return Reply(body=CHAT_REPLY)
 
     up.route(PATH, answer)
@@ -160,13 +178,13 @@ WARM = ("DLP: prefilter gate ready", "DLP: no prefilter gate", "DLP prefilter ga
         "DLP workers cannot scan")  # the lines that end the DLP warm-up, however it ends
 
 
-def start_gateway(workdir: Path, upstream: Upstream, sets: list[str] = (), source: Path | None = None
-                  ) -> GatewayProcess:
-    """The real `python -m gateway run`, shipped rules, embedded chdb audit: exactly what the e2e tests run
-    (`sets`: options NAME=VALUE, to measure what one of them costs; `source`: another commit's tree, see
-    `checkout`). Returned once warm: the DLP workers and the prefilter gate built and the start-up objects frozen,
-    which would otherwise land in the first rounds."""
-    gateway = GatewayProcess(workdir, {HOST: upstream.port}, upstream.ca, sets=list(sets), source=source)
+def start_gateway(workdir: Path, upstream: Upstream, sets: list[str] = (), source: Path | None = None,
+                  rules: Path | None = None) -> GatewayProcess:
+    """The real `python -m gateway run`, shipped rules (or the `rules` folder), embedded chdb audit: exactly what
+    the e2e tests run (`sets`: options NAME=VALUE, to measure what one of them costs; `source`: another commit's
+    tree, see `checkout`). Returned once warm: the DLP workers and the prefilter gate built and the start-up objects
+    frozen, which would otherwise land in the first rounds."""
+    gateway = GatewayProcess(workdir, {HOST: upstream.port}, upstream.ca, sets=list(sets), source=source, rules=rules)
     # DLP off: no warm-up to wait for
     if any(s.replace(" ", "").lower() in ("gateway_dlp=false", "gateway_dlp=0", "gateway_dlp=off") for s in sets):
         return gateway

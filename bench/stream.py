@@ -11,6 +11,7 @@ rounds. Exit status 1 if the gateway's first chunk did not arrive before half th
     python bench/stream.py --clients 10 --chunks 100 --interval 0.005
     python bench/stream.py --prompt pii     # the DLP workers scan it while it is sent (a monitored entity)
     python bench/stream.py --prompt token   # the prompt waits for the workers (the enforced secrets rule)
+    python bench/stream.py --tools          # the answer calls a tool after its text, under a tool rule
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,7 +42,8 @@ class Streams:
     errors: list[str] = field(default_factory=list)
 
 
-async def measure(target: Target, out: Streams, *, clients: int, per_client: int, prompt: str) -> None:
+async def measure(target: Target, out: Streams, *, clients: int, per_client: int, prompt: str, tools: bool
+                  ) -> None:
     ctx = target.context()
     warm_request = request_bytes(chat_body())
     nonces = itertools.count()
@@ -49,7 +52,7 @@ async def measure(target: Target, out: Streams, *, clients: int, per_client: int
 
     async def client(conn) -> None:
         for _ in range(per_client):
-            stream_request = request_bytes(chat_body(stream=True, prompt=prompt, nonce=next(nonces)))
+            stream_request = request_bytes(chat_body(stream=True, prompt=prompt, nonce=next(nonces), tools=tools))
             arrivals: list[float] = []
             t0 = time.perf_counter()
             try:
@@ -102,6 +105,23 @@ def report(targets: list[Target], results: dict[str, Streams], chunks: int, base
     return streams
 
 
+#: With --tools: a rule on the tool the bench offers, whose condition the call in the answer is checked against
+#: (and passes: `ls`), so the gateway holds the call's events until it is complete and lets them go unchanged.
+TOOL_RULE = """
+  - id: bench-no-destructive-commands
+    when: {tools: {names: [run_command], args: {command: "re:rm\\\\s+-rf"}}}
+    action: block
+"""
+
+
+def tool_rules(into: Path, tree: Path = Path(__file__).resolve().parents[1]) -> Path:
+    """The rules folder shipped in `tree` (this one, or a baseline's) with TOOL_RULE at the end of its policy."""
+    shutil.copytree(tree / "rules", into)
+    with open(into / "policy.yaml", "a") as f:
+        f.write(TOOL_RULE)
+    return into
+
+
 def difference(gateway: list[float], mitmdump: list[float]) -> str:
     """The gateway's median minus mitmdump's, its ratio, its 95% interval, and whether it is more than noise."""
     diff, lo, hi = median_difference(gateway, mitmdump)
@@ -120,34 +140,40 @@ def main() -> int:
                         help="clean: nothing for DLP to find (the common case); pii: an e-mail address, which the "
                              "DLP workers scan while the prompt is sent (only a monitored rule looks at it); token: a "
                              "word the enforced secrets rule must rule out, so the prompt waits for the scan (clean)")
+    parser.add_argument("--tools", action="store_true",
+                        help="the request offers a tool and the answer calls it after its text (the last two word "
+                             "chunks become the call's pieces); the gateway runs with a rule on that tool")
     parser.add_argument("--rounds", type=int, default=2, help="rounds; each measures every target once (2)")
     parser.add_argument("--gateway-set", action="append", default=[], metavar="NAME=VALUE",
                         help="a gateway option, e.g. gateway_dlp=false to see what DLP costs (repeatable)")
     parser.add_argument("--baseline", metavar="REV", help="also measure the gateway of this commit (e.g. HEAD~3)")
     args = parser.parse_args()
-    if args.chunks < 3:
-        parser.error("--chunks must be at least 3")
+    if args.chunks < (5 if args.tools else 3):
+        parser.error(f"--chunks must be at least {5 if args.tools else 3}")
     print(f"bench/stream.py: {args.clients} concurrent streams x {args.per_client} x {args.rounds} rounds per target, "
           f"{args.chunks} SSE chunks {args.interval * 1000:g} ms apart, {args.prompt} prompt"
+          f"{', a tool call after the text, under a tool rule' if args.tools else ''}"
           f"{''.join(f', --set {o}' for o in args.gateway_set)}")
     print(machine_line())
     with Workspace() as ws:
         upstream = ws.keep(Upstream(ws.dir / "upstream", chunks=args.chunks, interval=args.interval))
         buffering = ws.keep(Mitmdump(ws.dir / "mitmdump-default", upstream))
         streaming = ws.keep(Mitmdump(ws.dir / "mitmdump-stream", upstream, sets=["stream_large_bodies=1"]))
-        gateway = ws.keep(start_gateway(ws.dir / "gateway", upstream, args.gateway_set))
+        rules = tool_rules(ws.dir / "rules") if args.tools else None
+        gateway = ws.keep(start_gateway(ws.dir / "gateway", upstream, args.gateway_set, rules=rules))
         targets = [Target("direct", upstream.port, upstream.ca, via_proxy=False),
                    Target("mitmdump (default: buffers)", buffering.port, buffering.ca, via_proxy=True),
                    Target("mitmdump stream_large_bodies=1", streaming.port, streaming.ca, via_proxy=True),
                    Target("gateway", gateway.port, gateway.ca, via_proxy=True)]
         base = None
         if args.baseline:
-            base = ws.keep(start_gateway(ws.dir / "baseline", upstream, args.gateway_set,
-                                         source=checkout(args.baseline, ws.dir / "baseline-tree")))
+            tree = checkout(args.baseline, ws.dir / "baseline-tree")
+            base = ws.keep(start_gateway(ws.dir / "baseline", upstream, args.gateway_set, source=tree,
+                                         rules=tool_rules(ws.dir / "baseline-rules", tree) if args.tools else None))
             targets.append(Target(f"gateway at {args.baseline}", base.port, base.ca, via_proxy=True))
         results = {t.name: Streams() for t in targets}
         asyncio.run(run_rounds(targets, results, args.rounds, clients=args.clients, per_client=args.per_client,
-                               prompt=args.prompt))
+                               prompt=args.prompt, tools=args.tools))
         # the usage block comes in the next-to-last frame: counted only if the whole stream was reassembled
         events, problem = audited(gateway, f"stream AND output_tokens = {args.chunks - 3}")
         if base is not None:
