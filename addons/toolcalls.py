@@ -95,15 +95,16 @@ class AnswerTools:
         """A JSON answer (after redact restored it): its forbidden calls rewritten before the client sees it."""
         it: Interaction | None = flow.metadata.get(KEY)
         fmt = self._format(it)
-        if (fmt is None or flow.response is None or flow.response.stream or flow.response.status_code != 200
-                or not it.exchange.completion_tool_calls):
+        # read here whatever Extract's parser made of it: a body too large for that parser is checked all the same
+        if fmt is None or flow.response is None or flow.response.stream or flow.response.status_code != 200:
             return
         try:
             content = decode(flow.response.raw_content or b"", flow.response.headers.get("content-encoding"),
                              ctx.options.gateway_max_decoded_bytes)
             data = orjson.loads(content)
-        except (EncodingError, orjson.JSONDecodeError) as e:  # Extract read calls in it: it must be readable
-            self._unreadable(flow, it, str(e))
+        except (EncodingError, orjson.JSONDecodeError) as e:
+            if it.exchange.completion_tool_calls:  # Extract read calls in it: they must be checked
+                self._unreadable(flow, it, str(e))
             return
         judge = _Judge(self.policy, it, flow.request.headers)
         if await off_loop(len(content), toolcalls.rewrite_body, fmt, data, judge):

@@ -246,8 +246,9 @@ _SSE_END = re.compile(rb"\r?\n\r?\n")
 
 
 class SseGuard(StreamGuard):
-    """SSE framing: complete events (raw bytes kept) go to `event(raw, name, data)`; data that is not JSON is
-    passed as its text. Only events holding `marker` are parsed at all: the others go on as they are."""
+    """SSE framing: complete events (raw bytes kept) go to `event(raw, name, data)` when their data is a JSON
+    object. Only events holding `marker` (or a `\\u` escape, which could spell it) are parsed at all: the others
+    go on as they are."""
 
     marker: tuple[bytes, ...] = ()
 
@@ -280,7 +281,7 @@ class SseGuard(StreamGuard):
     def _event(self, raw: bytes, newline: bytes) -> bytes:
         if newline:
             self.newline = newline
-        if not any(m in raw for m in self.marker):
+        if b"\\u" not in raw and not any(m in raw for m in self.marker):  # a key may be written with escapes
             return raw
         name, data = "", []
         for line in raw.decode("utf-8", "replace").splitlines():

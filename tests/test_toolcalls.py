@@ -335,3 +335,13 @@ def test_many_calls_opened_at_once_count_against_one_cap(fmt):
     assert len(whys) == 200 and whys[0] == toolcalls.OVERSIZED and set(whys) == {toolcalls.OVERSIZED,
                                                                                   toolcalls.INCOMPLETE}
     assert b'"command": "' not in b"".join(out) and b"tool_use" not in b"".join(out)
+
+
+def test_a_call_whose_keys_are_written_with_escapes_is_still_seen():
+    """JSON may spell a key with \\u escapes; the client's parser reads it as the key all the same."""
+    _, call, after = stream(toolcalls.CHAT, "shell", {"c": "x"})
+    escaped = [c.replace(b'"tool_calls"', b'"tool\\u005fcalls"') for c in call]
+    assert all(b"tool_calls" not in c for c in escaped)
+    _, out = guarded(toolcalls.CHAT, escaped + after)
+    x = read_back(toolcalls.CHAT, b"".join(out), streamed=True)
+    assert x.completion_tool_calls == [] and x.completion == f"{REFUSAL} shell"
