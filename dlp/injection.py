@@ -62,7 +62,7 @@ RECOGNIZER = "injection:"  # Finding.recognizer of the detector's findings: this
 
 _TAGS = re.compile(r"[\U000e0000-\U000e007f]{8,}")
 _ZW_BINARY = re.compile(r"[\u200b\u200c\u200d\u2060]{16,}")
-_INTERLEAVED = re.compile(r"(?:[^\s\u200b-\u200d\u2060\u00ad][\u200b-\u200d\u2060\u00ad]+){8,}")
+_INTERLEAVED = re.compile(r"(?:[^\u200b-\u200d\u2060\u00ad][\u200b-\u200d\u2060\u00ad]+){8,}")
 _RLO = re.compile(r"\u202e([^\u202c\n]{8,})")
 _FENCE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.DOTALL)
 _URL_IN = re.compile(
@@ -134,12 +134,19 @@ class InjectionRules:
 _FLAGS = {"ignorecase": regex.IGNORECASE, "multiline": regex.MULTILINE, "dotall": regex.DOTALL}
 
 
+#: `{gapN}`: up to N characters of one sentence, across the line breaks of hard-wrapped text (a newline before a
+#: lower-case letter); `{lineN}`: the same, periods allowed (addresses and URLs hold them).
+_MACRO = re.compile(r"\{(gap|line)(\d+)\}")
+_MACROS = {"gap": r"(?:[^.\n]|\n(?=\p{Ll}))", "line": r"(?:[^\n]|\n(?=\p{Ll}))"}
+
+
 def _compile(file: Path, m, key: str, flags: int = regex.IGNORECASE) -> regex.Pattern | None:
     source = m.get(key)
     if source is None:
         return None
     if isinstance(source, list):
         source = "|".join(f"(?:{s})" for s in source)
+    source = _MACRO.sub(lambda g: f"{_MACROS[g.group(1)]}{{0,{g.group(2)}}}?", source)
     try:
         return regex.compile(source, flags | regex.V0)
     except regex.error as e:
@@ -314,7 +321,7 @@ class Detector:
         if not matches:
             return []
         r = self.rules
-        distinct = len({rule.id for rule, _, _ in matches})
+        distinct = len({rule.family for rule, _, _ in matches})  # the same phrase often fires two rules of one
         corroborated = r.corroboration * min(2, distinct - 1)
         meta = r.meta is not None and r.meta.search(text) is not None
         quoted = _quoted_spans(text) if meta else []
@@ -401,7 +408,7 @@ def _inside(pos: int, spans: list[tuple[int, int]]) -> bool:
     return any(s <= pos < e for s, e in spans)
 
 
-_QUOTES = re.compile(r"\"[^\"\n]{4,400}\"|“[^”]{4,400}”|„[^“”]{4,400}[“”]|«[^»]{4,400}»|「[^」]{2,400}」"
+_QUOTES = re.compile(r"\"[^\"]{2,400}\"|“[^”]{4,400}”|„[^“”]{4,400}[“”]|«[^»]{4,400}»|「[^」]{2,400}」"
                      r"|‘[^’]{4,400}’|'[^'\n]{8,400}'")
 
 
