@@ -137,7 +137,7 @@ _FLAGS = {"ignorecase": regex.IGNORECASE, "multiline": regex.MULTILINE, "dotall"
 #: `{gapN}`: up to N characters of one sentence, across the line breaks of hard-wrapped text (a newline before a
 #: lower-case letter); `{lineN}`: the same, periods allowed (addresses and URLs hold them).
 _MACRO = re.compile(r"\{(gap|line)(\d+)\}")
-_MACROS = {"gap": r"(?:[^.\n]|\n(?=\p{Ll}))", "line": r"(?:[^\n]|\n(?=\p{Ll}))"}
+_MACROS = {"gap": r"(?:[^.\n]|\n(?=\p{Ll}))", "line": r"(?:[^\n]|\n(?=[\p{Ll}!\[<(]))"}
 
 
 def _compile(file: Path, m, key: str, flags: int = regex.IGNORECASE) -> regex.Pattern | None:
