@@ -136,7 +136,9 @@ class McpGuard:
             text = enforcement.user_message("block", it.rule_id, rule.message if rule else "", it.event_id)
             value = await _body(flow)
             reply = enforcement.mcp_refusals(mcp.requests_of(value), text, it.event_id)
-            return self._answer(flow, enforcement.mcp_reply(reply, isinstance(value, list), it.event_id))
+            self._answer(flow, enforcement.mcp_reply(reply, isinstance(value, list), it.event_id))
+            it.status = flow.response.status_code
+            return
         if not flow.response.headers.get("content-type", "").startswith("application/json"):
             return
         try:
@@ -150,6 +152,12 @@ class McpGuard:
         try:
             value = await off_loop(len(body), orjson.loads, body)
         except orjson.JSONDecodeError:
+            if mcp.may_list(body):  # what the gateway cannot read may list a tool it must hide: not passed on
+                it.decide("block", "MCP answer that may list tools is not JSON the gateway can read: not passed on")
+                self._answer(flow, enforcement.mcp_reply(enforcement.mcp_refusals(
+                    [], "The AI gateway could not read the MCP server's answer.", it.event_id,
+                    enforcement.MCP_INVALID), False, it.event_id))
+                it.status = flow.response.status_code
             return
         changed = rewrite.value(value)
         if changed is not None:
@@ -222,18 +230,27 @@ class _SseFilter:
         self.events = mcp.SseEvents()
 
     def __call__(self, chunk: bytes) -> bytes:
-        if not chunk:  # the end of the stream
-            return self.events.rest()
+        if not chunk:  # the end of the stream: an event without its blank line is read like any other
+            return self._pass([self.events.rest()])
         dropped = self.events.dropped
-        out = []
-        for raw in self.events.feed(chunk):
-            event, endpoint = mcp.rewrite_event(raw, self.rewrite)
-            if endpoint:
-                self.on_endpoint(endpoint)
-            out.append(event)
+        out = self._pass(self.events.feed(chunk))
         if self.events.dropped > dropped:
             self.it.exchange.warn(f"MCP stream: an event over {mcp.MAX_EVENT} bytes was dropped, not passed on "
                                   f"unread")
+        return out
+
+    def _pass(self, events: list[bytes]) -> bytes:
+        out = []
+        for raw in events:
+            if not raw:
+                continue
+            event, endpoint = mcp.rewrite_event(raw, self.rewrite)
+            if endpoint:
+                self.on_endpoint(endpoint)
+            if not event:
+                self.it.exchange.warn("MCP stream: an event that may list tools is not JSON the gateway can read: "
+                                      "dropped, not passed on unread")
+            out.append(event)
         return b"".join(out)
 
 

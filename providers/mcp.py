@@ -26,6 +26,7 @@ that the addon (addons/mcp.py) only wires it to flows.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -127,7 +128,9 @@ class McpProvider:
             return "mcp.session.end" if hinted or "mcp-session-id" in req.headers else None
         if req.method != "POST":
             return None
-        if b'"jsonrpc"' not in req.body or not req.body.lstrip()[:1] in (b"{", b"["):
+        # cheap before parsing: a JSON body naming "jsonrpc", or holding an escape (`"json\u0072pc"` is the same
+        # key to the server)
+        if req.body.lstrip()[:1] not in (b"{", b"[") or not (b'"jsonrpc"' in req.body or b"\\u" in req.body):
             return "mcp.invalid" if hinted else None
         try:
             value = orjson.loads(req.body)
@@ -135,8 +138,9 @@ class McpProvider:
             return "mcp.invalid" if hinted else None
         if hinted:
             return operation_of(value)
-        first = next((m for _, m, _ in messages(value) if m is not None), None)
-        return operation_of(value) if first is not None and is_method(first.get("method")) else None
+        # any message calling an MCP method makes the body MCP (a batch cannot hide a call behind a response)
+        mcp_call = any(m is not None and is_method(m.get("method")) for _, m, _ in messages(value))
+        return operation_of(value) if mcp_call else None
 
     def parse_request(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
         if req.method == "GET":
@@ -318,7 +322,7 @@ class Rewrite:
 
     def might_change(self, raw: bytes) -> bool:
         """Cheap test before parsing: only a listing or an answer to a refused request changes."""
-        return b'"tools"' in raw or bool(self.refused)
+        return may_list(raw) or bool(self.refused)
 
     def value(self, value: Any) -> Any | None:
         """The body as the client gets it, or None when nothing changed."""
@@ -343,29 +347,46 @@ class Rewrite:
         return None
 
 
+def may_list(raw: bytes) -> bool:
+    """Could these bytes hold a listing? A `"tools"` key, or any JSON escape (`"tool\\u0073"` is the same key to
+    the client's parser): what the gateway must read before the client does."""
+    return b'"tools"' in raw or b"\\u" in raw
+
+
+#: A blank line: a line end (CRLF, a CR not followed by LF, or LF) followed by another one.
+_BLANK_LINE = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
+
+
 class SseEvents:
     """Splits an SSE byte stream into whole events (raw bytes, blank line included), holding only the event still
-    arriving; one larger than MAX_EVENT is dropped whole (`dropped` counts them)."""
+    arriving; one larger than MAX_EVENT is dropped whole (`dropped` counts them). An event ends at a blank line
+    whatever mix of CRLF, CR and LF makes it, as the client's parser reads it, so a server cannot hide a listing
+    in what the gateway would take for the event before it. The bytes already searched are not searched again,
+    so a long event in small chunks costs linear time."""
 
     def __init__(self, max_event: int = MAX_EVENT):
         self.buf = bytearray()
         self.max_event = max_event
         self.skipping = False
         self.dropped = 0
+        self.searched = 0  # the buffer holds no blank line that ends before this offset
 
     def feed(self, chunk: bytes) -> list[bytes]:
         self.buf += chunk
         out: list[bytes] = []
         while True:
-            end = _event_end(self.buf)
-            if end < 0:
+            m = _BLANK_LINE.search(self.buf, max(0, self.searched - 3))  # a line end split across chunks
+            if m is None:
+                self.searched = len(self.buf)
                 if len(self.buf) > self.max_event:
-                    self.buf.clear()
+                    del self.buf[:-3]  # the start of a line end that the next chunk completes
+                    self.searched = len(self.buf)
                     if not self.skipping:
                         self.skipping, self.dropped = True, self.dropped + 1
                 return out
-            event = bytes(self.buf[:end])
-            del self.buf[:end]
+            event = bytes(self.buf[:m.end()])
+            del self.buf[:m.end()]
+            self.searched = 0
             if self.skipping:
                 self.skipping = False
                 continue
@@ -373,36 +394,31 @@ class SseEvents:
 
     def rest(self) -> bytes:
         """What is left when the stream ends (an event without its blank line)."""
-        rest, self.buf = bytes(self.buf), bytearray()
+        rest, self.buf, self.searched = bytes(self.buf), bytearray(), 0
         return b"" if self.skipping else rest
 
 
-def _event_end(buf: bytearray) -> int:
-    """The end of the first whole event (after its blank line), or -1."""
-    ends = [i + len(sep) for sep in (b"\n\n", b"\r\n\r\n", b"\r\r") if (i := buf.find(sep)) >= 0]
-    return min(ends) if ends else -1
-
-
 def rewrite_event(raw: bytes, rewrite: Rewrite) -> tuple[bytes, str]:
-    """An SSE event as the client gets it, and the `endpoint` event's URL ("" for any other event)."""
+    """An SSE event as the client gets it (b"" when it is dropped: data that may hold a listing but that the
+    gateway cannot parse), and the `endpoint` event's URL ("" for any other event)."""
     lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-    data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
-    if any(line.strip() == b"event: endpoint" or line.strip() == b"event:endpoint" for line in lines):
-        return raw, b"\n".join(data).decode("utf-8", "replace")
-    if not data or not rewrite.might_change(raw):
-        return raw, ""
+    data = b"\n".join(line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:"))
+    endpoint = any(line.rstrip() in (b"event: endpoint", b"event:endpoint") for line in lines)
+    url = data.decode("utf-8", "replace") if endpoint else ""
+    if not data or not rewrite.might_change(data):
+        return raw, url
     try:
-        value = orjson.loads(b"\n".join(data))
+        value = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return raw, ""
+        return (raw, url) if endpoint or not may_list(data) else (b"", "")
     changed = rewrite.value(value)
     if changed is None:
-        return raw, ""
+        return raw, url
     head = b"".join(line + b"\n" for line in lines if line and not line.startswith(b"data:"))
-    return head + b"data: " + orjson.dumps(changed) + b"\n\n", ""
+    return head + b"data: " + orjson.dumps(changed) + b"\n\n", url
 
 
 PROVIDER = McpProvider()
 
-__all__ = ["PROVIDER", "FirstSeen", "Rewrite", "SseEvents", "hosted_servers", "requests_of", "rewrite_event",
-           "server_of"]
+__all__ = ["PROVIDER", "FirstSeen", "Rewrite", "SseEvents", "hosted_servers", "may_list", "requests_of",
+           "rewrite_event", "server_of"]

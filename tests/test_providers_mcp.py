@@ -88,6 +88,18 @@ def test_recognised_by_shape_on_other_hosts():
     assert parse("/", b"", method="DELETE").provider is None
 
 
+def test_shape_cannot_be_hidden_from_recognition():
+    """What the server reads as an MCP call is MCP to the gateway too: a key spelled with an escape, a call in a
+    batch behind a response."""
+    escaped = b'{"json\\u0072pc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "delete_file"}}'
+    p = parse("/mcp/", escaped, host="api.githubcopilot.com", hints=("openai",))
+    assert (p.provider.name, p.exchange.operation) == ("mcp", "mcp.tools/call")
+    assert p.exchange.messages[0].tool_calls[0].name == "delete_file"
+    behind = [{"jsonrpc": "2.0", "id": 9, "result": {}}, call("delete_file", {})]
+    p = parse("/mcp/", behind, host="api.githubcopilot.com", hints=("openai",))
+    assert (p.provider.name, p.exchange.operation) == ("mcp", "mcp.batch")
+
+
 def test_tools_call_is_a_tool_call_of_the_server():
     body = call("read_file", {"path": "/srv/a.txt", "opts": {"lines": [1, 2]}}, rpc_id="abc")
     p = parse("/mcp", body, host=HOST, hints=HINT)
@@ -204,15 +216,29 @@ def test_rewrite_event():
         assert mcp.rewrite_event(untouched, rewrite) == (untouched, "")
 
 
+def test_a_listing_spelled_with_escapes_is_filtered_and_one_that_cannot_be_read_is_dropped():
+    rewrite = hide({"delete_file"})
+    escaped = b'data: {"jsonrpc": "2.0", "id": 1, "result": {"tool\\u0073": ' + json.dumps(TOOLS).encode() + b"}}\n\n"
+    event, _ = mcp.rewrite_event(escaped, rewrite)
+    assert json.loads(event.split(b"data: ", 1)[1])["result"]["tools"] == [TOOLS[0]]
+    broken = b'data: {"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "delete_file", }]}}\n\n'
+    assert mcp.rewrite_event(broken, rewrite) == (b"", "")
+
+
 # --- SSE events ---------------------------------------------------------------------------------------------
 
 
 def test_sse_events_split_whole_events_across_chunks():
-    events = mcp.SseEvents()
-    raw = sse_event(listing()) + b"data: a\r\n\r\n" + b"data: b\r\r" + b"data: rest"
-    out = [e for i in range(0, len(raw), 5) for e in events.feed(raw[i:i + 5])]
-    assert out == [sse_event(listing()), b"data: a\r\n\r\n", b"data: b\r\r"]
-    assert events.rest() == b"data: rest"
+    ends = [b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r\n", b"\r\n\n", b"\r\r\n", b"\n\r"]  # any two line ends
+    parts = [sse_event(listing())] + [b"data: %d" % i + end for i, end in enumerate(ends)]
+    raw = b"".join(parts) + b"data: rest"
+    for step in (1, 2, 5, len(raw)):
+        events = mcp.SseEvents()
+        out = [e for i in range(0, len(raw), step) for e in events.feed(raw[i:i + step])]
+        # a CR that ends an event may be the first half of a CRLF: its LF then opens the next one
+        assert b"".join(out) + events.rest() == raw
+        assert [e.strip(b"\r\n") for e in out] == [p.strip(b"\r\n") for p in parts], step
+    assert mcp.SseEvents().feed(b"data: a\r\ndata: b\r\n") == []  # one line end each: the event goes on
 
 
 def test_an_sse_event_that_never_ends_is_dropped_and_memory_stays_bounded():
