@@ -116,31 +116,29 @@ def chat_call_frames(args: dict) -> list[str]:
 
 @pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
 def test_openai_chat_stream_text_first_then_the_call_refused_or_passed(tgw, upstream, marker, args, refused):
+    """Read with the SDK's own stream helper, which accumulates the chunks and parses the call's arguments."""
     gate = threading.Event()
     upstream.route("/v1/chat/completions", lambda rec: Reply(content_type="text/event-stream", chunks=held_back(
         [chunk({"role": "assistant", "content": "Cleaning "}), chunk({"content": "up."})], gate,
         chat_call_frames(args))))
-    stream = openai_client(tgw).chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": f"{marker} clean up"}], tools=[FUNCTION], stream=True)
-    text, calls, finish = "", {}, None
-    for ev in stream:
-        for c in ev.choices:
-            text += c.delta.content or ""
-            if text == "Cleaning up." and not gate.is_set():
+    strict = {"type": "function", "function": {**FUNCTION["function"], "strict": True}}
+    with openai_client(tgw).chat.completions.stream(
+            model="gpt-4o", messages=[{"role": "user", "content": f"{marker} clean up"}], tools=[strict]) as stream:
+        for ev in stream:
+            if ev.type == "content.delta" and ev.snapshot == "Cleaning up." and not gate.is_set():
                 gate.set()  # the text came while the upstream still held the call back (it waits for this)
-            for tc in c.delta.tool_calls or []:
-                entry = calls.setdefault(tc.index, {"id": tc.id, "name": "", "arguments": ""})
-                entry["name"] += tc.function.name or ""
-                entry["arguments"] += tc.function.arguments or ""
-            finish = c.finish_reason or finish
+        final = stream.get_final_completion().choices[0]
     assert gate.is_set()
     if refused:
-        assert calls == {} and finish == "stop"
-        assert text.startswith("Cleaning up.") and "refused the call of the tool 'run_command'" in text
+        assert not final.message.tool_calls and final.finish_reason == "stop"
+        assert final.message.content.startswith("Cleaning up.")
+        assert "refused the call of the tool 'run_command'" in final.message.content
         assert_refused(refusal_event(tgw, marker))
     else:
-        assert text == "Cleaning up." and finish == "tool_calls"
-        assert calls == {0: {"id": "call_1", "name": "run_command", "arguments": json.dumps(LS)}}
+        assert final.message.content == "Cleaning up." and final.finish_reason == "tool_calls"
+        [call] = final.message.tool_calls
+        assert (call.id, call.function.name, call.function.arguments) == ("call_1", "run_command", json.dumps(LS))
+        assert call.function.parsed_arguments == LS
 
 
 def test_openai_chat_stream_a_call_that_never_completes_is_refused(tgw, upstream, marker):
@@ -223,32 +221,34 @@ def test_openai_responses_stream_text_first_then_the_call(tgw, upstream, marker,
                          "response": {**response_object([]), "status": "in_progress"}}),
               sse_event({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
                          "item": {**message, "status": "in_progress", "content": []}}),
-              sse_event({"type": "response.output_text.delta", "sequence_number": 2, "output_index": 0,
+              sse_event({"type": "response.content_part.added", "sequence_number": 2, "output_index": 0,
+                         "item_id": "msg_0", "content_index": 0,
+                         "part": {"type": "output_text", "text": "", "annotations": []}}),
+              sse_event({"type": "response.output_text.delta", "sequence_number": 3, "output_index": 0,
                          "item_id": "msg_0", "content_index": 0, "delta": "On it.", "logprobs": []}),
-              sse_event({"type": "response.output_item.done", "sequence_number": 3, "output_index": 0,
+              sse_event({"type": "response.output_item.done", "sequence_number": 4, "output_index": 0,
                          "item": message})]
-    after = [sse_event({"type": "response.output_item.added", "sequence_number": 4, "output_index": 1,
+    after = [sse_event({"type": "response.output_item.added", "sequence_number": 5, "output_index": 1,
                         "item": fc_item(args, "in_progress")}),
-             sse_event({"type": "response.function_call_arguments.delta", "sequence_number": 5, "output_index": 1,
+             sse_event({"type": "response.function_call_arguments.delta", "sequence_number": 6, "output_index": 1,
                         "item_id": "fc_1", "delta": text}),
-             sse_event({"type": "response.function_call_arguments.done", "sequence_number": 6, "output_index": 1,
+             sse_event({"type": "response.function_call_arguments.done", "sequence_number": 7, "output_index": 1,
                         "item_id": "fc_1", "arguments": text}),
-             sse_event({"type": "response.output_item.done", "sequence_number": 7, "output_index": 1,
+             sse_event({"type": "response.output_item.done", "sequence_number": 8, "output_index": 1,
                         "item": fc_item(args)}),
-             sse_event({"type": "response.completed", "sequence_number": 8,
+             sse_event({"type": "response.completed", "sequence_number": 9,
                         "response": response_object([message, fc_item(args)])})]
     gate = threading.Event()
     upstream.route("/v1/responses", lambda rec: Reply(content_type="text/event-stream",
                                                       chunks=held_back(before, gate, after)))
-    final = None
-    for ev in openai_client(tgw).responses.create(model="gpt-4.1", input=f"{marker} clean", tools=[RESPONSES_TOOL],
-                                                  stream=True):
-        if ev.type == "response.output_text.delta" and ev.delta == "On it.":
-            assert not gate.is_set()
-            gate.set()
-        if ev.type == "response.completed":
-            final = ev.response
-    assert gate.is_set() and final is not None
+    with openai_client(tgw).responses.stream(model="gpt-4.1", input=f"{marker} clean",
+                                             tools=[RESPONSES_TOOL]) as stream:  # the SDK's accumulating helper
+        for ev in stream:
+            if ev.type == "response.output_text.delta" and ev.delta == "On it.":
+                assert not gate.is_set()
+                gate.set()
+        final = stream.get_final_response()
+    assert gate.is_set()
     kinds = [i.type for i in final.output]
     if refused:
         assert kinds == ["message", "message"] and "refused the call of the tool" in final.output_text
