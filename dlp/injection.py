@@ -311,12 +311,16 @@ class Detector:
         """Every hit in the text: phrases (scored in context), hidden payloads, exfiltration links. JSON escapes
         (`\\n`, `\\"`) read as the spaces and quotes they stand for, same length: a tool description or MCP result
         quoted as JSON text must not hide `\\nIgnore` from a word boundary."""
-        hits = self._phrases(_JSON_ESCAPE.sub(_unescaped, text) if "\\" in text else text)
+        if "\\" in text:  # quotes escaped inside a JSON string pair up among themselves, not with the JSON's own
+            hits = self._phrases(_JSON_ESCAPE.sub(_unescaped, text), escaped=[m.span() for m in _ESCAPED.finditer(text)])
+        else:
+            hits = self._phrases(text)
         hits += self._hidden(text)
+        hits += self._encoded(text)
         hits += exfiltration_links(text, self.rules.link_score)
         return hits
 
-    def _phrases(self, text: str, hidden: bool = False) -> list[Hit]:
+    def _phrases(self, text: str, hidden: bool = False, escaped: list[tuple[int, int]] = ()) -> list[Hit]:
         matches = self._matches(text)
         if not matches:
             return []
@@ -324,7 +328,7 @@ class Detector:
         distinct = len({rule.family for rule, _, _ in matches})  # the same phrase often fires two rules of one
         corroborated = r.corroboration * min(2, distinct - 1)
         meta = r.meta is not None and r.meta.search(text) is not None
-        quoted = _quoted_spans(text) if meta else []
+        quoted = [*_quoted_spans(text), *escaped] if meta else []
         hidden_spans = [] if hidden or r.hidden is None else _hidden_spans(text, r.hidden)
         out = []
         for rule, start, end in matches:
@@ -360,6 +364,27 @@ class Detector:
                        for h in self._phrases(m.group(1)[::-1], hidden=True)[:1])
         return out
 
+    def _encoded(self, text: str) -> list[Hit]:
+        """Encodings dlp.normalize does not undo, or undoes once: `\\u` escapes, base32, base64 inside base64 (the
+        scanner's decoded view comes here too), leetspeak. Each decoded text is scanned for phrases; a hit covers
+        the encoded run. Bounded: DECODE_TRIES runs of at most DECODE_MAX characters per text."""
+        out: list[Hit] = []
+        tries = 0
+        for rx, decode in _DECODERS:
+            for m in rx.finditer(text):
+                if tries >= DECODE_TRIES:
+                    return out
+                tries += 1
+                decoded = decode(m.group()[:DECODE_MAX])
+                if decoded:
+                    out.extend(Hit(PROMPT_INJECTION, m.start(), m.end(), h.score, h.rule, h.stage)
+                               for h in self._phrases(decoded)[:1])
+        leet = _LEET_WORD.findall(text)
+        if len(leet) >= 4 and len(text) <= DECODE_MAX:
+            out.extend(Hit(PROMPT_INJECTION, 0, len(text), h.score, h.rule, h.stage)
+                       for h in self._phrases(_LEET_TEXT.sub(lambda w: w.group().translate(_LEET), text))[:1])
+        return out
+
     def _hidden_hit(self, decoded: str, start: int, end: int, rule: str, score: float) -> Hit:
         """Hidden text is suspect in itself (nobody hides what a reader should see); a phrase in it is more so."""
         found = self._phrases(decoded, hidden=True)
@@ -367,6 +392,7 @@ class Detector:
         return Hit(HIDDEN_INSTRUCTIONS, start, end, round(min(0.99, best), 4), found[0].rule if found else rule)
 
 
+_ESCAPED = re.compile(r'\\"(?:[^"\\]|\\[^"])*?\\"')
 _JSON_ESCAPE = re.compile(r'\\[nrt"\\/]')
 
 
@@ -402,6 +428,46 @@ def _compiled(sources: list[bytes], flags: list[int]):
         except OSError:
             pass  # no cache: the next process compiles again
     return db
+
+
+DECODE_MAX, DECODE_TRIES = 4096, 16
+
+
+def _printable(raw: bytes) -> str | None:
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return decoded if len(decoded) >= 12 and sum(c.isprintable() or c in "\n\t" for c in decoded) >= 0.95 * len(
+        decoded) else None
+
+
+def _unicode_escapes(run: str) -> str | None:
+    return "".join(chr(int(h, 16)) for h in re.findall(r"\\u([0-9a-fA-F]{4})", run))
+
+
+def _base32(run: str) -> str | None:
+    try:
+        return _printable(base64.b32decode(run + "=" * (-len(run) % 8)))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _base64(run: str) -> str | None:
+    try:
+        return _printable(base64.b64decode(run.replace("-", "+").replace("_", "/") + "=" * (-len(run) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+
+
+_DECODERS = [
+    (re.compile(r"(?:\\u[0-9a-fA-F]{4}){8,}"), _unicode_escapes),
+    (re.compile(r"(?<![A-Za-z0-9+/=])[A-Z2-7]{32,}=*(?![A-Za-z0-9+/=])"), _base32),
+    (re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{24,}={0,2}(?![A-Za-z0-9+/=_-])"), _base64),
+]
+_LEET = str.maketrans("013457", "oieast")
+_LEET_WORD = re.compile(r"\b(?=[a-z0-9]*[a-z])(?=[a-z0-9]*[013457])[a-z0-9]{3,}\b", re.IGNORECASE)
+_LEET_TEXT = re.compile(r"\b[a-z0-9]{3,}\b", re.IGNORECASE)
 
 
 def _inside(pos: int, spans: list[tuple[int, int]]) -> bool:
@@ -467,6 +533,9 @@ def data_in_url(url: str) -> str | None:
     host = parts.hostname or ""
     if host in ("localhost", "127.0.0.1") or not host:
         return None
+    raw = [v for k, _, v in (p.partition("=") for p in parts.query.split("&")) if not k.lower().startswith("utm_")]
+    if any(len(v) >= 90 for v in raw):
+        return "long-query"  # percent-encoded text (CJK, Cyrillic) is short once decoded
     values = [v for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
               if not k.lower().startswith("utm_")]
     for v in values:
