@@ -23,7 +23,7 @@ from tests.support.upstream import Reply
 from tests.test_e2e_foundation import chunk, openai_client
 from tests.test_e2e_openai_anthropic import anthropic_client
 from tests.test_e2e_policy import write_rules
-from tests.test_e2e_sdks import MODEL, genai_client, route_gemini
+from tests.test_e2e_sdks import MODEL, bedrock, genai_client, route_gemini  # noqa: F401 (bedrock: a fixture)
 
 POLICY = """
 version: 1
@@ -43,7 +43,8 @@ RM, LS = {"command": "sudo rm  -rf /srv/app"}, {"command": "ls -la /srv/app"}
 
 
 @pytest.fixture(scope="module")
-def tgw(tmp_path_factory, upstream, test_ca):
+def gateway(tmp_path_factory, upstream, test_ca):
+    """This module's own gateway, with its tool rules (so the SDK fixtures it borrows, `bedrock`, use it too)."""
     base = tmp_path_factory.mktemp("toolcalls-gw")
     gw = GatewayProcess(base / "data", {h: upstream.port for h in AI_HOSTS}, test_ca.ca_pem,
                         rules=write_rules(base / "rules", POLICY),
@@ -88,21 +89,21 @@ def chat_answer(args: dict, name: str = "run_command") -> Reply:
 
 
 @pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
-def test_openai_chat_a_forbidden_call_becomes_the_answer_text(tgw, upstream, marker, args, refused):
+def test_openai_chat_a_forbidden_call_becomes_the_answer_text(gateway, upstream, marker, args, refused):
     upstream.route("/v1/chat/completions", lambda rec: chat_answer(args))
-    answer = openai_client(tgw).chat.completions.create(
+    answer = openai_client(gateway).chat.completions.create(
         model="gpt-4o", messages=[{"role": "user", "content": f"{marker} clean up"}], tools=[FUNCTION])
     choice = answer.choices[0]
     if refused:
         assert choice.finish_reason == "stop" and choice.message.tool_calls is None
         assert "refused the call of the tool 'run_command'" in choice.message.content
         assert "Destructive commands are not allowed." in choice.message.content
-        assert_refused(refusal_event(tgw, marker))
+        assert_refused(refusal_event(gateway, marker))
     else:
         assert choice.finish_reason == "tool_calls" and choice.message.content is None
         [call] = choice.message.tool_calls
         assert (call.id, call.function.name, json.loads(call.function.arguments)) == ("call_1", "run_command", LS)
-        assert refusal_event(tgw, marker)["decision"] == "allow"
+        assert refusal_event(gateway, marker)["decision"] == "allow"
 
 
 def chat_call_frames(args: dict) -> list[str]:
@@ -115,14 +116,14 @@ def chat_call_frames(args: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
-def test_openai_chat_stream_text_first_then_the_call_refused_or_passed(tgw, upstream, marker, args, refused):
+def test_openai_chat_stream_text_first_then_the_call_refused_or_passed(gateway, upstream, marker, args, refused):
     """Read with the SDK's own stream helper, which accumulates the chunks and parses the call's arguments."""
     gate = threading.Event()
     upstream.route("/v1/chat/completions", lambda rec: Reply(content_type="text/event-stream", chunks=held_back(
         [chunk({"role": "assistant", "content": "Cleaning "}), chunk({"content": "up."})], gate,
         chat_call_frames(args))))
     strict = {"type": "function", "function": {**FUNCTION["function"], "strict": True}}
-    with openai_client(tgw).chat.completions.stream(
+    with openai_client(gateway).chat.completions.stream(
             model="gpt-4o", messages=[{"role": "user", "content": f"{marker} clean up"}], tools=[strict]) as stream:
         for ev in stream:
             if ev.type == "content.delta" and ev.snapshot == "Cleaning up." and not gate.is_set():
@@ -133,7 +134,7 @@ def test_openai_chat_stream_text_first_then_the_call_refused_or_passed(tgw, upst
         assert not final.message.tool_calls and final.finish_reason == "stop"
         assert final.message.content.startswith("Cleaning up.")
         assert "refused the call of the tool 'run_command'" in final.message.content
-        assert_refused(refusal_event(tgw, marker))
+        assert_refused(refusal_event(gateway, marker))
     else:
         assert final.message.content == "Cleaning up." and final.finish_reason == "tool_calls"
         [call] = final.message.tool_calls
@@ -141,23 +142,23 @@ def test_openai_chat_stream_text_first_then_the_call_refused_or_passed(tgw, upst
         assert call.function.parsed_arguments == LS
 
 
-def test_openai_chat_stream_a_call_that_never_completes_is_refused(tgw, upstream, marker):
+def test_openai_chat_stream_a_call_that_never_completes_is_refused(gateway, upstream, marker):
     frames = chat_call_frames(RM)[:3]  # the call's first pieces, then the stream ends
     upstream.route("/v1/chat/completions", lambda rec: Reply(content_type="text/event-stream", chunks=[
         chunk({"role": "assistant", "content": "Hm."}).encode(), *(f.encode() for f in frames)]))
-    stream = openai_client(tgw).chat.completions.create(
+    stream = openai_client(gateway).chat.completions.create(
         model="gpt-4o", messages=[{"role": "user", "content": f"{marker} go"}], tools=[FUNCTION], stream=True)
     deltas = [c.delta for ev in stream for c in ev.choices]
     assert not any(d.tool_calls for d in deltas)
     assert "the call did not complete" in "".join(d.content or "" for d in deltas)
-    event = refusal_event(tgw, marker)
+    event = refusal_event(gateway, marker)
     assert event["decision"] == "block" and "tool call run_command refused: it did not complete" in event["reason"]
 
 
-def test_openai_chat_stream_huge_arguments_are_refused_not_held(tgw, upstream, marker):
+def test_openai_chat_stream_huge_arguments_are_refused_not_held(gateway, upstream, marker):
     upstream.route("/v1/chat/completions", lambda rec: Reply(content_type="text/event-stream", chunks=(
         f.encode() for f in chat_call_frames({"command": "echo " + "A" * 200_000}))))
-    stream = openai_client(tgw).chat.completions.create(
+    stream = openai_client(gateway).chat.completions.create(
         model="gpt-4o", messages=[{"role": "user", "content": f"{marker} go"}], tools=[FUNCTION], stream=True)
     deltas, finish = [], None
     for ev in stream:
@@ -166,16 +167,16 @@ def test_openai_chat_stream_huge_arguments_are_refused_not_held(tgw, upstream, m
             finish = c.finish_reason or finish
     assert not any(d.tool_calls for d in deltas) and finish == "stop"
     assert "the call grew past the cap" in "".join(d.content or "" for d in deltas)
-    assert "grew past the cap" in refusal_event(tgw, marker)["reason"]
+    assert "grew past the cap" in refusal_event(gateway, marker)["reason"]
 
 
-def test_a_monitored_rule_records_the_call_it_would_refuse_and_lets_it_through(tgw, upstream, marker):
+def test_a_monitored_rule_records_the_call_it_would_refuse_and_lets_it_through(gateway, upstream, marker):
     upstream.route("/v1/chat/completions", lambda rec: chat_answer({"to": "x@example.com"}, "send_mail"))
-    answer = openai_client(tgw).chat.completions.create(
+    answer = openai_client(gateway).chat.completions.create(
         model="gpt-4o", messages=[{"role": "user", "content": f"{marker} mail"}],
         tools=[{"type": "function", "function": {"name": "send_mail"}}])
     assert answer.choices[0].message.tool_calls[0].function.name == "send_mail"
-    event = refusal_event(tgw, marker)
+    event = refusal_event(gateway, marker)
     assert (event["decision"], event["rule_id"]) == ("monitor", "no-mail")
     assert "tool call send_mail would be refused (rule no-mail, mode: monitor)" in event["reason"]
 
@@ -197,13 +198,13 @@ def response_object(output: list[dict]) -> dict:
 
 
 @pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
-def test_openai_responses_a_forbidden_function_call_item_becomes_a_message(tgw, upstream, marker, args, refused):
+def test_openai_responses_a_forbidden_function_call_item_becomes_a_message(gateway, upstream, marker, args, refused):
     upstream.route("/v1/responses", lambda rec: Reply(body=json.dumps(response_object([fc_item(args)])).encode()))
-    answer = openai_client(tgw).responses.create(model="gpt-4.1", input=f"{marker} clean", tools=[RESPONSES_TOOL])
+    answer = openai_client(gateway).responses.create(model="gpt-4.1", input=f"{marker} clean", tools=[RESPONSES_TOOL])
     [item] = answer.output
     if refused:
         assert item.type == "message" and "refused the call of the tool 'run_command'" in answer.output_text
-        assert_refused(refusal_event(tgw, marker))
+        assert_refused(refusal_event(gateway, marker))
     else:
         assert (item.type, item.call_id, json.loads(item.arguments)) == ("function_call", "call_1", LS)
 
@@ -213,7 +214,7 @@ def sse_event(payload: dict) -> str:
 
 
 @pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
-def test_openai_responses_stream_text_first_then_the_call(tgw, upstream, marker, args, refused):
+def test_openai_responses_stream_text_first_then_the_call(gateway, upstream, marker, args, refused):
     message = {"type": "message", "id": "msg_0", "status": "completed", "role": "assistant",
                "content": [{"type": "output_text", "text": "On it.", "annotations": []}]}
     text = json.dumps(args)
@@ -241,7 +242,7 @@ def test_openai_responses_stream_text_first_then_the_call(tgw, upstream, marker,
     gate = threading.Event()
     upstream.route("/v1/responses", lambda rec: Reply(content_type="text/event-stream",
                                                       chunks=held_back(before, gate, after)))
-    with openai_client(tgw).responses.stream(model="gpt-4.1", input=f"{marker} clean",
+    with openai_client(gateway).responses.stream(model="gpt-4.1", input=f"{marker} clean",
                                              tools=[RESPONSES_TOOL]) as stream:  # the SDK's accumulating helper
         for ev in stream:
             if ev.type == "response.output_text.delta" and ev.delta == "On it.":
@@ -252,7 +253,7 @@ def test_openai_responses_stream_text_first_then_the_call(tgw, upstream, marker,
     kinds = [i.type for i in final.output]
     if refused:
         assert kinds == ["message", "message"] and "refused the call of the tool" in final.output_text
-        assert_refused(refusal_event(tgw, marker))
+        assert_refused(refusal_event(gateway, marker))
     else:
         assert kinds == ["message", "function_call"] and json.loads(final.output[1].arguments) == LS
 
@@ -263,24 +264,24 @@ ANTHROPIC_TOOL = {"name": "run_command", "input_schema": {"type": "object"}}
 
 
 @pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
-def test_anthropic_a_forbidden_tool_use_block_becomes_text(tgw, upstream, marker, args, refused):
+def test_anthropic_a_forbidden_tool_use_block_becomes_text(gateway, upstream, marker, args, refused):
     upstream.route("/v1/messages", lambda rec: Reply(body=json.dumps({
         "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
         "content": [{"type": "text", "text": "On it."},
                     {"type": "tool_use", "id": "toolu_1", "name": "run_command", "input": args}],
         "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 3}}).encode()))
-    answer = anthropic_client(tgw).messages.create(model="claude-test", max_tokens=50, tools=[ANTHROPIC_TOOL],
+    answer = anthropic_client(gateway).messages.create(model="claude-test", max_tokens=50, tools=[ANTHROPIC_TOOL],
                                                    messages=[{"role": "user", "content": f"{marker} clean"}])
     if refused:
         assert answer.stop_reason == "end_turn" and [b.type for b in answer.content] == ["text", "text"]
         assert "refused the call of the tool 'run_command'" in answer.content[1].text
-        assert_refused(refusal_event(tgw, marker))
+        assert_refused(refusal_event(gateway, marker))
     else:
         assert answer.stop_reason == "tool_use" and answer.content[1].input == LS
 
 
 @pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
-def test_anthropic_stream_text_first_then_the_tool_use(tgw, upstream, marker, args, refused):
+def test_anthropic_stream_text_first_then_the_tool_use(gateway, upstream, marker, args, refused):
     text = json.dumps(args)
     before = [sse_event({"type": "message_start", "message": {
                   "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test", "content": [],
@@ -299,7 +300,7 @@ def test_anthropic_stream_text_first_then_the_tool_use(tgw, upstream, marker, ar
     gate = threading.Event()
     upstream.route("/v1/messages", lambda rec: Reply(content_type="text/event-stream",
                                                      chunks=held_back(before, gate, after)))
-    with anthropic_client(tgw).messages.stream(model="claude-test", max_tokens=50, tools=[ANTHROPIC_TOOL],
+    with anthropic_client(gateway).messages.stream(model="claude-test", max_tokens=50, tools=[ANTHROPIC_TOOL],
                                                messages=[{"role": "user", "content": f"{marker} clean"}]) as stream:
         for ev in stream:
             if ev.type == "text" and ev.text == "On it.":
@@ -310,7 +311,7 @@ def test_anthropic_stream_text_first_then_the_tool_use(tgw, upstream, marker, ar
     if refused:
         assert final.stop_reason == "end_turn" and [b.type for b in final.content] == ["text", "text"]
         assert "refused the call of the tool 'run_command'" in final.content[1].text
-        assert_refused(refusal_event(tgw, marker))
+        assert_refused(refusal_event(gateway, marker))
     else:
         assert final.stop_reason == "tool_use" and final.content[1].input == LS
 
@@ -325,14 +326,14 @@ def gemini_chunk(part: dict, finish: str | None = None) -> str:
 
 
 @pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
-def test_google_genai_stream_a_forbidden_function_call_part_becomes_text(tgw, upstream, marker, args, refused):
+def test_google_genai_stream_a_forbidden_function_call_part_becomes_text(gateway, upstream, marker, args, refused):
     from google.genai import types
     gate = threading.Event()
     route_gemini(upstream, "gemini-2.0-flash:streamGenerateContent", lambda rec: Reply(
         content_type="text/event-stream", chunks=held_back(
             [gemini_chunk({"text": "On it."})], gate,
             [gemini_chunk({"functionCall": {"name": "run_command", "args": args}}, "STOP")])))
-    client = genai_client(tgw)
+    client = genai_client(gateway)
     tool = types.Tool(function_declarations=[types.FunctionDeclaration(name="run_command")])
     pieces, calls, finish = [], [], None
     for c in client.models.generate_content_stream(model="gemini-2.0-flash", contents=f"{marker} clean",
@@ -347,29 +348,18 @@ def test_google_genai_stream_a_forbidden_function_call_part_becomes_text(tgw, up
     assert gate.is_set() and finish == types.FinishReason.STOP
     if refused:
         assert calls == [] and "refused the call of the tool 'run_command'" in pieces[-1]
-        assert_refused(refusal_event(tgw, marker))
+        assert_refused(refusal_event(gateway, marker))
     else:
         assert [(c.name, c.args) for c in calls] == [("run_command", LS)]
 
 
 # --- Amazon Bedrock (boto3) -------------------------------------------------------------------------------------
 
-@pytest.fixture
-def bedrock(tgw, monkeypatch):
-    import boto3
-    from botocore.config import Config
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATESTNOTAREALKEY")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-not-real")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return boto3.client("bedrock-runtime", region_name="us-east-1", verify=str(tgw.ca),
-                        config=Config(proxies={"https": tgw.proxy_url}, retries={"max_attempts": 1}))
-
-
 CONVERSE_TOOLS = {"tools": [{"toolSpec": {"name": "run_command", "inputSchema": {"json": {"type": "object"}}}}]}
 
 
 @pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
-def test_boto3_converse_stream_a_forbidden_tool_use_becomes_text(tgw, upstream, bedrock, marker, args, refused):
+def test_boto3_converse_stream_a_forbidden_tool_use_becomes_text(gateway, upstream, bedrock, marker, args, refused):
     text = json.dumps(args)
     before = [es.event("messageStart", {"role": "assistant"}),
               es.event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "On it."}}),
@@ -405,12 +395,12 @@ def test_boto3_converse_stream_a_forbidden_tool_use_becomes_text(tgw, upstream, 
     if refused:
         assert tool_uses == [] and stop == "end_turn"
         assert "refused the call of the tool 'run_command'" in texts[-1]
-        assert_refused(refusal_event(tgw, marker))
+        assert_refused(refusal_event(gateway, marker))
     else:
         assert tool_uses == ["run_command"] and json.loads(tool_input) == LS and stop == "tool_use"
 
 
-def test_a_stream_compressed_although_identity_was_asked_for_is_decoded_and_still_guarded(tgw, upstream, marker):
+def test_a_stream_compressed_although_identity_was_asked_for_is_decoded_and_still_guarded(gateway, upstream, marker):
     def gzipped(frames: list[str]):
         z = zlib.compressobj(wbits=31)
         for f in frames:
@@ -419,11 +409,11 @@ def test_a_stream_compressed_although_identity_was_asked_for_is_decoded_and_stil
     upstream.route("/v1/chat/completions", lambda rec: Reply(
         content_type="text/event-stream", headers={"content-encoding": "gzip"},
         chunks=gzipped([chunk({"role": "assistant", "content": "Hm."}), *chat_call_frames(RM)])))
-    stream = openai_client(tgw).chat.completions.create(
+    stream = openai_client(gateway).chat.completions.create(
         model="gpt-4o", messages=[{"role": "user", "content": f"{marker} go"}], tools=[FUNCTION], stream=True)
     deltas = [c.delta for ev in stream for c in ev.choices]
     assert not any(d.tool_calls for d in deltas)
     assert "refused the call of the tool 'run_command'" in "".join(d.content or "" for d in deltas)
     [sent] = [r for r in upstream.requests if marker.encode() in r.body]
     assert sent.headers.get("accept-encoding") == "identity"
-    assert_refused(refusal_event(tgw, marker))
+    assert_refused(refusal_event(gateway, marker))
