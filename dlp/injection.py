@@ -287,10 +287,21 @@ class Detector:
         return {k: [len(data[:e].decode("utf-8", "ignore")) for e in v] for k, v in ends.items()}
 
     def could_find(self, text: str) -> bool:
-        """Could `detect(text)` report anything? One hyperscan pass plus the checks for hidden and link shapes."""
-        return bool(self._candidates(text)) or bool(_TAGS.search(text) or _ZW_BINARY.search(text)
-                                                    or _INTERLEAVED.search(text) or "\u202e" in text
-                                                    or _URL_IN.search(text))
+        """Could `detect(text)` report anything? One hyperscan pass, the checks for hidden and link shapes, and a
+        pass over what each decoder would decode (without detect's bounds, so a text that joins several parts
+        answers for each of them). A phrase needs a hyperscan hit to be found, so this never says no wrongly."""
+        if self._candidates(_JSON_ESCAPE.sub(_unescaped, text) if "\\" in text else text):
+            return True
+        if _TAGS.search(text) or _ZW_BINARY.search(text) or _INTERLEAVED.search(text) or "\u202e" in text \
+                or _URL_IN.search(text):
+            return True
+        for rx, decode in _DECODERS:
+            for m in rx.finditer(text):
+                decoded = decode(m.group()[:DECODE_MAX])
+                if decoded and self._candidates(decoded):
+                    return True
+        return len(_LEET_WORD.findall(text)) >= 4 and bool(
+            self._candidates(_LEET_TEXT.sub(lambda w: w.group().translate(_LEET), text)))
 
     def _matches(self, text: str) -> list[tuple[Rule, int, int]]:
         out = []
