@@ -417,3 +417,32 @@ def test_a_stream_compressed_although_identity_was_asked_for_is_decoded_and_stil
     [sent] = [r for r in upstream.requests if marker.encode() in r.body]
     assert sent.headers.get("accept-encoding") == "identity"
     assert_refused(refusal_event(gateway, marker))
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_google_genai_and_boto3_converse_json_answers(gateway, upstream, bedrock, marker, args, refused):
+    from google.genai import types
+    route_gemini(upstream, "gemini-2.0-flash:generateContent", lambda rec: Reply(body=json.dumps({"candidates": [{
+        "content": {"role": "model", "parts": [{"functionCall": {"name": "run_command", "args": args}}]},
+        "finishReason": "STOP", "index": 0}]}).encode()))
+    client = genai_client(gateway)
+    tools = [types.Tool(function_declarations=[types.FunctionDeclaration(name="run_command")])]
+    answer = client.models.generate_content(model="gemini-2.0-flash", contents=f"{marker} gemini",
+                                            config=types.GenerateContentConfig(tools=tools))
+    upstream.route(f"/model/{MODEL.replace(':', '%3A')}/converse", lambda rec: Reply(body=json.dumps({
+        "output": {"message": {"role": "assistant", "content": [
+            {"toolUse": {"toolUseId": "tu_1", "name": "run_command", "input": args}}]}},
+        "stopReason": "tool_use", "usage": {"inputTokens": 3, "outputTokens": 3, "totalTokens": 6},
+        "metrics": {"latencyMs": 5}}).encode()))
+    converse = bedrock.converse(modelId=MODEL, toolConfig=CONVERSE_TOOLS,
+                                messages=[{"role": "user", "content": [{"text": f"{marker} bedrock"}]}])
+    [block] = converse["output"]["message"]["content"]
+    if refused:
+        assert answer.function_calls is None and "refused the call of the tool 'run_command'" in answer.text
+        assert answer.candidates[0].finish_reason == types.FinishReason.STOP
+        assert "refused the call of the tool 'run_command'" in block["text"] and converse["stopReason"] == "end_turn"
+        for which in ("gemini", "bedrock"):
+            assert_refused(refusal_event(gateway, f"{marker} {which}"))
+    else:
+        assert [(c.name, c.args) for c in answer.function_calls] == [("run_command", LS)]
+        assert block["toolUse"]["input"] == LS and converse["stopReason"] == "tool_use"
