@@ -65,7 +65,9 @@ class AnswerTools:
     def request(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
         if flow.response is None and it is not None and it.exchange.stream and self._format(it):
-            flow.request.headers["accept-encoding"] = "identity"
+            auth = flow.request.headers.get("authorization", "")
+            if not (auth.startswith("AWS4-HMAC-SHA256") and "accept-encoding" in auth.lower()):
+                flow.request.headers["accept-encoding"] = "identity"  # (a header SigV4 signed is left as it is)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Runs after Extract's and Redact's: chains the guard to the client's end of the tap."""
