@@ -327,6 +327,7 @@ class ChatGuard(SseGuard):
         self.judged: dict[tuple[int, int], _Held] = {}
         self.allowed: dict[int, int] = {}  # choice -> allowed calls passed on (their indexes on the client)
         self.refusals: dict[int, int] = {}
+        self.released: list[bytes] = []  # the last batch that went out as it came
         self.template: dict = {}
 
     def event(self, raw: bytes, name: str, data: dict) -> bytes:
@@ -368,8 +369,9 @@ class ChatGuard(SseGuard):
                 if key[0] in finished:
                     out.append(self._resolve(key, INCOMPLETE))
             out.append(self._flush())
-            if pieces:  # the finish rode on a held event: say it again, as it now stands
-                out.append(self._finish_event(finished, data))
+            if pieces:  # the finish rode on a held event: unless that went out as it came, say it as it stands
+                if not any(r is raw for r in self.released):
+                    out.append(self._finish_event(finished, data))
             else:
                 out.append(self._finish_event(finished, data, raw))
             return b"".join(out)
@@ -399,6 +401,7 @@ class ChatGuard(SseGuard):
         if all(self.results[k] is None for k in keys) and not any(self.refusals.get(k[0]) for k in keys):
             for ci, _ in keys:
                 self.allowed[ci] = self.allowed.get(ci, 0) + 1
+            self.released = batch
             return b"".join(batch)
         out = []
         for key in keys:

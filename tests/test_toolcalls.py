@@ -345,3 +345,13 @@ def test_a_call_whose_keys_are_written_with_escapes_is_still_seen():
     _, out = guarded(toolcalls.CHAT, escaped + after)
     x = read_back(toolcalls.CHAT, b"".join(out), streamed=True)
     assert x.completion_tool_calls == [] and x.completion == f"{REFUSAL} shell"
+
+
+@pytest.mark.parametrize("command,finishes", [("ls", ["tool_calls"]), ("rm -rf /", ["stop"])])
+def test_chat_a_finish_riding_on_the_calls_last_piece_is_said_once(command, finishes):
+    whole = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o", "choices": [
+        {"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {
+            "name": "run", "arguments": json.dumps({"command": command})}}]}, "finish_reason": "tool_calls"}]}
+    _, out = guarded(toolcalls.CHAT, sse(whole) + [b"data: [DONE]\n\n"])
+    events = [orjson.loads(e[6:]) for e in b"".join(out).split(b"\n\n") if e.startswith(b"data: {")]
+    assert [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]] == finishes
