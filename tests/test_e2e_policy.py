@@ -477,7 +477,7 @@ def rgw(tmp_path_factory, upstream, test_ca):
     gw.stop()
 
 
-def wait_until(predicate, timeout: float = 20, what: str = "condition"):
+def wait_until(predicate, timeout: float = 90, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := predicate():
