@@ -442,7 +442,7 @@ def test_a_new_company_term_is_found_after_a_rules_edit_without_restart(dlp_gate
     text = recognizers.read_text()
     assert "deny_list: [Project Nightjar, " in text
     recognizers.write_text(text.replace("deny_list: [Project Nightjar, ", f"deny_list: [{term}, Project Nightjar, "))
-    deadline = time.monotonic() + 120  # a reload recompiles the rules and restarts the DLP workers: slow on a busy CI machine
+    deadline = time.monotonic() + 120  # a reload recompiles, restarts the DLP workers: slow on busy CI
     while True:
         probe = f"{marker}-{time.monotonic()}"
         client.chat.completions.create(model="redact-gpt", messages=[{"role": "user", "content": f"{probe} {term}"}])
