@@ -8,9 +8,12 @@ MCP clients show, and every refusal of an MCP request is answered as JSON-RPC (p
   lose (a client may call a tool it was never shown). Refusals of MCP requests (this stage's, the decide stage's,
   extract's for a body it will not forward) are answered per request id (policy.enforcement.mcp_refusals): a tool
   error result with `isError` for a call, a JSON-RPC error otherwise.
-- **The older HTTP+SSE transport** answers on the GET stream, not on the POST: a refused POST is sent on as a
-  `ping` under the same id (harmless, every server answers it) and the server's answer to it, on the stream, is
-  replaced by the refusal. Sessions are known from their stream's `endpoint` event and forgotten when it ends.
+- **The older HTTP+SSE transport** answers on the GET stream, not on the POST, and that stream may be another
+  gateway process's connection (`--workers`): a refused POST is sent on as a `ping` (harmless, every server
+  answers it) under an id that carries the refusal (providers.mcp.refused_ping), and wherever the server's answer
+  to it passes, the refusal takes its place. A POST is taken for the older transport when it is not Streamable
+  HTTP's (which must accept `text/event-stream`, and names its session in `Mcp-Session-Id`); a Streamable HTTP
+  POST is answered at once.
 
 Runs after redact (whose `then` on a stream it chains rather than replaces), so the refusal it sends is the last
 word on the request.
@@ -19,9 +22,7 @@ word on the request.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
-from urllib.parse import urljoin, urlsplit
 
 import orjson
 from mitmproxy import ctx, http
@@ -40,16 +41,12 @@ from providers.encoding import EncodingError, decode
 
 log = logging.getLogger(__name__)
 
-MAX_SESSIONS = 10_000  # older-transport sessions known at once (the oldest is forgotten first)
 MAX_REASONS = 32  # distinct listing notes one long-lived stream adds to its audit event
 
 
 class McpGuard:
     def __init__(self) -> None:
         self.policy = Policy()
-        #: The older transport's sessions: (host, the path and query the GET stream named in its `endpoint` event)
-        #: -> the Rewrite of that stream, where the answers to the session's POSTs arrive.
-        self.sessions: OrderedDict[tuple[str, str], mcp.Rewrite] = OrderedDict()
         self.first_seen = mcp.FirstSeen()  # per gateway process: each of `--workers N` learns on its own
 
     def rules_loaded(self, rules: RuleSet) -> None:
@@ -91,17 +88,14 @@ class McpGuard:
                                         it.event_id)
         requests = mcp.requests_of(value)
         answers = enforcement.mcp_refusals(requests, text, it.event_id, code)
-        session = self.sessions.get((it.host, flow.request.path))
-        if session is None:
+        if value is not None and all(m is not None and "id" not in m for _, m, _ in mcp.messages(value)):
+            return self._answer(flow, enforcement.mcp_reply([], False, it.event_id))  # notifications: 202
+        if not requests or _streamable(flow):
             return self._answer(flow, enforcement.mcp_reply(answers, isinstance(value, list), it.event_id))
-        if not requests:
-            return self._answer(flow, enforcement.mcp_reply([], False, it.event_id))
-        for (rpc_id, _), answer in zip(requests, answers):
-            session.refuse(rpc_id, answer)
-        pings = [{"jsonrpc": "2.0", "id": rpc_id, "method": "ping"} for rpc_id, _ in requests]
+        pings = [mcp.refused_ping(answer) for answer in answers]
         flow.request.content = orjson.dumps(pings if isinstance(value, list) else pings[0])
         flow.response = None
-        it.note("refused on the session's SSE stream: the server was sent a ping under the same id")
+        it.note("refused on the older transport's stream: the server was sent a ping carrying the refusal")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
@@ -114,8 +108,7 @@ class McpGuard:
             it.decide("block", "MCP stream compressed although the gateway asked for none: not passed on")
             flow.response.stream = lambda chunk: b""
             return
-        rewrite = self._rewrite(flow, it)
-        events = _SseFilter(rewrite, lambda url: self._open(flow, it, url, rewrite), it)
+        events = _SseFilter(self._rewrite(flow, it), it)
         tap = it.stages.tap
         if tap is not None and flow.response.stream is tap:
             then = tap.then
@@ -124,7 +117,6 @@ class McpGuard:
             flow.response.stream = events
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        self._close(flow)
         it: Interaction | None = flow.metadata.get(KEY)
         if it is None or flow.response is None or flow.response.stream or provider_of(it) != mcp.NAME:
             return
@@ -146,8 +138,7 @@ class McpGuard:
                           ctx.options.gateway_max_decoded_bytes)
         except EncodingError:
             return  # extract has refused it already (a bomb) or noted it
-        rewrite = self._rewrite(flow, it)
-        if not rewrite.might_change(body):
+        if not mcp.might_change(body):
             return
         try:
             value = await off_loop(len(body), orjson.loads, body)
@@ -159,12 +150,9 @@ class McpGuard:
                     enforcement.MCP_INVALID), False, it.event_id))
                 it.status = flow.response.status_code
             return
-        changed = rewrite.value(value)
+        changed = self._rewrite(flow, it).value(value)
         if changed is not None:
             flow.response.content = await off_loop(len(body), orjson.dumps, changed)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._close(flow)
 
     def _rewrite(self, flow: http.HTTPFlow, it: Interaction) -> mcp.Rewrite:
         return mcp.Rewrite(lambda tools: self._listing(flow, it, tools))
@@ -200,20 +188,6 @@ class McpGuard:
         elif reason not in it.reasons and len(it.reasons) < MAX_REASONS:
             it.note(reason)
 
-    def _open(self, flow: http.HTTPFlow, it: Interaction, url: str, rewrite: mcp.Rewrite) -> None:
-        """The older transport's stream named the URL of its session's POSTs."""
-        target = urlsplit(urljoin(f"https://{it.host}{flow.request.path}", url.strip()))
-        key = (it.host, target.path + (f"?{target.query}" if target.query else ""))
-        self.sessions[key] = rewrite
-        flow.metadata["mcp_session"] = key
-        while len(self.sessions) > MAX_SESSIONS:
-            self.sessions.popitem(last=False)
-
-    def _close(self, flow: http.HTTPFlow) -> None:
-        key = flow.metadata.pop("mcp_session", None)
-        if key is not None:
-            self.sessions.pop(key, None)
-
     @staticmethod
     def _answer(flow: http.HTTPFlow, reply: enforcement.Reply) -> None:
         flow.response = http.Response.make(reply.status, reply.body, reply.headers)
@@ -223,9 +197,8 @@ class _SseFilter:
     """The stream callable on an MCP SSE answer: whole events pass on as they complete, changed by the Rewrite;
     only the event still arriving is held."""
 
-    def __init__(self, rewrite: mcp.Rewrite, on_endpoint: Callable[[str], None], it: Interaction):
+    def __init__(self, rewrite: mcp.Rewrite, it: Interaction):
         self.rewrite = rewrite
-        self.on_endpoint = on_endpoint
         self.it = it
         self.events = mcp.SseEvents()
 
@@ -244,14 +217,18 @@ class _SseFilter:
         for raw in events:
             if not raw:
                 continue
-            event, endpoint = mcp.rewrite_event(raw, self.rewrite)
-            if endpoint:
-                self.on_endpoint(endpoint)
+            event = mcp.rewrite_event(raw, self.rewrite)
             if not event:
                 self.it.exchange.warn("MCP stream: an event that may list tools is not JSON the gateway can read: "
                                       "dropped, not passed on unread")
             out.append(event)
         return b"".join(out)
+
+
+def _streamable(flow: http.HTTPFlow) -> bool:
+    """A Streamable HTTP POST, answered on its own response (else: the older transport's, answered on its
+    stream)."""
+    return "text/event-stream" in flow.request.headers.get("accept", "") or "mcp-session-id" in flow.request.headers
 
 
 def _chain(first: Callable[[bytes], bytes], then: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:

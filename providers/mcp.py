@@ -26,6 +26,7 @@ that the addon (addons/mcp.py) only wires it to flows.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -35,7 +36,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from core.exchange import Exchange, JsonPath, Message, ToolCall, ToolDefinition
-from providers.base import (MAX_COMPLETION_CHARS, BodyError, BufferedJson, CompletionBuffer, HttpRequest,
+from providers.base import (MAX_COMPLETION_CHARS, BufferedJson, CompletionBuffer, HttpRequest,
                             ResponseParser, SseParser, json_body, tool_call)
 
 NAME = "mcp"
@@ -303,26 +304,46 @@ class FirstSeen:
 # ---- what the gateway changes in what the server sends ----------------------------------------------------------
 
 
-class Rewrite:
-    """The changes to one session's server messages: every `tools/list` answer loses the tools `hide` names (any
-    answer, whatever its id: a server answering under an id the client did not use gains nothing), and the answer
-    to a request the gateway refused on the older transport (sent on as a `ping` under the same id) is replaced by
-    the refusal. Bounded: at most MAX_REFUSED refusals wait for their answer."""
+#: The older transport answers on its GET stream, which may be another gateway process's connection: a request
+#: the gateway refused is sent on as a `ping` under an id that carries the refusal itself, and whichever process
+#: reads the server's answer to it puts the refusal in its place.
+REFUSED_ID = "ai-gateway-refused:"
+MAX_REFUSED_ID = 16 * 1024
 
-    MAX_REFUSED = 1024
+
+def refused_ping(answer: dict[str, Any]) -> dict[str, Any]:
+    """A ping under an id that carries `answer` (the refusal, under the refused request's own id)."""
+    rpc_id = REFUSED_ID + base64.urlsafe_b64encode(orjson.dumps(answer)).decode()
+    return {"jsonrpc": "2.0", "id": rpc_id, "method": "ping"}
+
+
+def refusal_in(rpc_id: Any) -> dict[str, Any] | None:
+    """The refusal a ping's id carries, or None. Only the shapes of a refusal are taken (a tool error result, a
+    JSON-RPC error): an id a server made up cannot smuggle a listing past the filter."""
+    if not isinstance(rpc_id, str) or not rpc_id.startswith(REFUSED_ID) or len(rpc_id) > MAX_REFUSED_ID:
+        return None
+    try:
+        answer = orjson.loads(base64.urlsafe_b64decode(rpc_id[len(REFUSED_ID):]))
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(answer, dict) or answer.get("jsonrpc") != "2.0" or _checked(answer)[0] is None:
+        return None
+    if set(answer) == {"jsonrpc", "id", "error"}:
+        return answer if isinstance(answer["error"], dict) else None
+    result = answer.get("result")
+    if set(answer) == {"jsonrpc", "id", "result"} and isinstance(result, dict) and result.get("isError") is True \
+            and set(result) <= {"content", "isError", "_meta"}:
+        return answer
+    return None
+
+
+class Rewrite:
+    """The changes to a server's messages: every `tools/list` answer loses the tools `hide` names (any answer,
+    whatever its id: a server answering under an id the client did not use gains nothing), and the answer to a
+    refused request's ping (`refused_ping`) becomes the refusal it carries."""
 
     def __init__(self, hide: Callable[[list[ToolDefinition]], set[str]]):
         self.hide = hide
-        self.refused: OrderedDict[str, dict[str, Any]] = OrderedDict()
-
-    def refuse(self, rpc_id: Any, reply: dict[str, Any]) -> None:
-        self.refused[rpc_key(rpc_id)] = reply
-        while len(self.refused) > self.MAX_REFUSED:
-            self.refused.popitem(last=False)
-
-    def might_change(self, raw: bytes) -> bool:
-        """Cheap test before parsing: only a listing or an answer to a refused request changes."""
-        return may_list(raw) or bool(self.refused)
 
     def value(self, value: Any) -> Any | None:
         """The body as the client gets it, or None when nothing changed."""
@@ -334,10 +355,9 @@ class Rewrite:
     def message(self, msg: Any) -> dict[str, Any] | None:
         if not isinstance(msg, dict) or "method" in msg:
             return None
-        if self.refused and "id" in msg:
-            reply = self.refused.pop(rpc_key(msg["id"]), None) if not isinstance(msg["id"], (dict, list)) else None
-            if reply is not None:
-                return reply
+        refusal = refusal_in(msg.get("id"))
+        if refusal is not None:
+            return refusal
         result = msg.get("result")
         if isinstance(result, dict) and isinstance(result.get("tools"), list):
             hidden = self.hide(listed(result["tools"]))
@@ -345,6 +365,11 @@ class Rewrite:
                 kept = [t for t in result["tools"] if not (isinstance(t, dict) and t.get("name") in hidden)]
                 return {**msg, "result": {**result, "tools": kept}}
         return None
+
+
+def might_change(raw: bytes) -> bool:
+    """Cheap test before parsing: only a listing or the answer to a refused request's ping changes."""
+    return may_list(raw) or REFUSED_ID.encode() in raw
 
 
 def may_list(raw: bytes) -> bool:
@@ -398,27 +423,25 @@ class SseEvents:
         return b"" if self.skipping else rest
 
 
-def rewrite_event(raw: bytes, rewrite: Rewrite) -> tuple[bytes, str]:
-    """An SSE event as the client gets it (b"" when it is dropped: data that may hold a listing but that the
-    gateway cannot parse), and the `endpoint` event's URL ("" for any other event)."""
+def rewrite_event(raw: bytes, rewrite: Rewrite) -> bytes:
+    """An SSE event as the client gets it: b"" when it is dropped (data that may hold a listing but that the
+    gateway cannot parse)."""
     lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
     data = b"\n".join(line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:"))
-    endpoint = any(line.rstrip() in (b"event: endpoint", b"event:endpoint") for line in lines)
-    url = data.decode("utf-8", "replace") if endpoint else ""
-    if not data or not rewrite.might_change(data):
-        return raw, url
+    if not data or not might_change(data):
+        return raw
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return (raw, url) if endpoint or not may_list(data) else (b"", "")
+        return b"" if may_list(data) else raw
     changed = rewrite.value(value)
     if changed is None:
-        return raw, url
+        return raw
     head = b"".join(line + b"\n" for line in lines if line and not line.startswith(b"data:"))
-    return head + b"data: " + orjson.dumps(changed) + b"\n\n", url
+    return head + b"data: " + orjson.dumps(changed) + b"\n\n"
 
 
 PROVIDER = McpProvider()
 
-__all__ = ["PROVIDER", "FirstSeen", "Rewrite", "SseEvents", "hosted_servers", "may_list", "requests_of",
-           "rewrite_event", "server_of"]
+__all__ = ["PROVIDER", "FirstSeen", "Rewrite", "SseEvents", "hosted_servers", "may_list", "might_change",
+           "refusal_in", "refused_ping", "requests_of", "rewrite_event", "server_of"]

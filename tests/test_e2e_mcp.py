@@ -68,20 +68,24 @@ def servers(test_ca):
         server.close()
 
 
-@pytest.fixture(scope="module")
-def mgw(tmp_path_factory, servers, test_ca):
+def start_gateway(tmp_path_factory, servers, test_ca, name: str, **kw) -> GatewayProcess:
     """A gateway with the shipped catalog and identity rules and the test policy."""
-    base = tmp_path_factory.mktemp("mcp-gw")
+    base = tmp_path_factory.mktemp(name)
     rules = base / "rules"
     rules.mkdir()
-    for name in ("endpoints.yaml", "identity.yaml", "recognizers.yaml"):
-        shutil.copy(REPO / "rules" / name, rules / name)
+    for file in ("endpoints.yaml", "identity.yaml", "recognizers.yaml"):
+        shutil.copy(REPO / "rules" / file, rules / file)
     (rules / "policy.yaml").write_text(textwrap.dedent(POLICY).lstrip())
     routes = {host: servers[name].port for name, host in [("streamable", "mcp.linear.app"), ("json", "mcp.notion.com"),
                                                           ("streamable", "api.githubcopilot.com"),
                                                           ("sse", "mcp.atlassian.com")]}
-    gw = GatewayProcess(base / "data", routes, test_ca.ca_pem, rules=rules,
-                        sets=["gateway_dlp_wait=120"])  # a busy machine starts DLP slowly
+    return GatewayProcess(base / "data", routes, test_ca.ca_pem, rules=rules,
+                          sets=["gateway_dlp_wait=120", *kw.pop("sets", [])], **kw)  # DLP starts slowly when busy
+
+
+@pytest.fixture(scope="module")
+def mgw(tmp_path_factory, servers, test_ca):
+    gw = start_gateway(tmp_path_factory, servers, test_ca, "mcp-gw")
     yield gw
     gw.stop()
 
@@ -251,3 +255,19 @@ def test_huge_arguments_are_inspected_and_forwarded(mgw, servers):
     assert answer.status_code == 400  # the server's own answer: no session was opened
     [event] = wait_for_events(mgw, lambda e: e["operation"] == "mcp.tools/call" and marker in e["prompt"])
     assert event["decision"] == "allow" and event["inspection"] == "inspected" and event["request_bytes"] > 3e6
+
+
+def test_older_transport_refused_whichever_process_holds_its_stream(tmp_path_factory, servers, test_ca):
+    """With `--workers 2` a session's GET stream and its POSTs are separate connections, which the kernel hands to
+    either proxy process: the refusal travels with the request (in its ping's id), not in a process's memory."""
+    gw = start_gateway(tmp_path_factory, servers, test_ca, "mcp-workers-gw", workers=2,
+                       sets=["gateway_dlp_workers=1", "gateway_dlp_bulk_workers=0"])
+    try:
+        for _ in range(3):
+            marker = f"mk-{uuid.uuid4().hex[:12]}"
+            names, allowed, refused = session(gw, SSE, "legacy", lambda c: list_and_call(c, marker))
+            assert "delete_file" not in names and not allowed.is_error
+            assert refused.is_error and "no-deleting-mcp-tools" in refused.content[0].text
+            assert {"path": f"{marker}.txt"} not in servers["sse"].called("delete_file")
+    finally:
+        gw.stop()

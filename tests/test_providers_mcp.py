@@ -185,44 +185,55 @@ def test_rewrite_removes_hidden_tools_from_any_listing():
     assert rewrite.value({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}) is None  # a request, not an answer
 
 
-def test_rewrite_answers_a_refused_request_by_its_id_only():
-    rewrite = hide(set())
-    refusal = {"jsonrpc": "2.0", "id": 5, "result": {"isError": True, "content": []}}
-    rewrite.refuse(5, refusal)
-    assert rewrite.value({"jsonrpc": "2.0", "id": "5", "result": {}}) is None  # "5" is not 5
-    assert rewrite.value({"jsonrpc": "2.0", "id": 6, "result": {}}) is None
-    assert rewrite.value({"jsonrpc": "2.0", "id": 5, "result": {}}) == refusal
-    assert rewrite.value({"jsonrpc": "2.0", "id": 5, "result": {}}) is None  # answered once
-    assert rewrite.value({"jsonrpc": "2.0", "id": {"x": 1}, "result": {}}) is None
+def test_the_answer_to_a_refused_requests_ping_becomes_the_refusal_it_carries():
+    """On the older transport a refused request goes on as a ping whose id carries the refusal: whichever gateway
+    process reads the server's answer to it puts the refusal in its place, under the request's own id."""
+    refusal = {"jsonrpc": "2.0", "id": 5, "result": {"content": [{"type": "text", "text": "Blocked"}],
+                                                     "isError": True, "_meta": {"reference": "r"}}}
+    ping = mcp.refused_ping(refusal)
+    assert ping["method"] == "ping" and ping["id"].startswith(mcp.REFUSED_ID)
+    pong = {"jsonrpc": "2.0", "id": ping["id"], "result": {}}
+    assert mcp.might_change(json.dumps(pong).encode())
+    assert hide(set()).value(pong) == refusal
+    error = {"jsonrpc": "2.0", "id": "x", "error": {"code": -32001, "message": "Blocked"}}
+    assert hide(set()).value({"jsonrpc": "2.0", "id": mcp.refused_ping(error)["id"], "result": {}}) == error
+    assert hide(set()).value({"jsonrpc": "2.0", "id": 5, "result": {}}) is None  # any other answer goes on
 
 
-def test_refusals_waiting_for_their_answer_are_bounded():
-    rewrite = hide(set())
-    for i in range(mcp.Rewrite.MAX_REFUSED + 10):
-        rewrite.refuse(i, {"id": i})
-    assert len(rewrite.refused) == mcp.Rewrite.MAX_REFUSED
-    assert rewrite.value({"jsonrpc": "2.0", "id": 0, "result": {}}) is None  # the oldest was forgotten
+@pytest.mark.parametrize("carried", [
+    listing(5),  # a listing dressed as a refusal would pass the filter
+    {"jsonrpc": "2.0", "id": 5, "result": {"content": [], "isError": False}},
+    {"jsonrpc": "2.0", "id": 5, "result": {"content": [], "isError": True, "tools": TOOLS}},
+    {"jsonrpc": "2.0", "id": 5, "error": "text"},
+    {"jsonrpc": "2.0", "id": True, "error": {}},
+    [1, 2],
+])
+def test_an_id_a_server_made_up_carries_no_listing(carried):
+    forged = mcp.refused_ping(carried)["id"]
+    assert mcp.refusal_in(forged) is None
+    assert mcp.refusal_in(mcp.REFUSED_ID + "!!not base64") is None
+    assert mcp.refusal_in(mcp.REFUSED_ID + "A" * mcp.MAX_REFUSED_ID) is None
 
 
 def test_rewrite_event():
     rewrite = hide({"delete_file"})
-    event, url = mcp.rewrite_event(b"event: endpoint\r\ndata: /messages/?session_id=1\r\n\r\n", rewrite)
-    assert url == "/messages/?session_id=1" and event.startswith(b"event: endpoint")
-    event, url = mcp.rewrite_event(b"event: message\nid: 9\n" + sse_event(listing())[15:], rewrite)
-    assert url == "" and event.startswith(b"event: message\nid: 9\ndata: ") and event.endswith(b"\n\n")
+    endpoint = b"event: endpoint\r\ndata: /messages/?session_id=1\r\n\r\n"
+    assert mcp.rewrite_event(endpoint, rewrite) == endpoint
+    event = mcp.rewrite_event(b"event: message\nid: 9\n" + sse_event(listing())[15:], rewrite)
+    assert event.startswith(b"event: message\nid: 9\ndata: ") and event.endswith(b"\n\n")
     assert json.loads(event.split(b"data: ", 1)[1])["result"]["tools"] == [TOOLS[0]]
     for untouched in [b": keep-alive\n\n", b"data: not json\n\n", sse_event({"jsonrpc": "2.0", "id": 1,
                                                                               "result": {}})]:
-        assert mcp.rewrite_event(untouched, rewrite) == (untouched, "")
+        assert mcp.rewrite_event(untouched, rewrite) == untouched
 
 
 def test_a_listing_spelled_with_escapes_is_filtered_and_one_that_cannot_be_read_is_dropped():
     rewrite = hide({"delete_file"})
     escaped = b'data: {"jsonrpc": "2.0", "id": 1, "result": {"tool\\u0073": ' + json.dumps(TOOLS).encode() + b"}}\n\n"
-    event, _ = mcp.rewrite_event(escaped, rewrite)
+    event = mcp.rewrite_event(escaped, rewrite)
     assert json.loads(event.split(b"data: ", 1)[1])["result"]["tools"] == [TOOLS[0]]
     broken = b'data: {"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "delete_file", }]}}\n\n'
-    assert mcp.rewrite_event(broken, rewrite) == (b"", "")
+    assert mcp.rewrite_event(broken, rewrite) == b""
 
 
 # --- SSE events ---------------------------------------------------------------------------------------------
