@@ -14,6 +14,10 @@ MCP clients show, and every refusal of an MCP request is answered as JSON-RPC (p
   to it passes, the refusal takes its place. A POST is taken for the older transport when it is not Streamable
   HTTP's (which must accept `text/event-stream`, and names its session in `Mcp-Session-Id`); a Streamable HTTP
   POST is answered at once.
+- **Answers**: one decide withheld (a rule on findings in the response) becomes the refusal of each request, a
+  listing the gateway cannot parse is not passed on (a stricter parser than the client's must not let a tool
+  through unfiltered), and a tool whose definition differs from the one its server first listed in this process
+  (providers.mcp.FirstSeen) is noted in the audit.
 
 Runs after redact (whose `then` on a stream it chains rather than replaces), so the refusal it sends is the last
 word on the request.
