@@ -75,7 +75,9 @@ class McpGuard:
         message = d.message if d is not None and d.action == "block" else ""
         if flow.response is None and it.decision != "block":  # an API client's warn goes on: its calls are judged
             calls = [c for m in it.exchange.messages for c in m.tool_calls]
-            forbidden = self._forbidden(flow, it, [ToolDefinition(c.name, server=c.server) for c in calls])
+            tools = [ToolDefinition(c.name, server=c.server, changed=self.first_seen.is_changed(c.server, c.name))
+                     for c in calls]
+            forbidden = self._forbidden(flow, it, tools)
             if not forbidden:
                 return
             name, d = next(iter(forbidden.items()))
@@ -170,12 +172,16 @@ class McpGuard:
     def _listing(self, flow: http.HTTPFlow, it: Interaction, tools: list[ToolDefinition]) -> set[str]:
         """The tools a listing loses; the audit records which, and by which rules, and any tool whose definition
         is not the one first seen (after the strip decision, which replaces the reasons)."""
-        forbidden = self._forbidden(flow, it, tools)  # names each tool's server
+        server = mcp.server_of(it.host)
+        for t in tools:
+            t.server = t.server or server
+        changed = self.first_seen.changed(tools)  # marks them, for `tools: {changed: true}`
+        forbidden = self._forbidden(flow, it, tools)
         if forbidden:
             rules = sorted({d.rule for d in forbidden.values()})
             self._note(it, f"tools/list: removed {', '.join(sorted(forbidden))} (rule {', '.join(rules)})",
                        rules[0])
-        for tool, first in self.first_seen.changed(tools):
+        for tool, first in changed:
             change = (f"tools/list: definition of {tool.name} on {tool.server} changed since first seen "
                       f"(digest {first}, now {tool.digest})")
             if change not in it.exchange.warnings and len(it.exchange.warnings) < MAX_REASONS:

@@ -131,6 +131,7 @@ class ToolDefinition:
     parameters: Any = None
     path: JsonPath | None = None
     server: str = ""  # the MCP server the tool lives on (its host), "" for the client's own tools
+    changed: bool = False  # its server first listed another definition of it (a "rug pull"; addons/mcp.py)
 
     @property
     def digest(self) -> str:

@@ -278,30 +278,36 @@ def hosted_servers(entries: Any, path: JsonPath, exchange: Exchange) -> None:
 class FirstSeen:
     """The first definition (its digest) of each (server, tool) listed since the gateway started, so a listing
     whose definition differs is flagged: a server that changes a tool's description or schema after its users
-    approved it (a "rug pull") is seen at the next listing. Bounded: past `limit` entries the oldest is
-    forgotten (it would then be learned again from its next listing)."""
+    approved it (a "rug pull") is seen at the next listing, and its calls until it lists the first one again.
+    Bounded: past `limit` entries the oldest is forgotten (it would then be learned again from its next
+    listing)."""
 
     def __init__(self, limit: int = 100_000):
         self.limit = limit
-        self.digests: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.digests: OrderedDict[tuple[str, str], tuple[str, bool]] = OrderedDict()  # -> (first, last differed)
 
     def changed(self, tools: list[ToolDefinition]) -> list[tuple[ToolDefinition, str]]:
-        """The tools whose definition differs from the first one seen, each with that first digest; the others
-        are remembered if new."""
+        """The tools whose definition differs from the first one seen, each marked `changed` and with that first
+        digest; the others are remembered if new."""
         out = []
         for tool in tools:
             key = (tool.server, tool.name)
-            first = self.digests.get(key)
-            if first is None:
-                self.digests[key] = tool.digest
+            known = self.digests.get(key)
+            if known is None:
+                self.digests[key] = (tool.digest, False)
                 if len(self.digests) > self.limit:
                     self.digests.popitem(last=False)
-            elif first != tool.digest:
-                out.append((tool, first))
+                continue
+            tool.changed = known[0] != tool.digest
+            self.digests[key] = (known[0], tool.changed)
+            if tool.changed:
+                out.append((tool, known[0]))
         return out
 
-
-# ---- what the gateway changes in what the server sends ----------------------------------------------------------
+    def is_changed(self, server: str, name: str) -> bool:
+        """Did the server's last listing of this tool differ from its first? (What a call of it is judged by.)"""
+        known = self.digests.get((server, name))
+        return known is not None and known[1]
 
 
 #: The older transport answers on its GET stream, which may be another gateway process's connection: a request
