@@ -94,10 +94,11 @@ def report(targets: list[Target], results: dict[str, Streams], chunks: int, base
     if gw.first and md.first:
         print(f"gateway - mitmdump stream_large_bodies=1, p50: first chunk {difference(gw.first, md.first)}, "
               f"last chunk {difference(gw.last, md.last)}")
-    base = results.get(f"gateway at {baseline}")
-    if base is not None and gw.first and base.first:
-        print(f"gateway - gateway at {baseline}, p50: first chunk {difference(gw.first, base.first)}, last chunk "
-              f"{difference(gw.last, base.last)}")
+    for name in (f"gateway at {baseline}", UNGUARDED):
+        base = results.get(name)
+        if base is not None and gw.first and base.first:
+            print(f"gateway - {name}, p50: first chunk {difference(gw.first, base.first)}, last chunk "
+                  f"{difference(gw.last, base.last)}")
     streams = bool(gw.first) and first < last / 2 and median(gw.pieces) >= chunks * 0.8
     verdict = "does not buffer" if streams else "BUFFERS"
     print(f"gateway {verdict}: first chunk after {first * 1000:.1f} ms of a {last * 1000:.0f} ms answer, "
@@ -112,6 +113,9 @@ TOOL_RULE = """
     when: {tools: {names: [run_command], args: {command: "re:rm\\\\s+-rf"}}}
     action: block
 """
+
+
+UNGUARDED = "gateway, no tool rule"  # --tools: the same gateway on the shipped rules, so no answer is checked
 
 
 def tool_rules(into: Path, tree: Path = Path(__file__).resolve().parents[1]) -> Path:
@@ -142,7 +146,8 @@ def main() -> int:
                              "word the enforced secrets rule must rule out, so the prompt waits for the scan (clean)")
     parser.add_argument("--tools", action="store_true",
                         help="the request offers a tool and the answer calls it after its text (the last two word "
-                             "chunks become the call's pieces); the gateway runs with a rule on that tool")
+                             "chunks become the call's pieces); the gateway runs with a rule on that tool, and the "
+                             f"row '{UNGUARDED}' is the same gateway without it (no answer checked)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds; each measures every target once (2)")
     parser.add_argument("--gateway-set", action="append", default=[], metavar="NAME=VALUE",
                         help="a gateway option, e.g. gateway_dlp=false to see what DLP costs (repeatable)")
@@ -165,6 +170,10 @@ def main() -> int:
                    Target("mitmdump (default: buffers)", buffering.port, buffering.ca, via_proxy=True),
                    Target("mitmdump stream_large_bodies=1", streaming.port, streaming.ca, via_proxy=True),
                    Target("gateway", gateway.port, gateway.ca, via_proxy=True)]
+        unguarded = None
+        if args.tools:
+            unguarded = ws.keep(start_gateway(ws.dir / "unguarded", upstream, args.gateway_set))
+            targets.append(Target(UNGUARDED, unguarded.port, unguarded.ca, via_proxy=True))
         base = None
         if args.baseline:
             tree = checkout(args.baseline, ws.dir / "baseline-tree")
@@ -176,8 +185,9 @@ def main() -> int:
                                prompt=args.prompt, tools=args.tools))
         # the usage block comes in the next-to-last frame: counted only if the whole stream was reassembled
         events, problem = audited(gateway, f"stream AND output_tokens = {args.chunks - 3}")
-        if base is not None:
-            audited(base)
+        for other in (base, unguarded):
+            if other is not None:
+                audited(other)
     ok = report(targets, results, args.chunks, args.baseline)
     sent = len(results["gateway"].first)
     ok = ok and events == sent
