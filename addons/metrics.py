@@ -34,7 +34,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from mitmproxy import ctx
@@ -123,8 +123,10 @@ class Metrics:
                     raise OptionsError(f"gateway_pac_proxies: {e}") from None
             if o.gateway_ready_store_wait < 1:
                 raise OptionsError("gateway_ready_store_wait must be at least 1 (seconds)")
-            self.settings = Settings(proxies, o.gateway_pac_direct, o.gateway_ready_store_wait,
-                                     o.listen_host or "", o.listen_port or 0, bool(o.gateway_audit))
+            # listen_port None is mitmproxy's default, 8080; gateway_audit exists when the audit stage is loaded
+            self.settings = Settings(tuple(proxies), o.gateway_pac_direct, o.gateway_ready_store_wait,
+                                     o.listen_host or "", o.listen_port or 8080,
+                                     "gateway_audit" in o and bool(o.gateway_audit))
         if "gateway_metrics" not in updated:
             return
         self.address = parse_address(o.gateway_metrics)
@@ -214,7 +216,7 @@ class Metrics:
         settings, catalog = self.settings, self.catalog
         if catalog is None:
             return "503 Service Unavailable", "rules not loaded yet\n", "text/plain; charset=utf-8"
-        proxies = settings.pac_proxies
+        proxies = list(settings.pac_proxies)
         if not proxies:
             host = host_header.rsplit(":", 1)[0] if host_header.rfind(":") > host_header.rfind("]") else host_header
             proxies = [f"{host}:{settings.listen_port}"]
@@ -251,11 +253,11 @@ class Metrics:
 class Settings:
     """The options the server's threads read, replaced whole in `configure`."""
 
-    pac_proxies: list[str] = field(default_factory=list)
+    pac_proxies: tuple[str, ...] = ()
     pac_direct: bool = False
     store_wait: int = 30
     listen_host: str = ""
-    listen_port: int = 0
+    listen_port: int = 8080
     audit: bool = False
 
 
