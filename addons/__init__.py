@@ -3,7 +3,8 @@
 rules (loads the rules folder and hands every stage the validated rule set, at start and on each edit) ->
 recognise -> identify -> admission (a bound on the request bodies held at once) -> extract -> inspect (DLP) ->
 decide -> tunnel (do-not-decrypt connections) -> warn -> strip (forbidden tools) -> redact -> mcp (MCP listings
-and calls) -> audit (counted for Prometheus by metrics; the admin socket answers audit queries from the CLI).
+and calls) -> answer tools (forbidden tool calls in the model's answer) -> audit (counted for Prometheus by
+metrics; the admin socket answers audit queries from the CLI).
 The stages share one record per flow (core.interaction.Interaction) and tell each other facts as events
 (addons/hooks.py), never by looking each other up: docs/architecture.md.
 `gateway run` loads `proxy_addons()` and then `default_addons()`; a stage loaded on its own with `mitmdump -s`
