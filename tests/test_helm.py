@@ -238,25 +238,32 @@ def test_bad_values_are_refused_with_the_reason(values, message):
     assert message in result.stderr, result.stderr
 
 
-def test_the_generated_ca_is_kept_and_the_init_container_makes_mitmproxys_ca_of_it(default_docs, tmp_path):
-    """The init container's script, run on the Secret the chart generated: mitmproxy loads the result as its CA."""
+def init_container(docs: list[dict], folder: Path) -> Path:
+    """Run the StatefulSet's init container script on the chart's CA Secret, mounted under `folder` as the pod
+    mounts it; the confdir it leaves for the gateway."""
     import base64
 
+    secret = one(docs, "Secret", "-ca")
+    mounted = folder / "secret"
+    mounted.mkdir(parents=True)
+    for key in ("tls.crt", "tls.key"):
+        (mounted / key).write_bytes(base64.b64decode(secret["data"][key]))
+    init = one(docs, "StatefulSet")["spec"]["template"]["spec"]["initContainers"][0]
+    script = init["command"][-1].replace("/etc/ai-gateway/ca", str(mounted)).replace("/run/ai-gateway",
+                                                                                   str(folder / "run"))
+    subprocess.run(["/bin/sh", "-ec", script], check=True, timeout=30)
+    return folder / "run" / "ca"
+
+
+def test_the_generated_ca_is_kept_and_the_init_container_makes_mitmproxys_ca_of_it(default_docs, tmp_path):
+    """The init container's script, run on the Secret the chart generated: mitmproxy loads the result as its CA."""
     from cryptography import x509
     from mitmproxy.certs import CertStore
 
     secret = one(default_docs, "Secret", "-ca")
     assert secret["type"] == "kubernetes.io/tls"
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    mounted = tmp_path / "secret"
-    mounted.mkdir()
-    for key in ("tls.crt", "tls.key"):
-        (mounted / key).write_bytes(base64.b64decode(secret["data"][key]))
-    init = one(default_docs, "StatefulSet")["spec"]["template"]["spec"]["initContainers"][0]
-    script = init["command"][-1].replace("/etc/ai-gateway/ca", str(mounted)).replace("/run/ai-gateway",
-                                                                                   str(tmp_path / "run"))
-    subprocess.run(["/bin/sh", "-ec", script], check=True, timeout=30)
-    confdir = tmp_path / "run" / "ca"
+    confdir = init_container(default_docs, tmp_path)
     assert oct((confdir / "mitmproxy-ca.pem").stat().st_mode & 0o777) == "0o600"
     store = CertStore.from_store(confdir, "mitmproxy", 2048)
     assert store.default_ca.cn == "AI egress gateway CA"
@@ -310,9 +317,11 @@ def chart_gateway(tmp_path_factory):
                   f"ports.metrics={metrics_port}")
     files = {name: text + "\n" for name, text in one(docs, "ConfigMap", "-rules")["data"].items()}
     kubelet_write(base / "rules", files)
+    confdir = init_container(docs, base / "pod")
+    ca = (confdir / "mitmproxy-ca-cert.pem").read_bytes()  # the Secret's certificate, before the gateway starts
     container = one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
     places = {"/etc/ai-gateway/rules": str(base / "rules"), "/var/lib/ai-gateway": str(base / "data"),
-              "/run/ai-gateway/ca": str(base / "ca"), "0.0.0.0": "127.0.0.1"}
+              "/run/ai-gateway/ca": str(confdir), "0.0.0.0": "127.0.0.1"}
     args = [re.sub("|".join(map(re.escape, places)), lambda m: places[m.group(0)], a) for a in container["args"]]
     env = dict(os.environ, **{e["name"]: e["value"] for e in container["env"] if e["name"] != "HOME"})
     log = open(base / "gateway.log", "wb")
@@ -320,6 +329,7 @@ def chart_gateway(tmp_path_factory):
                             env=env, cwd=ROOT)
     gw = type("ChartGateway", (), {})()
     gw.rules, gw.files, gw.metrics = base / "rules", files, f"http://127.0.0.1:{metrics_port}"
+    gw.confdir, gw.ca = confdir, ca
     gw.output = lambda: (base / "gateway.log").read_text(errors="replace")
     try:
         wait_listening("gateway", proc, proxy_port, base / "data" / "audit.sock", gw.output, 90)
@@ -337,6 +347,9 @@ def test_the_charts_command_line_starts_a_gateway_that_says_it_is_ready(chart_ga
         time.sleep(0.3)
     status, pac = fetch(chart_gateway.metrics + "/proxy.pac")
     assert status == 200 and "FindProxyForURL" in pac
+    # it signs with the chart's CA, as the init container left it, and wrote its client bundle beside it
+    assert (chart_gateway.confdir / "mitmproxy-ca-cert.pem").read_bytes() == chart_gateway.ca
+    assert (chart_gateway.confdir / "gateway-ca-bundle.pem").read_bytes().endswith(chart_gateway.ca)
 
 
 def test_a_configmap_update_as_the_kubelet_writes_it_reaches_the_running_gateway(chart_gateway):
