@@ -106,6 +106,26 @@ def test_the_production_render_is_valid_kubernetes(production_docs):
     assert "replicas" not in one(production_docs, "StatefulSet")["spec"]  # the HPA owns it
 
 
+@pytest.mark.parametrize("values", [
+    ["--set", "service.type=ClusterIP", "--set", "persistence.enabled=false"],
+    ["--set", "ca.existingSecret=corp-ca", "--set", "rules.existingConfigMap=corp-rules", "--set",
+     "serviceAccount.create=false", "--set", "podDisruptionBudget.enabled=false"],
+], ids=["cluster-ip-no-volume", "existing-ca-and-rules"])
+def test_other_shapes_render_valid_kubernetes(values):
+    docs = render(*values)
+    validate(docs)
+    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    if "persistence.enabled=false" in values:
+        assert "externalTrafficPolicy" not in one(docs, "Service", "gateway")["spec"]  # only for external types
+        assert {"name": "data", "emptyDir": {}} in pod["volumes"]
+        assert "volumeClaimTemplates" not in one(docs, "StatefulSet")["spec"]
+    else:
+        assert {d["kind"] for d in docs} == {"StatefulSet", "Service", "Pod"}  # nothing generated for them
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["ca-secret"]["secret"]["secretName"] == "corp-ca"
+        assert volumes["rules"]["configMap"]["name"] == "corp-rules"
+
+
 def test_the_pod_is_locked_down_and_keeps_its_spool(default_docs):
     sts = one(default_docs, "StatefulSet")
     pod = sts["spec"]["template"]["spec"]
