@@ -1,6 +1,6 @@
 """DLP scan speed: the gateway's Scanner against plain Presidio with the same recognizers, side by side.
 
-    python bench/dlp.py [--rules DIR] [--quick]
+    python bench/dlp.py [--rules DIR] [--quick] [--no-detector]
 
 For 200 B, 2 KB, 20 KB, 100 KB and 1 MB texts of mixed prose, code, logs and JSON with some personal data and
 secrets in them: median and p99 scan time and MB/s of each engine, and the ratio of the medians; for the gateway
@@ -8,6 +8,10 @@ also the median CPU time (on a busy machine the wall-clock includes waiting for 
 different text (different values, same mix), so nothing is measured warm that would be cold in real traffic.
 Plain Presidio is repeated fewer times at large sizes (it takes seconds per megabyte) so the run stays under
 3 minutes. One process, one thread: what one core does. Goals (issue 4): 2 KB <= 1 ms, 100 KB <= 20 ms median.
+
+The gateway's scan includes prompt-injection detection (dlp/injection.py), as in the workers; the `dlp only` column
+is the same scanner without it, on the same texts in the same run, and `detect` the ratio of the two medians (the
+goal of issue 15: DLP and detection together within the goals above). `--no-detector` measures DLP alone.
 """
 
 from __future__ import annotations
@@ -205,31 +209,42 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rules", type=Path, default=ROOT / "rules")
     ap.add_argument("--quick", action="store_true", help="a tenth of the repetitions (smoke test)")
+    ap.add_argument("--detector", action=argparse.BooleanOptionalAction, default=True,
+                    help="scan with prompt-injection detection, beside DLP alone (default: on)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     scanner = Scanner.from_rules(args.rules)
+    if not args.detector:
+        scanner = scanner.without_threats()
+    dlp_only = scanner.without_threats() if args.detector else None
     plain = PlainPresidio(scanner.rules)
     warm = make_text(5_000, 0)
     scanner.scan(warm)
     plain.analyze(warm)
+    if dlp_only is not None:
+        dlp_only.scan(warm)
     sample = make_text(100_000, 10**6)
     print(f"DLP scan, {len(scanner.rules.recognizers)} recognizers, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, python {platform.python_version()}; "
           f"texts hold about {len(scanner.scan(sample)) / 100:.1f} findings per KB")
-    print(f"{'size':>7} | {'gateway median':>14} {'p99':>9} {'cpu':>9} {'MB/s':>6} | {'presidio median':>15} "
-          f"{'p99':>8} {'MB/s':>5} | {'speed-up':>8} | goal (median)")
+    print(f"{'size':>7} | {'gateway median':>14} {'p99':>9} {'cpu':>9} {'MB/s':>6} | "
+          + (f"{'dlp only':>11} {'detect':>6} | " if dlp_only is not None else "")
+          + f"{'presidio median':>15} {'p99':>8} {'MB/s':>5} | {'speed-up':>8} | goal (median)")
     for label, size in SIZES:
         reps_scanner, reps_plain = REPS[size]
         if args.quick:
             reps_scanner, reps_plain = max(1, reps_scanner // 10), max(1, reps_plain // 3)
         texts = [make_text(size, seed) for seed in range(1, reps_scanner + 1)]
         ours, ours_cpu = _time(scanner.scan, texts)
+        alone = statistics.median(_time(dlp_only.scan, texts)[0]) if dlp_only is not None else None
         theirs, _ = _time(plain.analyze, texts[:reps_plain])
         med, med_p, cpu = statistics.median(ours), statistics.median(theirs), statistics.median(ours_cpu)
         goal = {2_000: 0.001, 100_000: 0.020}.get(size)
         verdict = "" if goal is None else ("met" if med <= goal else f"MISSED (<= {goal * 1000:.0f} ms)")
         print(f"{label:>7} | {med * 1000:11.3f} ms {_p99(ours) * 1000:6.2f} ms {cpu * 1000:6.2f} ms "
-              f"{size / med / 1e6:6.1f} | {med_p * 1000:12.1f} ms {_p99(theirs) * 1000:5.0f} ms "
+              f"{size / med / 1e6:6.1f} | "
+              + (f"{alone * 1000:8.3f} ms {med / alone:5.2f}x | " if alone is not None else "")
+              + f"{med_p * 1000:12.1f} ms {_p99(theirs) * 1000:5.0f} ms "
               f"{size / med_p / 1e6:5.2f} | {med_p / med:7.0f}x | {verdict}")
     print(f"({reps_scanner} and {reps_plain} repetitions at 1 MB; total {time.perf_counter() - t0:.0f} s)")
 

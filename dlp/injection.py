@@ -230,12 +230,18 @@ _BOUNDED = re.compile(r"\{(\d*),\d+\}\??")
 _UNICODE_CLASS = re.compile(r"(?<!\\)\\([bw])")
 
 
+_GAP_HS = re.compile(re.escape(_MACROS["gap"]) + r"\{0,\d+\}\??")
+_LINE_HS = re.compile(re.escape(_MACROS["line"]) + r"\{0,\d+\}\??")  # at most one line break, in hyperscan
+
+
 def _hs_source(pattern: regex.Pattern) -> bytes:
-    """What hyperscan compiles for a rule: a superset of it, cheap to compile. Bounded gaps (`[^.\\n]{0,40}`) become
-    unbounded (compiling a bounded repeat costs seconds; the confirming regex still bounds it). In a pattern with
+    """What hyperscan compiles for a rule: a superset of it, cheap to compile and to scan with. The gap macros become
+    plain classes (a `{line}` gap crosses one line break at most) and bounded gaps unbounded (a bounded repeat costs seconds to compile and scans slower, the
+    lookahead of a gap slower still; the confirming regex still bounds them). In a pattern with
     non-ASCII letters, hyperscan without Unicode classes (which cost seconds more) would not see a Cyrillic or CJK
     letter as a word character: `\\b` is dropped and `\\w` widened to `\\S`."""
-    source = _BOUNDED.sub(lambda m: "*" if m.group(1) in ("", "0") else "+", pattern.pattern)
+    source = _GAP_HS.sub("[^.]*", _LINE_HS.sub(r".*(?:\\n.*)?", pattern.pattern))
+    source = _BOUNDED.sub(lambda m: "*" if m.group(1) in ("", "0") else "+", source)
     if not source.isascii():
         source = _UNICODE_CLASS.sub(lambda m: "" if m.group(1) == "b" else "\\S", source)
     return source.encode()
@@ -264,14 +270,17 @@ class Detector:
         self.rules = rules
         self._db = None
         if hyperscan is not None and rules.rules:
-            self._db = _compiled([_hs_source(r.regex) for r in rules.rules], [_hs_flags(r.regex) for r in rules.rules])
+            # and one more expression: where a run long enough to be an encoded payload is (_encoded_runs)
+            self._db = _compiled([*(_hs_source(r.regex) for r in rules.rules), _RUN_SOURCE],
+                                 [*(_hs_flags(r.regex) for r in rules.rules), hyperscan.HS_FLAG_SINGLEMATCH])
 
     # --- the pass ---------------------------------------------------------------------------------------------
 
     def _candidates(self, text: str) -> dict[int, list[int]]:
-        """Rule index -> character offsets where the hyperscan pass saw a match of it end (a superset)."""
+        """Rule index -> character offsets where the hyperscan pass saw a match of it end (a superset); the key
+        len(rules) says the text holds a run that may be an encoded payload."""
         if self._db is None:
-            return {k: [len(text)] for k in range(len(self.rules.rules))}
+            return {k: [len(text)] for k in range(len(self.rules.rules) + 1)}
         data = text.encode("utf-8", "surrogatepass")
         ends: dict[int, list[int]] = {}
 
@@ -279,9 +288,7 @@ class Detector:
             ends.setdefault(rule, []).append(to)
 
         self._db.scan(data, match_event_handler=on_match)
-        if not ends:
-            return ends
-        if len(data) == len(text):
+        if not ends or len(data) == len(text):
             return ends
         # byte offsets to character offsets, only for texts that hit (rare)
         return {k: [len(data[:e].decode("utf-8", "ignore")) for e in v] for k, v in ends.items()}
@@ -290,22 +297,26 @@ class Detector:
         """Could `detect(text)` report anything? One hyperscan pass, the checks for hidden and link shapes, and a
         pass over what each decoder would decode (without detect's bounds, so a text that joins several parts
         answers for each of them). A phrase needs a hyperscan hit to be found, so this never says no wrongly."""
-        if self._candidates(_JSON_ESCAPE.sub(_unescaped, text) if "\\" in text else text):
+        seen = self._candidates(_JSON_ESCAPE.sub(_unescaped, text) if "\\" in text else text)
+        runs = seen.pop(len(self.rules.rules), None) is not None or "\\u" in text
+        if seen:
             return True
-        if _TAGS.search(text) or _ZW_BINARY.search(text) or _INTERLEAVED.search(text) or "\u202e" in text \
-                or _URL_IN.search(text):
+        if not text.isascii() and (_TAGS.search(text) or _ZW_BINARY.search(text) or _INTERLEAVED.search(text)
+                                   or "\u202e" in text):
             return True
-        for rx, decode in _DECODERS:
-            for m in rx.finditer(text):
-                decoded = decode(m.group()[:DECODE_MAX])
-                if decoded and self._candidates(decoded):
-                    return True
-        return len(_LEET_WORD.findall(text)) >= 4 and bool(
-            self._candidates(_LEET_TEXT.sub(lambda w: w.group().translate(_LEET), text)))
+        if "//" in text and _URL_IN.search(text):
+            return True
+        for m, decode in _encoded_runs(text) if runs else ():
+            decoded = decode(m.group()[:DECODE_MAX])
+            if decoded and set(self._candidates(decoded)) - {len(self.rules.rules)}:
+                return True
+        return False
 
-    def _matches(self, text: str) -> list[tuple[Rule, int, int]]:
+    def _matches(self, text: str, seen: dict[int, list[int]] | None = None) -> list[tuple[Rule, int, int]]:
         out = []
-        for k, ends in self._candidates(text).items():
+        for k, ends in (self._candidates(text) if seen is None else seen).items():
+            if k == len(self.rules.rules):
+                continue  # the encoded-run expression
             rule = self.rules.rules[k]
             seen = set()
             for end in sorted(set(ends)):
@@ -322,17 +333,19 @@ class Detector:
         """Every hit in the text: phrases (scored in context), hidden payloads, exfiltration links. JSON escapes
         (`\\n`, `\\"`) read as the spaces and quotes they stand for, same length: a tool description or MCP result
         quoted as JSON text must not hide `\\nIgnore` from a word boundary."""
-        if "\\" in text:  # quotes escaped inside a JSON string pair up among themselves, not with the JSON's own
-            hits = self._phrases(_JSON_ESCAPE.sub(_unescaped, text), escaped=[m.span() for m in _ESCAPED.finditer(text)])
-        else:
-            hits = self._phrases(text)
+        prepared = _JSON_ESCAPE.sub(_unescaped, text) if "\\" in text else text
+        seen = self._candidates(prepared)  # the one pass, for the phrases and the encoded runs
+        # quotes escaped inside a JSON string pair up among themselves, not with the JSON's own
+        escaped = [m.span() for m in _ESCAPED.finditer(text)] if prepared is not text else []
+        hits = self._phrases(prepared, escaped=escaped, seen=seen)
         hits += self._hidden(text)
-        hits += self._encoded(text)
+        hits += self._encoded(text, len(self.rules.rules) in seen)
         hits += exfiltration_links(text, self.rules.link_score)
         return hits
 
-    def _phrases(self, text: str, hidden: bool = False, escaped: list[tuple[int, int]] = ()) -> list[Hit]:
-        matches = self._matches(text)
+    def _phrases(self, text: str, hidden: bool = False, escaped: list[tuple[int, int]] = (),
+                 seen: dict[int, list[int]] | None = None) -> list[Hit]:
+        matches = self._matches(text, seen)
         if not matches:
             return []
         r = self.rules
@@ -357,6 +370,8 @@ class Detector:
     def _hidden(self, text: str) -> list[Hit]:
         """Payloads a human does not see: decoded and scanned; a phrase found there is a hidden instruction."""
         out = []
+        if text.isascii():  # every hiding place below needs a character outside ASCII (the common case: none)
+            return out
         for m in _TAGS.finditer(text):
             decoded = "".join(chr(ord(c) - 0xE0000) for c in m.group() if 0xE0020 <= ord(c) <= 0xE007E)
             if m.start() > 0 and text[m.start() - 1] == "\U0001f3f4" or sum(c.isalpha() for c in decoded) < 6:
@@ -375,25 +390,22 @@ class Detector:
                        for h in self._phrases(m.group(1)[::-1], hidden=True)[:1])
         return out
 
-    def _encoded(self, text: str) -> list[Hit]:
+    def _encoded(self, text: str, runs: bool) -> list[Hit]:
         """Encodings dlp.normalize does not undo, or undoes once: `\\u` escapes, base32, base64 inside base64 (the
-        scanner's decoded view comes here too), leetspeak. Each decoded text is scanned for phrases; a hit covers
+        scanner's decoded view comes here too). Each decoded text is scanned for phrases; a hit covers
         the encoded run. Bounded: DECODE_TRIES runs of at most DECODE_MAX characters per text."""
         out: list[Hit] = []
+        if "\\u" not in text and not runs:
+            return out  # no run that may be encoded (the pass says so at C speed, a regex would not)
         tries = 0
-        for rx, decode in _DECODERS:
-            for m in rx.finditer(text):
-                if tries >= DECODE_TRIES:
-                    return out
-                tries += 1
-                decoded = decode(m.group()[:DECODE_MAX])
-                if decoded:
-                    out.extend(Hit(PROMPT_INJECTION, m.start(), m.end(), h.score, h.rule, h.stage)
-                               for h in self._phrases(decoded)[:1])
-        leet = _LEET_WORD.findall(text)
-        if len(leet) >= 4 and len(text) <= DECODE_MAX:
-            out.extend(Hit(PROMPT_INJECTION, 0, len(text), h.score, h.rule, h.stage)
-                       for h in self._phrases(_LEET_TEXT.sub(lambda w: w.group().translate(_LEET), text))[:1])
+        for m, decode in _encoded_runs(text):
+            if tries >= DECODE_TRIES:
+                return out
+            tries += 1
+            decoded = decode(m.group()[:DECODE_MAX])
+            if decoded:
+                out.extend(Hit(PROMPT_INJECTION, m.start(), m.end(), h.score, h.rule, h.stage)
+                           for h in self._phrases(decoded)[:1])
         return out
 
     def _hidden_hit(self, decoded: str, start: int, end: int, rule: str, score: float) -> Hit:
@@ -471,14 +483,26 @@ def _base64(run: str) -> str | None:
         return None
 
 
-_DECODERS = [
-    (re.compile(r"(?:\\u[0-9a-fA-F]{4}){8,}"), _unicode_escapes),
-    (re.compile(r"(?<![A-Za-z0-9+/=])[A-Z2-7]{32,}=*(?![A-Za-z0-9+/=])"), _base32),
-    (re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{24,}={0,2}(?![A-Za-z0-9+/=_-])"), _base64),
-]
-_LEET = str.maketrans("013457", "oieast")
-_LEET_WORD = re.compile(r"\b(?=[a-z0-9]*[a-z])(?=[a-z0-9]*[013457])[a-z0-9]{3,}\b", re.IGNORECASE)
-_LEET_TEXT = re.compile(r"\b[a-z0-9]{3,}\b", re.IGNORECASE)
+_ESCAPES = re.compile(r"(?:\\u[0-9a-fA-F]{4}){8,}")
+_RUN = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,6}")
+#: Where a run may be an encoded payload: 24 run characters around a letter hex does not have (ids, hashes and UUIDs
+#: are hex); base64 and base32 of text always have one. Only runs it reports are decoded, by detect and could_find.
+_RUN_SOURCE = rb"[A-Za-z0-9+/_\-]{12}[g-zG-Z+/_][A-Za-z0-9+/_\-]{11}"
+_BASE32 = re.compile(r"[A-Z2-7]{32,}=*")
+
+
+def _encoded_runs(text: str):
+    """(match, decoder) for each run worth decoding: `\\u` escapes, base32 (upper case and 2-7), base64 (hex runs
+    are left to dlp.normalize, ids and hashes mostly)."""
+    if "\\u" in text:
+        yield from ((m, _unicode_escapes) for m in _ESCAPES.finditer(text))
+    for m in _RUN.finditer(text):
+        run = m.group()
+        if _BASE32.fullmatch(run):
+            yield m, _base32
+        elif not _HEX_WORD.fullmatch(run.rstrip("=")):
+            yield m, _base64
+_HEX_WORD = re.compile(r"[0-9a-f]+", re.IGNORECASE)
 
 
 def _inside(pos: int, spans: list[tuple[int, int]]) -> bool:

@@ -114,13 +114,20 @@ class Scanner:
         self._normalizer = Normalizer(rules.key_prefixes)
         self._analyzers: dict[Unit, Callable[[str, list[Span] | None], list[tuple[str, int, int, float]]]] = {}
         # prompt injection (dlp.injection): its own hyperscan pass over the same text and normalised views
-        self._threats = Detector(rules_near(str(rules.file)))
+        self._threats: Detector | None = Detector(rules_near(str(rules.file)))
 
     def warm_up(self) -> None:
         """Scan a sample with the common entities once, so that what validators load on first use (the public
         suffix list behind e-mail validation: 20 ms; phonenumbers' metadata) is loaded before the first prompt."""
         self.scan("Mail jane.doe@example.com or call +1 415 555 0100; card 4111 1111 1111 1111, "
                   "IBAN GB82 WEST 1234 5698 7654 32.")
+
+    def without_threats(self) -> Scanner:
+        """The same scanner without prompt-injection detection: DLP alone, so bench/dlp.py can show what the
+        detection adds in the same run."""
+        alone = copy.copy(self)
+        alone._threats = None
+        return alone
 
     @classmethod
     def from_rules(cls, rules_dir: str | Path, exhaustive: bool = False) -> Scanner:
@@ -174,7 +181,7 @@ class Scanner:
                 return None
             context = TextContext(t, self.rules.context, self._context_words, self._literal_specs)
             units.update(unit[0] for unit in self._prefilter.windows(t, 0, len(t), context).regions)
-            threats = threats or self._threats.could_find(t)
+            threats = threats or (self._threats is not None and self._threats.could_find(t))
         return frozenset(e for k in units for e in self.specs[k].entities) | (THREATS if threats else frozenset())
 
     def could_find_parts(self, texts: list[str]) -> frozenset[str] | None:
@@ -202,6 +209,8 @@ class Scanner:
 
     def _threats_in(self, text: str, chunk: Chunk, part: int, views: list[View]) -> list[Finding]:
         """Prompt-injection findings (dlp.injection) of the chunk and its views, those starting in its own region."""
+        if self._threats is None:
+            return []
         return [Finding(h.entity, h.start + chunk.lo, h.end + chunk.lo, h.score, part, RECOGNIZER + h.rule,
                         stage=h.stage if h.stage != "stable" else "")
                 for h in detect_threats(self._threats, text[chunk.lo:chunk.hi], views)
