@@ -6,7 +6,8 @@ vendor-hosted MCP servers of the shipped catalog (category mcp), and on a host t
 envelope and the initialize handshake with its session and GET stream) and over the older HTTP+SSE transport,
 whose answers all come on the GET stream. What must hold: a listing loses the tool a rule forbids, a call of that
 tool is refused and shown by the client as a tool error (the server never gets it), an allowed call is answered,
-a secret in a call's arguments is found by DLP and stopped, a tool whose definition changes is flagged, and the
+a secret in a call's arguments and personal data in a result are found by DLP and stopped, a tool whose
+definition changes is flagged (and hidden by a rule on it), hostile bodies are answered as JSON-RPC, and the
 audit rows say what happened.
 """
 
@@ -30,6 +31,7 @@ from mcp.client.streamable_http import streamable_http_client
 from tests.conftest import wait_for_events
 from tests.support.gateway import GatewayProcess
 from tests.support.mcp_upstream import LOOKUP_DESCRIPTION, McpUpstream
+from tests.test_e2e_policy import reference_in
 
 REPO = Path(__file__).resolve().parent.parent
 AWS_KEY = "AKIAZ7Q4XK2M3PLR5TVW"
@@ -102,7 +104,7 @@ def transport(gw: GatewayProcess, url: str):
                                   timeout=timeout or httpx2.Timeout(150))
 
     if url.endswith("/sse"):
-        return sse_client(url, httpx_client_factory=factory)
+        return sse_client(url, timeout=150, httpx_client_factory=factory)  # its POSTs wait for DLP too
     return streamable_http_client(url, http_client=factory())
 
 
@@ -112,12 +114,6 @@ def session(gw: GatewayProcess, url: str, mode: str, steps):
         async with Client(transport(gw, url), mode=mode) as client:
             return await steps(client)
     return asyncio.run(asyncio.wait_for(run(), 300))
-
-
-def reference(text: str) -> str:
-    m = re.search(r"Reference: ([0-9a-f-]{36})", text)
-    assert m, f"no reference in {text!r}"
-    return m.group(1)
 
 
 async def list_and_call(client: Client, marker: str):
@@ -145,7 +141,7 @@ def test_listing_filtered_forbidden_call_refused_allowed_call_answered(mgw, serv
     assert {"path": f"{marker}.txt"} not in server.called("delete_file")  # never left the gateway
 
     host = url.split("/")[2]
-    [call] = wait_for_events(mgw, lambda e: e["event_id"] == reference(text))
+    [call] = wait_for_events(mgw, lambda e: e["event_id"] == reference_in(text))
     assert (call["operation"], call["decision"], call["rule_id"]) == ("mcp.tools/call", "block",
                                                                       "no-deleting-mcp-tools")
     assert f"tool delete_file of MCP server {host} is not allowed" in call["reason"]
@@ -173,7 +169,7 @@ def test_secret_in_tool_arguments_is_found_and_stopped(mgw, servers, url):
     result = session(mgw, url, "legacy", steps)
     assert result.is_error and "Remove the credential from the tool's arguments." in result.content[0].text
     assert not any(marker in args["path"] for args in server.called("read_file"))
-    [event] = wait_for_events(mgw, lambda e: e["event_id"] == reference(result.content[0].text))
+    [event] = wait_for_events(mgw, lambda e: e["event_id"] == reference_in(result.content[0].text))
     assert (event["operation"], event["decision"], event["rule_id"]) == ("mcp.tools/call", "block",
                                                                          "block-secrets")
     assert "AWS_ACCESS_KEY" in event["entity_types"] and AWS_KEY not in event["prompt"]
@@ -191,7 +187,7 @@ def test_personal_data_in_a_tool_result_is_found_and_withheld(mgw, servers):
     result = session(mgw, JSON_ANSWERS, "legacy", steps)
     assert result.is_error and "The tool's result held personal data and was withheld." in result.content[0].text
     assert {"path": f"{marker} notes of jane.doe@example.com"} in servers["json"].called("read_file")  # it was asked
-    [event] = wait_for_events(mgw, lambda e: e["event_id"] == reference(result.content[0].text))
+    [event] = wait_for_events(mgw, lambda e: e["event_id"] == reference_in(result.content[0].text))
     assert (event["operation"], event["decision"], event["rule_id"]) == ("mcp.tools/call", "block",
                                                                          "no-personal-data-in-tool-results")
     assert 65535 in event["finding_parts"]  # the finding is in the answer
@@ -220,7 +216,7 @@ def test_changed_definition_is_flagged_and_hidden(mgw, servers, url):
     assert call.is_error and "no-rug-pulls" in call.content[0].text
     assert {"word": marker} not in server.called("lookup")
     host = url.split("/")[2]
-    [refused] = wait_for_events(mgw, lambda e: e["event_id"] == reference(call.content[0].text))
+    [refused] = wait_for_events(mgw, lambda e: e["event_id"] == reference_in(call.content[0].text))
     assert (refused["operation"], refused["decision"], refused["rule_id"]) == ("mcp.tools/call", "block",
                                                                                "no-rug-pulls")
     flagged = wait_for_events(mgw, lambda e: f"definition of lookup on {host} changed since first seen"
