@@ -143,7 +143,7 @@ def test_the_served_pac_file_follows_a_catalog_edit(tmp_path, upstream, test_ca)
                         sets=[f"gateway_metrics=127.0.0.1:{port}", "gateway_pac_proxies=gw-a:8080,gw-b:8080"])
     try:
         url = f"http://127.0.0.1:{port}/proxy.pac"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # the audit process starts slowly on a busy machine
         while (answer := fetch(url))[0] != 200:  # the audit process may start after the proxies
             assert time.monotonic() < deadline, answer
             time.sleep(0.2)
@@ -153,7 +153,7 @@ def test_the_served_pac_file_follows_a_catalog_edit(tmp_path, upstream, test_ca)
         endpoints.write_text(endpoints.read_text().replace(
             "services:\n", "services:\n  - {id: house-llm, name: House LLM, category: api, "
                             "hosts: [llm.intranet.example]}\n", 1))
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a busy machine: a reload recompiles the rules
         while "llm.intranet.example" not in (body := fetch(url)[2]):
             assert time.monotonic() < deadline, gw.output()
             time.sleep(0.2)
