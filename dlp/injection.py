@@ -293,24 +293,29 @@ class Detector:
         # byte offsets to character offsets, only for texts that hit (rare)
         return {k: [len(data[:e].decode("utf-8", "ignore")) for e in v] for k, v in ends.items()}
 
-    def could_find(self, text: str) -> bool:
-        """Could `detect(text)` report anything? One hyperscan pass, the checks for hidden and link shapes, and a
-        pass over what each decoder would decode (without detect's bounds, so a text that joins several parts
-        answers for each of them). A phrase needs a hyperscan hit to be found, so this never says no wrongly."""
+    def could_find(self, text: str) -> frozenset[str]:
+        """The entity types `detect(text)` could report: one hyperscan pass, the checks for hidden and link shapes,
+        and a pass over what each decoder would decode (without detect's bounds, so a text that joins several
+        parts answers for each of them). A phrase needs a hyperscan hit to be found, so this never leaves out a
+        type detect reports; a text with only a link names EXFILTRATION_LINK alone, which a policy that blocks
+        injection from tool results need not wait for."""
         seen = self._candidates(_JSON_ESCAPE.sub(_unescaped, text) if "\\" in text else text)
         runs = seen.pop(len(self.rules.rules), None) is not None or "\\u" in text
-        if seen:
-            return True
+        out = {self.rules.rules[k].entity for k in seen}
+        if out:
+            out.add(HIDDEN_INSTRUCTIONS)  # a phrase inside hiding markup, or shown by removing invisible characters
         if not text.isascii() and (_TAGS.search(text) or _ZW_BINARY.search(text) or _INTERLEAVED.search(text)
                                    or "\u202e" in text):
-            return True
+            out.add(HIDDEN_INSTRUCTIONS)
         if "//" in text and _URL_IN.search(text):
-            return True
-        for m, decode in _encoded_runs(text) if runs else ():
-            decoded = decode(m.group()[:DECODE_MAX])
-            if decoded and set(self._candidates(decoded)) - {len(self.rules.rules)}:
-                return True
-        return False
+            out.add(EXFILTRATION_LINK)
+        if PROMPT_INJECTION not in out and runs:
+            for m, decode in _encoded_runs(text):
+                decoded = decode(m.group()[:DECODE_MAX])
+                if decoded and set(self._candidates(decoded)) - {len(self.rules.rules)}:
+                    out.add(PROMPT_INJECTION)
+                    break
+        return frozenset(out)
 
     def _matches(self, text: str, seen: dict[int, list[int]] | None = None) -> list[tuple[Rule, int, int]]:
         out = []

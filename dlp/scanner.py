@@ -175,14 +175,15 @@ class Scanner:
         if self._prefilter.exhaustive or len(text) > self.rules.limits.chunk_chars:
             return None
         units: set[int] = set()
-        threats = False
+        threats: set[str] = set()
         for t in [text, *(v.text for v in self._normalizer.views(text))]:
             if len(t) > self.rules.limits.chunk_chars:
                 return None
             context = TextContext(t, self.rules.context, self._context_words, self._literal_specs)
             units.update(unit[0] for unit in self._prefilter.windows(t, 0, len(t), context).regions)
-            threats = threats or (self._threats is not None and self._threats.could_find(t))
-        return frozenset(e for k in units for e in self.specs[k].entities) | (THREATS if threats else frozenset())
+            if self._threats is not None:
+                threats |= self._threats.could_find(t)
+        return frozenset(e for k in units for e in self.specs[k].entities) | threats
 
     def could_find_parts(self, texts: list[str]) -> frozenset[str] | None:
         """`could_find` for texts scanned together by `scan_parts`, in one pass over every text and every boundary

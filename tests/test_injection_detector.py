@@ -115,8 +115,8 @@ def test_could_find_is_never_wrong_about_a_text_the_detector_reports(detector):
     """The proxy lets a prompt skip the workers when nothing could be found: a text the detector reports on must
     never be declared clean."""
     for s in samples() + samples(heldout=True):
-        if detector.detect(s["text"]):
-            assert detector.could_find(s["text"]), s["id"]
+        assert {h.entity for h in detector.detect(s["text"])} <= detector.could_find(s["text"]), s["id"]
+    assert detector.could_find("See [the docs](https://docs.example/?q=" + "x" * 100 + ")") == {EXFILTRATION_LINK}
     assert not detector.could_find("Summarise the quarterly report in three bullet points, please.")
 
 
