@@ -80,3 +80,18 @@ def test_a_parser_failure_stops_parsing_and_says_so_but_never_the_stream():
         assert tap.parser is None and any("stream parser failed" in w for w in it.exchange.warnings)
         assert tap(chunk) is chunk  # the client's stream goes on
     asyncio.run(go())
+
+
+def test_a_later_stage_with_nothing_to_pass_on_yet_sends_no_chunk_at_all():
+    """mitmproxy sends every chunk the callable returns, an empty one too, and on a chunked HTTP/1.1 connection
+    an empty chunk is the end of the body: a stage holding bytes back (redact's restorer inside a placeholder,
+    the tool-call guard inside a call) must make the tap return no chunk instead."""
+    async def go():
+        tap, _ = tapped()
+        held: list[bytes] = []
+        tap.then = lambda chunk: (held.append(chunk), b"")[1] if chunk else b"".join(held)
+        assert tap(frame("Hel")) == []
+        assert tap(b"") == frame("Hel")  # the stream's end: what was held goes out
+        tap.then = lambda chunk: b""
+        assert tap(b"") == b""  # and at the end nothing is nothing
+    asyncio.run(go())
