@@ -171,8 +171,8 @@ class _Guarded:
     def __call__(self, chunk: bytes) -> bytes:
         if self.failed:
             return b""
-        data = self.before(chunk) if self.before is not None else chunk
         try:
+            data = self.before(chunk) if self.before is not None else chunk
             if self.decoder is not None:
                 data = self.decoder.feed(data) + (self.decoder.finish() if not chunk else b"")
             out = self.guard.feed(data) if data else b""
