@@ -23,7 +23,8 @@ PROVIDERS: list[Provider] = [gemini.PROVIDER, vertex.PROVIDER, bedrock.PROVIDER,
 #: is not an OpenAI files call); each claims requests only where the catalog names its format (providers/webapp.py).
 PROVIDERS[:0] = [chatgpt_web.PROVIDER, claude_web.PROVIDER, gemini_web.PROVIDER, perplexity_web.PROVIDER,
                  deepseek_web.PROVIDER, mistral_web.PROVIDER, grok_web.PROVIDER, poe_web.PROVIDER]
-#: MCP before all: a JSON-RPC body calling an MCP method is MCP on whichever host it goes to (providers/mcp.py).
+#: MCP first of the unhinted: a JSON-RPC body calling an MCP method is MCP on whichever host it goes to, once the
+#: parsers the catalog names for the host have declined it (providers/mcp.py).
 PROVIDERS.insert(0, mcp.PROVIDER)
 
 
