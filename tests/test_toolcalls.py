@@ -355,3 +355,17 @@ def test_chat_a_finish_riding_on_the_calls_last_piece_is_said_once(command, fini
     _, out = guarded(toolcalls.CHAT, sse(whole) + [b"data: [DONE]\n\n"])
     events = [orjson.loads(e[6:]) for e in b"".join(out).split(b"\n\n") if e.startswith(b"data: {")]
     assert [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]] == finishes
+
+
+def test_a_guard_that_fails_stops_the_stream_there_and_the_audit_says_why():
+    from addons.toolcalls import _Guarded, _Judge
+    from policy.language import Policy
+    from tests.test_stream_tap import tapped
+
+    class Broken(toolcalls.ChatGuard):
+        def feed(self, chunk: bytes) -> bytes:
+            raise RuntimeError("bug")
+    _, it = tapped()
+    guarded = _Guarded(it, Broken(judge), _Judge(Policy(), it, {}), None, None)
+    assert guarded(b"data: {}\n\n") == b"" and guarded(b"data: {}\n\n") == b""  # nothing unjudged goes on
+    assert it.decision == "block" and "the tool-call guard failed (RuntimeError)" in it.reason
