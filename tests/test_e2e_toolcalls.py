@@ -37,6 +37,9 @@ rules:
     when: {tools: [send_mail]}
     action: block
     mode: monitor
+  - id: no-deleting-tools
+    when: {tools: ["delete_*"]}
+    action: strip
 """
 CAP = 16 * 1024
 RM, LS = {"command": "sudo rm  -rf /srv/app"}, {"command": "ls -la /srv/app"}
@@ -179,6 +182,22 @@ def test_a_monitored_rule_records_the_call_it_would_refuse_and_lets_it_through(g
     event = refusal_event(gateway, marker)
     assert (event["decision"], event["rule_id"]) == ("monitor", "no-mail")
     assert "tool call send_mail would be refused (rule no-mail, mode: monitor)" in event["reason"]
+
+
+def test_a_stripped_tool_is_not_offered_and_its_call_is_refused_all_the_same(gateway, upstream, marker):
+    """The model calls what it was not offered (it saw the tool earlier, or guessed): still refused."""
+    upstream.route("/v1/chat/completions", lambda rec: chat_answer({"name": "prod"}, "delete_repo"))
+    answer = openai_client(gateway).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": f"{marker} tidy"}],
+        tools=[FUNCTION, {"type": "function", "function": {"name": "delete_repo"}}])
+    [sent] = [r for r in upstream.requests if marker.encode() in r.body]
+    assert [t["function"]["name"] for t in json.loads(sent.body)["tools"]] == ["run_command"]
+    choice = answer.choices[0]
+    assert choice.message.tool_calls is None and choice.finish_reason == "stop"
+    assert "refused the call of the tool 'delete_repo' (policy rule 'no-deleting-tools')" in choice.message.content
+    event = refusal_event(gateway, marker)
+    assert "stripped tools delete_repo from the request" in event["reason"]
+    assert_refused(event, "delete_repo", "no-deleting-tools")
 
 
 # --- OpenAI Responses -------------------------------------------------------------------------------------------
