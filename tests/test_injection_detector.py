@@ -168,3 +168,12 @@ def test_precision_and_recall_on_the_corpus_stay_above_their_floors():
     for source, (precision_floor, recall_floor) in FLOORS.items():
         precision, recall = pr(counts[source])
         assert precision >= precision_floor and recall >= recall_floor, (source, precision, recall)
+
+
+def test_the_held_out_batch_stays_above_what_it_scored_once():
+    """heldout.yaml was written before the rules and scored once, after them, never tuned on (overall precision
+    0.71, recall 0.24 at 0.5: the rules fit the phrasings they were written against far better than new ones).
+    The floor guards that number from falling further; it is not a target to tune to."""
+    counts, _, _ = measure(Ours(), samples(heldout=True))
+    precision, recall = pr(counts["all"])
+    assert precision >= 0.65 and recall >= 0.2, (precision, recall)
