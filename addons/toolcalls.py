@@ -60,7 +60,7 @@ class AnswerTools:
     def _format(self, it: Interaction | None) -> str | None:
         if it is None or not self.active or not it.exchange.tools:
             return None
-        return toolcalls.format_of(provider_of(it), it.exchange.operation)
+        return toolcalls.format_of(provider_of(it), it.exchange.operation, it.stages.asked_model or it.exchange.model)
 
     def request(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)

@@ -21,6 +21,8 @@ nothing is held without bound, and what could not be judged does not reach the a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from collections.abc import Callable
@@ -30,19 +32,21 @@ from typing import Any
 import orjson
 
 from core.exchange import ToolCall
-from providers import eventstream
+from providers import bedrock, eventstream
 from providers.base import tool_call
 
 Judge = Callable[[ToolCall], "str | None"]
 MAX_CALL_BYTES = 1 << 20  # events of streamed tool calls held at once, by default
 MAX_EVENT_BYTES = 16 << 20  # one SSE event or event-stream frame that has not ended yet
 CHAT, RESPONSES, ANTHROPIC, GEMINI, CONVERSE = "openai-chat", "openai-responses", "anthropic", "gemini", "converse"
+BEDROCK_ANTHROPIC = "bedrock-anthropic"  # Claude's own Messages bodies through Bedrock's InvokeModel
 INCOMPLETE = "did not complete"
 OVERSIZED = "grew past the cap"
 
 
-def format_of(provider: str | None, operation: str) -> str | None:
-    """The answer format whose tool calls this module reads, for the parser that understood the request."""
+def format_of(provider: str | None, operation: str, model: str = "") -> str | None:
+    """The answer format whose tool calls this module reads, for the parser that understood the request (and the
+    model it names: Bedrock's InvokeModel answers in the model vendor's own format)."""
     if provider in ("openai", "vertex") and operation == "chat.completions":  # vertex: partner models (Mistral...)
         return CHAT
     if provider == "openai" and operation == "responses":
@@ -53,6 +57,8 @@ def format_of(provider: str | None, operation: str) -> str | None:
         return GEMINI
     if provider == "bedrock" and operation == "converse":
         return CONVERSE
+    if provider == "bedrock" and operation == "invoke" and bedrock.vendor_of(model, None) == "anthropic":
+        return BEDROCK_ANTHROPIC
     return None
 
 
@@ -170,7 +176,7 @@ def _converse_body(data: dict, judge: Judge) -> bool:
 
 
 _BODIES = {CHAT: _chat_body, RESPONSES: _responses_body, ANTHROPIC: _anthropic_body, GEMINI: _gemini_body,
-           CONVERSE: _converse_body}
+           CONVERSE: _converse_body, BEDROCK_ANTHROPIC: _anthropic_body}
 
 
 # --- streams -------------------------------------------------------------------------------------------------------
@@ -632,45 +638,49 @@ class GeminiGuard(SseGuard):
         return b""
 
 
-class ConverseGuard(_BlockCalls, StreamGuard):
-    """Bedrock ConverseStream, AWS event-stream frames: a toolUse block's frames (`contentBlockStart` with
-    `start.toolUse`, its `contentBlockDelta`s, its `contentBlockStop`) are held; a refused one becomes a text delta
-    and a stop at the same block index, and `messageStop` says `end_turn` when no call is left. A frame that does
-    not decode (a wrong length or CRC) stops the stream there: botocore would fail on it too."""
-
-    EVENTS = ("contentBlockStart", "contentBlockDelta", "contentBlockStop", "messageStop")
+class _EventStreamFraming:
+    """AWS event-stream framing (Bedrock's streams): complete frames, raw bytes kept, go to `_frame(raw, message)`.
+    A frame that does not decode (a wrong length or CRC) stops the stream there: botocore would fail on it too."""
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
         super().__init__(judge, max_call_bytes)
-        self.buf = bytearray()
+        self.frames = bytearray()
         self.decoder = eventstream.EventStreamDecoder()
 
     def feed(self, chunk: bytes) -> bytes:
         if self.broken:
             return b""
-        self.buf += chunk
+        self.frames += chunk
         out = []
-        while len(self.buf) >= eventstream.PRELUDE:
-            total = int.from_bytes(self.buf[:4], "big")
+        while len(self.frames) >= eventstream.PRELUDE:
+            total = int.from_bytes(self.frames[:4], "big")
             if total > MAX_EVENT_BYTES or total < eventstream.PRELUDE + 4:
                 self.broken = f"a frame of {total} bytes"
                 break
-            if len(self.buf) < total:
+            if len(self.frames) < total:
                 break
-            raw = bytes(self.buf[:total])
-            del self.buf[:total]
+            raw = bytes(self.frames[:total])
+            del self.frames[:total]
             messages = self.decoder.feed(raw)
             if self.decoder.error or len(messages) != 1:
                 self.broken = f"an unreadable frame ({self.decoder.error or 'no message'})"
                 break
             out.append(self._frame(raw, messages[0]))
         if self.broken:
-            self.buf.clear()
+            self.frames.clear()
             out.append(self.end())
         return b"".join(out)
 
     def finish(self) -> bytes:
         return b"" if self.broken else self.end()
+
+
+class ConverseGuard(_EventStreamFraming, _BlockCalls, StreamGuard):
+    """Bedrock ConverseStream: a toolUse block's frames (`contentBlockStart` with `start.toolUse`, its
+    `contentBlockDelta`s, its `contentBlockStop`) are held; a refused one becomes a text delta and a stop at the
+    same block index, and `messageStop` says `end_turn` when no call is left."""
+
+    EVENTS = ("contentBlockStart", "contentBlockDelta", "contentBlockStop", "messageStop")
 
     def _frame(self, raw: bytes, message: eventstream.EventMessage) -> bytes:
         kind = message.event_type
@@ -705,18 +715,36 @@ class ConverseGuard(_BlockCalls, StreamGuard):
                 + _converse_frame("contentBlockStop", {"contentBlockIndex": index}))
 
 
+class BedrockAnthropicGuard(_EventStreamFraming, AnthropicGuard):
+    """Claude on Bedrock's InvokeModelWithResponseStream: Anthropic's events, each base64 JSON in the `bytes` of a
+    `chunk` frame, guarded as AnthropicGuard does; what it writes goes out as chunk frames."""
+
+    def _frame(self, raw: bytes, message: eventstream.EventMessage) -> bytes:
+        if message.event_type != "chunk":
+            return raw
+        try:
+            data = orjson.loads(base64.b64decode(orjson.loads(message.payload).get("bytes") or "", validate=True))
+        except (binascii.Error, ValueError, AttributeError, orjson.JSONDecodeError):
+            return raw
+        return self.event(raw, "", data) if isinstance(data, dict) else raw
+
+    def sse(self, payload: dict, name: str = "") -> bytes:
+        return _converse_frame("chunk", {"bytes": base64.b64encode(orjson.dumps(payload)).decode()})
+
+
 def _converse_frame(event_type: str, payload: dict) -> bytes:
     return eventstream.encode({":event-type": event_type, ":content-type": "application/json",
                                ":message-type": "event"}, orjson.dumps(payload))
 
 
 GUARDS: dict[str, type[StreamGuard]] = {CHAT: ChatGuard, RESPONSES: ResponsesGuard, ANTHROPIC: AnthropicGuard,
-                                        GEMINI: GeminiGuard, CONVERSE: ConverseGuard}
+                                        GEMINI: GeminiGuard, CONVERSE: ConverseGuard,
+                                        BEDROCK_ANTHROPIC: BedrockAnthropicGuard}
 
 
 def stream_guard(fmt: str, content_type: str, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES
                  ) -> StreamGuard | None:
     """The guard for a streamed answer of this format, None for a framing it does not read (Gemini's JSON-array
     stream without alt=sse)."""
-    framing = "application/vnd.amazon.eventstream" if fmt == CONVERSE else "text/event-stream"
+    framing = "application/vnd.amazon.eventstream" if fmt in (CONVERSE, BEDROCK_ANTHROPIC) else "text/event-stream"
     return GUARDS[fmt](judge, max_call_bytes) if content_type == framing else None

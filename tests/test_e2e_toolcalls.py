@@ -299,23 +299,29 @@ def test_anthropic_a_forbidden_tool_use_block_becomes_text(gateway, upstream, ma
         assert answer.stop_reason == "tool_use" and answer.content[1].input == LS
 
 
+def anthropic_events(args: dict) -> tuple[list[dict], list[dict]]:
+    """A Messages stream: the text block's events, then the tool_use block's and the end's."""
+    text = json.dumps(args)
+    before = [{"type": "message_start", "message": {
+                  "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test", "content": [],
+                  "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}}},
+              {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+              {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "On it."}},
+              {"type": "content_block_stop", "index": 0}]
+    after = [{"type": "content_block_start", "index": 1, "content_block": {
+                 "type": "tool_use", "id": "toolu_1", "name": "run_command", "input": {}}},
+             *[{"type": "content_block_delta", "index": 1, "delta": {
+                 "type": "input_json_delta", "partial_json": text[i:i + 7]}} for i in range(0, len(text), 7)],
+             {"type": "content_block_stop", "index": 1},
+             {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+              "usage": {"output_tokens": 9}},
+             {"type": "message_stop"}]
+    return before, after
+
+
 @pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
 def test_anthropic_stream_text_first_then_the_tool_use(gateway, upstream, marker, args, refused):
-    text = json.dumps(args)
-    before = [sse_event({"type": "message_start", "message": {
-                  "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test", "content": [],
-                  "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}}}),
-              sse_event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-              sse_event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "On it."}}),
-              sse_event({"type": "content_block_stop", "index": 0})]
-    after = [sse_event({"type": "content_block_start", "index": 1, "content_block": {
-                 "type": "tool_use", "id": "toolu_1", "name": "run_command", "input": {}}}),
-             *[sse_event({"type": "content_block_delta", "index": 1, "delta": {
-                 "type": "input_json_delta", "partial_json": text[i:i + 7]}}) for i in range(0, len(text), 7)],
-             sse_event({"type": "content_block_stop", "index": 1}),
-             sse_event({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-                        "usage": {"output_tokens": 9}}),
-             sse_event({"type": "message_stop"})]
+    before, after = ([sse_event(e) for e in events] for events in anthropic_events(args))
     gate = threading.Event()
     upstream.route("/v1/messages", lambda rec: Reply(content_type="text/event-stream",
                                                      chunks=held_back(before, gate, after)))
@@ -373,6 +379,35 @@ def test_google_genai_stream_a_forbidden_function_call_part_becomes_text(gateway
 
 
 # --- Amazon Bedrock (boto3) -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_boto3_invoke_model_with_response_stream_claude_tool_use(gateway, upstream, bedrock, marker, args, refused):
+    """Claude's own events, each in a chunk frame of Bedrock's event stream (what Claude Code on Bedrock reads)."""
+    before, after = ([es.chunk(e) for e in events] for events in anthropic_events(args))
+    gate = threading.Event()
+    upstream.route(f"/model/{MODEL.replace(':', '%3A')}/invoke-with-response-stream", lambda rec: Reply(
+        content_type="application/vnd.amazon.eventstream", chunks=held_back(before, gate, after)))
+    body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 50, "tools": [ANTHROPIC_TOOL],
+            "messages": [{"role": "user", "content": f"{marker} clean"}]}
+    response = bedrock.invoke_model_with_response_stream(modelId=MODEL, body=json.dumps(body))
+    events = []
+    for e in response["body"]:
+        events.append(json.loads(e["chunk"]["bytes"]))
+        if events[-1].get("delta", {}).get("text") == "On it.":
+            assert not gate.is_set()
+            gate.set()
+    assert gate.is_set()
+    blocks = [e["content_block"]["type"] for e in events if e["type"] == "content_block_start"]
+    [stop] = [e["delta"]["stop_reason"] for e in events if e["type"] == "message_delta"]
+    if refused:
+        assert blocks == ["text", "text"] and stop == "end_turn"
+        assert "refused the call of the tool 'run_command'" in events[-4]["delta"]["text"]
+        assert_refused(refusal_event(gateway, marker))
+    else:
+        assert blocks == ["text", "tool_use"] and stop == "tool_use"
+        assert json.loads("".join(e["delta"].get("partial_json", "") for e in events
+                                  if e["type"] == "content_block_delta")) == LS
+
 
 CONVERSE_TOOLS = {"tools": [{"toolSpec": {"name": "run_command", "inputSchema": {"json": {"type": "object"}}}}]}
 

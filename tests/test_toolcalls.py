@@ -47,10 +47,14 @@ REQUESTS = {
         "tools": [{"functionDeclarations": [{"name": "run"}]}]}),
     toolcalls.CONVERSE: ("/model/m1/converse", {"messages": [{"role": "user", "content": [{"text": "go"}]}],
                                                 "toolConfig": {"tools": [{"toolSpec": {"name": "run"}}]}}),
+    toolcalls.BEDROCK_ANTHROPIC: ("/model/anthropic.claude-3-5-sonnet-20240620-v1:0/invoke", {
+        "anthropic_version": "bedrock-2023-05-31", "max_tokens": 9, "tools": [{"name": "run"}],
+        "messages": [{"role": "user", "content": "go"}]}),
 }
 HOSTS = {toolcalls.CHAT: "api.openai.com", toolcalls.RESPONSES: "api.openai.com",
          toolcalls.ANTHROPIC: "api.anthropic.com", toolcalls.GEMINI: "generativelanguage.googleapis.com",
-         toolcalls.CONVERSE: "bedrock-runtime.us-east-1.amazonaws.com"}
+         toolcalls.CONVERSE: "bedrock-runtime.us-east-1.amazonaws.com",
+         toolcalls.BEDROCK_ANTHROPIC: "bedrock-runtime.us-east-1.amazonaws.com"}
 
 
 def body(fmt: str, name: str, args: dict) -> dict:
@@ -65,7 +69,7 @@ def body(fmt: str, name: str, args: dict) -> dict:
              "content": [{"type": "output_text", "text": "Let me.", "annotations": []}]},
             {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": name, "arguments": json.dumps(args),
              "status": "completed"}]}
-    if fmt == toolcalls.ANTHROPIC:
+    if fmt in (toolcalls.ANTHROPIC, toolcalls.BEDROCK_ANTHROPIC):
         return {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": [
             {"type": "text", "text": "Let me."}, {"type": "tool_use", "id": "toolu_1", "name": name, "input": args}],
             "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 1}}
@@ -117,20 +121,22 @@ def stream(fmt: str, name: str, args: dict) -> tuple[list[bytes], list[bytes], l
                 sse({"type": "response.completed", "sequence_number": 7, "response": {
                     "id": "resp_1", "status": "completed", "model": "gpt-4o", "output": [message, done]}},
                     named=True))
-    if fmt == toolcalls.ANTHROPIC:
-        return (sse({"type": "message_start", "message": {"model": "claude-x", "usage": {"input_tokens": 1}}},
-                    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me."}},
-                    {"type": "content_block_stop", "index": 0}, named=True),
-                sse({"type": "content_block_start", "index": 1, "content_block": {
+    if fmt in (toolcalls.ANTHROPIC, toolcalls.BEDROCK_ANTHROPIC):  # Bedrock: each event in a chunk frame
+        def frames(*events):
+            return sse(*events, named=True) if fmt == toolcalls.ANTHROPIC else [es.chunk(e) for e in events]
+        return (frames({"type": "message_start", "message": {"model": "claude-x", "usage": {"input_tokens": 1}}},
+                       {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                       {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me."}},
+                       {"type": "content_block_stop", "index": 0}),
+                frames({"type": "content_block_start", "index": 1, "content_block": {
                     "type": "tool_use", "id": "toolu_1", "name": name, "input": {}}},
-                    {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta",
-                                                                           "partial_json": text[:half]}},
-                    {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta",
-                                                                           "partial_json": text[half:]}},
-                    {"type": "content_block_stop", "index": 1}, named=True),
-                sse({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 5}},
-                    {"type": "message_stop"}, named=True))
+                       {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta",
+                                                                              "partial_json": text[:half]}},
+                       {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta",
+                                                                              "partial_json": text[half:]}},
+                       {"type": "content_block_stop", "index": 1}),
+                frames({"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                        "usage": {"output_tokens": 5}}, {"type": "message_stop"}))
     if fmt == toolcalls.GEMINI:
         def part(p, finish=None):
             candidate = {"content": {"role": "model", "parts": [p]}, "index": 0}
@@ -150,10 +156,11 @@ def stream(fmt: str, name: str, args: dict) -> tuple[list[bytes], list[bytes], l
 
 
 CONTENT_TYPES = {fmt: "text/event-stream" for fmt in REQUESTS} | {
-    toolcalls.CONVERSE: "application/vnd.amazon.eventstream"}
+    toolcalls.CONVERSE: "application/vnd.amazon.eventstream",
+    toolcalls.BEDROCK_ANTHROPIC: "application/vnd.amazon.eventstream"}
 STOPS = {toolcalls.CHAT: ("tool_calls", "stop"), toolcalls.RESPONSES: ("completed", "completed"),
          toolcalls.ANTHROPIC: ("tool_use", "end_turn"), toolcalls.GEMINI: ("STOP", "STOP"),
-         toolcalls.CONVERSE: ("tool_use", "end_turn")}
+         toolcalls.CONVERSE: ("tool_use", "end_turn"), toolcalls.BEDROCK_ANTHROPIC: ("tool_use", "end_turn")}
 
 
 def read_back(fmt: str, answer: bytes | dict, streamed: bool):
@@ -161,9 +168,14 @@ def read_back(fmt: str, answer: bytes | dict, streamed: bool):
     path, request = REQUESTS[fmt]
     if streamed and fmt == toolcalls.GEMINI:
         path = path.replace(":generateContent", ":streamGenerateContent") + "?alt=sse"
-    parsed = parse(path, {**request, "stream": True} if streamed and fmt != toolcalls.GEMINI else request,
-                   host=HOSTS[fmt], hints=(fmt.split("-")[0] if fmt != toolcalls.CONVERSE else "bedrock",))
-    assert toolcalls.format_of(parsed.provider.name, parsed.exchange.operation) == fmt
+    elif streamed and fmt in (toolcalls.CONVERSE, toolcalls.BEDROCK_ANTHROPIC):
+        path = path.replace("/converse", "/converse-stream").replace("/invoke", "/invoke-with-response-stream")
+    in_body = streamed and fmt in (toolcalls.CHAT, toolcalls.RESPONSES, toolcalls.ANTHROPIC)  # else in the URL
+    bedrock = fmt in (toolcalls.CONVERSE, toolcalls.BEDROCK_ANTHROPIC)
+    parsed = parse(path, {**request, "stream": True} if in_body else request,
+                   host=HOSTS[fmt], hints=("bedrock" if bedrock else fmt.split("-")[0],))
+    x = parsed.exchange
+    assert toolcalls.format_of(parsed.provider.name, x.operation, x.model) == fmt and x.stream == streamed
     return respond(parsed, CONTENT_TYPES[fmt] if streamed else "application/json",
                    answer if isinstance(answer, bytes) else answer).exchange
 
