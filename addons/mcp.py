@@ -172,6 +172,10 @@ class McpGuard:
     def _listing(self, flow: http.HTTPFlow, it: Interaction, tools: list[ToolDefinition]) -> set[str]:
         """The tools a listing loses; the audit records which, and by which rules, and any tool whose definition
         is not the one first seen (after the strip decision, which replaces the reasons)."""
+        if len(tools) > mcp.MAX_TOOLS:  # judging them all would hold the event loop: none passes
+            self._note(it, f"tools/list: {len(tools)} tools listed, more than the gateway judges "
+                           f"({mcp.MAX_TOOLS}): all removed")
+            return {t.name for t in tools}
         server = mcp.server_of(it.host)
         for t in tools:
             t.server = t.server or server

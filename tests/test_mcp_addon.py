@@ -1,0 +1,83 @@
+"""The mcp stage on real mitmproxy flows, for what a real MCP server will not send: listings too long to judge and
+listings the gateway cannot parse (the SDK's server answers are driven end to end in tests/test_e2e_mcp.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from mitmproxy.test import taddons, tflow
+
+import providers
+from addons.extract import Extract
+from addons.mcp import McpGuard
+from core.catalog import Catalog
+from core.interaction import KEY, Interaction
+from core.rulesfile import SHIPPED_RULES
+from policy.language import load
+from providers import mcp
+
+HOST = "mcp.linear.app"
+CATALOG = Catalog.load(SHIPPED_RULES / "endpoints.yaml")
+POLICY = "version: 1\nrules:\n  - {id: no-delete, when: {tools: {names: [\"delete_*\"]}}, action: strip}\n"
+
+
+def answered(guard: McpGuard, answer: bytes) -> tuple[tflow.HTTPFlow, Interaction]:
+    """A tools/list POST and its JSON answer through the stage, as Extract leaves them."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
+    f = tflow.tflow(resp=True)
+    f.request.host, f.request.path, f.request.method = HOST, "/mcp", "POST"
+    f.request.content = body
+    f.response.headers["content-type"] = "application/json"
+    f.response.content = answer
+    service = CATALOG.match(HOST).service
+    req = providers.HttpRequest.from_url_parts("POST", HOST, "/mcp", {"content-type": "application/json"}, body)
+    parsed = providers.parse_request(req, service.id, service.formats)
+    it = Interaction(service=service, client_addr="127.0.0.1", host=HOST, method="POST", path="/mcp",
+                     exchange=parsed.exchange)
+    f.metadata[KEY], it.stages.parsed = it, parsed
+
+    async def go():
+        with taddons.context(Extract(), guard):
+            await guard.response(f)
+    asyncio.run(go())
+    return f, it
+
+
+def guard(tmp_path) -> McpGuard:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    g = McpGuard()
+    g.policy = load(tmp_path / "policy.yaml", CATALOG)
+    return g
+
+
+def listing(names: list[str]) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": n} for n in names]}}).encode()
+
+
+def test_a_json_listing_loses_the_forbidden_tool(tmp_path):
+    f, it = answered(guard(tmp_path), listing(["read_file", "delete_file"]))
+    assert [t["name"] for t in json.loads(f.response.content)["result"]["tools"]] == ["read_file"]
+    assert (it.decision, it.rule_id, it.reasons) == ("strip", "no-delete",
+                                                     ["tools/list: removed delete_file (rule no-delete)"])
+
+
+def test_a_listing_too_long_to_judge_loses_every_tool(tmp_path):
+    f, it = answered(guard(tmp_path), listing([f"t{i}" for i in range(mcp.MAX_TOOLS + 1)]))
+    assert json.loads(f.response.content)["result"]["tools"] == []
+    assert it.reasons == [f"tools/list: {mcp.MAX_TOOLS + 1} tools listed, more than the gateway judges "
+                          f"({mcp.MAX_TOOLS}): all removed"]
+
+
+def test_a_listing_the_gateway_cannot_parse_is_not_passed_on(tmp_path):
+    raw = b'{"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "delete_file"},]}}'
+    f, it = answered(guard(tmp_path), raw)
+    answer = json.loads(f.response.content)
+    assert answer["error"]["code"] == -32600 and b"delete_file" not in f.response.content
+    assert it.decision == "block" and it.status == 200
+
+
+def test_an_answer_that_lists_nothing_is_untouched(tmp_path):
+    raw = b'{"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "ok"}]}}'
+    f, it = answered(guard(tmp_path), raw)
+    assert f.response.content == raw and it.decision == "allow"
