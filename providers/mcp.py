@@ -247,9 +247,10 @@ class Answer:
         self.exchange.completion = self.text.text()
 
 
-def listed(tools: list[Any], server: str = "") -> list[ToolDefinition]:
-    """The tools of a `tools/list` result (`{name, description, inputSchema}`), each with its index as path."""
-    return [ToolDefinition(t["name"], str(t.get("description") or ""), t.get("inputSchema"), ("tools", i), server)
+def listed(tools: list[Any]) -> list[ToolDefinition]:
+    """The tools of a `tools/list` result (`{name, description, inputSchema}`), each with its index as path (the
+    server is the host's: the mcp stage names it)."""
+    return [ToolDefinition(t["name"], str(t.get("description") or ""), t.get("inputSchema"), ("tools", i))
             for i, t in enumerate(tools) if isinstance(t, dict) and isinstance(t.get("name"), str)]
 
 
