@@ -45,8 +45,8 @@ class AnswerTools:
 
     def load(self, loader) -> None:
         loader.add_option("gateway_tool_call_max_bytes", int, toolcalls.MAX_CALL_BYTES,
-                          "Cap on the events of one streamed tool call held until the call is complete: a call "
-                          "that grows past it is refused.")
+                          "Cap on the events of streamed tool calls held at once, each until it is complete: "
+                          "past it, the calls held are refused.")
 
     def configure(self, updated: set[str]) -> None:
         if "gateway_tool_call_max_bytes" in updated and ctx.options.gateway_tool_call_max_bytes < 1024:
@@ -104,24 +104,12 @@ class AnswerTools:
             content = decode(flow.response.raw_content or b"", flow.response.headers.get("content-encoding"),
                              ctx.options.gateway_max_decoded_bytes)
             data = orjson.loads(content)
-        except (EncodingError, orjson.JSONDecodeError) as e:
-            if it.exchange.completion_tool_calls:  # Extract read calls in it: they must be checked
-                self._unreadable(flow, it, str(e))
-            return
+        except (EncodingError, orjson.JSONDecodeError):
+            return  # Extract reads the same bytes the same way: what is not JSON here held no call for it either
         judge = _Judge(self.policy, it, flow.request.headers)
         if await off_loop(len(content), toolcalls.rewrite_body, fmt, data, judge):
             flow.response.content = await off_loop(len(content), orjson.dumps, data)
         judge.record()
-
-    def _unreadable(self, flow: http.HTTPFlow, it: Interaction, why: str) -> None:
-        """An answer with tool calls that cannot be read again here: refused rather than passed unjudged."""
-        it.decide("block")
-        it.note(f"answer: tool calls not checked ({why[:200]}): refused")
-        text = enforcement.user_message("block", it.rule_id or "gateway", "The answer holds tool calls the gateway "
-                                        "could not check, so it was not passed on.", it.event_id)
-        reply = enforcement.api_error(enforcement.dialect(provider_of(it), it.service), text, it.event_id, 502)
-        flow.response = http.Response.make(reply.status, reply.body, reply.headers)
-        it.status = reply.status
 
 
 class _Judge:
