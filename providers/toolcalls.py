@@ -10,9 +10,9 @@ part instead of the functionCall part; Bedrock Converse: a text block instead of
 
 Streams are not held back: an event that is not part of a tool call goes on as soon as it is complete (an SSE event
 or an AWS event-stream frame is the smallest unit a client reads anyway). Only the events of a tool call are held,
-until the call is complete (OpenAI chat: its arguments' JSON closed, or the choice finished; Responses: its
-`output_item.done`; Anthropic and Converse: its block's stop; Gemini sends a call whole in one event). Then they go
-on unchanged when the call is allowed, or refusal events take their place. A call that never completes before the
+until the call is complete (OpenAI chat: its arguments' JSON closed; Responses: its `output_item.done`; Anthropic,
+Claude on Bedrock's InvokeModel stream and Converse: its block's stop; Gemini sends a call whole in one event).
+Then they go on unchanged when the call is allowed, or refusal events take their place. A call that never completes before the
 stream ends, or while the events held (of all the calls held at once) outgrow `max_call_bytes`, is refused too:
 nothing is held without bound, and what could not be judged does not reach the agent.
 
@@ -191,7 +191,7 @@ class _Held:
     events: list[bytes] = field(default_factory=list)
     size: int = 0
     end: _JsonEnd | None = None  # OpenAI chat: where the arguments' JSON closes
-    extra: dict = field(default_factory=dict)  # what a format needs to build its refusal (index, item, template)
+    extra: dict = field(default_factory=dict)  # what a format needs to build its refusal (Responses: the item)
 
 
 class _JsonEnd:
