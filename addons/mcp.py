@@ -124,7 +124,10 @@ class McpGuard:
 
     async def response(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
-        if it is None or flow.response is None or flow.response.stream or provider_of(it) != mcp.NAME:
+        if it is None or flow.response is None or provider_of(it) != mcp.NAME:
+            return
+        _name_servers(it)
+        if flow.response.stream:
             return
         if it.decision == "block" and flow.response.status_code == 403 and \
                 flow.response.headers.get("x-ai-gateway-reference") == it.event_id:
@@ -159,6 +162,11 @@ class McpGuard:
         changed = self._rewrite(flow, it).value(value)
         if changed is not None:
             flow.response.content = await off_loop(len(body), orjson.dumps, changed)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        it: Interaction | None = flow.metadata.get(KEY)
+        if it is not None and provider_of(it) == mcp.NAME:
+            _name_servers(it)
 
     def _rewrite(self, flow: http.HTTPFlow, it: Interaction) -> mcp.Rewrite:
         return mcp.Rewrite(lambda tools: self._listing(flow, it, tools))
@@ -237,6 +245,13 @@ class _SseFilter:
                                       "dropped, not passed on unread")
             out.append(event)
         return b"".join(out)
+
+
+def _name_servers(it: Interaction) -> None:
+    """The definitions the answer listed (read by extract, streamed or not) name their server, for the audit."""
+    server = mcp.server_of(it.host)
+    for t in it.exchange.tools:
+        t.server = t.server or server
 
 
 def _streamable(flow: http.HTTPFlow) -> bool:

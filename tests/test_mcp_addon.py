@@ -37,11 +37,13 @@ def answered(guard: McpGuard, answer: bytes) -> tuple[tflow.HTTPFlow, Interactio
                      exchange=parsed.exchange)
     f.metadata[KEY], it.stages.parsed = it, parsed
 
-    async def go():
-        with taddons.context(Extract(), guard):
-            await guard.response(f)
-    asyncio.run(go())
+    asyncio.run(_respond(guard, f))
     return f, it
+
+
+async def _respond(guard: McpGuard, f: tflow.HTTPFlow) -> None:
+    with taddons.context(Extract(), guard):
+        await guard.response(f)
 
 
 def guard(tmp_path) -> McpGuard:
@@ -60,6 +62,9 @@ def test_a_json_listing_loses_the_forbidden_tool(tmp_path):
     assert [t["name"] for t in json.loads(f.response.content)["result"]["tools"]] == ["read_file"]
     assert (it.decision, it.rule_id, it.reasons) == ("strip", "no-delete",
                                                      ["tools/list: removed delete_file (rule no-delete)"])
+    it.exchange.tools = mcp.listed([{"name": "read_file"}])  # what extract read of the answer
+    asyncio.run(_respond(guard(tmp_path), f))
+    assert [(t.name, t.server) for t in it.exchange.tools] == [("read_file", HOST)]
 
 
 def test_a_listing_too_long_to_judge_loses_every_tool(tmp_path):
