@@ -1,8 +1,9 @@
 """A real MCP server (the official `mcp` SDK's MCPServer) on 127.0.0.1 over TLS from the test CA, in a thread.
 
 One instance serves one transport: Streamable HTTP (`/mcp`, answers as SSE or, if asked, JSON) or the older
-HTTP+SSE transport (`/sse`, messages posted to `/messages/`), under uvicorn as the SDK's own `run()` would. Its tools record every call they get, so a
-test can tell a call the gateway refused (the server never saw it) from one it let through.
+HTTP+SSE transport (`/sse`, messages posted to `/messages/`), under uvicorn as the SDK's own `run()` would. Its
+tools record every call they get, so a test can tell a call the gateway refused (the server never saw it) from one
+it let through.
 """
 
 from __future__ import annotations
