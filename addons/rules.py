@@ -45,6 +45,9 @@ class Rules:
                           "Folder of the gateway's rules files (endpoints.yaml, policy, identity, recognizers).")
         loader.add_option("gateway_rules_reload", bool, True,
                           "Watch the rules folder and apply valid edits without a restart.")
+        loader.add_option("gateway_rules_recognizers", bool, True,
+                          "Load the DLP recognizers (recognizers.yaml). Off in a process that scans nothing: the "
+                          "audit process of `gateway run --workers N`, which needs the catalog for the PAC file.")
         loader.add_option("gateway_rules_status", str, "",
                           "File where the active rules and the last reload error are written (JSON), read by "
                           "`gateway rules status`. Empty: not written.")
@@ -52,7 +55,7 @@ class Rules:
     def configure(self, updated: set[str]) -> None:
         if "gateway_rules" in updated:
             try:
-                rules = ruleset.load(Path(ctx.options.gateway_rules))
+                rules = ruleset.load(Path(ctx.options.gateway_rules), ctx.options.gateway_rules_recognizers)
             except RulesError as e:
                 raise OptionsError(str(e)) from None
             ctx.master.addons.trigger(RulesLoadedHook(rules))
@@ -103,7 +106,7 @@ class Rules:
         """Load the whole folder off the event loop; apply it only if every file is valid."""
         previous_error, self.error = self.error, None
         try:
-            rules = await asyncio.to_thread(ruleset.load, folder)
+            rules = await asyncio.to_thread(ruleset.load, folder, ctx.options.gateway_rules_recognizers)
         except RulesError as e:
             return self._refuse(e)
         gone = sorted(set(self.active.get("files", {})) - set(rules.digests))

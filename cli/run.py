@@ -92,7 +92,7 @@ def run(listen_host: str, listen_port: int, rules_dir: Path, audit_url: str | No
 
 #: What a proxy process of several may not do itself: the audit process ships, answers queries and serves metrics.
 PROXY_PROCESS = {"gateway_audit_role": "spool", "gateway_metrics": ""}
-AUDIT_PROCESS = {"gateway_audit_role": "ship"}
+AUDIT_PROCESS = {"gateway_audit_role": "ship", "gateway_rules_recognizers": False}
 #: Restarts of one process within RESTART_WINDOW seconds after which the supervisor gives up.
 MAX_RESTARTS, RESTART_WINDOW = 5, 60.0
 
@@ -232,7 +232,8 @@ async def _ship(values: dict, sets: tuple[str, ...], ready) -> None:
     opts = options.Options()
     master = Master(opts, with_termlog=True)
     _logging("audit")
-    # the rules too: /metrics serves the PAC file of the catalog in force and /ready says whether rules load
+    # the rules too (not the recognizers: it scans nothing): /metrics serves the PAC file of the catalog in force
+    # and /ready says whether the rules load
     master.addons.add(Rules(), Audit(), Metrics(), AdminSocket())
     try:
         opts.update_known(**values, **AUDIT_PROCESS)

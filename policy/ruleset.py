@@ -55,15 +55,16 @@ def recognizers_loader():
     return getattr(module, "load_rules", None)
 
 
-def load(folder: str | Path) -> RuleSet:
-    """All files, or the first RulesError."""
+def load(folder: str | Path, recognizers: bool = True) -> RuleSet:
+    """All files, or the first RulesError; `recognizers` False leaves recognizers.yaml out (the costly part: a
+    process that scans nothing need not compile it)."""
     folder = Path(folder)
     loaded_digests = digests(folder)  # before reading: a file changed while loading is reloaded again
     catalog = Catalog.load(folder / ENDPOINTS)
     rules = RuleSet(folder, catalog, load_policy(folder, catalog), load_identity(folder),
                     digests=loaded_digests)
     loader = recognizers_loader()
-    if loader is not None and (folder / RECOGNIZERS).exists():
+    if recognizers and loader is not None and (folder / RECOGNIZERS).exists():
         rules.recognizers = loader(folder / RECOGNIZERS)
     return rules
 
