@@ -29,6 +29,7 @@ class McpUpstream:
                  json_response: bool = False):
         """`json_response`: Streamable HTTP answers a POST with one JSON body instead of an SSE stream."""
         self.calls: list[tuple[str, dict]] = []
+        self.defined = False  # the `lookup` tool
         self.server = MCPServer("test-tools")
         self._tools()
         if transport == "sse":
@@ -75,9 +76,10 @@ class McpUpstream:
             calls.append(("lookup", {"word": word}))
             return f"{word}: a word"
 
-        if any(t.name == "lookup" for t in self.server._tool_manager.list_tools()):
+        if self.defined:
             self.server.remove_tool("lookup")
         self.server.add_tool(lookup, description=description)
+        self.defined = True
 
     def called(self, name: str) -> list[dict]:
         return [args for n, args in self.calls if n == name]
