@@ -64,7 +64,8 @@ def try_request(rules: RuleSet, user: str, groups: Sequence[str], client_addr: s
         parts = x.request_parts()
         for f in findings:
             text = parts[f.part].text[f.start:f.end] if 0 <= f.part < len(parts) else ""
-            out.append(f"  {entity_of(f):<22} score {f.score:.2f}  part {f.part} [{f.start}:{f.end}]  "
+            source = f" ({f.source})" if getattr(f, "source", "") else ""
+            out.append(f"  {entity_of(f):<22} score {f.score:.2f}  part {f.part}{source} [{f.start}:{f.end}]  "
                        f"{_mask(text)}")
     if not x.read and body:
         inspection = "unparsed"
@@ -110,11 +111,14 @@ def _dlp_scanner(rules: RuleSet) -> Callable[[Exchange], Sequence[Any]] | None:
         return None
     os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")  # never fetch the suffix list (docs/stack.md)
     try:
+        from dlp.injection import by_source, rules_near
         from dlp.scanner import Scanner, in_parts, scan_texts
     except ImportError:
         return None
     scanner = Scanner(rules.recognizers)
-    return lambda x: in_parts(scanner.scan_parts(scan_texts(x.request_parts())), x.request_parts())
+    threats = rules_near(str(rules.recognizers.file))  # findings get their part's source, as in the proxy
+    return lambda x: by_source(in_parts(scanner.scan_parts(scan_texts(x.request_parts())), x.request_parts()),
+                               x.request_sources(), threats)
 
 
 def _redacted(x: Exchange, findings: list, entities: list[str], body: bytes) -> str:
