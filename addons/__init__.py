@@ -3,7 +3,8 @@
 rules (loads the rules folder and hands every stage the validated rule set, at start and on each edit) ->
 recognise -> identify -> admission (a bound on the request bodies held at once) -> extract -> inspect (DLP) ->
 decide -> tunnel (do-not-decrypt connections) -> warn -> strip (forbidden tools) -> redact -> mcp (MCP listings
-and calls) -> answer tools (forbidden tool calls in the model's answer) -> audit (counted for Prometheus by
+and calls) -> answer tools (forbidden tool calls in the model's answer) -> links (exfiltration links removed from
+answers, when on) -> audit (counted for Prometheus by
 metrics; the admin socket answers audit queries from the CLI).
 The stages share one record per flow (core.interaction.Interaction) and tell each other facts as events
 (addons/hooks.py), never by looking each other up: docs/architecture.md.
@@ -53,6 +54,7 @@ def default_addons() -> list:
     from addons.extract import Extract
     from addons.identify import Identify
     from addons.inspect import Inspect
+    from addons.links import StripLinks
     from addons.mcp import McpGuard
     from addons.metrics import Metrics
     from addons.recognise import Recognise
@@ -65,4 +67,4 @@ def default_addons() -> list:
     from addons.websocket import WebSocketAudit
 
     return [Rules(), Recognise(), Identify(), Admission(), Extract(), Inspect(), WebSocketAudit(), Decide(), Tunnel(),
-            Warn(), Strip(), Redact(), McpGuard(), AnswerTools(), Audit(), Metrics(), AdminSocket()]
+            Warn(), Strip(), Redact(), McpGuard(), AnswerTools(), StripLinks(), Audit(), Metrics(), AdminSocket()]

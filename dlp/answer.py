@@ -64,6 +64,11 @@ class Restorer:
             return value
         return self.text(value, key in JSON_TEXT_KEYS)
 
+    def split(self, text: str) -> tuple[str, str]:
+        """(text to send now, tail to hold back): a tail that may be the start of a placeholder. StreamedAnswer asks
+        its restorer, so another rewriter of answers (dlp.injection.LinkStripper) holds back what it needs."""
+        return _split_partial(text)
+
     def text(self, text: str, json_text: bool = False) -> str:
         if "<" not in text and "&lt;" not in text:
             return text
@@ -214,7 +219,7 @@ class StreamedAnswer:
         for container, key, path, value in list(_strings(data)):
             held = self.held.pop(path, None)
             text = held.text + value if held else value
-            ready, pending = _split_partial(text)
+            ready, pending = self.restorer.split(text)
             restored = self.restorer.at(ready, key, path)
             if pending:
                 self.held[path] = _Held(pending, event, None, path)

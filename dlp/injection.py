@@ -656,3 +656,69 @@ def scan(detector: Detector, text: str, views) -> list[Hit]:
 
 
 _INVISIBLE = regex.compile(r"\p{Cf}")
+
+
+# --- answers: exfiltration links removed ------------------------------------------------------------------------------
+
+#: What replaces the URL of an exfiltration link in an answer: a fragment, which no client fetches.
+LINK_REMOVED = "#link-removed-by-ai-gateway"
+#: An answer's tail that is a link still being written (`![x](https://evil.exa`): held until it is whole.
+_OPEN_LINK = re.compile(r"(?:!?\[[^\]\n]*(?:\](?:\([^)\s]*|:[ \t]*\S*)?)?|!|<(?:i(?:m(?:g(?:\s[^>]*)?)?)?|a(?:\s[^>]*)?)?)\Z",
+                        re.IGNORECASE)
+LINK_HOLD = 2048  # the longest link held back; a longer one goes out as it is (the audit still finds it)
+
+
+class LinkStripper:
+    """Removes exfiltration links (the URL of an image or link that carries data) from a model's answer, with the
+    interface of dlp.answer.Restorer, so StreamedAnswer applies it to a stream event by event, holding back a link
+    that is still being written, and `json_body` to a whole answer. The URL becomes LINK_REMOVED, so the markup
+    stays valid and the client fetches nothing. Tool-call arguments are left alone (they are not rendered)."""
+
+    def __init__(self) -> None:
+        self.removed = 0
+
+    def split(self, text: str) -> tuple[str, str]:
+        start = max(0, len(text) - LINK_HOLD)
+        opening = max(text.rfind("[", start), text.rfind("<", start), text.rfind("!", start))
+        if opening >= 0 and text[max(0, opening - 1)] == "!":
+            opening -= 1
+        if opening >= 0 and _OPEN_LINK.match(text, opening):
+            return text[:opening], text[opening:]
+        return text, ""
+
+    def text(self, text: str, json_text: bool = False) -> str:
+        hits = exfiltration_links(text, {"image": 1.0, "link": 1.0})
+        if not hits:
+            return text
+        out, pos = [], 0
+        for h in sorted(hits, key=lambda h: h.start):
+            out += [text[pos:h.start], LINK_REMOVED]
+            pos = h.end
+        self.removed += len(hits)
+        return "".join(out) + text[pos:]
+
+    def at(self, value: str, key: str | int, path: tuple) -> str:
+        from dlp.answer import TOOL_INPUT_KEYS
+
+        if any(k in TOOL_INPUT_KEYS for k in path if isinstance(k, str)):
+            return value
+        return self.text(value)
+
+    def json_body(self, body: bytes) -> bytes:
+        """A whole JSON answer with its exfiltration links removed; the same bytes when it has none."""
+        import orjson
+
+        from dlp.answer import _strings
+
+        if b"//" not in body:
+            return body
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body
+        changed = False
+        for container, key, path, value in list(_strings(data)):
+            stripped = self.at(value, key, path)
+            if stripped != value:
+                container[key], changed = stripped, True
+        return orjson.dumps(data) if changed else body

@@ -128,3 +128,34 @@ def test_an_answer_with_an_exfiltration_image_is_withheld_and_a_streamed_one_rec
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == LEAK  # already rendered
     [event] = wait_for_events(answers_gateway, lambda ev: streamed in ev["prompt"])
     assert event["decision"] == "monitor" and "would block (answer already streamed)" in event["reason"]
+
+
+@pytest.fixture(scope="module")
+def stripping_gateway(tmp_path_factory, upstream, test_ca):
+    from tests.conftest import own_gateway
+
+    with own_gateway(tmp_path_factory, upstream, test_ca, "stripping-gateway",
+                     "gateway_strip_exfiltration_links=true") as gw:
+        yield gw
+
+
+def test_exfiltration_links_are_removed_from_answers_streamed_and_not(stripping_gateway, upstream, marker):
+    """With gateway_strip_exfiltration_links, the client gets the answer without the leaking URL, whole or
+    streamed (the URL split across events); an ordinary link stays; the audit says what was removed."""
+    from tests.test_e2e_dlp import answer_with
+
+    answer = LEAK + " See [the docs](https://docs.python.org/3/)."
+    for streamed in (False, True):
+        asked = f"Summarise {'streamed' if streamed else 'whole'} {marker}"
+        upstream.route("/v1/chat/completions", answer_with(answer, streamed))
+        client = openai_client(stripping_gateway)
+        messages = [{"role": "user", "content": asked}]
+        if streamed:
+            got = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+                model="gpt-4o", stream=True, messages=messages) if c.choices)
+        else:
+            got = client.chat.completions.create(model="gpt-4o", messages=messages).choices[0].message.content
+        assert "img.evil.example" not in got and "![loading](#link-removed-by-ai-gateway)" in got, got
+        assert got.startswith("Here is your summary") and "[the docs](https://docs.python.org/3/)" in got
+        [event] = wait_for_events(stripping_gateway, lambda ev: asked in ev["prompt"])
+        assert "answer: 1 exfiltration link(s) removed" in event["reason"]

