@@ -53,7 +53,7 @@ from core.offload import Deferred
 from core.rulesfile import SHIPPED_RULES
 from policy.engine import Request, answer_request, findings_matter, subject_of, wants_response_scan
 from policy.language import Policy
-from policy.ruleset import RECOGNIZERS, RuleSet, digests
+from policy.ruleset import INJECTION, RECOGNIZERS, RuleSet, digests
 
 if TYPE_CHECKING:
     from dlp.pool import DlpPool
@@ -82,6 +82,11 @@ def _seconds(name: str) -> float:
     return seconds
 
 
+def _dlp_digest(digests: dict[str, str]) -> tuple:
+    """What the DLP workers run of a rules folder: its recognizers and injection files."""
+    return digests.get(RECOGNIZERS), digests.get(INJECTION)
+
+
 def recognizers_file(folder: Path) -> Path:
     """The folder's recognizers.yaml; the shipped one when the folder has none (a missing rules file means its
     defaults, as for the policy)."""
@@ -98,7 +103,7 @@ class Inspect:
         self.timeout = float(DEFAULT_TIMEOUT)
         self.wait = float(DEFAULT_WAIT)
         self.running_ = False  # workers are started once every option is set, then restarted on change
-        self.digest: str | None = None  # of the recognizers file the workers run
+        self.digest: tuple | None = None  # of the recognizers and injection files the workers run
         self.warming: list[asyncio.Task] = []
         self.snapshots: Path | None = None  # the folder of the recognizers files the workers and the gate read
         self.frozen = False  # the startup objects were frozen out of the garbage collector's reach (_warm)
@@ -143,9 +148,9 @@ class Inspect:
         self._start()
 
     def rules_loaded(self, rules: RuleSet) -> None:
-        """A new rule set (its recognizers.yaml checked with it): new workers if the recognizers changed."""
+        """A new rule set (its recognizers.yaml and injection.yaml checked with it): new workers if they changed."""
         self.folder, self.policy = rules.folder, rules.policy
-        if self.running_ and rules.digests.get(RECOGNIZERS) != self.digest and ctx.options.gateway_dlp:
+        if self.running_ and _dlp_digest(rules.digests) != self.digest and ctx.options.gateway_dlp:
             self._start()
 
     def _start(self) -> None:
@@ -156,7 +161,7 @@ class Inspect:
         if not ctx.options.gateway_dlp:
             return
         source = recognizers_file(self.folder)
-        self.digest = digests(self.folder).get(RECOGNIZERS)
+        self.digest = _dlp_digest(digests(self.folder))
         rules = self._snapshot(source)
         self.threat_rules = rules_near(str(rules))  # the workers' own: the weights of their findings by source
         workers = ctx.options.gateway_dlp_workers or min(4, os.cpu_count() or 1)
@@ -169,13 +174,19 @@ class Inspect:
                  workers, bulk, BULK_CHARS, source)
 
     def _snapshot(self, source: Path) -> Path:
-        """A private copy of the recognizers file, which every worker (those started later to replace one too) and
+        """A private copy of the recognizers file, with the injection rules beside it (the folder's, else the
+        shipped ones: dlp.injection.rules_near), which every worker (those started later to replace one too) and
         the prefilter gate read: a prompt is sent before its scan on the gate's word alone, so they must all run
-        the same recognizers, whatever is saved to the rules folder until the reloader restarts them."""
+        the same rules, whatever is saved to the rules folder until the reloader restarts them."""
         if self.snapshots is None:
             self.snapshots = Path(tempfile.mkdtemp(prefix="ai-gateway-dlp-"))
         content = source.read_bytes()
-        snapshot = self.snapshots / f"recognizers-{hashlib.sha256(content).hexdigest()[:16]}.yaml"
+        own = self.folder / INJECTION
+        threats = (own if own.exists() else SHIPPED_RULES / INJECTION).read_bytes()
+        folder = self.snapshots / hashlib.sha256(content + b"\0" + threats).hexdigest()[:16]
+        folder.mkdir(exist_ok=True)
+        (folder / INJECTION).write_bytes(threats)
+        snapshot = folder / RECOGNIZERS
         snapshot.write_bytes(content)
         return snapshot
 

@@ -5,7 +5,7 @@ along with the catalog edit, never half-applied. `check()` is what `gateway rule
 its own, so one broken file does not hide the errors of the others.
 
 Files: endpoints.yaml (core.catalog, required), policy.yaml, identity.yaml, recognizers.yaml (dlp.rules, when the
-DLP package provides it); a missing optional file means its defaults.
+DLP package provides it), injection.yaml (dlp.injection, the same); a missing optional file means its defaults.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from policy.identity import IdentityConfig
 from policy.language import Policy
 
 ENDPOINTS, POLICY, IDENTITY, RECOGNIZERS = "endpoints.yaml", "policy.yaml", "identity.yaml", "recognizers.yaml"
-FILES = (ENDPOINTS, POLICY, IDENTITY, RECOGNIZERS)
+INJECTION = "injection.yaml"
+FILES = (ENDPOINTS, POLICY, IDENTITY, RECOGNIZERS, INJECTION)
 
 
 @dataclass
@@ -46,10 +47,11 @@ def load_identity(folder: Path) -> IdentityConfig:
     return identity.load(path) if path.exists() else IdentityConfig()
 
 
-def recognizers_loader():
-    """dlp.rules.load_rules, if the DLP package is installed (the policy does not need it)."""
+def recognizers_loader(module_name: str = "dlp.rules"):
+    """dlp.rules.load_rules (or another DLP module's), if the DLP package is installed (the policy does not need
+    it)."""
     try:
-        module = importlib.import_module("dlp.rules")
+        module = importlib.import_module(module_name)
     except ImportError:
         return None
     return getattr(module, "load_rules", None)
@@ -66,6 +68,9 @@ def load(folder: str | Path, recognizers: bool = True) -> RuleSet:
     loader = recognizers_loader()
     if recognizers and loader is not None and (folder / RECOGNIZERS).exists():
         rules.recognizers = loader(folder / RECOGNIZERS)
+    threats = recognizers_loader("dlp.injection")
+    if recognizers and threats is not None and (folder / INJECTION).exists():
+        threats(folder / INJECTION)  # checked with the rest: the DLP workers read it (addons/inspect.py)
     return rules
 
 
@@ -87,12 +92,12 @@ def check(folder: str | Path) -> list[RulesError]:
         load_identity(folder)
     except RulesError as e:
         errors.append(e)
-    loader = recognizers_loader()
-    if loader is not None and (folder / RECOGNIZERS).exists():
-        try:
-            loader(folder / RECOGNIZERS)
-        except RulesError as e:
-            errors.append(e)
+    for name, load_file in ((RECOGNIZERS, recognizers_loader()), (INJECTION, recognizers_loader("dlp.injection"))):
+        if load_file is not None and (folder / name).exists():
+            try:
+                load_file(folder / name)
+            except RulesError as e:
+                errors.append(e)
     return errors
 
 

@@ -141,3 +141,17 @@ def test_rules_test_scores_injection_by_source_as_the_proxy_does(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "decision:  block  (rule: block-indirect-injection)" in out.stdout
     assert "PROMPT_INJECTION" in out.stdout and "(tool_result)" in out.stdout
+
+
+def test_a_rules_folders_injection_file_is_checked_with_the_others(tmp_path):
+    import shutil
+
+    from policy import ruleset
+
+    for name in ("endpoints.yaml", "policy.yaml", "recognizers.yaml"):
+        shutil.copy(f"rules/{name}", tmp_path / name)
+    (tmp_path / "injection.yaml").write_text("version: 1\nrules:\n  - id: x\n    family: nonsense\n    pattern: a\n")
+    [error] = ruleset.check(tmp_path)
+    assert "injection.yaml:4: unknown family 'nonsense'" in str(error)
+    with pytest.raises(RulesError, match="unknown family"):
+        ruleset.load(tmp_path)
