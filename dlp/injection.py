@@ -50,7 +50,8 @@ from core.rulesfile import SHIPPED_RULES, RulesError, check_keys, load
 from dlp.prefilter import hyperscan
 
 RULES_FILE = "injection.yaml"
-PROMPT_INJECTION, HIDDEN_INSTRUCTIONS, EXFILTRATION_LINK = "PROMPT_INJECTION", "HIDDEN_INSTRUCTIONS", "EXFILTRATION_LINK"
+PROMPT_INJECTION, HIDDEN_INSTRUCTIONS = "PROMPT_INJECTION", "HIDDEN_INSTRUCTIONS"
+EXFILTRATION_LINK = "EXFILTRATION_LINK"
 THREATS = frozenset({PROMPT_INJECTION, HIDDEN_INSTRUCTIONS, EXFILTRATION_LINK})
 #: Where a text can come from; `dlp.injection.part_sources` names them for an exchange's request parts.
 SOURCES = ("user", "system", "assistant", "tool_call", "tool_result", "document", "mcp_result", "tool_definition",
@@ -74,7 +75,8 @@ _URL_IN = re.compile(
     re.IGNORECASE | re.MULTILINE)
 _B64ISH = re.compile(r"[A-Za-z0-9+/_=-]{20,}")
 _HEXISH = re.compile(r"(?:[0-9a-fA-F]{2}){8,}")
-_SECRETISH = re.compile(r"AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{16,}|xox[abp]-|BEGIN\s+\w*\s*PRIVATE")
+_SECRETISH = re.compile(r"AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{16,}|xox[abp]-"
+                        r"|BEGIN\s+\w*\s*PRIVATE")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 _DIGITS = re.compile(r"\d[\d -]{8,}\d")
 
@@ -235,11 +237,11 @@ _LINE_HS = re.compile(re.escape(_MACROS["line"]) + r"\{0,\d+\}\??")  # at most o
 
 
 def _hs_source(pattern: regex.Pattern) -> bytes:
-    """What hyperscan compiles for a rule: a superset of it, cheap to compile and to scan with. The gap macros become
-    plain classes (a `{line}` gap crosses one line break at most) and bounded gaps unbounded (a bounded repeat costs seconds to compile and scans slower, the
-    lookahead of a gap slower still; the confirming regex still bounds them). In a pattern with
-    non-ASCII letters, hyperscan without Unicode classes (which cost seconds more) would not see a Cyrillic or CJK
-    letter as a word character: `\\b` is dropped and `\\w` widened to `\\S`."""
+    """What hyperscan compiles for a rule: a superset of it, cheap to compile and to scan with. The gap macros
+    become plain classes (a `{line}` gap crosses one line break at most) and bounded gaps unbounded (a bounded
+    repeat costs seconds to compile and scans slower, the lookahead of a gap slower still; the confirming regex
+    still bounds them). In a pattern with non-ASCII letters, hyperscan without Unicode classes (which cost seconds
+    more) would not see a Cyrillic or CJK letter as a word character: `\\b` is dropped and `\\w` widened to `\\S`."""
     source = _GAP_HS.sub("[^.]*", _LINE_HS.sub(r".*(?:\\n.*)?", pattern.pattern))
     source = _BOUNDED.sub(lambda m: "*" if m.group(1) in ("", "0") else "+", source)
     if not source.isascii():
@@ -514,7 +516,8 @@ def _inside(pos: int, spans: list[tuple[int, int]]) -> bool:
     return any(s <= pos < e for s, e in spans)
 
 
-_QUOTES = re.compile(r"\"[^\"]{2,400}\"|“[^”]{4,400}”|„[^“”]{4,400}[“”]|«[^»]{4,400}»|「[^」]{2,400}」"
+_QUOTES = re.compile(r"\"[^\"]{2,400}\"|“[^”]{4,400}”|„[^“”]{4,400}[“”]|«[^»]{4,400}»"
+                     r"|「[^」]{2,400}」"
                      r"|‘[^’]{4,400}’|'[^'\n]{8,400}'")
 
 
@@ -663,8 +666,8 @@ _INVISIBLE = regex.compile(r"\p{Cf}")
 #: What replaces the URL of an exfiltration link in an answer: a fragment, which no client fetches.
 LINK_REMOVED = "#link-removed-by-ai-gateway"
 #: An answer's tail that is a link still being written (`![x](https://evil.exa`): held until it is whole.
-_OPEN_LINK = re.compile(r"(?:!?\[[^\]\n]*(?:\](?:\([^)\s]*|:[ \t]*\S*)?)?|!|<(?:i(?:m(?:g(?:\s[^>]*)?)?)?|a(?:\s[^>]*)?)?)\Z",
-                        re.IGNORECASE)
+_OPEN_LINK = re.compile(r"(?:!?\[[^\]\n]*(?:\](?:\([^)\s]*|:[ \t]*\S*)?)?|!"
+                        r"|<(?:i(?:m(?:g(?:\s[^>]*)?)?)?|a(?:\s[^>]*)?)?)\Z", re.IGNORECASE)
 LINK_HOLD = 2048  # the longest link held back; a longer one goes out as it is (the audit still finds it)
 
 
