@@ -284,10 +284,10 @@ def test_a_half_saved_rules_file_does_not_poison_a_replaced_worker(tmp_path):
 
 
 def test_closing_while_workers_start_leaves_none_running(monkeypatch):
-    import multiprocessing
+    from dlp import pool as module
 
     started = []
-    real = multiprocessing.get_context
+    real = module._context
 
     class Recording:
         def __init__(self, context):
@@ -297,7 +297,7 @@ def test_closing_while_workers_start_leaves_none_running(monkeypatch):
             started.append(self.context.Process(*args, **kwargs))
             return started[-1]
 
-    monkeypatch.setattr("dlp.pool.multiprocessing.get_context", lambda method: Recording(real(method)))
+    monkeypatch.setattr(module, "_context", lambda: Recording(real()))
 
     async def main():
         p = DlpPool(RULES, workers=2)

@@ -75,7 +75,7 @@ class GatewayProcess:
     def admin_socket(self) -> Path:
         return Path(str(self.data_dir / "audit") + ".sock")
 
-    def _wait_ready(self, timeout: float = 60) -> None:
+    def _wait_ready(self, timeout: float = 180) -> None:  # a start takes ~5 s; on a busy CI machine, 60 s and more
         wait_listening("gateway", self.proc, self.port, self.admin_socket, self.output, timeout)
 
     def output(self) -> str:
