@@ -179,12 +179,13 @@ WARM = ("DLP: prefilter gate ready", "DLP: no prefilter gate", "DLP prefilter ga
 
 
 def start_gateway(workdir: Path, upstream: Upstream, sets: list[str] = (), source: Path | None = None,
-                  rules: Path | None = None) -> GatewayProcess:
+                  rules: Path | None = None, workers: int = 1) -> GatewayProcess:
     """The real `python -m gateway run`, shipped rules (or the `rules` folder), embedded chdb audit: exactly what
     the e2e tests run (`sets`: options NAME=VALUE, to measure what one of them costs; `source`: another commit's
     tree, see `checkout`). Returned once warm: the DLP workers and the prefilter gate built and the start-up objects
     frozen, which would otherwise land in the first rounds."""
-    gateway = GatewayProcess(workdir, {HOST: upstream.port}, upstream.ca, sets=list(sets), source=source, rules=rules)
+    gateway = GatewayProcess(workdir, {HOST: upstream.port}, upstream.ca, sets=list(sets), source=source, rules=rules,
+                             workers=workers)
     # DLP off: no warm-up to wait for
     if any(s.replace(" ", "").lower() in ("gateway_dlp=false", "gateway_dlp=0", "gateway_dlp=off") for s in sets):
         return gateway

@@ -15,6 +15,7 @@ afterwards), or its row measures a broken gateway and the exit status is 1.
     python bench/proxy.py                      # defaults: 20 clients, 3 rounds of 6 s per target
     python bench/proxy.py --clients 1          # unloaded latency
     python bench/proxy.py --baseline HEAD~5    # and the gateway of an earlier commit, in the same rounds
+    python bench/proxy.py --workers 2          # and `gateway run --workers 2` (row "gateway x2"), same rounds
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ def report(targets: list[Target], tallies: dict[str, Tally], baseline: str | Non
     gw, md, direct = rows["gateway"], rows["mitmdump"], rows["direct"]
     print(f"gateway / mitmdump: req/s {ratio(gw['rps'], md['rps'])}, p50 {ratio(gw['p50'], md['p50'])}, "
           f"p99 {ratio(gw['p99'], md['p99'])}, proxy CPU per request {ratio(gw['cpu'], md['cpu'])}")
+    for name, row in rows.items():
+        if name.startswith("gateway x"):
+            print(f"{name} / gateway: req/s {ratio(row['rps'], gw['rps'])}, p50 {ratio(row['p50'], gw['p50'])}, "
+                  f"proxy CPU per request {ratio(row['cpu'], gw['cpu'])}")
     if "baseline" in rows:
         base = rows["baseline"]
         print(f"gateway / gateway at {baseline}: req/s {ratio(gw['rps'], base['rps'])}, p50 "
@@ -125,6 +130,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=120000, help="at most this many per target (120000)")
     parser.add_argument("--body-size", type=int, default=1024, help="request body bytes (1024)")
     parser.add_argument("--baseline", metavar="REV", help="also measure the gateway of this commit (e.g. HEAD~3)")
+    parser.add_argument("--workers", type=int, action="append", default=[], metavar="N",
+                        help="also measure the gateway with N proxy processes (repeatable); the row 'gateway' has 1")
     args = parser.parse_args()
     body = chat_body(size=args.body_size)
     print(f"bench/proxy.py: {args.clients} keep-alive clients, {len(body)} B chat completion POSTs, "
@@ -134,9 +141,14 @@ def main() -> int:
         upstream = ws.keep(Upstream(ws.dir / "upstream"))
         mitm = ws.keep(Mitmdump(ws.dir / "mitmdump", upstream))
         gateway = ws.keep(start_gateway(ws.dir / "gateway", upstream))
+        others = []
         targets = [Target("direct", upstream.port, upstream.ca, via_proxy=False),
                    Target("mitmdump", mitm.port, mitm.ca, via_proxy=True, pid=mitm.proc.pid),
                    Target("gateway", gateway.port, gateway.ca, via_proxy=True, pid=gateway.proc.pid)]
+        for n in args.workers:
+            several = ws.keep(start_gateway(ws.dir / f"gateway-x{n}", upstream, workers=n))
+            targets.append(Target(f"gateway x{n}", several.port, several.ca, via_proxy=True, pid=several.proc.pid))
+            others.append(several)
         base = None
         if args.baseline:
             base = ws.keep(start_gateway(ws.dir / "baseline", upstream,
@@ -146,6 +158,11 @@ def main() -> int:
         asyncio.run(run_rounds(targets, tallies, upstream.proc.pid, args.rounds, clients=args.clients,
                                seconds=args.seconds, limit=args.requests // args.rounds, body=body))
         events, problem = audited(gateway)
+        for n, several in zip(args.workers, others):
+            got, why = audited(several)
+            if got != tallies[f"gateway x{n}"].sent:
+                print(f"gateway x{n} audit: {got} events for {tallies[f'gateway x{n}'].sent} requests sent  <- "
+                      f"MISMATCH{f' ({why})' if why else ''}")
         if base is not None:
             audited(base)
     report(targets, tallies, args.baseline)
