@@ -20,6 +20,7 @@ from urllib.parse import unquote
 import orjson
 
 from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolDefinition, ToolResult
+from providers import mcp
 from providers.base import (BodyError, BufferedJson, HttpRequest, Reassembly, ResponseParser, SseParser,
                             block_message, json_body, objects, tool_call)
 from providers.uploads import base64_attachment
@@ -93,6 +94,7 @@ def parse_body(body: Any, exchange: Exchange, operation: str = "") -> None:
                                                  ("tools", i)))
         else:
             exchange.warn(f"tools/{i}: not understood")
+    mcp.hosted_servers(body.get("mcp_servers"), ("mcp_servers",), exchange)  # MCP servers Anthropic calls for us
 
 
 def _system(system: Any, exchange: Exchange) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.exchange import Attachment, Exchange, JsonPath, Message, TextPart, ToolCall, ToolResult
+from providers import mcp
 from providers.base import (BodyError, CompletionBuffer, HttpRequest, ResponseParser, SseParser, block_message,
                             json_body, with_leaves)
 from providers.openai_chat import (common, event_object, function_tools, json_response, sse_or_json,
@@ -44,6 +45,7 @@ def parse_request(req: HttpRequest, exchange: Exchange) -> None:
         if parts:
             exchange.messages.append(Message(role="user", parts=parts))
     function_tools(body.get("tools"), exchange)
+    mcp.hosted_servers(body.get("tools"), ("tools",), exchange)  # `type: mcp` entries: the server the model calls
 
 
 def _items(items: list[Any], path: JsonPath, exchange: Exchange) -> None:

@@ -163,3 +163,28 @@ def test_arguments_that_do_not_parse_one_way_are_judged_on_their_text(tmp_path):
     assert action(pol, chat('{"command": "rm -rf /", "command": "ls"}')) == "block"
     assert action(pol, chat('{"command": "rm -rf /tmp/x"')) == "block"  # cut off
     assert action(pol, chat('{"command": "ls", "command": "pwd"}')) == "allow"
+
+
+def test_provider_hosted_mcp_servers_are_governed_by_server_url(tmp_path):
+    """OpenAI Responses `tools[{type: mcp, server_url}]` and Anthropic `mcp_servers[{url}]`: the model provider
+    calls the MCP server for the client, so the request is where the gateway can say no, by the server's host."""
+    responses = exchange("api.openai.com", "/v1/responses", {
+        "model": "gpt-4o", "input": "hi",
+        "tools": [{"type": "mcp", "server_label": "wiki", "server_url": "https://mcp.example-wiki.com/sse"},
+                  {"type": "function", "name": "lookup", "parameters": {}}]}, "openai", ("openai",))
+    claude = exchange("api.anthropic.com", "/v1/messages", {
+        "model": "claude-x", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}],
+        "mcp_servers": [{"type": "url", "url": "https://mcp.linear.app/mcp", "name": "linear"}]},
+        "anthropic", ("anthropic",))
+    assert [(t.name, t.server, t.path) for t in responses.tools] == [
+        ("wiki", "mcp.example-wiki.com", ("tools", 0)), ("lookup", "", ("tools", 1))]
+    assert [(t.name, t.server, t.path) for t in claude.tools] == [("linear", "mcp.linear.app", ("mcp_servers", 0))]
+    pol = policy(tmp_path, """
+        - id: approved-mcp-only
+          when: {tools: {servers_not_in: [mcp.linear.app]}}
+          action: block
+        - {id: rest, action: allow}
+    """)
+    assert action(pol, responses) == "block"
+    assert action(pol, claude) == "allow"
+    assert action(pol, openai_chat(tools=["lookup"])) == "allow"  # a function tool has no server to approve
