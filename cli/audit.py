@@ -1,4 +1,4 @@
-"""`gateway audit ...`: search, show, stats, shadow-ai, tail, status and schema. A query goes to the running
+"""`gateway audit ...`: search, show, stats, shadow-ai, tools, tail, status and schema. A query goes to the running
 gateway over its admin socket, or to the store itself when no gateway serves it (`run_query`); `print_rows` writes
 the result as a table, JSON lines or CSV.
 """
@@ -213,6 +213,24 @@ def shadow_ai(since: str, until: str, limit: int, fmt: str, audit_url: str | Non
     columns, rows = run_query(_audit_url(audit_url, data_dir), "shadow-ai",
                               {"since": since, "until": until, "limit": limit}, password_file, data_dir)
     print_rows(columns, rows, fmt, "services")
+
+
+@audit.command()
+@click.option("--since", default="30d", show_default=True, help="From: 15m, 1h, 7d ago or an ISO time.")
+@until_option
+@click.option("--user", default="", help="Only this user (or client address).")
+@click.option("--server", default="", help="Only this MCP server (its host); '' is the clients' own tools.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+@store_options
+def tools(since: str, until: str, user: str, server: str, limit: int, fmt: str, audit_url: str | None,
+          data_dir: Path, password_file: str) -> None:
+    """The tool inventory: which users and agents use which tools of which servers; tools whose definition
+    changed (definitions > 1) and tool names offered by several servers (also_on)."""
+    _check_times(since, until)
+    columns, rows = run_query(_audit_url(audit_url, data_dir), "tools",
+                              {"since": since, "until": until, "user": user, "server": server, "limit": limit},
+                              password_file, data_dir)
+    print_rows(columns, rows, fmt, "tools")
 
 
 @audit.command()

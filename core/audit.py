@@ -24,6 +24,8 @@ from typing import Any, Protocol, Self
 from core.exchange import RESPONSE_PART, Exchange
 
 CAPTURE_LEVELS = ("metadata", "redacted", "full")
+MAX_TOOL_RECORDS = 1000  # tools one row records (an MCP server may list thousands; a row must stay small)
+MAX_TOOL_NAME = 200
 
 
 def new_event_id() -> str:
@@ -129,6 +131,25 @@ class AuditEvent(AuditRecord):
     #: Where each finding's text came from (user, system, tool_result, mcp_result, document, tool_definition,
     #: answer, ...: dlp.injection.SOURCES), parallel to finding_entities: prompt injection is judged by it.
     finding_sources: list[str] = field(default_factory=list)
+    # --- schema v5 ---
+    #: The tools of the exchange, one element per tool in these parallel arrays (at most MAX_TOOL_RECORDS):
+    #: `offered` (a definition the request gives the model), `listed` (in an MCP server's tools/list answer) or
+    #: `called` (a call in the request: history, an MCP tools/call); the MCP server's host ('' for the client's own
+    #: tools) and the definition's digest ('' for a call). `gateway audit tools` is the inventory built from them.
+    tool_kinds: list[str] = field(default_factory=list)
+    tool_names: list[str] = field(default_factory=list)
+    tool_servers: list[str] = field(default_factory=list)
+    tool_digests: list[str] = field(default_factory=list)
+
+    def set_tools(self, x: Exchange) -> None:
+        kind = "listed" if x.operation.startswith("mcp.") else "offered"  # an MCP exchange's tools are its answer's
+        rows = [(kind, t.name, t.server, t.digest) for t in x.tools]
+        rows += [("called", c.name, c.server, "") for m in x.messages for c in m.tool_calls]
+        rows = list(dict.fromkeys(rows))[:MAX_TOOL_RECORDS]  # a history calls the same tool many times
+        self.tool_kinds = [r[0] for r in rows]
+        self.tool_names = [r[1][:MAX_TOOL_NAME] for r in rows]
+        self.tool_servers = [r[2] for r in rows]
+        self.tool_digests = [r[3] for r in rows]
 
     def set_findings(self, findings: Sequence[FindingLike]) -> None:
         ordered = sorted(findings, key=lambda f: (f.part, f.start, f.end))

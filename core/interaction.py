@@ -138,6 +138,7 @@ class Interaction:
             finish_reason=x.finish_reason,
         )
         event.set_findings(self.findings)
+        event.set_tools(x)
         # A key path can itself hold a value DLP found (a token used as a metadata key): masked like the completion
         event.coverage = [mask_echoed_values(line, x, self.findings) for line in x.coverage]
         return event

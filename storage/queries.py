@@ -137,6 +137,32 @@ def shadow_ai(store: Store, *, since: str = "30d", until: str = "", limit: int =
         "LIMIT {limit:UInt32}", params)
 
 
+def tools(store: Store, *, since: str = "30d", until: str = "", user: str = "", server: str = "",
+          limit: int = 1000) -> tuple[list[str], list[tuple]]:
+    """The tool inventory: each tool (by server and name) offered, listed or called, by whom, how often, first and
+    last seen. `definitions` counts the distinct definitions seen: more than one is a tool whose description or
+    schema changed (a "rug pull", or a new version); `also_on` names other servers offering a tool of that name
+    (one server shadowing another's tool)."""
+    params: dict[str, Any] = {"since": _naive_utc(parse_since(since)), "limit": _limit(limit)}
+    where = f"ts >= {{since:{TS}}}"
+    if until:
+        where += f" AND ts < {{until:{TS}}}"
+        params["until"] = _naive_utc(parse_since(until))
+    for column, value in (("user", user), ("tool_server", server)):
+        if value:
+            where += f" AND {column} = {{{column}:String}}"
+            params[column] = value
+    return store.query(
+        "SELECT tool_server AS server, tool_name AS tool, uniqExact(user) AS users, "
+        "countIf(tool_kind = 'called') AS calls, countIf(tool_kind != 'called') AS offered, "
+        "uniqExactIf(tool_digest, tool_digest != '') AS definitions, "
+        "arrayFilter(s -> s != tool_server, any(servers_of_name)) AS also_on, "
+        "min(ts) AS first_seen, max(ts) AS last_seen, arraySort(groupUniqArray(10)(user)) AS some_users "
+        "FROM (SELECT *, groupUniqArrayIf(tool_server, tool_kind != 'called') OVER (PARTITION BY tool_name) "
+        f"      AS servers_of_name FROM audit_tools WHERE {where}) "
+        "GROUP BY server, tool ORDER BY users DESC, calls DESC, server, tool LIMIT {limit:UInt32}", params)
+
+
 def tail(store: Store, *, after: str = "1m", limit: int = 1000) -> tuple[list[str], list[tuple]]:
     """Events inserted at or after `after` (an ISO time or a duration ago), oldest first: what `audit tail`
     polls. Rows are not deduplicated here: a replayed event shows again with a later inserted_at."""
@@ -146,4 +172,4 @@ def tail(store: Store, *, after: str = "1m", limit: int = 1000) -> tuple[list[st
         {"after": _naive_utc(parse_since(after)), "limit": _limit(limit)})
 
 
-QUERIES = {"search": search, "show": show, "stats": stats, "shadow-ai": shadow_ai, "tail": tail}
+QUERIES = {"search": search, "show": show, "stats": stats, "shadow-ai": shadow_ai, "tools": tools, "tail": tail}

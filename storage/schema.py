@@ -215,6 +215,21 @@ def migrations(text_ttl_days: int = TEXT_TTL_DAYS, metadata_ttl_days: int = META
                            arrayResize(finding_sources, length(finding_entities), '') AS finding_source,
                            finding_scores AS score""",
         )),
+        Migration(5, "the tools of each exchange: the tool inventory", (
+            *t.add_columns("events", (("tool_kinds", "Array(LowCardinality(String))", ""),
+                                      ("tool_names", "Array(String)", ""),
+                                      ("tool_servers", "Array(LowCardinality(String))", ""),
+                                      ("tool_digests", "Array(String)", ""))),
+            f"""CREATE OR REPLACE VIEW audit_events{t.on} AS SELECT * FROM events FINAL""",
+            # one row per tool of an exchange: who offered, listed or called which tool of which server, and
+            # which definition (digest) it had
+            f"""CREATE VIEW IF NOT EXISTS audit_tools{t.on} AS
+                SELECT event_id, ts, if(user = '', client_addr, user) AS user, service, operation, decision,
+                       tool_kind, tool_name, tool_server, tool_digest
+                FROM events FINAL
+                ARRAY JOIN tool_kinds AS tool_kind, tool_names AS tool_name, tool_servers AS tool_server,
+                           tool_digests AS tool_digest""",
+        )),
     ]
 
 

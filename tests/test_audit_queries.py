@@ -39,7 +39,8 @@ def event(minutes_ago: float, **kw) -> AuditEvent:
 
 SEED = [
     event(5, user="alice", groups=["eng"], service="openai", category="api", sanctioned=True, model="gpt-4o",
-          decision="allow", prompt="[user] explain kubernetes", completion="pods..."),
+          decision="allow", prompt="[user] explain kubernetes", completion="pods...", tool_kinds=["offered"],
+          tool_names=["run_shell"], tool_servers=[""], tool_digests=["0123456789abcdef"]),
     event(10, user="alice", groups=["eng"], service="openai", category="api", sanctioned=True, model="gpt-4o",
           decision="redact", prompt="[user] mail <EMAIL_ADDRESS>", rule_id="pii",
           findings=[Finding("EMAIL_ADDRESS", 0, 5, 20), Finding("EMAIL_ADDRESS", 0, 30, 40)]),
@@ -176,7 +177,7 @@ def test_tail_follows_inserts_and_shows_replays(store):
 
 
 def test_every_cli_query_is_named():
-    assert set(QUERIES) == {"search", "show", "stats", "shadow-ai", "tail"}
+    assert set(QUERIES) == {"search", "show", "stats", "shadow-ai", "tools", "tail"}
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

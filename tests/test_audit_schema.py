@@ -60,7 +60,7 @@ def test_v1_store_is_migrated_and_keeps_its_rows(tmp_path):
                             column_names=v1_columns)
         assert "groups" not in create_table(fresh, "events")
     with opened(path) as store:
-        assert [r[0] for r in store.query("SELECT version FROM schema_migrations ORDER BY version", {})[1]] == [1, 2, 3, 4]
+        assert [r[0] for r in store.query("SELECT version FROM schema_migrations ORDER BY version", {})[1]] == [1, 2, 3, 4, 5]
         _, rows = store.query("SELECT user, prompt, capture, source, groups, entity_types, coverage FROM events "
                                  "WHERE event_id = {id:UUID}", {"id": old_id})
         assert rows == [("alice", "old prompt", "full", "http", [], [], [])]

@@ -146,6 +146,9 @@ def test_listing_filtered_forbidden_call_refused_allowed_call_answered(mgw, serv
                                                                       "no-deleting-mcp-tools")
     assert f"tool delete_file of MCP server {host} is not allowed" in call["reason"]
     assert "<tool_call delete_file>" in call["prompt"] and marker in call["prompt"]
+    # the tool inventory (gateway audit tools) reads these
+    assert list(zip(call["tool_kinds"], call["tool_names"], call["tool_servers"])) == [
+        ("called", "delete_file", host.rsplit(":", 1)[0])]
     [ok] = wait_for_events(mgw, lambda e: e["operation"] == "mcp.tools/call" and "<tool_call read_file>"
                            in e["prompt"] and marker in e["prompt"])
     assert ok["decision"] == "allow" and ok["status"] in (200, 202)
@@ -154,6 +157,8 @@ def test_listing_filtered_forbidden_call_refused_allowed_call_answered(mgw, serv
     listings = wait_for_events(mgw, lambda e: e["operation"] == listing_op and e["decision"] == "strip"
                                and e["path"].startswith(url.split(host)[1]))
     assert all(e["rule_id"] == "no-deleting-mcp-tools" for e in listings)
+    assert all({("listed", "delete_file"), ("listed", "read_file")} <= set(zip(e["tool_kinds"], e["tool_names"]))
+               for e in listings)  # the inventory holds what the server offered, also what the client was not shown
     assert all("tools/list: removed delete_file (rule no-deleting-mcp-tools)" in e["reason"] for e in listings)
 
 
