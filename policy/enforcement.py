@@ -98,12 +98,14 @@ MCP_INVALID = -32600  # JSON-RPC's own code for a request that is not valid JSON
 def mcp_refusals(requests: list[tuple[object, str]], text: str, ref: str, code: int = MCP_REFUSED) -> list[dict]:
     """What an MCP client shows for requests the gateway refused, one answer per request id: a `tools/call` gets
     a tool result with `isError` (clients hand it to the model, which reads why), any other request a JSON-RPC
-    error. A body with no request that can be answered by id (not JSON-RPC) gets one error with id null."""
+    error. A body with no request that can be answered by id (not JSON-RPC) gets one error with id null. The
+    result says `resultType: complete`, which the 2026-07-28 protocol requires and earlier ones allow (a result may
+    carry more fields than it names)."""
     data = {"reference": ref}
     if not requests:
         return [{"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": text, "data": data}}]
     return [{"jsonrpc": "2.0", "id": rpc_id, "result": {"content": [{"type": "text", "text": text}], "isError": True,
-                                                         "_meta": data}}
+                                                         "resultType": "complete", "_meta": data}}
             if method == "tools/call" and code == MCP_REFUSED else
             {"jsonrpc": "2.0", "id": rpc_id, "error": {"code": code, "message": text, "data": data}}
             for rpc_id, method in requests]

@@ -339,7 +339,7 @@ def refusal_in(rpc_id: Any) -> dict[str, Any] | None:
         return answer if isinstance(answer["error"], dict) else None
     result = answer.get("result")
     if set(answer) == {"jsonrpc", "id", "result"} and isinstance(result, dict) and result.get("isError") is True \
-            and set(result) <= {"content", "isError", "_meta"}:
+            and set(result) <= {"content", "isError", "resultType", "_meta"}:
         return answer
     return None
 
