@@ -107,7 +107,7 @@ class McpGuard:
         it: Interaction | None = flow.metadata.get(KEY)
         if it is None or flow.response is None or provider_of(it) != mcp.NAME or not flow.response.stream:
             return
-        if flow.response.headers.get("content-type", "").split(";")[0].strip().lower() != "text/event-stream":
+        if _media_type(flow.response) != "text/event-stream":
             return
         if flow.response.headers.get("content-encoding", "identity").lower() != "identity":
             # the gateway asked for none; what it cannot read event by event, it does not pass unfiltered
@@ -140,7 +140,7 @@ class McpGuard:
             self._answer(flow, enforcement.mcp_reply(reply, isinstance(value, list), it.event_id))
             it.status = flow.response.status_code
             return
-        if not flow.response.headers.get("content-type", "").startswith("application/json"):
+        if _media_type(flow.response) != "application/json":
             return
         try:
             body = decode(flow.response.raw_content or b"", flow.response.headers.get("content-encoding"),
@@ -252,6 +252,12 @@ def _name_servers(it: Interaction) -> None:
     server = mcp.server_of(it.host)
     for t in it.exchange.tools:
         t.server = t.server or server
+
+
+def _media_type(response: http.Response) -> str:
+    """The answer's media type as servers may spell it (`Application/JSON; charset=utf-8`): a case the check
+    did not expect must not let a listing through unfiltered."""
+    return response.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 def _streamable(flow: http.HTTPFlow) -> bool:

@@ -22,13 +22,14 @@ CATALOG = Catalog.load(SHIPPED_RULES / "endpoints.yaml")
 POLICY = "version: 1\nrules:\n  - {id: no-delete, when: {tools: {names: [\"delete_*\"]}}, action: strip}\n"
 
 
-def answered(guard: McpGuard, answer: bytes) -> tuple[tflow.HTTPFlow, Interaction]:
+def answered(guard: McpGuard, answer: bytes, content_type: str = "application/json"
+             ) -> tuple[tflow.HTTPFlow, Interaction]:
     """A tools/list POST and its JSON answer through the stage, as Extract leaves them."""
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
     f = tflow.tflow(resp=True)
     f.request.host, f.request.path, f.request.method = HOST, "/mcp", "POST"
     f.request.content = body
-    f.response.headers["content-type"] = "application/json"
+    f.response.headers["content-type"] = content_type
     f.response.content = answer
     service = CATALOG.match(HOST).service
     req = providers.HttpRequest.from_url_parts("POST", HOST, "/mcp", {"content-type": "application/json"}, body)
@@ -65,6 +66,12 @@ def test_a_json_listing_loses_the_forbidden_tool(tmp_path):
     it.exchange.tools = mcp.listed([{"name": "read_file"}])  # what extract read of the answer
     asyncio.run(_respond(guard(tmp_path), f))
     assert [(t.name, t.server) for t in it.exchange.tools] == [("read_file", HOST)]
+
+
+def test_a_json_listing_is_filtered_whatever_the_case_of_its_content_type(tmp_path):
+    f, it = answered(guard(tmp_path), listing(["read_file", "delete_file"]), "Application/JSON; charset=utf-8")
+    assert [t["name"] for t in json.loads(f.response.content)["result"]["tools"]] == ["read_file"]
+    assert it.decision == "strip"
 
 
 def test_a_listing_too_long_to_judge_loses_every_tool(tmp_path):
