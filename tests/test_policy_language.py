@@ -91,8 +91,10 @@ def test_shipped_policy_loads_against_the_shipped_catalog():
     p = load_policy(SHIPPED / "policy.yaml", catalog)
     assert [r.id for r in p.rules][:1] == ["block-secrets"]
     assert p.defaults.shadow_ai == "allow"
-    # monitor-first: only secrets are enforced; every other rule only records
-    assert [r.id for r in p.rules if r.mode == "enforce" and r.action == "block"] == ["block-secrets"]
+    # monitor-first: only secrets and injected instructions in what tools and documents hand the model (an attack
+    # on the agent, whoever sent it) are enforced; every other rule only records
+    assert [r.id for r in p.rules if r.mode == "enforce" and r.action == "block"] == ["block-secrets",
+                                                                                     "block-indirect-injection"]
     assert all(r.mode == "monitor" or r.action in ("block", "allow") for r in p.rules)
     identity.load(SHIPPED / "identity.yaml")
 
