@@ -112,15 +112,15 @@ class McpGuard:
         if flow.response.headers.get("content-encoding", "identity").lower() != "identity":
             # the gateway asked for none; what it cannot read event by event, it does not pass unfiltered
             it.decide("block", "MCP stream compressed although the gateway asked for none: not passed on")
-            flow.response.stream = lambda chunk: b""
-            return
-        events = _SseFilter(self._rewrite(flow, it), it)
+            events: Callable[[bytes], bytes] = _nothing
+        else:
+            events = _SseFilter(self._rewrite(flow, it), it)
         tap = it.stages.tap
-        if tap is not None and flow.response.stream is tap:
+        if tap is not None and flow.response.stream is tap:  # Extract keeps counting and reading the stream
             then = tap.then
             tap.then = events if then is None else _chain(events, then)
-        else:
-            flow.response.stream = events
+        else:  # nothing to send yet must be no chunk at all, as the tap does
+            flow.response.stream = lambda chunk: events(chunk) or []
 
     async def response(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
@@ -264,6 +264,12 @@ def _streamable(flow: http.HTTPFlow) -> bool:
     """A Streamable HTTP POST, answered on its own response (else: the older transport's, answered on its
     stream)."""
     return "text/event-stream" in flow.request.headers.get("accept", "") or "mcp-session-id" in flow.request.headers
+
+
+def _nothing(chunk: bytes) -> bytes:
+    """What a stream the gateway will not pass on sends: nothing, which the stream callable sends as no chunk at
+    all (an empty one would end a chunked HTTP/1.1 body)."""
+    return b""
 
 
 def _chain(first: Callable[[bytes], bytes], then: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:

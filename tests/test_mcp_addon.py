@@ -22,9 +22,8 @@ CATALOG = Catalog.load(SHIPPED_RULES / "endpoints.yaml")
 POLICY = "version: 1\nrules:\n  - {id: no-delete, when: {tools: {names: [\"delete_*\"]}}, action: strip}\n"
 
 
-def answered(guard: McpGuard, answer: bytes, content_type: str = "application/json"
-             ) -> tuple[tflow.HTTPFlow, Interaction]:
-    """A tools/list POST and its JSON answer through the stage, as Extract leaves them."""
+def posted(content_type: str, answer: bytes = b"") -> tuple[tflow.HTTPFlow, Interaction]:
+    """A tools/list POST and the headers of its answer, as Extract's request stage leaves them."""
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
     f = tflow.tflow(resp=True)
     f.request.host, f.request.path, f.request.method = HOST, "/mcp", "POST"
@@ -37,7 +36,13 @@ def answered(guard: McpGuard, answer: bytes, content_type: str = "application/js
     it = Interaction(service=service, client_addr="127.0.0.1", host=HOST, method="POST", path="/mcp",
                      exchange=parsed.exchange)
     f.metadata[KEY], it.stages.parsed = it, parsed
+    return f, it
 
+
+def answered(guard: McpGuard, answer: bytes, content_type: str = "application/json"
+             ) -> tuple[tflow.HTTPFlow, Interaction]:
+    """A tools/list POST and its JSON answer through the stage, as Extract leaves them."""
+    f, it = posted(content_type, answer)
     asyncio.run(_respond(guard, f))
     return f, it
 
@@ -93,3 +98,23 @@ def test_an_answer_that_lists_nothing_is_untouched(tmp_path):
     raw = b'{"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "ok"}]}}'
     f, it = answered(guard(tmp_path), raw)
     assert f.response.content == raw and it.decision == "allow"
+
+
+def test_a_compressed_sse_answer_is_blocked_without_ending_the_body_nor_losing_extracts_tap(tmp_path):
+    """An empty chunk ends a chunked HTTP/1.1 body: the stream sends nothing, and Extract still counts it."""
+    f, it = posted("text/event-stream")
+    f.response.headers["content-encoding"] = "gzip"
+    f.response.stream = True
+
+    async def stream() -> tuple[object, object]:
+        extract, g = Extract(), guard(tmp_path)
+        with taddons.context(extract, g):
+            extract.responseheaders(f)
+            tap = f.response.stream
+            g.responseheaders(f)
+            return tap, f.response.stream(b"data: {}\n\n")
+
+    tap, sent = asyncio.run(stream())
+    assert f.response.stream is tap and it.stages.tap is tap
+    assert sent == [] and it.response_bytes == len(b"data: {}\n\n")
+    assert it.decision == "block" and "compressed" in it.reasons[0]
