@@ -248,13 +248,18 @@ class StreamGuard:
                 f"({held.size} bytes held).")
 
 
-_SSE_END = re.compile(rb"\r?\n\r?\n")
+# SSE lines end in \r\n, \r or \n (the spec, and the SDKs' decoders: nothing else, so not U+2028 and its kin, which
+# str.splitlines also breaks on); an event ends at an empty line. A \r last in the buffer waits: a \n may follow it.
+_LINE_END = rb"(?:\r\n|\r(?=[^\n])|\n)"
+_SSE_END = re.compile(_LINE_END * 2)
+_SSE_LINE = re.compile(r"\r\n|\r|\n")
 
 
 class SseGuard(StreamGuard):
     """SSE framing: complete events (raw bytes kept) go to `event(raw, name, data)` when their data is a JSON
     object. Only events holding `marker` (or a `\\u` escape, which could spell it) are parsed at all: the others
-    go on as they are."""
+    go on as they are; one that holds it and does not parse stops the stream (`broken`), as a client's parser may
+    read a call in it all the same."""
 
     marker: tuple[bytes, ...] = ()
 
@@ -272,17 +277,23 @@ class SseGuard(StreamGuard):
         for m in _SSE_END.finditer(self.buf, start):
             out.append(self._event(bytes(self.buf[begin:m.end()]), m.group()))
             begin = m.end()
+            if self.broken:
+                break
         del self.buf[:begin]
-        if len(self.buf) > MAX_EVENT_BYTES:
+        if not self.broken and len(self.buf) > MAX_EVENT_BYTES:
             self.broken = f"an event of more than {MAX_EVENT_BYTES} bytes"
+        if self.broken:
             self.buf.clear()
             out.append(self.end())
         return b"".join(out)
 
     def finish(self) -> bytes:
-        out = b"" if self.broken or not self.buf else self._event(bytes(self.buf), b"")
+        if self.broken:
+            return b""
+        end = re.search(rb"(?:\r\n|\r|\n){2}\Z", self.buf)  # a last \r\r waited for what never came
+        out = self._event(bytes(self.buf), end.group() if end else b"") if self.buf else b""
         self.buf.clear()
-        return out + (b"" if self.broken else self.end())
+        return out + self.end()
 
     def _event(self, raw: bytes, newline: bytes) -> bytes:
         if newline:
@@ -290,22 +301,26 @@ class SseGuard(StreamGuard):
         if b"\\u" not in raw and not any(m in raw for m in self.marker):  # a key may be written with escapes
             return raw
         name, data = "", []
-        for line in raw.decode("utf-8", "replace").splitlines():
+        for line in _SSE_LINE.split(raw.decode("utf-8", "replace")):
             key, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
             if key == "data":
                 data.append(value)
             elif key == "event":
                 name = value
+        if not data:
+            return raw
         try:
             payload = orjson.loads("\n".join(data))
         except orjson.JSONDecodeError:
-            return raw
+            # a client's parser may read what orjson does not (a lone surrogate, NaN): a call in it is not passed on
+            self.broken = "an event that may hold a tool call and does not parse"
+            return b""
         return self.event(raw, name, payload) if isinstance(payload, dict) else raw
 
     def sse(self, payload: dict, name: str = "") -> bytes:
         """An event the guard writes, in the stream's own line endings."""
-        nl = self.newline[: len(self.newline) // 2]
+        nl = re.match(_LINE_END, self.newline + b"x").group()
         head = f"event: {name}".encode() + nl if name else b""
         return head + b"data: " + orjson.dumps(payload) + self.newline
 

@@ -381,3 +381,37 @@ def test_a_guard_that_fails_stops_the_stream_there_and_the_audit_says_why():
     guarded = _Guarded(it, Broken(judge), _Judge(Policy(), it, {}), None, None)
     assert guarded(b"data: {}\n\n") == b"" and guarded(b"data: {}\n\n") == b""  # nothing unjudged goes on
     assert it.decision == "block" and "the tool-call guard failed (RuntimeError)" in it.reason
+
+
+@pytest.mark.parametrize("fmt", [toolcalls.CHAT, toolcalls.GEMINI, toolcalls.ANTHROPIC])
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_a_unicode_line_separator_in_a_calls_arguments_does_not_let_it_through(fmt, separator):
+    """SSE lines end only in \\r\\n, \\r or \\n: a U+2028 the model writes unescaped is part of the data line."""
+    _, call, after = stream(fmt, "shell", {"c": f"a{separator}b"})
+    escape = f"\\u{ord(separator):04x}".encode()  # as json.dumps wrote it (in Chat: in a string in a string)
+    unescaped = [e.replace(b"\\" + escape, separator.encode()).replace(escape, separator.encode()) for e in call]
+    assert any(separator.encode() in e for e in unescaped)
+    guard, out = guarded(fmt, unescaped + after)
+    x = read_back(fmt, b"".join(out), streamed=True)
+    assert not guard.broken and x.completion_tool_calls == [] and f"{REFUSAL} shell" in x.completion
+
+
+@pytest.mark.parametrize("fmt", [toolcalls.CHAT, toolcalls.GEMINI])
+@pytest.mark.parametrize("step", [0, 1])
+def test_events_ended_by_a_lone_cr_are_events_too(fmt, step):
+    _, call, after = stream(fmt, "shell", {"c": "x"})
+    guard, out = guarded(fmt, [e.replace(b"\n", b"\r") for e in call + after], step)
+    joined = b"".join(out)
+    assert not guard.broken and REFUSAL.encode() in joined and b'"name":"shell"' not in joined.replace(b" ", b"")
+    assert b"\n" not in joined  # the refusal written in the stream's own line endings
+
+
+@pytest.mark.parametrize("fmt", [toolcalls.CHAT, toolcalls.GEMINI, toolcalls.ANTHROPIC, toolcalls.RESPONSES])
+def test_an_event_that_may_hold_a_call_and_does_not_parse_stops_the_stream(fmt):
+    """orjson refuses a lone surrogate the SDKs' json.loads accepts: such an event is not passed on unjudged."""
+    text, call, after = stream(fmt, "shell", {"c": "x"})
+    bad = [e.replace(b'"shell"', b'"shell\\ud800"') for e in call]
+    assert any(b"\\ud800" in e for e in bad)
+    guard, out = guarded(fmt, text + bad + after)
+    joined = b"".join(out)
+    assert guard.broken and b"\\ud800" not in joined and joined.startswith(b"".join(text))
