@@ -5,9 +5,10 @@ MCP clients show, and every refusal of an MCP request is answered as JSON-RPC (p
   the tools the policy forbids (policy/mcp.py); the audit records a `strip` with the rule. An SSE event is held only
   while it arrives (up to providers.mcp.MAX_EVENT, a larger one is dropped), the stream is never buffered.
 - **Calls**: a `tools/call` the decide stage let through is refused still when its tool is one a listing would
-  lose (a client may call a tool it was never shown). Refusals of MCP requests (this stage's, the decide stage's,
-  extract's for a body it will not forward) are answered per request id (policy.enforcement.mcp_refusals): a tool
-  error result with `isError` for a call, a JSON-RPC error otherwise.
+  lose (a client may call a tool it was never shown), or when the call alone, with its arguments, is one the
+  policy refuses (the batch it came in may have matched another rule first). Refusals of MCP requests (this
+  stage's, the decide stage's, extract's for a body it will not forward) are answered per request id
+  (policy.enforcement.mcp_refusals): a tool error result with `isError` for a call, a JSON-RPC error otherwise.
 - **The older HTTP+SSE transport** answers on the GET stream, not on the POST, and that stream may be another
   gateway process's connection (`--workers`): a refused POST is sent on as a `ping` (harmless, every server
   answers it) under an id that carries the refusal (providers.mcp.refused_ping), and wherever the server's answer
@@ -32,14 +33,15 @@ import orjson
 from mitmproxy import ctx, http
 
 from addons.decide import provider_of
-from core.exchange import ToolDefinition
+from core.exchange import ToolCall, ToolDefinition
 from core.interaction import KEY, Interaction
 from core.offload import off_loop
 from policy import enforcement
-from policy.engine import subject_of
+from policy.engine import Decision, subject_of
 from policy.language import Policy
 from policy.mcp import forbidden_tools
 from policy.ruleset import RuleSet
+from policy.toolcalls import forbidding
 from providers import mcp
 from providers.encoding import EncodingError, decode
 
@@ -74,15 +76,12 @@ class McpGuard:
         d = it.stages.decision
         message = d.message if d is not None and d.action == "block" else ""
         if flow.response is None and it.decision != "block":  # an API client's warn goes on: its calls are judged
-            calls = [c for m in it.exchange.messages for c in m.tool_calls]
-            tools = [ToolDefinition(c.name, server=c.server, changed=self.first_seen.is_changed(c.server, c.name))
-                     for c in calls]
-            forbidden = self._forbidden(flow, it, tools)
-            if not forbidden:
+            refused = self._refused_call(flow, it, [c for m in it.exchange.messages for c in m.tool_calls])
+            if refused is None:
                 return
-            name, d = next(iter(forbidden.items()))
+            name, d, why = refused
             it.decide("block", f"rule {d.rule}: tool {name} of MCP server {mcp.server_of(it.host)} is not allowed "
-                               f"(hidden from its tools/list)", d.rule)
+                               f"({why})", d.rule)
             message = d.message
         if it.decision != "block":
             return
@@ -170,6 +169,30 @@ class McpGuard:
 
     def _rewrite(self, flow: http.HTTPFlow, it: Interaction) -> mcp.Rewrite:
         return mcp.Rewrite(lambda tools: self._listing(flow, it, tools))
+
+    def _refused_call(self, flow: http.HTTPFlow, it: Interaction, calls: list[ToolCall]
+                      ) -> tuple[str, Decision, str] | None:
+        """The first call the policy refuses, its decision and why. The request as a whole may match another rule
+        first (a batch's other call, a rule on what else it carries), so each call is judged alone too: by its
+        tool as a listing would be (name, server, changed since first seen), then with its arguments, as a
+        model's calls are (policy/toolcalls.py). A call a monitored rule refuses is noted and goes on."""
+        tools = [ToolDefinition(c.name, server=c.server, changed=self.first_seen.is_changed(c.server, c.name))
+                 for c in calls]
+        forbidden = self._forbidden(flow, it, tools)
+        if forbidden:
+            name, d = next(iter(forbidden.items()))
+            return name, d, "hidden from its tools/list"
+        server = mcp.server_of(it.host)
+        for call in calls:
+            call.server = call.server or server
+            d = forbidding(self.policy, subject_of(it), it.service, it.exchange, it.exchange.model,
+                           flow.request.headers, call)
+            if d is None:
+                continue
+            if d.mode == "enforce":
+                return call.name, d, "not with these arguments"
+            self._note(it, f"rule {d.rule} (monitor): tool {call.name} of MCP server {server} would be refused")
+        return None
 
     def _forbidden(self, flow: http.HTTPFlow, it: Interaction, tools: list[ToolDefinition]):
         server = mcp.server_of(it.host)

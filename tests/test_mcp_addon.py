@@ -22,11 +22,12 @@ CATALOG = Catalog.load(SHIPPED_RULES / "endpoints.yaml")
 POLICY = "version: 1\nrules:\n  - {id: no-delete, when: {tools: {names: [\"delete_*\"]}}, action: strip}\n"
 
 
-def posted(content_type: str, answer: bytes = b"") -> tuple[tflow.HTTPFlow, Interaction]:
-    """A tools/list POST and the headers of its answer, as Extract's request stage leaves them."""
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
+def posted(content_type: str, answer: bytes = b"", body: object = None) -> tuple[tflow.HTTPFlow, Interaction]:
+    """A POST (a tools/list unless told) and the headers of its answer, as Extract's request stage leaves them."""
+    body = json.dumps(body or {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
     f = tflow.tflow(resp=True)
     f.request.host, f.request.path, f.request.method = HOST, "/mcp", "POST"
+    f.request.headers["accept"] = "application/json, text/event-stream"
     f.request.content = body
     f.response.headers["content-type"] = content_type
     f.response.content = answer
@@ -118,3 +119,46 @@ def test_a_compressed_sse_answer_is_blocked_without_ending_the_body_nor_losing_e
     assert f.response.stream is tap and it.stages.tap is tap
     assert sent == [] and it.response_bytes == len(b"data: {}\n\n")
     assert it.decision == "block" and "compressed" in it.reasons[0]
+
+
+ARGS_POLICY = """version: 1
+rules:
+  - {id: note-reads, when: {tools: {names: [read_file]}}, action: warn, message: reads are noted}
+  - {id: no-rm, when: {tools: {names: [run], args: {cmd: "re:rm\\\\s+-rf"}}}, action: block, message: not that}
+"""
+
+
+def test_a_call_in_a_batch_is_judged_alone_with_its_arguments(tmp_path):
+    """The batch as a whole matches the warn rule first; the run call alone matches the args rule."""
+    (tmp_path / "policy.yaml").write_text(ARGS_POLICY)
+    g = McpGuard()
+    g.policy = load(tmp_path / "policy.yaml", CATALOG)
+    calls = [{"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": name, "arguments": args}}
+             for i, (name, args) in enumerate([("read_file", {"path": "a"}), ("run", {"cmd": "rm  -rf /"})])]
+    f, it = posted("application/json", body=calls)
+    f.response = None
+
+    async def request() -> None:
+        with taddons.context(Extract(), g):
+            await g.request(f)
+
+    asyncio.run(request())
+    assert (it.decision, it.rule_id) == ("block", "no-rm")
+    answers = json.loads(f.response.content)
+    assert [a["id"] for a in answers] == [0, 1] and all(a["result"]["isError"] for a in answers)
+
+
+def test_a_call_whose_arguments_no_rule_forbids_goes_on(tmp_path):
+    (tmp_path / "policy.yaml").write_text(ARGS_POLICY)
+    g = McpGuard()
+    g.policy = load(tmp_path / "policy.yaml", CATALOG)
+    f, it = posted("application/json", body={"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                             "params": {"name": "run", "arguments": {"cmd": "ls -l"}}})
+    f.response = None
+
+    async def request() -> None:
+        with taddons.context(Extract(), g):
+            await g.request(f)
+
+    asyncio.run(request())
+    assert f.response is None and it.decision == "allow"
