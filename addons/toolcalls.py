@@ -12,6 +12,9 @@ to be complete. To read the stream event by event the gateway asks for an uncomp
 compresses all the same is decoded here (capped) and sent on uncompressed. Only requests that offer tools are
 guarded, and only while a rule has a `tools` condition: everyone else's answer passes as before.
 
+A JSON answer the guard cannot judge (it does not decode, orjson does not read it though a client's parser might,
+the guard fails) is not forwarded: the client gets an error in its provider's shape, as a stream is cut.
+
 Each refusal is audited: decision `block` (a monitored rule: `monitor`), the rule, and a note naming the tool.
 """
 
@@ -100,16 +103,34 @@ class AnswerTools:
         # read here whatever Extract's parser made of it: a body too large for that parser is checked all the same
         if fmt is None or flow.response is None or flow.response.stream or flow.response.status_code != 200:
             return
+        judge = _Judge(self.policy, it, flow.request.headers)
         try:
             content = decode(flow.response.raw_content or b"", flow.response.headers.get("content-encoding"),
                              ctx.options.gateway_max_decoded_bytes)
             data = orjson.loads(content)
-        except (EncodingError, orjson.JSONDecodeError):
-            return  # Extract reads the same bytes the same way: what is not JSON here held no call for it either
-        judge = _Judge(self.policy, it, flow.request.headers)
-        if await off_loop(len(content), toolcalls.rewrite_body, fmt, data, judge):
-            flow.response.content = await off_loop(len(content), orjson.dumps, data)
+            changed = await off_loop(len(content), toolcalls.rewrite_body, fmt, data, judge)
+            rewritten = await off_loop(len(content), orjson.dumps, data) if changed else None
+        except EncodingError as e:
+            return _unjudged(flow, it, judge, f"the answer could not be decoded ({e})")
+        except orjson.JSONDecodeError as e:  # a client's parser may read it all the same (a BOM, NaN, a surrogate)
+            return _unjudged(flow, it, judge, f"the answer is not JSON the gateway reads ({e})")
+        except Exception as e:  # a guard bug must not pass an unjudged call on
+            log.exception("tool-call guard failed for %s", it.host)
+            return _unjudged(flow, it, judge, f"the tool-call guard failed ({type(e).__name__})")
+        if rewritten is not None:
+            flow.response.content = rewritten
         judge.record()
+
+
+def _unjudged(flow: http.HTTPFlow, it: Interaction, judge: _Judge, why: str) -> None:
+    """Fail closed: an answer whose calls could not be judged is not passed on; the client gets an error in its
+    provider's shape, the audit the reason."""
+    it.decide("block", f"answer refused, tool calls could not be checked: {why}")
+    judge.record()
+    text = enforcement.user_message("block", it.rule_id or "gateway", "The model's answer could not be checked "
+                                    "for the tool calls the policy forbids, so it was not passed on.", it.event_id)
+    reply = enforcement.api_error(enforcement.dialect(provider_of(it), it.service), text, it.event_id)
+    flow.response = http.Response.make(reply.status, reply.body, reply.headers)
 
 
 class _Judge:

@@ -90,7 +90,12 @@ def _chat_body(data: dict, judge: Judge) -> bool:
             (refusals if text else kept).append(text or tc)
         if refusals:
             changed = True
-            message["content"] = "\n\n".join(filter(None, [message.get("content"), *refusals]))
+            content = message.get("content")
+            if isinstance(content, list):  # parts (Mistral, on Vertex too): the refusals are text parts after them
+                message["content"] = [*content, *({"type": "text", "text": text} for text in refusals)]
+            else:
+                message["content"] = "\n\n".join(filter(None, [content if isinstance(content, str) else "",
+                                                                   *refusals]))
             if kept:
                 message["tool_calls"] = kept
             else:

@@ -5,6 +5,7 @@ call unchanged to the byte, and the text before a call goes on before the call h
 
 from __future__ import annotations
 
+import gzip
 import json
 import textwrap
 
@@ -415,3 +416,60 @@ def test_an_event_that_may_hold_a_call_and_does_not_parse_stops_the_stream(fmt):
     guard, out = guarded(fmt, text + bad + after)
     joined = b"".join(out)
     assert guard.broken and b"\\ud800" not in joined and joined.startswith(b"".join(text))
+
+
+# --- the addon on a JSON answer ------------------------------------------------------------------------------------
+
+def answered(pol, fmt: str, raw: bytes, encoding: str | None = None):
+    """The addon's response hook (real mitmproxy flow and options) on a 200 JSON answer; (flow, interaction)."""
+    import asyncio
+
+    from mitmproxy.test import taddons, tflow
+
+    from addons.extract import Extract
+    from addons.toolcalls import AnswerTools
+    from core.interaction import KEY, Interaction
+
+    parsed = parse(*REQUESTS[fmt], host=HOSTS[fmt], hints=(fmt.split("-")[0],))
+    it = Interaction(service=CATALOG.match(HOSTS[fmt]).service, client_addr="127.0.0.1", host=HOSTS[fmt],
+                     method="POST", path=REQUESTS[fmt][0], exchange=parsed.exchange)
+    it.stages.parsed = parsed
+    addon = AnswerTools()
+    with taddons.context(Extract(), addon):  # Extract's: the decoding cap
+        addon.policy, addon.active = pol, True
+        flow = tflow.tflow(resp=True)
+        flow.response.status_code = 200
+        flow.response.headers["content-type"] = "application/json"
+        if encoding:
+            flow.response.headers["content-encoding"] = encoding
+        flow.response.raw_content = raw
+        flow.metadata[KEY] = it
+        asyncio.run(addon.response(flow))
+    return flow, it
+
+
+def forbidden_chat(content) -> dict:
+    data = body(toolcalls.CHAT, "shell", {})
+    data["choices"][0]["message"]["content"] = content
+    return data
+
+
+def test_a_chat_answer_whose_content_is_a_list_of_parts_has_its_call_judged(pol):
+    flow, it = answered(pol, toolcalls.CHAT, orjson.dumps(forbidden_chat([{"type": "text", "text": "Let me."}])))
+    message = orjson.loads(flow.response.content)["choices"][0]["message"]
+    assert "tool_calls" not in message and message["content"][0] == {"type": "text", "text": "Let me."}
+    assert "No shell." in message["content"][1]["text"] and it.decision == "block" and it.rule_id == "no-shell"
+
+
+@pytest.mark.parametrize("raw,encoding,why", [
+    (b"\xef\xbb\xbf" + orjson.dumps(forbidden_chat("x")), None, "not JSON"),  # a BOM: json.loads(text) skips it
+    (orjson.dumps(forbidden_chat("x")).replace(b'"index":0', b'"index":0,"p":NaN'), None, "not JSON"),
+    (orjson.dumps(forbidden_chat("x")).replace(b'"x"', b'"\\ud800"'), None, "not JSON"),  # a lone surrogate
+    (gzip.compress(orjson.dumps(forbidden_chat("x")))[:-12], "gzip", "could not be decoded"),
+])
+def test_a_json_answer_that_cannot_be_judged_is_replaced_by_an_error(pol, raw, encoding, why):
+    """What orjson or the decoder refuses a client may read all the same: its call is not forwarded unjudged."""
+    flow, it = answered(pol, toolcalls.CHAT, raw, encoding)
+    assert flow.response.status_code == 403 and b"shell" not in flow.response.content
+    assert orjson.loads(flow.response.content)["error"]["code"] == "blocked_by_policy"
+    assert it.decision == "block" and why in it.reason
