@@ -3,8 +3,8 @@ refusal in the provider's own shapes, in a JSON answer and in a stream.
 
 An agent runs what the model answers, so a call the policy forbids must not reach it; but what replaces the call
 must be something the client already handles, or the agent crashes instead of going on: a text the model "said"
-(OpenAI chat: message content, `tool_calls` gone, `finish_reason: stop`; Responses: a message item instead of the
-function_call item; Anthropic: a text block instead of the tool_use block, `stop_reason: end_turn`; Gemini: a text
+(OpenAI chat: message content, `tool_calls` (or the legacy `function_call`) gone, `finish_reason: stop`;
+Responses: a message item instead of the function_call item; Anthropic: a text block instead of the tool_use block, `stop_reason: end_turn`; Gemini: a text
 part instead of the functionCall part; Bedrock Converse: a text block instead of the toolUse block,
 `stopReason: end_turn`). The finish reason says "tool calls" only while an allowed call is left.
 
@@ -75,11 +75,11 @@ def _chat_body(data: dict, judge: Judge) -> bool:
     changed = False
     for i, choice in enumerate(data.get("choices") or []):
         message = choice.get("message") if isinstance(choice, dict) else None
-        calls = message.get("tool_calls") if isinstance(message, dict) else None
-        if not isinstance(calls, list):
+        if not isinstance(message, dict):
             continue
+        calls = message.get("tool_calls")
         kept, refusals = [], []
-        for j, tc in enumerate(calls):
+        for j, tc in enumerate(calls if isinstance(calls, list) else ()):
             fn = tc.get("function") if isinstance(tc, dict) else None
             if not isinstance(fn, dict):
                 kept.append(tc)
@@ -88,6 +88,12 @@ def _chat_body(data: dict, judge: Judge) -> bool:
                                    ("choices", i, "message", "tool_calls", j, "function", "arguments"),
                                    str(tc.get("id", ""))))
             (refusals if text else kept).append(text or tc)
+        legacy = message.get("function_call")  # the deprecated single call, which clients still run
+        if isinstance(legacy, dict) and (text := judge(tool_call(
+                str(legacy.get("name", "")), str(legacy.get("arguments") or ""),
+                ("choices", i, "message", "function_call", "arguments"), ""))):
+            refusals.append(text)
+            del message["function_call"]
         if refusals:
             changed = True
             content = message.get("content")
@@ -98,11 +104,14 @@ def _chat_body(data: dict, judge: Judge) -> bool:
                                                                    *refusals]))
             if kept:
                 message["tool_calls"] = kept
-            else:
+            elif isinstance(calls, list):
                 del message["tool_calls"]
-                if choice.get("finish_reason") == "tool_calls":
-                    choice["finish_reason"] = "stop"
+            if not kept and "function_call" not in message and choice.get("finish_reason") in CHAT_CALL_FINISHES:
+                choice["finish_reason"] = "stop"
     return changed
+
+
+CHAT_CALL_FINISHES = ("tool_calls", "function_call")  # a chat finish reason that says the answer is calls
 
 
 def _responses_body(data: dict, judge: Judge) -> bool:
@@ -340,7 +349,8 @@ class SseGuard(StreamGuard):
 class ChatGuard(SseGuard):
     """OpenAI chat completions (`choices[].delta.tool_calls[]` by index, `finish_reason`, `[DONE]`)."""
 
-    marker = (b"tool_calls",)
+    marker = (b"tool_calls", b"function_call")
+    LEGACY = -1  # the call index of a legacy `delta.function_call` (one per choice, no index of its own)
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
         super().__init__(judge, max_call_bytes)
@@ -359,23 +369,26 @@ class ChatGuard(SseGuard):
     def event(self, raw: bytes, name: str, data: dict) -> bytes:
         self.template = {k: data[k] for k in ("id", "object", "created", "model", "system_fingerprint") if k in data}
         choices = [c for c in data.get("choices") or [] if isinstance(c, dict)]
-        pieces = [(int(c.get("index", 0)), tc) for c in choices
-                  for tc in (c.get("delta") or {}).get("tool_calls") or [] if isinstance(tc, dict)]
+        pieces = []  # ((choice, call index), the piece's {name, arguments}, its id)
+        for c in choices:
+            ci, delta = int(c.get("index", 0)), c.get("delta") or {}
+            pieces += [((ci, int(tc.get("index", 0))), tc.get("function") or {}, tc.get("id"))
+                       for tc in delta.get("tool_calls") or [] if isinstance(tc, dict)]
+            if isinstance(delta.get("function_call"), dict):
+                pieces.append(((ci, self.LEGACY), delta["function_call"], None))
         finished = [int(c.get("index", 0)) for c in choices if c.get("finish_reason")]
         out = []
         if pieces:
             live = False
-            for ci, tc in pieces:
-                key = (ci, int(tc.get("index", 0)))
+            for key, fn, call_id in pieces:
                 if key in self.done:
                     continue  # a piece after the call was judged: the client never gets more than was judged
                 held = self.pending.get(key)
                 if held is None:
                     held = self.pending[key] = _Held(end=_JsonEnd())
                     self.batch_keys.append(key)
-                fn = tc.get("function") or {}
                 held.name += str(fn.get("name") or "")
-                held.id = held.id or str(tc.get("id") or "")
+                held.id = held.id or str(call_id or "")
                 piece = str(fn.get("arguments") or "")
                 held.arguments += piece
                 held.size += len(raw)
@@ -436,8 +449,9 @@ class ChatGuard(SseGuard):
             if text is None:
                 n = self.allowed.get(ci, 0)
                 self.allowed[ci] = n + 1
-                delta = {"tool_calls": [{"index": n, "id": h.id, "type": "function",
-                                         "function": {"name": h.name, "arguments": h.arguments}}]}
+                fn = {"name": h.name, "arguments": h.arguments}
+                delta = {"function_call": fn} if key[1] == self.LEGACY else {
+                    "tool_calls": [{"index": n, "id": h.id, "type": "function", "function": fn}]}
             else:
                 self.refusals[ci] = self.refusals.get(ci, 0) + 1
                 delta = {"role": "assistant", "content": text}
@@ -445,8 +459,10 @@ class ChatGuard(SseGuard):
         return b"".join(out)
 
     def _finish_event(self, finished: list[int], data: dict, raw: bytes | None = None) -> bytes:
-        """`finish_reason: tool_calls` becomes `stop` for a choice whose every call was refused."""
-        stale = [c for c in data.get("choices") or [] if isinstance(c, dict) and c.get("finish_reason") == "tool_calls"
+        """`finish_reason: tool_calls` (or `function_call`) becomes `stop` for a choice whose every call was
+        refused."""
+        stale = [c for c in data.get("choices") or [] if isinstance(c, dict)
+                 and c.get("finish_reason") in CHAT_CALL_FINISHES
                  and self.refusals.get(int(c.get("index", 0))) and not self.allowed.get(int(c.get("index", 0)))]
         if raw is not None and not stale:
             return raw

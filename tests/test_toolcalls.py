@@ -473,3 +473,43 @@ def test_a_json_answer_that_cannot_be_judged_is_replaced_by_an_error(pol, raw, e
     assert flow.response.status_code == 403 and b"shell" not in flow.response.content
     assert orjson.loads(flow.response.content)["error"]["code"] == "blocked_by_policy"
     assert it.decision == "block" and why in it.reason
+
+
+# --- legacy chat function_call -------------------------------------------------------------------------------------
+
+def legacy_answer(command: str) -> dict:
+    return {"id": "c1", "object": "chat.completion", "model": "gpt-4o", "choices": [{"index": 0, "message": {
+        "role": "assistant", "content": None, "function_call": {"name": "run", "arguments": json.dumps(
+            {"command": command})}}, "finish_reason": "function_call"}]}
+
+
+def test_chat_a_legacy_function_call_in_a_json_answer_is_judged():
+    data = legacy_answer("rm -rf /")
+    assert toolcalls.rewrite_body(toolcalls.CHAT, data, judge)
+    choice = data["choices"][0]
+    assert "function_call" not in choice["message"] and choice["message"]["content"] == f"{REFUSAL} run"
+    assert choice["finish_reason"] == "stop"
+    allowed = legacy_answer("ls")
+    assert not toolcalls.rewrite_body(toolcalls.CHAT, allowed, judge) and allowed == legacy_answer("ls")
+
+
+@pytest.mark.parametrize("command,refused", [("rm -rf /", True), ("ls", False)])
+@pytest.mark.parametrize("step", [0, 5])
+def test_chat_a_streamed_legacy_function_call_is_judged(command, refused, step):
+    def chunk(delta, finish=None):
+        return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    text = json.dumps({"command": command})
+    events = sse(chunk({"role": "assistant", "content": None, "function_call": {"name": "run", "arguments": ""}}),
+                 chunk({"function_call": {"arguments": text[:9]}}), chunk({"function_call": {"arguments": text[9:]}}),
+                 chunk({}, "function_call")) + [b"data: [DONE]\n\n"]
+    guard, out = guarded(toolcalls.CHAT, events, step)
+    joined = b"".join(out)
+    if not refused:
+        assert joined == b"".join(events)
+        return
+    decoded = [orjson.loads(e[6:]) for e in joined.split(b"\n\n") if e.startswith(b"data: {")]
+    deltas = [c["delta"] for e in decoded for c in e["choices"]]
+    assert not any("function_call" in d for d in deltas) and b"rm -rf" not in joined
+    assert "".join(d.get("content") or "" for d in deltas) == f"{REFUSAL} run"
+    assert [c["finish_reason"] for e in decoded for c in e["choices"] if c["finish_reason"]] == ["stop"]
