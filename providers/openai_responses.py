@@ -17,6 +17,9 @@ from providers.openai_chat import (common, event_object, function_tools, json_re
 from providers.uploads import base64_attachment
 
 _TEXT_PARTS = ("input_text", "output_text", "text", "refusal")
+#: Items of a call the client runs (providers/toolcalls.py judges them in answers); an mcp_call ran at the provider.
+CLIENT_CALL_ITEMS = ("function_call", "custom_tool_call", "local_shell_call", "shell_call", "computer_call",
+                     "apply_patch_call")
 #: Input items that carry no text of the user's (model reasoning, references to stored items, hosted tool state).
 _SILENT_ITEMS = {"reasoning", "item_reference", "compaction", "web_search_call", "file_search_call",
                  "image_generation_call", "code_interpreter_call", "mcp_list_tools", "mcp_approval_response"}
@@ -57,8 +60,7 @@ def _items(items: list[Any], path: JsonPath, exchange: Exchange) -> None:
         kind = item.get("type") or ("message" if "role" in item else "")
         if kind == "message":
             _message(item, here, exchange)
-        elif kind in ("function_call", "custom_tool_call", "local_shell_call", "shell_call", "computer_call",
-                      "mcp_call", "apply_patch_call"):
+        elif kind in CLIENT_CALL_ITEMS or kind == "mcp_call":
             key = "arguments" if "arguments" in item else "input"
             args = item.get(key)
             exchange.messages.append(Message(role="assistant", tool_calls=[with_leaves(ToolCall(
