@@ -21,13 +21,11 @@ import logging
 from mitmproxy import ctx, http
 
 from core.interaction import KEY, Interaction
-from dlp.answer import StreamedAnswer
+from dlp.answer import StreamedAnswer, framing_of
 from dlp.injection import LinkStripper
 from providers.encoding import EncodingError, decode
 
 log = logging.getLogger(__name__)
-
-NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/stream+json")
 
 
 class StripLinks:
@@ -54,9 +52,9 @@ class StripLinks:
         if not ctx.options.gateway_strip_exfiltration_links or flow.response is None or tap is None \
                 or flow.response.stream is not tap:
             return
-        content_type = flow.response.headers.get("content-type", "").split(";")[0].strip().lower()
-        framing = "sse" if content_type == "text/event-stream" else "ndjson" if content_type in NDJSON_TYPES else ""
-        if not framing or flow.response.headers.get("content-encoding", "identity").lower() != "identity":
+        content_type, framing = framing_of(flow.response.headers.get("content-type", ""),
+                                           flow.response.headers.get("content-encoding", "identity"))
+        if not framing:
             it.exchange.warn(f"exfiltration links not removed from the answer: {content_type or 'untyped'} stream "
                              f"is not readable event by event")
             return

@@ -29,7 +29,7 @@ from mitmproxy import ctx, http
 
 from addons.decide import refuse
 from core.interaction import KEY, Interaction
-from dlp.answer import Restorer, StreamedAnswer
+from dlp.answer import Restorer, StreamedAnswer, framing_of
 from dlp.redact import Placeholders, redact_json, unredactable
 from providers.encoding import EncodingError, decode
 
@@ -92,11 +92,12 @@ class Redact:
         placeholders = it.stages.placeholders if it is not None else None
         if placeholders is None or flow.response is None or not flow.response.stream:
             return
-        content_type = flow.response.headers.get("content-type", "").split(";")[0].strip().lower()
-        framing = "sse" if content_type == "text/event-stream" else "ndjson" if content_type in NDJSON_TYPES else ""
-        if not framing or flow.response.headers.get("content-encoding", "identity").lower() != "identity":
+        content_type, framing = framing_of(flow.response.headers.get("content-type", ""),
+                                           flow.response.headers.get("content-encoding", "identity"))
+        if not framing:
+            compressed = framing_of(content_type)[1]  # readable, were it not compressed
             it.exchange.warn(f"placeholders not restored in the answer: {content_type or 'untyped'} stream"
-                             f"{' (compressed)' if framing else ''} is not readable event by event")
+                             f"{' (compressed)' if compressed else ''} is not readable event by event")
             return
         answer = it.stages.restoring = StreamedAnswer(_restorer(placeholders), framing)
         restore = _RestoringStream(answer)
@@ -125,7 +126,6 @@ class Redact:
             flow.response.content = _restorer(placeholders).json_body(content)
 
 
-NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/stream+json")
 
 
 def _restorer(placeholders) -> Restorer:
