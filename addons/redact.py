@@ -36,7 +36,6 @@ from providers.encoding import EncodingError, decode
 log = logging.getLogger(__name__)
 
 
-
 class Redact:
     def request(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
@@ -124,7 +123,6 @@ class Redact:
             return
         if content:
             flow.response.content = _restorer(placeholders).json_body(content)
-
 
 
 
