@@ -4,16 +4,17 @@ refusal in the provider's own shapes, in a JSON answer and in a stream.
 An agent runs what the model answers, so a call the policy forbids must not reach it; but what replaces the call
 must be something the client already handles, or the agent crashes instead of going on: a text the model "said"
 (OpenAI chat: message content, `tool_calls` (or the legacy `function_call`) gone, `finish_reason: stop`;
-Responses: a message item instead of the function_call item; Anthropic: a text block instead of the tool_use block, `stop_reason: end_turn`; Gemini: a text
-part instead of the functionCall part; Bedrock Converse: a text block instead of the toolUse block,
-`stopReason: end_turn`). The finish reason says "tool calls" only while an allowed call is left.
+Responses: a message item instead of the call item; Anthropic: a text block instead of the tool_use block,
+`stop_reason: end_turn`; Gemini: a text part instead of the functionCall part; Bedrock Converse: a text block
+instead of the toolUse block, `stopReason: end_turn`). The finish reason says "tool calls" only while an allowed
+call is left.
 
 Streams are not held back: an event that is not part of a tool call goes on as soon as it is complete (an SSE event
 or an AWS event-stream frame is the smallest unit a client reads anyway). Only the events of a tool call are held,
 until the call is complete (OpenAI chat: its arguments' JSON closed; Responses: its `output_item.done`; Anthropic,
 Claude on Bedrock's InvokeModel stream and Converse: its block's stop; Gemini sends a call whole in one event).
-Then they go on unchanged when the call is allowed, or refusal events take their place. A call that never completes before the
-stream ends, or while the events held (of all the calls held at once) outgrow `max_call_bytes`, is refused too:
+Then they go on unchanged when the call is allowed, or refusal events take their place. A call that never completes
+before the stream ends, or while the events held (of all the calls held at once) outgrow `max_call_bytes`, is refused too:
 nothing is held without bound, and what could not be judged does not reach the agent.
 
 `judge(call) -> refusal text | None` is the policy's (addons/toolcalls.py); everything here is pure: no mitmproxy.
@@ -34,6 +35,7 @@ import orjson
 from core.exchange import ToolCall
 from providers import bedrock, eventstream
 from providers.base import tool_call
+from providers.openai_responses import CLIENT_CALL_ITEMS
 
 Judge = Callable[[ToolCall], "str | None"]
 MAX_CALL_BYTES = 1 << 20  # events of streamed tool calls held at once, by default
@@ -124,11 +126,26 @@ def _responses_body(data: dict, judge: Judge) -> bool:
 
 
 def _responses_call(item: Any, path: tuple) -> ToolCall | None:
-    if not isinstance(item, dict) or item.get("type") not in ("function_call", "custom_tool_call"):
+    if not isinstance(item, dict) or item.get("type") not in CLIENT_CALL_ITEMS:
         return None
-    args = item.get("arguments", item.get("input"))
-    return tool_call(str(item.get("name", "")), "" if args is None else str(args), (*path, "arguments"),
-                     str(item.get("call_id", "")))
+    key, args = _responses_args(item)
+    return tool_call(_responses_name(item), args, (*path, key), str(item.get("call_id", "")))
+
+
+def _responses_name(item: dict) -> str:
+    """A call item's tool name: a function's own, else the built-in tool's as the request's definitions name it, by
+    its type (`local_shell`, `shell`, `apply_patch`, `computer`): a shell, computer or patch call has no name."""
+    return str(item.get("name") or str(item.get("type") or "").removesuffix("_call"))
+
+
+def _responses_args(item: dict) -> tuple[str, Any]:
+    """Where a call item's arguments are and what they are: a function's JSON text, a custom tool's input, the
+    action of a shell or computer call, the operation of a patch."""
+    for key in ("arguments", "input", "action", "operation"):
+        if key in item:
+            value = item[key]
+            return key, "" if value is None else value if isinstance(value, (dict, list)) else str(value)
+    return "arguments", ""
 
 
 def responses_message(item: dict, text: str, status: str = "completed") -> dict:
@@ -597,15 +614,12 @@ class AnthropicGuard(_BlockCalls, SseGuard):
 
 
 class ResponsesGuard(_BlockCalls, SseGuard):
-    """OpenAI Responses: a function_call item's events, `output_item.added` to `output_item.done`, are held; a
-    refused one is replaced by a message item's events at the same output index, and the final response's
-    `output` says the same."""
+    """OpenAI Responses: a call item's events (a function's, a custom tool's, a shell, computer or patch call's),
+    `output_item.added` to `output_item.done`, are held; a refused one is replaced by a message item's events at
+    the same output index, and the final response's `output` says the same."""
 
-    marker = (b"function_call", b"custom_tool_call", b"response.completed", b"response.incomplete",
-              b"response.failed")
-    CALLS = ("function_call", "custom_tool_call")
-    ITEM_EVENTS = ("response.function_call_arguments.delta", "response.function_call_arguments.done",
-                   "response.custom_tool_call_input.delta", "response.custom_tool_call_input.done")
+    CALLS = CLIENT_CALL_ITEMS
+    marker = (*(c.encode() for c in CALLS), b"response.completed", b"response.incomplete", b"response.failed")
     FINAL = ("response.completed", "response.incomplete", "response.failed")
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
@@ -619,17 +633,19 @@ class ResponsesGuard(_BlockCalls, SseGuard):
         index = data.get("output_index")
         item = data.get("item") if isinstance(data.get("item"), dict) else {}
         if kind == "response.output_item.added" and item.get("type") in self.CALLS:
-            held = _Held(str(item.get("name", "")), str(item.get("call_id", "")), extra={"item": item})
+            held = _Held(_responses_name(item), str(item.get("call_id", "")), extra={"item": item})
             return self._open(index, held, raw)
-        item_event = kind in self.ITEM_EVENTS or kind == "response.output_item.done"
+        # every event of a call's item is held (a patch's diff deltas, a shell call's command deltas too)
+        item_event = index is not None and kind not in self.FINAL
         if item_event and self._dropping(index, kind == "response.output_item.done"):
             return b""
-        if index in self.pending and kind in self.ITEM_EVENTS:
+        if index in self.pending and item_event and kind != "response.output_item.done":
             return self._add(index, raw)
         if index in self.pending and kind == "response.output_item.done":
             held = self.pending[index]
-            args = item.get("arguments", item.get("input"))
-            held.name, held.arguments = str(item.get("name") or held.name), "" if args is None else str(args)
+            _, args = _responses_args(item)
+            held.name = _responses_name(item) or held.name
+            held.arguments = args if isinstance(args, str) else json.dumps(args)
             held.extra["item"] = item
             return self._close(index, raw)
         if kind in self.FINAL and isinstance(data.get("response"), dict):

@@ -513,3 +513,49 @@ def test_chat_a_streamed_legacy_function_call_is_judged(command, refused, step):
     assert not any("function_call" in d for d in deltas) and b"rm -rf" not in joined
     assert "".join(d.get("content") or "" for d in deltas) == f"{REFUSAL} run"
     assert [c["finish_reason"] for e in decoded for c in e["choices"] if c["finish_reason"]] == ["stop"]
+
+
+# --- Responses items of calls the client runs that are not functions ---------------------------------------------
+
+CLIENT_ITEMS = {
+    "local_shell_call": {"type": "local_shell_call", "id": "lsh_1", "call_id": "call_1", "status": "completed",
+                         "action": {"type": "exec", "command": ["rm", "-rf", "/"], "env": {}}},
+    "shell_call": {"type": "shell_call", "id": "sh_1", "call_id": "call_1", "status": "completed",
+                   "action": {"commands": ["rm -rf /"], "timeout_ms": 1000}},
+    "apply_patch_call": {"type": "apply_patch_call", "id": "ap_1", "call_id": "call_1", "status": "completed",
+                         "operation": {"type": "delete_file", "path": "/etc/passwd"}},
+    "computer_call": {"type": "computer_call", "id": "cu_1", "call_id": "call_1", "status": "completed",
+                      "action": {"type": "click", "x": 1, "y": 2, "button": "left"}, "pending_safety_checks": []},
+}
+
+
+def judge_by_type(call: ToolCall) -> str | None:
+    """Forbids the built-in tools (named as their definitions in a request are: by type) when their arguments were
+    read."""
+    return f"{REFUSAL} {call.name}" if f"{call.name}_call" in CLIENT_ITEMS and call.value else None
+
+
+@pytest.mark.parametrize("kind", list(CLIENT_ITEMS))
+def test_responses_a_client_run_call_item_in_a_json_answer_is_judged_by_its_type(kind):
+    data = body(toolcalls.RESPONSES, "run", {})
+    data["output"][1] = dict(CLIENT_ITEMS[kind])
+    assert toolcalls.rewrite_body(toolcalls.RESPONSES, data, judge_by_type)
+    assert data["output"][1]["type"] == "message" and f"{REFUSAL} {kind[:-5]}" in orjson.dumps(data).decode()
+
+
+@pytest.mark.parametrize("kind", list(CLIENT_ITEMS))
+def test_responses_a_streamed_client_run_call_item_is_held_and_refused(kind):
+    done = CLIENT_ITEMS[kind]
+    added = {**done, "status": "in_progress"}
+    events = sse({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": added},
+                 {"type": f"response.{kind}_operation.delta", "sequence_number": 2, "output_index": 0,
+                  "item_id": done["id"], "delta": "SECRET-PIECE"},
+                 {"type": "response.output_item.done", "sequence_number": 3, "output_index": 0, "item": done},
+                 {"type": "response.completed", "sequence_number": 4, "response": {
+                     "id": "resp_1", "status": "completed", "model": "gpt-4o", "output": [done]}}, named=True)
+    guard = toolcalls.stream_guard(toolcalls.RESPONSES, "text/event-stream", judge_by_type)
+    joined = b"".join([guard.feed(e) for e in events] + [guard.finish()])
+    decoded = [orjson.loads(e.split(b"data: ", 1)[1]) for e in joined.split(b"\n\n") if b"data: " in e]
+    items = [d["item"] for d in decoded if "item" in d] + decoded[-1]["response"]["output"]
+    assert {i["type"] for i in items} == {"message"} and b"SECRET-PIECE" not in joined
+    assert f"{REFUSAL} {kind[:-5]}".encode() in joined and decoded[-1]["type"] == "response.completed"
