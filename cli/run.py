@@ -7,12 +7,17 @@ proxy processes share (storage/writer.py), answers `gateway audit ...` and serve
 (addons/metrics.py). mitmproxy binds its listen socket itself and does not share a port; every proxy process runs
 on an event loop whose servers set SO_REUSEPORT, so the kernel spreads incoming connections over the processes
 (Linux balances a port's SO_REUSEPORT sockets by connection) and mitmproxy's own binding code is untouched. A proxy
-or audit process that dies is started again; one that fails before it is up stops the gateway with its error.
+or audit process that dies is started again; one that fails on its first start stops the gateway with its error.
+A replacement that fails before it is up (an operator's rules edit is broken: the running processes keep the last
+good rules, a fresh one refuses them) is tried again after a growing pause, counted against MAX_RESTARTS, so one
+broken edit does not stop a gateway that serves. Every child dies with the supervisor (Linux: PR_SET_PDEATHSIG), so
+a supervisor killed outright leaves no proxy process holding the port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -20,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import time
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -95,6 +101,9 @@ PROXY_PROCESS = {"gateway_audit_role": "spool", "gateway_metrics": ""}
 AUDIT_PROCESS = {"gateway_audit_role": "ship", "gateway_rules_recognizers": False}
 #: Restarts of one process within RESTART_WINDOW seconds after which the supervisor gives up.
 MAX_RESTARTS, RESTART_WINDOW = 5, 60.0
+#: The pause before trying again a replacement that failed before it was up, doubled each time up to the last.
+RETRY_PAUSE, MAX_RETRY_PAUSE = 0.5, 8.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Supervisor:
@@ -117,6 +126,9 @@ class Supervisor:
         self.processes: dict[str, multiprocessing.Process] = {}
         self.ready: dict[str, object] = {}
         self.restarts: dict[str, list[float]] = {}
+        self.up: set[str] = set()  # the names whose process was once up: a failed start is no longer fatal
+        self.failed: dict[str, int] = {}  # replacements that failed in a row, for the pause before the next
+        self.pending: dict[str, float] = {}  # a name whose next start waits, and when it is due (monotonic)
         self.stopping = False
 
     def run(self) -> None:
@@ -127,17 +139,13 @@ class Supervisor:
             self._start("proxy 1")
             # the others once the first is past its checks: a bad option or script is then reported once
             while not self.ready["proxy 1"].wait(0.1) and not self.stopping:
-                for name, process in list(self.processes.items()):
-                    if not process.is_alive():
-                        self._replace(name, process)
+                self._tend()
             for i in range(2, self.workers + 1 if not self.stopping else 2):
                 self._start(f"proxy {i}")
             _banner(self.values, f"{self.workers} proxy processes and an audit process")
             while not self.stopping:
                 wait([p.sentinel for p in self.processes.values()], timeout=0.5)
-                for name, process in list(self.processes.items()):
-                    if not process.is_alive() and not self.stopping:
-                        self._replace(name, process)
+                self._tend()
         finally:
             self._shutdown()
 
@@ -151,11 +159,25 @@ class Supervisor:
         process.start()
         self.processes[name], self.ready[name] = process, ready
 
+    def _tend(self) -> None:
+        """Start again each process that died, and each replacement whose pause is over."""
+        now = time.monotonic()
+        for name, due in list(self.pending.items()):
+            if now >= due and not self.stopping:
+                del self.pending[name]
+                self._start(name)
+        for name, process in list(self.processes.items()):
+            if not process.is_alive() and not self.stopping:
+                self._replace(name, process)
+
     def _replace(self, name: str, process: multiprocessing.Process) -> None:
         now = time.monotonic()
         recent = [t for t in self.restarts.get(name, []) if now - t < RESTART_WINDOW] + [now]
         self.restarts[name] = recent
-        if not self.ready[name].is_set():  # its own error is above
+        if self.ready[name].is_set():
+            self.up.add(name)
+            self.failed[name] = 0
+        elif name not in self.up:  # its first start: its own error is above
             self._shutdown()
             if process.exitcode and process.exitcode > 0:
                 raise SystemExit(process.exitcode)
@@ -163,9 +185,18 @@ class Supervisor:
         if len(recent) > MAX_RESTARTS:
             self._shutdown()
             fail(f"{name} process exited {len(recent)} times in {RESTART_WINDOW:.0f}s: giving up")
-        click.echo(f"{name} process {process.pid} exited with code {process.exitcode}: starting another",
-                   err=True)
-        self._start(name)
+        if self.ready[name].is_set():
+            click.echo(f"{name} process {process.pid} exited with code {process.exitcode}: starting another",
+                       err=True)
+            self._start(name)
+            return
+        # a replacement that failed before it was up (its error is above): the others serve meanwhile
+        self.failed[name] = self.failed.get(name, 0) + 1
+        pause = min(MAX_RETRY_PAUSE, RETRY_PAUSE * 2 ** (self.failed[name] - 1))
+        click.echo(f"{name} process {process.pid} failed to start (exit code {process.exitcode}): trying again "
+                   f"in {pause:.1f}s", err=True)
+        del self.processes[name]
+        self.pending[name] = now + pause
 
     def _stop(self, *_) -> None:
         self.stopping = True
@@ -208,14 +239,27 @@ class SharedPortLoop(asyncio.SelectorEventLoop):
         return await super().create_server(*args, reuse_port=True if reuse_port is None else reuse_port, **kwargs)
 
 
+def die_with_parent() -> None:
+    """A child of the supervisor is sent SIGTERM (the supervisor's own way to stop it) when the supervisor dies,
+    even by SIGKILL, so that no proxy process is left holding the listen port. Linux only (prctl)."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def proxy_process(name: str, values: dict, sets: tuple[str, ...], ready) -> None:
     """One proxy process of several (spawned by Supervisor)."""
+    die_with_parent()
     asyncio.run(_serve(values, sets, name=name, forced=PROXY_PROCESS, ready=ready), loop_factory=SharedPortLoop)
 
 
 def audit_process(values: dict, sets: tuple[str, ...], ready) -> None:
     """The audit process (spawned by Supervisor): the store, the shared spool's shipper, the admin socket and
     /metrics (with /ready and the PAC file), and no proxy."""
+    die_with_parent()
     asyncio.run(_ship(values, sets, ready))
 
 
