@@ -14,8 +14,8 @@ or an AWS event-stream frame is the smallest unit a client reads anyway). Only t
 until the call is complete (OpenAI chat: its arguments' JSON closed; Responses: its `output_item.done`; Anthropic,
 Claude on Bedrock's InvokeModel stream and Converse: its block's stop; Gemini sends a call whole in one event).
 Then they go on unchanged when the call is allowed, or refusal events take their place. A call that never completes
-before the stream ends, or while the events held (of all the calls held at once) outgrow `max_call_bytes`, is refused too:
-nothing is held without bound, and what could not be judged does not reach the agent.
+before the stream ends, or while the events held (of all the calls held at once) outgrow `max_call_bytes`, is
+refused too: nothing is held without bound, and what could not be judged does not reach the agent.
 
 `judge(call) -> refusal text | None` is the policy's (addons/toolcalls.py); everything here is pure: no mitmproxy.
 """
