@@ -101,8 +101,9 @@ PROXY_PROCESS = {"gateway_audit_role": "spool", "gateway_metrics": ""}
 AUDIT_PROCESS = {"gateway_audit_role": "ship", "gateway_rules_recognizers": False}
 #: Restarts of one process within RESTART_WINDOW seconds after which the supervisor gives up.
 MAX_RESTARTS, RESTART_WINDOW = 5, 60.0
-#: The pause before trying again a replacement that failed before it was up, doubled each time up to the last.
-RETRY_PAUSE, MAX_RETRY_PAUSE = 0.5, 8.0
+#: The pause before trying again a replacement that failed before it was up, doubled each time up to the last:
+#: with MAX_RESTARTS, a replacement that keeps failing (a broken rules edit) is tried for about 30s.
+RETRY_PAUSE, MAX_RETRY_PAUSE = 1.0, 16.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
