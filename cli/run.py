@@ -136,11 +136,13 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._stop)
         try:
-            self._start("audit")
             self._start("proxy 1")
-            # the others once the first is past its checks: a bad option or script is then reported once
+            # the others, the audit process too, once the first is past its checks: a bad option, script or rules
+            # file is then reported once (the proxy processes spool meanwhile; the audit process ships later)
             while not self.ready["proxy 1"].wait(0.1) and not self.stopping:
                 self._tend()
+            if not self.stopping:
+                self._start("audit")
             for i in range(2, self.workers + 1 if not self.stopping else 2):
                 self._start(f"proxy {i}")
             _banner(self.values, f"{self.workers} proxy processes and an audit process")
