@@ -257,6 +257,8 @@ class StreamGuard:
     `refused` lists (call name, why) for calls refused for what they are not (incomplete, oversized); calls the
     policy refused went through `judge`, which records them."""
 
+    marker: tuple[bytes, ...] = ()  # what an event that may hold a tool call (or its stop reason) holds
+
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
         self.judge = judge
         self.max_call_bytes = max_call_bytes
@@ -268,6 +270,21 @@ class StreamGuard:
 
     def finish(self) -> bytes:
         raise NotImplementedError
+
+    def _holds_marker(self, data: bytes) -> bool:
+        """May this event hold a call: a `marker` in it, or a `\\u` escape, which could spell one? Only those are
+        parsed at all: the others go on as they are."""
+        return b"\\u" in data or any(m in data for m in self.marker)
+
+    def _loads(self, text: bytes | str) -> Any:
+        """The JSON of an event that may hold a call. One that does not parse stops the stream (`broken`; the
+        caller passes nothing on): a client's parser may read what orjson does not (a lone surrogate, NaN), and a
+        call in it with it."""
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            self.broken = "an event that may hold a tool call and does not parse"
+            return None
 
     def _verdict(self, held: _Held, value: Any) -> str | None:
         """The refusal text for a complete call, None to let it through."""
@@ -288,11 +305,7 @@ _SSE_LINE = re.compile(r"\r\n|\r|\n")
 
 class SseGuard(StreamGuard):
     """SSE framing: complete events (raw bytes kept) go to `event(raw, name, data)` when their data is a JSON
-    object. Only events holding `marker` (or a `\\u` escape, which could spell it) are parsed at all: the others
-    go on as they are; one that holds it and does not parse stops the stream (`broken`), as a client's parser may
-    read a call in it all the same."""
-
-    marker: tuple[bytes, ...] = ()
+    object that may hold a call (`_holds_marker`, `_loads`)."""
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
         super().__init__(judge, max_call_bytes)
@@ -329,7 +342,7 @@ class SseGuard(StreamGuard):
     def _event(self, raw: bytes, newline: bytes) -> bytes:
         if newline:
             self.newline = newline
-        if b"\\u" not in raw and not any(m in raw for m in self.marker):  # a key may be written with escapes
+        if not self._holds_marker(raw):
             return raw
         name, data = "", []
         for line in _SSE_LINE.split(raw.decode("utf-8", "replace")):
@@ -341,11 +354,8 @@ class SseGuard(StreamGuard):
                 name = value
         if not data:
             return raw
-        try:
-            payload = orjson.loads("\n".join(data))
-        except orjson.JSONDecodeError:
-            # a client's parser may read what orjson does not (a lone surrogate, NaN): a call in it is not passed on
-            self.broken = "an event that may hold a tool call and does not parse"
+        payload = self._loads("\n".join(data))
+        if self.broken:
             return b""
         return self.event(raw, name, payload) if isinstance(payload, dict) else raw
 
@@ -692,7 +702,8 @@ class GeminiGuard(SseGuard):
 
 class _EventStreamFraming:
     """AWS event-stream framing (Bedrock's streams): complete frames, raw bytes kept, go to `_frame(raw, message)`.
-    A frame that does not decode (a wrong length or CRC) stops the stream there: botocore would fail on it too."""
+    A frame that does not decode (a wrong length or CRC) stops the stream there: botocore would fail on it too; so
+    does a frame of a kind that may hold a call whose payload does not read, as an unreadable SSE event does."""
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
         super().__init__(judge, max_call_bytes)
@@ -718,6 +729,8 @@ class _EventStreamFraming:
                 self.broken = f"an unreadable frame ({self.decoder.error or 'no message'})"
                 break
             out.append(self._frame(raw, messages[0]))
+            if self.broken:
+                break
         if self.broken:
             self.frames.clear()
             out.append(self.end())
@@ -738,10 +751,9 @@ class ConverseGuard(_EventStreamFraming, _BlockCalls, StreamGuard):
         kind = message.event_type
         if kind not in self.EVENTS:
             return raw
-        try:
-            data = orjson.loads(message.payload)
-        except orjson.JSONDecodeError:
-            return raw
+        data = self._loads(message.payload)
+        if self.broken:
+            return b""
         if not isinstance(data, dict):
             return raw
         index = data.get("contentBlockIndex")
@@ -774,10 +786,16 @@ class BedrockAnthropicGuard(_EventStreamFraming, AnthropicGuard):
     def _frame(self, raw: bytes, message: eventstream.EventMessage) -> bytes:
         if message.event_type != "chunk":
             return raw
-        try:
-            data = orjson.loads(base64.b64decode(orjson.loads(message.payload).get("bytes") or "", validate=True))
-        except (binascii.Error, ValueError, AttributeError, orjson.JSONDecodeError):
+        try:  # the event, base64 in a JSON payload: a chunk that does not read that far may hold anything
+            event = base64.b64decode(orjson.loads(message.payload).get("bytes") or "", validate=True)
+        except (binascii.Error, ValueError, AttributeError, TypeError):
+            self.broken = "a chunk frame that may hold a tool call and does not read"
+            return b""
+        if not self._holds_marker(event):
             return raw
+        data = self._loads(event)
+        if self.broken:
+            return b""
         return self.event(raw, "", data) if isinstance(data, dict) else raw
 
     def sse(self, payload: dict, name: str = "") -> bytes:

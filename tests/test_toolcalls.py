@@ -5,6 +5,7 @@ call unchanged to the byte, and the text before a call goes on before the call h
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import textwrap
@@ -416,6 +417,30 @@ def test_an_event_that_may_hold_a_call_and_does_not_parse_stops_the_stream(fmt):
     guard, out = guarded(fmt, text + bad + after)
     joined = b"".join(out)
     assert guard.broken and b"\\ud800" not in joined and joined.startswith(b"".join(text))
+
+
+def event_frame(event_type: str, payload: bytes) -> bytes:
+    return es.frame({":message-type": "event", ":event-type": event_type, ":content-type": "application/json"},
+                    payload)
+
+
+UNREADABLE_FRAMES = {  # each where a call would be; orjson refuses a lone surrogate the SDKs' json.loads accepts
+    "converse-start-not-json": (toolcalls.CONVERSE, event_frame("contentBlockStart", (
+        b'{"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "t", "name": "shell\\ud800"}}}'))),
+    "chunk-payload-not-json": (toolcalls.BEDROCK_ANTHROPIC, event_frame("chunk", b'{"bytes": ')),
+    "chunk-bytes-not-base64": (toolcalls.BEDROCK_ANTHROPIC, es.event("chunk", {"bytes": "{not base64}"})),
+    "chunk-event-not-json": (toolcalls.BEDROCK_ANTHROPIC, es.event("chunk", {"bytes": base64.b64encode(
+        b'{"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t", '
+        b'"name": "shell\\ud800", "input": {}}}').decode()})),
+}
+
+
+@pytest.mark.parametrize("fmt,bad", UNREADABLE_FRAMES.values(), ids=list(UNREADABLE_FRAMES))
+def test_an_event_stream_frame_that_may_hold_a_call_and_does_not_read_stops_the_stream(fmt, bad):
+    """As an unreadable SSE event does: nothing from there on is passed on unjudged."""
+    text, _, after = stream(fmt, "shell", {"c": "x"})
+    guard, out = guarded(fmt, text + [bad] + after)
+    assert guard.broken and b"".join(out) == b"".join(text)
 
 
 # --- the addon on a JSON answer ------------------------------------------------------------------------------------
