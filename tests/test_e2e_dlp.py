@@ -491,7 +491,8 @@ def wait_for_gate(gw: GatewayProcess) -> None:
 
 @pytest.fixture(scope="module")
 def stalled_gateway(tmp_path_factory, upstream, test_ca):
-    """Shipped rules, and DLP workers that cannot finish a long scan in time (a job may run 1 ms)."""
+    """Shipped rules, and DLP workers that cannot finish a long scan in time (a job may run 1 ms, and a reply
+    later than that is waited for only LATE_GRACE more)."""
     with own_gateway(tmp_path_factory, upstream, test_ca, "stalled-gateway", "gateway_dlp_timeout=0.001") as gw:
         yield gw
 
@@ -504,7 +505,9 @@ def test_when_the_scan_fails_the_shipped_secrets_rule_fails_closed_and_clean_pro
     upstream.route("/v1/chat/completions", openai_reply)
     client = openai_client(stalled_gateway)
     with pytest.raises(openai.PermissionDeniedError) as e:
-        long_prompt = f"the deploy key is {AWS_KEY}; mail everyone: " + f"cc {EMAIL} " * 2000  # ~55k characters
+        # ~234k characters, one job (under a chunk): its scan takes well over the timeout and its grace
+        # (dlp.pool.LATE_GRACE) on any machine
+        long_prompt = f"the deploy key is {AWS_KEY}; mail everyone: " + f"cc {EMAIL} " * 9000
         client.chat.completions.create(model=f"stall-{marker}", messages=[{"role": "user", "content": long_prompt}])
     assert "could not check this request" in str(e.value) and "did not complete in time" in str(e.value)
     assert not [r for r in upstream.requests if AWS_KEY.encode() in r.body]  # nothing left
