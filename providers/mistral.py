@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.exchange import Exchange, Message, TextPart, ToolCall, ToolResult
+from core.exchange import Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
 from providers import openai_chat
 from providers.base import (BodyError, BufferedJson, HttpRequest, Reassembly, ResponseParser, SseParser, json_body,
                             text_parts, with_leaves)
@@ -49,6 +49,7 @@ class MistralProvider:
                     exchange.messages.append(_entry(entry, ("inputs", i), exchange))
         else:
             raise BodyError("conversations body needs 'inputs'")
+        _functions(body.get("tools"), exchange)
 
     def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
         if exchange.operation == "conversations":
@@ -57,6 +58,17 @@ class MistralProvider:
                 return SseParser(exchange, lambda _event, data: reader.add_event(data), reader.done)
             return BufferedJson(exchange, lambda data: (reader.add_response(data), reader.done()))
         return openai_chat.chat_responder(exchange, content_type)
+
+
+def _functions(tools: Any, exchange: Exchange) -> None:
+    """The functions a conversation offers (`{type: "function", function: {name, description, parameters}}`), the
+    tools the client runs, so the tool rules see them; the built-in ones (web search, code interpreter, connectors)
+    run at Mistral."""
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        if isinstance(fn, dict):
+            exchange.tools.append(ToolDefinition(str(fn.get("name", "")), str(fn.get("description", "")),
+                                                 fn.get("parameters"), ("tools", i)))
 
 
 def _entry(entry: dict[str, Any], path: tuple, exchange: Exchange) -> Message:
@@ -73,7 +85,8 @@ def _entry(entry: dict[str, Any], path: tuple, exchange: Exchange) -> Message:
 
 class ConversationReader(Reassembly):
     """Conversation outputs (`message.output` entries, `function.call` entries, usage), whole or as the
-    `message.output.delta` / `conversation.response.done` stream events."""
+    `message.output.delta` / `function.call.delta` / `conversation.response.done` stream events (a call's pieces
+    by output index, as the SDK's run helper reassembles them: name and id once, the arguments growing)."""
 
     def _content(self, content: Any) -> None:
         if isinstance(content, str):
@@ -107,6 +120,11 @@ class ConversationReader(Reassembly):
         if kind == "message.output.delta":
             self._content(data.get("content"))
             self.exchange.model = str(data.get("model") or self.exchange.model)
+        elif kind == "function.call.delta":
+            call = self.call(int(data.get("output_index") or 0))
+            call.name = call.name or str(data.get("name") or "")
+            call.id = call.id or str(data.get("tool_call_id") or "")
+            call.arguments += str(data.get("arguments") or "")
         elif kind == "conversation.response.done":
             self._usage(data.get("usage"))
             self.exchange.finish_reason = "stop"

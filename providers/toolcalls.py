@@ -3,16 +3,17 @@ refusal in the provider's own shapes, in a JSON answer and in a stream.
 
 An agent runs what the model answers, so a call the policy forbids must not reach it; but what replaces the call
 must be something the client already handles, or the agent crashes instead of going on: a text the model "said"
-(OpenAI chat: message content, `tool_calls` (or the legacy `function_call`) gone, `finish_reason: stop`;
-Responses: a message item instead of the call item; Anthropic: a text block instead of the tool_use block,
-`stop_reason: end_turn`; Gemini: a text part instead of the functionCall part; Bedrock Converse: a text block
-instead of the toolUse block, `stopReason: end_turn`). The finish reason says "tool calls" only while an allowed
-call is left.
+(OpenAI chat, Mistral's agents completions too: message content, `tool_calls` (or the legacy `function_call`)
+gone, `finish_reason: stop`; Responses: a message item instead of the call item; Anthropic: a text block instead of
+the tool_use block, `stop_reason: end_turn`; Gemini: a text part instead of the functionCall part; Bedrock Converse:
+a text block instead of the toolUse block, `stopReason: end_turn`; Mistral conversations: a `message.output` entry
+instead of the `function.call` entry). The finish reason says "tool calls" only while an allowed call is left.
 
 Streams are not held back: an event that is not part of a tool call goes on as soon as it is complete (an SSE event
 or an AWS event-stream frame is the smallest unit a client reads anyway). Only the events of a tool call are held,
-until the call is complete (OpenAI chat: its arguments' JSON closed; Responses: its `output_item.done`; Anthropic,
-Claude on Bedrock's InvokeModel stream and Converse: its block's stop; Gemini sends a call whole in one event).
+until the call is complete (OpenAI chat and Mistral conversations: its arguments' JSON closed; Responses: its
+`output_item.done`; Anthropic, Claude on Bedrock's InvokeModel stream and Converse: its block's stop; Gemini sends
+a call whole in one event).
 Then they go on unchanged when the call is allowed, or refusal events take their place. A call that never completes
 before the stream ends, or while the events held (of all the calls held at once) outgrow `max_call_bytes`, is
 refused too: nothing is held without bound, and what could not be judged does not reach the agent.
@@ -33,7 +34,7 @@ from typing import Any
 import orjson
 
 from core.exchange import ToolCall
-from providers import bedrock, eventstream
+from providers import bedrock, eventstream, openai_chat
 from providers.base import tool_call
 from providers.openai_responses import CLIENT_CALL_ITEMS
 
@@ -42,26 +43,23 @@ MAX_CALL_BYTES = 1 << 20  # events of streamed tool calls held at once, by defau
 MAX_EVENT_BYTES = 16 << 20  # one SSE event or event-stream frame that has not ended yet
 CHAT, RESPONSES, ANTHROPIC, GEMINI, CONVERSE = "openai-chat", "openai-responses", "anthropic", "gemini", "converse"
 BEDROCK_ANTHROPIC = "bedrock-anthropic"  # Claude's own Messages bodies through Bedrock's InvokeModel
+MISTRAL_CONVERSATIONS = "mistral-conversations"
 INCOMPLETE = "did not complete"
 OVERSIZED = "grew past the cap"
+_FORMATS = {("openai", "chat.completions"): CHAT, ("vertex", "chat.completions"): CHAT,  # Vertex: partner models
+            ("mistral", "agents.completions"): CHAT,  # a chat body naming an agent, answered as chat
+            ("openai", "responses"): RESPONSES, ("anthropic", "messages"): ANTHROPIC,  # Claude on Vertex too
+            ("gemini", "generateContent"): GEMINI,  # Vertex's Gemini too
+            ("bedrock", "converse"): CONVERSE, ("mistral", "conversations"): MISTRAL_CONVERSATIONS}
 
 
 def format_of(provider: str | None, operation: str, model: str = "") -> str | None:
     """The answer format whose tool calls this module reads, for the parser that understood the request (and the
-    model it names: Bedrock's InvokeModel answers in the model vendor's own format)."""
-    if provider in ("openai", "vertex") and operation == "chat.completions":  # vertex: partner models (Mistral...)
-        return CHAT
-    if provider == "openai" and operation == "responses":
-        return RESPONSES
-    if provider == "anthropic" and operation == "messages":  # Claude on Vertex too
-        return ANTHROPIC
-    if provider == "gemini" and operation == "generateContent":  # Vertex's Gemini too
-        return GEMINI
-    if provider == "bedrock" and operation == "converse":
-        return CONVERSE
-    if provider == "bedrock" and operation == "invoke" and bedrock.vendor_of(model, None) == "anthropic":
-        return BEDROCK_ANTHROPIC
-    return None
+    model it names: Bedrock's InvokeModel answers in the model vendor's own format). None for answers whose calls
+    are not judged: Bedrock's other vendors, and operations that take no tools."""
+    if provider == "bedrock" and operation == "invoke":
+        return BEDROCK_ANTHROPIC if bedrock.vendor_of(model, None) == "anthropic" else None
+    return _FORMATS.get((provider, operation))
 
 
 # --- JSON answers --------------------------------------------------------------------------------------------------
@@ -79,17 +77,7 @@ def _chat_body(data: dict, judge: Judge) -> bool:
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
             continue
-        calls = message.get("tool_calls")
-        kept, refusals = [], []
-        for j, tc in enumerate(calls if isinstance(calls, list) else ()):
-            fn = tc.get("function") if isinstance(tc, dict) else None
-            if not isinstance(fn, dict):
-                kept.append(tc)
-                continue
-            text = judge(tool_call(str(fn.get("name", "")), str(fn.get("arguments") or ""),
-                                   ("choices", i, "message", "tool_calls", j, "function", "arguments"),
-                                   str(tc.get("id", ""))))
-            (refusals if text else kept).append(text or tc)
+        refusals = _function_calls(message, ("choices", i, "message"), judge)
         legacy = message.get("function_call")  # the deprecated single call, which clients still run
         if isinstance(legacy, dict) and (text := judge(tool_call(
                 str(legacy.get("name", "")), str(legacy.get("arguments") or ""),
@@ -102,15 +90,34 @@ def _chat_body(data: dict, judge: Judge) -> bool:
             if isinstance(content, list):  # parts (Mistral, on Vertex too): the refusals are text parts after them
                 message["content"] = [*content, *({"type": "text", "text": text} for text in refusals)]
             else:
-                message["content"] = "\n\n".join(filter(None, [content if isinstance(content, str) else "",
-                                                                   *refusals]))
-            if kept:
-                message["tool_calls"] = kept
-            elif isinstance(calls, list):
-                del message["tool_calls"]
-            if not kept and "function_call" not in message and choice.get("finish_reason") in CHAT_CALL_FINISHES:
+                message["content"] = _joined(content, refusals)
+            if not message.get("tool_calls") and "function_call" not in message \
+                    and choice.get("finish_reason") in CHAT_CALL_FINISHES:
                 choice["finish_reason"] = "stop"
     return changed
+
+
+def _function_calls(message: dict, path: tuple, judge: Judge) -> list[str]:
+    """The calls of a message in the chat shape (`tool_calls[] = {id, function: {name, arguments}}`: OpenAI chat,
+    Mistral, Cohere v2, Ollama, whose arguments are an object) judged: the refused ones are taken out (`tool_calls`
+    too once none is left) and their refusal texts returned."""
+    refused, texts = set(), []
+    for tc, fn, at in openai_chat.function_calls(message, path):
+        if text := judge(tool_call(str(fn.get("name", "")), fn.get("arguments"), at, str(tc.get("id", "")))):
+            refused.add(id(tc))
+            texts.append(text)
+    if texts:
+        kept = [tc for tc in message["tool_calls"] if id(tc) not in refused]
+        if kept:
+            message["tool_calls"] = kept
+        else:
+            del message["tool_calls"]
+    return texts
+
+
+def _joined(content: Any, refusals: list[str]) -> str:
+    """A message's text content with the refusals after it."""
+    return "\n\n".join(filter(None, [content if isinstance(content, str) else "", *refusals]))
 
 
 CHAT_CALL_FINISHES = ("tool_calls", "function_call")  # a chat finish reason that says the answer is calls
@@ -206,8 +213,20 @@ def _converse_body(data: dict, judge: Judge) -> bool:
     return changed
 
 
+def _mistral_body(data: dict, judge: Judge) -> bool:
+    outputs, changed = data.get("outputs"), False
+    for i, entry in enumerate(outputs if isinstance(outputs, list) else ()):
+        if isinstance(entry, dict) and entry.get("type") == "function.call" and (text := judge(tool_call(
+                str(entry.get("name", "")), entry.get("arguments"), ("outputs", i, "arguments"),
+                str(entry.get("tool_call_id", ""))))):
+            kept = {k: entry[k] for k in ("id", "created_at", "completed_at", "model", "agent_id") if k in entry}
+            outputs[i], changed = {"object": "entry", "type": "message.output", "role": "assistant", **kept,
+                                   "content": text}, True
+    return changed
+
+
 _BODIES = {CHAT: _chat_body, RESPONSES: _responses_body, ANTHROPIC: _anthropic_body, GEMINI: _gemini_body,
-           CONVERSE: _converse_body, BEDROCK_ANTHROPIC: _anthropic_body}
+           CONVERSE: _converse_body, BEDROCK_ANTHROPIC: _anthropic_body, MISTRAL_CONVERSATIONS: _mistral_body}
 
 
 # --- streams -------------------------------------------------------------------------------------------------------
@@ -416,7 +435,8 @@ class ChatGuard(SseGuard):
                     self.batch_keys.append(key)
                 held.name += str(fn.get("name") or "")
                 held.id = held.id or str(call_id or "")
-                piece = str(fn.get("arguments") or "")
+                piece = fn.get("arguments")  # JSON text; an object (Mistral's SDK takes either) as its JSON
+                piece = orjson.dumps(piece).decode() if isinstance(piece, (dict, list)) else str(piece or "")
                 held.arguments += piece
                 held.size += len(raw)
                 live = True
@@ -700,6 +720,41 @@ class GeminiGuard(SseGuard):
         return b""
 
 
+class MistralConversationGuard(_BlockCalls, SseGuard):
+    """Mistral conversations: a function call entry streams as `function.call.delta` events at its output index,
+    its arguments in pieces (Mistral sends them whole, in one), and no event closes it: it is complete when its
+    arguments' JSON closes, and what else comes of it is dropped (the client never gets more than was judged). A
+    refused one becomes a `message.output.delta` of the refusal at the same output index."""
+
+    marker = (b"function.call", b"conversation.response.done")
+
+    def event(self, raw: bytes, name: str, data: dict) -> bytes:
+        kind = data.get("type") or name
+        if kind == "conversation.response.done":
+            return self.end() + raw
+        if kind != "function.call.delta":
+            return raw
+        index = data.get("output_index", 0)
+        if self._dropping(index, False):
+            return b""
+        held = self.pending.get(index) or _Held(str(data.get("name", "")), str(data.get("tool_call_id", "")),
+                                                end=_JsonEnd(), extra={"event": data})
+        piece = str(data.get("arguments") or "")
+        held.arguments += piece
+        if not held.end.feed(piece):
+            return self._add(index, raw) if index in self.pending else self._open(index, held, raw)
+        self.pending[index] = held
+        self.dropped.add(index)
+        return self._close(index, raw)
+
+    def _release(self, index: Any, held: _Held, text: str) -> bytes:
+        first = held.extra["event"]
+        kept = {k: first[k] for k in ("created_at", "model", "agent_id") if k in first}
+        return self.sse({"type": "message.output.delta", "id": str(first.get("id") or held.id), **kept,
+                         "output_index": index, "content_index": 0, "role": "assistant", "content": text},
+                        "message.output.delta")
+
+
 class _EventStreamFraming:
     """AWS event-stream framing (Bedrock's streams): complete frames, raw bytes kept, go to `_frame(raw, message)`.
     A frame that does not decode (a wrong length or CRC) stops the stream there: botocore would fail on it too; so
@@ -809,7 +864,8 @@ def _converse_frame(event_type: str, payload: dict) -> bytes:
 
 GUARDS: dict[str, type[StreamGuard]] = {CHAT: ChatGuard, RESPONSES: ResponsesGuard, ANTHROPIC: AnthropicGuard,
                                         GEMINI: GeminiGuard, CONVERSE: ConverseGuard,
-                                        BEDROCK_ANTHROPIC: BedrockAnthropicGuard}
+                                        BEDROCK_ANTHROPIC: BedrockAnthropicGuard,
+                                        MISTRAL_CONVERSATIONS: MistralConversationGuard}
 
 
 def stream_guard(fmt: str, content_type: str, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES

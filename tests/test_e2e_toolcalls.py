@@ -23,7 +23,8 @@ from tests.support.upstream import Reply
 from tests.test_e2e_foundation import chunk, openai_client
 from tests.test_e2e_openai_anthropic import anthropic_client
 from tests.test_e2e_policy import write_rules
-from tests.test_e2e_sdks import MODEL, bedrock, genai_client, route_gemini  # noqa: F401 (bedrock: a fixture)
+from tests.test_e2e_sdks import (MODEL, bedrock, genai_client, mistral_client,  # noqa: F401 (bedrock: a fixture)
+                                 route_gemini)
 
 POLICY = """
 version: 1
@@ -500,3 +501,117 @@ def test_google_genai_and_boto3_converse_json_answers(gateway, upstream, bedrock
     else:
         assert [(c.name, c.args) for c in answer.function_calls] == [("run_command", LS)]
         assert block["toolUse"]["input"] == LS and converse["stopReason"] == "tool_use"
+
+
+# --- Mistral (mistralai) ----------------------------------------------------------------------------------------
+
+def mistral_answer(args: dict) -> Reply:
+    """An agents completion calling the tool (OpenAI chat, as Mistral writes it: no `type`, the arguments whole)."""
+    return Reply(body=json.dumps({
+        "id": "a1", "object": "chat.completion", "created": 1, "model": "mistral-medium-2505",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": "", "tool_calls": [{"id": "abc123xyz", "index": 0, "function": {
+                "name": "run_command", "arguments": json.dumps(args)}}]}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}).encode())
+
+
+def mistral_chunk(delta: dict, finish: str | None = None) -> str:
+    return "data: " + json.dumps({"id": "a1", "object": "chat.completion.chunk", "created": 1,
+                                  "model": "mistral-medium-2505",
+                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_mistral_agents_complete_a_forbidden_call_becomes_the_answer_text(gateway, upstream, marker, args, refused):
+    upstream.route("/v1/agents/completions", lambda rec: mistral_answer(args))
+    answer = mistral_client(gateway).agents.complete(
+        agent_id="ag-1", messages=[{"role": "user", "content": f"{marker} clean up"}], tools=[FUNCTION])
+    choice = answer.choices[0]
+    if refused:
+        assert choice.finish_reason == "stop" and not choice.message.tool_calls
+        assert "refused the call of the tool 'run_command'" in choice.message.content
+        assert_refused(refusal_event(gateway, marker))
+    else:
+        [call] = choice.message.tool_calls
+        assert choice.finish_reason == "tool_calls" and json.loads(call.function.arguments) == LS
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_mistral_agents_stream_text_first_then_the_whole_call(gateway, upstream, marker, args, refused):
+    gate = threading.Event()
+    call = {"id": "abc123xyz", "index": 0, "function": {"name": "run_command", "arguments": json.dumps(args)}}
+    upstream.route("/v1/agents/completions", lambda rec: Reply(content_type="text/event-stream", chunks=held_back(
+        [mistral_chunk({"role": "assistant", "content": "On it."})], gate,
+        [mistral_chunk({"tool_calls": [call]}, "tool_calls"), "data: [DONE]\n\n"])))
+    text, calls, finish = "", [], None
+    for ev in mistral_client(gateway).agents.stream(
+            agent_id="ag-1", messages=[{"role": "user", "content": f"{marker} clean up"}], tools=[FUNCTION]):
+        choice = ev.data.choices[0]
+        if choice.delta.content == "On it.":
+            assert not gate.is_set()
+            gate.set()
+        text += choice.delta.content or ""
+        calls += choice.delta.tool_calls or []
+        finish = choice.finish_reason or finish
+    assert gate.is_set()
+    if refused:
+        assert calls == [] and finish == "stop" and text.startswith("On it.")
+        assert "refused the call of the tool 'run_command'" in text
+        assert_refused(refusal_event(gateway, marker))
+    else:
+        assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [("run_command", LS)]
+        assert finish == "tool_calls" and text == "On it."
+
+
+def conversation_call(args: dict) -> dict:
+    return {"object": "entry", "type": "function.call", "id": "fc_1", "tool_call_id": "call_1",
+            "name": "run_command", "arguments": json.dumps(args), "created_at": "2025-01-01T00:00:00Z"}
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_mistral_conversations_a_forbidden_function_call_entry_becomes_a_message(gateway, upstream, marker, args,
+                                                                                 refused):
+    upstream.route("/v1/conversations", lambda rec: Reply(body=json.dumps({
+        "object": "conversation.response", "conversation_id": "conv_1", "outputs": [conversation_call(args)],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}).encode()))
+    reply = mistral_client(gateway).beta.conversations.start(inputs=f"{marker} clean up", model="mistral-medium-latest",
+                                                             tools=[FUNCTION])
+    [entry] = reply.outputs
+    if refused:
+        assert entry.type == "message.output" and "refused the call of the tool 'run_command'" in entry.content
+        assert_refused(refusal_event(gateway, marker))
+    else:
+        assert (entry.type, entry.name, json.loads(entry.arguments)) == ("function.call", "run_command", LS)
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_mistral_conversations_stream_text_first_then_the_call(gateway, upstream, marker, args, refused):
+    def event(payload: dict) -> str:
+        return f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n"
+    entry = conversation_call(args)
+    delta = {**{k: entry[k] for k in ("id", "tool_call_id", "name", "arguments", "created_at")},
+             "type": "function.call.delta", "output_index": 1}
+    gate = threading.Event()
+    upstream.route("/v1/conversations", lambda rec: Reply(content_type="text/event-stream", chunks=held_back(
+        [event({"type": "conversation.response.started", "conversation_id": "conv_1"}),
+         event({"type": "message.output.delta", "id": "msg_0", "output_index": 0, "content_index": 0,
+                "role": "assistant", "content": "On it."})], gate,
+        [event(delta), event({"type": "conversation.response.done",
+                              "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}})])))
+    texts, calls, kinds = [], [], []
+    for ev in mistral_client(gateway).beta.conversations.start_stream(
+            inputs=f"{marker} clean up", model="mistral-medium-latest", tools=[FUNCTION]):
+        kinds.append(ev.data.type)
+        if ev.data.type == "message.output.delta":
+            if ev.data.content == "On it.":
+                assert not gate.is_set()
+                gate.set()
+            texts.append(ev.data.content)
+        elif ev.data.type == "function.call.delta":
+            calls.append((ev.data.name, json.loads(ev.data.arguments)))
+    assert gate.is_set() and kinds[-1] == "conversation.response.done"
+    if refused:
+        assert calls == [] and "refused the call of the tool 'run_command'" in texts[-1]
+        assert_refused(refusal_event(gateway, marker))
+    else:
+        assert calls == [("run_command", LS)] and texts == ["On it."]

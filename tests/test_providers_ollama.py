@@ -152,6 +152,24 @@ def test_mistral_conversations():
     assert (p.exchange.completion, p.exchange.usage.output_tokens) == ("Hello", 2)
 
 
+def test_mistral_conversations_offer_functions_and_stream_their_calls():
+    """The functions a conversation offers are its tools (the built-in ones run at Mistral); a streamed call is
+    reassembled by output index as the SDK's run helper does: name and id once, the arguments growing."""
+    p = parse("/v1/conversations", {"model": "mistral-medium-latest", "inputs": "Weather?", "stream": True, "tools": [
+        {"type": "web_search"}, {"type": "function", "function": {"name": "forecast", "description": "Forecast",
+                                                                   "parameters": {"type": "object"}}}]})
+    ex = p.exchange
+    assert [(t.name, t.path) for t in ex.tools] == [("forecast", ("tools", 1))] and not ex.warnings
+    body = b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in [
+        {"type": "message.output.delta", "id": "m", "output_index": 0, "content": "Checking."},
+        *({"type": "function.call.delta", "id": "f", "output_index": 1, "name": "forecast", "tool_call_id": "t1",
+           "arguments": piece} for piece in ('{"day": ', '1}')),
+        {"type": "conversation.response.done", "usage": {"prompt_tokens": 1, "completion_tokens": 2}}])
+    respond(p, "text/event-stream", body, step=7)
+    assert ex.completion == "Checking." and ex.finish_reason == "stop"
+    assert [(c.id, c.name, c.arguments) for c in ex.completion_tool_calls] == [("t1", "forecast", '{"day": 1}')]
+
+
 def test_openai_conversations_are_not_claimed_by_mistral():
     p = parse("/v1/conversations", {"items": [{"type": "message", "role": "user", "content": "x"}]})
     assert p.provider is None or p.provider.name != "mistral"

@@ -37,9 +37,10 @@ def judge(call: ToolCall) -> str | None:
 
 # --- the answers, as each provider writes them ---------------------------------------------------------------------
 
+FUNCTION = {"type": "function", "function": {"name": "run"}}
 REQUESTS = {
     toolcalls.CHAT: ("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "go"}],
-                                              "tools": [{"type": "function", "function": {"name": "run"}}]}),
+                                              "tools": [FUNCTION]}),
     toolcalls.RESPONSES: ("/v1/responses", {"model": "gpt-4o", "input": "go",
                                             "tools": [{"type": "function", "name": "run"}]}),
     toolcalls.ANTHROPIC: ("/v1/messages", {"model": "claude-x", "max_tokens": 9, "tools": [{"name": "run"}],
@@ -52,11 +53,14 @@ REQUESTS = {
     toolcalls.BEDROCK_ANTHROPIC: ("/model/anthropic.claude-3-5-sonnet-20240620-v1:0/invoke", {
         "anthropic_version": "bedrock-2023-05-31", "max_tokens": 9, "tools": [{"name": "run"}],
         "messages": [{"role": "user", "content": "go"}]}),
+    toolcalls.MISTRAL_CONVERSATIONS: ("/v1/conversations", {"model": "mistral-medium-latest", "inputs": "go",
+                                                            "tools": [FUNCTION]}),
 }
 HOSTS = {toolcalls.CHAT: "api.openai.com", toolcalls.RESPONSES: "api.openai.com",
          toolcalls.ANTHROPIC: "api.anthropic.com", toolcalls.GEMINI: "generativelanguage.googleapis.com",
          toolcalls.CONVERSE: "bedrock-runtime.us-east-1.amazonaws.com",
-         toolcalls.BEDROCK_ANTHROPIC: "bedrock-runtime.us-east-1.amazonaws.com"}
+         toolcalls.BEDROCK_ANTHROPIC: "bedrock-runtime.us-east-1.amazonaws.com",
+         toolcalls.MISTRAL_CONVERSATIONS: "api.mistral.ai"}
 
 
 def body(fmt: str, name: str, args: dict) -> dict:
@@ -78,6 +82,11 @@ def body(fmt: str, name: str, args: dict) -> dict:
     if fmt == toolcalls.GEMINI:
         return {"candidates": [{"content": {"role": "model", "parts": [
             {"text": "Let me."}, {"functionCall": {"name": name, "args": args}}]}, "finishReason": "STOP"}]}
+    if fmt == toolcalls.MISTRAL_CONVERSATIONS:
+        return {"object": "conversation.response", "conversation_id": "conv_1", "outputs": [
+            {"object": "entry", "type": "message.output", "role": "assistant", "id": "msg_0", "content": "Let me."},
+            {"object": "entry", "type": "function.call", "id": "fc_1", "tool_call_id": "call_1", "name": name,
+             "arguments": json.dumps(args)}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
     return {"output": {"message": {"role": "assistant", "content": [
         {"text": "Let me."}, {"toolUse": {"toolUseId": "tu_1", "name": name, "input": args}}]}},
         "stopReason": "tool_use", "usage": {"inputTokens": 1, "outputTokens": 1}}
@@ -145,6 +154,16 @@ def stream(fmt: str, name: str, args: dict) -> tuple[list[bytes], list[bytes], l
             return {"candidates": [{**candidate, "finishReason": finish}] if finish else [candidate]}
         return (sse(part({"text": "Let me."})), sse(part({"functionCall": {"name": name, "args": args}}, "STOP")),
                 [])
+    if fmt == toolcalls.MISTRAL_CONVERSATIONS:  # Mistral sends the arguments whole; here in pieces all the same
+        def piece(arguments):
+            return {"type": "function.call.delta", "id": "fc_1", "output_index": 1, "name": name,
+                    "tool_call_id": "call_1", "arguments": arguments}
+        return (sse({"type": "conversation.response.started", "conversation_id": "conv_1"},
+                    {"type": "message.output.delta", "id": "msg_0", "output_index": 0, "content_index": 0,
+                     "role": "assistant", "content": "Let me."}, named=True),
+                sse(piece(""), piece(text[:half]), piece(text[half:]), named=True),
+                sse({"type": "conversation.response.done", "usage": {"prompt_tokens": 1, "completion_tokens": 1}},
+                    named=True))
     return ([es.event("messageStart", {"role": "assistant"}),
              es.event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Let me."}}),
              es.event("contentBlockStop", {"contentBlockIndex": 0})],
@@ -162,7 +181,9 @@ CONTENT_TYPES = {fmt: "text/event-stream" for fmt in REQUESTS} | {
     toolcalls.BEDROCK_ANTHROPIC: "application/vnd.amazon.eventstream"}
 STOPS = {toolcalls.CHAT: ("tool_calls", "stop"), toolcalls.RESPONSES: ("completed", "completed"),
          toolcalls.ANTHROPIC: ("tool_use", "end_turn"), toolcalls.GEMINI: ("STOP", "STOP"),
-         toolcalls.CONVERSE: ("tool_use", "end_turn"), toolcalls.BEDROCK_ANTHROPIC: ("tool_use", "end_turn")}
+         toolcalls.CONVERSE: ("tool_use", "end_turn"), toolcalls.BEDROCK_ANTHROPIC: ("tool_use", "end_turn"),
+         toolcalls.MISTRAL_CONVERSATIONS: ("stop", "stop")}
+JSON_STOPS = {toolcalls.MISTRAL_CONVERSATIONS: ""}  # a conversation's JSON answer has no finish reason
 
 
 def read_back(fmt: str, answer: bytes | dict, streamed: bool):
@@ -172,7 +193,7 @@ def read_back(fmt: str, answer: bytes | dict, streamed: bool):
         path = path.replace(":generateContent", ":streamGenerateContent") + "?alt=sse"
     elif streamed and fmt in (toolcalls.CONVERSE, toolcalls.BEDROCK_ANTHROPIC):
         path = path.replace("/converse", "/converse-stream").replace("/invoke", "/invoke-with-response-stream")
-    in_body = streamed and fmt in (toolcalls.CHAT, toolcalls.RESPONSES, toolcalls.ANTHROPIC)  # else in the URL
+    in_body = streamed and fmt not in (toolcalls.GEMINI, toolcalls.CONVERSE, toolcalls.BEDROCK_ANTHROPIC)  # or URL
     bedrock = fmt in (toolcalls.CONVERSE, toolcalls.BEDROCK_ANTHROPIC)
     parsed = parse(path, {**request, "stream": True} if in_body else request,
                    host=HOSTS[fmt], hints=("bedrock" if bedrock else fmt.split("-")[0],))
@@ -191,7 +212,7 @@ def test_a_forbidden_call_in_a_json_answer_becomes_text_and_the_finish_reason_sa
     assert toolcalls.rewrite_body(fmt, data, judge)
     x = read_back(fmt, data, streamed=False)
     assert x.completion_tool_calls == [] and f"{REFUSAL} run" in x.completion and "Let me." in x.completion
-    assert x.finish_reason == STOPS[fmt][1]
+    assert x.finish_reason == JSON_STOPS.get(fmt, STOPS[fmt][1])
     assert orjson.loads(orjson.dumps(data)) == data  # still plain JSON
 
 
@@ -408,7 +429,8 @@ def test_events_ended_by_a_lone_cr_are_events_too(fmt, step):
     assert b"\n" not in joined  # the refusal written in the stream's own line endings
 
 
-@pytest.mark.parametrize("fmt", [toolcalls.CHAT, toolcalls.GEMINI, toolcalls.ANTHROPIC, toolcalls.RESPONSES])
+@pytest.mark.parametrize("fmt", [toolcalls.CHAT, toolcalls.GEMINI, toolcalls.ANTHROPIC, toolcalls.RESPONSES,
+                                 toolcalls.MISTRAL_CONVERSATIONS])
 def test_an_event_that_may_hold_a_call_and_does_not_parse_stops_the_stream(fmt):
     """orjson refuses a lone surrogate the SDKs' json.loads accepts: such an event is not passed on unjudged."""
     text, call, after = stream(fmt, "shell", {"c": "x"})
@@ -538,6 +560,48 @@ def test_chat_a_streamed_legacy_function_call_is_judged(command, refused, step):
     assert not any("function_call" in d for d in deltas) and b"rm -rf" not in joined
     assert "".join(d.get("content") or "" for d in deltas) == f"{REFUSAL} run"
     assert [c["finish_reason"] for e in decoded for c in e["choices"] if c["finish_reason"]] == ["stop"]
+
+
+# --- Mistral agents completions: OpenAI chat ----------------------------------------------------------------------
+
+def mistral_agent(stream: bool):
+    parsed = parse("/v1/agents/completions", {"agent_id": "ag-1", "stream": stream, "tools": [FUNCTION],
+                                              "messages": [{"role": "user", "content": "go"}]},
+                   host="api.mistral.ai", hints=("mistral", "openai"))
+    x = parsed.exchange
+    assert (parsed.provider.name, toolcalls.format_of(parsed.provider.name, x.operation, x.model)) == \
+        ("mistral", toolcalls.CHAT)
+    return parsed
+
+
+@pytest.mark.parametrize("command,refused", [("rm -rf /", True), ("ls", False)])
+@pytest.mark.parametrize("as_object", [False, True])  # Mistral's SDK takes the arguments as JSON text or an object
+def test_mistral_agents_a_calls_arguments_whole_in_one_delta_are_judged_there(command, refused, as_object):
+    def chunk(delta, finish=None):
+        return {"id": "a1", "object": "chat.completion.chunk", "created": 1, "model": "mistral-medium-2505",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    args = {"command": command}
+    events = sse(chunk({"role": "assistant", "content": "Let me."}),
+                 chunk({"tool_calls": [{"id": "abc123xyz", "index": 0, "function": {  # no type, as Mistral sends
+                     "name": "run", "arguments": args if as_object else json.dumps(args)}}]}, "tool_calls"),
+                 ) + [b"data: [DONE]\n\n"]
+    guard = toolcalls.stream_guard(toolcalls.CHAT, "text/event-stream", judge)
+    out = [guard.feed(e) for e in events] + [guard.finish()]
+    assert out[0] == events[0]
+    if not refused:
+        assert b"".join(out) == b"".join(events)
+        return
+    x = respond(mistral_agent(True), "text/event-stream", b"".join(out)).exchange
+    assert x.completion_tool_calls == [] and x.completion == f"Let me.{REFUSAL} run" and x.finish_reason == "stop"
+    assert b"rm -rf" not in b"".join(out)
+
+
+def test_mistral_agents_a_call_whose_arguments_are_an_object_in_a_json_answer_is_judged():
+    data = body(toolcalls.CHAT, "run", {})
+    data["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = {"command": "rm -rf /"}
+    assert toolcalls.rewrite_body(toolcalls.CHAT, data, judge)
+    x = respond(mistral_agent(False), "application/json", data).exchange
+    assert x.completion_tool_calls == [] and x.completion == f"Let me.\n\n{REFUSAL} run" and x.finish_reason == "stop"
 
 
 # --- Responses items of calls the client runs that are not functions ---------------------------------------------
