@@ -226,10 +226,19 @@ def test_scan_parts_numbers_the_parts(scanner):
 
 
 def test_compiled_prefilter_is_cached_on_disk(tmp_path, monkeypatch):
+    """(Rules of one recognizer: the shipped ones take seconds to compile, and this test compiles three times.)"""
     monkeypatch.setenv("GATEWAY_DLP_CACHE", str(tmp_path))
-    rules = load_rules(RULES)
-    text = mixed_text(9, 5_000)
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "recognizers.yaml").write_text(textwrap.dedent("""\
+        language: en
+        recognizers:
+          - {name: Ticket, type: custom, supported_entity: TICKET, threshold: 0.5,
+             patterns: [{name: ticket, regex: 'TCK-\\d{6}', score: 0.9}]}
+        """))
+    rules = load_rules(tmp_path / "rules")
+    text = "see TCK-123456 and TCK-654321, not TCK-12"
     first = Scanner(rules).scan(text)
+    assert [f.entity for f in first] == ["TICKET", "TICKET"]
     cached = list(tmp_path.glob("prefilter-*.hsdb"))
     assert len(cached) == 1
     assert Scanner(rules).scan(text) == first  # loaded from the cache
