@@ -7,13 +7,14 @@ must be something the client already handles, or the agent crashes instead of go
 gone, `finish_reason: stop`; Responses: a message item instead of the call item; Anthropic: a text block instead of
 the tool_use block, `stop_reason: end_turn`; Gemini: a text part instead of the functionCall part; Bedrock Converse:
 a text block instead of the toolUse block, `stopReason: end_turn`; Mistral conversations: a `message.output` entry
-instead of the `function.call` entry). The finish reason says "tool calls" only while an allowed call is left.
+instead of the `function.call` entry; Cohere v2: text content instead of the call, `finish_reason: COMPLETE`). The
+finish reason says "tool calls" only while an allowed call is left.
 
 Streams are not held back: an event that is not part of a tool call goes on as soon as it is complete (an SSE event
 or an AWS event-stream frame is the smallest unit a client reads anyway). Only the events of a tool call are held,
 until the call is complete (OpenAI chat and Mistral conversations: its arguments' JSON closed; Responses: its
-`output_item.done`; Anthropic, Claude on Bedrock's InvokeModel stream and Converse: its block's stop; Gemini sends
-a call whole in one event).
+`output_item.done`; Anthropic, Claude on Bedrock's InvokeModel stream and Converse: its block's stop; Cohere v2:
+its `tool-call-end`; Gemini sends a call whole in one event).
 Then they go on unchanged when the call is allowed, or refusal events take their place. A call that never completes
 before the stream ends, or while the events held (of all the calls held at once) outgrow `max_call_bytes`, is
 refused too: nothing is held without bound, and what could not be judged does not reach the agent.
@@ -43,14 +44,15 @@ MAX_CALL_BYTES = 1 << 20  # events of streamed tool calls held at once, by defau
 MAX_EVENT_BYTES = 16 << 20  # one SSE event or event-stream frame that has not ended yet
 CHAT, RESPONSES, ANTHROPIC, GEMINI, CONVERSE = "openai-chat", "openai-responses", "anthropic", "gemini", "converse"
 BEDROCK_ANTHROPIC = "bedrock-anthropic"  # Claude's own Messages bodies through Bedrock's InvokeModel
-MISTRAL_CONVERSATIONS = "mistral-conversations"
+MISTRAL_CONVERSATIONS, COHERE = "mistral-conversations", "cohere-v2"
 INCOMPLETE = "did not complete"
 OVERSIZED = "grew past the cap"
 _FORMATS = {("openai", "chat.completions"): CHAT, ("vertex", "chat.completions"): CHAT,  # Vertex: partner models
             ("mistral", "agents.completions"): CHAT,  # a chat body naming an agent, answered as chat
             ("openai", "responses"): RESPONSES, ("anthropic", "messages"): ANTHROPIC,  # Claude on Vertex too
             ("gemini", "generateContent"): GEMINI,  # Vertex's Gemini too
-            ("bedrock", "converse"): CONVERSE, ("mistral", "conversations"): MISTRAL_CONVERSATIONS}
+            ("bedrock", "converse"): CONVERSE, ("mistral", "conversations"): MISTRAL_CONVERSATIONS,
+            ("cohere", "v2.chat"): COHERE}
 
 
 def format_of(provider: str | None, operation: str, model: str = "") -> str | None:
@@ -225,8 +227,22 @@ def _mistral_body(data: dict, judge: Judge) -> bool:
     return changed
 
 
+def _cohere_body(data: dict, judge: Judge) -> bool:
+    """Cohere v2 chat: the message's calls are chat-shaped; its `tool_plan` stays (the model's words, no call)."""
+    message = data.get("message")
+    refusals = _function_calls(message, ("message",), judge) if isinstance(message, dict) else []
+    if refusals:
+        content = message.get("content")
+        message["content"] = [*(content if isinstance(content, list) else ()),
+                              *({"type": "text", "text": text} for text in refusals)]
+        if not message.get("tool_calls") and data.get("finish_reason") == "TOOL_CALL":
+            data["finish_reason"] = "COMPLETE"
+    return bool(refusals)
+
+
 _BODIES = {CHAT: _chat_body, RESPONSES: _responses_body, ANTHROPIC: _anthropic_body, GEMINI: _gemini_body,
-           CONVERSE: _converse_body, BEDROCK_ANTHROPIC: _anthropic_body, MISTRAL_CONVERSATIONS: _mistral_body}
+           CONVERSE: _converse_body, BEDROCK_ANTHROPIC: _anthropic_body, MISTRAL_CONVERSATIONS: _mistral_body,
+           COHERE: _cohere_body}
 
 
 # --- streams -------------------------------------------------------------------------------------------------------
@@ -594,9 +610,16 @@ class _BlockCalls:
             self.dropped.discard(index)
         return True
 
-    def _stale_stop(self) -> bool:
-        """Does a "tool use" stop reason now stand for no call at all?"""
-        return bool(self.refusals) and not self.allowed
+    def _ended(self, raw: bytes, data: dict, holder: dict, key: str, stops: tuple[str, str],
+               write: Callable[[dict], bytes]) -> bytes:
+        """The message's end (the event `raw`, parsed as `data`): the calls still held never completed, and its
+        stop reason (`holder[key]`, in `data`) says calls (`stops[0]`) or, once every call was refused, `stops[1]`
+        (the event written anew by `write`)."""
+        out = self.end()
+        if holder.get(key) == stops[0] and self.refusals and not self.allowed:
+            holder[key] = stops[1]
+            return out + write(data)
+        return out + raw
 
     def end(self) -> bytes:
         out = []
@@ -627,12 +650,8 @@ class AnthropicGuard(_BlockCalls, SseGuard):
         if kind == "content_block_stop" and index in self.pending:
             return self._close(index, raw)
         if kind == "message_delta":
-            out = self.end()
-            delta = data.get("delta") or {}
-            if delta.get("stop_reason") == "tool_use" and self._stale_stop():
-                data["delta"] = {**delta, "stop_reason": "end_turn"}
-                return out + self.sse(data, name or "message_delta")
-            return out + raw
+            return self._ended(raw, data, data.get("delta") or {}, "stop_reason", ("tool_use", "end_turn"),
+                               lambda d: self.sse(d, name or kind))
         return raw
 
     def _release(self, index: Any, held: _Held, text: str) -> bytes:
@@ -718,6 +737,50 @@ class GeminiGuard(SseGuard):
 
     def end(self) -> bytes:
         return b""
+
+
+class CohereGuard(_BlockCalls, SseGuard):
+    """Cohere v2 chat: a call's events (`tool-call-start`, its `tool-call-delta`s, its `tool-call-end`, by call
+    index) are held; a refused one becomes a text content's events (`content-start`, `-delta`, `-end`) at a content
+    index after every one the stream used so far (calls and contents are numbered apart), and `message-end` says
+    COMPLETE instead of TOOL_CALL once every call was refused."""
+
+    marker = (b"tool-call", b"content-start", b"message-end")
+
+    def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
+        super().__init__(judge, max_call_bytes)
+        self.contents = 0  # content indexes used so far: a refusal takes the next
+
+    def event(self, raw: bytes, name: str, data: dict) -> bytes:
+        kind = data.get("type") or name
+        index = data.get("index")
+        call = ((data.get("delta") or {}).get("message") or {}).get("tool_calls") or {}
+        fn = call.get("function") or {}
+        if kind == "content-start":
+            self.contents = max(self.contents, (index if isinstance(index, int) else 0) + 1)
+            return raw
+        if kind == "tool-call-start":
+            held = _Held(str(fn.get("name", "")), str(call.get("id", "")), str(fn.get("arguments") or ""))
+            return self._open(index, held, raw)
+        if kind in ("tool-call-delta", "tool-call-end") and self._dropping(index, kind == "tool-call-end"):
+            return b""
+        if kind == "tool-call-delta" and index in self.pending:
+            self.pending[index].arguments += str(fn.get("arguments") or "")
+            return self._add(index, raw)
+        if kind == "tool-call-end" and index in self.pending:
+            return self._close(index, raw)
+        if kind == "message-end":
+            return self._ended(raw, data, data.get("delta") or {}, "finish_reason", ("TOOL_CALL", "COMPLETE"),
+                               lambda d: self.sse(d, name or kind))
+        return raw
+
+    def _release(self, index: Any, held: _Held, text: str) -> bytes:
+        at, self.contents = self.contents, self.contents + 1
+        return (self.sse({"type": "content-start", "index": at,
+                          "delta": {"message": {"content": {"type": "text", "text": ""}}}}, "content-start")
+                + self.sse({"type": "content-delta", "index": at,
+                            "delta": {"message": {"content": {"text": text}}}}, "content-delta")
+                + self.sse({"type": "content-end", "index": at}, "content-end"))
 
 
 class MistralConversationGuard(_BlockCalls, SseGuard):
@@ -823,10 +886,8 @@ class ConverseGuard(_EventStreamFraming, _BlockCalls, StreamGuard):
         if kind == "contentBlockStop" and index in self.pending:
             return self._close(index, raw)
         if kind == "messageStop":
-            out = self.end()
-            if data.get("stopReason") == "tool_use" and self._stale_stop():
-                return out + _converse_frame("messageStop", {**data, "stopReason": "end_turn"})
-            return out + raw
+            return self._ended(raw, data, data, "stopReason", ("tool_use", "end_turn"),
+                               lambda d: _converse_frame(kind, d))
         return raw
 
     def _release(self, index: Any, held: _Held, text: str) -> bytes:
@@ -865,7 +926,7 @@ def _converse_frame(event_type: str, payload: dict) -> bytes:
 GUARDS: dict[str, type[StreamGuard]] = {CHAT: ChatGuard, RESPONSES: ResponsesGuard, ANTHROPIC: AnthropicGuard,
                                         GEMINI: GeminiGuard, CONVERSE: ConverseGuard,
                                         BEDROCK_ANTHROPIC: BedrockAnthropicGuard,
-                                        MISTRAL_CONVERSATIONS: MistralConversationGuard}
+                                        MISTRAL_CONVERSATIONS: MistralConversationGuard, COHERE: CohereGuard}
 
 
 def stream_guard(fmt: str, content_type: str, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES

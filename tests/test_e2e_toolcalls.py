@@ -23,8 +23,8 @@ from tests.support.upstream import Reply
 from tests.test_e2e_foundation import chunk, openai_client
 from tests.test_e2e_openai_anthropic import anthropic_client
 from tests.test_e2e_policy import write_rules
-from tests.test_e2e_sdks import (MODEL, bedrock, genai_client, mistral_client,  # noqa: F401 (bedrock: a fixture)
-                                 route_gemini)
+from tests.test_e2e_sdks import (MODEL, bedrock, cohere_client, genai_client,  # noqa: F401 (bedrock: a fixture)
+                                 mistral_client, route_gemini)
 
 POLICY = """
 version: 1
@@ -615,3 +615,66 @@ def test_mistral_conversations_stream_text_first_then_the_call(gateway, upstream
         assert_refused(refusal_event(gateway, marker))
     else:
         assert calls == [("run_command", LS)] and texts == ["On it."]
+
+
+# --- Cohere v2 (cohere.ClientV2) --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_cohere_chat_a_forbidden_call_becomes_text_content(gateway, upstream, marker, args, refused):
+    upstream.route("/v2/chat", lambda rec: Reply(body=json.dumps({
+        "id": "c1", "finish_reason": "TOOL_CALL", "message": {
+            "role": "assistant", "tool_plan": "I will run the command.", "tool_calls": [
+                {"id": "run_command_1", "type": "function", "function": {
+                    "name": "run_command", "arguments": json.dumps(args)}}]},
+        "usage": {"billed_units": {"input_tokens": 3, "output_tokens": 3}}}).encode()))
+    answer = cohere_client(gateway).chat(model="command-a-03-2025", tools=[FUNCTION],
+                                         messages=[{"role": "user", "content": f"{marker} clean up"}])
+    if refused:
+        assert answer.finish_reason == "COMPLETE" and not answer.message.tool_calls
+        assert "refused the call of the tool 'run_command'" in answer.message.content[0].text
+        assert_refused(refusal_event(gateway, marker))
+    else:
+        [call] = answer.message.tool_calls
+        assert answer.finish_reason == "TOOL_CALL" and json.loads(call.function.arguments) == LS
+
+
+def cohere_event(kind: str, index: int | None = None, **message) -> str:
+    payload = {"type": kind, **({} if index is None else {"index": index}),
+               **({"delta": {"message": message}} if message else {})}
+    return f"event: {kind}\ndata: {json.dumps(payload)}\n\n"
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_cohere_chat_stream_text_first_then_the_call(gateway, upstream, marker, args, refused):
+    text = json.dumps(args)
+    gate = threading.Event()
+    upstream.route("/v2/chat", lambda rec: Reply(content_type="text/event-stream", chunks=held_back(
+        [cohere_event("message-start", role="assistant"), cohere_event("tool-plan-delta", tool_plan="On it.")], gate,
+        [cohere_event("tool-call-start", 0, tool_calls={"id": "run_command_1", "type": "function", "function": {
+            "name": "run_command", "arguments": ""}}),
+         *(cohere_event("tool-call-delta", 0, tool_calls={"function": {"arguments": text[i:i + 6]}})
+           for i in range(0, len(text), 6)),
+         cohere_event("tool-call-end", 0),
+         f"event: message-end\ndata: {json.dumps({'type': 'message-end', 'delta': {'finish_reason': 'TOOL_CALL'}})}"
+         "\n\n"])))
+    texts, calls, arguments, finish = [], [], "", None
+    for ev in cohere_client(gateway).chat_stream(model="command-a-03-2025", tools=[FUNCTION],
+                                                 messages=[{"role": "user", "content": f"{marker} clean up"}]):
+        if ev.type == "tool-plan-delta" and ev.delta.message.tool_plan == "On it.":
+            assert not gate.is_set()
+            gate.set()
+        elif ev.type == "content-delta":
+            texts.append(ev.delta.message.content.text)
+        elif ev.type == "tool-call-start":
+            calls.append(ev.delta.message.tool_calls.function.name)
+        elif ev.type == "tool-call-delta":
+            arguments += ev.delta.message.tool_calls.function.arguments
+        elif ev.type == "message-end":
+            finish = ev.delta.finish_reason
+    assert gate.is_set()
+    if refused:
+        assert calls == [] and finish == "COMPLETE"
+        assert "refused the call of the tool 'run_command'" in "".join(texts)
+        assert_refused(refusal_event(gateway, marker))
+    else:
+        assert calls == ["run_command"] and json.loads(arguments) == LS and finish == "TOOL_CALL" and texts == []

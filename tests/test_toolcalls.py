@@ -55,12 +55,14 @@ REQUESTS = {
         "messages": [{"role": "user", "content": "go"}]}),
     toolcalls.MISTRAL_CONVERSATIONS: ("/v1/conversations", {"model": "mistral-medium-latest", "inputs": "go",
                                                             "tools": [FUNCTION]}),
+    toolcalls.COHERE: ("/v2/chat", {"model": "command-a-03-2025", "messages": [{"role": "user", "content": "go"}],
+                                    "tools": [FUNCTION]}),
 }
 HOSTS = {toolcalls.CHAT: "api.openai.com", toolcalls.RESPONSES: "api.openai.com",
          toolcalls.ANTHROPIC: "api.anthropic.com", toolcalls.GEMINI: "generativelanguage.googleapis.com",
          toolcalls.CONVERSE: "bedrock-runtime.us-east-1.amazonaws.com",
          toolcalls.BEDROCK_ANTHROPIC: "bedrock-runtime.us-east-1.amazonaws.com",
-         toolcalls.MISTRAL_CONVERSATIONS: "api.mistral.ai"}
+         toolcalls.MISTRAL_CONVERSATIONS: "api.mistral.ai", toolcalls.COHERE: "api.cohere.com"}
 
 
 def body(fmt: str, name: str, args: dict) -> dict:
@@ -82,6 +84,12 @@ def body(fmt: str, name: str, args: dict) -> dict:
     if fmt == toolcalls.GEMINI:
         return {"candidates": [{"content": {"role": "model", "parts": [
             {"text": "Let me."}, {"functionCall": {"name": name, "args": args}}]}, "finishReason": "STOP"}]}
+    if fmt == toolcalls.COHERE:
+        return {"id": "c1", "finish_reason": "TOOL_CALL", "message": {
+            "role": "assistant", "tool_plan": "I will run it.", "content": [{"type": "text", "text": "Let me."}],
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                "name": name, "arguments": json.dumps(args)}}]},
+            "usage": {"billed_units": {"input_tokens": 1, "output_tokens": 1}}}
     if fmt == toolcalls.MISTRAL_CONVERSATIONS:
         return {"object": "conversation.response", "conversation_id": "conv_1", "outputs": [
             {"object": "entry", "type": "message.output", "role": "assistant", "id": "msg_0", "content": "Let me."},
@@ -154,6 +162,20 @@ def stream(fmt: str, name: str, args: dict) -> tuple[list[bytes], list[bytes], l
             return {"candidates": [{**candidate, "finishReason": finish}] if finish else [candidate]}
         return (sse(part({"text": "Let me."})), sse(part({"functionCall": {"name": name, "args": args}}, "STOP")),
                 [])
+    if fmt == toolcalls.COHERE:
+        def message(kind, index=None, **delta):
+            return {"type": kind, **({} if index is None else {"index": index}),
+                    **({"delta": {"message": delta}} if delta else {})}
+        return (sse(message("message-start", role="assistant"),
+                    message("content-start", 0, content={"type": "text", "text": ""}),
+                    message("content-delta", 0, content={"text": "Let me."}), message("content-end", 0), named=True),
+                sse(message("tool-call-start", 0, tool_calls={"id": "call_1", "type": "function", "function": {
+                    "name": name, "arguments": ""}}),
+                    message("tool-call-delta", 0, tool_calls={"function": {"arguments": text[:half]}}),
+                    message("tool-call-delta", 0, tool_calls={"function": {"arguments": text[half:]}}),
+                    message("tool-call-end", 0), named=True),
+                sse({"type": "message-end", "delta": {"finish_reason": "TOOL_CALL", "usage": {
+                    "billed_units": {"input_tokens": 1, "output_tokens": 1}}}}, named=True))
     if fmt == toolcalls.MISTRAL_CONVERSATIONS:  # Mistral sends the arguments whole; here in pieces all the same
         def piece(arguments):
             return {"type": "function.call.delta", "id": "fc_1", "output_index": 1, "name": name,
@@ -182,7 +204,7 @@ CONTENT_TYPES = {fmt: "text/event-stream" for fmt in REQUESTS} | {
 STOPS = {toolcalls.CHAT: ("tool_calls", "stop"), toolcalls.RESPONSES: ("completed", "completed"),
          toolcalls.ANTHROPIC: ("tool_use", "end_turn"), toolcalls.GEMINI: ("STOP", "STOP"),
          toolcalls.CONVERSE: ("tool_use", "end_turn"), toolcalls.BEDROCK_ANTHROPIC: ("tool_use", "end_turn"),
-         toolcalls.MISTRAL_CONVERSATIONS: ("stop", "stop")}
+         toolcalls.MISTRAL_CONVERSATIONS: ("stop", "stop"), toolcalls.COHERE: ("TOOL_CALL", "COMPLETE")}
 JSON_STOPS = {toolcalls.MISTRAL_CONVERSATIONS: ""}  # a conversation's JSON answer has no finish reason
 
 
@@ -430,7 +452,7 @@ def test_events_ended_by_a_lone_cr_are_events_too(fmt, step):
 
 
 @pytest.mark.parametrize("fmt", [toolcalls.CHAT, toolcalls.GEMINI, toolcalls.ANTHROPIC, toolcalls.RESPONSES,
-                                 toolcalls.MISTRAL_CONVERSATIONS])
+                                 toolcalls.MISTRAL_CONVERSATIONS, toolcalls.COHERE])
 def test_an_event_that_may_hold_a_call_and_does_not_parse_stops_the_stream(fmt):
     """orjson refuses a lone surrogate the SDKs' json.loads accepts: such an event is not passed on unjudged."""
     text, call, after = stream(fmt, "shell", {"c": "x"})
@@ -602,6 +624,22 @@ def test_mistral_agents_a_call_whose_arguments_are_an_object_in_a_json_answer_is
     assert toolcalls.rewrite_body(toolcalls.CHAT, data, judge)
     x = respond(mistral_agent(False), "application/json", data).exchange
     assert x.completion_tool_calls == [] and x.completion == f"Let me.\n\n{REFUSAL} run" and x.finish_reason == "stop"
+
+
+# --- Cohere v2 -----------------------------------------------------------------------------------------------
+
+def test_cohere_a_refusal_is_a_content_of_its_own_and_the_tool_plan_stays():
+    """Calls and contents are numbered apart: the refusal's content index is one the stream has not used."""
+    data = body(toolcalls.COHERE, "shell", {})
+    assert toolcalls.rewrite_body(toolcalls.COHERE, data, judge)
+    assert data["message"]["tool_plan"] == "I will run it." and "tool_calls" not in data["message"]
+    text, call, after = stream(toolcalls.COHERE, "shell", {})
+    _, out = guarded(toolcalls.COHERE, text + call + after)
+    events = [orjson.loads(e.split(b"data: ", 1)[1]) for e in b"".join(out).split(b"\n\n") if b"data: " in e]
+    assert [(e["type"], e.get("index")) for e in events if e["type"].startswith("content-")] == [
+        ("content-start", 0), ("content-delta", 0), ("content-end", 0),
+        ("content-start", 1), ("content-delta", 1), ("content-end", 1)]
+    assert not any(e["type"].startswith("tool-call") for e in events)
 
 
 # --- Responses items of calls the client runs that are not functions ---------------------------------------------
