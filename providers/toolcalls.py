@@ -7,17 +7,17 @@ must be something the client already handles, or the agent crashes instead of go
 gone, `finish_reason: stop`; Responses: a message item instead of the call item; Anthropic: a text block instead of
 the tool_use block, `stop_reason: end_turn`; Gemini: a text part instead of the functionCall part; Bedrock Converse:
 a text block instead of the toolUse block, `stopReason: end_turn`; Mistral conversations: a `message.output` entry
-instead of the `function.call` entry; Cohere v2: text content instead of the call, `finish_reason: COMPLETE`). The
-finish reason says "tool calls" only while an allowed call is left.
+instead of the `function.call` entry; Cohere v2: text content instead of the call, `finish_reason: COMPLETE`;
+Ollama: message content). The finish reason says "tool calls" only while an allowed call is left.
 
-Streams are not held back: an event that is not part of a tool call goes on as soon as it is complete (an SSE event
-or an AWS event-stream frame is the smallest unit a client reads anyway). Only the events of a tool call are held,
-until the call is complete (OpenAI chat and Mistral conversations: its arguments' JSON closed; Responses: its
-`output_item.done`; Anthropic, Claude on Bedrock's InvokeModel stream and Converse: its block's stop; Cohere v2:
-its `tool-call-end`; Gemini sends a call whole in one event).
-Then they go on unchanged when the call is allowed, or refusal events take their place. A call that never completes
-before the stream ends, or while the events held (of all the calls held at once) outgrow `max_call_bytes`, is
-refused too: nothing is held without bound, and what could not be judged does not reach the agent.
+Streams are not held back: an event that is not part of a tool call goes on as soon as it is complete (an SSE event,
+an NDJSON line or an AWS event-stream frame is the smallest unit a client reads anyway). Only the events of a tool
+call are held, until the call is complete (OpenAI chat and Mistral conversations: its arguments' JSON closed;
+Responses: its `output_item.done`; Anthropic, Claude on Bedrock's InvokeModel stream and Converse: its block's
+stop; Cohere v2: its `tool-call-end`; Gemini and Ollama send a call whole in one event). Then they go on unchanged
+when the call is allowed, or refusal events take their place. A call that never completes before the stream ends,
+or while the events held (of all the calls held at once) outgrow `max_call_bytes`, is refused too: nothing is held
+without bound, and what could not be judged does not reach the agent.
 
 `judge(call) -> refusal text | None` is the policy's (addons/toolcalls.py); everything here is pure: no mitmproxy.
 """
@@ -35,16 +35,17 @@ from typing import Any
 import orjson
 
 from core.exchange import ToolCall
+from dlp.answer import NDJSON_TYPES
 from providers import bedrock, eventstream, openai_chat
 from providers.base import tool_call
 from providers.openai_responses import CLIENT_CALL_ITEMS
 
 Judge = Callable[[ToolCall], "str | None"]
 MAX_CALL_BYTES = 1 << 20  # events of streamed tool calls held at once, by default
-MAX_EVENT_BYTES = 16 << 20  # one SSE event or event-stream frame that has not ended yet
+MAX_EVENT_BYTES = 16 << 20  # one SSE event, NDJSON line or event-stream frame that has not ended yet
 CHAT, RESPONSES, ANTHROPIC, GEMINI, CONVERSE = "openai-chat", "openai-responses", "anthropic", "gemini", "converse"
 BEDROCK_ANTHROPIC = "bedrock-anthropic"  # Claude's own Messages bodies through Bedrock's InvokeModel
-MISTRAL_CONVERSATIONS, COHERE = "mistral-conversations", "cohere-v2"
+MISTRAL_CONVERSATIONS, COHERE, OLLAMA = "mistral-conversations", "cohere-v2", "ollama"
 INCOMPLETE = "did not complete"
 OVERSIZED = "grew past the cap"
 _FORMATS = {("openai", "chat.completions"): CHAT, ("vertex", "chat.completions"): CHAT,  # Vertex: partner models
@@ -52,7 +53,7 @@ _FORMATS = {("openai", "chat.completions"): CHAT, ("vertex", "chat.completions")
             ("openai", "responses"): RESPONSES, ("anthropic", "messages"): ANTHROPIC,  # Claude on Vertex too
             ("gemini", "generateContent"): GEMINI,  # Vertex's Gemini too
             ("bedrock", "converse"): CONVERSE, ("mistral", "conversations"): MISTRAL_CONVERSATIONS,
-            ("cohere", "v2.chat"): COHERE}
+            ("cohere", "v2.chat"): COHERE, ("ollama", "chat"): OLLAMA}
 
 
 def format_of(provider: str | None, operation: str, model: str = "") -> str | None:
@@ -240,9 +241,19 @@ def _cohere_body(data: dict, judge: Judge) -> bool:
     return bool(refusals)
 
 
+def _ollama_body(data: dict, judge: Judge) -> bool:
+    """Ollama chat (the answer, or one line of its stream): the message's calls are chat-shaped, their arguments an
+    object; a refusal is the message's text (`done_reason` says `stop` with calls or without)."""
+    message = data.get("message")
+    refusals = _function_calls(message, ("message",), judge) if isinstance(message, dict) else []
+    if refusals:
+        message["content"] = _joined(message.get("content"), refusals)
+    return bool(refusals)
+
+
 _BODIES = {CHAT: _chat_body, RESPONSES: _responses_body, ANTHROPIC: _anthropic_body, GEMINI: _gemini_body,
            CONVERSE: _converse_body, BEDROCK_ANTHROPIC: _anthropic_body, MISTRAL_CONVERSATIONS: _mistral_body,
-           COHERE: _cohere_body}
+           COHERE: _cohere_body, OLLAMA: _ollama_body}
 
 
 # --- streams -------------------------------------------------------------------------------------------------------
@@ -293,6 +304,7 @@ class StreamGuard:
     policy refused went through `judge`, which records them."""
 
     marker: tuple[bytes, ...] = ()  # what an event that may hold a tool call (or its stop reason) holds
+    CONTENT_TYPES: tuple[str, ...] = ()  # the streams of the framing it reads
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
         self.judge = judge
@@ -338,29 +350,32 @@ _SSE_END = re.compile(_LINE_END * 2)
 _SSE_LINE = re.compile(r"\r\n|\r|\n")
 
 
-class SseGuard(StreamGuard):
-    """SSE framing: complete events (raw bytes kept) go to `event(raw, name, data)` when their data is a JSON
-    object that may hold a call (`_holds_marker`, `_loads`)."""
+class _Framed(StreamGuard):
+    """A text framing read unit by unit (an SSE event, an NDJSON line), raw bytes kept to pass on unchanged: each
+    complete unit goes to `_unit(raw, end)`, `end` what ended it (b"" for what is left when the stream ends). A unit
+    that has not ended past MAX_EVENT_BYTES stops the stream (`broken`): nothing is held without bound."""
+
+    END: re.Pattern[bytes]  # where a unit ends
+    UNIT = "an event"
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
         super().__init__(judge, max_call_bytes)
         self.buf = bytearray()
-        self.newline = b"\n\n"
 
     def feed(self, chunk: bytes) -> bytes:
         if self.broken:
             return b""
-        start = max(0, len(self.buf) - 3)
+        start = max(0, len(self.buf) - 3)  # an end may have begun in the last chunk (`\r\n\r\n` split in two)
         self.buf += chunk
         out, begin = [], 0
-        for m in _SSE_END.finditer(self.buf, start):
-            out.append(self._event(bytes(self.buf[begin:m.end()]), m.group()))
+        for m in self.END.finditer(self.buf, start):
+            out.append(self._unit(bytes(self.buf[begin:m.end()]), m.group()))
             begin = m.end()
             if self.broken:
                 break
         del self.buf[:begin]
         if not self.broken and len(self.buf) > MAX_EVENT_BYTES:
-            self.broken = f"an event of more than {MAX_EVENT_BYTES} bytes"
+            self.broken = f"{self.UNIT} of more than {MAX_EVENT_BYTES} bytes"
         if self.broken:
             self.buf.clear()
             out.append(self.end())
@@ -369,14 +384,38 @@ class SseGuard(StreamGuard):
     def finish(self) -> bytes:
         if self.broken:
             return b""
-        end = re.search(rb"(?:\r\n|\r|\n){2}\Z", self.buf)  # a last \r\r waited for what never came
-        out = self._event(bytes(self.buf), end.group() if end else b"") if self.buf else b""
+        out = self._unit(bytes(self.buf), b"") if self.buf else b""
         self.buf.clear()
         return out + self.end()
 
-    def _event(self, raw: bytes, newline: bytes) -> bytes:
-        if newline:
-            self.newline = newline
+    def _unit(self, raw: bytes, end: bytes) -> bytes:
+        raise NotImplementedError
+
+    def event(self, raw: bytes, name: str, data: dict) -> bytes:
+        """A unit that may hold a call, its JSON object `data` (SSE: the event's `name`)."""
+        raise NotImplementedError
+
+    def end(self) -> bytes:
+        """The stream ended: what the calls still held become."""
+        raise NotImplementedError
+
+
+class SseGuard(_Framed):
+    """SSE framing: complete events go to `event(raw, name, data)` when their data is a JSON object that may hold a
+    call (`_holds_marker`, `_loads`)."""
+
+    END = _SSE_END
+    CONTENT_TYPES = ("text/event-stream",)
+
+    def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
+        super().__init__(judge, max_call_bytes)
+        self.newline = b"\n\n"
+
+    def _unit(self, raw: bytes, end: bytes) -> bytes:
+        if not end and (last := re.search(rb"(?:\r\n|\r|\n){2}\Z", raw)):  # a last \r\r waited for what never came
+            end = last.group()
+        if end:
+            self.newline = end
         if not self._holds_marker(raw):
             return raw
         name, data = "", []
@@ -400,12 +439,31 @@ class SseGuard(StreamGuard):
         head = f"event: {name}".encode() + nl if name else b""
         return head + b"data: " + orjson.dumps(payload) + self.newline
 
-    def event(self, raw: bytes, name: str, data: dict) -> bytes:
-        raise NotImplementedError
 
-    def end(self) -> bytes:
-        """The stream ended: what the calls still held become."""
-        raise NotImplementedError
+class NdjsonGuard(_Framed):
+    """NDJSON framing (Ollama, Cohere v1): one JSON value a line; a line that may hold a call goes to `event(raw,
+    "", data)` when it is an object."""
+
+    END = re.compile(rb"\r?\n")
+    UNIT = "a line"
+    CONTENT_TYPES = NDJSON_TYPES
+
+    def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
+        super().__init__(judge, max_call_bytes)
+        self.newline = b"\n"
+
+    def _unit(self, raw: bytes, end: bytes) -> bytes:
+        self.newline = end or self.newline
+        if not self._holds_marker(raw):
+            return raw
+        payload = self._loads(raw)
+        if self.broken:
+            return b""
+        return self.event(raw, "", payload) if isinstance(payload, dict) else raw
+
+    def line(self, payload: dict) -> bytes:
+        """A line the guard writes, in the stream's own line ending."""
+        return orjson.dumps(payload) + self.newline
 
 
 class ChatGuard(SseGuard):
@@ -818,10 +876,25 @@ class MistralConversationGuard(_BlockCalls, SseGuard):
                         "message.output.delta")
 
 
+class OllamaGuard(NdjsonGuard):
+    """Ollama chat: each line carries whole calls, judged at once and, if refused, replaced in that line by the
+    refusal as its text."""
+
+    marker = (b"tool_calls",)
+
+    def event(self, raw: bytes, name: str, data: dict) -> bytes:
+        return self.line(data) if _ollama_body(data, self.judge) else raw
+
+    def end(self) -> bytes:
+        return b""
+
+
 class _EventStreamFraming:
     """AWS event-stream framing (Bedrock's streams): complete frames, raw bytes kept, go to `_frame(raw, message)`.
     A frame that does not decode (a wrong length or CRC) stops the stream there: botocore would fail on it too; so
     does a frame of a kind that may hold a call whose payload does not read, as an unreadable SSE event does."""
+
+    CONTENT_TYPES = ("application/vnd.amazon.eventstream",)
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
         super().__init__(judge, max_call_bytes)
@@ -926,12 +999,13 @@ def _converse_frame(event_type: str, payload: dict) -> bytes:
 GUARDS: dict[str, type[StreamGuard]] = {CHAT: ChatGuard, RESPONSES: ResponsesGuard, ANTHROPIC: AnthropicGuard,
                                         GEMINI: GeminiGuard, CONVERSE: ConverseGuard,
                                         BEDROCK_ANTHROPIC: BedrockAnthropicGuard,
-                                        MISTRAL_CONVERSATIONS: MistralConversationGuard, COHERE: CohereGuard}
+                                        MISTRAL_CONVERSATIONS: MistralConversationGuard, COHERE: CohereGuard,
+                                        OLLAMA: OllamaGuard}
 
 
 def stream_guard(fmt: str, content_type: str, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES
                  ) -> StreamGuard | None:
     """The guard for a streamed answer of this format, None for a framing it does not read (Gemini's JSON-array
     stream without alt=sse)."""
-    framing = "application/vnd.amazon.eventstream" if fmt in (CONVERSE, BEDROCK_ANTHROPIC) else "text/event-stream"
-    return GUARDS[fmt](judge, max_call_bytes) if content_type == framing else None
+    guard = GUARDS[fmt]
+    return guard(judge, max_call_bytes) if content_type in guard.CONTENT_TYPES else None

@@ -24,7 +24,7 @@ from tests.test_e2e_foundation import chunk, openai_client
 from tests.test_e2e_openai_anthropic import anthropic_client
 from tests.test_e2e_policy import write_rules
 from tests.test_e2e_sdks import (MODEL, bedrock, cohere_client, genai_client,  # noqa: F401 (bedrock: a fixture)
-                                 mistral_client, route_gemini)
+                                 mistral_client, route_gemini, ssl_context)
 
 POLICY = """
 version: 1
@@ -50,8 +50,10 @@ RM, LS = {"command": "sudo rm  -rf /srv/app"}, {"command": "ls -la /srv/app"}
 def gateway(tmp_path_factory, upstream, test_ca):
     """This module's own gateway, with its tool rules (so the SDK fixtures it borrows, `bedrock`, use it too)."""
     base = tmp_path_factory.mktemp("toolcalls-gw")
-    gw = GatewayProcess(base / "data", {h: upstream.port for h in AI_HOSTS}, test_ca.ca_pem,
-                        rules=write_rules(base / "rules", POLICY),
+    rules = write_rules(base / "rules", POLICY)
+    with (rules / "endpoints.yaml").open("a") as catalog:  # the test catalog's services, and hosted Ollama
+        catalog.write("  - {id: ollama, name: Ollama, category: api, hosts: [ollama.com], formats: [ollama]}\n")
+    gw = GatewayProcess(base / "data", {h: upstream.port for h in AI_HOSTS}, test_ca.ca_pem, rules=rules,
                         # no rule here needs findings: no DLP workers to wait for (the audit keeps the text)
                         sets=[f"gateway_tool_call_max_bytes={CAP}", "gateway_dlp=false", "gateway_capture=full"])
     yield gw
@@ -678,3 +680,55 @@ def test_cohere_chat_stream_text_first_then_the_call(gateway, upstream, marker, 
         assert_refused(refusal_event(gateway, marker))
     else:
         assert calls == ["run_command"] and json.loads(arguments) == LS and finish == "TOOL_CALL" and texts == []
+
+
+# --- Ollama (the ollama client) ---------------------------------------------------------------------------------
+
+def ollama_client(gateway):
+    import ollama
+    return ollama.Client(host="https://ollama.com", proxy=gateway.proxy_url, verify=ssl_context(gateway), timeout=30)
+
+
+def ollama_line(message: dict, done: bool = False) -> dict:
+    return {"model": "llama3.2", "created_at": "2025-01-01T00:00:00Z", "message": {"role": "assistant", **message},
+            "done": done, **({"done_reason": "stop", "prompt_eval_count": 3, "eval_count": 3} if done else {})}
+
+
+def ollama_call(args: dict) -> dict:
+    return {"content": "", "tool_calls": [{"function": {"name": "run_command", "arguments": args}}]}
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_ollama_chat_a_forbidden_call_becomes_the_message_text(gateway, upstream, marker, args, refused):
+    upstream.route("/api/chat", lambda rec: Reply(body=json.dumps(ollama_line(ollama_call(args), done=True)).encode()))
+    answer = ollama_client(gateway).chat(model="llama3.2", tools=[FUNCTION], stream=False,
+                                         messages=[{"role": "user", "content": f"{marker} clean up"}])
+    if refused:
+        assert not answer.message.tool_calls and answer.done_reason == "stop"
+        assert "refused the call of the tool 'run_command'" in answer.message.content
+        assert_refused(refusal_event(gateway, marker))
+    else:
+        [call] = answer.message.tool_calls
+        assert (call.function.name, call.function.arguments) == ("run_command", LS)
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_ollama_chat_stream_text_first_then_the_whole_call(gateway, upstream, marker, args, refused):
+    gate = threading.Event()
+    upstream.route("/api/chat", lambda rec: Reply(content_type="application/x-ndjson", chunks=held_back(
+        [json.dumps(ollama_line({"content": "On it."})) + "\n"], gate,
+        [json.dumps(ollama_line(ollama_call(args))) + "\n", json.dumps(ollama_line({"content": ""}, True)) + "\n"])))
+    text, calls = "", []
+    for part in ollama_client(gateway).chat(model="llama3.2", tools=[FUNCTION], stream=True,
+                                            messages=[{"role": "user", "content": f"{marker} clean up"}]):
+        if part.message.content == "On it.":
+            assert not gate.is_set()
+            gate.set()
+        text += part.message.content or ""
+        calls += part.message.tool_calls or []
+    assert gate.is_set() and part.done
+    if refused:
+        assert calls == [] and text.startswith("On it.") and "refused the call of the tool 'run_command'" in text
+        assert_refused(refusal_event(gateway, marker))
+    else:
+        assert [(c.function.name, c.function.arguments) for c in calls] == [("run_command", LS)] and text == "On it."

@@ -57,12 +57,15 @@ REQUESTS = {
                                                             "tools": [FUNCTION]}),
     toolcalls.COHERE: ("/v2/chat", {"model": "command-a-03-2025", "messages": [{"role": "user", "content": "go"}],
                                     "tools": [FUNCTION]}),
+    toolcalls.OLLAMA: ("/api/chat", {"model": "llama3.2", "stream": False, "tools": [FUNCTION],  # it streams unless
+                                     "messages": [{"role": "user", "content": "go"}]}),
 }
 HOSTS = {toolcalls.CHAT: "api.openai.com", toolcalls.RESPONSES: "api.openai.com",
          toolcalls.ANTHROPIC: "api.anthropic.com", toolcalls.GEMINI: "generativelanguage.googleapis.com",
          toolcalls.CONVERSE: "bedrock-runtime.us-east-1.amazonaws.com",
          toolcalls.BEDROCK_ANTHROPIC: "bedrock-runtime.us-east-1.amazonaws.com",
-         toolcalls.MISTRAL_CONVERSATIONS: "api.mistral.ai", toolcalls.COHERE: "api.cohere.com"}
+         toolcalls.MISTRAL_CONVERSATIONS: "api.mistral.ai", toolcalls.COHERE: "api.cohere.com",
+         toolcalls.OLLAMA: "ollama.com"}
 
 
 def body(fmt: str, name: str, args: dict) -> dict:
@@ -84,6 +87,9 @@ def body(fmt: str, name: str, args: dict) -> dict:
     if fmt == toolcalls.GEMINI:
         return {"candidates": [{"content": {"role": "model", "parts": [
             {"text": "Let me."}, {"functionCall": {"name": name, "args": args}}]}, "finishReason": "STOP"}]}
+    if fmt == toolcalls.OLLAMA:
+        return ollama_line({"content": "Let me.", "tool_calls": [{"function": {"name": name, "arguments": args}}]},
+                           done=True)
     if fmt == toolcalls.COHERE:
         return {"id": "c1", "finish_reason": "TOOL_CALL", "message": {
             "role": "assistant", "tool_plan": "I will run it.", "content": [{"type": "text", "text": "Let me."}],
@@ -98,6 +104,15 @@ def body(fmt: str, name: str, args: dict) -> dict:
     return {"output": {"message": {"role": "assistant", "content": [
         {"text": "Let me."}, {"toolUse": {"toolUseId": "tu_1", "name": name, "input": args}}]}},
         "stopReason": "tool_use", "usage": {"inputTokens": 1, "outputTokens": 1}}
+
+
+def ollama_line(message: dict, done: bool = False) -> dict:
+    return {"model": "llama3.2", "created_at": "2025-01-01T00:00:00Z", "message": {"role": "assistant", **message},
+            "done": done, **({"done_reason": "stop", "eval_count": 1} if done else {})}
+
+
+def ndjson(*objects: dict) -> list[bytes]:
+    return [json.dumps(o).encode() + b"\n" for o in objects]
 
 
 def sse(*events: dict, named: bool = False) -> list[bytes]:
@@ -162,6 +177,10 @@ def stream(fmt: str, name: str, args: dict) -> tuple[list[bytes], list[bytes], l
             return {"candidates": [{**candidate, "finishReason": finish}] if finish else [candidate]}
         return (sse(part({"text": "Let me."})), sse(part({"functionCall": {"name": name, "args": args}}, "STOP")),
                 [])
+    if fmt == toolcalls.OLLAMA:  # a call comes whole, in one line
+        return (ndjson(ollama_line({"content": "Let me."})),
+                ndjson(ollama_line({"content": "", "tool_calls": [{"function": {"name": name, "arguments": args}}]})),
+                ndjson(ollama_line({"content": ""}, done=True)))
     if fmt == toolcalls.COHERE:
         def message(kind, index=None, **delta):
             return {"type": kind, **({} if index is None else {"index": index}),
@@ -200,11 +219,12 @@ def stream(fmt: str, name: str, args: dict) -> tuple[list[bytes], list[bytes], l
 
 CONTENT_TYPES = {fmt: "text/event-stream" for fmt in REQUESTS} | {
     toolcalls.CONVERSE: "application/vnd.amazon.eventstream",
-    toolcalls.BEDROCK_ANTHROPIC: "application/vnd.amazon.eventstream"}
+    toolcalls.BEDROCK_ANTHROPIC: "application/vnd.amazon.eventstream", toolcalls.OLLAMA: "application/x-ndjson"}
 STOPS = {toolcalls.CHAT: ("tool_calls", "stop"), toolcalls.RESPONSES: ("completed", "completed"),
          toolcalls.ANTHROPIC: ("tool_use", "end_turn"), toolcalls.GEMINI: ("STOP", "STOP"),
          toolcalls.CONVERSE: ("tool_use", "end_turn"), toolcalls.BEDROCK_ANTHROPIC: ("tool_use", "end_turn"),
-         toolcalls.MISTRAL_CONVERSATIONS: ("stop", "stop"), toolcalls.COHERE: ("TOOL_CALL", "COMPLETE")}
+         toolcalls.MISTRAL_CONVERSATIONS: ("stop", "stop"), toolcalls.COHERE: ("TOOL_CALL", "COMPLETE"),
+         toolcalls.OLLAMA: ("stop", "stop")}
 JSON_STOPS = {toolcalls.MISTRAL_CONVERSATIONS: ""}  # a conversation's JSON answer has no finish reason
 
 
@@ -226,6 +246,7 @@ def read_back(fmt: str, answer: bytes | dict, streamed: bool):
 
 
 FORMATS = list(REQUESTS)
+PIECEMEAL = [f for f in FORMATS if f not in (toolcalls.GEMINI, toolcalls.OLLAMA)]  # the others send a call whole
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -277,7 +298,7 @@ def test_a_streamed_forbidden_call_is_replaced_by_refusal_events_with_a_consiste
     assert b"rm -rf" not in out
 
 
-@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != toolcalls.GEMINI])  # Gemini sends a call whole
+@pytest.mark.parametrize("fmt", PIECEMEAL)
 def test_a_call_that_never_completes_is_refused_at_the_end_of_the_stream(fmt):
     text, call, _ = stream(fmt, "run", {"command": "ls"})
     guard, out = guarded(fmt, text + call[:2])
@@ -286,7 +307,7 @@ def test_a_call_that_never_completes_is_refused_at_the_end_of_the_stream(fmt):
     assert guard.refused == [("run", toolcalls.INCOMPLETE)]
 
 
-@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != toolcalls.GEMINI])
+@pytest.mark.parametrize("fmt", PIECEMEAL)
 def test_a_call_growing_past_the_cap_is_refused_and_nothing_more_of_it_is_held(fmt):
     text, call, after = stream(fmt, "run", {"command": "ls " + "x" * 50_000})
     guard, out = guarded(fmt, text + call + after, step=999, max_call_bytes=4096)
@@ -314,14 +335,27 @@ def test_chat_a_refused_call_among_allowed_ones_keeps_the_others_renumbered():
     assert b'"index":0,"id":"call_1"' in b"".join(out)  # the allowed call takes the refused one's index
 
 
-def test_an_event_that_never_ends_is_cut_rather_than_held():
-    guard = toolcalls.stream_guard(toolcalls.ANTHROPIC, "text/event-stream", judge)
-    assert guard.feed(b"data: {" + b"x" * (toolcalls.MAX_EVENT_BYTES + 1)) == b""
-    assert guard.broken and guard.feed(b"\n\n") == b""
+@pytest.mark.parametrize("fmt,start,end", [(toolcalls.ANTHROPIC, b"data: {", b"\n\n"), (toolcalls.OLLAMA, b"{", b"\n")])
+def test_an_event_that_never_ends_is_cut_rather_than_held(fmt, start, end):
+    guard = toolcalls.stream_guard(fmt, CONTENT_TYPES[fmt], judge)
+    assert guard.feed(start + b"x" * (toolcalls.MAX_EVENT_BYTES + 1)) == b""
+    assert guard.broken and guard.feed(end) == b""
 
 
-def test_a_json_array_stream_is_not_a_framing_the_guard_reads():
-    assert toolcalls.stream_guard(toolcalls.GEMINI, "application/json", judge) is None
+@pytest.mark.parametrize("step", [0, 1])
+def test_ndjson_lines_ended_by_crlf_get_a_refusal_line_ended_alike(step):
+    text, call, after = stream(toolcalls.OLLAMA, "shell", {"c": "x"})
+    guard, out = guarded(toolcalls.OLLAMA, [e.replace(b"\n", b"\r\n") for e in text + call + after], step)
+    lines = b"".join(out).split(b"\r\n")
+    assert not guard.broken and len(lines) == 4 and lines[-1] == b"" and REFUSAL.encode() in lines[1]
+    assert b"tool_calls" not in lines[1] and b"\n" not in b"".join(lines)
+
+
+@pytest.mark.parametrize("fmt,content_type", [(toolcalls.GEMINI, "application/json"),  # its JSON array stream
+                                               (toolcalls.OLLAMA, "text/event-stream"),
+                                               (toolcalls.CHAT, "application/x-ndjson")])
+def test_a_stream_in_another_framing_is_not_one_the_guard_reads(fmt, content_type):
+    assert toolcalls.stream_guard(fmt, content_type, judge) is None
 
 
 # --- the policy's judgement --------------------------------------------------------------------------------------
@@ -452,7 +486,7 @@ def test_events_ended_by_a_lone_cr_are_events_too(fmt, step):
 
 
 @pytest.mark.parametrize("fmt", [toolcalls.CHAT, toolcalls.GEMINI, toolcalls.ANTHROPIC, toolcalls.RESPONSES,
-                                 toolcalls.MISTRAL_CONVERSATIONS, toolcalls.COHERE])
+                                 toolcalls.MISTRAL_CONVERSATIONS, toolcalls.COHERE, toolcalls.OLLAMA])
 def test_an_event_that_may_hold_a_call_and_does_not_parse_stops_the_stream(fmt):
     """orjson refuses a lone surrogate the SDKs' json.loads accepts: such an event is not passed on unjudged."""
     text, call, after = stream(fmt, "shell", {"c": "x"})
