@@ -8,16 +8,18 @@ gone, `finish_reason: stop`; Responses: a message item instead of the call item;
 the tool_use block, `stop_reason: end_turn`; Gemini: a text part instead of the functionCall part; Bedrock Converse:
 a text block instead of the toolUse block, `stopReason: end_turn`; Mistral conversations: a `message.output` entry
 instead of the `function.call` entry; Cohere v2: text content instead of the call, `finish_reason: COMPLETE`;
-Ollama: message content). The finish reason says "tool calls" only while an allowed call is left.
+Cohere v1: the answer's text, the call gone from `tool_calls` and from the chat history it returns; Ollama: message
+content). The finish reason says "tool calls" only while an allowed call is left.
 
 Streams are not held back: an event that is not part of a tool call goes on as soon as it is complete (an SSE event,
 an NDJSON line or an AWS event-stream frame is the smallest unit a client reads anyway). Only the events of a tool
 call are held, until the call is complete (OpenAI chat and Mistral conversations: its arguments' JSON closed;
 Responses: its `output_item.done`; Anthropic, Claude on Bedrock's InvokeModel stream and Converse: its block's
-stop; Cohere v2: its `tool-call-end`; Gemini and Ollama send a call whole in one event). Then they go on unchanged
-when the call is allowed, or refusal events take their place. A call that never completes before the stream ends,
-or while the events held (of all the calls held at once) outgrow `max_call_bytes`, is refused too: nothing is held
-without bound, and what could not be judged does not reach the agent.
+stop; Cohere v2: its `tool-call-end`; Cohere v1: its `tool-calls-generation`; Gemini and Ollama send a call whole
+in one event). Then they go on unchanged when the call is allowed, or refusal events take their place. A call that
+never completes before the stream ends, or while the events held (of all the calls held at once) outgrow
+`max_call_bytes`, is refused too: nothing is held without bound, and what could not be judged does not reach the
+agent.
 
 `judge(call) -> refusal text | None` is the policy's (addons/toolcalls.py); everything here is pure: no mitmproxy.
 """
@@ -45,7 +47,7 @@ MAX_CALL_BYTES = 1 << 20  # events of streamed tool calls held at once, by defau
 MAX_EVENT_BYTES = 16 << 20  # one SSE event, NDJSON line or event-stream frame that has not ended yet
 CHAT, RESPONSES, ANTHROPIC, GEMINI, CONVERSE = "openai-chat", "openai-responses", "anthropic", "gemini", "converse"
 BEDROCK_ANTHROPIC = "bedrock-anthropic"  # Claude's own Messages bodies through Bedrock's InvokeModel
-MISTRAL_CONVERSATIONS, COHERE, OLLAMA = "mistral-conversations", "cohere-v2", "ollama"
+MISTRAL_CONVERSATIONS, COHERE, COHERE_V1, OLLAMA = "mistral-conversations", "cohere-v2", "cohere-v1", "ollama"
 INCOMPLETE = "did not complete"
 OVERSIZED = "grew past the cap"
 _FORMATS = {("openai", "chat.completions"): CHAT, ("vertex", "chat.completions"): CHAT,  # Vertex: partner models
@@ -53,7 +55,7 @@ _FORMATS = {("openai", "chat.completions"): CHAT, ("vertex", "chat.completions")
             ("openai", "responses"): RESPONSES, ("anthropic", "messages"): ANTHROPIC,  # Claude on Vertex too
             ("gemini", "generateContent"): GEMINI,  # Vertex's Gemini too
             ("bedrock", "converse"): CONVERSE, ("mistral", "conversations"): MISTRAL_CONVERSATIONS,
-            ("cohere", "v2.chat"): COHERE, ("ollama", "chat"): OLLAMA}
+            ("cohere", "v2.chat"): COHERE, ("cohere", "v1.chat"): COHERE_V1, ("ollama", "chat"): OLLAMA}
 
 
 def format_of(provider: str | None, operation: str, model: str = "") -> str | None:
@@ -241,6 +243,31 @@ def _cohere_body(data: dict, judge: Judge) -> bool:
     return bool(refusals)
 
 
+def _cohere_v1_body(data: dict, judge: Judge) -> bool:
+    """Cohere v1 chat (the answer, or the `response` of its stream's end): `tool_calls: [{name, parameters}]` beside
+    its `text`; the `chat_history` it returns ends in a CHATBOT turn with the same calls, which says the same (a
+    client sends that history back)."""
+    calls, refusals = data.get("tool_calls"), []
+    for j, tc in enumerate(calls if isinstance(calls, list) else ()):
+        if isinstance(tc, dict) and (text := judge(tool_call(str(tc.get("name", "")), tc.get("parameters"),
+                                                             ("tool_calls", j, "parameters")))):
+            refusals.append((tc, text))
+    if not refusals:
+        return False
+    refused, texts = [tc for tc, _ in refusals], [text for _, text in refusals]
+    history = data.get("chat_history")
+    turns = [t for t in history if isinstance(t, dict) and str(t.get("role", "")).upper() == "CHATBOT"
+             and isinstance(t.get("tool_calls"), list)] if isinstance(history, list) else []
+    for holder, key in [(data, "text"), *([(turns[-1], "message")] if turns else [])]:
+        kept = [tc for tc in holder["tool_calls"] if tc not in refused]
+        if kept:
+            holder["tool_calls"] = kept
+        else:
+            del holder["tool_calls"]
+        holder[key] = _joined(holder.get(key), texts)
+    return True
+
+
 def _ollama_body(data: dict, judge: Judge) -> bool:
     """Ollama chat (the answer, or one line of its stream): the message's calls are chat-shaped, their arguments an
     object; a refusal is the message's text (`done_reason` says `stop` with calls or without)."""
@@ -253,7 +280,7 @@ def _ollama_body(data: dict, judge: Judge) -> bool:
 
 _BODIES = {CHAT: _chat_body, RESPONSES: _responses_body, ANTHROPIC: _anthropic_body, GEMINI: _gemini_body,
            CONVERSE: _converse_body, BEDROCK_ANTHROPIC: _anthropic_body, MISTRAL_CONVERSATIONS: _mistral_body,
-           COHERE: _cohere_body, OLLAMA: _ollama_body}
+           COHERE: _cohere_body, COHERE_V1: _cohere_v1_body, OLLAMA: _ollama_body}
 
 
 # --- streams -------------------------------------------------------------------------------------------------------
@@ -889,6 +916,76 @@ class OllamaGuard(NdjsonGuard):
         return b""
 
 
+class CohereV1Guard(_BlockCalls, NdjsonGuard):
+    """Cohere v1 chat: a call's `tool-calls-chunk` lines (its name and parameters in pieces, by index) are held
+    until the `tool-calls-generation` line, which carries every call whole: they are judged there. When all are
+    allowed, the held lines and it go on unchanged; else a `text-generation` line of each refusal takes a refused
+    call's place, the allowed calls' chunks are rebuilt (renumbered, one line each) and the generation lists only
+    them. The `stream-end` line's `response` says the same; v1 has no finish reason for calls."""
+
+    marker = (b"tool_call", b"stream-end")
+
+    def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
+        super().__init__(judge, max_call_bytes)
+        self.verdicts: dict[tuple[str, str], str | None] = {}  # each call judged once: the end repeats them
+        self.said: dict[Any, str] = {}  # call index -> the refusal that took its place (before the generation)
+
+    def event(self, raw: bytes, name: str, data: dict) -> bytes:
+        kind, delta = data.get("event_type"), data.get("tool_call_delta")
+        if kind == "tool-calls-chunk" and isinstance(delta, dict):
+            index, piece = delta.get("index"), str(delta.get("parameters") or "")
+            if self._dropping(index, False):
+                return b""
+            if index not in self.pending:
+                return self._open(index, _Held(str(delta.get("name") or ""), arguments=piece), raw)
+            held = self.pending[index]
+            held.name, held.arguments = held.name or str(delta.get("name") or ""), held.arguments + piece
+            return self._add(index, raw)
+        if kind == "tool-calls-generation":
+            return self._generation(raw, data)
+        if kind == "stream-end":
+            out, response = self.end(), data.get("response")
+            changed = isinstance(response, dict) and _cohere_v1_body(response, self._judged)
+            return out + (self.line(data) if changed else raw)
+        return raw
+
+    def _generation(self, raw: bytes, data: dict) -> bytes:
+        calls = data.get("tool_calls")
+        kept, out, changed = [], [], False
+        for j, tc in enumerate(calls if isinstance(calls, list) else ()):
+            held = self._take(j) if j in self.pending else None
+            call = tool_call(str(tc.get("name", "")), tc.get("parameters"), ("tool_calls", j, "parameters")) \
+                if isinstance(tc, dict) else None
+            if self._dropping(j, True):  # refused while its chunks came (past the cap): the end says so too
+                if call is not None:
+                    self.verdicts[(call.name, call.arguments)] = self.said[j]
+                changed = True
+            elif call is not None and (text := self._judged(call)):
+                out.append(self._refuse(j, held or _Held(call.name), text))
+                changed = True
+            else:
+                kept.append((tc, held))
+        if not changed:
+            return b"".join(e for _, held in kept if held is not None for e in held.events) + raw
+        for n, (_, held) in enumerate(kept):  # the pieces of an allowed call, as it streamed them, in one line
+            if held is not None:
+                out.append(self.line({"is_finished": False, "event_type": "tool-calls-chunk", "tool_call_delta": {
+                    "index": n, "name": held.name, "parameters": held.arguments}}))
+        if kept:
+            out.append(self.line({**data, "tool_calls": [tc for tc, _ in kept]}))
+        return b"".join(out)
+
+    def _judged(self, call: ToolCall) -> str | None:
+        key = (call.name, call.arguments)
+        if key not in self.verdicts:
+            self.verdicts[key] = self.judge(call)
+        return self.verdicts[key]
+
+    def _release(self, index: Any, held: _Held, text: str) -> bytes:
+        self.said[index] = text
+        return self.line({"is_finished": False, "event_type": "text-generation", "text": text})
+
+
 class _EventStreamFraming:
     """AWS event-stream framing (Bedrock's streams): complete frames, raw bytes kept, go to `_frame(raw, message)`.
     A frame that does not decode (a wrong length or CRC) stops the stream there: botocore would fail on it too; so
@@ -1000,7 +1097,7 @@ GUARDS: dict[str, type[StreamGuard]] = {CHAT: ChatGuard, RESPONSES: ResponsesGua
                                         GEMINI: GeminiGuard, CONVERSE: ConverseGuard,
                                         BEDROCK_ANTHROPIC: BedrockAnthropicGuard,
                                         MISTRAL_CONVERSATIONS: MistralConversationGuard, COHERE: CohereGuard,
-                                        OLLAMA: OllamaGuard}
+                                        COHERE_V1: CohereV1Guard, OLLAMA: OllamaGuard}
 
 
 def stream_guard(fmt: str, content_type: str, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES

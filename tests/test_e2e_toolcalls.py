@@ -24,7 +24,7 @@ from tests.test_e2e_foundation import chunk, openai_client
 from tests.test_e2e_openai_anthropic import anthropic_client
 from tests.test_e2e_policy import write_rules
 from tests.test_e2e_sdks import (MODEL, bedrock, cohere_client, genai_client,  # noqa: F401 (bedrock: a fixture)
-                                 mistral_client, route_gemini, ssl_context)
+                                 http_client, mistral_client, route_gemini, ssl_context)
 
 POLICY = """
 version: 1
@@ -732,3 +732,37 @@ def test_ollama_chat_stream_text_first_then_the_whole_call(gateway, upstream, ma
         assert_refused(refusal_event(gateway, marker))
     else:
         assert [(c.function.name, c.function.arguments) for c in calls] == [("run_command", LS)] and text == "On it."
+
+
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_cohere_v1_chat_stream_a_forbidden_call_becomes_text(gateway, upstream, marker, args, refused):
+    """The v1 client's NDJSON stream: the call in chunks, then whole in its generation, and the end's response."""
+    import cohere
+    call = {"name": "run_command", "parameters": args}
+    text = json.dumps(args)
+    lines = [{"event_type": "stream-start", "generation_id": "g1"},
+             {"event_type": "text-generation", "text": "On it."},
+             {"event_type": "tool-calls-chunk", "tool_call_delta": {"index": 0, "name": "run_command"}},
+             *({"event_type": "tool-calls-chunk", "tool_call_delta": {"index": 0, "parameters": text[i:i + 6]}}
+               for i in range(0, len(text), 6)),
+             {"event_type": "tool-calls-generation", "text": "On it.", "tool_calls": [call]},
+             {"event_type": "stream-end", "finish_reason": "COMPLETE", "response": {
+                 "text": "On it.", "generation_id": "g1", "finish_reason": "COMPLETE", "tool_calls": [call],
+                 "meta": {"billed_units": {"input_tokens": 3, "output_tokens": 3}}}}]
+    upstream.route("/v1/chat", lambda rec: Reply(content_type="application/stream+json", chunks=[
+        json.dumps({"is_finished": x["event_type"] == "stream-end", **x}).encode() + b"\n" for x in lines]))
+    client = cohere.Client(api_key="co-test-not-a-key", httpx_client=http_client(gateway))
+    events = list(client.chat_stream(model="command-r", message=f"{marker} clean up", tools=[
+        {"name": "run_command", "description": "Runs a command", "parameter_definitions": {
+            "command": {"type": "str", "required": True}}}]))
+    texts = "".join(e.text for e in events if e.event_type == "text-generation")
+    generated = [c for e in events if e.event_type == "tool-calls-generation" for c in e.tool_calls]
+    end = events[-1]
+    assert end.event_type == "stream-end" and end.finish_reason == "COMPLETE"
+    if refused:
+        assert generated == [] and not end.response.tool_calls
+        assert texts.startswith("On it.") and "refused the call of the tool 'run_command'" in texts
+        assert not any(e.event_type == "tool-calls-chunk" and e.tool_call_delta for e in events)
+        assert_refused(refusal_event(gateway, marker))
+    else:
+        assert [(c.name, c.parameters) for c in generated] == [("run_command", LS)] and texts == "On it."

@@ -57,6 +57,8 @@ REQUESTS = {
                                                             "tools": [FUNCTION]}),
     toolcalls.COHERE: ("/v2/chat", {"model": "command-a-03-2025", "messages": [{"role": "user", "content": "go"}],
                                     "tools": [FUNCTION]}),
+    toolcalls.COHERE_V1: ("/v1/chat", {"model": "command-r", "message": "go", "tools": [
+        {"name": "run", "parameter_definitions": {"command": {"type": "str"}}}]}),
     toolcalls.OLLAMA: ("/api/chat", {"model": "llama3.2", "stream": False, "tools": [FUNCTION],  # it streams unless
                                      "messages": [{"role": "user", "content": "go"}]}),
 }
@@ -65,7 +67,7 @@ HOSTS = {toolcalls.CHAT: "api.openai.com", toolcalls.RESPONSES: "api.openai.com"
          toolcalls.CONVERSE: "bedrock-runtime.us-east-1.amazonaws.com",
          toolcalls.BEDROCK_ANTHROPIC: "bedrock-runtime.us-east-1.amazonaws.com",
          toolcalls.MISTRAL_CONVERSATIONS: "api.mistral.ai", toolcalls.COHERE: "api.cohere.com",
-         toolcalls.OLLAMA: "ollama.com"}
+         toolcalls.COHERE_V1: "api.cohere.com", toolcalls.OLLAMA: "ollama.com"}
 
 
 def body(fmt: str, name: str, args: dict) -> dict:
@@ -87,6 +89,12 @@ def body(fmt: str, name: str, args: dict) -> dict:
     if fmt == toolcalls.GEMINI:
         return {"candidates": [{"content": {"role": "model", "parts": [
             {"text": "Let me."}, {"functionCall": {"name": name, "args": args}}]}, "finishReason": "STOP"}]}
+    if fmt == toolcalls.COHERE_V1:
+        calls = [{"name": name, "parameters": args}]
+        return {"response_id": "r1", "generation_id": "g1", "text": "Let me.", "finish_reason": "COMPLETE",
+                "tool_calls": calls, "chat_history": [{"role": "USER", "message": "go"},
+                                                      {"role": "CHATBOT", "message": "Let me.", "tool_calls": calls}],
+                "meta": {"billed_units": {"input_tokens": 1, "output_tokens": 1}}}
     if fmt == toolcalls.OLLAMA:
         return ollama_line({"content": "Let me.", "tool_calls": [{"function": {"name": name, "arguments": args}}]},
                            done=True)
@@ -177,6 +185,15 @@ def stream(fmt: str, name: str, args: dict) -> tuple[list[bytes], list[bytes], l
             return {"candidates": [{**candidate, "finishReason": finish}] if finish else [candidate]}
         return (sse(part({"text": "Let me."})), sse(part({"functionCall": {"name": name, "args": args}}, "STOP")),
                 [])
+    if fmt == toolcalls.COHERE_V1:  # the call in chunks, then whole in its generation line
+        def line(kind, **fields):
+            return {"is_finished": kind == "stream-end", "event_type": kind, **fields}
+        return (ndjson(line("stream-start", generation_id="g1"), line("text-generation", text="Let me.")),
+                ndjson(line("tool-calls-chunk", tool_call_delta={"index": 0, "name": name}),
+                       line("tool-calls-chunk", tool_call_delta={"index": 0, "parameters": text[:half]}),
+                       line("tool-calls-chunk", tool_call_delta={"index": 0, "parameters": text[half:]}),
+                       line("tool-calls-generation", text="Let me.", tool_calls=[{"name": name, "parameters": args}])),
+                ndjson(line("stream-end", finish_reason="COMPLETE", response=body(fmt, name, args))))
     if fmt == toolcalls.OLLAMA:  # a call comes whole, in one line
         return (ndjson(ollama_line({"content": "Let me."})),
                 ndjson(ollama_line({"content": "", "tool_calls": [{"function": {"name": name, "arguments": args}}]})),
@@ -219,12 +236,13 @@ def stream(fmt: str, name: str, args: dict) -> tuple[list[bytes], list[bytes], l
 
 CONTENT_TYPES = {fmt: "text/event-stream" for fmt in REQUESTS} | {
     toolcalls.CONVERSE: "application/vnd.amazon.eventstream",
-    toolcalls.BEDROCK_ANTHROPIC: "application/vnd.amazon.eventstream", toolcalls.OLLAMA: "application/x-ndjson"}
+    toolcalls.BEDROCK_ANTHROPIC: "application/vnd.amazon.eventstream", toolcalls.OLLAMA: "application/x-ndjson",
+    toolcalls.COHERE_V1: "application/stream+json"}
 STOPS = {toolcalls.CHAT: ("tool_calls", "stop"), toolcalls.RESPONSES: ("completed", "completed"),
          toolcalls.ANTHROPIC: ("tool_use", "end_turn"), toolcalls.GEMINI: ("STOP", "STOP"),
          toolcalls.CONVERSE: ("tool_use", "end_turn"), toolcalls.BEDROCK_ANTHROPIC: ("tool_use", "end_turn"),
          toolcalls.MISTRAL_CONVERSATIONS: ("stop", "stop"), toolcalls.COHERE: ("TOOL_CALL", "COMPLETE"),
-         toolcalls.OLLAMA: ("stop", "stop")}
+         toolcalls.COHERE_V1: ("COMPLETE", "COMPLETE"), toolcalls.OLLAMA: ("stop", "stop")}
 JSON_STOPS = {toolcalls.MISTRAL_CONVERSATIONS: ""}  # a conversation's JSON answer has no finish reason
 
 
@@ -486,7 +504,8 @@ def test_events_ended_by_a_lone_cr_are_events_too(fmt, step):
 
 
 @pytest.mark.parametrize("fmt", [toolcalls.CHAT, toolcalls.GEMINI, toolcalls.ANTHROPIC, toolcalls.RESPONSES,
-                                 toolcalls.MISTRAL_CONVERSATIONS, toolcalls.COHERE, toolcalls.OLLAMA])
+                                 toolcalls.MISTRAL_CONVERSATIONS, toolcalls.COHERE, toolcalls.COHERE_V1,
+                                 toolcalls.OLLAMA])
 def test_an_event_that_may_hold_a_call_and_does_not_parse_stops_the_stream(fmt):
     """orjson refuses a lone surrogate the SDKs' json.loads accepts: such an event is not passed on unjudged."""
     text, call, after = stream(fmt, "shell", {"c": "x"})
@@ -674,6 +693,34 @@ def test_cohere_a_refusal_is_a_content_of_its_own_and_the_tool_plan_stays():
         ("content-start", 0), ("content-delta", 0), ("content-end", 0),
         ("content-start", 1), ("content-delta", 1), ("content-end", 1)]
     assert not any(e["type"].startswith("tool-call") for e in events)
+
+
+# --- Cohere v1 -----------------------------------------------------------------------------------------------
+
+def test_cohere_v1_a_refused_call_among_allowed_ones_each_judged_once_and_the_end_says_the_same():
+    seen = []
+
+    def counting(call: ToolCall) -> str | None:
+        seen.append(call.name)
+        return judge(call)
+    shell, ls = {"name": "shell", "parameters": {"c": "x"}}, {"name": "run", "parameters": {"command": "ls"}}
+    answer = body(toolcalls.COHERE_V1, "shell", {"c": "x"})
+    answer["tool_calls"] = answer["chat_history"][-1]["tool_calls"] = [shell, ls]
+    events = ndjson(*({"is_finished": False, "event_type": "tool-calls-chunk", "tool_call_delta": {
+                        "index": i, "name": tc["name"], "parameters": json.dumps(tc["parameters"])}}
+                      for i, tc in enumerate([shell, ls])),
+                    {"is_finished": False, "event_type": "tool-calls-generation", "tool_calls": [shell, ls]},
+                    {"is_finished": True, "event_type": "stream-end", "finish_reason": "COMPLETE",
+                     "response": answer})
+    guard = toolcalls.stream_guard(toolcalls.COHERE_V1, "application/stream+json", counting)
+    lines = [orjson.loads(line) for line in b"".join([guard.feed(e) for e in events] + [guard.finish()]).splitlines()]
+    assert [line["event_type"] for line in lines] == ["text-generation", "tool-calls-chunk", "tool-calls-generation",
+                                                      "stream-end"]
+    assert lines[0]["text"] == f"{REFUSAL} shell" and seen == ["shell", "run"]
+    assert lines[1]["tool_call_delta"] == {"index": 0, "name": "run", "parameters": '{"command": "ls"}'}
+    response = lines[3]["response"]
+    assert lines[2]["tool_calls"] == response["tool_calls"] == response["chat_history"][-1]["tool_calls"] == [ls]
+    assert response["text"] == response["chat_history"][-1]["message"] == f"Let me.\n\n{REFUSAL} shell"
 
 
 # --- Responses items of calls the client runs that are not functions ---------------------------------------------
