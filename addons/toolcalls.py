@@ -13,7 +13,8 @@ compresses all the same is decoded here (capped) and sent on uncompressed. Only 
 guarded, and only while a rule has a `tools` condition: everyone else's answer passes as before.
 
 A JSON answer the guard cannot judge (it does not decode, orjson does not read it though a client's parser might,
-the guard fails) is not forwarded: the client gets an error in its provider's shape, as a stream is cut.
+the guard fails) is not forwarded: the client gets an error in its provider's shape, as a stream is cut; so does a
+stream in a framing the guard does not read (Gemini's JSON array without alt=sse).
 
 Each refusal is audited: decision `block` (a monitored rule: `monitor`), the rule, and a note naming the tool.
 """
@@ -82,8 +83,11 @@ class AnswerTools:
         content_type = flow.response.headers.get("content-type", "").split(";")[0].strip().lower()
         judge = _Judge(self.policy, it, flow.request.headers)
         guard = toolcalls.stream_guard(fmt, content_type, judge, ctx.options.gateway_tool_call_max_bytes)
-        if guard is None:
-            it.exchange.warn(f"tool calls in the answer not checked: {content_type or 'untyped'} stream")
+        if guard is None:  # Gemini's JSON array without alt=sse, say: its calls could not be judged as they come
+            _unjudged(flow, it, judge, f"its stream ({content_type or 'untyped'}) is in a framing the guard does not "
+                                       "read")
+            flow.response.stream = tap  # the upstream's stream still comes: read for the audit, not passed on
+            tap.then = _Instead(flow.response.content)
             return
         coding = flow.response.headers.get("content-encoding")
         decoder = None
@@ -131,6 +135,17 @@ def _unjudged(flow: http.HTTPFlow, it: Interaction, judge: _Judge, why: str) -> 
                                     "for the tool calls the policy forbids, so it was not passed on.", it.event_id)
     reply = enforcement.api_error(enforcement.dialect(provider_of(it), it.service), text, it.event_id)
     flow.response = http.Response.make(reply.status, reply.body, reply.headers)
+
+
+class _Instead:
+    """The tap's `then` for a stream replaced by an error: the error's body, once, for all the upstream sends."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def __call__(self, chunk: bytes) -> bytes:
+        body, self.body = self.body, b""
+        return body
 
 
 class _Judge:

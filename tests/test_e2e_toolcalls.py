@@ -766,3 +766,27 @@ def test_cohere_v1_chat_stream_a_forbidden_call_becomes_text(gateway, upstream, 
         assert_refused(refusal_event(gateway, marker))
     else:
         assert [(c.name, c.parameters) for c in generated] == [("run_command", LS)] and texts == "On it."
+
+
+# --- a stream the guard does not read ---------------------------------------------------------------------------
+
+def test_a_stream_in_a_framing_the_guard_does_not_read_is_replaced_by_an_error(gateway, upstream, marker):
+    """Gemini streams a JSON array without alt=sse: its calls could not be judged as they come, so the client gets
+    an error in Gemini's shape instead of the stream (fail closed, as for a JSON answer that cannot be judged)."""
+    elements = [{"candidates": [{"content": {"role": "model", "parts": [part]}, "index": 0}]}
+                for part in ({"text": "On it."}, {"functionCall": {"name": "run_command", "args": RM}})]
+    body = ("[" + ",\r\n".join(json.dumps(e) for e in elements) + "]").encode()
+    upstream.route("/v1beta/models/gemini-2.0-flash:streamGenerateContent", lambda rec: Reply(
+        content_type="application/json", chunks=[body[i:i + 40] for i in range(0, len(body), 40)]))
+    with http_client(gateway).stream(
+            "POST", "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:streamGenerateContent",
+            headers={"x-goog-api-key": "AIza-test"}, json={
+                "contents": [{"role": "user", "parts": [{"text": f"{marker} clean up"}]}],
+                "tools": [{"functionDeclarations": [{"name": "run_command"}]}]}) as r:
+        answer = r.read()
+    assert r.status_code == 403 and b"rm " not in answer and b"functionCall" not in answer
+    assert json.loads(answer)["error"]["status"] == "PERMISSION_DENIED"
+    event = refusal_event(gateway, marker)
+    assert (event["decision"], event["status"]) == ("block", 403)
+    assert "tool calls could not be checked: its stream (application/json) is in a framing the guard does not read" \
+        in event["reason"]
