@@ -49,7 +49,9 @@ class GatewayProcess:
                 str(data_dir), "-s", str(ROUTE_ADDON),
                 "--set", f"test_upstream={','.join(f'{h}={p}' for h, p in routes.items())}",
                 "--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
-        if source is None or workers != 1:  # an earlier commit's gateway (a bench's baseline) may not know it
+        # an earlier commit's gateway (a bench's baseline) may not know --workers; one that does must be told, or it
+        # starts a process per core and the baseline row measures two processes against one
+        if source is None or workers != 1 or "--workers" in (source / "cli" / "run.py").read_text(errors="replace"):
             args += ["--workers", str(workers)]
         if rules:
             args += ["--rules", str(rules)]
