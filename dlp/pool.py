@@ -49,6 +49,9 @@ STARTUP_TIMEOUT = 300.0  # seconds a new worker may take to build its scanner (a
 #: After a job's deadline the loop takes this long a look more at the worker's socket: a reply that came while the
 #: event loop was busy elsewhere (resolving a large scan's findings, say) is not late, and its worker is healthy.
 LATE_GRACE = 0.05
+#: Findings resolved on the event loop; more (hostile text: a match every few characters) are resolved in a thread,
+#: so that the loop keeps serving other connections meanwhile (about 4 us per finding).
+RESOLVE_INLINE = 2000
 
 
 class DlpError(RuntimeError):
@@ -185,7 +188,7 @@ class DlpPool:
         split = split_findings(joins, [by_text[len(texts) + k] for k in range(len(joins))], own)
         if not split:  # each text's findings are already resolved: only their order is left to make
             return sorted(own, key=lambda f: (f.part, f.start, f.end, f.entity))
-        return resolve_overlaps(own + split)
+        return await off_loop(len(own) + len(split), resolve_overlaps, own + split, above=RESOLVE_INLINE)
 
     async def _scan(self, texts: list[str], timeout: float | None, wait: float | None) -> list[Finding]:
         if self._limits is None:  # no worker has started yet: that waiting counts as waiting for a worker
@@ -212,7 +215,8 @@ class DlpPool:
         finally:
             for t in tasks:  # jobs still queued are skipped; a running one finishes unread
                 t.result.cancel()
-        return resolve_overlaps([f for found in results for f in found])
+        found = [f for found in results for f in found]
+        return await off_loop(len(found), resolve_overlaps, found, above=RESOLVE_INLINE)
 
     def pids(self) -> list[int]:
         """Process ids of the live workers."""

@@ -489,15 +489,26 @@ def split_findings(joins: list[Boundary], scanned: list[list[Finding]], found: l
 def resolve_overlaps(findings: list[Finding]) -> list[Finding]:
     """Keep a set of non-overlapping findings per part: highest score, then longest, then earliest wins. Threats
     (dlp.injection: a phrase, not a value) are resolved apart from values: a sentence that injects and the e-mail
-    address in it are both reported, so the address can still be redacted."""
+    address in it are both reported, so the address can still be redacted.
+
+    The characters already taken are marked in a bytearray per part, so each finding costs its own length in C
+    (find, slice assignment), not a search and an insertion into a list of every span kept: hostile text with a
+    finding every few characters (200,000 in a few MB) is resolved in a fraction of a second, on the event loop
+    too (dlp.pool merges the workers' findings there), instead of seconds."""
     ranked = sorted(set(findings), key=lambda f: (-f.score, -(f.end - f.start), f.part, f.start, f.entity))
-    taken: dict[tuple[int, bool], list[Span]] = {}
+    taken: dict[tuple[int, bool], bytearray] = {}
+    ends: dict[tuple[int, bool], int] = {}
+    for f in ranked:
+        key = (f.part, f.entity in THREATS)
+        ends[key] = max(ends.get(key, 0), f.end)
     kept = []
     for f in ranked:
-        spans = taken.setdefault((f.part, f.entity in THREATS), [])
-        i = bisect.bisect_left(spans, (f.start, f.end))
-        if (i > 0 and spans[i - 1][1] > f.start) or (i < len(spans) and spans[i][0] < f.end):
+        key = (f.part, f.entity in THREATS)
+        marks = taken.get(key)
+        if marks is None:
+            marks = taken[key] = bytearray(ends[key])
+        if marks.find(1, f.start, f.end) >= 0:
             continue
-        spans.insert(i, (f.start, f.end))
+        marks[f.start:f.end] = b"\1" * (f.end - f.start)
         kept.append(f)
     return sorted(kept, key=lambda f: (f.part, f.start, f.end, f.entity))

@@ -220,6 +220,25 @@ def test_overlaps_resolved_by_score_then_length():
         Finding("Y", 0, 5, 0.5, part=0), Finding("X", 0, 5, 0.5, part=1)]
 
 
+def test_overlaps_resolved_as_the_greedy_rule_says_on_random_findings():
+    """Whatever the bookkeeping (a mark per taken character), the result is the greedy rule's: in rank order, a
+    finding is kept unless it overlaps one kept before it in its part (values and threats apart)."""
+    rng = random.Random(7)
+    for _ in range(200):
+        findings = []
+        for _ in range(rng.randint(1, 40)):
+            start = rng.randint(0, 120)
+            findings.append(Finding(rng.choice(["EMAIL_ADDRESS", "PHONE_NUMBER", "PROMPT_INJECTION"]), start,
+                                    start + rng.randint(1, 30), rng.choice([0.4, 0.85, 1.0]), rng.randint(0, 2)))
+        expected: list[Finding] = []
+        for f in sorted(set(findings), key=lambda f: (-f.score, -(f.end - f.start), f.part, f.start, f.entity)):
+            threat = f.entity == "PROMPT_INJECTION"
+            if not any(k.part == f.part and (k.entity == "PROMPT_INJECTION") == threat
+                       and k.start < f.end and f.start < k.end for k in expected):
+                expected.append(f)
+        assert resolve_overlaps(findings) == sorted(expected, key=lambda f: (f.part, f.start, f.end, f.entity))
+
+
 def test_scan_parts_numbers_the_parts(scanner):
     result = scanner.scan_parts(["nothing", "mail jane.doe@acme-corp.com", "", AWS_KEY])
     assert [(f.part, f.entity) for f in result] == [(1, "EMAIL_ADDRESS"), (3, "AWS_ACCESS_KEY")]
