@@ -12,8 +12,11 @@ import pytest
 from core.rulesfile import RulesError
 from dlp.injection import by_source, load_rules
 from policy import decide
+from policy.engine import Request
 from tests.test_policy_engine import BOB, req
 from tests.test_policy_engine import policy as load_policy
+from tests.test_policy_tools import CATALOG, openai_chat
+from tests.test_policy_tools import policy as tools_policy
 from tests.test_walk import parse
 
 RULES = """
@@ -155,3 +158,26 @@ def test_a_rules_folders_injection_file_is_checked_with_the_others(tmp_path):
     assert "injection.yaml:4: unknown family 'nonsense'" in str(error)
     with pytest.raises(RulesError, match="unknown family"):
         ruleset.load(tmp_path)
+
+
+def test_no_mail_after_an_injected_tool_result_strips_the_sending_tools_for_that_turn_only(tmp_path):
+    """docs/policy.md's worked example: a tool result that carries an injection takes the tools that send data
+    out away from the model for that turn; a clean turn, or an injection typed by the user, keeps them."""
+    p = tools_policy(tmp_path, """
+        - id: no-mail-after-injected-tool-result
+          when:
+            tools: [send_email, "send_*"]
+            findings: {entities: [PROMPT_INJECTION, HIDDEN_INSTRUCTIONS], sources: [tool_result, mcp_result, document]}
+          action: strip
+    """)
+    service = CATALOG.services["openai"]
+    x = openai_chat(tools=["search", "send_email", "send_sms"])
+
+    def judged(*findings):
+        return decide(p, BOB, Request(service, x, list(findings), "inspected"))
+
+    d = judged(F("PROMPT_INJECTION", 0.9, "tool_result"))
+    assert (d.action, d.rule, sorted(d.strip_tools)) == ("strip", "no-mail-after-injected-tool-result",
+                                                          ["send_email", "send_sms"])
+    assert judged().action == "allow"
+    assert judged(F("PROMPT_INJECTION", 0.9, "user")).action == "allow"
