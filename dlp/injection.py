@@ -28,6 +28,9 @@ for that source there (a system prompt's "do not tell the user" is the operator'
 poisoning) and stamps the source on every finding, so a policy can block indirect injection and only record direct.
 Rules marked `stage: experimental` are reported with that stage; the policy keeps them out of enforced rules.
 
+An optional classifier (dlp.classifier: an ONNX model the administrator provides, the `classifier:` section) adds
+what no rule phrases; `combine` says how its score and the rules' make one.
+
 Nothing here imports mitmproxy or Presidio.
 """
 
@@ -43,11 +46,15 @@ import urllib.parse
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import regex
 
 from core.rulesfile import SHIPPED_RULES, RulesError, check_keys, load
 from dlp.prefilter import hyperscan
+
+if TYPE_CHECKING:
+    from dlp.classifier import Classifier, ClassifierSpec, Window
 
 RULES_FILE = "injection.yaml"
 PROMPT_INJECTION, HIDDEN_INSTRUCTIONS = "PROMPT_INJECTION", "HIDDEN_INSTRUCTIONS"
@@ -60,6 +67,8 @@ FAMILIES = ("instruction_override", "role_impersonation", "hidden_instruction", 
             "tool_poisoning")
 STAGES = ("stable", "experimental")
 RECOGNIZER = "injection:"  # Finding.recognizer of the detector's findings: this prefix and the rule id
+CLASSIFIER = "classifier"  # the rule id of the classifier's own findings (recognizer `injection:classifier`)
+CONFIRMED = "+classifier"  # added to the rule id of a rule's hit whose score the classifier raised
 
 _TAGS = re.compile(r"[\U000e0000-\U000e007f]{8,}")
 _ZW_BINARY = re.compile(r"[\u200b\u200c\u200d\u2060]{16,}")
@@ -121,13 +130,16 @@ class InjectionRules:
     hidden_boost: float = 0.2
     hidden: regex.Pattern | None = None  # markup that hides what follows from the reader
     link_score: dict[str, float] = field(default_factory=lambda: {"image": 0.9, "link": 0.7})
+    classifier: ClassifierSpec | None = None  # the optional model (dlp.classifier), checked at load
     by_id: dict[str, Rule] = field(default_factory=dict)
 
     def __post_init__(self):
         self.by_id = {r.id: r for r in self.rules}
 
     def weight(self, rule_id: str, source: str) -> float:
-        rule = self.by_id.get(rule_id)
+        """A rule's factor for a source (a hit the classifier raised keeps its rule's); the classifier's own
+        findings take the default factor of their source."""
+        rule = self.by_id.get(rule_id.removesuffix(CONFIRMED))
         if rule is not None and source in rule.weights:
             return rule.weights[source]
         return self.weights.get(source, 1.0)
@@ -178,7 +190,7 @@ def load_rules(path: str | Path) -> InjectionRules:
     file = path / RULES_FILE if path.is_dir() else path
     doc = load(file)
     top = check_keys(file, doc, "injection rules", {"version", "rules"},
-                     {"sources", "context", "links"})
+                     {"sources", "context", "links", "classifier"})
     context = check_keys(file, top.get("context") or {}, "context", set(),
                          {"meta", "meta_factor", "quoted_factor", "negation", "negated_factor", "corroboration",
                           "hidden", "hidden_boost"}) if top.get("context") else {}
@@ -189,6 +201,8 @@ def load_rules(path: str | Path) -> InjectionRules:
         rid = r["id"]
         if rid in ids:
             raise RulesError(file, r.line_of("id"), f"rule {rid!r} is defined twice")
+        if rid == CLASSIFIER:
+            raise RulesError(file, r.line_of("id"), f"the rule id {CLASSIFIER!r} names the classifier's findings")
         ids.add(rid)
         if r["family"] not in FAMILIES:
             raise RulesError(file, r.line_of("family"), f"unknown family {r['family']!r}")
@@ -218,7 +232,18 @@ def load_rules(path: str | Path) -> InjectionRules:
         hidden=_compile(file, context, "hidden") if context else None,
         hidden_boost=_factor(file, context, "hidden_boost", 0.2) if context else 0.2,
         link_score={k: _factor(file, top["links"], k, v) for k, v in {"image": 0.9, "link": 0.7}.items()}
-        if top.get("links") else {"image": 0.9, "link": 0.7})
+        if top.get("links") else {"image": 0.9, "link": 0.7},
+        classifier=_classifier(file, top["classifier"]) if "classifier" in top else None)
+
+
+def _classifier(file: Path, section) -> ClassifierSpec:
+    """The classifier section, its model opened once to check it (fail fast: a reload with a model that does not
+    load is refused, rather than every worker failing to start)."""
+    from dlp.classifier import Classifier, parse
+
+    spec = parse(file, section)
+    Classifier.load(spec)
+    return spec
 
 
 @cache
@@ -270,11 +295,22 @@ class Detector:
 
     def __init__(self, rules: InjectionRules):
         self.rules = rules
+        self._classifier: Classifier | None = None  # loaded on first use (see `classifier`)
         self._db = None
         if hyperscan is not None and rules.rules:
             # and one more expression: where a run long enough to be an encoded payload is (_encoded_runs)
             self._db = _compiled([*(_hs_source(r.regex) for r in rules.rules), _RUN_SOURCE],
                                  [*(_hs_flags(r.regex) for r in rules.rules), hyperscan.HS_FLAG_SINGLEMATCH])
+
+    @property
+    def classifier(self) -> Classifier | None:
+        """The configured model, loaded on first use: the proxy's prefilter gate builds a Detector for
+        `could_find` alone and so never loads it; a worker loads it with its warm-up scan."""
+        if self._classifier is None and self.rules.classifier is not None:
+            from dlp.classifier import Classifier
+
+            self._classifier = Classifier.load(self.rules.classifier)
+        return self._classifier
 
     # --- the pass ---------------------------------------------------------------------------------------------
 
@@ -300,7 +336,13 @@ class Detector:
         and a pass over what each decoder would decode (without detect's bounds, so a text that joins several
         parts answers for each of them). A phrase needs a hyperscan hit to be found, so this never leaves out a
         type detect reports; a text with only a link names EXFILTRATION_LINK alone, which a policy that blocks
-        injection from tool results need not wait for."""
+        injection from tool results need not wait for. With a classifier, any text with something to score may
+        be a PROMPT_INJECTION: it flags texts no rule would, so none of them may skip the workers."""
+        if self.rules.classifier is not None and text.strip():
+            return self._could_find(text) | {PROMPT_INJECTION}
+        return self._could_find(text)
+
+    def _could_find(self, text: str) -> frozenset[str]:
         seen = self._candidates(_JSON_ESCAPE.sub(_unescaped, text) if "\\" in text else text)
         runs = seen.pop(len(self.rules.rules), None) is not None or "\\u" in text
         out = {self.rules.rules[k].entity for k in seen}
@@ -646,7 +688,8 @@ def by_source(findings: list, sources: list[str], rules: InjectionRules) -> list
 
 def scan(detector: Detector, text: str, views) -> list[Hit]:
     """Hits in the text and in its normalised views (dlp.normalize.View), moved back onto the original; a phrase
-    that only shows once invisible characters are removed is a hidden instruction."""
+    that only shows once invisible characters are removed is a hidden instruction. With a classifier, its windows
+    of the text itself (a model reads the text as it is) are combined with them (`combine`)."""
     hits = detector.detect(text)
     for view in views:
         for h in detector.detect(view.text):
@@ -655,7 +698,48 @@ def scan(detector: Detector, text: str, views) -> list[Hit]:
             if entity == PROMPT_INJECTION and _INVISIBLE.search(text, start, end):
                 entity = HIDDEN_INSTRUCTIONS
             hits.append(Hit(entity, start, end, h.score, h.rule, h.stage))
-    return hits
+    classifier = detector.classifier
+    return hits if classifier is None else combine(hits, classifier.windows(text), classifier.spec)
+
+
+def combine(hits: list[Hit], windows: list[Window], spec: ClassifierSpec) -> list[Hit]:
+    """The rules' hits with the classifier's verdicts: per window scored at or above the threshold, the text's
+    PROMPT_INJECTION score is the higher of the rules' and the classifier's.
+
+    - Rule hits of PROMPT_INJECTION in the window scored below the classifier are raised to its score, and their
+      rule id gets CONFIRMED: the rule still says where and why (a span and an id an administrator can read), the
+      model how sure, and the audit shows both had a say.
+    - A window with no such hit becomes a finding of its own (`injection:classifier`) over its text, less what
+      other threat hits there cover (a hidden instruction, an exfiltration link: a window-wide finding would win
+      the overlap resolution of dlp.scanner and drop them, and the policy could no longer see them).
+    Windows below the threshold change nothing: a model's low score does not overrule a rule."""
+    out = list(hits)
+    for w in windows:
+        if w.score < spec.threshold:
+            continue
+        score = round(min(0.99, w.score), 4)
+        inside = [i for i, h in enumerate(out) if h.start < w.end and w.start < h.end]
+        # the rules' own (a classifier finding of an overlapping window is left as it is, and outside the gap)
+        ours = [i for i in inside if out[i].entity == PROMPT_INJECTION and out[i].rule != CLASSIFIER]
+        for i in ours:
+            h = out[i]
+            if h.score < score:
+                out[i] = Hit(h.entity, h.start, h.end, score, h.rule.removesuffix(CONFIRMED) + CONFIRMED, h.stage)
+        if not ours:
+            gap = _largest_gap(w.start, w.end, sorted((out[i].start, out[i].end) for i in inside))
+            if gap is not None:
+                out.append(Hit(PROMPT_INJECTION, *gap, score, CLASSIFIER, spec.stage))
+    return out
+
+
+def _largest_gap(start: int, end: int, spans: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """The longest stretch of [start, end) outside these sorted spans, or None when they cover it."""
+    best, pos = None, start
+    for s, e in [*spans, (end, end)]:
+        if min(s, end) > pos and (best is None or min(s, end) - pos > best[1] - best[0]):
+            best = (pos, min(s, end))
+        pos = max(pos, e)
+    return best
 
 
 _INVISIBLE = regex.compile(r"\p{Cf}")
