@@ -216,3 +216,30 @@ def test_the_model_runs_in_a_dlp_worker(tmp_path, files):
 
     found = [(f.part, f.recognizer) for f in asyncio.run(main()) if f.entity == PROMPT_INJECTION]
     assert found == [(1, "injection:classifier")]
+
+
+def test_gateway_dlp_scan_lists_the_classifiers_findings(tmp_path, files):
+    import json
+
+    from click.testing import CliRunner
+
+    from dlp.cli import scan_command
+
+    folder = rules_folder(tmp_path, section(*files))
+    result = CliRunner().invoke(scan_command, ["-", "--rules", str(folder), "--source", "document",
+                                               "--format", "json"], input=FLAGGED)
+    assert result.exit_code == 0, result.output
+    [row] = [json.loads(line) for line in result.output.splitlines()]
+    assert (row["entity"], row["recognizer"], row["source"]) == (PROMPT_INJECTION, "injection:classifier", "document")
+
+
+def test_the_docs_example_section_loads(tmp_path, files):
+    """docs/policy.md's `classifier:` example, with this test's model and tokenizer for its paths."""
+    import re
+
+    docs = (SHIPPED_RULES.parent / "docs" / "policy.md").read_text().split("#### Optional classifier", 1)[1]
+    example = re.search(r"```yaml\n(classifier:.*?)```", docs, re.DOTALL).group(1)
+    example = re.sub(r"model: \S+", f"model: {files[0]}", re.sub(r"tokenizer: \S+", f"tokenizer: {files[1]}",
+                                                                   example))
+    spec = load_rules(rules_folder(tmp_path, example)).classifier
+    assert (spec.threshold, spec.stage, spec.max_windows) == (0.9, "experimental", 8)
