@@ -18,7 +18,8 @@ MCP clients show, and every refusal of an MCP request is answered as JSON-RPC (p
 - **Answers**: one decide withheld (a rule on findings in the response) becomes the refusal of each request, a
   listing the gateway cannot parse is not passed on (a stricter parser than the client's must not let a tool
   through unfiltered), and a tool whose definition differs from the one its server first listed in this process
-  (providers.mcp.FirstSeen) is noted in the audit.
+  (a "rug pull"), or whose name another server listed first (shadowing), is noted in the audit
+  (providers.mcp.FirstSeen); `tools: {changed: true}` and `tools: {shadowed: true}` rules act on them.
 
 Runs after redact (whose `then` on a stream it chains rather than replaces), so the refusal it sends is the last
 word on the request.
@@ -27,6 +28,7 @@ word on the request.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import orjson
@@ -174,10 +176,12 @@ class McpGuard:
                       ) -> tuple[str, Decision, str] | None:
         """The first call the policy refuses, its decision and why. The request as a whole may match another rule
         first (a batch's other call, a rule on what else it carries), so each call is judged alone too: by its
-        tool as a listing would be (name, server, changed since first seen), then with its arguments, as a
-        model's calls are (policy/toolcalls.py). A call a monitored rule refuses is noted and goes on."""
-        tools = [ToolDefinition(c.name, server=c.server, changed=self.first_seen.is_changed(c.server, c.name))
-                 for c in calls]
+        tool as a listing would be (name, server, changed since first seen, shadowing a name), then with its
+        arguments, as a model's calls are (policy/toolcalls.py). A call a monitored rule refuses is noted and goes
+        on."""
+        tools = [ToolDefinition(c.name, server=c.server or mcp.server_of(it.host)) for c in calls]
+        for tool in tools:
+            self.first_seen.mark(tool)
         forbidden = self._forbidden(flow, it, tools)
         if forbidden:
             name, d = next(iter(forbidden.items()))
@@ -201,8 +205,9 @@ class McpGuard:
         return forbidden_tools(self.policy, subject_of(it), it.service, tools, flow.request.headers) if tools else {}
 
     def _listing(self, flow: http.HTTPFlow, it: Interaction, tools: list[ToolDefinition]) -> set[str]:
-        """The tools a listing loses; the audit records which, and by which rules, and any tool whose definition
-        is not the one first seen (after the strip decision, which replaces the reasons)."""
+        """The tools a listing loses; the audit records which, and by which rules, any tool whose definition is not
+        the one first seen and any whose name another server listed first (after the strip decision, which
+        replaces the reasons)."""
         if len(tools) > mcp.MAX_TOOLS:  # judging them all would hold the event loop: none passes
             self._note(it, f"tools/list: {len(tools)} tools listed, more than the gateway judges "
                            f"({mcp.MAX_TOOLS}): all removed")
@@ -210,19 +215,27 @@ class McpGuard:
         server = mcp.server_of(it.host)
         for t in tools:
             t.server = t.server or server
-        changed = self.first_seen.changed(tools)  # marks them, for `tools: {changed: true}`
+        self.first_seen.observe(tools, time.time())  # marks them, for `tools: {changed: true, shadowed: true}`
         forbidden = self._forbidden(flow, it, tools)
         if forbidden:
             rules = sorted({d.rule for d in forbidden.values()})
             self._note(it, f"tools/list: removed {', '.join(sorted(forbidden))} (rule {', '.join(rules)})",
                        rules[0])
-        for tool, first in changed:
-            change = (f"tools/list: definition of {tool.name} on {tool.server} changed since first seen "
-                      f"(digest {first}, now {tool.digest})")
-            if change not in it.exchange.warnings and len(it.exchange.warnings) < MAX_REASONS:
-                it.exchange.warn(change)
-            self._note(it, change)
+        for tool in tools:
+            seen = self.first_seen.get(tool.server, tool.name)
+            if tool.changed and seen is not None:
+                self._finding(it, f"tools/list: definition of {tool.name} on {tool.server} changed since first "
+                                  f"seen (digest {seen.first}, now {tool.digest})")
+            if tool.shadows:
+                self._finding(it, f"tools/list: {tool.name} on {tool.server} shadows {tool.name} of "
+                                  f"{tool.shadows}, which listed it first")
         return set(forbidden)
+
+    def _finding(self, it: Interaction, finding: str) -> None:
+        """A rug pull or a shadowed name: in the event's warnings and reasons, once each."""
+        if finding not in it.exchange.warnings and len(it.exchange.warnings) < MAX_REASONS:
+            it.exchange.warn(finding)
+        self._note(it, finding)
 
     @staticmethod
     def _note(it: Interaction, reason: str, strip_rule: str = "") -> None:

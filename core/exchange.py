@@ -132,6 +132,7 @@ class ToolDefinition:
     path: JsonPath | None = None
     server: str = ""  # the MCP server the tool lives on (its host), "" for the client's own tools
     changed: bool = False  # its server first listed another definition of it (a "rug pull"; addons/mcp.py)
+    shadows: str = ""  # the other MCP server that first listed a tool of this name (addons/mcp.py)
 
     @property
     def digest(self) -> str:

@@ -132,24 +132,28 @@ class ToolsMatch:
     """A tool the request offers the model (`tools[]`) or a call of one it carries back (the conversation's
     history), by name (`names`, any if None) and by the MCP server it lives on (`servers`: one of these;
     `servers_not_in`: an MCP server, and none of these, for allow-lists; a tool of the client's own has no
-    server; `changed`: an MCP tool whose server first listed another definition of it, or not); with `args`, only
-    calls count, and each (JSON path, patterns) must
-    hold for one and the same call: a value at the path (dotted keys; a list matches when one of its items does)
-    that a pattern matches. Arguments that did not parse one way (cut off, not JSON, a repeated key) are read as
-    the text sent: each pattern against the whole of it, so a malformed call cannot slip past a rule."""
+    server; `changed`: an MCP tool whose server first listed another definition of it, or not; `shadowed`: an MCP
+    tool whose name another server listed first, or not); with `args`, only calls count, and each (JSON path,
+    patterns) must hold for one and the same call: a value at the path (dotted keys; a list matches when one of
+    its items does) that a pattern matches. Arguments that did not parse one way (cut off, not JSON, a repeated
+    key) are read as the text sent: each pattern against the whole of it, so a malformed call cannot slip past a
+    rule."""
 
     names: Globs | None = None
     args: tuple[tuple[tuple[str, ...], Globs], ...] = ()
     servers: Globs | None = None
     servers_not_in: Globs | None = None
     changed: bool | None = None
+    shadowed: bool | None = None
 
     def counts(self, tool: Any) -> bool:
-        """Does this definition or call have the name, server (and changed definition) the condition asks for?"""
+        """Does this definition or call have the name, server (changed definition, shadowed name) the condition
+        asks for?"""
         return ((self.names is None or self.names.match(tool.name))
                 and (self.servers is None or bool(tool.server) and self.servers.match(tool.server))
                 and (self.servers_not_in is None or bool(tool.server) and not self.servers_not_in.match(tool.server))
-                and (self.changed is None or getattr(tool, "changed", False) == self.changed))
+                and (self.changed is None or getattr(tool, "changed", False) == self.changed)
+                and (self.shadowed is None or bool(getattr(tool, "shadows", "")) == self.shadowed))
 
     def holds(self, exchange: Any) -> bool:
         calls = [c for m in exchange.messages for c in m.tool_calls]
@@ -399,12 +403,13 @@ def _tools(path: str | Path, m: rulesfile.Mapping, where: str) -> ToolsMatch:
     if isinstance(m["tools"], list):
         return ToolsMatch(names=_globs(path, m, "tools", where))
     t = rulesfile.check_keys(path, m["tools"], f"{where} tools", set(), {"names", "args", "servers",
-                                                                          "servers_not_in", "changed"})
+                                                                          "servers_not_in", "changed", "shadowed"})
     if not t:
         raise RulesError(path, m.line_of("tools"), f"{where}: 'tools' needs 'names' or 'args' (or 'servers', "
-                                                   f"'servers_not_in', 'changed')")
-    if "changed" in t and not isinstance(t["changed"], bool):
-        raise RulesError(path, t.line_of("changed"), f"{where}: 'changed' must be true or false")
+                                                   f"'servers_not_in', 'changed', 'shadowed')")
+    for flag in ("changed", "shadowed"):
+        if flag in t and not isinstance(t[flag], bool):
+            raise RulesError(path, t.line_of(flag), f"{where}: '{flag}' must be true or false")
     args = []
     if "args" in t:
         raw = t["args"]
@@ -417,7 +422,7 @@ def _tools(path: str | Path, m: rulesfile.Mapping, where: str) -> ToolsMatch:
             args.append((steps, _globs(path, raw, key, where, search=True)))
     servers = {key: _globs(path, t, key, where) if key in t else None for key in ("servers", "servers_not_in")}
     return ToolsMatch(names=_globs(path, t, "names", where) if "names" in t else None, args=tuple(args), **servers,
-                      changed=t.get("changed"))
+                      changed=t.get("changed"), shadowed=t.get("shadowed"))
 
 
 def _headers(path: str | Path, m: rulesfile.Mapping, where: str) -> tuple[tuple[str, Globs], ...]:

@@ -21,8 +21,8 @@ from policy.language import Policy
 def forbidden_tools(policy: Policy, subject: Subject, service: Service, tools: list[ToolDefinition],
                     headers: Mapping[str, str]) -> dict[str, Decision]:
     """The names of the tools the policy forbids this subject, each with the decision that forbids it. Only a tool
-    some enforced strip or block rule's `tools` condition counts (by name, server, changed) is judged in full, so
-    a listing costs a glob match per tool and rule, not a decision, whatever a server lists."""
+    some enforced strip or block rule's `tools` condition counts (by name, server, changed, shadowed) is judged in
+    full, so a listing costs a glob match per tool and rule, not a decision, whatever a server lists."""
     by_id = {r.id: r for r in policy.rules}
     candidates = [r.when.tools for r in policy.rules
                   if r.when.tools is not None and r.mode == "enforce" and r.action in ("strip", "block")]

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import base64
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -276,39 +276,120 @@ def hosted_servers(entries: Any, path: JsonPath, exchange: Exchange) -> None:
             known.name, known.server = name, server
 
 
+#: A tool listed again and again is written again (its `last_seen`) at most this often: steady listings cost no
+#: write, and pruning, which goes by `last_seen`, still tells a tool in use from one forgotten.
+RESEEN = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the gateway remembers of one tool of one server: the digest of the first definition listed and when,
+    and of the last one listed and when (the last is what a call of the tool is judged by)."""
+
+    first: str
+    first_seen: float
+    last: str
+    last_seen: float
+
+    @property
+    def changed(self) -> bool:
+        return self.last != self.first
+
+
 class FirstSeen:
-    """The first definition (its digest) of each (server, tool) listed since the gateway started, so a listing
-    whose definition differs is flagged: a server that changes a tool's description or schema after its users
-    approved it (a "rug pull") is seen at the next listing, and its calls until it lists the first one again.
-    Bounded: past `limit` entries the oldest is forgotten (it would then be learned again from its next
-    listing)."""
+    """The first definition (its digest) of each (server, tool) listed, so a listing whose definition differs is
+    flagged: a server that changes a tool's description or schema after its users approved it (a "rug pull") is
+    seen at the next listing, and its calls until it lists the first one again. And the server that first listed
+    each tool name, so the same name listed by another server is flagged as shadowing it (an agent calling the
+    name may reach the wrong server's tool).
 
-    def __init__(self, limit: int = 100_000):
-        self.limit = limit
-        self.digests: OrderedDict[tuple[str, str], tuple[str, bool]] = OrderedDict()  # -> (first, last differed)
+    Bounded: at most `per_server` tools of one server and `limit` in all; past either, the tenth seen least
+    recently (of that server, or of all) is forgotten and learned again from its next listing, so a server
+    listing endless new names pushes out its own tools, not another server's. In memory: a store shared by the
+    gateway's processes and kept across restarts (storage/first_seen.py) feeds it `merge`."""
 
-    def changed(self, tools: list[ToolDefinition]) -> list[tuple[ToolDefinition, str]]:
-        """The tools whose definition differs from the first one seen, each marked `changed` and with that first
-        digest; the others are remembered if new."""
+    def __init__(self, limit: int = 100_000, per_server: int = MAX_TOOLS):
+        self.limit, self.per_server = limit, per_server
+        self.servers: dict[str, dict[str, Seen]] = {}  # server -> tool name -> what was seen
+        self.names: dict[str, set[str]] = {}  # tool name -> the servers that listed it
+        self.count = 0
+
+    def get(self, server: str, name: str) -> Seen | None:
+        return self.servers.get(server, {}).get(name)
+
+    def observe(self, tools: list[ToolDefinition], now: float) -> list[tuple[str, str, Seen]]:
+        """Remember a listing and mark each of its tools (`mark`). Returns what the listing changed (a new tool,
+        another last definition, a `last_seen` older than RESEEN): what a shared store must write."""
         out = []
         for tool in tools:
-            key = (tool.server, tool.name)
-            known = self.digests.get(key)
-            if known is None:
-                self.digests[key] = (tool.digest, False)
-                if len(self.digests) > self.limit:
-                    self.digests.popitem(last=False)
+            row = self.get(tool.server, tool.name)
+            if row is None:
+                row = Seen(tool.digest, now, tool.digest, now)
+            elif row.last != tool.digest or now - row.last_seen >= RESEEN:
+                row = replace(row, last=tool.digest, last_seen=max(now, row.last_seen))
+            else:
                 continue
-            tool.changed = known[0] != tool.digest
-            self.digests[key] = (known[0], tool.changed)
-            if tool.changed:
-                out.append((tool, known[0]))
+            self._put(tool.server, tool.name, row)
+            out.append((tool.server, tool.name, row))
+        self._prune()
+        for tool in tools:
+            self.mark(tool)
         return out
 
-    def is_changed(self, server: str, name: str) -> bool:
-        """Did the server's last listing of this tool differ from its first? (What a call of it is judged by.)"""
-        known = self.digests.get((server, name))
-        return known is not None and known[1]
+    def merge(self, rows: list[tuple[str, str, Seen]]) -> None:
+        """Take what another process (or this one, earlier) wrote: its first definition holds (the first written
+        wins when two processes learned a tool at once), and the last definition is the later one."""
+        for server, name, theirs in rows:
+            mine = self.get(server, name)
+            if mine is not None and mine.last_seen > theirs.last_seen:
+                theirs = replace(theirs, last=mine.last, last_seen=mine.last_seen)
+            self._put(server, name, theirs)
+        self._prune()
+
+    def mark(self, tool: ToolDefinition) -> None:
+        """`changed`: its server's last listing of it differed from the first (a listing's own tool: this one
+        does); `shadows`: the server that first listed a tool of this name, when it is another."""
+        row = self.get(tool.server, tool.name)
+        tool.changed = row is not None and row.changed
+        owner = self.owner(tool.name)
+        tool.shadows = owner if owner is not None and owner != tool.server else ""
+
+    def owner(self, name: str) -> str | None:
+        """The server that listed a tool of this name first (of those remembered)."""
+        servers = self.names.get(name)
+        if not servers:
+            return None
+        return min(servers, key=lambda s: (self.servers[s][name].first_seen, s))
+
+    def _put(self, server: str, name: str, row: Seen) -> None:
+        tools = self.servers.setdefault(server, {})
+        if name not in tools:
+            self.count += 1
+            self.names.setdefault(name, set()).add(server)
+        tools[name] = row
+
+    def _forget(self, server: str, name: str) -> None:
+        tools = self.servers[server]
+        del tools[name]
+        if not tools:
+            del self.servers[server]
+        servers = self.names[name]
+        servers.discard(server)
+        if not servers:
+            del self.names[name]
+        self.count -= 1
+
+    def _prune(self) -> None:
+        for server in [s for s, tools in self.servers.items() if len(tools) > self.per_server]:
+            self._forget_least_recent([(server, n) for n in self.servers[server]], self.per_server)
+        if self.count > self.limit:
+            self._forget_least_recent([(s, n) for s, tools in self.servers.items() for n in tools], self.limit)
+
+    def _forget_least_recent(self, keys: list[tuple[str, str]], cap: int) -> None:
+        """Down to nine tenths of `cap`, so that a full memory sorts once per tenth of it, not at every tool."""
+        keys.sort(key=lambda k: self.servers[k[0]][k[1]].last_seen)
+        for server, name in keys[:len(keys) - cap * 9 // 10]:
+            self._forget(server, name)
 
 
 #: The older transport answers on its GET stream, which may be another gateway process's connection: a request
@@ -450,5 +531,5 @@ def rewrite_event(raw: bytes, rewrite: Rewrite) -> bytes:
 
 PROVIDER = McpProvider()
 
-__all__ = ["PROVIDER", "FirstSeen", "Rewrite", "SseEvents", "hosted_servers", "may_list", "might_change",
+__all__ = ["PROVIDER", "FirstSeen", "Rewrite", "Seen", "SseEvents", "hosted_servers", "may_list", "might_change",
            "refusal_in", "refused_ping", "requests_of", "rewrite_event", "server_of"]

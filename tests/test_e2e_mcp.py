@@ -232,6 +232,18 @@ def test_changed_definition_is_flagged_and_hidden(mgw, servers, url):
                and any("changed since first seen" in w for w in e["warnings"]) for e in flagged)
 
 
+def test_a_tool_name_another_server_listed_first_is_flagged(mgw):
+    """The test servers all offer the same tools: of two that list them, at least the one whose listing came
+    second shadows the server that listed them first, and its listing's audit row says so."""
+    for url in (STREAMABLE, JSON_ANSWERS):
+        session(mgw, url, "legacy", lambda client: client.list_tools(cache_mode="refresh"))
+    shadowing = re.compile(r"tools/list: read_file on (mcp\.linear\.app|mcp\.notion\.com) shadows read_file of "
+                           r"(\S+), which listed it first")
+    flagged = wait_for_events(mgw, lambda e: e["operation"] == "mcp.tools/list" and shadowing.search(e["reason"]))
+    assert all(any(shadowing.search(w) for w in e["warnings"]) for e in flagged)
+    assert all(m.group(1) != m.group(2) for m in (shadowing.search(e["reason"]) for e in flagged))
+
+
 def post(gw: GatewayProcess, url: str, body: bytes) -> httpx2.Response:
     with httpx2.Client(proxy=gw.proxy_url, verify=ssl.create_default_context(cafile=str(gw.ca)),
                        timeout=150) as client:

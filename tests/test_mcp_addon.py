@@ -22,28 +22,29 @@ CATALOG = Catalog.load(SHIPPED_RULES / "endpoints.yaml")
 POLICY = "version: 1\nrules:\n  - {id: no-delete, when: {tools: {names: [\"delete_*\"]}}, action: strip}\n"
 
 
-def posted(content_type: str, answer: bytes = b"", body: object = None) -> tuple[tflow.HTTPFlow, Interaction]:
+def posted(content_type: str, answer: bytes = b"", body: object = None, host: str = HOST
+           ) -> tuple[tflow.HTTPFlow, Interaction]:
     """A POST (a tools/list unless told) and the headers of its answer, as Extract's request stage leaves them."""
     body = json.dumps(body or {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
     f = tflow.tflow(resp=True)
-    f.request.host, f.request.path, f.request.method = HOST, "/mcp", "POST"
+    f.request.host, f.request.path, f.request.method = host, "/mcp", "POST"
     f.request.headers["accept"] = "application/json, text/event-stream"
     f.request.content = body
     f.response.headers["content-type"] = content_type
     f.response.content = answer
-    service = CATALOG.match(HOST).service
-    req = providers.HttpRequest.from_url_parts("POST", HOST, "/mcp", {"content-type": "application/json"}, body)
+    service = CATALOG.match(host).service
+    req = providers.HttpRequest.from_url_parts("POST", host, "/mcp", {"content-type": "application/json"}, body)
     parsed = providers.parse_request(req, service.id, service.formats)
-    it = Interaction(service=service, client_addr="127.0.0.1", host=HOST, method="POST", path="/mcp",
+    it = Interaction(service=service, client_addr="127.0.0.1", host=host, method="POST", path="/mcp",
                      exchange=parsed.exchange)
     f.metadata[KEY], it.stages.parsed = it, parsed
     return f, it
 
 
-def answered(guard: McpGuard, answer: bytes, content_type: str = "application/json"
+def answered(guard: McpGuard, answer: bytes, content_type: str = "application/json", host: str = HOST
              ) -> tuple[tflow.HTTPFlow, Interaction]:
     """A tools/list POST and its JSON answer through the stage, as Extract leaves them."""
-    f, it = posted(content_type, answer)
+    f, it = posted(content_type, answer, host=host)
     asyncio.run(_respond(guard, f))
     return f, it
 
@@ -53,8 +54,19 @@ async def _respond(guard: McpGuard, f: tflow.HTTPFlow) -> None:
         await guard.response(f)
 
 
-def guard(tmp_path) -> McpGuard:
-    (tmp_path / "policy.yaml").write_text(POLICY)
+def requested(g: McpGuard, f: tflow.HTTPFlow) -> None:
+    """The request stage on a POST not yet answered."""
+    f.response = None
+
+    async def request() -> None:
+        with taddons.context(Extract(), g):
+            await g.request(f)
+
+    asyncio.run(request())
+
+
+def guard(tmp_path, policy: str = POLICY) -> McpGuard:
+    (tmp_path / "policy.yaml").write_text(policy)
     g = McpGuard()
     g.policy = load(tmp_path / "policy.yaml", CATALOG)
     return g
@@ -136,13 +148,7 @@ def test_a_call_in_a_batch_is_judged_alone_with_its_arguments(tmp_path):
     calls = [{"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": name, "arguments": args}}
              for i, (name, args) in enumerate([("read_file", {"path": "a"}), ("run", {"cmd": "rm  -rf /"})])]
     f, it = posted("application/json", body=calls)
-    f.response = None
-
-    async def request() -> None:
-        with taddons.context(Extract(), g):
-            await g.request(f)
-
-    asyncio.run(request())
+    requested(g, f)
     assert (it.decision, it.rule_id) == ("block", "no-rm")
     answers = json.loads(f.response.content)
     assert [a["id"] for a in answers] == [0, 1] and all(a["result"]["isError"] for a in answers)
@@ -154,11 +160,23 @@ def test_a_call_whose_arguments_no_rule_forbids_goes_on(tmp_path):
     g.policy = load(tmp_path / "policy.yaml", CATALOG)
     f, it = posted("application/json", body={"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                                              "params": {"name": "run", "arguments": {"cmd": "ls -l"}}})
-    f.response = None
-
-    async def request() -> None:
-        with taddons.context(Extract(), g):
-            await g.request(f)
-
-    asyncio.run(request())
+    requested(g, f)
     assert f.response is None and it.decision == "allow"
+
+
+def test_a_tool_name_another_server_listed_first_is_flagged_hidden_and_its_call_refused(tmp_path):
+    g = guard(tmp_path, "version: 1\nrules:\n  - {id: no-shadowing, when: {tools: {shadowed: true}}, action: strip}\n")
+    answered(g, listing(["read_file"]))
+    f, it = answered(g, listing(["read_file", "lookup"]), host="mcp.notion.com")
+    assert [t["name"] for t in json.loads(f.response.content)["result"]["tools"]] == ["lookup"]
+    shadowing = "tools/list: read_file on mcp.notion.com shadows read_file of mcp.linear.app, which listed it first"
+    assert (it.decision, it.rule_id) == ("strip", "no-shadowing")
+    assert it.reasons == ["tools/list: removed read_file (rule no-shadowing)", shadowing]
+    assert it.exchange.warnings == [shadowing]
+    f, it = answered(g, listing(["read_file"]))
+    assert it.decision == "allow" and it.reasons == []  # the first server to list the name keeps it
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "read_file", "arguments": {}}}
+    f, it = posted("application/json", body=call, host="mcp.notion.com")
+    requested(g, f)
+    assert (it.decision, it.rule_id) == ("block", "no-shadowing")
+    assert json.loads(f.response.content)["result"]["isError"]
