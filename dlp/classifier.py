@@ -24,6 +24,7 @@ Nothing here imports mitmproxy.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,9 @@ def parse(file: Path, m: Any) -> ClassifierSpec:
 class Classifier:
     """The loaded model and tokenizer of a spec; `windows(text)` scores a text. One per worker process."""
 
-    def __init__(self, spec: ClassifierSpec, session, tokenizer, feeds: dict[str, Any]):
+    def __init__(self, spec: ClassifierSpec, session: Any, tokenizer: Any, feeds: dict[str, Any]):
+        """`session`: an onnxruntime.InferenceSession, `tokenizer` a tokenizers.Tokenizer (typed Any: both are
+        imported only when a classifier is configured)."""
         self.spec, self._session, self._tokenizer = spec, session, tokenizer
         self._feeds = feeds  # model input name -> numpy dtype
         self._output = session.get_outputs()[0].name
@@ -180,7 +183,8 @@ class Classifier:
             out.append(Window(spans[0][0], spans[-1][1], self._probability(self._run(encoding))))
         return out
 
-    def _run(self, encoding) -> list[float]:
+    def _run(self, encoding: Any) -> list[float]:
+        """The model's output row for one tokenizers.Encoding."""
         import numpy
 
         values = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask,
@@ -189,10 +193,9 @@ class Classifier:
         return [float(v) for v in self._session.run([self._output], inputs)[0][0]]
 
     def _probability(self, row: list[float]) -> float:
+        """The injection label's probability: softmax of logits, or the model's own probability."""
         if self.spec.outputs == "probabilities":
             return min(1.0, max(0.0, row[self.spec.label]))
-        import math
-
         top = max(row)
         exps = [math.exp(v - top) for v in row]
         return exps[self.spec.label] / sum(exps)
