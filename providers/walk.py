@@ -6,6 +6,7 @@ default, an endpoint no parser knows. So beside the parser, the walk reads the w
 `TextPart`s (source "walk") every string value, every key, and every long number that no parser part already holds,
 each with its JSON path so redaction can rewrite it in place (keys and numbers have no rewritable path: a finding
 there blocks). Bodies that are not JSON are read by their type: form fields, multipart fields and files, text.
+WebSocket messages are walked the same way, one at a time (`walk_value`, from providers/websocket_base.py).
 
 One canonical parse (`canonical_json`): a body whose JSON meaning another parser could read differently is never
 forwarded. Duplicate keys (the gateway would read one value, the upstream may read the other), a byte order mark,
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -119,12 +121,21 @@ def walk_json(value: Any, exchange: Exchange, coverage: Coverage) -> None:
         if part.path is not None:
             own.add(part.path)
             own.update(part.path[:i] for i in range(1, len(part.path)))  # JSON text in a string (tool arguments)
+    add_keys(walk_value(value, exchange, coverage, lambda at, node: at in own), exchange, coverage)
+
+
+def walk_value(value: Any, exchange: Exchange, coverage: Coverage, skip: Callable[[JsonPath, Any], bool]) \
+        -> dict[str, None]:
+    """Add every non-empty string and long number of `value` that `skip` does not claim to `exchange.extra`, and
+    return its keys (distinct, in order). `skip` is how the caller says what is read already: a body's parser
+    parts by path (walk_json); for a WebSocket message, whose parsers keep no paths, the texts its turn holds
+    (providers/websocket_base.py). The keys are returned, not added, for the same reason."""
     keys: dict[str, None] = {}
     stack: list[tuple[Any, JsonPath, str]] = [(value, (), "")]
     while stack:
         node, at, key = stack.pop()
         if isinstance(node, str):
-            if at not in own and node:
+            if node and not skip(at, node):
                 _add_string(node, at, key, exchange, coverage)
         elif isinstance(node, dict):
             keys.update(dict.fromkeys(map(str, node)))
@@ -132,9 +143,15 @@ def walk_json(value: Any, exchange: Exchange, coverage: Coverage) -> None:
         elif isinstance(node, list):
             stack.extend(reversed([(v, (*at, i), key) for i, v in enumerate(node)]))
         elif isinstance(node, (int, float)) and not isinstance(node, bool) and abs(node) >= LONG_NUMBER:
-            if at not in own:
+            if not skip(at, node):
                 exchange.extra.append(TextPart(json.dumps(node), None, key, "walk"))
                 coverage.add("walk number", at)
+    return keys
+
+
+def add_keys(keys: Iterable[str], exchange: Exchange, coverage: Coverage) -> None:
+    """Keys are sent too (a token used as a metadata key): one text of them all, with no path to rewrite."""
+    keys = list(keys)
     if keys:
         exchange.extra.append(TextPart("\n".join(keys), None, "", "walk"))
         coverage.add("walk keys", f"({len(keys)} distinct)")

@@ -1,10 +1,10 @@
 """WebSocket conversations: which state machine reads an AI WebSocket connection.
 
 The addon (addons/websocket.py) feeds every message of an AI WebSocket connection to the `WsConversation` chosen
-by `conversation_for` (OpenAI Realtime, Gemini Live, Microsoft Copilot, Character.AI; anything else is counted but not
-understood) and gets back the `Turn`s that completed. The state machines share providers/websocket_base.py, which
-imports none of them: this module imports them all, and nothing imports this module back. Pure: no mitmproxy
-import, so fixtures drive it directly.
+by `conversation_for` (OpenAI Realtime, Gemini Live, Microsoft Copilot, Character.AI; anything else is counted, not
+understood, and its client's JSON walked) and gets back the `Turn`s that completed. The state machines share
+providers/websocket_base.py, which imports none of them: this module imports them all, and nothing imports this
+module back. Pure: no mitmproxy import, so fixtures drive it directly.
 """
 
 from __future__ import annotations
@@ -21,13 +21,17 @@ __all__ = ["Turn", "WsConversation", "UnknownConversation", "conversation_for"]
 
 
 class UnknownConversation(WsConversation):
-    """A WebSocket to an AI host whose protocol the gateway does not know: counted, audited as unparsed."""
+    """A WebSocket to an AI host whose protocol the gateway does not know: no message is understood, but what the
+    client sends as JSON is still read by the whole-message walk (websocket_base), so its one event per connection
+    is audited as unparsed only when nothing could be read."""
 
     operation = "websocket"
 
-    def decode(self, content: bytes, is_text: bool) -> Any:
-        self.bad_messages += 1
-        return None
+    def client(self, data: Any) -> None:
+        raise KeyError("unknown protocol")
+
+    def server(self, data: Any) -> None:
+        raise KeyError("unknown protocol")
 
 
 def conversation_for(service: str, formats: tuple[str, ...], path: str) -> WsConversation:

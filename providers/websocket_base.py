@@ -10,20 +10,28 @@ with many prompts. Per turn, every prompt is paired with its answer and appears 
 ends, exactly like an HTTP exchange, instead of one giant event written (or lost) when the tab closes. A
 connection that ends with no completed turn still yields one event, so its use is never invisible.
 
+Nothing the client sends is left unread: beside the parser, every client message that decodes as JSON is walked
+like an HTTP body (providers/walk.py): each string, key and long number the parser did not take from it becomes a
+text of the open turn (source "walk"), and the turn's `coverage` says what was read and how. A secret in a field
+no parser reads (a tool's description, `metadata`, an event type the parser does not know) is scanned with the
+turn. The parser names the media chunks it reads (`media`): those are recorded as binary without being looked at.
+
 Memory is bounded: a message larger than MAX_MESSAGE_BYTES is counted but not decoded, text per turn is capped by
-`CompletionBuffer` and `MAX_PROMPT_CHARS`, and session state (instructions, tools) is replaced, never appended.
+`CompletionBuffer` and `MAX_PROMPT_CHARS` (the parser's and the walk's each), and session state (instructions,
+tools) is replaced, never appended.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from core.exchange import Exchange, Message, TextPart
+from core.exchange import Exchange, JsonPath, Message, TextPart
 from providers.base import MAX_COMPLETION_CHARS, CompletionBuffer
+from providers.walk import ENCODED_MIN, Coverage, add_keys, walk_value
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: User text collected per turn; longer input is cut with a warning.
@@ -38,6 +46,18 @@ class Turn:
     started: float
     request_bytes: int = 0
     response_bytes: int = 0
+
+
+@dataclass(slots=True)
+class TurnWalk:
+    """What the walk has read for the open turn: its coverage, the short texts it holds already (a realtime client
+    repeats the same event types and keys many times a second: each is scanned once per turn) and the size of all
+    it added."""
+
+    coverage: Coverage = field(default_factory=Coverage)
+    seen: set[Any] = field(default_factory=set)
+    chars: int = 0
+    capped: bool = False
 
 
 class WsConversation:
@@ -63,6 +83,9 @@ class WsConversation:
         self.bad_messages = 0
         self.reported_bad = 0
         self.skipped_large = 0
+        self.walked = 0  # client messages read by the walk
+        self.walk = TurnWalk()
+        self.media_chunks: set[int] = set()  # ids of the strings of this message the parser read as media
 
     # -- fed by the addon ----------------------------------------------------------------------------------------
 
@@ -82,24 +105,27 @@ class WsConversation:
                 (self.client if from_client else self.server)(data)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError):
             self.bad_messages += 1
+        if from_client and data is not None:
+            self._walk(data)
+        self.media_chunks.clear()
         return self._take()
 
     def close(self, reason: str = "") -> list[Turn]:
         """The connection ended: a turn still open is returned with a warning; a connection without any turn
         yields one event of its own."""
-        if self.turn is not None:
+        if self.turns == 0 and self.understood_nothing():
+            turn = self.begin_turn()
+            turn.parsed = False
+            # What the walk read of the client's JSON messages was inspected; with nothing walked, nothing was.
+            turn.read = self.walked > 0
+            turn.warn(f"{self.app}: {self.messages} WebSocket messages, none understood"
+                      + (f"; {self.walked} from the client read by the whole-message walk" if self.walked else ""))
+            self.reported_bad = self.bad_messages
+        elif self.turn is not None:
             self.turn.warn(f"connection closed before the turn ended{': ' + reason if reason else ''}")
-            self.end_turn()
         elif self.turns == 0:
-            self.begin_turn()
-            assert self.turn is not None
-            if self.understood_nothing():
-                self.turn.parsed = self.turn.read = False  # no walk reads WebSocket messages: none was inspected
-                self.turn.warn(f"{self.app}: {self.messages} WebSocket messages, none understood")
-                self.reported_bad = self.bad_messages
-            else:
-                self.turn.warn(f"{self.app}: connection ended without a conversation turn")
-            self.end_turn()
+            self.begin_turn().warn(f"{self.app}: connection ended without a conversation turn")
+        self.end_turn()
         return self._take()
 
     def decode(self, content: bytes, is_text: bool) -> Any:
@@ -110,6 +136,7 @@ class WsConversation:
             return None
 
     def understood_nothing(self) -> bool:
+        """No message made sense to the parser (the walk may still have read the client's)."""
         return self.messages > 0 and self.bad_messages + self.skipped_large >= self.messages
 
     def client(self, data: Any) -> None:
@@ -121,11 +148,15 @@ class WsConversation:
     # -- used by subclasses --------------------------------------------------------------------------------------
 
     def begin_turn(self) -> Exchange:
+        """The open turn, begun if none is. Its model is the session's when the turn ends (`end_turn`), unless the
+        protocol names one for the turn: the walk begins a turn at the client's first message (a realtime
+        `session.update`), before the server says which model it is."""
         if self.turn is None:
-            self.turn = Exchange(service=self.service, operation=self.operation, model=self.model, stream=True,
+            self.turn = Exchange(service=self.service, operation=self.operation, stream=True,
                                  system=list(self.system))
             self.completion = CompletionBuffer(self.turn)
             self.prompt_chars = 0
+            self.walk = TurnWalk()
             self.started = time.monotonic()
         return self.turn
 
@@ -151,6 +182,16 @@ class WsConversation:
             turn.messages.append(Message(role))
         return turn.messages[-1]
 
+    def media(self, data: Any) -> int:
+        """A base64 media chunk the parser read (audio or video, which a realtime client sends many times a
+        second): its decoded size. The walk records it as binary without looking at it: sniffing every chunk is
+        event-loop time spent learning what the parser knows, and a chunk shorter than an encoded file
+        (walk.ENCODED_MIN) would be read as text."""
+        if not isinstance(data, str):
+            return 0
+        self.media_chunks.add(id(data))
+        return len(data) * 3 // 4
+
     def add_completion(self, text: Any) -> None:
         self.begin_turn()
         assert self.completion is not None
@@ -167,12 +208,50 @@ class WsConversation:
             return
         assert self.completion is not None
         self.turn.completion = self.completion.text()
+        self.turn.coverage = self.walk.coverage.lines()
         if self.model and not self.turn.model:
             self.turn.model = self.model
         self.done.append(Turn(self.turn, self.started, self.request_bytes, self.response_bytes))
         self.request_bytes = self.response_bytes = 0
         self.turn, self.completion = None, None
         self.turns += 1
+
+    def _walk(self, data: Any) -> None:
+        """Walk a client message into the open turn (begun if none is): what the parser did not take from it."""
+        turn = self.begin_turn()
+        self.walked += 1
+        taken = {p.text for p in turn.system}
+        for m in turn.messages:
+            taken.update(p.text for p in m.parts)
+            taken.update(r.text for r in m.tool_results)
+        before = len(turn.extra)
+        keys = walk_value(data, turn, self.walk.coverage, lambda at, node: self._read(at, node, taken))
+        add_keys([k for k in keys if not self._read("(keys)", k, taken)], turn, self.walk.coverage)
+        self.walk.chars += sum(len(p.text) for p in turn.extra[before:])
+
+    def _read(self, at: JsonPath | str, node: Any, taken: set[str]) -> bool:
+        """Whether `node` (at `at` in the message) needs no new text: a media chunk, the parser's text, a text the
+        turn holds already, or any once the turn's walked text has reached MAX_PROMPT_CHARS (then the audit says
+        so). The cap is checked per message, on the text the walk added (a binary file adds none): a message's
+        text is kept whole, so the turn holds at most the cap and one message's text (MAX_MESSAGE_BYTES)."""
+        walk = self.walk
+        if id(node) in self.media_chunks:
+            walk.coverage.add("not inspected (binary)", at)
+        elif node in taken:
+            walk.coverage.add("parser", at)
+        elif node in walk.seen:
+            walk.coverage.add("walk (again)", at)
+        elif walk.chars >= MAX_PROMPT_CHARS:
+            walk.coverage.add("not inspected (over the walk cap)", at)
+            if not walk.capped:
+                walk.capped = True
+                self.begin_turn().warn(f"{self.app}: the whole-message walk stopped at {MAX_PROMPT_CHARS} "
+                                       f"characters for this turn: later WebSocket text was not inspected")
+        else:
+            if not isinstance(node, str) or len(node) < ENCODED_MIN:  # an encoded file may add no text: not kept
+                walk.seen.add(node)
+            return False
+        return True
 
     def _take(self) -> list[Turn]:
         out, self.done = self.done, []

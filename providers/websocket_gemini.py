@@ -50,7 +50,7 @@ class GeminiLiveConversation(WsConversation):
             for key in ("audio", "video", "mediaChunks", "media_chunks"):
                 chunks = realtime.get(key)
                 for blob in chunks if isinstance(chunks, list) else [chunks] if chunks else []:
-                    self.media_bytes += len(get(blob, "data") or "") * 3 // 4
+                    self.media_bytes += self.media(get(blob, "data"))
         elif (response := get(data, "toolResponse", "tool_response")) is not None:
             for fr in get(response, "functionResponses", "function_responses") or []:
                 self.user_message("tool").tool_results.append(ToolResult(

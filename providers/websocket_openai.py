@@ -40,9 +40,8 @@ class RealtimeConversation(WsConversation):
         elif kind == "conversation.item.create":
             self._item(data.get("item") or {})
         elif kind == "input_audio_buffer.append":
-            audio = data.get("audio")
             self.begin_turn()
-            self.audio_bytes += len(audio) * 3 // 4 if isinstance(audio, str) else 0
+            self.audio_bytes += self.media(data.get("audio"))
         elif kind == "response.create":
             response = data.get("response") or {}
             turn = self.begin_turn()
@@ -72,7 +71,7 @@ class RealtimeConversation(WsConversation):
             if ptype in ("input_text", "text", "output_text") and isinstance(part.get("text"), str):
                 self.add_user_text(part["text"], "system" if role in ("system", "developer") else role)
             elif ptype == "input_audio":
-                self.audio_bytes += len(part.get("audio") or "") * 3 // 4
+                self.audio_bytes += self.media(part.get("audio"))
                 if isinstance(part.get("transcript"), str):
                     self.add_user_text(part["transcript"], role)
             elif ptype == "input_image":

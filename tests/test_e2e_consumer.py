@@ -201,12 +201,14 @@ def test_openai_realtime_turn_is_audited_and_unknown_sockets_too(ws_gateway, mar
                                                                   "instructions": f"Be brief {marker}"}}))
         ws.send(json.dumps({"type": "conversation.item.create", "item": {
             "type": "message", "role": "user", "content": [{"type": "input_text", "text": f"Hi {marker}"}]}}))
-        ws.send(json.dumps({"type": "response.create"}))
+        # a field no parser reads: the whole-message walk inspects it with the turn
+        ws.send(json.dumps({"type": "response.create", "response": {"metadata": {"owner": "jane.doe@acme-corp.com"}}}))
         got = receive_until(ws, lambda m: m["type"] == "response.done")
         assert [m["type"] for m in got] == ["response.output_text.delta"] * 2 + ["response.done"]
     [event] = wait_for_events(ws_gateway, lambda e: f"Hi {marker}" in e["prompt"])
     assert (event["service"], event["operation"], event["model"]) == ("openai", "realtime", "gpt-realtime")
     assert event["prompt"] == f"[system] Be brief {marker}\n[user] Hi {marker}"
+    assert event["entity_types"] == ["EMAIL_ADDRESS"] and "walk /response/metadata/owner" in event["coverage"]
     assert event["completion"] == "Realtime answer"
     assert (event["input_tokens"], event["output_tokens"]) == (7, 2)
 

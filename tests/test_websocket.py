@@ -4,6 +4,7 @@ drives. Malformed, oversized and unknown traffic never raises and ends up audite
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -23,6 +24,12 @@ def feed(conv, *messages) -> list[Turn]:
 
 
 C, S = True, False  # client, server
+EMAIL, KEY = "jane.doe@acme-corp.com", "AKIAZ7Q4XK2M3PLR5TVW"
+
+
+def walked(x) -> list[str]:
+    """The texts the whole-message walk added to a turn, in order."""
+    return [p.text for p in x.request_parts() if p.source == "walk"]
 
 # --- OpenAI Realtime -------------------------------------------------------------------------------------------
 
@@ -89,6 +96,98 @@ def test_realtime_model_from_azure_deployment():
     assert turn.exchange.model == "gpt-realtime-2025-08-28"  # the server's word wins over the deployment name
     conv = conversation_for("azure-openai", ("azure-openai",), "/openai/realtime?deployment=my-rt")
     assert feed(conv, (S, {"type": "response.done", "response": {}}))[0].exchange.model == "my-rt"
+
+
+# --- the whole-message walk ------------------------------------------------------------------------------------
+
+def test_realtime_fields_the_parser_does_not_read_are_walked_into_the_turn():
+    conv = conversation_for("openai", ("openai",), "/v1/realtime?model=gpt-realtime")
+    [turn] = feed(conv,
+                  (C, {"type": "session.update", "session": {
+                      "instructions": "Be terse.", "metadata": {"owner": EMAIL},
+                      "tools": [{"type": "function", "name": "lookup", "description": f"Use key {KEY}"}]}}),
+                  (C, {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [
+                      {"type": "input_text", "text": "What is Falcon?"}, {"type": "input_note", "note": "pssst"}]}}),
+                  (C, {"type": "session.update", "session": {"instructions": "Now verbose."}}),  # mid-turn
+                  (C, {"type": "x.future_event", "payload": {KEY: 4111111111111111}}),
+                  (C, {"type": "response.create", "response": {"metadata": {"ticket": "T-9"}}}),
+                  (S, {"type": "response.output_text.delta", "delta": "Falcon is a plan."}),
+                  (S, {"type": "response.done", "response": {"status": "completed"}}))
+    x = turn.exchange
+    assert x.parsed and x.read and x.model == "gpt-realtime"
+    assert x.system_text == "Be terse." and x.messages[0].text == "What is Falcon?"  # the parser's, as before
+    by_path = {p.path: p.text for p in x.extra if p.source == "walk" and p.path}
+    assert by_path[("session", "metadata", "owner")] == EMAIL
+    assert by_path[("session", "tools", 0, "description")] == f"Use key {KEY}"
+    assert by_path[("item", "content", 1, "note")] == "pssst"  # a content part type the parser skips
+    assert by_path[("session", "instructions")] == "Now verbose."  # not in this turn's system prompt: walked
+    assert by_path[("response", "metadata", "ticket")] == "T-9"
+    texts = walked(x)
+    assert "4111111111111111" in texts  # a long number, under a key that is itself a secret
+    keys = {k for p in x.extra if p.source == "walk" and p.path is None for k in p.text.split("\n")}
+    assert {KEY, "metadata", "owner", "note", "payload"} <= keys
+    # what the parser took is not read twice; repeated strings (event types, keys) are scanned once per turn
+    assert "What is Falcon?" not in texts and "Be terse." not in texts
+    assert texts.count("session.update") == 1 and len(texts) == len(set(texts))
+    assert "parser /item/content/*/text" in x.coverage and "parser /session/instructions" in x.coverage
+    assert {"walk /session/metadata/owner", "walk /type x4", "walk (again) /type"} <= set(x.coverage)
+    sources = dict(zip((p.text for p in x.request_parts()), x.request_sources()))
+    assert sources[EMAIL] == "other" and sources["What is Falcon?"] == "user"
+
+
+def test_realtime_audio_is_recorded_as_binary_without_being_decoded(monkeypatch):
+    from providers import walk
+
+    def no_sniffing(*args, **kwargs):
+        raise AssertionError("an audio chunk the parser read must not be decoded")
+
+    monkeypatch.setattr(walk, "base64_attachment", no_sniffing)
+    conv = conversation_for("openai", ("openai",), "/v1/realtime?model=gpt-realtime")
+    short, long = "AAAA" * 50, "AAAA" * 4096  # under and over walk.ENCODED_MIN: neither is text
+    appends = [(C, {"type": "input_audio_buffer.append", "event_id": f"ev{n}", "audio": chunk})
+               for n, chunk in enumerate([short, long] * 20)]
+    [turn] = feed(conv, *appends, (S, {"type": "response.done", "response": {}}))
+    x = turn.exchange
+    texts = walked(x)
+    assert not any("AAAA" in t for t in texts)
+    assert "not inspected (binary) /audio x40" in x.coverage
+    assert texts.count("input_audio_buffer.append") == 1 and "ev39" in texts
+    assert texts.count("type\nevent_id\naudio") == 1  # the keys, once per turn
+    assert [(a.kind, a.size) for a in x.messages[0].attachments] == [("audio", 20 * (150 + 12288))]
+    # binary in an event the parser does not know: sniffed as binary (its first bytes only), nothing kept of it
+    monkeypatch.undo()
+    unknown = [(C, {"type": "x.audio", "chunk": base64.b64encode(bytes([n]) * 6000).decode()})
+               for n in range(128, 158)]
+    [turn] = feed(conv, *unknown, (S, {"type": "response.done", "response": {}}))
+    assert "not inspected (binary) /chunk x30" in turn.exchange.coverage and len(conv.walk.seen) < 10
+
+
+def test_walked_text_per_turn_is_capped_and_the_audit_says_so(monkeypatch):
+    monkeypatch.setattr(websocket_base, "MAX_PROMPT_CHARS", 1000)
+    conv = conversation_for("openai", ("openai",), "/v1/realtime?model=gpt-realtime")
+    notes = [(C, {"type": "x.note", "note": f"{n:03d}" + "n" * 97}) for n in range(30)]
+    [turn] = feed(conv, *notes, (S, {"type": "response.done", "response": {}}))
+    x = turn.exchange
+    chars = sum(len(t) for t in walked(x))
+    assert 1000 <= chars < 1000 + 120  # the cap, and at most the message that reached it
+    assert "not inspected (over the walk cap) /note x20" in x.coverage
+    assert [w for w in x.warnings if "walk" in w] == ["openai-realtime: the whole-message walk stopped at 1000 "
+                                                      "characters for this turn: later WebSocket text was not "
+                                                      "inspected"]
+    [second] = feed(conv, (C, {"type": "x.note", "note": "fresh"}), (S, {"type": "response.done", "response": {}}))
+    assert "fresh" in walked(second.exchange) and not second.exchange.warnings  # each turn has its own cap
+
+
+def test_gemini_live_unread_setup_fields_are_walked_and_media_is_binary():
+    conv = conversation_for("gemini", ("gemini",), LIVE_PATH)
+    [turn] = feed(conv,
+                  (C, {"setup": {"model": "models/gemini-live", "generationConfig": {
+                      "speechConfig": {"voiceName": f"voice {EMAIL}"}}}}),
+                  (C, {"realtimeInput": {"mediaChunks": [{"mimeType": "audio/pcm", "data": "AAAA" * 10}]}}),
+                  (S, {"serverContent": {"turnComplete": True}}))
+    x = turn.exchange
+    assert f"voice {EMAIL}" in walked(x) and "audio/pcm" in walked(x)
+    assert "not inspected (binary) /realtimeInput/mediaChunks/*/data" in x.coverage
 
 
 # --- Gemini Live -----------------------------------------------------------------------------------------------
@@ -202,10 +301,23 @@ def test_malformed_messages_never_raise(path, formats):
 
 def test_unknown_protocol_is_one_unparsed_event_per_connection():
     conv = conversation_for("chatgpt", ("chatgpt-web", "openai"), "/backend-api/celsius/ws/user")
-    assert feed(conv, (C, {"hello": 1}), (S, b"\x00\x01binary")) == []
+    assert feed(conv, (C, b"\x00\x01binary"), (S, {"hello": 1})) == []
     [turn] = conv.close()
-    assert turn.exchange.operation == "websocket" and not turn.exchange.parsed
-    assert turn.exchange.warnings == ["websocket: 2 WebSocket messages, none understood"]
+    x = turn.exchange
+    assert x.operation == "websocket" and not x.parsed and not x.read
+    assert x.warnings == ["websocket: 2 WebSocket messages, none understood"]
+
+
+def test_unknown_protocol_client_json_is_walked_not_unparsed():
+    """Not understood, but read: what the client sent as JSON is inspected (server messages are not walked)."""
+    conv = conversation_for("chatgpt", ("chatgpt-web", "openai"), "/backend-api/celsius/ws/user")
+    assert feed(conv, (C, {"prompt": f"mail {EMAIL}"}), (S, {"answer": "server text"})) == []
+    [turn] = conv.close()
+    x = turn.exchange
+    assert not x.parsed and x.read
+    assert walked(x) == [f"mail {EMAIL}", "prompt"]
+    assert x.warnings == ["websocket: 2 WebSocket messages, none understood; 1 from the client read by the "
+                          "whole-message walk"]
 
 
 def test_connection_closed_mid_turn_keeps_the_partial_answer():
