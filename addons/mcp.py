@@ -17,9 +17,12 @@ MCP clients show, and every refusal of an MCP request is answered as JSON-RPC (p
   POST is answered at once.
 - **Answers**: one decide withheld (a rule on findings in the response) becomes the refusal of each request, a
   listing the gateway cannot parse is not passed on (a stricter parser than the client's must not let a tool
-  through unfiltered), and a tool whose definition differs from the one its server first listed in this process
-  (a "rug pull"), or whose name another server listed first (shadowing), is noted in the audit
-  (providers.mcp.FirstSeen); `tools: {changed: true}` and `tools: {shadowed: true}` rules act on them.
+  through unfiltered), and a tool whose definition differs from the one its server first listed (a "rug pull"),
+  or whose name another server listed first (shadowing), is noted in the audit (providers.mcp.FirstSeen);
+  `tools: {changed: true}` and `tools: {shadowed: true}` rules act on them. What was first seen is shared by the
+  gateway's processes and kept across restarts in the file `gateway_mcp_first_seen` names (storage/first_seen.py;
+  `gateway run` names one in its data folder); when it cannot be used, the audit says the memory was this
+  process's only.
 
 Runs after redact (whose `then` on a stream it chains rather than replaces), so the refusal it sends is the last
 word on the request.
@@ -30,9 +33,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 from mitmproxy import ctx, http
+from mitmproxy.exceptions import OptionsError
 
 from addons.decide import provider_of
 from core.exchange import ToolCall, ToolDefinition
@@ -46,6 +51,7 @@ from policy.ruleset import RuleSet
 from policy.toolcalls import forbidding
 from providers import mcp
 from providers.encoding import EncodingError, decode
+from storage.first_seen import SharedFirstSeen
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,30 @@ MAX_REASONS = 32  # distinct listing notes one long-lived stream adds to its aud
 class McpGuard:
     def __init__(self) -> None:
         self.policy = Policy()
-        self.first_seen = mcp.FirstSeen()  # per gateway process: each of `--workers N` learns on its own
+        self.first_seen = SharedFirstSeen()  # this process's own until configured with a file
+
+    def load(self, loader) -> None:
+        loader.add_option("gateway_mcp_first_seen", str, "",
+                          "SQLite file in which the gateway's processes share, across restarts, the first definition "
+                          "of each MCP tool and the server that first listed each tool name (rug pulls, shadowed "
+                          "names). Empty: each process remembers on its own, from its start.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "gateway_mcp_first_seen" not in updated:
+            return
+        path = Path(ctx.options.gateway_mcp_first_seen).expanduser() if ctx.options.gateway_mcp_first_seen else None
+        if path is not None and not path.is_absolute():
+            raise OptionsError(f"gateway_mcp_first_seen must be an absolute path (every process opens the same "
+                               f"file), not {ctx.options.gateway_mcp_first_seen!r}")
+        if path == self.first_seen.path:
+            return
+        self.first_seen.close()
+        self.first_seen = SharedFirstSeen()
+        if path is not None:
+            self.first_seen.open(path)
+
+    def done(self) -> None:
+        self.first_seen.close()
 
     def rules_loaded(self, rules: RuleSet) -> None:
         self.policy = rules.policy
@@ -67,7 +96,10 @@ class McpGuard:
         # an answer the gateway may have to change must be readable event by event: not compressed
         flow.request.headers.pop("accept-encoding", None)
         try:
+            await self.first_seen.refresh()  # what the gateway's other processes listed meanwhile
             await self._request(flow, it)
+            if any(m.tool_calls for m in it.exchange.messages):  # judged by what this process knows of the tools
+                self._memory_note(it)
         except Exception as e:  # the refusal must not be lost, nor a forbidden call let out
             log.exception("MCP refusal failed")
             it.decide("block", f"MCP request not judged ({type(e).__name__}): blocked")
@@ -216,6 +248,7 @@ class McpGuard:
         for t in tools:
             t.server = t.server or server
         self.first_seen.observe(tools, time.time())  # marks them, for `tools: {changed: true, shadowed: true}`
+        self._memory_note(it)
         forbidden = self._forbidden(flow, it, tools)
         if forbidden:
             rules = sorted({d.rule for d in forbidden.values()})
@@ -230,6 +263,12 @@ class McpGuard:
                 self._finding(it, f"tools/list: {tool.name} on {tool.server} shadows {tool.name} of "
                                   f"{tool.shadows}, which listed it first")
         return set(forbidden)
+
+    def _memory_note(self, it: Interaction) -> None:
+        """The truth about what a listing or a call was judged against, when it is not the gateway's shared memory
+        (its file could not be opened, read or written)."""
+        if self.first_seen.problem:
+            self._note(it, f"MCP first-seen memory of this process only: {self.first_seen.problem}")
 
     def _finding(self, it: Interaction, finding: str) -> None:
         """A rug pull or a shadowed name: in the event's warnings and reasons, once each."""

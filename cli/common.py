@@ -12,6 +12,7 @@ import click
 
 SPOOL_FILE = "audit-spool.sqlite"
 RULES_STATUS_FILE = "rules-status.json"  # written by the running gateway's rules reloader (addons/rules.py)
+FIRST_SEEN_FILE = "mcp-first-seen.sqlite"  # MCP tool definitions first seen, shared by the processes (addons/mcp.py)
 
 
 def default_data_dir() -> Path:

@@ -33,8 +33,8 @@ from pathlib import Path
 import click
 
 from cli.ca import CA_FILE, write_ca_bundle
-from cli.common import (RULES_STATUS_FILE, SPOOL_FILE, _audit_url, audit_option, confdir_option, data_dir_option,
-                        fail, password_file_option)
+from cli.common import (FIRST_SEEN_FILE, RULES_STATUS_FILE, SPOOL_FILE, _audit_url, audit_option, confdir_option,
+                        data_dir_option, fail, password_file_option)
 from core.rulesfile import SHIPPED_RULES
 
 
@@ -89,6 +89,7 @@ def run(listen_host: str, listen_port: int, rules_dir: Path, audit_url: str | No
                   gateway_rules_status=str(data_dir.resolve() / RULES_STATUS_FILE),
                   gateway_audit_password_file=password_file,
                   gateway_audit_spool=str(data_dir.resolve() / SPOOL_FILE),
+                  gateway_mcp_first_seen=str(data_dir.resolve() / FIRST_SEEN_FILE),
                   gateway_admin_socket=str(socket_path_for(url, data_dir.resolve())))
     if workers == 1:
         asyncio.run(_serve(values, sets))
