@@ -11,7 +11,8 @@ prefix such as `us.` or an ARN), with the body's shape as the fallback:
   amazon.nova*   [DOC]          Converse-like body; stream chunks are `{eventName: payload}`
   amazon.titan*  [UNCONFIRMED]  `inputText`, `results[].outputText` (and Titan embeddings)
   meta.llama*    [DOC]          `prompt`, `generation` (the answer's fields [UNCONFIRMED])
-  mistral.*      [UNCONFIRMED]  `prompt` → `outputs[].text`, or OpenAI-style `messages`
+  mistral.*      [UNCONFIRMED]  `prompt` → `outputs[].text`, or OpenAI-style `messages` → `choices` (whose stream
+                                chunks may carry a `message` rather than a `delta`, and name `stop_reason`)
   cohere.*       [UNCONFIRMED]  Cohere v1 chat (providers/cohere.py) and Cohere embeddings
   others (openai.gpt-oss, ai21, deepseek, qwen ...) [UNCONFIRMED]: OpenAI-style `messages` → `choices`
 """
@@ -444,7 +445,8 @@ class NativeReader:
 
     def _generic(self, data: dict[str, Any], delta: bool) -> None:
         """Llama (`generation`), Titan (`outputText`, `results[]`), Mistral (`outputs[]`), OpenAI-style
-        (`choices[]` with `message`, `delta` or `text`); token counts under each family's names."""
+        (`choices[]` with `message`, `delta` or `text`, and their tool calls); token counts under each family's
+        names."""
         ex = self.exchange
         if isinstance(data.get("generation"), str):
             self.text.add(data["generation"])
@@ -459,8 +461,15 @@ class NativeReader:
             self.text.add(output.get("text"))
             ex.finish_reason = str(output.get("stop_reason") or ex.finish_reason)
         for choice in data.get("choices") or []:
-            message = choice.get("delta" if delta else "message") or {}
+            # a stream's chunk may carry the `message` whole rather than a `delta` (Mistral Large [UNCONFIRMED])
+            pieces = delta and isinstance(choice.get("delta"), dict)
+            message = choice.get("delta" if pieces else "message") or {}
             self.text.add(message.get("content") if isinstance(message.get("content"), str) else choice.get("text"))
+            if pieces:
+                for tc in message.get("tool_calls") or []:
+                    openai_chat.grow_call(self.converse.call(int(tc.get("index", 0))), tc)
+            else:
+                ex.completion_tool_calls.extend(openai_chat.answer_calls(message))
             ex.finish_reason = str(choice.get("finish_reason") or choice.get("stop_reason") or ex.finish_reason)
         for key in ("stop_reason", "completionReason"):
             if data.get(key):

@@ -9,7 +9,9 @@ the tool_use block, `stop_reason: end_turn`; Gemini: a text part instead of the 
 a text block instead of the toolUse block, `stopReason: end_turn`; Mistral conversations: a `message.output` entry
 instead of the `function.call` entry; Cohere v2: text content instead of the call, `finish_reason: COMPLETE`;
 Cohere v1: the answer's text, the call gone from `tool_calls` and from the chat history it returns; Ollama: message
-content). The finish reason says "tool calls" only while an allowed call is left.
+content). The finish reason says "tool calls" only while an allowed call is left. Bedrock's InvokeModel answers in
+its model vendor's own shapes, read as theirs: Claude's (Anthropic), Command R's (Cohere v1) and Mistral Large's
+(chat choices), in a JSON answer and in the chunk frames of its stream.
 
 Streams are not held back: an event that is not part of a tool call goes on as soon as it is complete (an SSE event,
 an NDJSON line or an AWS event-stream frame is the smallest unit a client reads anyway). Only the events of a tool
@@ -47,6 +49,8 @@ MAX_CALL_BYTES = 1 << 20  # events of streamed tool calls held at once, by defau
 MAX_EVENT_BYTES = 16 << 20  # one SSE event, NDJSON line or event-stream frame that has not ended yet
 CHAT, RESPONSES, ANTHROPIC, GEMINI, CONVERSE = "openai-chat", "openai-responses", "anthropic", "gemini", "converse"
 BEDROCK_ANTHROPIC = "bedrock-anthropic"  # Claude's own Messages bodies through Bedrock's InvokeModel
+BEDROCK_COHERE = "bedrock-cohere"  # Command R's Cohere v1 chat bodies through InvokeModel
+BEDROCK_MISTRAL = "bedrock-mistral"  # Mistral Large's chat-shaped bodies through InvokeModel
 MISTRAL_CONVERSATIONS, COHERE, COHERE_V1, OLLAMA = "mistral-conversations", "cohere-v2", "cohere-v1", "ollama"
 INCOMPLETE = "did not complete"
 OVERSIZED = "grew past the cap"
@@ -58,12 +62,16 @@ _FORMATS = {("openai", "chat.completions"): CHAT, ("vertex", "chat.completions")
             ("cohere", "v2.chat"): COHERE, ("cohere", "v1.chat"): COHERE_V1, ("ollama", "chat"): OLLAMA}
 
 
+_BEDROCK_VENDORS = {"anthropic": BEDROCK_ANTHROPIC, "cohere": BEDROCK_COHERE, "mistral": BEDROCK_MISTRAL}
+
+
 def format_of(provider: str | None, operation: str, model: str = "") -> str | None:
     """The answer format whose tool calls this module reads, for the parser that understood the request (and the
     model it names: Bedrock's InvokeModel answers in the model vendor's own format). None for answers whose calls
-    are not judged: Bedrock's other vendors, and operations that take no tools."""
+    are not judged: Bedrock's other vendors (and a model id that names none, such as a provisioned model's ARN),
+    and operations that take no tools."""
     if provider == "bedrock" and operation == "invoke":
-        return BEDROCK_ANTHROPIC if bedrock.vendor_of(model, None) == "anthropic" else None
+        return _BEDROCK_VENDORS.get(bedrock.vendor_of(model, None))
     return _FORMATS.get((provider, operation))
 
 
@@ -76,7 +84,8 @@ def rewrite_body(fmt: str, data: Any, judge: Judge) -> bool:
     return bool(_BODIES[fmt](data, judge))
 
 
-def _chat_body(data: dict, judge: Judge) -> bool:
+def _chat_body(data: dict, judge: Judge, finishes: tuple[str, ...] = ("finish_reason",)) -> bool:
+    """`finishes`: the keys of a choice's finish reason (Mistral on Bedrock names it `stop_reason`)."""
     changed = False
     for i, choice in enumerate(data.get("choices") or []):
         message = choice.get("message") if isinstance(choice, dict) else None
@@ -96,10 +105,17 @@ def _chat_body(data: dict, judge: Judge) -> bool:
                 message["content"] = [*content, *({"type": "text", "text": text} for text in refusals)]
             else:
                 message["content"] = _joined(content, refusals)
-            if not message.get("tool_calls") and "function_call" not in message \
-                    and choice.get("finish_reason") in CHAT_CALL_FINISHES:
-                choice["finish_reason"] = "stop"
+            if not message.get("tool_calls") and "function_call" not in message:
+                _stopped(choice, finishes)
     return changed
+
+
+def _stopped(choice: dict, finishes: tuple[str, ...]) -> bool:
+    """A chat choice's finish reason that says "tool calls" says `stop` (once no call is left); True if it did."""
+    stale = [key for key in finishes if choice.get(key) in CHAT_CALL_FINISHES]
+    for key in stale:
+        choice[key] = "stop"
+    return bool(stale)
 
 
 def _function_calls(message: dict, path: tuple, judge: Judge) -> list[str]:
@@ -278,9 +294,18 @@ def _ollama_body(data: dict, judge: Judge) -> bool:
     return bool(refusals)
 
 
+BEDROCK_MISTRAL_FINISHES = ("finish_reason", "stop_reason")  # [UNCONFIRMED] which Bedrock writes: both are read
+
+
+def _bedrock_mistral_body(data: dict, judge: Judge) -> bool:
+    """Mistral Large on Bedrock's InvokeModel: chat choices whose finish reason may be named `stop_reason`."""
+    return _chat_body(data, judge, BEDROCK_MISTRAL_FINISHES)
+
+
 _BODIES = {CHAT: _chat_body, RESPONSES: _responses_body, ANTHROPIC: _anthropic_body, GEMINI: _gemini_body,
-           CONVERSE: _converse_body, BEDROCK_ANTHROPIC: _anthropic_body, MISTRAL_CONVERSATIONS: _mistral_body,
-           COHERE: _cohere_body, COHERE_V1: _cohere_v1_body, OLLAMA: _ollama_body}
+           CONVERSE: _converse_body, BEDROCK_ANTHROPIC: _anthropic_body, BEDROCK_COHERE: _cohere_v1_body,
+           BEDROCK_MISTRAL: _bedrock_mistral_body, MISTRAL_CONVERSATIONS: _mistral_body, COHERE: _cohere_body,
+           COHERE_V1: _cohere_v1_body, OLLAMA: _ollama_body}
 
 
 # --- streams -------------------------------------------------------------------------------------------------------
@@ -1065,9 +1090,11 @@ class ConverseGuard(_EventStreamFraming, _BlockCalls, StreamGuard):
                 + _converse_frame("contentBlockStop", {"contentBlockIndex": index}))
 
 
-class BedrockAnthropicGuard(_EventStreamFraming, AnthropicGuard):
-    """Claude on Bedrock's InvokeModelWithResponseStream: Anthropic's events, each base64 JSON in the `bytes` of a
-    `chunk` frame, guarded as AnthropicGuard does; what it writes goes out as chunk frames."""
+class _ChunkFrames(_EventStreamFraming):
+    """Bedrock's InvokeModelWithResponseStream: the `bytes` of each `chunk` frame are base64 of one of the model
+    vendor's own stream objects (what its API sends as an SSE event's data or an NDJSON line), guarded by the
+    vendor's guard, which this precedes in the class's bases; what that guard writes, as events or as lines, goes
+    out as chunk frames."""
 
     def _frame(self, raw: bytes, message: eventstream.EventMessage) -> bytes:
         if message.event_type != "chunk":
@@ -1087,6 +1114,48 @@ class BedrockAnthropicGuard(_EventStreamFraming, AnthropicGuard):
     def sse(self, payload: dict, name: str = "") -> bytes:
         return _converse_frame("chunk", {"bytes": base64.b64encode(orjson.dumps(payload)).decode()})
 
+    def line(self, payload: dict) -> bytes:
+        return self.sse(payload)
+
+
+class BedrockAnthropicGuard(_ChunkFrames, AnthropicGuard):
+    """Claude on Bedrock's InvokeModelWithResponseStream: Anthropic's events, guarded as AnthropicGuard does."""
+
+
+class BedrockCohereGuard(_ChunkFrames, CohereV1Guard):
+    """Command R on Bedrock's InvokeModelWithResponseStream: Cohere v1's stream lines, guarded as CohereV1Guard
+    does."""
+
+
+class BedrockMistralGuard(_ChunkFrames, ChatGuard):
+    """Mistral Large on Bedrock's InvokeModelWithResponseStream [UNCONFIRMED]: chat-shaped chunks whose choices
+    carry a `message` with its calls whole (not OpenAI's `delta` pieces) and a `stop_reason`. Such a chunk is judged
+    at once, as a JSON answer is; a later one whose finish reason still says `tool_calls` for a choice that has no
+    call left says `stop`. A chunk of `delta` pieces is guarded as OpenAI chat's."""
+
+    def event(self, raw: bytes, name: str, data: dict) -> bytes:
+        choices = [c for c in data.get("choices") or [] if isinstance(c, dict)]
+        if not any(isinstance(c.get("message"), dict) for c in choices):
+            return super().event(raw, name, data)
+        offered = [_calls_in(c) for c in choices]
+        changed = _bedrock_mistral_body(data, self.judge)
+        for c, before in zip(choices, offered):
+            ci, left = int(c.get("index", 0)), _calls_in(c)
+            self.allowed[ci] = self.allowed.get(ci, 0) + left
+            self.refusals[ci] = self.refusals.get(ci, 0) + before - left
+            if self.refusals[ci] and not self.allowed[ci]:
+                changed = _stopped(c, BEDROCK_MISTRAL_FINISHES) or changed
+        return self.sse(data) if changed else raw
+
+
+def _calls_in(choice: dict) -> int:
+    """The calls a chat choice's message carries."""
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        return 0
+    calls = message.get("tool_calls")
+    return (len(calls) if isinstance(calls, list) else 0) + isinstance(message.get("function_call"), dict)
+
 
 def _converse_frame(event_type: str, payload: dict) -> bytes:
     return eventstream.encode({":event-type": event_type, ":content-type": "application/json",
@@ -1095,7 +1164,8 @@ def _converse_frame(event_type: str, payload: dict) -> bytes:
 
 GUARDS: dict[str, type[StreamGuard]] = {CHAT: ChatGuard, RESPONSES: ResponsesGuard, ANTHROPIC: AnthropicGuard,
                                         GEMINI: GeminiGuard, CONVERSE: ConverseGuard,
-                                        BEDROCK_ANTHROPIC: BedrockAnthropicGuard,
+                                        BEDROCK_ANTHROPIC: BedrockAnthropicGuard, BEDROCK_COHERE: BedrockCohereGuard,
+                                        BEDROCK_MISTRAL: BedrockMistralGuard,
                                         MISTRAL_CONVERSATIONS: MistralConversationGuard, COHERE: CohereGuard,
                                         COHERE_V1: CohereV1Guard, OLLAMA: OllamaGuard}
 

@@ -505,6 +505,106 @@ def test_google_genai_and_boto3_converse_json_answers(gateway, upstream, bedrock
         assert block["toolUse"]["input"] == LS and converse["stopReason"] == "tool_use"
 
 
+# Command R and Mistral Large through InvokeModel answer in their vendors' own shapes: Cohere v1 chat, chat choices
+BEDROCK_VENDORS = {"cohere": "cohere.command-r-plus-v1:0", "mistral": "mistral.mistral-large-2407-v1:0"}
+
+
+def bedrock_vendor_request(vendor: str, marker: str) -> dict:
+    if vendor == "cohere":
+        return {"message": f"{marker} clean", "tools": [
+            {"name": "run_command", "parameter_definitions": {"command": {"type": "str"}}}]}
+    return {"messages": [{"role": "user", "content": f"{marker} clean"}], "tools": [FUNCTION]}
+
+
+def bedrock_vendor_call(vendor: str, args: dict) -> list[dict]:
+    """The stream objects of one call (each in a chunk frame); the last one is the answer's end."""
+    if vendor == "cohere":
+        return [{"is_finished": False, "event_type": "tool-calls-chunk",
+                 "tool_call_delta": {"index": 0, "name": "run_command"}},
+                {"is_finished": False, "event_type": "tool-calls-chunk",
+                 "tool_call_delta": {"index": 0, "parameters": json.dumps(args)}},
+                {"is_finished": False, "event_type": "tool-calls-generation", "text": "On it.",
+                 "tool_calls": [{"name": "run_command", "parameters": args}]},
+                {"is_finished": True, "event_type": "stream-end", "finish_reason": "COMPLETE",
+                 "response": bedrock_vendor_answer(vendor, args)}]
+    return [{"choices": [{"index": 0, "message": bedrock_vendor_answer(vendor, args)["choices"][0]["message"],
+                          "stop_reason": None}]},
+            {"choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "stop_reason": "tool_calls"}],
+             "amazon-bedrock-invocationMetrics": {"inputTokenCount": 3, "outputTokenCount": 3}}]
+
+
+def bedrock_vendor_answer(vendor: str, args: dict) -> dict:
+    if vendor == "cohere":
+        calls = [{"name": "run_command", "parameters": args}]
+        return {"response_id": "r1", "generation_id": "g1", "text": "On it.", "finish_reason": "COMPLETE",
+                "tool_calls": calls, "chat_history": [{"role": "USER", "message": "clean"},
+                                                      {"role": "CHATBOT", "message": "On it.", "tool_calls": calls}]}
+    return {"choices": [{"index": 0, "stop_reason": "tool_calls", "message": {
+        "role": "assistant", "content": "On it.", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "run_command", "arguments": json.dumps(args)}}]}}]}
+
+
+def assert_bedrock_vendor_answer(vendor: str, answer: dict, args: dict, refused: bool) -> None:
+    """Cohere: the call gone from `tool_calls` and the history, its refusal in the text; Mistral: in the message's
+    content, `stop_reason: stop`."""
+    said = answer["text"] if vendor == "cohere" else answer["choices"][0]["message"]["content"]
+    if refused:
+        assert "refused the call of the tool 'run_command'" in said and "rm  -rf" not in json.dumps(answer)
+        if vendor == "cohere":
+            assert "tool_calls" not in answer and "tool_calls" not in answer["chat_history"][-1]
+        else:
+            assert "tool_calls" not in answer["choices"][0]["message"]
+            assert answer["choices"][0]["stop_reason"] == "stop"
+    else:
+        assert answer == bedrock_vendor_answer(vendor, args)
+
+
+@pytest.mark.parametrize("vendor", list(BEDROCK_VENDORS))
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_boto3_invoke_model_command_r_and_mistral_large_tool_calls(gateway, upstream, bedrock, marker, vendor, args,
+                                                                    refused):
+    model = BEDROCK_VENDORS[vendor].replace(":", "%3A")
+    upstream.route(f"/model/{model}/invoke", lambda rec: Reply(body=json.dumps(
+        bedrock_vendor_answer(vendor, args)).encode()))
+    response = bedrock.invoke_model(modelId=BEDROCK_VENDORS[vendor],
+                                    body=json.dumps(bedrock_vendor_request(vendor, f"{marker} json")))
+    assert_bedrock_vendor_answer(vendor, json.loads(response["body"].read()), args, refused)
+    if refused:
+        assert_refused(refusal_event(gateway, f"{marker} json"))
+
+
+@pytest.mark.parametrize("vendor", list(BEDROCK_VENDORS))
+@pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
+def test_boto3_invoke_model_with_response_stream_command_r_and_mistral_large(gateway, upstream, bedrock, marker,
+                                                                              vendor, args, refused):
+    said_first = {"role": "assistant", "content": "On it."}
+    text = ({"is_finished": False, "event_type": "text-generation", "text": "On it."} if vendor == "cohere"
+            else {"choices": [{"index": 0, "message": said_first, "stop_reason": None}]})
+    gate = threading.Event()
+    upstream.route(f"/model/{BEDROCK_VENDORS[vendor].replace(':', '%3A')}/invoke-with-response-stream",
+                   lambda rec: Reply(content_type="application/vnd.amazon.eventstream", chunks=held_back(
+                       [es.chunk(text)], gate, [es.chunk(o) for o in bedrock_vendor_call(vendor, args)])))
+    response = bedrock.invoke_model_with_response_stream(
+        modelId=BEDROCK_VENDORS[vendor], body=json.dumps(bedrock_vendor_request(vendor, marker)))
+    objects = []
+    for e in response["body"]:
+        objects.append(json.loads(e["chunk"]["bytes"]))
+        if objects[-1] == text:
+            assert not gate.is_set()
+            gate.set()
+    assert gate.is_set()
+    said = json.dumps(objects)
+    if refused:
+        assert "refused the call of the tool 'run_command'" in said and "rm  -rf" not in said
+        if vendor == "cohere":
+            assert_bedrock_vendor_answer(vendor, objects[-1]["response"], args, refused)
+        else:
+            assert [c["stop_reason"] for o in objects for c in o["choices"] if c["stop_reason"]] == ["stop"]
+        assert_refused(refusal_event(gateway, marker))
+    else:
+        assert objects == [text, *bedrock_vendor_call(vendor, args)]
+
+
 # --- Mistral (mistralai) ----------------------------------------------------------------------------------------
 
 def mistral_answer(args: dict) -> Reply:

@@ -53,6 +53,10 @@ REQUESTS = {
     toolcalls.BEDROCK_ANTHROPIC: ("/model/anthropic.claude-3-5-sonnet-20240620-v1:0/invoke", {
         "anthropic_version": "bedrock-2023-05-31", "max_tokens": 9, "tools": [{"name": "run"}],
         "messages": [{"role": "user", "content": "go"}]}),
+    toolcalls.BEDROCK_COHERE: ("/model/cohere.command-r-plus-v1:0/invoke", {"message": "go", "tools": [
+        {"name": "run", "parameter_definitions": {"command": {"type": "str"}}}]}),
+    toolcalls.BEDROCK_MISTRAL: ("/model/mistral.mistral-large-2407-v1:0/invoke", {
+        "messages": [{"role": "user", "content": "go"}], "tools": [FUNCTION]}),
     toolcalls.MISTRAL_CONVERSATIONS: ("/v1/conversations", {"model": "mistral-medium-latest", "inputs": "go",
                                                             "tools": [FUNCTION]}),
     toolcalls.COHERE: ("/v2/chat", {"model": "command-a-03-2025", "messages": [{"role": "user", "content": "go"}],
@@ -66,6 +70,8 @@ HOSTS = {toolcalls.CHAT: "api.openai.com", toolcalls.RESPONSES: "api.openai.com"
          toolcalls.ANTHROPIC: "api.anthropic.com", toolcalls.GEMINI: "generativelanguage.googleapis.com",
          toolcalls.CONVERSE: "bedrock-runtime.us-east-1.amazonaws.com",
          toolcalls.BEDROCK_ANTHROPIC: "bedrock-runtime.us-east-1.amazonaws.com",
+         toolcalls.BEDROCK_COHERE: "bedrock-runtime.us-east-1.amazonaws.com",
+         toolcalls.BEDROCK_MISTRAL: "bedrock-runtime.us-east-1.amazonaws.com",
          toolcalls.MISTRAL_CONVERSATIONS: "api.mistral.ai", toolcalls.COHERE: "api.cohere.com",
          toolcalls.COHERE_V1: "api.cohere.com", toolcalls.OLLAMA: "ollama.com"}
 
@@ -89,7 +95,9 @@ def body(fmt: str, name: str, args: dict) -> dict:
     if fmt == toolcalls.GEMINI:
         return {"candidates": [{"content": {"role": "model", "parts": [
             {"text": "Let me."}, {"functionCall": {"name": name, "args": args}}]}, "finishReason": "STOP"}]}
-    if fmt == toolcalls.COHERE_V1:
+    if fmt == toolcalls.BEDROCK_MISTRAL:  # chat choices, the finish reason named stop_reason
+        return {"choices": [bedrock_mistral_choice("Let me.", [mistral_call(name, args)], "tool_calls")]}
+    if fmt in (toolcalls.COHERE_V1, toolcalls.BEDROCK_COHERE):
         calls = [{"name": name, "parameters": args}]
         return {"response_id": "r1", "generation_id": "g1", "text": "Let me.", "finish_reason": "COMPLETE",
                 "tool_calls": calls, "chat_history": [{"role": "USER", "message": "go"},
@@ -112,6 +120,16 @@ def body(fmt: str, name: str, args: dict) -> dict:
     return {"output": {"message": {"role": "assistant", "content": [
         {"text": "Let me."}, {"toolUse": {"toolUseId": "tu_1", "name": name, "input": args}}]}},
         "stopReason": "tool_use", "usage": {"inputTokens": 1, "outputTokens": 1}}
+
+
+def mistral_call(name: str, args: dict) -> dict:
+    return {"id": "call_1", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+
+
+def bedrock_mistral_choice(content: str, calls: list[dict] | None = None, stop: str | None = None) -> dict:
+    """A choice of Mistral Large on Bedrock, whole or streamed alike: a `message`, not a `delta`."""
+    message = {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
+    return {"index": 0, "message": message, "stop_reason": stop}
 
 
 def ollama_line(message: dict, done: bool = False) -> dict:
@@ -185,15 +203,25 @@ def stream(fmt: str, name: str, args: dict) -> tuple[list[bytes], list[bytes], l
             return {"candidates": [{**candidate, "finishReason": finish}] if finish else [candidate]}
         return (sse(part({"text": "Let me."})), sse(part({"functionCall": {"name": name, "args": args}}, "STOP")),
                 [])
-    if fmt == toolcalls.COHERE_V1:  # the call in chunks, then whole in its generation line
+    if fmt in (toolcalls.COHERE_V1, toolcalls.BEDROCK_COHERE):  # the call in chunks, then whole in its generation
         def line(kind, **fields):
             return {"is_finished": kind == "stream-end", "event_type": kind, **fields}
-        return (ndjson(line("stream-start", generation_id="g1"), line("text-generation", text="Let me.")),
-                ndjson(line("tool-calls-chunk", tool_call_delta={"index": 0, "name": name}),
-                       line("tool-calls-chunk", tool_call_delta={"index": 0, "parameters": text[:half]}),
-                       line("tool-calls-chunk", tool_call_delta={"index": 0, "parameters": text[half:]}),
-                       line("tool-calls-generation", text="Let me.", tool_calls=[{"name": name, "parameters": args}])),
-                ndjson(line("stream-end", finish_reason="COMPLETE", response=body(fmt, name, args))))
+
+        def lines(*objects):  # Bedrock: each line's object in a chunk frame
+            return ndjson(*objects) if fmt == toolcalls.COHERE_V1 else [es.chunk(o) for o in objects]
+        return (lines(line("stream-start", generation_id="g1"), line("text-generation", text="Let me.")),
+                lines(line("tool-calls-chunk", tool_call_delta={"index": 0, "name": name}),
+                      line("tool-calls-chunk", tool_call_delta={"index": 0, "parameters": text[:half]}),
+                      line("tool-calls-chunk", tool_call_delta={"index": 0, "parameters": text[half:]}),
+                      line("tool-calls-generation", text="Let me.", tool_calls=[{"name": name, "parameters": args}])),
+                lines(line("stream-end", finish_reason="COMPLETE", response=body(fmt, name, args))))
+    if fmt == toolcalls.BEDROCK_MISTRAL:  # each chunk a choice's message; a call comes whole
+        def chunk(*choices, **more):
+            return es.chunk({"choices": list(choices), **more})
+        return ([chunk(bedrock_mistral_choice("Let ")), chunk(bedrock_mistral_choice("me."))],
+                [chunk(bedrock_mistral_choice("", [mistral_call(name, args)]))],
+                [chunk(bedrock_mistral_choice("", stop="tool_calls"), **{"amazon-bedrock-invocationMetrics": {
+                    "inputTokenCount": 1, "outputTokenCount": 1}})])
     if fmt == toolcalls.OLLAMA:  # a call comes whole, in one line
         return (ndjson(ollama_line({"content": "Let me."})),
                 ndjson(ollama_line({"content": "", "tool_calls": [{"function": {"name": name, "arguments": args}}]})),
@@ -236,14 +264,20 @@ def stream(fmt: str, name: str, args: dict) -> tuple[list[bytes], list[bytes], l
 
 CONTENT_TYPES = {fmt: "text/event-stream" for fmt in REQUESTS} | {
     toolcalls.CONVERSE: "application/vnd.amazon.eventstream",
-    toolcalls.BEDROCK_ANTHROPIC: "application/vnd.amazon.eventstream", toolcalls.OLLAMA: "application/x-ndjson",
+    toolcalls.BEDROCK_ANTHROPIC: "application/vnd.amazon.eventstream",
+    toolcalls.BEDROCK_COHERE: "application/vnd.amazon.eventstream",
+    toolcalls.BEDROCK_MISTRAL: "application/vnd.amazon.eventstream", toolcalls.OLLAMA: "application/x-ndjson",
     toolcalls.COHERE_V1: "application/stream+json"}
 STOPS = {toolcalls.CHAT: ("tool_calls", "stop"), toolcalls.RESPONSES: ("completed", "completed"),
          toolcalls.ANTHROPIC: ("tool_use", "end_turn"), toolcalls.GEMINI: ("STOP", "STOP"),
          toolcalls.CONVERSE: ("tool_use", "end_turn"), toolcalls.BEDROCK_ANTHROPIC: ("tool_use", "end_turn"),
+         toolcalls.BEDROCK_COHERE: ("COMPLETE", "COMPLETE"), toolcalls.BEDROCK_MISTRAL: ("tool_calls", "stop"),
          toolcalls.MISTRAL_CONVERSATIONS: ("stop", "stop"), toolcalls.COHERE: ("TOOL_CALL", "COMPLETE"),
          toolcalls.COHERE_V1: ("COMPLETE", "COMPLETE"), toolcalls.OLLAMA: ("stop", "stop")}
 JSON_STOPS = {toolcalls.MISTRAL_CONVERSATIONS: ""}  # a conversation's JSON answer has no finish reason
+
+
+BEDROCK = (toolcalls.CONVERSE, toolcalls.BEDROCK_ANTHROPIC, toolcalls.BEDROCK_COHERE, toolcalls.BEDROCK_MISTRAL)
 
 
 def read_back(fmt: str, answer: bytes | dict, streamed: bool):
@@ -251,10 +285,10 @@ def read_back(fmt: str, answer: bytes | dict, streamed: bool):
     path, request = REQUESTS[fmt]
     if streamed and fmt == toolcalls.GEMINI:
         path = path.replace(":generateContent", ":streamGenerateContent") + "?alt=sse"
-    elif streamed and fmt in (toolcalls.CONVERSE, toolcalls.BEDROCK_ANTHROPIC):
+    elif streamed and fmt in BEDROCK:
         path = path.replace("/converse", "/converse-stream").replace("/invoke", "/invoke-with-response-stream")
-    in_body = streamed and fmt not in (toolcalls.GEMINI, toolcalls.CONVERSE, toolcalls.BEDROCK_ANTHROPIC)  # or URL
-    bedrock = fmt in (toolcalls.CONVERSE, toolcalls.BEDROCK_ANTHROPIC)
+    in_body = streamed and fmt != toolcalls.GEMINI and fmt not in BEDROCK  # streaming is asked in the body or URL
+    bedrock = fmt in BEDROCK
     parsed = parse(path, {**request, "stream": True} if in_body else request,
                    host=HOSTS[fmt], hints=("bedrock" if bedrock else fmt.split("-")[0],))
     x = parsed.exchange
@@ -264,7 +298,8 @@ def read_back(fmt: str, answer: bytes | dict, streamed: bool):
 
 
 FORMATS = list(REQUESTS)
-PIECEMEAL = [f for f in FORMATS if f not in (toolcalls.GEMINI, toolcalls.OLLAMA)]  # the others send a call whole
+WHOLE = (toolcalls.GEMINI, toolcalls.OLLAMA, toolcalls.BEDROCK_MISTRAL)  # a call comes whole, in one event
+PIECEMEAL = [f for f in FORMATS if f not in WHOLE]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -538,6 +573,37 @@ def test_an_event_stream_frame_that_may_hold_a_call_and_does_not_read_stops_the_
     text, _, after = stream(fmt, "shell", {"c": "x"})
     guard, out = guarded(fmt, text + [bad] + after)
     assert guard.broken and b"".join(out) == b"".join(text)
+
+
+def test_bedrock_mistral_a_refused_call_among_allowed_ones_leaves_the_finish_saying_tool_calls():
+    calls = [mistral_call("shell", {"c": "x"}), mistral_call("run", {"command": "ls"})]
+    chunks = [es.chunk({"choices": [bedrock_mistral_choice("", calls)]}),
+              es.chunk({"choices": [bedrock_mistral_choice("", stop="tool_calls")]})]
+    _, out = guarded(toolcalls.BEDROCK_MISTRAL, chunks)
+    x = read_back(toolcalls.BEDROCK_MISTRAL, b"".join(out), streamed=True)
+    assert [c.name for c in x.completion_tool_calls] == ["run"] and x.completion == f"{REFUSAL} shell"
+    assert x.finish_reason == "tool_calls"
+
+
+def test_bedrock_mistral_chunks_of_delta_pieces_are_guarded_as_openai_chat():
+    def chunk(delta, finish=None):
+        return es.chunk({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    text = json.dumps({"command": "rm -rf /"})
+    events = [chunk({"role": "assistant", "content": "Let me."}),
+              chunk({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "run", "arguments": ""}}]}),
+              chunk({"tool_calls": [{"index": 0, "function": {"arguments": text[:5]}}]}),
+              chunk({"tool_calls": [{"index": 0, "function": {"arguments": text[5:]}}]}), chunk({}, "tool_calls")]
+    guard, out = guarded(toolcalls.BEDROCK_MISTRAL, events)
+    assert out[0] == events[0] and out[1:3] == [b"", b""]  # the call's pieces held until its JSON closes
+    x = read_back(toolcalls.BEDROCK_MISTRAL, b"".join(out), streamed=True)
+    assert x.completion_tool_calls == [] and x.completion == f"Let me.{REFUSAL} run" and x.finish_reason == "stop"
+
+
+def test_bedrock_invoke_judges_the_vendors_whose_answers_it_reads():
+    assert [toolcalls.format_of("bedrock", "invoke", m) for m in (
+        "us.anthropic.claude-sonnet-4-20250514-v1:0", "cohere.command-r-plus-v1:0", "mistral.mistral-large-2407-v1:0",
+        "meta.llama3-70b-instruct-v1:0", "arn:aws:bedrock:us-east-1:1:provisioned-model/abc")] == [
+        toolcalls.BEDROCK_ANTHROPIC, toolcalls.BEDROCK_COHERE, toolcalls.BEDROCK_MISTRAL, None, None]
 
 
 # --- the addon on a JSON answer ------------------------------------------------------------------------------------
