@@ -10,7 +10,8 @@ Streamed answers are not held back: the stream callable is chained after Extract
 restorer, so the calls judged are those the client would run), and only a tool call's own events wait for the call
 to be complete. To read the stream event by event the gateway asks for an uncompressed answer; an upstream that
 compresses all the same is decoded here (capped) and sent on uncompressed. Only requests that offer tools are
-guarded, and only while a rule has a `tools` condition: everyone else's answer passes as before.
+guarded (or run an agent whose tools the provider holds: a Mistral agent), and only while a rule has a `tools`
+condition: everyone else's answer passes as before.
 
 A JSON answer the guard cannot judge (it does not decode, orjson does not read it though a client's parser might,
 the guard fails) is not forwarded: the client gets an error in its provider's shape, as a stream is cut; so does a
@@ -62,9 +63,15 @@ class AnswerTools:
         self.active = any(r.when.tools is not None for r in rules.policy.rules)
 
     def _format(self, it: Interaction | None) -> str | None:
-        if it is None or not self.active or not it.exchange.tools:
+        """The answer format to guard, None when the answer cannot call a tool: the request offers none and runs
+        none of the provider's own (a Mistral agent's, which it cannot see)."""
+        if it is None or not self.active:
             return None
-        return toolcalls.format_of(provider_of(it), it.exchange.operation, it.stages.asked_model or it.exchange.model)
+        provider, operation = provider_of(it), it.exchange.operation
+        model = it.stages.asked_model or it.exchange.model
+        if not it.exchange.tools and not toolcalls.runs_unseen_tools(provider, operation, model):
+            return None
+        return toolcalls.format_of(provider, operation, model)
 
     def request(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)

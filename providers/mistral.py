@@ -16,6 +16,7 @@ from providers.base import (BodyError, BufferedJson, HttpRequest, Reassembly, Re
                             text_parts, with_leaves)
 
 _PATHS = {"/v1/agents/completions": "agents.completions", "/v1/conversations": "conversations"}
+AGENT = "agent:"  # the model of a request that names an agent (`agent_id`), not a model: `agent:<agent_id>`
 
 
 class MistralProvider:
@@ -31,13 +32,13 @@ class MistralProvider:
         if operation == "agents.completions":
             openai_chat.parse_chat(req, exchange)
             body = json_body(req)
-            exchange.model = exchange.model or f"agent:{body.get('agent_id', '')}"
+            exchange.model = exchange.model or f"{AGENT}{body.get('agent_id', '')}"
             return
         body = json_body(req)
         if not isinstance(body, dict):
             raise BodyError("Mistral body must be a JSON object")
         exchange.stream = body.get("stream") is True
-        exchange.model = str(body.get("model") or (f"agent:{body['agent_id']}" if body.get("agent_id") else ""))
+        exchange.model = str(body.get("model") or (f"{AGENT}{body['agent_id']}" if body.get("agent_id") else ""))
         if isinstance(body.get("instructions"), str):
             exchange.system.append(TextPart(body["instructions"], ("instructions",)))
         inputs = body.get("inputs")

@@ -40,7 +40,7 @@ import orjson
 
 from core.exchange import ToolCall
 from dlp.answer import NDJSON_TYPES
-from providers import bedrock, eventstream, openai_chat
+from providers import bedrock, eventstream, mistral, openai_chat
 from providers.base import tool_call
 from providers.openai_responses import CLIENT_CALL_ITEMS
 
@@ -73,6 +73,13 @@ def format_of(provider: str | None, operation: str, model: str = "") -> str | No
     if provider == "bedrock" and operation == "invoke":
         return _BEDROCK_VENDORS.get(bedrock.vendor_of(model, None))
     return _FORMATS.get((provider, operation))
+
+
+def runs_unseen_tools(provider: str | None, operation: str, model: str) -> bool:
+    """Does the request run tools it does not offer? A Mistral agent's are defined on Mistral's side (an agents
+    completion, a conversation with an `agent_id`): the answer may call them though the request names none, so
+    its calls are judged as those of a request that offers tools."""
+    return provider == "mistral" and (operation == "agents.completions" or model.startswith(mistral.AGENT))
 
 
 # --- JSON answers --------------------------------------------------------------------------------------------------
