@@ -3,11 +3,15 @@
 
 Source [SDK]: mistralai's client-python (marks: docs/providers.md). Agents completions are a chat body with
 `agent_id` instead of `model`: the OpenAI chat parsers read it, this module names the agent as the model.
-Conversations (`inputs`, `instructions`) have their own output entries and stream events.
+Conversations (`inputs`, `instructions`) have their own output entries and stream events; a conversation is
+continued (`conversations.append`: `POST /v1/conversations/{id}`) or restarted from one of its entries
+(`conversations.restart`: `.../{id}/restart`) with the same body, less the model, agent and tools it was started
+with, which Mistral keeps.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from core.exchange import Exchange, Message, TextPart, ToolCall, ToolDefinition, ToolResult
@@ -17,15 +21,22 @@ from providers.base import (BodyError, BufferedJson, HttpRequest, Reassembly, Re
 
 _PATHS = {"/v1/agents/completions": "agents.completions", "/v1/conversations": "conversations"}
 AGENT = "agent:"  # the model of a request that names an agent (`agent_id`), not a model: `agent:<agent_id>`
+_CONTINUED = re.compile(r"^/v1/conversations/[^/]+(?P<restart>/restart)?$")
+CONTINUED = ("conversations.append", "conversations.restart")  # their model, agent and tools are Mistral's
 
 
 class MistralProvider:
     name = "mistral"
 
     def recognises(self, req: HttpRequest, hints: tuple[str, ...]) -> str | None:
-        operation = _PATHS.get(req.path.rstrip("/")) if req.method == "POST" else None
-        if operation == "conversations" and b'"inputs"' not in req.body:
-            return None  # OpenAI has a /v1/conversations too, with `items`
+        if req.method != "POST":
+            return None
+        path = req.path.rstrip("/")
+        operation = _PATHS.get(path)
+        if operation is None and (m := _CONTINUED.match(path)):
+            operation = CONTINUED[1] if m["restart"] else CONTINUED[0]
+        if operation is not None and operation.startswith("conversations") and b'"inputs"' not in req.body:
+            return None  # OpenAI has a /v1/conversations too, with `items` (and `metadata` for one of them)
         return operation
 
     def parse_request(self, req: HttpRequest, operation: str, exchange: Exchange) -> None:
@@ -53,7 +64,7 @@ class MistralProvider:
         _functions(body.get("tools"), exchange)
 
     def response_parser(self, exchange: Exchange, content_type: str) -> ResponseParser:
-        if exchange.operation == "conversations":
+        if exchange.operation.startswith("conversations"):
             reader = ConversationReader(exchange)
             if content_type == "text/event-stream":
                 return SseParser(exchange, lambda _event, data: reader.add_event(data), reader.done)

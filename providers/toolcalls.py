@@ -59,6 +59,7 @@ _FORMATS = {("openai", "chat.completions"): CHAT, ("vertex", "chat.completions")
             ("openai", "responses"): RESPONSES, ("anthropic", "messages"): ANTHROPIC,  # Claude on Vertex too
             ("gemini", "generateContent"): GEMINI,  # Vertex's Gemini too
             ("bedrock", "converse"): CONVERSE, ("mistral", "conversations"): MISTRAL_CONVERSATIONS,
+            **{("mistral", op): MISTRAL_CONVERSATIONS for op in mistral.CONTINUED},
             ("cohere", "v2.chat"): COHERE, ("cohere", "v1.chat"): COHERE_V1, ("ollama", "chat"): OLLAMA}
 
 
@@ -77,9 +78,11 @@ def format_of(provider: str | None, operation: str, model: str = "") -> str | No
 
 def runs_unseen_tools(provider: str | None, operation: str, model: str) -> bool:
     """Does the request run tools it does not offer? A Mistral agent's are defined on Mistral's side (an agents
-    completion, a conversation with an `agent_id`): the answer may call them though the request names none, so
-    its calls are judged as those of a request that offers tools."""
-    return provider == "mistral" and (operation == "agents.completions" or model.startswith(mistral.AGENT))
+    completion, a conversation with an `agent_id`), and so are those a conversation was started with, when it is
+    continued or restarted: the answer may call them though the request names none, so its calls are judged as
+    those of a request that offers tools."""
+    return provider == "mistral" and (operation in ("agents.completions", *mistral.CONTINUED)
+                                      or model.startswith(mistral.AGENT))
 
 
 # --- JSON answers --------------------------------------------------------------------------------------------------

@@ -666,20 +666,26 @@ def test_mistral_agents_stream_text_first_then_the_whole_call(gateway, upstream,
 
 
 def test_a_mistral_agents_own_tools_are_judged_though_its_requests_offer_none(gateway, upstream, marker):
-    """An agent's tools are defined on Mistral's side: an agents completion, or a conversation with the agent,
-    names none, and the answer may call them all the same."""
+    """An agent's tools are defined on Mistral's side: an agents completion, a conversation with the agent, and
+    any conversation continued or restarted (its tools are those it was started with) name none, and the answer
+    may call them all the same."""
     upstream.route("/v1/agents/completions", lambda rec: mistral_answer(RM))
     client = mistral_client(gateway)
     answer = client.agents.complete(agent_id="ag-1", messages=[{"role": "user", "content": f"{marker} completion"}])
     choice = answer.choices[0]
     assert choice.finish_reason == "stop" and not choice.message.tool_calls
     assert "refused the call of the tool 'run_command'" in choice.message.content
-    upstream.route("/v1/conversations", lambda rec: Reply(body=json.dumps({
-        "object": "conversation.response", "conversation_id": "conv_1", "outputs": [conversation_call(RM)],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}).encode()))
-    [entry] = client.beta.conversations.start(inputs=f"{marker} conversation", agent_id="ag-1").outputs
-    assert entry.type == "message.output" and "refused the call of the tool 'run_command'" in entry.content
-    for asked in ("completion", "conversation"):
+    conversation = {"object": "conversation.response", "conversation_id": "conv_1", "outputs": [conversation_call(RM)],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}
+    for path in ("/v1/conversations", "/v1/conversations/conv_1", "/v1/conversations/conv_1/restart"):
+        upstream.route(path, lambda rec: Reply(body=json.dumps(conversation).encode()))
+    conversations = client.beta.conversations
+    for reply in (conversations.start(inputs=f"{marker} conversation", agent_id="ag-1"),
+                  conversations.append(conversation_id="conv_1", inputs=f"{marker} continued"),
+                  conversations.restart(conversation_id="conv_1", from_entry_id="msg_0", inputs=f"{marker} restarted")):
+        [entry] = reply.outputs
+        assert entry.type == "message.output" and "refused the call of the tool 'run_command'" in entry.content
+    for asked in ("completion", "conversation", "continued", "restarted"):
         assert_refused(refusal_event(gateway, f"{marker} {asked}"))
 
 

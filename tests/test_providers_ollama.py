@@ -1,5 +1,5 @@
 """Ollama /api/chat, /api/generate, /api/embed (NDJSON streams by default), and Mistral's own endpoints (chat and
-FIM through the OpenAI parsers, agents completions, conversations)."""
+FIM through the OpenAI parsers, agents completions, conversations started, continued and restarted)."""
 
 from __future__ import annotations
 
@@ -170,8 +170,23 @@ def test_mistral_conversations_offer_functions_and_stream_their_calls():
     assert [(c.id, c.name, c.arguments) for c in ex.completion_tool_calls] == [("t1", "forecast", '{"day": 1}')]
 
 
+def test_mistral_conversations_continued_and_restarted():
+    """Their body is a conversation's, less the model, agent and tools it was started with."""
+    for path, operation in [("/v1/conversations/conv_1", "conversations.append"),
+                            ("/v1/conversations/conv_1/restart", "conversations.restart")]:
+        p = parse(path, {"inputs": "Go on", "from_entry_id": "msg_0", "stream": True})
+        ex = p.exchange
+        assert (p.provider.name, ex.operation, ex.model, ex.stream, ex.messages[0].text, ex.tools) == \
+            ("mistral", operation, "", True, "Go on", [])
+        respond(p, "text/event-stream", b'event: message.output.delta\ndata: {"type": "message.output.delta", '
+                                        b'"content": "Gone on."}\n\n')
+        assert ex.completion == "Gone on."
+
+
 def test_openai_conversations_are_not_claimed_by_mistral():
     p = parse("/v1/conversations", {"items": [{"type": "message", "role": "user", "content": "x"}]})
+    assert p.provider is None or p.provider.name != "mistral"
+    p = parse("/v1/conversations/conv_1", {"metadata": {"topic": "x"}})  # OpenAI's update of one
     assert p.provider is None or p.provider.name != "mistral"
 
 
