@@ -335,25 +335,36 @@ class _Held:
 
 class _JsonEnd:
     """Where a JSON value written piece by piece closes: brackets counted outside strings, linear in the text (the
-    whole text is parsed once, when it has closed)."""
+    whole text is parsed once, when it has closed). It runs on the event loop for every piece of a held call, so it
+    jumps from one character that matters to the next with a regex (quotes and backslashes in a string, quotes and
+    brackets outside one) instead of looking at each character in Python: a megabyte of arguments costs
+    milliseconds, not a tenth of a second."""
+
+    _IN_STRING = re.compile(r'["\\]')
+    _OUTSIDE = re.compile(r'["{}\[\]]')
 
     def __init__(self) -> None:
         self.depth, self.in_string, self.escaped, self.opened = 0, False, False, False
 
     def feed(self, text: str) -> bool:
-        for ch in text:
-            if self.in_string:
-                if self.escaped:
-                    self.escaped = False
-                elif ch == "\\":
+        i, n = 0, len(text)
+        if self.escaped and n:  # the previous piece ended on a backslash inside a string: this character is escaped
+            self.escaped, i = False, 1
+        while i < n:
+            m = (self._IN_STRING if self.in_string else self._OUTSIDE).search(text, i)
+            if m is None:
+                return False
+            ch, i = m.group(), m.end()
+            if ch == "\\":
+                if i >= n:
                     self.escaped = True
-                elif ch == '"':
-                    self.in_string = False
+                    return False
+                i += 1
             elif ch == '"':
-                self.in_string = True
+                self.in_string = not self.in_string
             elif ch in "{[":
                 self.depth, self.opened = self.depth + 1, True
-            elif ch in "}]":
+            else:
                 self.depth -= 1
                 if self.opened and self.depth <= 0:
                     return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import random
 import textwrap
 
 import orjson
@@ -833,3 +834,27 @@ def test_responses_a_streamed_client_run_call_item_is_held_and_refused(kind):
     items = [d["item"] for d in decoded if "item" in d] + decoded[-1]["response"]["output"]
     assert {i["type"] for i in items} == {"message"} and b"SECRET-PIECE" not in joined
     assert f"{REFUSAL} {kind[:-5]}".encode() in joined and decoded[-1]["type"] == "response.completed"
+
+
+def test_the_end_of_streamed_arguments_is_found_however_they_are_cut():
+    """Arguments' JSON written piece by piece (strings with quotes, backslashes and brackets in them, cut anywhere,
+    even between a backslash and what it escapes): the piece that closes the value is the one that holds its last
+    character, and not one before."""
+    rng = random.Random(11)
+    alphabet = ['"', "\\", "{", "}", "[", "]", "a", " ", "\\n", "é"]
+
+    def value(depth: int):
+        kind = rng.random()
+        if depth > 3 or kind < 0.3:
+            return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+        if kind < 0.6:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {value(4): value(depth + 1) for _ in range(rng.randint(0, 3))}
+
+    for _ in range(300):
+        doc = json.dumps({"k": value(0)}, ensure_ascii=rng.random() < 0.5)
+        cuts = sorted(rng.sample(range(1, len(doc)), min(len(doc) - 1, rng.randint(0, 12))))
+        pieces = [doc[a:b] for a, b in zip([0, *cuts], [*cuts, len(doc)])]
+        end = toolcalls._JsonEnd()
+        closed = [end.feed(p) for p in pieces]
+        assert closed[-1] and not any(closed[:-1]), (doc, pieces)
