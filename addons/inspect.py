@@ -329,7 +329,9 @@ class Inspect:
         findings = [] if self._possible(texts) == frozenset() else \
             await self._scan_texts(it, texts, "DLP scan of the answer")
         it.response_inspection = "errored" if findings is None else "inspected"
-        it.findings = [*it.findings, *(dataclasses.replace(f, part=RESPONSE_PART, source="answer")
+        # an MCP server's answer is a tool's result: a rule on `sources: [mcp_result]` must see it as one
+        source = "mcp_result" if it.exchange.operation.startswith("mcp.") else "answer"
+        it.findings = [*it.findings, *(dataclasses.replace(f, part=RESPONSE_PART, source=source)
                                        for f in findings or ())]
 
     def _findings_matter(self, flow: http.HTTPFlow, it: Interaction, entities: frozenset[str]) -> bool:

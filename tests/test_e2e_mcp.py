@@ -195,7 +195,9 @@ def test_personal_data_in_a_tool_result_is_found_and_withheld(mgw, servers):
     [event] = wait_for_events(mgw, lambda e: e["event_id"] == reference_in(result.content[0].text))
     assert (event["operation"], event["decision"], event["rule_id"]) == ("mcp.tools/call", "block",
                                                                          "no-personal-data-in-tool-results")
-    assert 65535 in event["finding_parts"]  # the finding is in the answer
+    assert 65535 in event["finding_parts"]  # the finding is in the answer...
+    # ...of an MCP server: a tool's result, not a model's answer (the arguments' finding is the call's)
+    assert {s for p, s in zip(event["finding_parts"], event["finding_sources"]) if p == 65535} == {"mcp_result"}
 
 
 @pytest.mark.parametrize("url", [STREAMABLE, SSE], ids=["streamable", "http+sse"])
