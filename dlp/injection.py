@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import hashlib
 import os
 import re
@@ -300,7 +301,7 @@ class Detector:
         if hyperscan is not None and rules.rules:
             # and one more expression: where a run long enough to be an encoded payload is (_encoded_runs)
             self._db = _compiled([*(_hs_source(r.regex) for r in rules.rules), _RUN_SOURCE],
-                                 [*(_hs_flags(r.regex) for r in rules.rules), hyperscan.HS_FLAG_SINGLEMATCH])
+                                 [*(_hs_flags(r.regex) for r in rules.rules), 0])
 
     @property
     def classifier(self) -> Classifier | None:
@@ -315,8 +316,9 @@ class Detector:
     # --- the pass ---------------------------------------------------------------------------------------------
 
     def _candidates(self, text: str) -> dict[int, list[int]]:
-        """Rule index -> character offsets where the hyperscan pass saw a match of it end (a superset); the key
-        len(rules) says the text holds a run that may be an encoded payload."""
+        """Rule index -> character offsets where the hyperscan pass saw a match of it end (a superset); under the
+        key len(rules), where each run long enough to be an encoded payload has its RUN_MIN-th character (see
+        `_run_starts`)."""
         if self._db is None:
             return {k: [len(text)] for k in range(len(self.rules.rules) + 1)}
         data = text.encode("utf-8", "surrogatepass")
@@ -328,8 +330,14 @@ class Detector:
         self._db.scan(data, match_event_handler=on_match)
         if not ends or len(data) == len(text):
             return ends
-        # byte offsets to character offsets, only for texts that hit (rare)
-        return {k: [len(data[:e].decode("utf-8", "ignore")) for e in v] for k, v in ends.items()}
+        return {k: _char_offsets(data, v) for k, v in ends.items()}  # byte offsets to character offsets
+
+    def _run_starts(self, text: str, seen: dict[int, list[int]]) -> list[int]:
+        """Where the runs worth decoding start, in order: from the pass (which reports each run once, at its
+        RUN_MIN-th character), so that no regex has to look at every character of a long text for them."""
+        if self._db is None:
+            return [m.start() for m in _RUN.finditer(text)]
+        return [end - RUN_MIN for end in seen.get(len(self.rules.rules), ())]
 
     def could_find(self, text: str) -> frozenset[str]:
         """The entity types `detect(text)` could report: one hyperscan pass, the checks for hidden and link shapes,
@@ -344,7 +352,9 @@ class Detector:
 
     def _could_find(self, text: str) -> frozenset[str]:
         seen = self._candidates(_JSON_ESCAPE.sub(_unescaped, text) if "\\" in text else text)
-        runs = seen.pop(len(self.rules.rules), None) is not None or "\\u" in text
+        starts = self._run_starts(text, seen)
+        seen.pop(len(self.rules.rules), None)
+        runs = bool(starts) or "\\u" in text
         out = {self.rules.rules[k].entity for k in seen}
         if out:
             out.add(HIDDEN_INSTRUCTIONS)  # a phrase inside hiding markup, or shown by removing invisible characters
@@ -354,7 +364,7 @@ class Detector:
         if "//" in text and _URL_IN.search(text):
             out.add(EXFILTRATION_LINK)
         if PROMPT_INJECTION not in out and runs:
-            for m, decode in _encoded_runs(text):
+            for m, decode in _encoded_runs(text, starts):
                 decoded = decode(m.group()[:DECODE_MAX])
                 if decoded and set(self._candidates(decoded)) - {len(self.rules.rules)}:
                     out.add(PROMPT_INJECTION)
@@ -388,7 +398,7 @@ class Detector:
         escaped = [m.span() for m in _ESCAPED.finditer(text)] if prepared is not text else []
         hits = self._phrases(prepared, escaped=escaped, seen=seen)
         hits += self._hidden(text)
-        hits += self._encoded(text, len(self.rules.rules) in seen)
+        hits += self._encoded(text, self._run_starts(prepared, seen))
         hits += exfiltration_links(text, self.rules.link_score)
         return hits
 
@@ -439,15 +449,15 @@ class Detector:
                        for h in self._phrases(m.group(1)[::-1], hidden=True)[:1])
         return out
 
-    def _encoded(self, text: str, runs: bool) -> list[Hit]:
+    def _encoded(self, text: str, starts: list[int]) -> list[Hit]:
         """Encodings dlp.normalize does not undo, or undoes once: `\\u` escapes, base32, base64 inside base64 (the
         scanner's decoded view comes here too). Each decoded text is scanned for phrases; a hit covers
         the encoded run. Bounded: DECODE_TRIES runs of at most DECODE_MAX characters per text."""
         out: list[Hit] = []
-        if "\\u" not in text and not runs:
+        if "\\u" not in text and not starts:
             return out  # no run that may be encoded (the pass says so at C speed, a regex would not)
         tries = 0
-        for m, decode in _encoded_runs(text):
+        for m, decode in _encoded_runs(text, starts):
             if tries >= DECODE_TRIES:
                 return out
             tries += 1
@@ -533,19 +543,35 @@ def _base64(run: str) -> str | None:
 
 
 _ESCAPES = re.compile(r"(?:\\u[0-9a-fA-F]{4}){8,}")
-_RUN = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,6}")
-#: Where a run may be an encoded payload: 24 run characters around a letter hex does not have (ids, hashes and UUIDs
-#: are hex); base64 and base32 of text always have one. Only runs it reports are decoded, by detect and could_find.
-_RUN_SOURCE = rb"[A-Za-z0-9+/_\-]{12}[g-zG-Z+/_][A-Za-z0-9+/_\-]{11}"
+RUN_MIN = 24  # characters of a run worth decoding
+_RUN = re.compile(r"[A-Za-z0-9+/_-]{%d,}={0,6}" % RUN_MIN)
+#: The start of every such run, in the detector's hyperscan pass: it matches once per run (its first RUN_MIN
+#: characters after anything else), so a 100 KB base64 blob costs one report, and the runs are then read with
+#: `_RUN.match` where they start instead of `_RUN.finditer` over the whole text.
+_RUN_SOURCE = rb"(?:^|[^A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{%d}" % RUN_MIN
 _BASE32 = re.compile(r"[A-Z2-7]{32,}=*")
 
 
-def _encoded_runs(text: str):
+def _char_offsets(data: bytes, ends: list[int]) -> list[int]:
+    """Byte offsets of UTF-8 `data` as character offsets (what `len(data[:e].decode("utf-8", "ignore"))` says for
+    each), in one pass however many there are: a text with thousands of hits is not decoded once per hit."""
+    decoder = codecs.getincrementaldecoder("utf-8")("ignore")
+    at, chars, out = 0, 0, {}
+    for end in sorted(set(ends)):
+        chars += len(decoder.decode(data[at:end]))
+        at, out[end] = end, chars
+    return [out[e] for e in ends]
+
+
+def _encoded_runs(text: str, starts: list[int]):
     """(match, decoder) for each run worth decoding: `\\u` escapes, base32 (upper case and 2-7), base64 (hex runs
-    are left to dlp.normalize, ids and hashes mostly)."""
+    are left to dlp.normalize, ids and hashes mostly). `starts`: where the runs start (Detector._run_starts)."""
     if "\\u" in text:
         yield from ((m, _unicode_escapes) for m in _ESCAPES.finditer(text))
-    for m in _RUN.finditer(text):
+    for start in starts:
+        m = _RUN.match(text, start)
+        if m is None:
+            continue
         run = m.group()
         if _BASE32.fullmatch(run):
             yield m, _base32

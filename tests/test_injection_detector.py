@@ -4,6 +4,7 @@ and precision and recall floors on the labelled corpus (tests/injection_corpus/)
 
 from __future__ import annotations
 
+import random
 import shutil
 import sys
 from pathlib import Path
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from core.rulesfile import SHIPPED_RULES, RulesError
-from dlp.injection import (EXFILTRATION_LINK, HIDDEN_INSTRUCTIONS, PROMPT_INJECTION, THREATS, Detector, data_in_url,
-                           load_rules)
+from dlp.injection import (EXFILTRATION_LINK, HIDDEN_INSTRUCTIONS, PROMPT_INJECTION, THREATS, Detector, _char_offsets,
+                           data_in_url, load_rules)
 from dlp.normalize import Normalizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -203,3 +204,14 @@ def test_a_streamed_answer_loses_its_exfiltration_link_wherever_the_stream_is_cu
                       for block in out.split(b"\n\n") if block.startswith(b"data: {"))
         assert got == text.replace("https://img.evil.example/p.gif?d=UTMgcmV2ZW51ZSA0LjJNLCBsYXlvZmZz", LINK_REMOVED)
         assert stripper.removed == 1
+
+
+def test_byte_offsets_become_character_offsets_in_one_pass_as_decoding_each_prefix_would():
+    """However many hits a text has, and where they fall (mid-character too): the same offsets as decoding the
+    prefix before each one, which costs a decode per hit (seconds for a megabyte of hostile non-ASCII text)."""
+    rng = random.Random(5)
+    for _ in range(200):
+        text = "".join(rng.choice(["a", " ", "é", "中", "😀", "\udc80"]) for _ in range(rng.randint(0, 60)))
+        data = text.encode("utf-8", "surrogatepass")
+        ends = [rng.randint(0, len(data)) for _ in range(rng.randint(0, 12))]
+        assert _char_offsets(data, ends) == [len(data[:e].decode("utf-8", "ignore")) for e in ends]
