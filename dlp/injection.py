@@ -351,8 +351,9 @@ class Detector:
         return self._could_find(text)
 
     def _could_find(self, text: str) -> frozenset[str]:
-        seen = self._candidates(_JSON_ESCAPE.sub(_unescaped, text) if "\\" in text else text)
-        starts = self._run_starts(text, seen)
+        prepared = _JSON_ESCAPE.sub(_unescaped, text) if "\\" in text else text
+        seen = self._candidates(prepared)
+        starts = self._run_starts(prepared, seen)  # as detect finds them
         seen.pop(len(self.rules.rules), None)
         runs = bool(starts) or "\\u" in text
         out = {self.rules.rules[k].entity for k in seen}
