@@ -496,17 +496,14 @@ def resolve_overlaps(findings: list[Finding]) -> list[Finding]:
     finding every few characters (200,000 in a few MB) is resolved in a fraction of a second, on the event loop
     too (dlp.pool merges the workers' findings there), instead of seconds."""
     ranked = sorted(set(findings), key=lambda f: (-f.score, -(f.end - f.start), f.part, f.start, f.entity))
-    taken: dict[tuple[int, bool], bytearray] = {}
     ends: dict[tuple[int, bool], int] = {}
     for f in ranked:
         key = (f.part, f.entity in THREATS)
         ends[key] = max(ends.get(key, 0), f.end)
+    taken = {key: bytearray(end) for key, end in ends.items()}
     kept = []
     for f in ranked:
-        key = (f.part, f.entity in THREATS)
-        marks = taken.get(key)
-        if marks is None:
-            marks = taken[key] = bytearray(ends[key])
+        marks = taken[(f.part, f.entity in THREATS)]
         if marks.find(1, f.start, f.end) >= 0:
             continue
         marks[f.start:f.end] = b"\1" * (f.end - f.start)
