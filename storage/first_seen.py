@@ -35,7 +35,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from core.exchange import ToolDefinition
@@ -126,6 +126,7 @@ class SharedFirstSeen:
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], Seen] = {}
         self._flushing = False
+        self._inflight: Future | None = None  # the read under way (refresh)
 
     @property
     def problem(self) -> str:
@@ -165,21 +166,36 @@ class SharedFirstSeen:
         self._writer.submit(self._flush)
 
     async def refresh(self) -> None:
-        """Take what the file holds that this memory has not read: before an MCP request is judged."""
+        """Take what the file holds that this memory has not read: before an MCP request is judged. One read at a
+        time: requests that come meanwhile wait for the same one, and a read slower than READ_WAIT is not lost but
+        taken by the next refresh (else a slow file would be read from the start again and again, and never be
+        loaded). Never raises: what goes wrong is in `problem`."""
         if self.path is None or "open" in self.problems:
             return
-        try:
-            cursor, rows, loaded = await asyncio.wait_for(
-                asyncio.wrap_future(self._reader.submit(self._read, self.cursor)), READ_WAIT)
+        if self._inflight is None:
+            self._inflight = self._reader.submit(self._read, self.cursor)
+        inflight = self._inflight
+        try:  # shielded: a wait that gives up must not cancel the read
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(inflight)), READ_WAIT)
         except TimeoutError:
             return self._failed("read", f"{self.path} did not answer within {READ_WAIT:g}s")
-        except (sqlite3.Error, OSError) as e:
-            return self._failed("read", f"{self.path} could not be read ({e})")
+        except Exception:  # noqa: BLE001 (taken, and said, below)
+            pass
+        self._take(inflight)
+
+    def _take(self, inflight: Future) -> None:
+        if self._inflight is not inflight:
+            return  # another request took this read already
+        self._inflight = None
+        error = inflight.exception()
+        if error is not None:
+            return self._failed("read", f"{self.path} could not be read ({error})")
+        cursor, rows, loaded = inflight.result()
         self._recovered("read")
-        if cursor <= self.cursor:  # nothing new, or a slow read that a later one overtook
+        if cursor <= self.cursor:
             return
         if loaded is not None and self.memory.count == 0:
-            self.memory = loaded  # the whole file, merged in the thread: the event loop does not
+            self.memory = loaded  # the whole file, built in the thread
         else:
             self.memory.merge(rows)
         self.cursor = cursor

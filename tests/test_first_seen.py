@@ -115,3 +115,33 @@ def test_a_file_that_cannot_be_opened_leaves_the_process_its_own_memory_and_says
     shared.observe([changed], 2.0)
     assert changed.changed  # still judged, by what this process saw
     shared.close()
+
+
+def test_a_read_slower_than_the_wait_is_not_lost_and_requests_meanwhile_share_it(tmp_path, monkeypatch):
+    """The request that gives up waiting leaves the read running; the next refresh takes its result instead of
+    reading the file from the start again, and requests that come meanwhile do not start reads of their own."""
+    import storage.first_seen as first_seen
+
+    writer = opened(tmp_path / "seen.sqlite")
+    writer.observe([tool()], 1.0)
+    until(writer, lambda: writer.cursor > 0)  # written: it is in the file
+    reader = opened(tmp_path / "seen.sqlite")
+    slow, reads = reader._read, []
+
+    def read_slowly(since: int):
+        reads.append(since)
+        time.sleep(0.3)
+        return slow(since)
+
+    monkeypatch.setattr(reader, "_read", read_slowly)
+    monkeypatch.setattr(first_seen, "READ_WAIT", 0.05)
+
+    async def three_requests():
+        await asyncio.gather(*(reader.refresh() for _ in range(3)))
+
+    asyncio.run(three_requests())
+    assert reads == [0] and reader.get(HOST, "lookup") is None and "did not answer" in reader.problem
+    time.sleep(0.4)  # the read ends in its thread
+    asyncio.run(reader.refresh())
+    assert reads == [0] and reader.get(HOST, "lookup") is not None and not reader.problem
+    writer.close(), reader.close()

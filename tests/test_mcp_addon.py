@@ -20,6 +20,7 @@ from core.interaction import KEY, Interaction
 from core.rulesfile import SHIPPED_RULES
 from policy.language import load
 from providers import mcp
+from storage import first_seen
 from storage.first_seen import SharedFirstSeen
 
 HOST = "mcp.linear.app"
@@ -187,8 +188,9 @@ def test_a_tool_name_another_server_listed_first_is_flagged_hidden_and_its_call_
     assert json.loads(f.response.content)["result"]["isError"]
 
 
-def test_two_processes_with_one_first_seen_file_flag_the_rug_pull_the_other_saw_first(tmp_path):
+def test_two_processes_with_one_first_seen_file_flag_the_rug_pull_the_other_saw_first(tmp_path, monkeypatch):
     """As `gateway run --workers 2`: the first listing reaches one process, the changed one the other."""
+    monkeypatch.setattr(first_seen, "READ_WAIT", 30)  # the second process's first read, on a busy machine
     rug_pulls = "version: 1\nrules:\n  - {id: no-rug-pulls, when: {tools: {changed: true}}, action: strip}\n"
     guards = [guard(tmp_path, rug_pulls) for _ in range(2)]
     for g in guards:
