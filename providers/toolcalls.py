@@ -337,8 +337,9 @@ class _JsonEnd:
     """Where a JSON value written piece by piece closes: brackets counted outside strings, linear in the text (the
     whole text is parsed once, when it has closed). It runs on the event loop for every piece of a held call, so it
     jumps from one character that matters to the next with a regex (quotes and backslashes in a string, quotes and
-    brackets outside one) instead of looking at each character in Python: a megabyte of arguments costs
-    milliseconds, not a tenth of a second."""
+    brackets outside one) instead of looking at each character in Python: a megabyte of long strings costs a few
+    ms; one of tiny strings or brackets (`["a","b",...]`) still costs about 0.1 s, a Python step each, within the
+    `max_call_bytes` cap (1 MiB by default)."""
 
     _IN_STRING = re.compile(r'["\\]')
     _OUTSIDE = re.compile(r'["{}\[\]]')
@@ -1159,7 +1160,7 @@ class BedrockMistralGuard(_ChunkFrames, ChatGuard):
         if not any(isinstance(c.get("message"), dict) for c in choices):
             return super().event(raw, name, data)
         offered = [_calls_in(c) for c in choices]
-        changed = _bedrock_mistral_body(data, self.judge)
+        changed = _chat_body(data, self.judge, ())  # the finish reason: below, by what the whole stream has left
         for c, before in zip(choices, offered):
             ci, left = int(c.get("index", 0)), _calls_in(c)
             self.allowed[ci] = self.allowed.get(ci, 0) + left

@@ -20,7 +20,7 @@ from core.rulesfile import SHIPPED_RULES
 from policy.engine import Subject
 from policy.language import load
 from policy.toolcalls import forbidding
-from providers import toolcalls
+from providers import eventstream, toolcalls
 from tests.support import eventstream_frames as es
 from tests.support.wire import parse, respond
 
@@ -858,3 +858,19 @@ def test_the_end_of_streamed_arguments_is_found_however_they_are_cut():
         end = toolcalls._JsonEnd()
         closed = [end.feed(p) for p in pieces]
         assert closed[-1] and not any(closed[:-1]), (doc, pieces)
+
+
+def test_bedrock_mistral_stream_keeps_saying_tool_calls_while_an_allowed_call_is_left():
+    """An allowed call in one chunk, a refused one with the finish reason in the next: the client must still run
+    the allowed call, so the finish reason stays `tool_calls`."""
+    def chunk(*choices):
+        return es.chunk({"choices": list(choices)})
+
+    chunks = [chunk(bedrock_mistral_choice("", [mistral_call("run", {"command": "ls"})])),
+              chunk(bedrock_mistral_choice("", [mistral_call("shell", {"command": "id"})], "tool_calls"))]
+    _, out = guarded(toolcalls.BEDROCK_MISTRAL, chunks)
+    events = [json.loads(base64.b64decode(json.loads(m.payload)["bytes"]))
+              for m in eventstream.EventStreamDecoder().feed(b"".join(out))]
+    [last] = events[-1]["choices"]
+    assert REFUSAL in last["message"]["content"] and last["stop_reason"] == "tool_calls"
+    assert events[0]["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "run"
