@@ -58,6 +58,10 @@ class TurnWalk:
     seen: set[Any] = field(default_factory=set)
     chars: int = 0
     capped: bool = False
+    taken: set[str] = field(default_factory=set)  # the parser's texts in the turn, indexed as they come:
+    message: int = 0  # the message read last (the parser may still add to it), and how many of its parts and
+    parts: int = 0  # tool results were read, so a message costs what the parser added since the one before,
+    results: int = 0  # not the whole turn again
 
 
 class WsConversation:
@@ -220,14 +224,24 @@ class WsConversation:
         """Walk a client message into the open turn (begun if none is): what the parser did not take from it."""
         turn = self.begin_turn()
         self.walked += 1
-        taken = {p.text for p in turn.system}
-        for m in turn.messages:
-            taken.update(p.text for p in m.parts)
-            taken.update(r.text for r in m.tool_results)
+        taken = self._parsers_texts(turn)
         before = len(turn.extra)
         keys = walk_value(data, turn, self.walk.coverage, lambda at, node: self._read(at, node, taken))
         add_keys([k for k in keys if not self._read("(keys)", k, taken)], turn, self.walk.coverage)
         self.walk.chars += sum(len(p.text) for p in turn.extra[before:])
+
+    def _parsers_texts(self, turn: Exchange) -> set[str]:
+        """The texts the parser has taken into the turn (system, message parts, tool results), brought up to date
+        with what it added since the last message."""
+        walk = self.walk
+        walk.taken.update(p.text for p in turn.system)  # a few instructions, replaced rather than added to
+        for i in range(walk.message, len(turn.messages)):
+            m = turn.messages[i]
+            parts, results = (walk.parts, walk.results) if i == walk.message else (0, 0)
+            walk.taken.update(p.text for p in m.parts[parts:])
+            walk.taken.update(r.text for r in m.tool_results[results:])
+            walk.message, walk.parts, walk.results = i, len(m.parts), len(m.tool_results)
+        return walk.taken
 
     def _read(self, at: JsonPath | str, node: Any, taken: set[str]) -> bool:
         """Whether `node` (at `at` in the message) needs no new text: a media chunk, the parser's text, a text the
