@@ -168,6 +168,10 @@ class Classifier:
             raise spec.error("model", f"{spec.model} does not run on the tokenizer's output: {e}") from None
         if spec.label >= len(row):
             raise spec.error("label", f"label {spec.label} is not an index of the model's {len(row)} outputs")
+        if spec.outputs == "logits" and len(row) < 2:  # a softmax of one logit is 1.0: every text would be flagged
+            raise spec.error("outputs", "a softmax of one output is always 1, so every text would be flagged: "
+                                        "give a model with an output per label, or one whose output is the "
+                                        "probability (`outputs: probabilities`)")
         return classifier
 
     def windows(self, text: str) -> list[Window]:

@@ -234,7 +234,7 @@ def load_rules(path: str | Path) -> InjectionRules:
         hidden_boost=_factor(file, context, "hidden_boost", 0.2) if context else 0.2,
         link_score={k: _factor(file, top["links"], k, v) for k, v in {"image": 0.9, "link": 0.7}.items()}
         if top.get("links") else {"image": 0.9, "link": 0.7},
-        classifier=_classifier(file, top["classifier"]) if "classifier" in top else None)
+        classifier=_classifier(file, top["classifier"]) if top.get("classifier") is not None else None)
 
 
 def _classifier(file: Path, section) -> ClassifierSpec:
