@@ -733,8 +733,8 @@ def combine(hits: list[Hit], windows: list[Window], spec: ClassifierSpec) -> lis
     """The rules' hits with the classifier's verdicts: per window scored at or above the threshold, the text's
     PROMPT_INJECTION score is the higher of the rules' and the classifier's.
 
-    - Rule hits of PROMPT_INJECTION in the window scored below the classifier are raised to its score, and their
-      rule id gets CONFIRMED: the rule still says where and why (a span and an id an administrator can read), the
+    - Rule hits of PROMPT_INJECTION in the window scored below the classifier are raised to its score (and an
+      experimental rule's hit takes a stable classifier's stage), and their rule id gets CONFIRMED: the rule still says where and why (a span and an id an administrator can read), the
       model how sure, and the audit shows both had a say.
     - A window with no such hit becomes a finding of its own (`injection:classifier`) over its text, less what
       other threat hits there cover (a hidden instruction, an exfiltration link: a window-wide finding would win
@@ -750,8 +750,11 @@ def combine(hits: list[Hit], windows: list[Window], spec: ClassifierSpec) -> lis
         ours = [i for i in inside if out[i].entity == PROMPT_INJECTION and out[i].rule != CLASSIFIER]
         for i in ours:
             h = out[i]
-            if h.score < score:
-                out[i] = Hit(h.entity, h.start, h.end, score, h.rule.removesuffix(CONFIRMED) + CONFIRMED, h.stage)
+            # the more enforced stage of the two: an experimental rule's hit must not hide a stable model's verdict
+            stage = h.stage if spec.stage == "experimental" else spec.stage
+            if h.score < score or stage != h.stage:
+                out[i] = Hit(h.entity, h.start, h.end, max(score, h.score), h.rule.removesuffix(CONFIRMED) + CONFIRMED,
+                             stage)
         if not ours:
             gap = _largest_gap(w.start, w.end, sorted((out[i].start, out[i].end) for i in inside))
             if gap is not None:

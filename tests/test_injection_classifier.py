@@ -149,6 +149,9 @@ def test_the_combination_keeps_other_threats_and_overlapping_windows_apart():
         Hit(PROMPT_INJECTION, 40, 60, 0.9, "classifier")]  # the longer stretch the link leaves; 0.5 is below
     assert combine([], windows[:2], spec) == [Hit(PROMPT_INJECTION, 0, 50, 0.95, "classifier"),
                                               Hit(PROMPT_INJECTION, 50, 100, 0.9, "classifier")]
+    trial = Hit(PROMPT_INJECTION, 10, 20, 0.97, "override.new", "experimental")  # higher, but only recorded
+    assert combine([trial], windows[:1], spec) == [
+        Hit(PROMPT_INJECTION, 10, 20, 0.97, "override.new+classifier", "stable")]  # the model's stage enforces it
 
 
 def test_long_texts_are_scored_in_bounded_windows(tmp_path, files):
