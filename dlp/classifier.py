@@ -8,8 +8,9 @@ extra (onnxruntime, tokenizers), imported only when a section is configured, so 
 
 The section travels with the injection rules, so it reaches the DLP workers (which run the model, never the
 proxy's event loop) and is hot-reloaded with them, and every mistake is a RulesError naming file and line. The
-rules are checked wherever they are loaded, so the model is opened once at load to check it (and dropped: the
-proxy never keeps a model it does not run); each worker then opens its own.
+rules stage opens the model once to check it when it loads or reloads the rules, in its thread (and drops it: the
+proxy never keeps a model it does not run); the scanners' copies of the rules do not open it again
+(`load_rules(check_model=False)`), and each worker opens its own when it warms up.
 
 The model contract is the one of a sequence-classification model exported from Hugging Face: inputs `input_ids`
 and optionally `attention_mask` and `token_type_ids` (int64 or int32, shape [batch, tokens]); its first output

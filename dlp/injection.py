@@ -185,8 +185,10 @@ def _weights(file: Path, m, key: str) -> dict[str, float]:
     return out
 
 
-def load_rules(path: str | Path) -> InjectionRules:
-    """rules/injection.yaml (a folder's, or the file itself); any mistake is a RulesError naming file:line."""
+def load_rules(path: str | Path, check_model: bool = True) -> InjectionRules:
+    """rules/injection.yaml (a folder's, or the file itself); any mistake is a RulesError naming file:line.
+    `check_model`: open the classifier's model to check it (the rules stage does, when it loads or reloads the
+    rules; the scanner's own copies need not open it again: a worker opens it when it warms up)."""
     path = Path(path)
     file = path / RULES_FILE if path.is_dir() else path
     doc = load(file)
@@ -234,16 +236,17 @@ def load_rules(path: str | Path) -> InjectionRules:
         hidden_boost=_factor(file, context, "hidden_boost", 0.2) if context else 0.2,
         link_score={k: _factor(file, top["links"], k, v) for k, v in {"image": 0.9, "link": 0.7}.items()}
         if top.get("links") else {"image": 0.9, "link": 0.7},
-        classifier=_classifier(file, top["classifier"]) if top.get("classifier") is not None else None)
+        classifier=_classifier(file, top["classifier"], check_model) if top.get("classifier") is not None else None)
 
 
-def _classifier(file: Path, section) -> ClassifierSpec:
+def _classifier(file: Path, section, check_model: bool) -> ClassifierSpec:
     """The classifier section, its model opened once to check it (fail fast: a reload with a model that does not
     load is refused, rather than every worker failing to start)."""
     from dlp.classifier import Classifier, parse
 
     spec = parse(file, section)
-    Classifier.load(spec)
+    if check_model:
+        Classifier.load(spec)
     return spec
 
 
@@ -251,7 +254,9 @@ def _classifier(file: Path, section) -> ClassifierSpec:
 def rules_near(recognizers_file: str) -> InjectionRules:
     """The injection rules that go with a recognizers file: the injection.yaml beside it, else the shipped one."""
     own = Path(recognizers_file).parent / RULES_FILE
-    return load_rules(own if own.exists() else SHIPPED_RULES / RULES_FILE)
+    # the rules stage checked the model when it loaded these rules: not opened again here (on the event loop, in
+    # the proxy's case)
+    return load_rules(own if own.exists() else SHIPPED_RULES / RULES_FILE, check_model=False)
 
 
 _BOUNDED = re.compile(r"\{(\d*),\d+\}\??")
@@ -734,8 +739,9 @@ def combine(hits: list[Hit], windows: list[Window], spec: ClassifierSpec) -> lis
     PROMPT_INJECTION score is the higher of the rules' and the classifier's.
 
     - Rule hits of PROMPT_INJECTION in the window scored below the classifier are raised to its score (and an
-      experimental rule's hit takes a stable classifier's stage), and their rule id gets CONFIRMED: the rule still says where and why (a span and an id an administrator can read), the
-      model how sure, and the audit shows both had a say.
+      experimental rule's hit takes a stable classifier's stage), and their rule id gets CONFIRMED: the rule still
+      says where and why (a span and an id an administrator can read), the model how sure, and the audit shows
+      both had a say.
     - A window with no such hit becomes a finding of its own (`injection:classifier`) over its text, less what
       other threat hits there cover (a hidden instruction, an exfiltration link: a window-wide finding would win
       the overlap resolution of dlp.scanner and drop them, and the policy could no longer see them).
