@@ -75,7 +75,13 @@ class AnswerTools:
 
     def request(self, flow: http.HTTPFlow) -> None:
         it: Interaction | None = flow.metadata.get(KEY)
-        if flow.response is None and it is not None and it.exchange.stream and self._format(it):
+        if flow.response is not None or it is None:
+            return
+        fmt = self._format(it)
+        if fmt is None and self.active and it.exchange.tools:  # a model offered tools, in answers not read here
+            it.exchange.warn(f"tool calls in the answer not checked: the gateway does not read the answers of "
+                             f"{provider_of(it)} {it.exchange.operation} ({it.stages.asked_model or it.exchange.model})")
+        if fmt is not None and it.exchange.stream:
             auth = flow.request.headers.get("authorization", "")
             if not (auth.startswith("AWS4-HMAC-SHA256") and "accept-encoding" in auth.lower()):
                 flow.request.headers["accept-encoding"] = "identity"  # (a header SigV4 signed is left as it is)

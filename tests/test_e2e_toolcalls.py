@@ -914,3 +914,17 @@ def test_a_stream_in_a_framing_the_guard_does_not_read_is_replaced_by_an_error(g
     assert (event["decision"], event["status"]) == ("block", 403)
     assert "tool calls could not be checked: its stream (application/json) is in a framing the guard does not read" \
         in event["reason"]
+
+
+def test_a_model_whose_answers_the_guard_does_not_read_is_audited_as_not_checked(gateway, upstream, bedrock, marker):
+    """gpt-oss on Bedrock's InvokeModel, offered a tool while a tool rule is in force: its answer's calls are not
+    judged (the guard reads no such answers yet), and the audit says so instead of implying they were."""
+    model = "openai.gpt-oss-120b-1:0"
+    upstream.route(f"/model/{model.replace(':', '%3A')}/invoke", lambda rec: Reply(body=json.dumps(
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}
+    ).encode()))
+    bedrock.invoke_model(modelId=model, body=json.dumps({"messages": [{"role": "user", "content": f"{marker} run"}],
+                                                         "tools": [FUNCTION]}))
+    event = refusal_event(gateway, marker)
+    assert any("tool calls in the answer not checked" in w and model in w for w in event["warnings"]), (
+        event["warnings"], event["tool_names"], event["model"], event["operation"])
