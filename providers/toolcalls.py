@@ -329,8 +329,14 @@ class _Held:
     arguments: str = ""
     events: list[bytes] = field(default_factory=list)
     size: int = 0
-    end: _JsonEnd | None = None  # OpenAI chat: where the arguments' JSON closes
+    end: _JsonEnd | None = None  # OpenAI chat, Mistral conversations: where the arguments' JSON closes
     extra: dict = field(default_factory=dict)  # what a format needs to build its refusal (Responses: the item)
+
+
+def _arguments_piece(value: Any) -> str:
+    """A streamed piece of a call's arguments: JSON text, or an object (Mistral's SDK takes either) as its JSON (its
+    Python repr would close as JSON does but parse as nothing, and no `args` condition could match it)."""
+    return orjson.dumps(value).decode() if isinstance(value, (dict, list)) else str(value or "")
 
 
 class _JsonEnd:
@@ -583,8 +589,7 @@ class ChatGuard(SseGuard):
                     self.batch_keys.append(key)
                 held.name += str(fn.get("name") or "")
                 held.id = held.id or str(call_id or "")
-                piece = fn.get("arguments")  # JSON text; an object (Mistral's SDK takes either) as its JSON
-                piece = orjson.dumps(piece).decode() if isinstance(piece, (dict, list)) else str(piece or "")
+                piece = _arguments_piece(fn.get("arguments"))
                 held.arguments += piece
                 held.size += len(raw)
                 live = True
@@ -677,7 +682,7 @@ class ChatGuard(SseGuard):
 
 class _BlockCalls:
     """What the formats that stream a call as a block of its own share (its start, its pieces, its stop, by
-    index: Anthropic, Responses, Converse): the block's events are held from its start to its stop, then released
+    index: Anthropic, Responses, Converse, Cohere v2 and v1, Mistral conversations): the block's events are held from its start to its stop, then released
     or replaced (`_release`, the format's). Everything held at once counts against the cap: past it, every call
     held is refused and the rest of its events are dropped."""
 
@@ -934,7 +939,7 @@ class MistralConversationGuard(_BlockCalls, SseGuard):
             return b""
         held = self.pending.get(index) or _Held(str(data.get("name", "")), str(data.get("tool_call_id", "")),
                                                 end=_JsonEnd(), extra={"event": data})
-        piece = str(data.get("arguments") or "")
+        piece = _arguments_piece(data.get("arguments"))
         held.arguments += piece
         if not held.end.feed(piece):
             return self._add(index, raw) if index in self.pending else self._open(index, held, raw)

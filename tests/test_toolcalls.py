@@ -874,3 +874,12 @@ def test_bedrock_mistral_stream_keeps_saying_tool_calls_while_an_allowed_call_is
     [last] = events[-1]["choices"]
     assert REFUSAL in last["message"]["content"] and last["stop_reason"] == "tool_calls"
     assert events[0]["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "run"
+
+
+def test_mistral_conversations_arguments_given_as_an_object_are_judged_by_their_values():
+    """Mistral's SDK takes a call's arguments as an object too: read as its JSON, so an `args` condition sees them
+    (as a Python repr it would close like JSON and parse as nothing, and pass)."""
+    delta = {"type": "function.call.delta", "id": "fc_1", "output_index": 1, "name": "run", "tool_call_id": "call_1",
+             "arguments": {"command": "sudo rm -rf /srv"}}
+    _, out = guarded(toolcalls.MISTRAL_CONVERSATIONS, sse(delta, named=True))
+    assert REFUSAL.encode() in b"".join(out) and b"rm -rf" not in b"".join(out)
