@@ -144,6 +144,8 @@ class SharedFirstSeen:
         """Write what waits and let the threads end (they finish their queued work; nothing is waited for)."""
         if self.path is not None:
             self._writer.submit(self._flush)
+            self._writer.submit(self._close_file)
+            self._reader.submit(self._close_file)
         self._reader.shutdown(wait=False)
         self._writer.shutdown(wait=False)
 
@@ -207,6 +209,12 @@ class SharedFirstSeen:
             self._files.file = FirstSeenFile(self.path, self.limit, self.per_server)
         except (sqlite3.Error, OSError) as e:
             self._failed("open", f"{self.path} could not be opened ({e})")
+
+    def _close_file(self) -> None:
+        file = getattr(self._files, "file", None)
+        if file is not None:
+            file.close()
+            self._files.file = None
 
     def _read(self, since: int) -> tuple[int, list[Row], FirstSeen | None]:
         file = getattr(self._files, "file", None)
