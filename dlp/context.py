@@ -44,9 +44,15 @@ def lemma(word: str) -> str:
 
 
 def tokens(text: str, start: int = 0, end: int | None = None) -> list[str]:
-    """Words of text[start:end], identifiers split (`aws_secret_access_key`, `creditCardNumber`), not lemmatized."""
+    """Words of text[start:end], identifiers split (`aws_secret_access_key`, `creditCardNumber`), not lemmatized.
+    Runs of digits are not words. In ASCII the splitting pattern alone gives the words (a run in one case, or
+    capitalised, is one piece of it), so the common case is one findall."""
+    end = len(text) if end is None else end
+    piece = text[start:end]
+    if piece.isascii():
+        return _CAMEL.findall(piece)
     out = []
-    for run in _WORD.findall(text, start, len(text) if end is None else end):
+    for run in _WORD.findall(piece):
         if run.isascii() and not run.islower() and not run.isupper() and not run.istitle():
             out.extend(_CAMEL.findall(run))
         else:

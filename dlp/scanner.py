@@ -155,8 +155,11 @@ class Scanner:
         return split_findings(joins, [self.scan_text(j.text) for j in joins], found)
 
     def scan_text(self, text: str, part: int = 0) -> list[Finding]:
+        chunks = self.chunks(len(text))
+        if len(chunks) == 1:
+            return self.scan_chunk(text, chunks[0], part)  # resolved already
         findings: list[Finding] = []
-        for chunk in self.chunks(len(text)):
+        for chunk in chunks:
             findings.extend(self.scan_chunk(text, chunk, part))
         return resolve_overlaps(findings)
 
@@ -201,7 +204,10 @@ class Scanner:
         """Findings starting in the chunk's own region (the whole text when it is one chunk), in the text itself
         and in the views of the chunk (dlp.normalize), moved back onto the original characters."""
         views = self._normalizer.views(text[chunk.lo:chunk.hi])
-        findings = self._scan_region(text, chunk, part) + self._threats_in(text, chunk, part, views)
+        region, threats = self._scan_region(text, chunk, part), self._threats_in(text, chunk, part, views)
+        if not views and not threats:
+            return region  # resolved already: the common case costs no second resolution
+        findings = region + threats
         if not views:
             return resolve_overlaps(findings)
         for view in views:
