@@ -18,6 +18,7 @@ most 1.0) from a tokenizer made for what prompts contain:
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -38,6 +39,7 @@ _HEADER_LOOKBACK = 20  # header-like lines examined above a row
 _LETTER = re.compile(r"[^\W\d_]")  # a header has words (a Markdown |---|---| separator has none)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the same few thousand words recur in every prompt; bounded for hostile text
 def lemma(word: str) -> str:
     w = word.lower()
     return w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
