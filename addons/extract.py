@@ -27,6 +27,7 @@ import providers
 from addons.hooks import RequestDecodedHook
 from policy import enforcement
 from core.interaction import KEY, Interaction
+from core.mediatypes import STREAM_TYPES
 from core.offload import OFFLOAD_CHARS, off_loop
 from providers.base import ResponseParser
 from providers.encoding import MAX_DECODED_BYTES, CompressionBomb, Decoder, EncodingError, decode, encodings
@@ -44,8 +45,6 @@ PDF_MAGIC, PDF_MAGIC_BASE64 = b"%PDF-", b"JVBERi"  # a PDF file's first bytes, a
 #: whole-body walk costs about 20 ms per MB of JSON strings, five times the provider parse alone.
 PARSE_INLINE_BYTES = 128 * 1024
 SMALL_WIRE_BYTES = 64 * 1024  # compressed request bodies up to this size are tried on the loop first
-STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/vnd.amazon.eventstream",
-                "application/stream+json", "application/jsonl")
 
 
 class Extract:

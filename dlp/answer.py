@@ -29,18 +29,18 @@ from typing import Any
 
 import orjson
 
+from core.mediatypes import NDJSON_TYPES, SSE_TYPE
 from dlp.redact import PLACEHOLDER
 
 #: The longest tail a channel holds back: no placeholder is longer (entity names are short).
 MAX_PLACEHOLDER = 80
-NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/stream+json")
 
 
 def framing_of(content_type: str, content_encoding: str = "identity") -> tuple[str, str]:
     """(media type, framing) of a streamed answer: framing is `sse` or `ndjson` when it can be read event by
     event, "" when it cannot (another type, or compressed although the gateway asked for none)."""
     media = content_type.split(";")[0].strip().lower()
-    framing = "sse" if media == "text/event-stream" else "ndjson" if media in NDJSON_TYPES else ""
+    framing = "sse" if media == SSE_TYPE else "ndjson" if media in NDJSON_TYPES else ""
     return media, framing if (content_encoding or "identity").lower() == "identity" else ""
 
 # What may be the start of a placeholder at the end of a piece: `<EMAIL_AD`, or its markup spelling `&lt;EMAIL`.

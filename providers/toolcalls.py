@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 
 from core.exchange import ToolCall
-from dlp.answer import NDJSON_TYPES
+from core.mediatypes import EVENTSTREAM_TYPE, NDJSON_TYPES, SSE_TYPE
 from providers import bedrock, eventstream, mistral, openai_chat
 from providers.base import tool_call
 from providers.openai_responses import CLIENT_CALL_ITEMS
@@ -485,7 +485,7 @@ class SseGuard(_Framed):
     call (`_holds_marker`, `_loads`)."""
 
     END = _SSE_END
-    CONTENT_TYPES = ("text/event-stream",)
+    CONTENT_TYPES = (SSE_TYPE,)
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
         super().__init__(judge, max_call_bytes)
@@ -1043,7 +1043,7 @@ class _EventStreamFraming:
     A frame that does not decode (a wrong length or CRC) stops the stream there: botocore would fail on it too; so
     does a frame of a kind that may hold a call whose payload does not read, as an unreadable SSE event does."""
 
-    CONTENT_TYPES = ("application/vnd.amazon.eventstream",)
+    CONTENT_TYPES = (EVENTSTREAM_TYPE,)
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
         super().__init__(judge, max_call_bytes)

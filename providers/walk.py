@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from core.exchange import Exchange, JsonPath, TextPart
+from core.mediatypes import JSON_LINES_TYPES
 from providers.base import BodyError
 from providers.uploads import base64_attachment, file_attachment, parse_form
 
@@ -37,7 +38,6 @@ ENCODED_MIN = 1024
 #: Integers from this magnitude on are scanned (a card or account number sent as a number); smaller ones cannot be
 #: anything a recognizer looks for, and every request has many (max_tokens, temperature, indexes).
 LONG_NUMBER = 100_000
-JSON_LINES_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/json-seq")
 FORM_TYPE = "application/x-www-form-urlencoded"
 # Every JSON string token, and whether a colon follows it (a key). Outside strings JSON has no quotes, so scanning
 # left to right meets each string whole. Possessive, so a long string costs one pass (31 MB of escape-heavy JSON:

@@ -7,7 +7,7 @@ import json
 import orjson
 import pytest
 
-from dlp.answer import Restorer, StreamedAnswer
+from dlp.answer import Restorer, StreamedAnswer, framing_of
 
 VALUES = {"<EMAIL_ADDRESS_1>": "jane.doe@example.com", "<AWS_ACCESS_KEY_1>": 'AKIA"quoted\\key'}
 
@@ -122,6 +122,20 @@ def test_ndjson_lines():
     out = run(StreamedAnswer(Restorer(VALUES), "ndjson"), lines)
     assert "".join(json.loads(line).get("message", {}).get("content", "") for line in out.splitlines()) == \
         "x jane.doe@example.com y"
+
+
+@pytest.mark.parametrize("content_type", ["application/x-ndjson", "application/jsonl", "application/x-jsonlines",
+                                          "application/stream+json; charset=utf-8"])
+def test_every_name_of_ndjson_is_read_line_by_line(content_type):
+    """One list of NDJSON names (core/mediatypes.py): `application/x-jsonlines`, which the walk of requests read as
+    lines already, is an answer restored line by line too."""
+    assert framing_of(content_type) == (content_type.split(";")[0], "ndjson")
+    assert framing_of(content_type, "gzip")[1] == ""  # compressed: not readable line by line
+
+
+def test_json_text_sequences_and_other_types_are_not_read_as_lines():
+    assert framing_of("text/event-stream") == ("text/event-stream", "sse")
+    assert framing_of("application/json-seq")[1] == framing_of("application/json")[1] == ""
 
 
 def test_unframed_stream_passes_through():

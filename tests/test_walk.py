@@ -96,6 +96,16 @@ def test_non_json_bodies_are_read_by_their_type():
     assert not binary.exchange.read and any("not inspected" in c for c in binary.exchange.coverage)
 
 
+@pytest.mark.parametrize("content_type", ["application/x-ndjson", "application/jsonl", "application/x-jsonlines",
+                                          "application/json-seq", "application/stream+json"])
+def test_json_lines_are_read_as_text_under_each_of_their_names(content_type):
+    """One list of JSON-lines names (core/mediatypes.py): `application/stream+json` lines, which the answers'
+    stages read as NDJSON already, are no longer refused as a body that is not one JSON value."""
+    body = b'{"a": 1}\n{"a": "' + KEY.encode() + b'"}\n'
+    lines = parse(body, path="/v1/anything", content_type=content_type)
+    assert not lines.ambiguous and any(KEY in t.text for t in lines.exchange.request_parts())
+
+
 def test_multipart_fields_are_all_read():
     body = (b"--zz\r\ncontent-disposition: form-data; name=\"purpose\"\r\n\r\nassistants\r\n"
             b"--zz\r\ncontent-disposition: form-data; name=\"note\"\r\n\r\n" + KEY.encode() + b"\r\n"
