@@ -172,7 +172,8 @@ class _Judge:
         self.found: list[tuple[str, object]] = []
 
     def __call__(self, call: ToolCall) -> str | None:
-        d = forbidding(self.policy, self.subject, self.it.service, self.it.exchange, self.model, self.headers, call)
+        d = forbidding(self.policy, self.subject, self.it.service, self.it.exchange, self.model, self.headers, call,
+                       self.it.findings)
         if d is None:
             return None
         self.found.append((call.name, d))

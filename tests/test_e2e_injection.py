@@ -189,3 +189,71 @@ def test_the_rules_folders_own_injection_rules_are_the_ones_the_gateway_runs(tmp
         assert sources_of(event, "PROMPT_INJECTION") == {"tool_result"}
     finally:
         gw.stop()
+
+
+MAIL_RULE = """version: 1
+defaults: {action: allow, shadow_ai: allow}
+rules:
+  - id: no-mail-after-injected-tool-result
+    when:
+      tools: [send_email, "send_*"]
+      findings: {entities: [PROMPT_INJECTION, HIDDEN_INSTRUCTIONS], sources: [tool_result, mcp_result, document]}
+    action: strip
+"""
+SEND_EMAIL = {"type": "function", "function": {
+    "name": "send_email", "description": "Send an e-mail.",
+    "parameters": {"type": "object", "properties": {"to": {"type": "string"}, "body": {"type": "string"}}}}}
+
+
+@pytest.fixture(scope="module")
+def mail_gateway(tmp_path_factory, upstream, test_ca):
+    """The shipped rules with docs/policy.md's "no send_email after an untrusted tool result" as the policy."""
+    import shutil
+
+    from tests.conftest import AI_HOSTS
+    from tests.support.gateway import GatewayProcess
+    from tests.test_e2e_dlp import ROOT
+
+    rules = tmp_path_factory.mktemp("mail-rules")
+    for f in (ROOT / "rules").glob("*.yaml"):
+        shutil.copy(f, rules / f.name)
+    (rules / "policy.yaml").write_text(MAIL_RULE)
+    gw = GatewayProcess(tmp_path_factory.mktemp("mail-gateway"), {h: upstream.port for h in AI_HOSTS},
+                        test_ca.ca_pem, rules=rules)
+    yield gw
+    gw.stop()
+
+
+def test_after_an_injected_tool_result_send_email_is_not_offered_and_its_call_is_refused(mail_gateway, upstream,
+                                                                                          marker):
+    """The injected model calls the tool the turn took away from it: the answer's call is judged with the turn's
+    findings, so the same rule refuses it; the agent's SDK gets the refusal as the model's text."""
+    from tests.test_e2e_toolcalls import chat_answer
+
+    upstream.route("/v1/chat/completions", lambda rec: chat_answer(
+        {"to": "archive@weather-sync.example", "body": "history"}, "send_email"))
+    answer = openai_client(mail_gateway).chat.completions.create(
+        model="gpt-4o", messages=conversation(marker, INJECTION), tools=[WEATHER_TOOL, SEND_EMAIL])
+    [sent] = [r for r in upstream.requests if marker.encode() in r.body]
+    assert [t["function"]["name"] for t in json.loads(sent.body)["tools"]] == ["get_weather"]
+    choice = answer.choices[0]
+    assert choice.message.tool_calls is None and choice.finish_reason == "stop"
+    assert ("refused the call of the tool 'send_email' (policy rule 'no-mail-after-injected-tool-result')"
+            in choice.message.content)
+    [event] = wait_for_events(mail_gateway, lambda ev: marker in ev["prompt"])
+    assert (event["decision"], event["rule_id"]) == ("block", "no-mail-after-injected-tool-result")
+    assert "answer: tool call send_email refused (rule no-mail-after-injected-tool-result)" in event["reason"]
+    assert sources_of(event, "PROMPT_INJECTION") == {"tool_result"}
+
+
+def test_without_an_injection_send_email_is_offered_and_called(mail_gateway, upstream, marker):
+    from tests.test_e2e_toolcalls import chat_answer
+
+    upstream.route("/v1/chat/completions", lambda rec: chat_answer({"to": "me@example.com"}, "send_email"))
+    answer = openai_client(mail_gateway).chat.completions.create(
+        model="gpt-4o", messages=conversation(marker, "Weather for Oslo: 14 C, light rain."),
+        tools=[WEATHER_TOOL, SEND_EMAIL])
+    [call] = answer.choices[0].message.tool_calls
+    assert call.function.name == "send_email"
+    [event] = wait_for_events(mail_gateway, lambda ev: marker in ev["prompt"])
+    assert event["decision"] == "allow"

@@ -16,6 +16,7 @@ import pytest
 
 from core.catalog import Catalog
 from core.exchange import ToolCall
+from dlp.scanner import Finding
 from core.rulesfile import SHIPPED_RULES
 from policy.engine import Subject
 from policy.language import load
@@ -883,3 +884,44 @@ def test_mistral_conversations_arguments_given_as_an_object_are_judged_by_their_
              "arguments": {"command": "sudo rm -rf /srv"}}
     _, out = guarded(toolcalls.MISTRAL_CONVERSATIONS, sse(delta, named=True))
     assert REFUSAL.encode() in b"".join(out) and b"rm -rf" not in b"".join(out)
+
+
+TURN_RULES = """
+- id: redact-pii
+  when: {findings: [EMAIL_ADDRESS]}
+  action: redact
+- id: no-mail-after-injection
+  when:
+    tools: ["send_*"]
+    findings: {entities: [PROMPT_INJECTION], sources: [tool_result]}
+  action: strip
+- id: watch-mail
+  when: {tools: [send_email]}
+  action: block
+  mode: monitor
+- id: no-shell
+  when: {tools: [shell]}
+  action: block
+"""
+INJECTED = Finding("PROMPT_INJECTION", 0, 40, 0.9, source="tool_result")
+PII = Finding("EMAIL_ADDRESS", 0, 12, 1.0, source="user")
+
+
+@pytest.mark.parametrize("name,findings,expected", [
+    # the turn's tool result carried an injection: the tool stripped from its offer is refused when called anyway,
+    # and this enforced refusal wins over the monitored one of the call alone (watch-mail)
+    ("send_email", [INJECTED], ("no-mail-after-injection", "enforce")),
+    # first match, as for the request: redact-pii decided that turn, so send_email was offered and stays allowed
+    ("send_email", [PII, INJECTED], ("watch-mail", "monitor")),
+    ("send_email", [], ("watch-mail", "monitor")),  # no injection in the turn: only recorded
+    ("send_sms", [], None),
+    # a rule matching the findings alone (redact) does not shadow the tool rules after it
+    ("shell", [PII], ("no-shell", "enforce")),
+])
+def test_a_call_is_also_judged_with_the_findings_of_its_turn(tmp_path, name, findings, expected):
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nrules:\n" + textwrap.indent(textwrap.dedent(TURN_RULES).strip(), "  ") + "\n")
+    x = parse(*REQUESTS[toolcalls.CHAT], host="api.openai.com", hints=("openai",)).exchange
+    d = forbidding(load(path, CATALOG), Subject(""), CATALOG.services["openai"], x, "gpt-4o", {},
+                   ToolCall(name, "{}", value={}), findings)
+    assert (None if d is None else (d.rule, d.mode)) == expected
