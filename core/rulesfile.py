@@ -104,3 +104,16 @@ def check_keys(file: str | Path, m: Any, what: str, required: set[str], optional
     for key in sorted(required - set(m)):
         raise RulesError(file, m.line, f"{what}: missing key {key!r}")
     return m
+
+
+def number(file: str | Path, m: Mapping, key: str, lo: float, hi: float, what: str, integer: bool = False,
+           above: bool = False) -> Any:
+    """`m[key]`, insisted on being a number (an integer if `integer`; true and false are neither) from `lo` to `hi`
+    (above `lo`, not at it, if `above`), else a RulesError at the key's line: `what: key must be ...`."""
+    value = m[key]
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or not (lo < value if above else lo <= value) or not value <= hi:
+        kind = "an integer" if integer else "a number"
+        bounds = f"above {lo} and at most {hi}" if above else f"between {lo} and {hi}"
+        raise RulesError(file, m.line_of(key), f"{what}: {key} must be {kind} {bounds}, not {value!r}")
+    return value

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.rulesfile import RulesError, check_keys
+from core.rulesfile import RulesError, check_keys, number
 from dlp.injection import STAGES
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -95,15 +95,9 @@ def parse(file: Path, m: Any) -> ClassifierSpec:
     values: dict[str, Any] = {}
     for key, lo, hi in (("max_tokens", 8, 8192), ("stride", 0, 4096), ("max_windows", 1, 1024), ("label", 0, 1023)):
         if key in m:
-            value = m[key]
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                raise spec.error(key, f"{key} must be an integer from {lo} to {hi}, not {value!r}")
-            values[key] = value
-    if "threshold" in m:
-        value = m["threshold"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-            raise spec.error("threshold", f"threshold must be a number above 0 and at most 1, not {value!r}")
-        values["threshold"] = float(value)
+            values[key] = number(file, m, key, lo, hi, "classifier", integer=True)
+    if "threshold" in m:  # above 0: at 0 every window would be reported
+        values["threshold"] = float(number(file, m, "threshold", 0, 1, "classifier", above=True))
     for key, allowed in (("outputs", OUTPUTS), ("stage", STAGES)):
         if key in m:
             if m[key] not in allowed:

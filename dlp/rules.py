@@ -32,7 +32,7 @@ import regex
 from presidio_analyzer import EntityRecognizer, PatternRecognizer
 from presidio_analyzer.recognizer_registry.recognizers_loader_utils import RecognizerListLoader
 
-from core.rulesfile import Mapping, RulesError, Sequence, check_keys, load
+from core.rulesfile import Mapping, RulesError, Sequence, check_keys, load, number
 from dlp.prefilter import check_candidate
 from dlp.recognizers import VALIDATORS, SecretRecognizer
 from dlp.spec import PRESIDIO_FLAGS, AllowPattern, ContextSpec, DlpRules, Limits, NerSpec, RecognizerSpec
@@ -75,22 +75,13 @@ def load_rules(path: str | Path) -> DlpRules:
 
 # --- sections -----------------------------------------------------------------------------------------------------
 
-def _number(file: Path, m: Mapping, key: str, lo: float, hi: float, what: str, integer: bool = False) -> Any:
-    value = m[key]
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or not lo <= value <= hi:
-        kind = "an integer" if integer else "a number"
-        raise RulesError(file, m.line_of(key), f"{what}: {key} must be {kind} between {lo} and {hi}, not {value!r}")
-    return value
-
-
 def _limits(file: Path, m: Any) -> Limits:
     limits = Limits()
     if m is None:
         return limits
     check_keys(file, m, "limits", set(), {"chunk_chars", "chunk_overlap", "max_window"})
     for key in m:
-        setattr(limits, key, _number(file, m, key, 64, 64 * 1024 * 1024, "limits", integer=True))
+        setattr(limits, key, number(file, m, key, 64, 64 * 1024 * 1024, "limits", integer=True))
     if limits.chunk_overlap * 2 > limits.chunk_chars:
         raise RulesError(file, m.line, "limits: chunk_overlap must be at most half of chunk_chars")
     return limits
@@ -103,10 +94,10 @@ def _context(file: Path, m: Any) -> ContextSpec:
     check_keys(file, m, "context", set(), {"words_before", "words_after", "boost", "min_score"})
     for key in ("words_before", "words_after"):
         if key in m:
-            setattr(spec, key, _number(file, m, key, 0, 50, "context", integer=True))
+            setattr(spec, key, number(file, m, key, 0, 50, "context", integer=True))
     for key in ("boost", "min_score"):
         if key in m:
-            setattr(spec, key, float(_number(file, m, key, 0, 1, "context")))
+            setattr(spec, key, float(number(file, m, key, 0, 1, "context")))
     return spec
 
 
@@ -153,7 +144,7 @@ def _ner(file: Path, m: Any) -> NerSpec | None:
     if not isinstance(model, str):
         raise RulesError(file, m.line_of("model"), "ner: model must be a spaCy package name or a folder")
     entities = _strings(file, m, "entities", "ner") if "entities" in m else ["PERSON", "LOCATION"]
-    threshold = float(_number(file, m, "threshold", 0, 1, "ner")) if "threshold" in m else 0.85
+    threshold = float(number(file, m, "threshold", 0, 1, "ner")) if "threshold" in m else 0.85
     if "/" in model or model.startswith("."):
         model = str((file.parent / model).resolve())
     import spacy.util  # only when NER is asked for: spaCy costs a second to import
@@ -186,7 +177,7 @@ def _recognizer(file: Path, m: Any, limits: Limits, context_spec: ContextSpec) -
     enabled = m.get("enabled", True)
     if not isinstance(enabled, bool):
         raise RulesError(file, m.line_of("enabled"), f"{name}: enabled must be true or false")
-    threshold = float(_number(file, m, "threshold", 0, 1, name))
+    threshold = float(number(file, m, "threshold", 0, 1, name))
     context = _strings(file, m, "context", name) if "context" in m else None
     recognizer = (_predefined if kind == "predefined" else _custom)(file, m, name, context)
     if not enabled:
@@ -260,7 +251,7 @@ def _custom(file: Path, m: Mapping, name: str, context: list[str] | None) -> Ent
     for item in m.get("patterns") or []:
         check_keys(file, item, f"{name} pattern", {"name", "regex", "score"}, set())
         _compile(file, item, "regex", PRESIDIO_FLAGS, f"{name} pattern {item['name']!r}")
-        _number(file, item, "score", 0, 1, f"{name} pattern {item['name']!r}")
+        number(file, item, "score", 0, 1, f"{name} pattern {item['name']!r}")
         patterns.append({"name": str(item["name"]), "regex": item["regex"], "score": float(item["score"])})
     validator = m.get("validator")
     if validator is not None and validator not in VALIDATORS:
@@ -278,16 +269,16 @@ def _custom(file: Path, m: Mapping, name: str, context: list[str] | None) -> Ent
     if not isinstance(inflections, bool):
         raise RulesError(file, m.line_of("inflections"), f"{name}: inflections must be true or false")
     if "deny_list" in m and inflections:
-        score = float(_number(file, m, "deny_list_score", 0, 1, name)) if "deny_list_score" in m else 1.0
+        score = float(number(file, m, "deny_list_score", 0, 1, name)) if "deny_list_score" in m else 1.0
         patterns.append({"name": "deny_list", "regex": terms_regex(_strings(file, m, "deny_list", name)),
                          "score": score})
         conf["patterns"] = patterns
     elif "deny_list" in m:
         conf["deny_list"] = _strings(file, m, "deny_list", name)
     if "deny_list_score" in m:
-        conf["deny_list_score"] = float(_number(file, m, "deny_list_score", 0, 1, name))
+        conf["deny_list_score"] = float(number(file, m, "deny_list_score", 0, 1, name))
     if "min_entropy" in m:
-        conf["min_entropy"] = float(_number(file, m, "min_entropy", 0, 8, name))
+        conf["min_entropy"] = float(number(file, m, "min_entropy", 0, 8, name))
     try:
         return SecretRecognizer.from_dict(conf)
     except ValueError as e:

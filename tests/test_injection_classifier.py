@@ -181,10 +181,11 @@ def test_the_gate_no_longer_declares_texts_clean_with_a_classifier(tmp_path, fil
 
 
 @pytest.mark.parametrize("case", ["missing-model", "relative", "wrong-input", "not-onnx", "bad-label", "stride",
-                                  "unknown-key", "no-onnxruntime", "one-logit"])
+                                  "unknown-key", "no-onnxruntime", "one-logit", "max-tokens",
+                                  "threshold-zero", "threshold-bool"])
 def test_a_broken_section_is_refused_with_file_and_line(tmp_path, files, monkeypatch, case):
     model, tokenizer = files
-    key, extra, expected = "model", "", ""
+    key, extra, expected, threshold = "model", "", "", "0.9"
     if case == "missing-model":
         model, expected = tmp_path / "absent.onnx", "is not a file"
     elif case == "relative":
@@ -197,6 +198,12 @@ def test_a_broken_section_is_refused_with_file_and_line(tmp_path, files, monkeyp
         key, extra, expected = "label", "  label: 2\n", "label 2 is not an index of the model's 2 outputs"
     elif case == "stride":
         key, extra, expected = "stride", "  max_tokens: 16\n  stride: 9\n", "stride must be at most half"
+    elif case == "max-tokens":  # the range checks are dlp/rules.py's (core.rulesfile.number): file, line, bounds
+        key, extra, expected = "max_tokens", "  max_tokens: 4\n", "max_tokens must be an integer between 8 and 8192"
+    elif case == "threshold-zero":
+        key, threshold, expected = "threshold", "0", "threshold must be a number above 0 and at most 1, not 0"
+    elif case == "threshold-bool":
+        key, threshold, expected = "threshold", "true", "threshold must be a number above 0"
     elif case == "unknown-key":
         key, extra, expected = "treshold", "  treshold: 0.5\n", "unknown key 'treshold'"
     elif case == "one-logit":
@@ -205,7 +212,8 @@ def test_a_broken_section_is_refused_with_file_and_line(tmp_path, files, monkeyp
     elif case == "no-onnxruntime":
         monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
         expected = "needs the classifier extra (pip install 'ai-egress-gateway[classifier]'): onnxruntime"
-    folder = rules_folder(tmp_path, section(model, tokenizer, extra))
+    text = section(model, tokenizer, extra).replace("threshold: 0.9", f"threshold: {threshold}")
+    folder = rules_folder(tmp_path, text)
     with pytest.raises(RulesError) as e:
         load_rules(folder)
     assert (Path(e.value.file), e.value.line) == (folder / "injection.yaml", line_of(folder, key))
