@@ -125,8 +125,11 @@ class WsConversation:
             turn.warn(f"{self.app}: {self.messages} WebSocket messages, none understood"
                       + (f"; {self.walked} from the client read by the whole-message walk" if self.walked else ""))
             self.reported_bad = self.bad_messages
-        elif self.turn is not None:
+        elif self.turn is not None and (self.turn.messages or self.completion.size):
             self.turn.warn(f"connection closed before the turn ended{': ' + reason if reason else ''}")
+        elif self.turn is not None:  # only the walk's texts: what the client sent after its last turn
+            self.turn.warn("client messages after the last turn, read by the whole-message walk; then the "
+                           f"connection closed{': ' + reason if reason else ''}")
         elif self.turns == 0:
             self.begin_turn().warn(f"{self.app}: connection ended without a conversation turn")
         self.end_turn()

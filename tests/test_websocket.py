@@ -329,6 +329,22 @@ def test_connection_closed_mid_turn_keeps_the_partial_answer():
     assert any("closed before the turn ended" in w for w in turn.exchange.warnings)
 
 
+def test_client_messages_after_the_last_turn_are_an_event_of_their_own_that_says_so():
+    """The text was sent, so it is audited; but no turn was cut short, and the warning does not say one was."""
+    conv = conversation_for("openai", ("openai",), "/v1/realtime?model=gpt-realtime")
+    hi = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}
+    [first] = feed(conv, (C, {"type": "conversation.item.create", "item": hi}),
+                   (S, {"type": "response.output_text.delta", "delta": "Hello."}),
+                   (S, {"type": "response.done", "response": {"status": "completed"}}))
+    assert not first.exchange.warnings
+    feed(conv, (C, {"type": "session.update", "session": {"metadata": {"owner": EMAIL}}}))
+    [trailing] = conv.close("1000")
+    x = trailing.exchange
+    assert EMAIL in walked(x) and not x.messages and not x.completion
+    assert x.warnings == ["client messages after the last turn, read by the whole-message walk; then the "
+                          "connection closed: 1000"]
+
+
 def test_connection_without_turns_is_still_audited():
     conv = conversation_for("openai", ("openai",), "/v1/realtime?model=gpt-realtime")
     feed(conv, (S, {"type": "session.created", "session": {"model": "gpt-realtime"}}))
