@@ -68,10 +68,13 @@ class GeminiLiveConversation(WsConversation):
             self.system = [TextPart(p["text"]) for p in get(instruction, "parts") or []
                            if isinstance(get(p, "text"), str)]
         self.tools = []
-        for tool in get(setup, "tools") or []:
-            for fn in get(tool, "functionDeclarations", "function_declarations") or []:
+        # each with its place in the message, so the walk's texts there (a description) count as a tool's
+        for i, tool in enumerate(get(setup, "tools") or []):
+            key = next((k for k in ("functionDeclarations", "function_declarations") if k in tool), "") \
+                if isinstance(tool, dict) else ""
+            for j, fn in enumerate(tool[key] if key and isinstance(tool[key], list) else []):
                 self.tools.append(ToolDefinition(str(get(fn, "name") or ""), str(get(fn, "description") or ""),
-                                                 get(fn, "parameters")))
+                                                 get(fn, "parameters"), path=("setup", "tools", i, key, j)))
 
     def server(self, data: Any) -> None:
         if (usage := get(data, "usageMetadata", "usage_metadata")) is not None:

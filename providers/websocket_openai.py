@@ -54,8 +54,10 @@ class RealtimeConversation(WsConversation):
         if isinstance(session.get("instructions"), str):
             self.system = [TextPart(session["instructions"])]
         if isinstance(session.get("tools"), list):
-            self.tools = [ToolDefinition(str(t.get("name", "")), str(t.get("description", "")), t.get("parameters"))
-                          for t in session["tools"] if isinstance(t, dict)]
+            # each with its place in the message, so the walk's texts there (a description) count as a tool's
+            self.tools = [ToolDefinition(str(t.get("name", "")), str(t.get("description", "")), t.get("parameters"),
+                                         path=("session", "tools", i))
+                          for i, t in enumerate(session["tools"]) if isinstance(t, dict)]
 
     def _item(self, item: dict) -> None:
         kind = item.get("type", "message")
