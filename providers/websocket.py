@@ -26,11 +26,9 @@ class UnknownConversation(WsConversation):
     is audited as unparsed only when nothing could be read."""
 
     operation = "websocket"
+    reads_server = False  # the answers of an unknown protocol are not decoded only to be discarded
 
     def client(self, data: Any) -> None:
-        raise KeyError("unknown protocol")
-
-    def server(self, data: Any) -> None:
         raise KeyError("unknown protocol")
 
 

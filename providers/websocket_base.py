@@ -70,6 +70,8 @@ class WsConversation:
 
     operation = "realtime"
     app = "websocket"
+    #: False for a protocol whose server messages nothing reads (the walk reads the client's only)
+    reads_server = True
 
     def __init__(self, service: str):
         self.service = service
@@ -102,6 +104,9 @@ class WsConversation:
             self.response_bytes += len(content)
         if len(content) > MAX_MESSAGE_BYTES:
             self.skipped_large += 1
+            return self._take()
+        if not from_client and not self.reads_server:  # nothing would read it: not decoded, not understood
+            self.bad_messages += 1
             return self._take()
         data = self.decode(content, is_text)
         try:

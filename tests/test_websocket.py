@@ -328,6 +328,18 @@ def test_unknown_protocol_client_json_is_walked_not_unparsed():
                           "whole-message walk"]
 
 
+def test_unknown_protocol_server_messages_are_not_decoded(monkeypatch):
+    conv = conversation_for("chatgpt", ("chatgpt-web", "openai"), "/backend-api/celsius/ws/user")
+    decoded = []
+    real = conv.decode
+    monkeypatch.setattr(conv, "decode", lambda content, is_text: decoded.append(content) or real(content, is_text))
+    feed(conv, (C, {"prompt": "hi"}), (S, {"answer": "x" * 1000}), (S, {"answer": "y"}))
+    assert decoded == [b'{"prompt": "hi"}']
+    [turn] = conv.close()
+    assert turn.exchange.warnings == ["websocket: 3 WebSocket messages, none understood; 1 from the client read "
+                                      "by the whole-message walk"]
+
+
 def test_connection_closed_mid_turn_keeps_the_partial_answer():
     conv = conversation_for("copilot", ("copilot-web",), "/c/api/chat")
     assert feed(conv, (C, {"event": "send", "content": [{"type": "text", "text": "Hi"}]}),
