@@ -386,10 +386,16 @@ class FirstSeen:
             self._forget_least_recent([(s, n) for s, tools in self.servers.items() for n in tools], self.limit)
 
     def _forget_least_recent(self, keys: list[tuple[str, str]], cap: int) -> None:
-        """Down to nine tenths of `cap`, so that a full memory sorts once per tenth of it, not at every tool."""
         keys.sort(key=lambda k: self.servers[k[0]][k[1]].last_seen)
-        for server, name in keys[:len(keys) - cap * 9 // 10]:
+        for server, name in keys[:overflow(len(keys), cap)]:
             self._forget(server, name)
+
+
+def overflow(count: int, cap: int) -> int:
+    """How many of `count` remembered tools to forget, the least recently seen first, when past `cap`: down to nine
+    tenths of it, so that a full memory sorts once per tenth of it, not at every tool. The one rule of FirstSeen
+    and of its file (storage/first_seen.py)."""
+    return count - cap * 9 // 10 if count > cap else 0
 
 
 #: The older transport answers on its GET stream, which may be another gateway process's connection: a request

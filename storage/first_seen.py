@@ -18,8 +18,10 @@ stage reads synchronously, from a stream callable too) in step with the file:
 
 SQLite in WAL mode (a read never waits for a writer), `synchronous=NORMAL` (a power loss may lose the last
 writes: those tools are learned again), writers of several processes taking turns within BUSY_TIMEOUT. Bounded
-as the memory is: at most `per_server` rows of one server and `limit` in all; past either, the least recently
-seen tenth (of that server, or of all) is deleted in the write that went past.
+as the memory is, by its rule (providers.mcp.overflow): at most `per_server` rows of one server and `limit` in
+all; past either, the least recently seen tenth (of that server, or of all) is deleted in the write that went
+past. The file keeps its own row counts (tables `sizes` and `size`, kept by triggers, so every process's writes
+count), so a write reads two numbers and counts nothing.
 
 When the file cannot be opened, read or written (a read-only folder, a corrupt file, a disk that does not
 answer), the process says so in its log and goes on with its own memory, and `problem` says why, which the MCP
@@ -39,7 +41,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from core.exchange import ToolDefinition
-from providers.mcp import MAX_TOOLS, FirstSeen, Seen
+from providers.mcp import MAX_TOOLS, FirstSeen, Seen, overflow
+from storage.sqlitefile import open_wal
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,9 @@ READ_WAIT = 1.0  # a read that takes longer is not waited for: the request is ju
 
 Row = tuple[str, str, Seen]
 
+# One transaction, so that two processes opening a file from before the size tables count its rows once.
 _SCHEMA = """
+BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS tools (server TEXT NOT NULL, name TEXT NOT NULL, first TEXT NOT NULL,
                                   first_seen REAL NOT NULL, last TEXT NOT NULL, last_seen REAL NOT NULL,
                                   seq INTEGER NOT NULL, PRIMARY KEY (server, name)) WITHOUT ROWID;
@@ -56,6 +61,21 @@ CREATE INDEX IF NOT EXISTS tools_seq ON tools (seq);
 CREATE INDEX IF NOT EXISTS tools_last_seen ON tools (last_seen);
 CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL);
 INSERT OR IGNORE INTO counter VALUES (0, 0);
+-- How many rows the file holds of each server and in all, kept by triggers: a write reads them, never counts.
+CREATE TABLE IF NOT EXISTS sizes (server TEXT PRIMARY KEY, tools INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS size (id INTEGER PRIMARY KEY CHECK (id = 0), tools INTEGER NOT NULL);
+INSERT INTO sizes SELECT server, count(*) FROM tools WHERE NOT EXISTS (SELECT 1 FROM size) GROUP BY server;
+INSERT OR IGNORE INTO size SELECT 0, count(*) FROM tools;
+CREATE TRIGGER IF NOT EXISTS tools_added AFTER INSERT ON tools BEGIN
+    INSERT INTO sizes VALUES (new.server, 1) ON CONFLICT (server) DO UPDATE SET tools = tools + 1;
+    UPDATE size SET tools = tools + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS tools_removed AFTER DELETE ON tools BEGIN
+    UPDATE sizes SET tools = tools - 1 WHERE server = old.server;
+    DELETE FROM sizes WHERE server = old.server AND tools <= 0;
+    UPDATE size SET tools = tools - 1;
+END;
+COMMIT;
 """
 
 # the first definition stays; the last is the later one's (two processes may write out of order)
@@ -72,14 +92,7 @@ class FirstSeenFile:
 
     def __init__(self, path: Path, limit: int, per_server: int):
         self.limit, self.per_server = limit, per_server
-        self.db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-        try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(_SCHEMA)
-        except sqlite3.Error:
-            self.db.close()
-            raise
+        self.db = open_wal(path, _SCHEMA, BUSY_TIMEOUT)
 
     def changes(self, since: int) -> tuple[int, list[Row]]:
         """The rows written after `since`, and the counter to read from next."""
@@ -94,18 +107,20 @@ class FirstSeenFile:
             (seq,) = db.execute("UPDATE counter SET seq = seq + 1 RETURNING seq").fetchone()
             db.executemany(_UPSERT, [(s, n, r.first, r.first_seen, r.last, r.last_seen, seq) for s, n, r in rows])
             for server in {s for s, _, _ in rows}:
-                self._prune("WHERE server = ?", (server,), self.per_server)
-            self._prune("", (), self.limit)
+                (count,) = db.execute("SELECT tools FROM sizes WHERE server = ?", (server,)).fetchone()
+                self._forget("WHERE server = ?", (server,), overflow(count, self.per_server))
+            (count,) = db.execute("SELECT tools FROM size").fetchone()
+            self._forget("", (), overflow(count, self.limit))
             db.execute("COMMIT")
         finally:
             if db.in_transaction:
                 db.execute("ROLLBACK")
 
-    def _prune(self, where: str, args: tuple, cap: int) -> None:
-        (count,) = self.db.execute(f"SELECT count(*) FROM tools {where}", args).fetchone()
-        if count > cap:
+    def _forget(self, where: str, args: tuple, excess: int) -> None:
+        """The `excess` least recently seen rows (of a server, or of all), as FirstSeen forgets them."""
+        if excess:
             self.db.execute(f"DELETE FROM tools WHERE (server, name) IN (SELECT server, name FROM tools {where} "
-                            f"ORDER BY last_seen LIMIT ?)", (*args, count - cap * 9 // 10))
+                            f"ORDER BY last_seen LIMIT ?)", (*args, excess))
 
     def close(self) -> None:
         self.db.close()

@@ -46,6 +46,7 @@ from pathlib import Path
 import orjson
 
 from core.audit import AuditEvent, ConnectionEvent
+from storage.sqlitefile import open_wal
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,7 @@ CREATE TABLE IF NOT EXISTS rejected (seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
 
 def open_spool(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(_SPOOL_SCHEMA)
-    return db
+    return open_wal(path, _SPOOL_SCHEMA, 30)
 
 
 def spool_counts(path: Path) -> dict[str, int]:

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 
 from core.exchange import ToolDefinition
-from storage.first_seen import SharedFirstSeen
+from providers.mcp import Seen
+from storage.first_seen import FirstSeenFile, SharedFirstSeen
 
 HOST, OTHER = "mcp.linear.app", "tools.example.net"
 FIRST = ToolDefinition("lookup", "Look a word up.", {"type": "object"}, server=HOST)
@@ -145,3 +146,61 @@ def test_a_read_slower_than_the_wait_is_not_lost_and_requests_meanwhile_share_it
     asyncio.run(reader.refresh())
     assert reads == [0] and reader.get(HOST, "lookup") is not None and not reader.problem
     writer.close(), reader.close()
+
+
+def sizes(db: sqlite3.Connection) -> tuple[dict[str, int], int]:
+    """The file's own counts (per server, in all), as its triggers keep them."""
+    return dict(db.execute("SELECT server, tools FROM sizes")), db.execute("SELECT tools FROM size").fetchone()[0]
+
+
+def counted(db: sqlite3.Connection) -> tuple[dict[str, int], int]:
+    return (dict(db.execute("SELECT server, count(*) FROM tools GROUP BY server")),
+            db.execute("SELECT count(*) FROM tools").fetchone()[0])
+
+
+def test_eviction_keeps_the_bound_with_two_writers_and_counts_nothing_per_write(tmp_path):
+    """Two processes' connections write in turns: after every write the file holds at most `per_server` rows of a
+    server and `limit` in all, its own counts are the true ones (each process's writes count), and a write runs
+    no count(*)."""
+    path = tmp_path / "seen.sqlite"
+    files = [FirstSeenFile(path, limit=20, per_server=8) for _ in range(2)]
+    statements: list[str] = []
+    for f in files:
+        f.db.set_trace_callback(statements.append)
+    check = sqlite3.connect(path)
+    for i in range(60):
+        server = HOST if i % 3 == 0 else f"s{i % 7}.example"
+        rows = [(server, f"t{i}-{j}", Seen("d", float(i), "d", float(i))) for j in range(3)]
+        files[i % 2].write(rows)
+        per_server, total = counted(check)
+        assert max(per_server.values()) <= 8 and total <= 20
+        assert sizes(check) == (per_server, total)
+    assert statements and not [s for s in statements if "count(" in s.lower()]
+    _, rows = files[0].changes(0)
+    assert {n for _, n, _ in rows} >= {"t59-0", "t59-1", "t59-2"}  # the least recently seen went, not the last
+    for f in files:
+        f.close()
+    check.close()
+
+
+def test_a_file_from_before_the_counts_is_counted_once_and_bounded(tmp_path):
+    path = tmp_path / "seen.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE tools (server TEXT NOT NULL, name TEXT NOT NULL, first TEXT NOT NULL, first_seen REAL NOT NULL,
+                            last TEXT NOT NULL, last_seen REAL NOT NULL, seq INTEGER NOT NULL,
+                            PRIMARY KEY (server, name)) WITHOUT ROWID;
+        CREATE TABLE counter (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL);
+        INSERT INTO counter VALUES (0, 1);""")
+    old.executemany("INSERT INTO tools VALUES (?, ?, 'd', ?, 'd', ?, 1)",
+                    [(HOST if i < 6 else OTHER, f"t{i}", float(i), float(i)) for i in range(12)])
+    old.commit()
+    file = FirstSeenFile(path, limit=10, per_server=100)
+    assert sizes(file.db) == ({HOST: 6, OTHER: 6}, 12)
+    FirstSeenFile(path, limit=10, per_server=100).close()  # opened again: not counted twice
+    assert sizes(file.db) == ({HOST: 6, OTHER: 6}, 12)
+    file.write([(OTHER, "new", Seen("d", 20.0, "d", 20.0))])
+    assert counted(file.db) == sizes(file.db) and sizes(file.db)[1] == 9  # past 10: down to nine tenths
+    assert file.db.execute("SELECT min(last_seen) FROM tools").fetchone()[0] == 4.0  # t0..t3 went, least recent
+    file.close()
+    old.close()
