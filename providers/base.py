@@ -232,6 +232,33 @@ class Reassembly:
         self.exchange.completion_tool_calls += [self.calls[i] for i in sorted(self.calls)]
 
 
+class CappedBody:
+    """A response body's bytes, collected up to `cap`: the chunk that would pass it is not kept, nor any after it,
+    and the exchange is warned once. `keep`: what came before the cap stays (to be read as far as it goes), else it
+    is dropped too."""
+
+    def __init__(self, exchange: Exchange, cap: int, warning: str, keep: bool = True):
+        self.exchange, self.cap, self.warning, self.keep = exchange, cap, warning, keep
+        self.data = bytearray()
+        self.over = False
+
+    def add(self, chunk: bytes) -> None:
+        if self.over:
+            return
+        if len(self.data) + len(chunk) > self.cap:
+            self.over = True
+            self.exchange.warn(self.warning)
+            if not self.keep:
+                self.data.clear()
+            return
+        self.data += chunk
+
+    def take(self) -> bytearray:
+        """What was kept, and the buffer emptied."""
+        data, self.data = self.data, bytearray()
+        return data
+
+
 class BufferedJson:
     """A response parser for non-streamed JSON bodies: collects bytes (capped) and hands the JSON to `on_json`."""
 
@@ -240,24 +267,17 @@ class BufferedJson:
     def __init__(self, exchange: Exchange, on_json):
         self.exchange = exchange
         self.on_json = on_json
-        self.buf = bytearray()
-        self.over = False
+        self.body = CappedBody(exchange, self.MAX_BYTES, f"response larger than {self.MAX_BYTES} bytes: not parsed",
+                               keep=False)
 
     def feed(self, chunk: bytes) -> None:
-        if self.over:
-            return
-        if len(self.buf) + len(chunk) > self.MAX_BYTES:
-            self.over = True
-            self.exchange.warn(f"response larger than {self.MAX_BYTES} bytes: not parsed")
-            self.buf.clear()
-            return
-        self.buf += chunk
+        self.body.add(chunk)
 
     def finish(self) -> None:
-        if self.over or not self.buf:
+        if self.body.over or not self.body.data:
             return
         try:
-            data = orjson.loads(self.buf)
+            data = orjson.loads(self.body.data)
         except orjson.JSONDecodeError as e:
             self.exchange.warn(f"response: invalid JSON: {e}")
             return

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from core.exchange import Attachment, Exchange, Message, TextPart
-from providers.base import MAX_COMPLETION_CHARS, HttpRequest, ResponseParser
+from providers.base import MAX_COMPLETION_CHARS, CappedBody, HttpRequest, ResponseParser
 from providers.webapp import SoftResponse, WebAppProvider, unparsed
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
@@ -68,22 +68,15 @@ def _file_name(entry: Any) -> str:
 class StreamGenerateResponse:
     def __init__(self, exchange: Exchange):
         self.exchange = exchange
-        self.buf = bytearray()
-        self.over = False
+        self.body = CappedBody(exchange, MAX_RESPONSE_BYTES,
+                               f"gemini-web: response larger than {MAX_RESPONSE_BYTES} bytes, the rest not read")
 
     def feed(self, chunk: bytes) -> None:
-        if self.over:
-            return
-        if len(self.buf) + len(chunk) > MAX_RESPONSE_BYTES:
-            self.over = True
-            self.exchange.warn(f"gemini-web: response larger than {MAX_RESPONSE_BYTES} bytes, the rest not read")
-            return
-        self.buf += chunk
+        self.body.add(chunk)
 
     def finish(self) -> None:
         soft = SoftResponse(self.exchange, "gemini-web")
-        text = self.buf.decode("utf-8", "replace")
-        self.buf = bytearray()
+        text = self.body.take().decode("utf-8", "replace")
         if text.startswith(")]}'"):
             text = text[4:]
         if text.strip():

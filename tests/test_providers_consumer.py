@@ -306,6 +306,26 @@ def test_gemini_web_response_last_snapshot_wins():
     assert (x.completion, x.parsed) == ("The answer is 4.", True)
 
 
+def test_gemini_web_response_past_the_cap_is_read_as_far_as_it_goes(monkeypatch):
+    """The cap of providers.base.CappedBody: what came before it is read, the rest is not, and one warning says so;
+    BufferedJson drops all of a JSON body past its cap (half a JSON value does not parse)."""
+    from providers import gemini_web
+    from providers.base import BufferedJson
+
+    first = gemini_chunks("The answer is 4.")
+    monkeypatch.setattr(gemini_web, "MAX_RESPONSE_BYTES", len(first) + 10)
+    parsed = parse("gemini.google.com", GEMINI_PATH, gemini_form(), "application/x-www-form-urlencoded")
+    x = answer(parsed, first + gemini_chunks("Something else entirely"), "application/json", step=16)
+    assert x.completion == "The answer is 4." and sum("larger than" in w for w in x.warnings) == 1
+    got = []
+    parser = BufferedJson(x, got.append)
+    parser.body.cap = 8
+    for piece in (b'{"a":', b' 1}', b" "):
+        parser.feed(piece)
+    parser.finish()
+    assert got == [] and not parser.body.data and sum("not parsed" in w for w in x.warnings) == 1
+
+
 @pytest.mark.parametrize("body", [b"at=x", b"f.req=notjson", urlencode({"f.req": "[null, 5]"}).encode(),
                                   urlencode({"f.req": json.dumps([None, json.dumps([[1]])])}).encode()])
 def test_gemini_web_malformed_requests_are_unparsed(body):
