@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from core.rulesfile import SHIPPED_RULES
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import FakeUpstream, TestCA
 
@@ -51,11 +53,19 @@ def gateway(tmp_path_factory, upstream, test_ca) -> GatewayProcess:
 
 
 @contextlib.contextmanager
-def own_gateway(tmp_path_factory, upstream, test_ca, name: str, *sets: str) -> Iterator[GatewayProcess]:
+def own_gateway(tmp_path_factory, upstream, test_ca, name: str, *sets: str,
+                policy: str | None = None) -> Iterator[GatewayProcess]:
     """A gateway of a module's own, for options the shared one must not have: the shipped rules, every AI host
-    routed to the fake upstream, and `sets` (NAME=VALUE)."""
+    routed to the fake upstream, and `sets` (NAME=VALUE); `policy`: the text of its policy.yaml instead of the
+    shipped one."""
+    rules = None
+    if policy is not None:
+        rules = tmp_path_factory.mktemp(f"{name}-rules")
+        for f in SHIPPED_RULES.glob("*.yaml"):
+            shutil.copy(f, rules / f.name)
+        (rules / "policy.yaml").write_text(policy)
     gw = GatewayProcess(tmp_path_factory.mktemp(name), {h: upstream.port for h in AI_HOSTS}, test_ca.ca_pem,
-                        sets=list(sets))
+                        rules=rules, sets=list(sets))
     try:
         yield gw
     finally:

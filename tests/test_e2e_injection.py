@@ -93,20 +93,12 @@ ANSWER_RULE = """
 @pytest.fixture(scope="module")
 def answers_gateway(tmp_path_factory, upstream, test_ca):
     """The shipped rules plus one rule on answers: an image link carrying data is withheld."""
-    import shutil
-
-    from tests.conftest import AI_HOSTS, PLAIN_HOSTS
-    from tests.support.gateway import GatewayProcess
+    from tests.conftest import own_gateway
     from tests.test_e2e_dlp import ROOT
 
-    rules = tmp_path_factory.mktemp("injection-rules")
-    for f in (ROOT / "rules").glob("*.yaml"):
-        shutil.copy(f, rules / f.name)
-    (rules / "policy.yaml").write_text((ROOT / "rules" / "policy.yaml").read_text() + ANSWER_RULE)
-    gw = GatewayProcess(tmp_path_factory.mktemp("injection-gateway"),
-                        {h: upstream.port for h in AI_HOSTS + PLAIN_HOSTS}, test_ca.ca_pem, rules=rules)
-    yield gw
-    gw.stop()
+    policy = (ROOT / "rules" / "policy.yaml").read_text() + ANSWER_RULE
+    with own_gateway(tmp_path_factory, upstream, test_ca, "injection-gateway", policy=policy) as gw:
+        yield gw
 
 
 def test_an_answer_with_an_exfiltration_image_is_withheld_and_a_streamed_one_recorded(answers_gateway, upstream,
@@ -208,20 +200,10 @@ SEND_EMAIL = {"type": "function", "function": {
 @pytest.fixture(scope="module")
 def mail_gateway(tmp_path_factory, upstream, test_ca):
     """The shipped rules with docs/policy.md's "no send_email after an untrusted tool result" as the policy."""
-    import shutil
+    from tests.conftest import own_gateway
 
-    from tests.conftest import AI_HOSTS
-    from tests.support.gateway import GatewayProcess
-    from tests.test_e2e_dlp import ROOT
-
-    rules = tmp_path_factory.mktemp("mail-rules")
-    for f in (ROOT / "rules").glob("*.yaml"):
-        shutil.copy(f, rules / f.name)
-    (rules / "policy.yaml").write_text(MAIL_RULE)
-    gw = GatewayProcess(tmp_path_factory.mktemp("mail-gateway"), {h: upstream.port for h in AI_HOSTS},
-                        test_ca.ca_pem, rules=rules)
-    yield gw
-    gw.stop()
+    with own_gateway(tmp_path_factory, upstream, test_ca, "mail-gateway", policy=MAIL_RULE) as gw:
+        yield gw
 
 
 def test_after_an_injected_tool_result_send_email_is_not_offered_and_its_call_is_refused(mail_gateway, upstream,
