@@ -13,15 +13,13 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.support.gateway import free_port, wait_listening
+from tests.support.gateway import free_port, http_get, wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm"
@@ -319,14 +317,6 @@ def kubelet_write(folder: Path, files: dict[str, str]) -> None:
         shutil.rmtree(folder / old)
 
 
-def fetch(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 @pytest.fixture(scope="module")
 def chart_gateway(tmp_path_factory):
     """The gateway run with exactly the arguments the chart's StatefulSet gives it (paths under a temporary folder,
@@ -362,10 +352,10 @@ def chart_gateway(tmp_path_factory):
 
 def test_the_charts_command_line_starts_a_gateway_that_says_it_is_ready(chart_gateway):
     deadline = time.monotonic() + 90  # the store connects slowly on a busy machine
-    while (answer := fetch(chart_gateway.metrics + "/ready")) != (200, "ready\n"):
+    while (answer := http_get(chart_gateway.metrics + "/ready")) != (200, "ready\n"):
         assert time.monotonic() < deadline, (answer, chart_gateway.output())
         time.sleep(0.3)
-    status, pac = fetch(chart_gateway.metrics + "/proxy.pac")
+    status, pac = http_get(chart_gateway.metrics + "/proxy.pac")
     assert status == 200 and "FindProxyForURL" in pac
     # it signs with the chart's CA, as the init container left it, and wrote its client bundle beside it
     assert (chart_gateway.confdir / "mitmproxy-ca-cert.pem").read_bytes() == chart_gateway.ca
@@ -374,14 +364,14 @@ def test_the_charts_command_line_starts_a_gateway_that_says_it_is_ready(chart_ga
 
 def test_a_configmap_update_as_the_kubelet_writes_it_reaches_the_running_gateway(chart_gateway):
     """The files are symlinks through `..data`, whose rename is the only change the folder sees."""
-    assert "house-llm.corp.example" not in fetch(chart_gateway.metrics + "/proxy.pac")[1]
+    assert "house-llm.corp.example" not in http_get(chart_gateway.metrics + "/proxy.pac")[1]
     files = dict(chart_gateway.files)
     files["endpoints.yaml"] = files["endpoints.yaml"].replace(
         "services:\n", "services:\n  - {id: house-llm, name: House LLM, category: api, "
                        "hosts: [house-llm.corp.example]}\n", 1)
     kubelet_write(chart_gateway.rules, files)
     deadline = time.monotonic() + 90  # a busy machine: a reload recompiles the rules
-    while "house-llm.corp.example" not in fetch(chart_gateway.metrics + "/proxy.pac")[1]:
+    while "house-llm.corp.example" not in http_get(chart_gateway.metrics + "/proxy.pac")[1]:
         assert time.monotonic() < deadline, chart_gateway.output()
         time.sleep(0.3)
     assert "rules reloaded from" in chart_gateway.output()

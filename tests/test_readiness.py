@@ -4,8 +4,6 @@ accepts connections; otherwise 503 with the reasons (what a Kubernetes readiness
 from __future__ import annotations
 
 import socket
-import urllib.error
-import urllib.request
 from types import SimpleNamespace
 
 import pytest
@@ -13,21 +11,13 @@ import pytest
 from core.catalog import Catalog
 from core.rulesfile import SHIPPED_RULES
 from tests.conftest import AI_HOSTS, own_gateway
-from tests.support.gateway import GatewayProcess, free_port
-
-
-def ready(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+from tests.support.gateway import GatewayProcess, free_port, http_get
 
 
 def test_ready_when_rules_audit_and_proxy_are_up(tmp_path_factory, upstream, test_ca):
     port = free_port()
     with own_gateway(tmp_path_factory, upstream, test_ca, "ready-gateway", f"gateway_metrics=127.0.0.1:{port}"):
-        assert ready(f"http://127.0.0.1:{port}/ready") == (200, "ready\n")
+        assert http_get(f"http://127.0.0.1:{port}/ready") == (200, "ready\n")
 
 
 def test_not_ready_while_the_audit_store_cannot_be_reached(tmp_path, upstream, test_ca):
@@ -38,7 +28,7 @@ def test_not_ready_while_the_audit_store_cannot_be_reached(tmp_path, upstream, t
                         sets=[f"gateway_metrics=127.0.0.1:{port}"],
                         extra_args=["--audit", f"http://default@127.0.0.1:{closed}/audit"])
     try:
-        status, body = ready(f"http://127.0.0.1:{port}/ready")
+        status, body = http_get(f"http://127.0.0.1:{port}/ready")
         assert status == 503 and body.startswith("audit: "), body
         assert "rules" not in body and "proxy" not in body  # those are up
     finally:
@@ -60,7 +50,7 @@ def test_each_missing_part_is_a_reason():
                            listen_host="0.0.0.0", listen_port=listen_port)
             metrics.running()
             url = f"http://127.0.0.1:{metrics.server[0].server_port}/ready"
-            status, body = ready(url)
+            status, body = http_get(url)
             assert status == 503
             assert body.splitlines() == [
                 "rules: not loaded", "audit: the writer is not open",
@@ -69,11 +59,11 @@ def test_each_missing_part_is_a_reason():
             proxy.listen()
             writer = SimpleNamespace(store=object(), status=lambda: {"last_error": "", "waiting_on_store_s": 31.0})
             metrics.audit_opened(writer)
-            assert ready(url) == (503, "audit: a write to the store has waited 31s\n")
+            assert http_get(url) == (503, "audit: a write to the store has waited 31s\n")
             writer.status = lambda: {"last_error": "Code: 241. Memory limit exceeded", "waiting_on_store_s": 0.0}
-            assert ready(url) == (503, "audit: Code: 241. Memory limit exceeded\n")
+            assert http_get(url) == (503, "audit: Code: 241. Memory limit exceeded\n")
             writer.status = lambda: {"last_error": "", "waiting_on_store_s": 3.0}
-            assert ready(url) == (200, "ready\n")
+            assert http_get(url) == (200, "ready\n")
             with pytest.raises(Exception, match="gateway_ready_store_wait must be at least 1"):
                 tctx.configure(metrics, gateway_ready_store_wait=0)
             with pytest.raises(Exception, match="gateway_pac_proxies: gateway address must be host:port"):
