@@ -78,3 +78,12 @@ class AuditOpenedHook(Hook):
     the admin socket's queries)."""
 
     writer: AuditWriter | None
+
+
+@dataclass
+class DlpReadyHook(Hook):
+    """Whether this process's DLP workers can scan: `problem` is "" once they have built their scanners (or DLP is
+    off), else why not (warming up at start, or unable to start). Fired by Inspect; Metrics puts it in /ready, so
+    no client is sent to a gateway whose first prompts would wait for its workers, or fail closed."""
+
+    problem: str

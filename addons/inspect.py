@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 
+from addons.hooks import DlpReadyHook
 from core.exchange import RESPONSE_PART
 from core.interaction import KEY, Interaction
 from core.offload import Deferred
@@ -105,6 +106,7 @@ class Inspect:
         self.running_ = False  # workers are started once every option is set, then restarted on change
         self.digest: tuple | None = None  # of the recognizers and injection files the workers run
         self.warming: list[asyncio.Task] = []
+        self.retiring: list[tuple[asyncio.TimerHandle, list]] = []  # pools replaced, closed once their scans end
         self.snapshots: Path | None = None  # the folder of the recognizers files the workers and the gate read
         self.frozen = False  # the startup objects were frozen out of the garbage collector's reach (_warm)
         self.folder = SHIPPED_RULES  # the rules folder in force (rules_loaded), for its recognizers file
@@ -154,24 +156,46 @@ class Inspect:
             self._start()
 
     def _start(self) -> None:
-        from dlp.injection import rules_near
+        """Workers for the rules and options in force. At start the scans wait for them (as long as
+        `gateway_dlp_wait` allows) and /ready says so; after that the pools in use keep scanning until the new ones
+        are warm and take over (`_warm`), so an edit of the recognizers never makes prompts wait or fail closed."""
         from dlp.pool import DlpPool
 
-        self._close()
         if not ctx.options.gateway_dlp:
+            self._close()
+            ctx.master.addons.trigger(DlpReadyHook(""))  # nothing to wait for: inspection says 'skipped'
             return
         source = recognizers_file(self.folder)
         self.digest = _dlp_digest(digests(self.folder))
         rules = self._snapshot(source)
-        self.threat_rules = rules_near(str(rules))  # the workers' own: the weights of their findings by source
         workers = ctx.options.gateway_dlp_workers or min(4, os.cpu_count() or 1)
         bulk = ctx.options.gateway_dlp_bulk_workers
-        self.pool = DlpPool(rules, workers)
-        self.bulk = DlpPool(rules, bulk, self.pool.known) if bulk else None  # a conversation that grows long
+        pool = DlpPool(rules, workers)
+        pools = (pool, DlpPool(rules, bulk, pool.known) if bulk else None)  # a conversation that grows long
         # The bulk workers start with the first long prompt: many gateways never see one.
-        self.warming = [asyncio.get_running_loop().create_task(self._warm(self.pool, rules))]
+        for task in self.warming:  # a warm-up of an older rule set: superseded (it closes its pools)
+            task.cancel()
+        first = self.pool is None
+        if first:
+            self._use(pools, rules, gate=None)
+            ctx.master.addons.trigger(DlpReadyHook("dlp: the workers are starting"))
+        self.warming = [asyncio.get_running_loop().create_task(self._warm(pools, rules, swap=not first))]
         log.info("DLP: %d worker process(es) + %d for prompts over %d characters, recognizers from %s",
                  workers, bulk, BULK_CHARS, source)
+
+    def _use(self, pools: tuple, rules: Path, gate) -> None:
+        """Scan with these pools from now on; the ones in use until now finish what they have begun (as long as a
+        job may run) and are closed."""
+        from dlp.injection import rules_near
+
+        retired = [p for p in (self.pool, self.bulk) if p is not None and p not in pools]
+        self.pool, self.bulk = pools
+        self.gate = gate
+        self.threat_rules = rules_near(str(rules))  # the workers' own: the weights of their findings by source
+        if retired:
+            loop = asyncio.get_running_loop()
+            self.retiring = [(h, r) for h, r in self.retiring if h.when() > loop.time()]  # those closed already
+            self.retiring.append((loop.call_later(self.timeout + self.wait, _close_pools, retired), retired))
 
     def _snapshot(self, source: Path) -> Path:
         """A private copy of the recognizers file, with the injection rules beside it (the folder's, else the
@@ -190,17 +214,35 @@ class Inspect:
         snapshot.write_bytes(content)
         return snapshot
 
-    async def _warm(self, pool, rules: Path) -> None:
+    async def _warm(self, pools: tuple, rules: Path, swap: bool) -> None:
         """Build the scanners now, not on the first request; a worker that cannot is reported at once. Then the
-        prefilter gate (`_gate`). Then, once per process, what it has built by now (mitmproxy, the recognizers, the
-        audit client: some 180k objects, alive as long as it is) is frozen out of the cyclic garbage collector's
-        reach: a full collection then walks what requests create, instead of stalling the event loop for 70 ms."""
+        prefilter gate (`_gate`). With `swap`, these pools replace the ones in use once they are warm (a newer
+        rule set cancels this first: the pools are closed unused). Then, once per process, what it has built by
+        now (mitmproxy, the recognizers, the audit client: some 180k objects, alive as long as it is) is frozen
+        out of the cyclic garbage collector's reach: a full collection then walks what requests create, instead
+        of stalling the event loop for 70 ms."""
+        pool = pools[0]
         try:
-            await pool.start()
-        except Exception as e:  # the same error then marks every scan 'errored': say it once, loudly, here
-            log.error("DLP workers cannot scan: %s", e)
-            return
-        self.gate = await self._gate(rules)
+            try:
+                await pool.start()
+            except Exception as e:  # the same error then marks every scan 'errored': say it once, loudly, here
+                if swap:
+                    log.error("DLP workers cannot scan with the new rules, the previous ones stay in force: %s", e)
+                    _close_pools(pools)
+                else:
+                    log.error("DLP workers cannot scan: %s", e)
+                    ctx.master.addons.trigger(DlpReadyHook(f"dlp: the workers cannot scan: {str(e)[:200]}"))
+                return
+            gate = await self._gate(rules)
+        except asyncio.CancelledError:
+            if swap:
+                _close_pools(pools)
+            raise
+        if swap:
+            self._use(pools, rules, gate)
+            log.info("DLP: the new rules' workers are warm and scan from now on")
+        else:
+            self.gate = gate
         if not self.frozen:
             gc.collect()
             gc.freeze()
@@ -208,6 +250,7 @@ class Inspect:
         if self.gate is not None:
             log.info("DLP: prefilter gate ready (prompts up to %d characters that no recognizer could match skip "
                      "the workers)", ctx.options.gateway_dlp_prefilter_chars)
+        ctx.master.addons.trigger(DlpReadyHook(""))  # last: what the log says of the warm-up is said by then
 
     @staticmethod
     async def _gate(rules: Path):
@@ -382,7 +425,15 @@ class Inspect:
         for task in self.warming:
             task.cancel()
         self.warming = []
-        for pool in (self.pool, self.bulk):
-            if pool is not None:
-                pool.close()
+        for handle, retired in self.retiring:
+            handle.cancel()
+            _close_pools(retired)
+        self.retiring = []
+        _close_pools((self.pool, self.bulk))
         self.pool = self.bulk = self.gate = None
+
+
+def _close_pools(pools) -> None:
+    for pool in pools:
+        if pool is not None:
+            pool.close()

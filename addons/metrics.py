@@ -15,8 +15,11 @@ and the audit process alone serves /metrics, summing the files (and adding its w
 
 `/ready` answers 200 only when the gateway can do its job: its rules are loaded (a `rules_loaded` event reached
 this process), its audit store is connected and taking records (the writer has reached it, its last write did
-not fail and no write has hung for `gateway_ready_store_wait` seconds), and the proxy accepts connections on its
-listen address (with several proxy processes: at least one does; each loads the rules before it listens).
+not fail and no write has hung for `gateway_ready_store_wait` seconds), its DLP workers have built their scanners
+(else the first prompts wait for them, and fail closed when that takes longer than `gateway_dlp_wait`; with
+several proxy processes, every live one's), and the proxy accepts connections on its listen address (with
+several proxy processes: at least one does; each loads the rules before it listens). A later edit of the
+recognizers does not make it unready: the workers in use scan until the new ones are warm (addons/inspect.py).
 Otherwise 503, each line a reason. A load balancer or Kubernetes then sends no new clients to a gateway that
 would fail them or could not record them; while unready the gateway still spools what it is sent.
 
@@ -39,7 +42,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from mitmproxy import ctx
 from mitmproxy.exceptions import OptionsError
-from prometheus_client import CollectorRegistry, Counter, make_wsgi_app, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
@@ -89,6 +92,11 @@ class Metrics:
                                 ["entity"], registry=self.registry)
         self.tunnels = Counter("ai_gateway_tunnels", "Connections to AI services tunnelled without decryption.",
                                ["service"], registry=self.registry)
+        # with several proxy processes, summed over the live ones (the supervisor forgets those that died)
+        self.dlp_ready_gauge = Gauge("ai_gateway_dlp_ready_processes",
+                                     "Proxy processes whose DLP workers can scan (or whose DLP is off).",
+                                     registry=self.registry, multiprocess_mode="livesum")
+        self.dlp_problem = ""  # this process's, from Inspect (addons.hooks.DlpReadyHook)
         self.audit_state = _AuditState()
         self.registry.register(self.audit_state)
         self.server = None  # (WSGIServer, thread) while serving
@@ -110,11 +118,14 @@ class Metrics:
                           "answers.")
         loader.add_option("gateway_ready_store_wait", int, 30,
                           "Seconds an audit store write may hang before /ready says the gateway is not ready.")
+        loader.add_option("gateway_proxy_processes", int, 0,
+                          "Set by `gateway run --workers N` for its audit process: the proxy processes whose DLP "
+                          "workers /ready waits for. 0: this process is the proxy.")
 
     def configure(self, updated: set[str]) -> None:
         o = ctx.options
         if updated & {"gateway_pac_proxies", "gateway_pac_direct", "gateway_ready_store_wait", "listen_host",
-                      "listen_port", "gateway_audit"}:
+                      "listen_port", "gateway_audit", "gateway_proxy_processes"}:
             proxies = [p.strip() for p in o.gateway_pac_proxies.split(",") if p.strip()]
             if proxies:
                 try:
@@ -126,7 +137,7 @@ class Metrics:
             # listen_port None is mitmproxy's default, 8080; gateway_audit exists when the audit stage is loaded
             self.settings = Settings(tuple(proxies), o.gateway_pac_direct, o.gateway_ready_store_wait,
                                      o.listen_host or "", o.listen_port or 8080,
-                                     "gateway_audit" in o and bool(o.gateway_audit))
+                                     "gateway_audit" in o and bool(o.gateway_audit), o.gateway_proxy_processes)
         if "gateway_metrics" not in updated:
             return
         self.address = parse_address(o.gateway_metrics)
@@ -140,6 +151,10 @@ class Metrics:
     def running(self) -> None:
         self.running_ = True
         self._start()
+
+    def dlp_ready(self, problem: str) -> None:
+        self.dlp_problem = problem
+        self.dlp_ready_gauge.set(0 if problem else 1)
 
     def audit_opened(self, writer) -> None:
         self.audit_state.writer = writer
@@ -203,6 +218,7 @@ class Metrics:
                 problems.append(f"audit: {status['last_error']}")
             elif status["waiting_on_store_s"] > settings.store_wait:
                 problems.append(f"audit: a write to the store has waited {status['waiting_on_store_s']:.0f}s")
+        problems += self._dlp_readiness()
         host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.listen_host,
                                                                         settings.listen_host)
         try:
@@ -210,6 +226,19 @@ class Metrics:
         except OSError as e:
             problems.append(f"proxy: not accepting connections on {host}:{settings.listen_port} ({e.strerror or e})")
         return problems
+
+    def _dlp_readiness(self) -> list[str]:
+        """This process's DLP state; in the audit process of several proxy processes (it scans nothing), theirs,
+        from their gauge files: every one must be ready (one that died counts again once replaced and warm)."""
+        expected = self.settings.proxy_processes
+        if not expected:
+            return [self.dlp_problem] if self.dlp_problem else []
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        ready = int(registry.get_sample_value("ai_gateway_dlp_ready_processes") or 0)
+        return [] if ready >= expected else [
+            f"dlp: the DLP workers of {expected - ready} of {expected} proxy processes are not ready (starting, or "
+            "failing to start: see the log)"]
 
     def pac_file(self, host_header: str) -> tuple[str, str, str]:
         """(status, body, content type) of the PAC file for a client that asked `host_header`."""
@@ -259,6 +288,7 @@ class Settings:
     listen_host: str = ""
     listen_port: int = 8080
     audit: bool = False
+    proxy_processes: int = 0  # gateway_proxy_processes
 
 
 class _QuietHandler(WSGIRequestHandler):

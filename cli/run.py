@@ -155,8 +155,8 @@ class Supervisor:
 
     def _start(self, name: str) -> None:
         ready = self.context.Event()
-        if name == "audit":
-            target, args = audit_process, (self.values, self.sets, ready)
+        if name == "audit":  # its /ready waits for every proxy process's DLP workers
+            target, args = audit_process, (dict(self.values, gateway_proxy_processes=self.workers), self.sets, ready)
         else:
             target, args = proxy_process, (name, self.values, self.sets, ready)
         process = self.context.Process(target=target, args=args, name=name, daemon=False)
@@ -175,6 +175,9 @@ class Supervisor:
                 self._replace(name, process)
 
     def _replace(self, name: str, process: multiprocessing.Process) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(process.pid)  # its live gauges (DLP ready) no longer count in /ready
         now = time.monotonic()
         recent = [t for t in self.restarts.get(name, []) if now - t < RESTART_WINDOW] + [now]
         self.restarts[name] = recent

@@ -454,6 +454,53 @@ def test_a_new_company_term_is_found_after_a_rules_edit_without_restart(dlp_gate
     assert content == f"{probe} <CODE_NAME_1>"
 
 
+def test_a_recognizers_edit_keeps_prompts_scanned_while_new_workers_start(tmp_path_factory, upstream, test_ca,
+                                                                           marker):
+    """The workers in use scan until the new rules' workers are warm, and /ready stays 200 meanwhile. With
+    gateway_dlp_wait at 1 s, less than a pool takes to start, a prompt sent while the new workers start would be
+    errored 'overloaded' (and fail closed) had the old workers been stopped first. At start, /ready waits for them."""
+    from tests.support.gateway import free_port, http_get
+
+    rules = tmp_path_factory.mktemp("swap-rules")
+    for f in (ROOT / "rules").glob("*.yaml"):
+        shutil.copy(f, rules / f.name)
+    (rules / "policy.yaml").write_text(POLICY)
+    port = free_port()
+    gw = GatewayProcess(tmp_path_factory.mktemp("swap-gateway"), {h: upstream.port for h in AI_HOSTS},
+                        test_ca.ca_pem, rules=rules, sets=["gateway_dlp_wait=1", f"gateway_metrics=127.0.0.1:{port}"])
+    try:
+        ready = f"http://127.0.0.1:{port}/ready"
+        deadline = time.monotonic() + 120
+        while (answer := http_get(ready))[0] != 200:
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.2)
+        assert "DLP: prefilter gate ready" in gw.output()  # ready means warm
+        upstream.route("/v1/chat/completions", openai_reply)
+        client = openai_client(gw)
+        term = f"Kestrelmoor{marker[-6:]}"
+        recognizers = rules / "recognizers.yaml"
+        recognizers.write_text(recognizers.read_text().replace("deny_list: [Project Nightjar, ",
+                                                               f"deny_list: [{term}, Project Nightjar, "))
+        probes, deadline = [], time.monotonic() + 120
+        while True:
+            probe = f"{marker}-{len(probes)}"
+            probes.append(probe)
+            text = f"{probe} mail ada@example.com {term}"
+            client.chat.completions.create(model="redact-gpt", messages=[{"role": "user", "content": text}])
+            assert http_get(ready) == (200, "ready\n")
+            if term not in received(upstream, probe)["messages"][0]["content"]:
+                break  # the new rules' workers scan now
+            assert time.monotonic() < deadline, "the new term was never redacted"
+            time.sleep(0.1)
+        events = wait_for_events(gw, lambda e: marker in e["prompt"], count=len(probes))
+        assert len(events) == len(probes) >= 2
+        assert {e["inspection"] for e in events} == {"inspected"}, [e["warnings"] for e in events]
+        assert all("EMAIL_ADDRESS" in e["entity_types"] for e in events)  # old workers or new, each prompt scanned
+        assert "DLP: the new rules' workers are warm and scan from now on" in gw.output()
+    finally:
+        gw.stop()
+
+
 # --- gateway dlp scan -----------------------------------------------------------------------------------------------
 
 def test_gateway_dlp_scan_lists_findings_without_their_values(tmp_path):

@@ -22,7 +22,7 @@ import pytest
 
 from core.rulesfile import SHIPPED_RULES
 from tests.conftest import AI_HOSTS, wait_for_events
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, free_port, http_get
 from tests.test_e2e_foundation import chat_reply
 
 BLOCK_RULE = """
@@ -48,9 +48,10 @@ def wait_output(gw: GatewayProcess, pattern: str, count: int, timeout: float = 6
 def wgw(tmp_path_factory, upstream, test_ca):
     base = tmp_path_factory.mktemp("workers-gw")
     rules = shutil.copytree(SHIPPED_RULES, base / "rules")
+    port = free_port()
     gw = GatewayProcess(base / "data", {h: upstream.port for h in AI_HOSTS}, test_ca.ca_pem, rules=rules,
-                        workers=2)
-    gw.rules = rules
+                        workers=2, sets=[f"gateway_metrics=127.0.0.1:{port}"])
+    gw.rules, gw.ready_url = rules, f"http://127.0.0.1:{port}/ready"
     wait_output(gw, r"\[(proxy \d)\] watching .* for rules changes", 2)
     yield gw
     gw.stop()
@@ -109,10 +110,27 @@ def test_a_rules_edit_reaches_every_proxy_process(wgw, upstream, marker):
     assert {e["decision"] for e in events} == {"block"}
 
 
+def wait_ready(gw: GatewayProcess) -> list[str]:
+    """The reasons /ready gave (the audit process's, for every process) until it answered 200."""
+    reasons, deadline = [], time.monotonic() + 120
+    while (answer := http_get(gw.ready_url))[0] != 200:
+        reasons.append(answer[1])
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.1)
+    return reasons
+
+
+def test_ready_waits_for_the_dlp_workers_of_every_proxy_process(wgw):
+    wait_ready(wgw)
+    assert wgw.output().count("DLP: prefilter gate ready") >= 2  # both processes' workers are warm
+
+
 def test_a_killed_proxy_process_is_replaced_and_its_answered_events_are_kept(wgw, upstream, marker):
     upstream.route("/v1/chat/completions", lambda rec: chat_reply("kept", model=rec_model(rec)))
     pids = dict(re.findall(r"\[(proxy \d)\] proxy process (\d+) started", wgw.output()))
     assert set(pids) == {"proxy 1", "proxy 2"}
+    wait_ready(wgw)
+    warm = wgw.output().count("DLP: prefilter gate ready")
     for i in range(12):
         ask(wgw, f"{marker}-{i}", model=marker)
     victim = sorted(served_by(wgw, marker))[0]  # a process that answered some of them
@@ -120,6 +138,10 @@ def test_a_killed_proxy_process_is_replaced_and_its_answered_events_are_kept(wgw
     wait_output(wgw, rf"{victim} process {pids[victim]} exited with code -9: starting another", 1)
     wait_output(wgw, rf"\[{victim}\] proxy process (\d+) started", 2)
     wait_output(wgw, rf"(\[{victim}\] HTTP\(S\) proxy listening)", 1)
+    # ready again once the replacement's DLP workers are warm (the dead process no longer counts)
+    assert set(wait_ready(wgw)) <= {"dlp: the DLP workers of 1 of 2 proxy processes are not ready (starting, or "
+                                    "failing to start: see the log)\n"}
+    assert wgw.output().count("DLP: prefilter gate ready") == warm + 1  # the replacement's
     events = wait_for_events(wgw, lambda e: e["model"] == marker, count=12)
     assert sorted(asked(e) for e in events) == sorted(f"{marker}-{i}" for i in range(12))
     after = f"{marker}-after"

@@ -220,16 +220,21 @@ def test_a_prompt_no_enforced_rule_looks_into_is_scanned_once_the_upstream_answe
                 await addon.error(failed_f)
                 reloaded_f, reloaded = flow_with([{"role": "user", "content": f"mail {EMAIL} now"}])
                 await addon.request(reloaded_f)
-                addon.rules_loaded(types.SimpleNamespace(digests={}, folder=SHIPPED_RULES, policy=decide.policy))  # new recognizers: new workers and gate
+                # new recognizers: new workers and gate, warming while the workers in use scan on
+                addon.rules_loaded(types.SimpleNamespace(digests={}, folder=SHIPPED_RULES, policy=decide.policy))
                 await addon.error(reloaded_f)
-                return reloaded
+                closed_f, closed = flow_with([{"role": "user", "content": f"mail {EMAIL} later"}])
+                await addon.request(closed_f)
+                addon.done()  # shut down, its deferred scan's workers with it
+                await addon.error(closed_f)
+                return reloaded, closed
             finally:
                 addon.done()
-    reloaded = asyncio.run(go())
-    for it in (answered, failed):
+    reloaded, closed = asyncio.run(go())
+    for it in (answered, failed, reloaded):  # `reloaded`: by the workers of the gate that let it go
         assert it.inspection == "inspected" and [x.entity for x in it.findings] == ["EMAIL_ADDRESS"]
-    # scanned by the workers of the gate that let it go, which a reload closed: said, not passed off as clean
-    assert reloaded.inspection == "errored" and any("DLP pool is closed" in w for w in reloaded.exchange.warnings)
+    # scanned by workers that were closed meanwhile: said, not passed off as clean
+    assert closed.inspection == "errored" and any("DLP pool is closed" in w for w in closed.exchange.warnings)
 
 
 def test_workers_started_later_read_the_recognizers_the_gate_was_built_from(tmp_path):

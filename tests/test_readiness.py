@@ -4,6 +4,7 @@ accepts connections; otherwise 503 with the reasons (what a Kubernetes readiness
 from __future__ import annotations
 
 import socket
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -14,10 +15,17 @@ from tests.conftest import AI_HOSTS, own_gateway
 from tests.support.gateway import GatewayProcess, free_port, http_get
 
 
-def test_ready_when_rules_audit_and_proxy_are_up(tmp_path_factory, upstream, test_ca):
+def test_ready_when_rules_audit_dlp_and_proxy_are_up(tmp_path_factory, upstream, test_ca):
+    """Ready once the DLP workers are warm too; until then the only reasons are parts still starting."""
     port = free_port()
-    with own_gateway(tmp_path_factory, upstream, test_ca, "ready-gateway", f"gateway_metrics=127.0.0.1:{port}"):
-        assert http_get(f"http://127.0.0.1:{port}/ready") == (200, "ready\n")
+    with own_gateway(tmp_path_factory, upstream, test_ca, "ready-gateway", f"gateway_metrics=127.0.0.1:{port}") as gw:
+        deadline = time.monotonic() + 120
+        while (answer := http_get(f"http://127.0.0.1:{port}/ready"))[0] != 200:
+            assert answer[0] == 503 and set(answer[1].splitlines()) <= {
+                "dlp: the workers are starting", "audit: the store is not connected yet (records wait in the spool)"}
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.1)
+        assert answer == (200, "ready\n") and "DLP: prefilter gate ready" in gw.output()
 
 
 def test_not_ready_while_the_audit_store_cannot_be_reached(tmp_path, upstream, test_ca):
@@ -63,6 +71,10 @@ def test_each_missing_part_is_a_reason():
             writer.status = lambda: {"last_error": "Code: 241. Memory limit exceeded", "waiting_on_store_s": 0.0}
             assert http_get(url) == (503, "audit: Code: 241. Memory limit exceeded\n")
             writer.status = lambda: {"last_error": "", "waiting_on_store_s": 3.0}
+            assert http_get(url) == (200, "ready\n")
+            metrics.dlp_ready("dlp: the workers are starting")  # addons.hooks.DlpReadyHook, from Inspect
+            assert http_get(url) == (503, "dlp: the workers are starting\n")
+            metrics.dlp_ready("")
             assert http_get(url) == (200, "ready\n")
             with pytest.raises(Exception, match="gateway_ready_store_wait must be at least 1"):
                 tctx.configure(metrics, gateway_ready_store_wait=0)
