@@ -139,6 +139,8 @@ def test_the_pod_is_locked_down_and_keeps_its_spool(default_docs):
     assert gateway["lifecycle"]["preStop"]["exec"]["command"][0] == "python3"
     # the spool (under --data-dir) is on the pod's own claim, kept when pods are scaled away
     assert "--data-dir=/var/lib/ai-gateway" in gateway["args"]
+    # DLP workers as the chart says, not as many as the host has cores
+    assert "--set=gateway_dlp_workers=2" in gateway["args"] and "--workers=2" in gateway["args"]
     assert {"name": "data", "mountPath": "/var/lib/ai-gateway"} in gateway["volumeMounts"]
     assert [t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]] == ["data"]
     assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Retain"
@@ -223,6 +225,7 @@ def test_the_rules_configmap_is_a_rules_folder_the_gateway_loads(values, tmp_pat
 
 BAD_VALUES = [
     (["--set", "workers=0"], "at '/workers': minimum: got 0, want 1"),
+    (["--set", "dlpWorkers=64"], "at '/dlpWorkers': maximum: got 64, want 16"),
     (["--set", "replicaCount=3"], "additional properties 'replicaCount' not allowed"),
     (["--set", "service.type=ExternalName"], "at '/service/type': value must be one of"),
     (["--set", "audit.capture=everything"], "at '/audit/capture': value must be one of 'metadata', 'redacted'"),
