@@ -27,15 +27,13 @@ import socket
 import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import AI_HOSTS, PLAIN_HOSTS
-from tests.support.gateway import ROUTE_ADDON, free_port
+from tests.support.gateway import ROUTE_ADDON, free_port, http_get
 
 ROOT = Path(__file__).resolve().parents[1]
 LABEL = "ai-egress-gateway.container-test"
@@ -90,17 +88,9 @@ def engine() -> Engine:
                   shlex.split(settings.get("GATEWAY_CONTAINER_RUN_FLAGS", "")), settings["GATEWAY_CONTAINER_IMAGE"])
 
 
-def fetch(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def wait_ready(engine: Engine, name: str, metrics_url: str, timeout: float = 240) -> float:
-    """Seconds until /ready answers 200 (rules loaded, audit store writing, proxy accepting); AssertionError with
-    the container's log if it stops or the time runs out."""
+    """Seconds until /ready answers 200 (rules loaded, audit store writing, DLP workers warm, proxy accepting);
+    AssertionError with the container's log if it stops or the time runs out."""
     start = time.monotonic()
     answer = None
     while time.monotonic() - start < timeout:
@@ -108,27 +98,13 @@ def wait_ready(engine: Engine, name: str, metrics_url: str, timeout: float = 240
         if state != "true":
             raise AssertionError(f"container {name} stopped:\n{logs(engine, name)}")
         try:
-            answer = fetch(metrics_url + "/ready")
+            answer = http_get(metrics_url + "/ready")
             if answer == (200, "ready\n"):
                 return time.monotonic() - start
         except OSError as e:
             answer = e
         time.sleep(0.5)
     raise AssertionError(f"{name} not ready after {timeout}s (last: {answer}):\n{logs(engine, name)}")
-
-
-def wait_dlp_warm(engine: Engine, name: str, proxies: int, timeout: float = 120) -> float:
-    """Seconds until every proxy process says its DLP workers have built their scanners. /ready does not wait for
-    them (addons/metrics.py; addons/inspect.py starts them in the background): on a busy two-core host a request
-    sent the moment /ready answered was once blocked by the shipped policy's block-secrets rule, its scan 'errored'
-    (10 s, gateway_dlp_timeout, spent while six workers were still starting). Not a failure here when they take
-    longer: the tests then say what happens."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if logs(engine, name, tail=None).count("DLP: prefilter gate ready") >= proxies:
-            break
-        time.sleep(0.5)
-    return time.monotonic() - start
 
 
 def logs(engine: Engine, name: str, tail: int | None = 5000) -> str:
@@ -175,9 +151,9 @@ def test_the_default_command_runs_read_only_as_uid_10001_and_gets_ready(engine):
         seconds = wait_ready(engine, name, f"http://127.0.0.1:{ports[9464]}")
         print(f"default command ready in {seconds:.1f} s")
         socket.create_connection(("127.0.0.1", int(ports[8080])), timeout=5).close()  # the proxy port, published
-        status, pac = fetch(f"http://127.0.0.1:{ports[9464]}/proxy.pac")
+        status, pac = http_get(f"http://127.0.0.1:{ports[9464]}/proxy.pac")
         assert status == 200 and "FindProxyForURL" in pac
-        assert "ai_gateway" in fetch(f"http://127.0.0.1:{ports[9464]}/metrics")[1]
+        assert "ai_gateway" in http_get(f"http://127.0.0.1:{ports[9464]}/metrics")[1]
 
         probe = engine("exec", name, "sh", "-c", "id -u; id -g; touch /opt/ai-gateway/app/x 2>&1; "
                        f"stat -c '%u %a' {DATA} {DATA}/ca/mitmproxy-ca.pem; ls {DATA}", check=False).stdout
@@ -271,8 +247,10 @@ def chart(engine, tmp_path_factory, upstream, test_ca):
                    "-v", f"{base / 'rules'}:/etc/ai-gateway/rules:ro", "--tmpfs", "/tmp",
                    "-v", f"{base / 'test'}:/opt/container-test:ro", engine.image, *args)
         seconds = wait_ready(engine, name, f"http://127.0.0.1:{metrics_port}")
-        warm = wait_dlp_warm(engine, name, int(next(a for a in args if a.startswith("--workers=")).split("=")[1]))
-        print(f"chart's gateway container ready in {seconds:.1f} s, its DLP workers warm {warm:.1f} s later")
+        print(f"chart's gateway container ready in {seconds:.1f} s")
+        # ready means every proxy process's DLP workers are warm: a prompt sent now is not left waiting for them
+        workers = int(next(a for a in args if a.startswith("--workers=")).split("=")[1])
+        assert logs(engine, name, tail=None).count("DLP: prefilter gate ready") >= workers
         chart_gw = type("ChartContainer", (), {})()
         chart_gw.name, chart_gw.proxy = name, f"http://127.0.0.1:{proxy_port}"
         chart_gw.port, chart_gw.metrics, chart_gw.container = proxy_port, f"http://127.0.0.1:{metrics_port}", container
