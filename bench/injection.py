@@ -1,13 +1,14 @@
 """Prompt-injection detection on the labelled corpus (tests/injection_corpus/): precision and recall per source and
 overall, the gateway's detector (dlp/injection.py) side by side with `pyatr` (Agent Threat Rules) run as shipped.
 
-    python bench/injection.py [--heldout] [--threshold 0.5] [--misses]
+    python bench/injection.py [--heldout] [--threshold 0.5] [--misses] [--rules FOLDER]
 
 Without --heldout every file but heldout.yaml is scored (the files the rules were written against); --heldout
 scores only heldout.yaml, the batch written before tuning and never tuned on. A sample counts as detected when the
 detector reports PROMPT_INJECTION, HIDDEN_INSTRUCTIONS or EXFILTRATION_LINK at `--threshold` or more after the
 weights for its source (as the proxy scores a request part); for pyatr, when it returns any match. pyatr gets the
-text as an `llm_input` event, which is how its `scan()` helper runs (it has no notion of a source).
+text as an `llm_input` event, which is how its `scan()` helper runs (it has no notion of a source). `--rules`: the
+folder whose injection.yaml is scored (one that includes rules/injection-atr.yaml, to weigh the imported ATR rules).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ class Ours:
 
     name = "gateway"
 
-    def __init__(self, threshold: float = THRESHOLD):
-        self.rules = load_rules(SHIPPED_RULES)
+    def __init__(self, threshold: float = THRESHOLD, rules: Path = SHIPPED_RULES):
+        self.rules = load_rules(rules)
         self.detector = Detector(self.rules)
         self.normalizer = Normalizer()
         self.threshold = threshold
@@ -102,9 +103,10 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=THRESHOLD)
     p.add_argument("--misses", action="store_true", help="list the gateway's false positives and negatives")
     p.add_argument("--no-pyatr", action="store_true")
+    p.add_argument("--rules", type=Path, default=SHIPPED_RULES, help="the rules folder (default: the shipped)")
     args = p.parse_args()
     batch = samples(args.heldout)
-    engines = [Ours(args.threshold)]
+    engines = [Ours(args.threshold, args.rules)]
     if not args.no_pyatr:
         try:
             engines.append(Atr())

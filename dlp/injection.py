@@ -27,6 +27,8 @@ tool_definition) is known only to the proxy, which scans parts of a request: `by
 for that source there (a system prompt's "do not tell the user" is the operator's wish, a tool description's is
 poisoning) and stamps the source on every finding, so a policy can block indirect injection and only record direct.
 Rules marked `stage: experimental` are reported with that stage; the policy keeps them out of enforced rules.
+Public rule sets join as data through `include:` (rules/injection-atr.yaml: Agent Threat Rules, converted by
+scripts/import_atr.py), into the same database.
 
 An optional classifier (dlp.classifier: an ONNX model the administrator provides, the `classifier:` section) adds
 what no rule phrases; `combine` says how its score and the rules' make one.
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import codecs
 import hashlib
 import os
@@ -185,28 +188,22 @@ def _weights(file: Path, m, key: str) -> dict[str, float]:
     return out
 
 
-def load_rules(path: str | Path, check_model: bool = True) -> InjectionRules:
-    """rules/injection.yaml (a folder's, or the file itself); any mistake is a RulesError naming file:line.
-    `check_model`: open the classifier's model to check it (the rules stage does, when it loads or reloads the
-    rules; the scanner's own copies need not open it again: a worker opens it when it warms up)."""
-    path = Path(path)
-    file = path / RULES_FILE if path.is_dir() else path
-    doc = load(file)
-    top = check_keys(file, doc, "injection rules", {"version", "rules"},
-                     {"sources", "context", "links", "classifier"})
-    context = check_keys(file, top.get("context") or {}, "context", set(),
-                         {"meta", "meta_factor", "quoted_factor", "negation", "negated_factor", "corroboration",
-                          "hidden", "hidden_boost"}) if top.get("context") else {}
-    rules, ids = [], set()
-    for entry in top["rules"]:
+def _rules(file: Path, entries, ids: dict[str, Path]) -> list[Rule]:
+    """The `rules:` list of one file; `ids` holds the ids seen so far (in this file and those loaded before it), so
+    that an included file cannot redefine a rule of injection.yaml, nor the other way round."""
+    if not isinstance(entries, list):
+        raise RulesError(file, getattr(entries, "line", None), "rules must be a list")
+    rules = []
+    for entry in entries:
         r = check_keys(file, entry, "rule", {"id", "family", "pattern"}, {"entity", "score", "stage", "weights",
                                                                           "flags", "note"})
         rid = r["id"]
         if rid in ids:
-            raise RulesError(file, r.line_of("id"), f"rule {rid!r} is defined twice")
+            where = "" if ids[rid] == file else f" (first in {ids[rid]})"
+            raise RulesError(file, r.line_of("id"), f"rule {rid!r} is defined twice{where}")
         if rid == CLASSIFIER:
             raise RulesError(file, r.line_of("id"), f"the rule id {CLASSIFIER!r} names the classifier's findings")
-        ids.add(rid)
+        ids[rid] = file
         if r["family"] not in FAMILIES:
             raise RulesError(file, r.line_of("family"), f"unknown family {r['family']!r}")
         entity = r.get("entity", PROMPT_INJECTION)
@@ -224,6 +221,36 @@ def load_rules(path: str | Path, check_model: bool = True) -> InjectionRules:
                 flags |= _FLAGS.get(name, 0)
         rules.append(Rule(rid, r["family"], entity, _factor(file, r, "score", 0.8), stage,
                           _compile(file, r, "pattern", flags), _weights(file, r, "weights"), r.line_of("id")))
+    return rules
+
+
+def load_rules(path: str | Path, check_model: bool = True) -> InjectionRules:
+    """rules/injection.yaml (a folder's, or the file itself), with the rules of the files its `include:` names
+    (beside it or shipped in rules/: rule sets kept as data elsewhere, such as scripts/import_atr.py's, compiled
+    into the same one pass); any mistake is a RulesError naming file:line. `check_model`: open the classifier's
+    model to check it (the rules stage does, when it loads or reloads the rules; the scanner's own copies need not
+    open it again: a worker opens it when it warms up)."""
+    path = Path(path)
+    file = path / RULES_FILE if path.is_dir() else path
+    doc = load(file)
+    top = check_keys(file, doc, "injection rules", {"version", "rules"},
+                     {"sources", "context", "links", "classifier", "include"})
+    context = check_keys(file, top.get("context") or {}, "context", set(),
+                         {"meta", "meta_factor", "quoted_factor", "negation", "negated_factor", "corroboration",
+                          "hidden", "hidden_boost"}) if top.get("context") else {}
+    ids: dict[str, Path] = {}
+    rules = _rules(file, top["rules"], ids)
+    include = top.get("include") or []
+    if not isinstance(include, list):
+        raise RulesError(file, top.line_of("include"), "include must be a list of file names")
+    for k, name in enumerate(include):
+        # beside the file, else shipped with the gateway: the DLP workers read a snapshot of injection.yaml alone
+        other = next((f for f in (file.parent / str(name), SHIPPED_RULES / str(name)) if f.is_file()), None)
+        if other is None:
+            raise RulesError(file, include.line_of(k), f"include: no such file {name!r} beside it or in "
+                                                       f"{SHIPPED_RULES}")
+        rules += _rules(other, check_keys(other, load(other), "included injection rules", {"version", "rules"},
+                                          set())["rules"], ids)
     return InjectionRules(
         file, rules, _weights(file, top, "sources"),
         meta=_compile(file, context, "meta") if context else None,
@@ -449,10 +476,10 @@ class Detector:
         for m in _INTERLEAVED.finditer(text):
             plain = re.sub(r"[\u200b-\u200d\u2060\u00ad]", "", m.group())
             out.extend(Hit(HIDDEN_INSTRUCTIONS, m.start(), m.end(), h.score, h.rule, h.stage)
-                       for h in self._phrases(plain, hidden=True)[:1])
+                       for h in _first(self._phrases(plain, hidden=True)))
         for m in _RLO.finditer(text):
             out.extend(Hit(HIDDEN_INSTRUCTIONS, m.start(), m.end(), h.score, h.rule, h.stage)
-                       for h in self._phrases(m.group(1)[::-1], hidden=True)[:1])
+                       for h in _first(self._phrases(m.group(1)[::-1], hidden=True)))
         return out
 
     def _encoded(self, text: str, starts: list[int]) -> list[Hit]:
@@ -470,14 +497,20 @@ class Detector:
             decoded = decode(m.group()[:DECODE_MAX])
             if decoded:
                 out.extend(Hit(PROMPT_INJECTION, m.start(), m.end(), h.score, h.rule, h.stage)
-                           for h in self._phrases(decoded)[:1])
+                           for h in _first(self._phrases(decoded)))
         return out
 
     def _hidden_hit(self, decoded: str, start: int, end: int, rule: str, score: float) -> Hit:
         """Hidden text is suspect in itself (nobody hides what a reader should see); a phrase in it is more so."""
-        found = self._phrases(decoded, hidden=True)
+        found = [h for h in self._phrases(decoded, hidden=True) if h.stage == "stable"]  # reported as stable
         best = max([score, *(h.score for h in found)])
         return Hit(HIDDEN_INSTRUCTIONS, start, end, round(min(0.99, best), 4), found[0].rule if found else rule)
+
+
+def _first(hits: list[Hit]) -> list[Hit]:
+    """The hit that names a decoded or hidden payload: the first of a stable rule, else the first. A trial rule
+    (an imported ATR rule) must not name it in a stable one's place: it may be weighed 0 for the text's source."""
+    return sorted(hits, key=lambda h: h.stage != "stable")[:1]
 
 
 _ESCAPED = re.compile(r'\\"(?:[^"\\]|\\[^"])*?\\"')
@@ -730,8 +763,32 @@ def scan(detector: Detector, text: str, views) -> list[Hit]:
             if entity == PROMPT_INJECTION and _INVISIBLE.search(text, start, end):
                 entity = HIDDEN_INSTRUCTIONS
             hits.append(Hit(entity, start, end, h.score, h.rule, h.stage))
+    hits = _trials_aside(hits)
     classifier = detector.classifier
     return hits if classifier is None else combine(hits, classifier.windows(text), classifier.spec)
+
+
+def _trials_aside(hits: list[Hit]) -> list[Hit]:
+    """The hits, less those of experimental rules that overlap a stable rule's. dlp.scanner resolves overlaps
+    before the proxy knows a text's source: a trial rule scored higher on the same words would win there, then be
+    weighed for a source it does not read (an imported ATR rule for the user's turn, in a document: weight 0), and
+    the stable finding a policy enforces would be lost with it. Where no stable rule fires, a trial rule's hit
+    stays: what it adds there is what monitor mode is for."""
+    if all(h.stage == "stable" for h in hits):
+        return hits
+    spans: list[list[int]] = []  # the stable hits' spans, merged, in order
+    for start, end in sorted((h.start, h.end) for h in hits if h.stage == "stable"):
+        if spans and start < spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    starts = [s for s, _ in spans]
+
+    def covered(h: Hit) -> bool:
+        k = bisect.bisect_left(starts, h.end) - 1  # the last stable span starting before the hit ends
+        return k >= 0 and spans[k][1] > h.start
+
+    return [h for h in hits if h.stage == "stable" or not covered(h)]
 
 
 def combine(hits: list[Hit], windows: list[Window], spec: ClassifierSpec) -> list[Hit]:
