@@ -1,10 +1,11 @@
 """Prompt-injection detection on the labelled corpus (tests/injection_corpus/): precision and recall per source and
 overall, the gateway's detector (dlp/injection.py) side by side with `pyatr` (Agent Threat Rules) run as shipped.
 
-    python bench/injection.py [--heldout] [--threshold 0.5] [--misses] [--rules FOLDER]
+    python bench/injection.py [--heldout [1|2]] [--threshold 0.5] [--misses] [--rules FOLDER]
 
-Without --heldout every file but heldout.yaml is scored (the files the rules were written against); --heldout
-scores only heldout.yaml, the batch written before tuning and never tuned on. A sample counts as detected when the
+Without --heldout every file but the held-out batches is scored (the files the rules were written against);
+--heldout scores one held-out batch, never tuned on: heldout.yaml (1), written with the corpus before the rules,
+or heldout2.yaml (2), written later by someone who had not seen the rules. A sample counts as detected when the
 detector reports PROMPT_INJECTION, HIDDEN_INSTRUCTIONS or EXFILTRATION_LINK at `--threshold` or more after the
 weights for its source (as the proxy scores a request part); for pyatr, when it returns any match. pyatr gets the
 text as an `llm_input` event, which is how its `scan()` helper runs (it has no notion of a source). `--rules`: the
@@ -30,12 +31,14 @@ from dlp.injection import Detector, load_rules, scan  # noqa: E402
 from dlp.normalize import Normalizer  # noqa: E402
 
 CORPUS = ROOT / "tests" / "injection_corpus"
-HELDOUT = "heldout.yaml"
+HELDOUT = {1: "heldout.yaml", 2: "heldout2.yaml"}  # the held-out batches: never tune on them
 THRESHOLD = 0.5
 
 
-def samples(heldout: bool = False) -> list[dict]:
-    files = [CORPUS / HELDOUT] if heldout else [f for f in sorted(CORPUS.glob("*.yaml")) if f.name != HELDOUT]
+def samples(heldout: int = 0) -> list[dict]:
+    """The tuned corpus (0), or held-out batch 1 or 2."""
+    files = [CORPUS / HELDOUT[heldout]] if heldout else [f for f in sorted(CORPUS.glob("*.yaml"))
+                                                         if f.name not in HELDOUT.values()]
     return [s for f in files for s in yaml.safe_load(f.read_text(encoding="utf-8"))["samples"]]
 
 
@@ -99,7 +102,8 @@ def pr(c: dict[str, int]) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--heldout", action="store_true", help="score heldout.yaml only (once, never tune on it)")
+    p.add_argument("--heldout", type=int, nargs="?", const=1, default=0, choices=[1, 2],
+                   help="score held-out batch 1 (heldout.yaml) or 2 (heldout2.yaml) only; never tune on them")
     p.add_argument("--threshold", type=float, default=THRESHOLD)
     p.add_argument("--misses", action="store_true", help="list the gateway's false positives and negatives")
     p.add_argument("--no-pyatr", action="store_true")
@@ -113,7 +117,7 @@ def main() -> None:
         except ImportError:
             print("pyatr is not installed (pip install pyatr): gateway only")
     results = {e.name: measure(e, batch) for e in engines}
-    print(f"{'heldout.yaml' if args.heldout else 'corpus without heldout.yaml'}: {len(batch)} samples, "
+    print(f"{HELDOUT[args.heldout] if args.heldout else 'corpus without the held-out batches'}: {len(batch)} samples, "
           f"threshold {args.threshold}")
     header = f"{'source':<16}{'n':>5}" + "".join(f"{e.name + ' P':>12}{e.name + ' R':>12}" for e in engines)
     print(header)

@@ -116,7 +116,7 @@ def test_exfiltration_links_in_answers(detector):
 def test_could_find_is_never_wrong_about_a_text_the_detector_reports(detector):
     """The proxy lets a prompt skip the workers when nothing could be found: a text the detector reports on must
     never be declared clean."""
-    for s in samples() + samples(heldout=True):
+    for s in samples() + samples(heldout=1) + samples(heldout=2):
         assert {h.entity for h in detector.detect(s["text"])} <= detector.could_find(s["text"]), s["id"]
     assert detector.could_find("See [the docs](https://docs.example/?q=" + "x" * 100 + ")") == {EXFILTRATION_LINK}
     assert not detector.could_find("Summarise the quarterly report in three bullet points, please.")
@@ -172,13 +172,15 @@ def test_precision_and_recall_on_the_corpus_stay_above_their_floors():
         assert precision >= precision_floor and recall >= recall_floor, (source, precision, recall)
 
 
-def test_the_held_out_batch_stays_above_what_it_scored_once():
+@pytest.mark.parametrize("batch,floors", [(1, (0.65, 0.2)), (2, (0.9, 0.4))])
+def test_the_held_out_batches_stay_above_what_they_scored_once(batch, floors):
     """heldout.yaml was written before the rules and scored once, after them, never tuned on (overall precision
-    0.71, recall 0.24 at 0.5: the rules fit the phrasings they were written against far better than new ones).
-    The floor guards that number from falling further; it is not a target to tune to."""
-    counts, _, _ = measure(Ours(), samples(heldout=True))
+    0.71, recall 0.24 at 0.5: the rules fit the phrasings they were written against far better than new ones);
+    heldout2.yaml was written later by someone who had not seen the rules, and scored once (0.96 and 0.44).
+    The floors guard those numbers from falling further; they are not targets to tune to."""
+    counts, _, _ = measure(Ours(), samples(heldout=batch))
     precision, recall = pr(counts["all"])
-    assert precision >= 0.65 and recall >= 0.2, (precision, recall)
+    assert precision >= floors[0] and recall >= floors[1], (precision, recall)
 
 
 def test_a_streamed_answer_loses_its_exfiltration_link_wherever_the_stream_is_cut():
