@@ -54,7 +54,7 @@ from core.offload import Deferred
 from core.rulesfile import SHIPPED_RULES
 from policy.engine import Request, answer_request, findings_matter, subject_of, wants_response_scan
 from policy.language import Policy
-from policy.ruleset import INJECTION, RECOGNIZERS, RuleSet, digests
+from policy.ruleset import ENDPOINTS, FILES, IDENTITY, INJECTION, POLICY, RECOGNIZERS, RuleSet, digests
 
 if TYPE_CHECKING:
     from dlp.pool import DlpPool
@@ -83,9 +83,13 @@ def _seconds(name: str) -> float:
     return seconds
 
 
+OTHER_FILES = {ENDPOINTS, POLICY, IDENTITY}  # rules files the DLP workers do not read
+
+
 def _dlp_digest(digests: dict[str, str]) -> tuple:
-    """What the DLP workers run of a rules folder: its recognizers and injection files."""
-    return digests.get(RECOGNIZERS), digests.get(INJECTION)
+    """What the DLP workers run of a rules folder: its recognizers and injection files, and the files the
+    injection rules may include (policy.ruleset.digests: the folder's other YAML files)."""
+    return tuple(sorted((name, d) for name, d in digests.items() if name not in OTHER_FILES))
 
 
 def recognizers_file(folder: Path) -> Path:
@@ -207,9 +211,15 @@ class Inspect:
         content = source.read_bytes()
         own = self.folder / INJECTION
         threats = (own if own.exists() else SHIPPED_RULES / INJECTION).read_bytes()
-        folder = self.snapshots / hashlib.sha256(content + b"\0" + threats).hexdigest()[:16]
+        # the files the folder's injection rules may include, beside them (else the shipped ones are read)
+        included = {f.name: f.read_bytes() for f in sorted(self.folder.glob("*.yaml"))
+                    if f.name not in FILES} if own.exists() else {}
+        key = b"\0".join([content, threats, *(n.encode() + b"\0" + b for n, b in included.items())])
+        folder = self.snapshots / hashlib.sha256(key).hexdigest()[:16]
         folder.mkdir(exist_ok=True)
         (folder / INJECTION).write_bytes(threats)
+        for name, data in included.items():
+            (folder / name).write_bytes(data)
         snapshot = folder / RECOGNIZERS
         snapshot.write_bytes(content)
         return snapshot

@@ -102,9 +102,12 @@ def check(folder: str | Path) -> list[RulesError]:
 
 
 def digests(folder: Path) -> dict[str, str]:
-    """What each present rules file holds (a sha256 prefix): tells an edit from a touch, and which is active."""
+    """What each present rules file holds (a sha256 prefix): tells an edit from a touch, and which is active. The
+    folder's other YAML files count too: injection.yaml's `include:` names files beside it (an edit of one is an
+    edit of the rules)."""
     out = {}
-    for name in FILES:
+    others = sorted(f.name for f in folder.glob("*.yaml") if f.name not in FILES) if folder.is_dir() else []
+    for name in (*FILES, *others):
         try:
             out[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()[:12]
         except OSError:

@@ -268,3 +268,34 @@ def test_workers_started_later_read_the_recognizers_the_gate_was_built_from(tmp_
     asyncio.run(go())
     assert slow.inspection == "errored"
     assert later.inspection == "inspected" and [f.entity for f in later.findings] == ["EMAIL_ADDRESS"]
+
+
+def test_the_workers_read_the_files_the_folders_injection_rules_include_and_an_edit_of_one_is_a_change(tmp_path):
+    """injection.yaml's `include:` names files beside it: the workers' snapshot has the folder's own copies (not the
+    shipped ones of the same name), and an edit of one restarts the workers as an edit of injection.yaml does."""
+    from dlp.injection import load_rules
+    from policy.ruleset import digests
+
+    from addons.inspect import _dlp_digest
+
+    text = (SHIPPED_RULES / "injection.yaml").read_text(encoding="utf-8")
+    (tmp_path / "injection.yaml").write_text(text.replace("\ninclude: []\n", "\ninclude: [injection-mine.yaml]\n"))
+    mine = tmp_path / "injection-mine.yaml"
+    mine.write_text("version: 1\nrules:\n  - id: mine.falcon\n    family: instruction_override\n    score: 0.9\n"
+                    "    pattern: 'falcon protocol seven'\n")
+    (tmp_path / "recognizers.yaml").write_text((SHIPPED_RULES / "recognizers.yaml").read_text())
+    addon = Inspect()
+    addon.folder = tmp_path
+    try:
+        snapshot = addon._snapshot(tmp_path / "recognizers.yaml")
+        assert (snapshot.parent / "injection-mine.yaml").read_text() == mine.read_text()
+        assert "mine.falcon" in {r.id for r in load_rules(snapshot.parent / "injection.yaml").rules}
+        before = _dlp_digest(digests(tmp_path))
+        mine.write_text(mine.read_text().replace("seven", "eight"))
+        assert _dlp_digest(digests(tmp_path)) != before
+        assert addon._snapshot(tmp_path / "recognizers.yaml").parent != snapshot.parent
+        after = _dlp_digest(digests(tmp_path))
+        (tmp_path / "policy.yaml").write_text("version: 1\nrules: []\n")  # not read by the workers: no restart
+        assert "policy.yaml" in digests(tmp_path) and _dlp_digest(digests(tmp_path)) == after
+    finally:
+        addon.done()
