@@ -180,22 +180,23 @@ class Inspect:
         for task in self.warming:  # a warm-up of an older rule set: superseded (it closes its pools)
             task.cancel()
         first = self.pool is None
-        if first:
-            self._use(pools, rules, gate=None)
+        if first:  # nothing scans yet: the injection rules are read here, before any scan can end
+            from dlp.injection import rules_near
+
+            self._use(pools, rules_near(str(rules)), gate=None)
             ctx.master.addons.trigger(DlpReadyHook("dlp: the workers are starting"))
         self.warming = [asyncio.get_running_loop().create_task(self._warm(pools, rules, swap=not first))]
         log.info("DLP: %d worker process(es) + %d for prompts over %d characters, recognizers from %s",
                  workers, bulk, BULK_CHARS, source)
 
-    def _use(self, pools: tuple, rules: Path, gate) -> None:
-        """Scan with these pools from now on; the ones in use until now finish what they have begun (as long as a
-        job may run) and are closed."""
-        from dlp.injection import rules_near
-
+    def _use(self, pools: tuple, threat_rules, gate) -> None:
+        """Scan with these pools from now on (`threat_rules`: the injection rules they run, whose weights score
+        their findings by source); the ones in use until now finish what they have begun (as long as a job may
+        run) and are closed."""
         retired = [p for p in (self.pool, self.bulk) if p is not None and p not in pools]
         self.pool, self.bulk = pools
         self.gate = gate
-        self.threat_rules = rules_near(str(rules))  # the workers' own: the weights of their findings by source
+        self.threat_rules = threat_rules
         if retired:
             loop = asyncio.get_running_loop()
             self.retiring = [(h, r) for h, r in self.retiring if h.when() > loop.time()]  # those closed already
@@ -244,12 +245,16 @@ class Inspect:
                     ctx.master.addons.trigger(DlpReadyHook(f"dlp: the workers cannot scan: {str(e)[:200]}"))
                 return
             gate = await self._gate(rules)
+            if swap:  # in a thread: with rule sets included (ATR) reading them takes seconds
+                from dlp.injection import rules_near
+
+                threat_rules = await asyncio.to_thread(rules_near, str(rules))
         except asyncio.CancelledError:
             if swap:
                 _close_pools(pools)
             raise
         if swap:
-            self._use(pools, rules, gate)
+            self._use(pools, threat_rules, gate)
             log.info("DLP: the new rules' workers are warm and scan from now on")
         else:
             self.gate = gate
