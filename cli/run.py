@@ -273,7 +273,7 @@ def audit_process(values: dict, sets: tuple[str, ...], ready) -> None:
 async def _ship(values: dict, sets: tuple[str, ...], ready) -> None:
     from mitmproxy import options
     from mitmproxy.exceptions import OptionsError
-    from mitmproxy.master import Master
+    from addons.dispatch import GatewayMaster
 
     from addons.admin import AdminSocket
     from addons.audit import Audit
@@ -281,7 +281,7 @@ async def _ship(values: dict, sets: tuple[str, ...], ready) -> None:
     from addons.rules import Rules
 
     opts = options.Options()
-    master = Master(opts, with_termlog=True)
+    master = GatewayMaster(opts, with_termlog=True)
     _logging("audit")
     # the rules too (not the recognizers: it scans nothing): /metrics serves the PAC file of the catalog in force
     # and /ready says whether the rules load
@@ -323,12 +323,12 @@ async def _serve(values: dict, sets: tuple[str, ...], *, name: str | None = None
     from mitmproxy import options
     from mitmproxy.exceptions import OptionsError
     from mitmproxy.addonmanager import traverse
-    from mitmproxy.master import Master
+    from addons.dispatch import GatewayMaster
 
     from addons import default_addons, proxy_addons
 
     opts = options.Options()
-    master = Master(opts, with_termlog=True)
+    master = GatewayMaster(opts, with_termlog=True)
     _logging(name)
     if name is not None:
         logging.getLogger("gateway").info("proxy process %d started", os.getpid())
