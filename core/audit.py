@@ -267,7 +267,7 @@ def _capped(text: str) -> str:
 def mask_echoed_values(completion: str, x: Exchange, findings: Sequence[FindingLike]) -> str:
     """Models repeat what they were given ("Sure, I'll email bob@x.com"): every value found in the prompt is masked
     in the stored completion too, even when no response-side scan ran."""
-    if not completion:
+    if not completion or not findings:
         return completion
     parts = x.request_parts()
     values: dict[str, str] = {}
