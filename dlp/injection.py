@@ -398,7 +398,7 @@ class Detector:
             out.add(EXFILTRATION_LINK)
         if PROMPT_INJECTION not in out and runs:
             for m, decode in _encoded_runs(text, starts):
-                decoded = decode(m.group()[:DECODE_MAX])
+                decoded = decode(m.group())
                 if decoded and set(self._candidates(decoded)) - {len(self.rules.rules)}:
                     out.add(PROMPT_INJECTION)
                     break
@@ -485,16 +485,14 @@ class Detector:
     def _encoded(self, text: str, starts: list[int]) -> list[Hit]:
         """Encodings dlp.normalize does not undo, or undoes once: `\\u` escapes, base32, base64 inside base64 (the
         scanner's decoded view comes here too). Each decoded text is scanned for phrases; a hit covers
-        the encoded run. Bounded: DECODE_TRIES runs of at most DECODE_MAX characters per text."""
+        the encoded run. Every run, whole: a budget of runs or characters would let junk runs before a payload, or
+        junk inside one, hide it. The runs do not overlap (each starts after a character that cannot be in one), so
+        all of them hold no more characters than the text, and decoding them costs what reading it does."""
         out: list[Hit] = []
         if "\\u" not in text and not starts:
             return out  # no run that may be encoded (the pass says so at C speed, a regex would not)
-        tries = 0
         for m, decode in _encoded_runs(text, starts):
-            if tries >= DECODE_TRIES:
-                return out
-            tries += 1
-            decoded = decode(m.group()[:DECODE_MAX])
+            decoded = decode(m.group())
             if decoded:
                 out.extend(Hit(PROMPT_INJECTION, m.start(), m.end(), h.score, h.rule, h.stage)
                            for h in _first(self._phrases(decoded)))
@@ -549,9 +547,6 @@ def _compiled(sources: list[bytes], flags: list[int]):
         except OSError:
             pass  # no cache: the next process compiles again
     return db
-
-
-DECODE_MAX, DECODE_TRIES = 4096, 16
 
 
 def _printable(raw: bytes) -> str | None:
