@@ -51,8 +51,6 @@ SAME = "same"
 MARGIN = 256  # characters of original kept around a change: context words and word boundaries stay in view
 SNAP = 64  # a window edge moves to whitespace within this many characters
 DECODE_MIN, DECODE_MAX = 16, 4096  # encoded run lengths worth decoding
-DECODE_TRIES = 256  # runs tried per text (each is one C-speed decode)
-DECODED_VIEWS = 16  # decoded views kept per text
 CARD_DIGITS = range(13, 20)  # a digit run with separators is joined only when it is as long as a card number
 
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
@@ -411,16 +409,24 @@ def _digit_runs(s: str, starts: list[int] | None) -> list[Edit]:
 # --- decoded spans -----------------------------------------------------------------------------------------------
 
 def _decoded(text: str, starts: list[int] | None) -> list[View]:
-    """Base64 (standard or URL-safe) and hex runs that decode to printable UTF-8, each as a view of its own."""
-    views: list[View] = []
-    for tries, m in enumerate(_at(text, starts, _ENCODED, _ENCODED_CHARS)):
-        if tries >= DECODE_TRIES or len(views) >= DECODED_VIEWS:
-            break
+    """Base64 (standard or URL-safe) and hex runs that decode to printable UTF-8, all in one view, a newline
+    between two. Every run: a budget of runs or views would let harmless encoded text before a value hide it. The
+    runs do not overlap, so the view is never longer than the text, and one view costs one scan however many
+    runs there are."""
+    pieces: list[str] = []
+    origin_starts: list[int] = []
+    origin_ends: list[int] = []
+    for m in _at(text, starts, _ENCODED, _ENCODED_CHARS):
         decoded = _decode(m.group())
         if decoded:
-            n = len(decoded)
-            views.append(View(decoded, [m.start()] * n, [m.end()] * n))
-    return views
+            if pieces:  # the newline belongs to the run before it
+                pieces.append("\n")
+                origin_starts.append(origin_starts[-1])
+                origin_ends.append(origin_ends[-1])
+            pieces.append(decoded)
+            origin_starts.extend([m.start()] * len(decoded))
+            origin_ends.extend([m.end()] * len(decoded))
+    return [View("".join(pieces), origin_starts, origin_ends)] if pieces else []
 
 
 def _decode(run: str) -> str | None:

@@ -74,6 +74,17 @@ def test_an_obfuscated_value_is_found_on_its_original_characters(scanner, entity
     assert entity in scanner.could_find(text)  # the proxy's gate must not declare it clean
 
 
+def test_a_flood_of_encoded_runs_does_not_hide_a_value(scanner):
+    """Every run is decoded: before, 16 decoded views (or 256 runs tried) per text were kept, so harmless base64
+    sentences before the encoded key hid it, and the proxy's gate called the text clean."""
+    harmless = " ".join(base64.b64encode(f"note {i}: the build passed on the first try".encode()).decode()
+                        for i in range(300))
+    value = base64.b64encode(f"aws_access_key_id = {AWS}".encode()).decode()
+    text = f"logs: {harmless} key: {value}"
+    assert ("AWS_ACCESS_KEY", value) in [(f.entity, text[f.start:f.end]) for f in scanner.scan(text)]
+    assert "AWS_ACCESS_KEY" in scanner.could_find(text)
+
+
 @pytest.mark.parametrize("entity, value", CASES[:6], ids=[f"{e}-{i}" for i, (e, _) in enumerate(CASES[:6])])
 def test_redaction_rewrites_the_whole_obfuscated_value(scanner, entity, value):
     text = f"please use {value} for this"
