@@ -29,7 +29,7 @@ from policy import enforcement
 from core.interaction import KEY, Interaction
 from core.mediatypes import STREAM_TYPES
 from core.offload import OFFLOAD_CHARS, off_loop
-from providers.base import ResponseParser
+from providers.base import ResponseParser, folded_headers
 from providers.encoding import MAX_DECODED_BYTES, CompressionBomb, Decoder, EncodingError, decode, encodings
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Extract:
         it.request_bytes = len(body)
         coding = flow.request.headers.get("content-encoding")
         limit = ctx.options.gateway_max_decoded_bytes
-        req = (flow.request.method, it.host, flow.request.path, dict(flow.request.headers))
+        req = (flow.request.method, it.host, flow.request.path, folded_headers(flow.request.headers.fields))
         decoded = _decode_small(body, coding, limit)
         if decoded is None:  # it may expand to the cap: decode it off the loop whatever its size on the wire
             decoded = await off_loop(limit, _decode, body, coding, limit)

@@ -27,6 +27,7 @@ from mitmproxy import ctx, http
 from addons.hooks import AiTurnHook
 from core.audit import new_event_id
 from core.interaction import KEY, Interaction, Stages
+from providers.base import folded_headers
 from providers.websocket import Turn, conversation_for
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class WebSocketAudit:
         if not turns:
             return
         it: Interaction = flow.metadata[KEY]
-        headers = dict(flow.request.headers)  # of the upgrade request: what header conditions of rules see
+        headers = folded_headers(flow.request.headers.fields)  # of the upgrade request: what header conditions of rules see
         for turn in turns:
             event = dataclasses.replace(it, exchange=turn.exchange, source="websocket", status=101,
                                         request_bytes=turn.request_bytes, response_bytes=turn.response_bytes,

@@ -12,7 +12,7 @@ Parsers never raise on hostile input: they record what they could not understand
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -48,6 +48,22 @@ class HttpRequest:
     @property
     def content_type(self) -> str:
         return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def folded_headers(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """What `dict(headers)` of mitmproxy's Headers gives (each name under its first spelling, its values joined by
+    ", "), in one pass over the raw fields: mitmproxy's looks every name up again across all the fields, about
+    50 us for a dozen headers, on every request."""
+    names: dict[bytes, str] = {}
+    values: dict[bytes, list[str]] = {}
+    for name, value in fields:
+        key = name.lower()
+        text = value.decode("utf-8", "surrogateescape")
+        if key in values:
+            values[key].append(text)
+        else:
+            names[key], values[key] = name.decode("utf-8", "surrogateescape"), [text]
+    return {names[key]: ", ".join(v) for key, v in values.items()}
 
 
 class BodyError(ValueError):

@@ -113,3 +113,18 @@ def test_multipart_fields_are_all_read():
     p = parse(body, path="/v1/unknown-upload", content_type="multipart/form-data; boundary=zz")
     texts = [t.text for t in p.exchange.request_parts()]
     assert KEY in texts and "second" in texts and p.exchange.read
+
+
+@pytest.mark.parametrize("fields", [
+    [(b"Host", b"api.openai.com"), (b"Content-Type", b"application/json"), (b"accept", b"text/html"),
+     (b"ACCEPT", b"application/json"), (b"X-\xff", b"\xfe\xc3 not UTF-8"), (b"Accept-Encoding", b"gzip")],
+    [(b"A", b"1"), (b"a", b""), (b"A", b"3")],
+    [],
+], ids=["repeated names in three spellings, bytes that are not UTF-8", "empty values", "none"])
+def test_folded_headers_are_what_mitmproxy_headers_give(fields):
+    from mitmproxy.http import Headers
+
+    from providers.base import folded_headers
+
+    headers = Headers(fields)
+    assert list(folded_headers(headers.fields).items()) == list(dict(headers).items())
