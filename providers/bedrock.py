@@ -14,7 +14,9 @@ prefix such as `us.` or an ARN), with the body's shape as the fallback:
   mistral.*      [UNCONFIRMED]  `prompt` → `outputs[].text`, or OpenAI-style `messages` → `choices` (whose stream
                                 chunks may carry a `message` rather than a `delta`, and name `stop_reason`)
   cohere.*       [UNCONFIRMED]  Cohere v1 chat (providers/cohere.py) and Cohere embeddings
-  others (openai.gpt-oss, ai21, deepseek, qwen ...) [UNCONFIRMED]: OpenAI-style `messages` → `choices`
+  openai.gpt-oss* [DOC]         OpenAI chat body → a chat completion object; stream chunks are chat.completion.chunk
+                                objects [UNCONFIRMED]
+  others (ai21, deepseek, qwen ...) [UNCONFIRMED]: OpenAI-style `messages` → `choices`
 """
 
 from __future__ import annotations

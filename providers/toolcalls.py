@@ -10,18 +10,21 @@ a text block instead of the toolUse block, `stopReason: end_turn`; Mistral conve
 instead of the `function.call` entry; Cohere v2: text content instead of the call, `finish_reason: COMPLETE`;
 Cohere v1: the answer's text, the call gone from `tool_calls` and from the chat history it returns; Ollama: message
 content). The finish reason says "tool calls" only while an allowed call is left. Bedrock's InvokeModel answers in
-its model vendor's own shapes, read as theirs: Claude's (Anthropic), Command R's (Cohere v1) and Mistral Large's
-(chat choices), in a JSON answer and in the chunk frames of its stream.
+its model vendor's own shapes, read as theirs: Claude's (Anthropic), Command R's (Cohere v1), Mistral Large's (chat
+choices), Amazon Nova's (Converse's: its JSON answer [DOC], its stream's chunks each one ConverseStream event keyed by
+its name [DOC], the tool-use events in them as ConverseStream's [UNCONFIRMED]) and gpt-oss's (OpenAI chat: its JSON
+answer a chat completion object [DOC], its stream's chunks chat.completion.chunk objects [UNCONFIRMED]), in a JSON
+answer and in the chunk frames of its stream.
 
 Streams are not held back: an event that is not part of a tool call goes on as soon as it is complete (an SSE event,
 an NDJSON line or an AWS event-stream frame is the smallest unit a client reads anyway). Only the events of a tool
 call are held, until the call is complete (OpenAI chat and Mistral conversations: its arguments' JSON closed;
-Responses: its `output_item.done`; Anthropic, Claude on Bedrock's InvokeModel stream and Converse: its block's
-stop; Cohere v2: its `tool-call-end`; Cohere v1: its `tool-calls-generation`; Gemini and Ollama send a call whole
-in one event). Then they go on unchanged when the call is allowed, or refusal events take their place. A call that
-never completes before the stream ends, or while the events held (of all the calls held at once) outgrow
-`max_call_bytes`, is refused too: nothing is held without bound, and what could not be judged does not reach the
-agent.
+Responses: its `output_item.done`; Anthropic, Claude on Bedrock's InvokeModel stream, Converse and Nova's InvokeModel
+stream: its block's stop; Cohere v2: its `tool-call-end`; Cohere v1: its `tool-calls-generation`; Gemini and Ollama
+send a call whole in one event). Then they go on unchanged when the call is allowed, or refusal events take their
+place. A call that never completes before the stream ends, or while the events held (of all the calls held at once)
+outgrow `max_call_bytes`, is refused too: nothing is held without bound, and what could not be judged does not reach
+the agent.
 
 `judge(call) -> refusal text | None` is the policy's (addons/toolcalls.py); everything here is pure: no mitmproxy.
 """
@@ -51,6 +54,8 @@ CHAT, RESPONSES, ANTHROPIC, GEMINI, CONVERSE = "openai-chat", "openai-responses"
 BEDROCK_ANTHROPIC = "bedrock-anthropic"  # Claude's own Messages bodies through Bedrock's InvokeModel
 BEDROCK_COHERE = "bedrock-cohere"  # Command R's Cohere v1 chat bodies through InvokeModel
 BEDROCK_MISTRAL = "bedrock-mistral"  # Mistral Large's chat-shaped bodies through InvokeModel
+BEDROCK_NOVA = "bedrock-nova"  # Amazon Nova's Converse-shaped bodies through InvokeModel
+BEDROCK_OPENAI = "bedrock-openai"  # gpt-oss's OpenAI chat bodies through InvokeModel
 MISTRAL_CONVERSATIONS, COHERE, COHERE_V1, OLLAMA = "mistral-conversations", "cohere-v2", "cohere-v1", "ollama"
 INCOMPLETE = "did not complete"
 OVERSIZED = "grew past the cap"
@@ -63,15 +68,23 @@ _FORMATS = {("openai", "chat.completions"): CHAT, ("vertex", "chat.completions")
             ("cohere", "v2.chat"): COHERE, ("cohere", "v1.chat"): COHERE_V1, ("ollama", "chat"): OLLAMA}
 
 
-_BEDROCK_VENDORS = {"anthropic": BEDROCK_ANTHROPIC, "cohere": BEDROCK_COHERE, "mistral": BEDROCK_MISTRAL}
+_BEDROCK_VENDORS = {"anthropic": BEDROCK_ANTHROPIC, "cohere": BEDROCK_COHERE, "mistral": BEDROCK_MISTRAL,
+                    "nova": BEDROCK_NOVA}
+# by the model id's own prefix: vendor_of's "openai" is also what it says of every id it does not know (DeepSeek,
+# Qwen, a provisioned model's ARN), whose answers are not read here
+_BEDROCK_MODELS = (("openai.gpt-oss", BEDROCK_OPENAI),)
 
 
 def format_of(provider: str | None, operation: str, model: str = "") -> str | None:
     """The answer format whose tool calls this module reads, for the parser that understood the request (and the
     model it names: Bedrock's InvokeModel answers in the model vendor's own format). None for answers whose calls
-    are not judged: Bedrock's other vendors (and a model id that names none, such as a provisioned model's ARN),
-    and operations that take no tools."""
+    are not judged: Bedrock's other vendors (Titan, Llama, the other OpenAI-style models, and a model id that names
+    none, such as a provisioned model's ARN), and operations that take no tools."""
     if provider == "bedrock" and operation == "invoke":
+        base = bedrock.base_model(model)
+        for prefix, fmt in _BEDROCK_MODELS:
+            if base.startswith(prefix):
+                return fmt
         return _BEDROCK_VENDORS.get(bedrock.vendor_of(model, None))
     return _FORMATS.get((provider, operation))
 
@@ -314,7 +327,8 @@ def _bedrock_mistral_body(data: dict, judge: Judge) -> bool:
 
 _BODIES = {CHAT: _chat_body, RESPONSES: _responses_body, ANTHROPIC: _anthropic_body, GEMINI: _gemini_body,
            CONVERSE: _converse_body, BEDROCK_ANTHROPIC: _anthropic_body, BEDROCK_COHERE: _cohere_v1_body,
-           BEDROCK_MISTRAL: _bedrock_mistral_body, MISTRAL_CONVERSATIONS: _mistral_body, COHERE: _cohere_body,
+           BEDROCK_MISTRAL: _bedrock_mistral_body, BEDROCK_NOVA: _converse_body, BEDROCK_OPENAI: _chat_body,
+           MISTRAL_CONVERSATIONS: _mistral_body, COHERE: _cohere_body,
            COHERE_V1: _cohere_v1_body, OLLAMA: _ollama_body}
 
 
@@ -550,6 +564,7 @@ class ChatGuard(SseGuard):
     """OpenAI chat completions (`choices[].delta.tool_calls[]` by index, `finish_reason`, `[DONE]`)."""
 
     marker = (b"tool_calls", b"function_call")
+    KEPT = ("usage",)  # what a finish event rewritten keeps beside its choices
     LEGACY = -1  # the call index of a legacy `delta.function_call` (one per choice, no index of its own)
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
@@ -672,7 +687,7 @@ class ChatGuard(SseGuard):
                 continue
             reason = "stop" if c in stale else c["finish_reason"]
             choices.append({"index": c.get("index", 0), "delta": {}, "finish_reason": reason})
-        extra = {"usage": data["usage"]} if raw is not None and "usage" in data else {}
+        extra = {k: data[k] for k in self.KEPT if k in data} if raw is not None else {}
         return self.sse({**self.template, "choices": choices, **extra})
 
     def end(self) -> bytes:
@@ -682,9 +697,9 @@ class ChatGuard(SseGuard):
 
 class _BlockCalls:
     """What the formats that stream a call as a block of its own share (its start, its pieces, its stop, by
-    index: Anthropic, Responses, Converse, Cohere v2 and v1, Mistral conversations): the block's events are held from its start to its stop, then released
-    or replaced (`_release`, the format's). Everything held at once counts against the cap: past it, every call
-    held is refused and the rest of its events are dropped."""
+    index: Anthropic, Responses, Converse and Nova, Cohere v2 and v1, Mistral conversations): the block's events are
+    held from its start to its stop, then released or replaced (`_release`, the format's). Everything held at once
+    counts against the cap: past it, every call held is refused and the rest of its events are dropped."""
 
     def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
         super().__init__(judge, max_call_bytes)
@@ -1083,7 +1098,8 @@ class _EventStreamFraming:
 class ConverseGuard(_EventStreamFraming, _BlockCalls, StreamGuard):
     """Bedrock ConverseStream: a toolUse block's frames (`contentBlockStart` with `start.toolUse`, its
     `contentBlockDelta`s, its `contentBlockStop`) are held; a refused one becomes a text delta and a stop at the
-    same block index, and `messageStop` says `end_turn` when no call is left."""
+    same block index, and `messageStop` says `end_turn` when no call is left. The events' logic (`_event`) is
+    apart from their framing: each frame the guard writes goes through `_write`, so Nova's chunks share it."""
 
     EVENTS = ("contentBlockStart", "contentBlockDelta", "contentBlockStop", "messageStop")
 
@@ -1094,8 +1110,11 @@ class ConverseGuard(_EventStreamFraming, _BlockCalls, StreamGuard):
         data = self._loads(message.payload)
         if self.broken:
             return b""
-        if not isinstance(data, dict):
-            return raw
+        return self._event(raw, kind, data) if isinstance(data, dict) else raw
+
+    def _event(self, raw: bytes, kind: str, data: dict) -> bytes:
+        """One ConverseStream event: its name `kind`, its payload `data`, `raw` what carried it (passed on as it is
+        when nothing changes)."""
         index = data.get("contentBlockIndex")
         if kind == "contentBlockStart" and isinstance((data.get("start") or {}).get("toolUse"), dict):
             tu = data["start"]["toolUse"]
@@ -1103,18 +1122,23 @@ class ConverseGuard(_EventStreamFraming, _BlockCalls, StreamGuard):
         if kind in ("contentBlockDelta", "contentBlockStop") and self._dropping(index, kind == "contentBlockStop"):
             return b""
         if kind == "contentBlockDelta" and index in self.pending:
-            self.pending[index].arguments += str(((data.get("delta") or {}).get("toolUse") or {}).get("input") or "")
+            self.pending[index].arguments += _arguments_piece(((data.get("delta") or {}).get("toolUse") or {})
+                                                              .get("input"))
             return self._add(index, raw)
         if kind == "contentBlockStop" and index in self.pending:
             return self._close(index, raw)
         if kind == "messageStop":
             return self._ended(raw, data, data, "stopReason", ("tool_use", "end_turn"),
-                               lambda d: _converse_frame(kind, d))
+                               lambda d: self._write(kind, d))
         return raw
 
     def _release(self, index: Any, held: _Held, text: str) -> bytes:
-        return (_converse_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": {"text": text}})
-                + _converse_frame("contentBlockStop", {"contentBlockIndex": index}))
+        return (self._write("contentBlockDelta", {"contentBlockIndex": index, "delta": {"text": text}})
+                + self._write("contentBlockStop", {"contentBlockIndex": index}))
+
+    def _write(self, kind: str, payload: dict) -> bytes:
+        """A frame the guard writes: the event `kind` with its payload (ConverseStream: a frame of that type)."""
+        return _converse_frame(kind, payload)
 
 
 class _ChunkFrames(_EventStreamFraming):
@@ -1154,11 +1178,42 @@ class BedrockCohereGuard(_ChunkFrames, CohereV1Guard):
     does."""
 
 
+class BedrockNovaGuard(_ChunkFrames, ConverseGuard):
+    """Amazon Nova on Bedrock's InvokeModelWithResponseStream: each chunk's object is one ConverseStream event keyed by
+    its name (`{"contentBlockDelta": {...}}`) [DOC], its tool-use events read as ConverseStream's [UNCONFIRMED];
+    guarded as ConverseGuard does, and what that writes goes out as chunks of the same shape. A chunk rewritten (its
+    `messageStop`) keeps what else it carries (the invocation metrics); one that carries two of the events a call
+    is made of is not read (where would a refusal go?): the stream stops there, as for an unreadable frame."""
+
+    marker = tuple(kind.encode() for kind in ConverseGuard.EVENTS)
+
+    def __init__(self, judge: Judge, max_call_bytes: int = MAX_CALL_BYTES):
+        super().__init__(judge, max_call_bytes)
+        self.chunk: dict = {}  # the chunk's object being read
+
+    def event(self, raw: bytes, name: str, data: dict) -> bytes:
+        kinds = [k for k in data if k in self.EVENTS]
+        if len(kinds) > 1:
+            self.broken = "a chunk that carries more than one event of a tool call"
+            return b""
+        payload = data[kinds[0]] if kinds else None
+        if not isinstance(payload, dict):
+            return raw
+        self.chunk = data
+        return self._event(raw, kinds[0], payload)
+
+    def _write(self, kind: str, payload: dict) -> bytes:
+        kept = {k: v for k, v in self.chunk.items() if k != kind} if self.chunk.get(kind) is payload else {}
+        return self.sse({kind: payload, **kept})
+
+
 class BedrockMistralGuard(_ChunkFrames, ChatGuard):
     """Mistral Large on Bedrock's InvokeModelWithResponseStream [UNCONFIRMED]: chat-shaped chunks whose choices
     carry a `message` with its calls whole (not OpenAI's `delta` pieces) and a `stop_reason`. Such a chunk is judged
     at once, as a JSON answer is; a later one whose finish reason still says `tool_calls` for a choice that has no
     call left says `stop`. A chunk of `delta` pieces is guarded as OpenAI chat's."""
+
+    KEPT = ("usage", "amazon-bedrock-invocationMetrics")
 
     def event(self, raw: bytes, name: str, data: dict) -> bytes:
         choices = [c for c in data.get("choices") or [] if isinstance(c, dict)]
@@ -1173,6 +1228,12 @@ class BedrockMistralGuard(_ChunkFrames, ChatGuard):
             if self.refusals[ci] and not self.allowed[ci]:
                 changed = _stopped(c, BEDROCK_MISTRAL_FINISHES) or changed
         return self.sse(data) if changed else raw
+
+
+class BedrockOpenAIGuard(BedrockMistralGuard):
+    """gpt-oss on Bedrock's InvokeModelWithResponseStream [UNCONFIRMED]: OpenAI's chat.completion.chunk objects, one
+    a chunk (`delta` pieces by call index, `finish_reason`), guarded as OpenAI chat's; a chunk that carries a whole
+    `message` instead is judged at once, as Mistral Large's are."""
 
 
 def _calls_in(choice: dict) -> int:
@@ -1192,7 +1253,8 @@ def _converse_frame(event_type: str, payload: dict) -> bytes:
 GUARDS: dict[str, type[StreamGuard]] = {CHAT: ChatGuard, RESPONSES: ResponsesGuard, ANTHROPIC: AnthropicGuard,
                                         GEMINI: GeminiGuard, CONVERSE: ConverseGuard,
                                         BEDROCK_ANTHROPIC: BedrockAnthropicGuard, BEDROCK_COHERE: BedrockCohereGuard,
-                                        BEDROCK_MISTRAL: BedrockMistralGuard,
+                                        BEDROCK_MISTRAL: BedrockMistralGuard, BEDROCK_NOVA: BedrockNovaGuard,
+                                        BEDROCK_OPENAI: BedrockOpenAIGuard,
                                         MISTRAL_CONVERSATIONS: MistralConversationGuard, COHERE: CohereGuard,
                                         COHERE_V1: CohereV1Guard, OLLAMA: OllamaGuard}
 

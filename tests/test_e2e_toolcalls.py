@@ -505,19 +505,56 @@ def test_google_genai_and_boto3_converse_json_answers(gateway, upstream, bedrock
         assert block["toolUse"]["input"] == LS and converse["stopReason"] == "tool_use"
 
 
-# Command R and Mistral Large through InvokeModel answer in their vendors' own shapes: Cohere v1 chat, chat choices
-BEDROCK_VENDORS = {"cohere": "cohere.command-r-plus-v1:0", "mistral": "mistral.mistral-large-2407-v1:0"}
+# Command R, Mistral Large, Nova and gpt-oss through InvokeModel answer in their vendors' own shapes: Cohere v1 chat,
+# chat choices (Mistral's named `stop_reason`), Converse's, OpenAI chat's
+BEDROCK_VENDORS = {"cohere": "cohere.command-r-plus-v1:0", "mistral": "mistral.mistral-large-2407-v1:0",
+                   "nova": "us.amazon.nova-pro-v1:0", "openai": "openai.gpt-oss-120b-1:0"}
+METRICS = {"amazon-bedrock-invocationMetrics": {"inputTokenCount": 3, "outputTokenCount": 3}}
 
 
 def bedrock_vendor_request(vendor: str, marker: str) -> dict:
     if vendor == "cohere":
         return {"message": f"{marker} clean", "tools": [
             {"name": "run_command", "parameter_definitions": {"command": {"type": "str"}}}]}
+    if vendor == "nova":
+        return {"messages": [{"role": "user", "content": [{"text": f"{marker} clean"}]}],
+                "toolConfig": CONVERSE_TOOLS, "inferenceConfig": {"maxTokens": 50}}
     return {"messages": [{"role": "user", "content": f"{marker} clean"}], "tools": [FUNCTION]}
+
+
+def bedrock_vendor_text(vendor: str) -> dict:
+    """The stream object of the text before the call."""
+    if vendor == "cohere":
+        return {"is_finished": False, "event_type": "text-generation", "text": "On it."}
+    if vendor == "nova":
+        return {"contentBlockDelta": {"contentBlockIndex": 0, "delta": {"text": "On it."}}}
+    if vendor == "openai":
+        return gpt_oss_chunk({"role": "assistant", "content": "On it."})
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": "On it."}, "stop_reason": None}]}
+
+
+def gpt_oss_chunk(delta: dict, finish: str | None = None, **more) -> dict:
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": BEDROCK_VENDORS["openai"],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **more}
 
 
 def bedrock_vendor_call(vendor: str, args: dict) -> list[dict]:
     """The stream objects of one call (each in a chunk frame); the last one is the answer's end."""
+    text = json.dumps(args)
+    if vendor == "nova":  # each object one ConverseStream event, keyed by its name
+        return [{"contentBlockStop": {"contentBlockIndex": 0}},
+                {"contentBlockStart": {"contentBlockIndex": 1, "start": {"toolUse": {
+                    "toolUseId": "tu_1", "name": "run_command"}}}},
+                *[{"contentBlockDelta": {"contentBlockIndex": 1, "delta": {"toolUse": {"input": text[i:i + 6]}}}}
+                  for i in range(0, len(text), 6)],
+                {"contentBlockStop": {"contentBlockIndex": 1}}, {"messageStop": {"stopReason": "tool_use"}},
+                {"metadata": {"usage": {"inputTokens": 3, "outputTokens": 3}}, **METRICS}]
+    if vendor == "openai":  # the call's arguments in pieces, as OpenAI chat streams them
+        return [gpt_oss_chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {
+                    "name": "run_command", "arguments": ""}}]}),
+                *[gpt_oss_chunk({"tool_calls": [{"index": 0, "function": {"arguments": text[i:i + 6]}}]})
+                  for i in range(0, len(text), 6)],
+                gpt_oss_chunk({}, "tool_calls", **METRICS)]
     if vendor == "cohere":
         return [{"is_finished": False, "event_type": "tool-calls-chunk",
                  "tool_call_delta": {"index": 0, "name": "run_command"}},
@@ -530,7 +567,7 @@ def bedrock_vendor_call(vendor: str, args: dict) -> list[dict]:
     return [{"choices": [{"index": 0, "message": bedrock_vendor_answer(vendor, args)["choices"][0]["message"],
                           "stop_reason": None}]},
             {"choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "stop_reason": "tool_calls"}],
-             "amazon-bedrock-invocationMetrics": {"inputTokenCount": 3, "outputTokenCount": 3}}]
+             **METRICS}]
 
 
 def bedrock_vendor_answer(vendor: str, args: dict) -> dict:
@@ -539,30 +576,44 @@ def bedrock_vendor_answer(vendor: str, args: dict) -> dict:
         return {"response_id": "r1", "generation_id": "g1", "text": "On it.", "finish_reason": "COMPLETE",
                 "tool_calls": calls, "chat_history": [{"role": "USER", "message": "clean"},
                                                       {"role": "CHATBOT", "message": "On it.", "tool_calls": calls}]}
+    if vendor == "nova":
+        return {"output": {"message": {"role": "assistant", "content": [
+            {"text": "On it."}, {"toolUse": {"toolUseId": "tu_1", "name": "run_command", "input": args}}]}},
+            "stopReason": "tool_use", "usage": {"inputTokens": 3, "outputTokens": 3, "totalTokens": 6}}
+    if vendor == "openai":
+        return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": BEDROCK_VENDORS[vendor],
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                    "role": "assistant", "content": "On it.", "tool_calls": [{
+                        "id": "call_1", "type": "function", "function": {
+                            "name": "run_command", "arguments": json.dumps(args)}}]}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}
     return {"choices": [{"index": 0, "stop_reason": "tool_calls", "message": {
         "role": "assistant", "content": "On it.", "tool_calls": [{"id": "call_1", "type": "function", "function": {
             "name": "run_command", "arguments": json.dumps(args)}}]}}]}
 
 
 def assert_bedrock_vendor_answer(vendor: str, answer: dict, args: dict, refused: bool) -> None:
-    """Cohere: the call gone from `tool_calls` and the history, its refusal in the text; Mistral: in the message's
-    content, `stop_reason: stop`."""
-    said = answer["text"] if vendor == "cohere" else answer["choices"][0]["message"]["content"]
+    """Cohere: the call gone from `tool_calls` and the history, its refusal in the text; Mistral and gpt-oss: in the
+    message's content, the finish reason `stop`; Nova: a text block instead of the toolUse one, `end_turn`."""
+    said = (answer["text"] if vendor == "cohere" else json.dumps(answer["output"]) if vendor == "nova"
+            else answer["choices"][0]["message"]["content"])
     if refused:
         assert "refused the call of the tool 'run_command'" in said and "rm  -rf" not in json.dumps(answer)
         if vendor == "cohere":
             assert "tool_calls" not in answer and "tool_calls" not in answer["chat_history"][-1]
+        elif vendor == "nova":
+            assert [list(b) for b in answer["output"]["message"]["content"]] == [["text"], ["text"]]
+            assert answer["stopReason"] == "end_turn"
         else:
             assert "tool_calls" not in answer["choices"][0]["message"]
-            assert answer["choices"][0]["stop_reason"] == "stop"
+            assert answer["choices"][0]["stop_reason" if vendor == "mistral" else "finish_reason"] == "stop"
     else:
         assert answer == bedrock_vendor_answer(vendor, args)
 
 
 @pytest.mark.parametrize("vendor", list(BEDROCK_VENDORS))
 @pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
-def test_boto3_invoke_model_command_r_and_mistral_large_tool_calls(gateway, upstream, bedrock, marker, vendor, args,
-                                                                    refused):
+def test_boto3_invoke_model_each_vendors_own_tool_calls(gateway, upstream, bedrock, marker, vendor, args, refused):
     model = BEDROCK_VENDORS[vendor].replace(":", "%3A")
     upstream.route(f"/model/{model}/invoke", lambda rec: Reply(body=json.dumps(
         bedrock_vendor_answer(vendor, args)).encode()))
@@ -575,11 +626,9 @@ def test_boto3_invoke_model_command_r_and_mistral_large_tool_calls(gateway, upst
 
 @pytest.mark.parametrize("vendor", list(BEDROCK_VENDORS))
 @pytest.mark.parametrize("args,refused", [(RM, True), (LS, False)])
-def test_boto3_invoke_model_with_response_stream_command_r_and_mistral_large(gateway, upstream, bedrock, marker,
-                                                                              vendor, args, refused):
-    said_first = {"role": "assistant", "content": "On it."}
-    text = ({"is_finished": False, "event_type": "text-generation", "text": "On it."} if vendor == "cohere"
-            else {"choices": [{"index": 0, "message": said_first, "stop_reason": None}]})
+def test_boto3_invoke_model_with_response_stream_each_vendors_own_tool_calls(gateway, upstream, bedrock, marker,
+                                                                             vendor, args, refused):
+    text = bedrock_vendor_text(vendor)
     gate = threading.Event()
     upstream.route(f"/model/{BEDROCK_VENDORS[vendor].replace(':', '%3A')}/invoke-with-response-stream",
                    lambda rec: Reply(content_type="application/vnd.amazon.eventstream", chunks=held_back(
@@ -598,8 +647,15 @@ def test_boto3_invoke_model_with_response_stream_command_r_and_mistral_large(gat
         assert "refused the call of the tool 'run_command'" in said and "rm  -rf" not in said
         if vendor == "cohere":
             assert_bedrock_vendor_answer(vendor, objects[-1]["response"], args, refused)
+        elif vendor == "nova":
+            assert not any("toolUse" in o.get("contentBlockStart", {}).get("start", {}) for o in objects)
+            assert [o["messageStop"]["stopReason"] for o in objects if "messageStop" in o] == ["end_turn"]
         else:
-            assert [c["stop_reason"] for o in objects for c in o["choices"] if c["stop_reason"]] == ["stop"]
+            finish = "stop_reason" if vendor == "mistral" else "finish_reason"
+            assert [c[finish] for o in objects for c in o["choices"] if c.get(finish)] == ["stop"]
+            assert not any(c.get("delta", {}).get("tool_calls") for o in objects for c in o["choices"])
+        if vendor != "cohere":  # a chunk rewritten keeps Bedrock's token counts
+            assert {k: objects[-1][k] for k in METRICS} == METRICS
         assert_refused(refusal_event(gateway, marker))
     else:
         assert objects == [text, *bedrock_vendor_call(vendor, args)]
@@ -917,11 +973,11 @@ def test_a_stream_in_a_framing_the_guard_does_not_read_is_replaced_by_an_error(g
 
 
 def test_a_model_whose_answers_the_guard_does_not_read_is_audited_as_not_checked(gateway, upstream, bedrock, marker):
-    """gpt-oss on Bedrock's InvokeModel, offered a tool while a tool rule is in force: its answer's calls are not
-    judged (the guard reads no such answers yet), and the audit says so instead of implying they were."""
-    model = "openai.gpt-oss-120b-1:0"
+    """Llama on Bedrock's InvokeModel, offered a tool while a tool rule is in force: its answer (a `generation` text,
+    no structure for calls) is not read for calls, and the audit says so instead of implying they were judged."""
+    model = "meta.llama3-3-70b-instruct-v1:0"
     upstream.route(f"/model/{model.replace(':', '%3A')}/invoke", lambda rec: Reply(body=json.dumps(
-        {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}
+        {"generation": "ok", "prompt_token_count": 3, "generation_token_count": 1, "stop_reason": "stop"}
     ).encode()))
     bedrock.invoke_model(modelId=model, body=json.dumps({"messages": [{"role": "user", "content": f"{marker} run"}],
                                                          "tools": [FUNCTION]}))

@@ -59,6 +59,11 @@ REQUESTS = {
         {"name": "run", "parameter_definitions": {"command": {"type": "str"}}}]}),
     toolcalls.BEDROCK_MISTRAL: ("/model/mistral.mistral-large-2407-v1:0/invoke", {
         "messages": [{"role": "user", "content": "go"}], "tools": [FUNCTION]}),
+    toolcalls.BEDROCK_NOVA: ("/model/us.amazon.nova-pro-v1:0/invoke", {
+        "messages": [{"role": "user", "content": [{"text": "go"}]}],
+        "toolConfig": {"tools": [{"toolSpec": {"name": "run"}}]}}),
+    toolcalls.BEDROCK_OPENAI: ("/model/openai.gpt-oss-120b-1:0/invoke", {
+        "messages": [{"role": "user", "content": "go"}], "tools": [FUNCTION]}),
     toolcalls.MISTRAL_CONVERSATIONS: ("/v1/conversations", {"model": "mistral-medium-latest", "inputs": "go",
                                                             "tools": [FUNCTION]}),
     toolcalls.COHERE: ("/v2/chat", {"model": "command-a-03-2025", "messages": [{"role": "user", "content": "go"}],
@@ -74,13 +79,15 @@ HOSTS = {toolcalls.CHAT: "api.openai.com", toolcalls.RESPONSES: "api.openai.com"
          toolcalls.BEDROCK_ANTHROPIC: "bedrock-runtime.us-east-1.amazonaws.com",
          toolcalls.BEDROCK_COHERE: "bedrock-runtime.us-east-1.amazonaws.com",
          toolcalls.BEDROCK_MISTRAL: "bedrock-runtime.us-east-1.amazonaws.com",
+         toolcalls.BEDROCK_NOVA: "bedrock-runtime.us-east-1.amazonaws.com",
+         toolcalls.BEDROCK_OPENAI: "bedrock-runtime.us-east-1.amazonaws.com",
          toolcalls.MISTRAL_CONVERSATIONS: "api.mistral.ai", toolcalls.COHERE: "api.cohere.com",
          toolcalls.COHERE_V1: "api.cohere.com", toolcalls.OLLAMA: "ollama.com"}
 
 
 def body(fmt: str, name: str, args: dict) -> dict:
-    """A JSON answer with some text and one call."""
-    if fmt == toolcalls.CHAT:
+    """A JSON answer with some text and one call (Nova's: Converse's, the last one)."""
+    if fmt in (toolcalls.CHAT, toolcalls.BEDROCK_OPENAI):
         return {"id": "c1", "object": "chat.completion", "model": "gpt-4o", "choices": [{"index": 0, "message": {
             "role": "assistant", "content": "Let me.", "tool_calls": [{"id": "call_1", "type": "function", "function": {
                 "name": name, "arguments": json.dumps(args)}}]}, "finish_reason": "tool_calls"}]}
@@ -152,16 +159,21 @@ def stream(fmt: str, name: str, args: dict) -> tuple[list[bytes], list[bytes], l
     """A streamed answer: (the text's events, the call's events, the events after it)."""
     text = json.dumps(args)
     half = len(text) // 2
-    if fmt == toolcalls.CHAT:
-        def chunk(delta, finish=None):
+    if fmt in (toolcalls.CHAT, toolcalls.BEDROCK_OPENAI):  # gpt-oss on Bedrock: each chunk in a chunk frame
+        def chunk(delta, finish=None, **more):
             return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        return (sse(chunk({"role": "assistant", "content": "Let "}), chunk({"content": "me."})),
-                sse(chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                           "function": {"name": name, "arguments": ""}}]}),
-                    chunk({"tool_calls": [{"index": 0, "function": {"arguments": text[:half]}}]}),
-                    chunk({"tool_calls": [{"index": 0, "function": {"arguments": text[half:]}}]})),
-                sse(chunk({}, "tool_calls")) + [b"data: [DONE]\n\n"])
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **more}
+
+        def chunks(*objects):
+            return sse(*objects) if fmt == toolcalls.CHAT else [es.chunk(o) for o in objects]
+        end = (sse(chunk({}, "tool_calls")) + [b"data: [DONE]\n\n"] if fmt == toolcalls.CHAT else chunks(chunk(
+            {}, "tool_calls", **{"amazon-bedrock-invocationMetrics": {"inputTokenCount": 1, "outputTokenCount": 1}})))
+        return (chunks(chunk({"role": "assistant", "content": "Let "}), chunk({"content": "me."})),
+                chunks(chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                              "function": {"name": name, "arguments": ""}}]}),
+                       chunk({"tool_calls": [{"index": 0, "function": {"arguments": text[:half]}}]}),
+                       chunk({"tool_calls": [{"index": 0, "function": {"arguments": text[half:]}}]})),
+                end)
     if fmt == toolcalls.RESPONSES:
         item = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": name, "arguments": "",
                 "status": "in_progress"}
@@ -252,34 +264,41 @@ def stream(fmt: str, name: str, args: dict) -> tuple[list[bytes], list[bytes], l
                 sse(piece(""), piece(text[:half]), piece(text[half:]), named=True),
                 sse({"type": "conversation.response.done", "usage": {"prompt_tokens": 1, "completion_tokens": 1}},
                     named=True))
-    return ([es.event("messageStart", {"role": "assistant"}),
-             es.event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Let me."}}),
-             es.event("contentBlockStop", {"contentBlockIndex": 0})],
-            [es.event("contentBlockStart", {"contentBlockIndex": 1, "start": {"toolUse": {
+    def event(kind, payload, **more):  # ConverseStream's frames; Nova's chunks, each `{eventName: payload}`
+        return es.event(kind, payload) if fmt == toolcalls.CONVERSE else es.chunk({kind: payload, **more})
+    return ([event("messageStart", {"role": "assistant"}),
+             event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Let me."}}),
+             event("contentBlockStop", {"contentBlockIndex": 0})],
+            [event("contentBlockStart", {"contentBlockIndex": 1, "start": {"toolUse": {
                 "toolUseId": "tu_1", "name": name}}}),
-             es.event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": text[:half]}}}),
-             es.event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": text[half:]}}}),
-             es.event("contentBlockStop", {"contentBlockIndex": 1})],
-            [es.event("messageStop", {"stopReason": "tool_use"}),
-             es.event("metadata", {"usage": {"inputTokens": 1, "outputTokens": 1}})])
+             event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": text[:half]}}}),
+             event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": text[half:]}}}),
+             event("contentBlockStop", {"contentBlockIndex": 1})],
+            [event("messageStop", {"stopReason": "tool_use"}),
+             event("metadata", {"usage": {"inputTokens": 1, "outputTokens": 1}}, **{
+                 "amazon-bedrock-invocationMetrics": {"inputTokenCount": 1, "outputTokenCount": 1}})])
 
 
 CONTENT_TYPES = {fmt: "text/event-stream" for fmt in REQUESTS} | {
     toolcalls.CONVERSE: "application/vnd.amazon.eventstream",
     toolcalls.BEDROCK_ANTHROPIC: "application/vnd.amazon.eventstream",
     toolcalls.BEDROCK_COHERE: "application/vnd.amazon.eventstream",
-    toolcalls.BEDROCK_MISTRAL: "application/vnd.amazon.eventstream", toolcalls.OLLAMA: "application/x-ndjson",
+    toolcalls.BEDROCK_MISTRAL: "application/vnd.amazon.eventstream",
+    toolcalls.BEDROCK_NOVA: "application/vnd.amazon.eventstream",
+    toolcalls.BEDROCK_OPENAI: "application/vnd.amazon.eventstream", toolcalls.OLLAMA: "application/x-ndjson",
     toolcalls.COHERE_V1: "application/stream+json"}
 STOPS = {toolcalls.CHAT: ("tool_calls", "stop"), toolcalls.RESPONSES: ("completed", "completed"),
          toolcalls.ANTHROPIC: ("tool_use", "end_turn"), toolcalls.GEMINI: ("STOP", "STOP"),
          toolcalls.CONVERSE: ("tool_use", "end_turn"), toolcalls.BEDROCK_ANTHROPIC: ("tool_use", "end_turn"),
          toolcalls.BEDROCK_COHERE: ("COMPLETE", "COMPLETE"), toolcalls.BEDROCK_MISTRAL: ("tool_calls", "stop"),
+         toolcalls.BEDROCK_NOVA: ("tool_use", "end_turn"), toolcalls.BEDROCK_OPENAI: ("tool_calls", "stop"),
          toolcalls.MISTRAL_CONVERSATIONS: ("stop", "stop"), toolcalls.COHERE: ("TOOL_CALL", "COMPLETE"),
          toolcalls.COHERE_V1: ("COMPLETE", "COMPLETE"), toolcalls.OLLAMA: ("stop", "stop")}
 JSON_STOPS = {toolcalls.MISTRAL_CONVERSATIONS: ""}  # a conversation's JSON answer has no finish reason
 
 
-BEDROCK = (toolcalls.CONVERSE, toolcalls.BEDROCK_ANTHROPIC, toolcalls.BEDROCK_COHERE, toolcalls.BEDROCK_MISTRAL)
+BEDROCK = (toolcalls.CONVERSE, toolcalls.BEDROCK_ANTHROPIC, toolcalls.BEDROCK_COHERE, toolcalls.BEDROCK_MISTRAL,
+           toolcalls.BEDROCK_NOVA, toolcalls.BEDROCK_OPENAI)
 
 
 def read_back(fmt: str, answer: bytes | dict, streamed: bool):
@@ -566,6 +585,9 @@ UNREADABLE_FRAMES = {  # each where a call would be; orjson refuses a lone surro
     "chunk-event-not-json": (toolcalls.BEDROCK_ANTHROPIC, es.event("chunk", {"bytes": base64.b64encode(
         b'{"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t", '
         b'"name": "shell\\ud800", "input": {}}}').decode()})),
+    "nova-chunk-event-not-json": (toolcalls.BEDROCK_NOVA, es.event("chunk", {"bytes": base64.b64encode(
+        b'{"contentBlockStart": {"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "t", '
+        b'"name": "shell\\ud800"}}}}').decode()})),
 }
 
 
@@ -604,8 +626,35 @@ def test_bedrock_mistral_chunks_of_delta_pieces_are_guarded_as_openai_chat():
 def test_bedrock_invoke_judges_the_vendors_whose_answers_it_reads():
     assert [toolcalls.format_of("bedrock", "invoke", m) for m in (
         "us.anthropic.claude-sonnet-4-20250514-v1:0", "cohere.command-r-plus-v1:0", "mistral.mistral-large-2407-v1:0",
-        "meta.llama3-70b-instruct-v1:0", "arn:aws:bedrock:us-east-1:1:provisioned-model/abc")] == [
-        toolcalls.BEDROCK_ANTHROPIC, toolcalls.BEDROCK_COHERE, toolcalls.BEDROCK_MISTRAL, None, None]
+        "us.amazon.nova-pro-v1:0", "openai.gpt-oss-20b-1:0", "meta.llama3-70b-instruct-v1:0",
+        "amazon.titan-text-express-v1", "deepseek.r1-v1:0", "arn:aws:bedrock:us-east-1:1:provisioned-model/abc")] == [
+        toolcalls.BEDROCK_ANTHROPIC, toolcalls.BEDROCK_COHERE, toolcalls.BEDROCK_MISTRAL, toolcalls.BEDROCK_NOVA,
+        toolcalls.BEDROCK_OPENAI, None, None, None, None]
+
+
+def test_bedrock_nova_a_rewritten_chunk_keeps_what_else_it_carries_and_two_events_in_one_are_not_read():
+    metrics = {"amazon-bedrock-invocationMetrics": {"inputTokenCount": 1, "outputTokenCount": 1}}
+    text, call, _ = stream(toolcalls.BEDROCK_NOVA, "shell", {"c": "x"})
+    _, out = guarded(toolcalls.BEDROCK_NOVA, text + call + [es.chunk({"messageStop": {"stopReason": "tool_use"},
+                                                                      **metrics})])
+    objects = [json.loads(base64.b64decode(json.loads(m.payload)["bytes"]))
+               for m in eventstream.EventStreamDecoder().feed(b"".join(out))]
+    assert objects[-1] == {"messageStop": {"stopReason": "end_turn"}, **metrics}
+    assert objects[-3:-1] == [{"contentBlockDelta": {"contentBlockIndex": 1, "delta": {"text": f"{REFUSAL} shell"}}},
+                              {"contentBlockStop": {"contentBlockIndex": 1}}]
+    both = es.chunk({"contentBlockStop": {"contentBlockIndex": 1}, "messageStop": {"stopReason": "tool_use"}})
+    guard, out = guarded(toolcalls.BEDROCK_NOVA, text + call[:-1] + [both])
+    assert guard.broken and b"".join(out).startswith(b"".join(text)) and b"tu_1" not in b"".join(out)
+    assert guard.refused == [("shell", toolcalls.INCOMPLETE)]
+
+
+def test_bedrock_gpt_oss_a_rewritten_finish_chunk_keeps_the_invocation_metrics():
+    text, call, after = stream(toolcalls.BEDROCK_OPENAI, "shell", {"c": "x"})
+    _, out = guarded(toolcalls.BEDROCK_OPENAI, text + call + after)
+    *_, last = eventstream.EventStreamDecoder().feed(b"".join(out))
+    finish = json.loads(base64.b64decode(json.loads(last.payload)["bytes"]))
+    assert finish["choices"][0]["finish_reason"] == "stop"
+    assert finish["amazon-bedrock-invocationMetrics"] == {"inputTokenCount": 1, "outputTokenCount": 1}
 
 
 # --- the addon on a JSON answer ------------------------------------------------------------------------------------
