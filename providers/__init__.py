@@ -8,6 +8,7 @@ still an AI exchange: it is audited as `unknown` with the parse warning, never d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from core.exchange import Exchange
@@ -38,8 +39,11 @@ class Parsed:
     body: Any = None  # the canonical parse of a JSON body: exactly what was inspected, for a stage that rewrites it
 
 
-def _ordered(hints: tuple[str, ...]) -> list[Provider]:
-    return sorted(PROVIDERS, key=lambda p: p.name not in hints)
+@cache
+def _ordered(hints: tuple[str, ...]) -> tuple[Provider, ...]:
+    """The parsers to try, the catalog's hints for the service first; the same few tuples of hints on every
+    request, so sorted once each."""
+    return tuple(sorted(PROVIDERS, key=lambda p: p.name not in hints))
 
 
 def parse_request(req: HttpRequest, service: str, hints: tuple[str, ...] = ()) -> Parsed:
@@ -86,7 +90,7 @@ def _walk(req: HttpRequest, parsed: Parsed) -> None:
 
 def _parse(req: HttpRequest, service: str, hints: tuple[str, ...]) -> Parsed:
     exchange = Exchange(service=service)
-    for provider in _ordered(hints):
+    for provider in _ordered(tuple(hints)):
         operation = provider.recognises(req, hints)
         if operation is None:
             continue
