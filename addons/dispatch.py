@@ -7,25 +7,40 @@ which handle only a few events, so a small request cost about 260 such visits, t
 profile of the event loop (README, "Several processes, measured").
 
 `HookTable` keeps mitmproxy's semantics (the chain's order, children after their parent, sync and async handlers,
-an error logged by mitmproxy's own `safecall` and the event going on to the next addon of the chain, `AddonHalt`
-ending it) and differs only in when it looks: an event's handlers are listed on its first use and listed again
-whenever the chain changes (an addon added, removed or registered, as the script loader does) and after every
-`configure`, where the script loader reorders its scripts. A handler assigned to an addon's attribute at any other
-time is not seen; no addon does that.
+an error logged as mitmproxy's `safecall` logs it, traceback included, and the event going on to the next addon of
+the chain, `AddonHalt` ending it, an addon added by a handler offered the event in progress) and differs only in
+when it looks: an event's handlers are listed on its first use and listed again whenever the chain changes (an
+addon added, removed or registered) and after every `configure`. An addon whose handlers may change without that is
+offered each event through mitmproxy's own path, which looks them up every time: one with children (the script
+loader, whose scripts are loaded, reloaded and removed at run time; a script's module may rebind its handlers), one
+with a `__getattr__`, a module. Any other addon's attribute of an event's name (or `addons`) assigned after it is
+loaded, other than from `configure`, is not seen until the next change. No handler is assigned so; one value is: the
+rules stage's `error` (a refused edit's report, None otherwise), which mitmproxy's path reports as a handler not
+callable on each `error` event while it is set, and the table only if it was set when the table was listed.
 """
 
 from __future__ import annotations
 
 import inspect
+import types
 
 from mitmproxy import exceptions, hooks
-from mitmproxy.addonmanager import AddonManager, safecall
+from mitmproxy.addonmanager import AddonManager, cut_traceback, logger, safecall
 from mitmproxy.master import Master
 
 # one top-level addon's handlers of an event, in traversal order, or the addon itself: offered through mitmproxy's
-# own path on every event, for the cases that path reports as errors (a handler name bound to something not
-# callable; an async handler of an event fired synchronously)
+# own path on every event, for the addons whose handlers may change (above), for those its path reports errors of
+# (a handler name bound to something not callable, or an attribute that fails to be read; an async handler of an
+# event fired synchronously), and for those added while an event is in progress
 type _Group = tuple | object
+
+
+def _logged(e: Exception, cuts: tuple[str, ...]) -> None:
+    """A handler's error, logged as safecall logs it: its traceback from the handler on, cut as safecall cuts it."""
+    tb = e.__traceback__.tb_next  # this module's frame
+    for name in cuts:
+        tb = cut_traceback(tb, name)
+    logger.error(f"Addon error: {e}", exc_info=(type(e), e, tb))
 
 
 class HookTable(AddonManager):
@@ -38,12 +53,14 @@ class HookTable(AddonManager):
             table.clear()
 
     def register(self, addon):
-        self._changed()
-        return super().register(addon)
+        try:
+            return super().register(addon)
+        finally:
+            self._changed()
 
     def add(self, *addons) -> None:
         super().add(*addons)
-        self._changed()  # after: register's load events may fire events before the chain holds the addon
+        self._changed()  # register's did not see the chain hold the addon
 
     def remove(self, addon) -> None:
         super().remove(addon)
@@ -61,49 +78,66 @@ class HookTable(AddonManager):
         table = self._tables[sync]
         groups = table.get(event.name)
         if groups is None:
-            groups = table[event.name] = tuple(g for g in (self._group(a, event, sync) for a in self.chain) if g)
+            groups = table[event.name] = tuple(
+                g for g in (self._group(a, event, sync) for a in self.chain) if g is not None)
         return groups
 
-    def _group(self, addon, event: hooks.Hook, sync: bool) -> _Group:
+    def _group(self, addon, event: hooks.Hook, sync: bool) -> _Group | None:
         try:
+            if hasattr(addon, "addons") or hasattr(type(addon), "__getattr__") or isinstance(addon, types.ModuleType):
+                return addon
             funcs = tuple(func for _, func in self._iter_hooks(addon, event))
-        except exceptions.AddonManagerError:
+        except Exception:
             return addon
         if sync and any(inspect.iscoroutinefunction(f) for f in funcs):
             return addon
-        return funcs
+        return funcs or None
 
     async def trigger_event(self, event: hooks.Hook) -> None:
-        args = event.args()
-        for group in self._groups(event, sync=False):
-            try:
-                if type(group) is not tuple:
-                    await self.invoke_addon(group, event)
-                    continue
-                for func in group:
-                    res = func(*args)
-                    if res is not None and inspect.isawaitable(res):
-                        await res
-            except exceptions.AddonHalt:
-                return
-            except Exception:
-                with safecall():  # logs it as mitmproxy does; OptionsError goes on up, as it does there
+        args, chain = event.args(), self.chain
+        groups, seen = self._groups(event, sync=False), len(chain)
+        while True:
+            for group in groups:
+                try:
+                    if type(group) is not tuple:
+                        with safecall():
+                            await self.invoke_addon(group, event)
+                        continue
+                    for func in group:
+                        res = func(*args)
+                        if res is not None and inspect.isawaitable(res):
+                            await res
+                except exceptions.AddonHalt:
+                    return
+                except exceptions.OptionsError:
                     raise
+                except Exception as e:
+                    _logged(e, ("invoke_addon_sync", "invoke_addon"))
+            if len(chain) == seen:
+                return
+            groups, seen = chain[seen:], len(chain)  # added by a handler: mitmproxy's loop over the chain goes on
 
     def trigger(self, event: hooks.Hook) -> None:
-        args = event.args()
-        for group in self._groups(event, sync=True):
-            try:
-                if type(group) is not tuple:
-                    self.invoke_addon_sync(group, event)
-                    continue
-                for func in group:
-                    func(*args)
-            except exceptions.AddonHalt:
-                return
-            except Exception:
-                with safecall():
+        args, chain = event.args(), self.chain
+        groups, seen = self._groups(event, sync=True), len(chain)
+        while True:
+            for group in groups:
+                try:
+                    if type(group) is not tuple:
+                        with safecall():
+                            self.invoke_addon_sync(group, event)
+                        continue
+                    for func in group:
+                        func(*args)
+                except exceptions.AddonHalt:
+                    return
+                except exceptions.OptionsError:
                     raise
+                except Exception as e:
+                    _logged(e, ("invoke_addon",))
+            if len(chain) == seen:
+                return
+            groups, seen = chain[seen:], len(chain)
 
 
 class GatewayMaster(Master):
