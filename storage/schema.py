@@ -230,6 +230,15 @@ def migrations(text_ttl_days: int = TEXT_TTL_DAYS, metadata_ttl_days: int = META
                 ARRAY JOIN tool_kinds AS tool_kind, tool_names AS tool_name, tool_servers AS tool_server,
                            tool_digests AS tool_digest""",
         )),
+        # The ngram bloom filter of v1 served no query: text search (storage/queries.py, `gateway audit search
+        # --text`) is case-insensitive (positionCaseInsensitiveUTF8), which a filter of case-sensitive trigrams
+        # cannot answer, so ClickHouse never read it (EXPLAIN indexes = 1 lists no skip index for it). Building
+        # it was half of what chdb's merges spent: every insert and every merge hashes each row's prompt into a
+        # 64 KB filter (bench/store.py, 450 rows/s: merges 0.12 -> 0.06 ms CPU per row, store and writer 0.42 ->
+        # 0.34). Dropping it also removes its files from existing parts; entity_bf and sha_bf stay.
+        Migration(6, "drop the prompt ngram index, which no query used", (
+            *t.alter("events", "DROP INDEX IF EXISTS prompt_ngram"),
+        )),
     ]
 
 

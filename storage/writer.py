@@ -242,10 +242,17 @@ class AuditWriter:
             if not self.spooled or time.monotonic() < next_try:
                 continue
             try:
+                # A backlog goes in full batches one after the other; the last, partial batch ends the round, and
+                # what arrives meanwhile waits for the next (flush_interval later, or sooner once a full batch is
+                # spooled). Shipping again at once whatever came in during the last insert would make a steady
+                # trickle of requests one insert (one part, merged later) per few rows: at 450 requests/s about
+                # 7 rows per insert, and 2.97 ms of CPU per row for the store and writer instead of 0.42 with
+                # 225-row inserts (bench/store.py).
                 while self.spooled and not self._stopping.is_set():
-                    self._ship_batch()
+                    if self._ship_batch() < self.batch_size:
+                        break
                 if backoff:
-                    log.warning("audit store back: spool drained, %d written so far", self.written)
+                    log.warning("audit store back: backlog shipped, %d written so far", self.written)
                 self._next_report = self._spool_report
                 backoff, self.last_error = 0.0, ""
             except Exception as e:  # noqa: BLE001 - every backend failure means "keep it spooled, try again later"
@@ -263,20 +270,21 @@ class AuditWriter:
             log.info("audit store connected: %s", self.store.url.redacted)
         return self.store
 
-    def _ship_batch(self) -> None:
+    def _ship_batch(self) -> int:
         self._busy_since = time.monotonic()
         try:
-            self._ship_oldest()
+            return self._ship_oldest()
         finally:
             self._busy_since = 0.0
 
-    def _ship_oldest(self) -> None:
+    def _ship_oldest(self) -> int:
+        """Send the oldest batch; returns how many rows it held."""
         store = self._connected_store()
         rows = self._ship_db.execute("SELECT seq, tbl, row FROM spool ORDER BY seq LIMIT ?",
                                      (self.batch_size,)).fetchall()
         if not rows:  # the count drifted (it is only a hint for waking up): take the truth
             self._count_spool()
-            return
+            return 0
         try:
             self._insert(store, rows)
         except Exception:
@@ -287,6 +295,7 @@ class AuditWriter:
             self._ship_db.execute("DELETE FROM spool WHERE seq <= ?", (rows[-1][0],))
             self.spooled -= len(rows)
         self.written += len(rows)
+        return len(rows)
 
     def _count_spool(self) -> None:
         with self._count_lock:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from core.audit import AuditEvent
 from storage.schema import Target, migrations, migrations_table, render
 from storage.store import EVENT_COLUMNS, Store
 
@@ -60,7 +61,7 @@ def test_v1_store_is_migrated_and_keeps_its_rows(tmp_path):
                             column_names=v1_columns)
         assert "groups" not in create_table(fresh, "events")
     with opened(path) as store:
-        assert [r[0] for r in store.query("SELECT version FROM schema_migrations ORDER BY version", {})[1]] == [1, 2, 3, 4, 5]
+        assert [r[0] for r in store.query("SELECT version FROM schema_migrations ORDER BY version", {})[1]] == [1, 2, 3, 4, 5, 6]
         _, rows = store.query("SELECT user, prompt, capture, source, groups, entity_types, coverage FROM events "
                                  "WHERE event_id = {id:UUID}", {"id": old_id})
         assert rows == [("alice", "old prompt", "full", "http", [], [], [])]
@@ -71,6 +72,39 @@ def test_v1_store_is_migrated_and_keeps_its_rows(tmp_path):
         time.sleep(0.01)
         assert store.query(stamp, {"id": old_id})[1] == first  # materialized once, not "now" at every read
         assert "justification String CODEC(ZSTD(3)) TTL" in create_table(store, "events").replace("`", "")
+        assert "prompt_ngram" not in create_table(store, "events")  # v6
+
+
+def skip_indexes(store: Store) -> set[str]:
+    return {r[0] for r in store.query("SELECT name FROM system.data_skipping_indices "
+                                      "WHERE database = currentDatabase() AND table = 'events'", {})[1]}
+
+
+def users(result: tuple[list[str], list[tuple]]) -> list[str]:
+    columns, rows = result
+    return [r[columns.index("user")] for r in rows]
+
+
+def test_the_prompt_ngram_index_is_dropped_from_new_and_existing_stores(tmp_path):
+    """v6: the ngram filter no query could use (text search is case-insensitive) is gone, from a new store and
+    from a v5 store that has it, rows and the other skip indexes kept; text search finds the same rows."""
+    from storage.queries import search
+
+    path = tmp_path / "audit"
+    with opened(path) as store:
+        assert skip_indexes(store) == {"entity_bf", "sha_bf"}
+        # back to v5: the index as migration 1 made it, with a part that holds it
+        store.client.command("ALTER TABLE events ADD INDEX prompt_ngram prompt TYPE ngrambf_v1(3, 65536, 2, 0) "
+                             "GRANULARITY 4")
+        store.client.command("DELETE FROM schema_migrations WHERE version = 6")
+        store.insert_events([AuditEvent(user="alice", prompt="[user] Quarterly numbers, please"),
+                             AuditEvent(user="bob", prompt="[user] hello")])
+        assert skip_indexes(store) == {"prompt_ngram", "entity_bf", "sha_bf"}
+        assert users(search(store, text="quarterly")) == ["alice"]
+    with opened(path) as store:
+        assert skip_indexes(store) == {"entity_bf", "sha_bf"}
+        assert users(search(store, text="QUARTERLY")) == ["alice"]
+        assert store.query("SELECT count() FROM events", {})[1][0][0] == 2
 
 
 def test_ttl_declarations(tmp_path):
@@ -113,6 +147,7 @@ def test_cluster_ddl_renders_replicated_tables_behind_distributed_ones():
     assert "ADD COLUMN IF NOT EXISTS justification String," in dist_alter and "TTL" not in dist_alter
     assert not [s for s in statements if s.startswith("ALTER TABLE events ON") and ("INDEX" in s or "TTL" in s)]
     assert "ReplicatedMergeTree('/clickhouse/tables/{shard}/ai/schema_migrations_local'" in ddl
+    assert "ALTER TABLE events_local ON CLUSTER 'audit_cluster' DROP INDEX IF EXISTS prompt_ngram;" in ddl
 
 
 def test_single_server_ddl_has_no_cluster_clauses():

@@ -110,6 +110,53 @@ def test_spool_left_by_a_crash_is_replayed_and_duplicates_collapse(tmp_path, sto
     assert spool_counts(tmp_path / "spool.sqlite")["spooled"] == 0
 
 
+class Counting:
+    """A real store that records the size of every insert it is given."""
+
+    def __init__(self, store: Store):
+        self.store, self.url = store, store.url
+        self.inserts: list[int] = []
+
+    def insert(self, table, rows):
+        self.store.insert(table, rows)
+        self.inserts.append(len(rows))
+
+    def query(self, sql, params):
+        return self.store.query(sql, params)
+
+
+def test_a_steady_trickle_is_shipped_once_per_flush_interval_not_as_it_comes(tmp_path, store):
+    """Requests arriving a few at a time are inserted together every flush_interval: one part per interval for
+    chdb to write and merge, not one per few rows (shipping again at once what came in during an insert did that:
+    about 7 rows per insert at 450 requests/s, and 7 times the store's CPU per row: bench/store.py)."""
+    counting = Counting(store)
+    writer = AuditWriter(tmp_path / "spool.sqlite", store=counting, flush_interval=0.3)
+    sent, start = 0, time.monotonic()
+    while time.monotonic() - start < 1.5:  # about 200 requests/s
+        for _ in range(2):
+            writer.submit(AuditEvent(user="u", prompt=f"p{sent}"))
+            sent += 1
+        time.sleep(0.01)
+    assert writer.flush(30)
+    writer.close()
+    assert sum(counting.inserts) == sent == count(store, "SELECT count() FROM events FINAL")
+    assert len(counting.inserts) <= 1.5 / 0.3 + 4, counting.inserts  # before: one insert per ~10 ms
+
+
+def test_a_backlog_is_shipped_in_full_batches_without_waiting(tmp_path, store):
+    """What piled up while the store was slow goes in one round, batch after batch, the last one partial."""
+    slow = Switchable(store)
+    slow.answering.clear()  # the first insert hangs until the backlog is spooled
+    counting = Counting(slow)
+    writer = AuditWriter(tmp_path / "spool.sqlite", store=counting, batch_size=100, flush_interval=60)
+    assert all(f.result(10) for f in [writer.submit(AuditEvent(prompt=f"p{i}")) for i in range(450)])
+    slow.answering.set()
+    wait_until(lambda: sum(counting.inserts) == 450)  # not a flush_interval (a minute) between batches
+    assert counting.inserts == [100, 100, 100, 100, 50]
+    writer.close()
+    assert count(store, "SELECT count() FROM events FINAL") == 450
+
+
 def test_rows_the_healthy_store_refuses_are_set_aside_not_blocking(tmp_path, store):
     flaky = Switchable(store)
     flaky.poison_user = "poison"
