@@ -36,7 +36,7 @@ class Rules:
         self.task: asyncio.Task | None = None
         self.stop: asyncio.Event | None = None
         self.active: dict = {}
-        self.error: dict | None = None
+        self.refused: dict | None = None  # not `error`: that is the name of mitmproxy's HTTP error event
         self.reloads = 0
         self.started = False  # the event loop runs: the watcher can be (re)started
 
@@ -60,7 +60,7 @@ class Rules:
                 raise OptionsError(str(e)) from None
             ctx.master.addons.trigger(RulesLoadedHook(rules))
             self.active = {"since": _now(), "files": rules.digests}
-            self.error = None
+            self.refused = None
             self._write_status()
         elif "gateway_rules_status" in updated:
             self._write_status()
@@ -98,13 +98,13 @@ class Rules:
                     polling = True
                     continue
                 log.error("rules watcher for %s stopped: %s", folder, e)
-                self.error = {"file": str(folder), "line": None, "message": f"watcher stopped: {e}", "at": _now()}
+                self.refused = {"file": str(folder), "line": None, "message": f"watcher stopped: {e}", "at": _now()}
                 self._write_status()
                 return
 
     async def reload(self, folder: Path) -> bool:
         """Load the whole folder off the event loop; apply it only if every file is valid."""
-        previous_error, self.error = self.error, None
+        previous_error, self.refused = self.refused, None
         try:
             rules = await asyncio.to_thread(ruleset.load, folder, ctx.options.gateway_rules_recognizers)
         except RulesError as e:
@@ -127,7 +127,7 @@ class Rules:
 
     def _refuse(self, e: RulesError) -> bool:
         log.error("rules change refused, the last good rules stay active: %s", e)
-        self.error = {"file": e.file, "line": e.line, "message": e.message, "at": _now()}
+        self.refused = {"file": e.file, "line": e.line, "message": e.message, "at": _now()}
         self._write_status()
         return False
 
@@ -136,7 +136,7 @@ class Rules:
         if not path:
             return
         status = {"rules": str(Path(ctx.options.gateway_rules).resolve()), "active": self.active,
-                  "reloads": self.reloads, "error": self.error, "pid": os.getpid()}
+                  "reloads": self.reloads, "error": self.refused, "pid": os.getpid()}
         tmp = Path(path).with_suffix(".tmp")
         try:
             tmp.write_bytes(orjson.dumps(status, option=orjson.OPT_INDENT_2))
