@@ -78,6 +78,7 @@ VARIANTS: dict[str, tuple[str, list[str], dict]] = {
                  [NGRAM.replace("65536", "8192")], {}),
     "zstd1": ("text columns ZSTD(1) instead of ZSTD(3)", _codec("ZSTD(1)"), {}),
     "lz4": ("text columns LZ4 instead of ZSTD(3)", _codec("LZ4"), {}),
+    "flush-1s": ("writer flush_interval 1 s instead of 0.5 s", [], {"flush_interval": 1.0}),
     "flush-2s": ("writer flush_interval 2 s instead of 0.5 s", [], {"flush_interval": 2.0}),
     "flush-5s": ("writer flush_interval 5 s instead of 0.5 s", [], {"flush_interval": 5.0}),
     "no-skipidx-merge": ("materialize_skip_indexes_on_merge = 0 (indexes built at insert only)",
@@ -275,7 +276,7 @@ def search_cost(n: int, repeat: int) -> None:
         print(f"text search over {n:,} rows (loaded in {time.perf_counter() - t:.0f} s), median of {repeat}:")
         like = ("SELECT count() FROM events FINAL WHERE ts >= now() - INTERVAL 1 DAY AND prompt LIKE {t:String}")
         cases = [(f"audit search --text {needle} (rare)", lambda: search(store, since="24h", text=needle)),
-                 ("audit search --text quarterly (common)", lambda: search(store, since="24h", text="quarterly")),
+                 ("audit search --text migration (common)", lambda: search(store, since="24h", text="migration")),
                  ("audit search --text absentword (none)", lambda: search(store, since="24h", text="absentword")),
                  (f"prompt LIKE '%{needle}%' (not a product query)",
                   lambda: store.query(like, {"t": f"%{needle}%"}))]
