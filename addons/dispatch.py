@@ -14,9 +14,9 @@ addon added, removed or registered) and after every `configure`. An addon whose 
 offered each event through mitmproxy's own path, which looks them up every time: one with children (the script
 loader, whose scripts are loaded, reloaded and removed at run time; a script's module may rebind its handlers), one
 with a `__getattr__`, a module. Any other addon's attribute of an event's name (or `addons`) assigned after it is
-loaded, other than from `configure`, is not seen until the next change. No handler is assigned so; one value is: the
-rules stage's `error` (a refused edit's report, None otherwise), which mitmproxy's path reports as a handler not
-callable on each `error` event while it is set, and the table only if it was set when the table was listed.
+loaded, other than from `configure`, is not seen until the next change. No handler is assigned so, and no stage has
+an attribute of an event's name that is not its handler (mitmproxy's path would report it as a handler not
+callable on each such event; the table, only if it was set when the table was listed).
 """
 
 from __future__ import annotations
