@@ -66,6 +66,7 @@ def default_spool(url: AuditUrl) -> Path:
 class Audit:
     def __init__(self) -> None:
         self.writer: AuditWriter | None = None
+        self._opened: tuple | None = None  # the store options the writer was opened with
         self._tunnels: dict[str, ConnectionEvent] = {}  # client connection id -> record being built
 
     @property
@@ -115,6 +116,9 @@ class Audit:
         if o.gateway_audit_cluster and not NAME.fullmatch(o.gateway_audit_cluster):
             raise OptionsError(f"gateway_audit_cluster must be a ClickHouse cluster name (letters, digits, '_'), "
                                f"not {o.gateway_audit_cluster!r}")
+        opened = tuple(getattr(o, name) for name in sorted(STORE_OPTIONS))
+        if self.writer is not None and opened == self._opened:
+            return  # set again to the same values (a process of several gets its role twice at start): kept open
         self._close()
         if not o.gateway_audit:
             return
@@ -137,8 +141,12 @@ class Audit:
             raise OptionsError(str(e)) from None
         except (OSError, sqlite3.Error) as e:
             raise OptionsError(f"cannot open the audit spool: {e}") from None
-        log.info("audit store: %s (capture: %s, text kept %d days, metadata %d days, spool %s)", url.redacted,
-                 o.gateway_capture, o.gateway_text_ttl_days, o.gateway_metadata_ttl_days, spool)
+        self._opened = opened
+        if o.gateway_audit_role == "spool":
+            log.info("audit spool: %s (the audit process ships it to %s)", spool, url.redacted)
+        else:
+            log.info("audit store: %s (capture: %s, text kept %d days, metadata %d days, spool %s)", url.redacted,
+                     o.gateway_capture, o.gateway_text_ttl_days, o.gateway_metadata_ttl_days, spool)
         ctx.master.addons.trigger(AuditOpenedHook(self.writer))
 
     # --- AI exchanges ------------------------------------------------------------------------------------------

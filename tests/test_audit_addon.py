@@ -100,3 +100,22 @@ def test_a_304_counts_as_a_static_file_only_when_its_name_says_so():
     assert _is_asset(it("/static/app.3f2a.js"), request, 304, "")
     assert not _is_asset(it("/backend-api/search"), request, 304, "")  # a revalidated API call may carry a prompt
     assert _is_asset(it("/backend-api/avatar"), request, 200, "image/png")
+
+
+def test_store_options_set_again_to_the_same_values_keep_the_store_open(tmp_path):
+    """A process of several is told its role twice at start: the store stays open (before, it was closed and opened
+    again, and 'audit store: ...' logged twice); a value that changes opens it anew."""
+    audit = Audit()
+    with taddons.context(audit) as tctx:
+        store = dict(gateway_audit=f"chdb://{tmp_path / 'audit'}", gateway_audit_spool=str(tmp_path / "spool.sqlite"))
+        tctx.configure(audit, **store)
+        try:
+            writer = audit.writer
+            tctx.configure(audit, **store, gateway_audit_role="ship")
+            assert audit.writer is not writer  # another role: another writer
+            writer = audit.writer
+            tctx.options.update(**store, gateway_audit_role="ship")
+            audit.configure({"gateway_audit_role", "gateway_audit"})  # as mitmproxy calls it for a repeated update
+            assert audit.writer is writer
+        finally:
+            audit.done()
