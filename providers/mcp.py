@@ -331,7 +331,7 @@ class FirstSeen:
                 continue
             self._put(tool.server, tool.name, row)
             out.append((tool.server, tool.name, row))
-        self._prune()
+        self._prune({server for server, _, _ in out})
         for tool in tools:
             self.mark(tool)
         return out
@@ -344,7 +344,7 @@ class FirstSeen:
             if mine is not None and mine.last_seen > theirs.last_seen:
                 theirs = replace(theirs, last=mine.last, last_seen=mine.last_seen)
             self._put(server, name, theirs)
-        self._prune()
+        self._prune({server for server, _, _ in rows})
 
     def mark(self, tool: ToolDefinition) -> None:
         """`changed`: its server's last listing of it differed from the first (a listing's own tool: this one
@@ -379,8 +379,10 @@ class FirstSeen:
             del self.names[name]
         self.count -= 1
 
-    def _prune(self) -> None:
-        for server in [s for s, tools in self.servers.items() if len(tools) > self.per_server]:
+    def _prune(self, grown: set[str]) -> None:
+        """Back under the caps, after the servers in `grown` were told new tools (only they can have passed
+        `per_server`: the others are not looked at, so one listing costs what it lists, not every server's)."""
+        for server in [s for s in grown if len(self.servers.get(s, ())) > self.per_server]:
             self._forget_least_recent([(server, n) for n in self.servers[server]], self.per_server)
         if self.count > self.limit:
             self._forget_least_recent([(s, n) for s, tools in self.servers.items() for n in tools], self.limit)

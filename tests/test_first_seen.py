@@ -205,3 +205,19 @@ def test_a_file_from_before_the_counts_is_counted_once_and_bounded(tmp_path):
     assert file.db.execute("SELECT min(last_seen) FROM tools").fetchone()[0] == 4.0  # t0..t3 went, least recent
     file.close()
     old.close()
+
+
+def test_the_memory_is_bounded_per_server_and_in_all_and_forgets_the_least_recent():
+    """In memory, as in the file: a server past `per_server` loses its own least recently seen tools, and past
+    `limit` in all the least recently seen of every server go; a listing only looks at the servers it grew."""
+    from providers.mcp import FirstSeen
+
+    seen = FirstSeen(limit=40, per_server=10)
+    for i in range(25):
+        seen.observe([tool(server=HOST, name=f"t{i}")], float(i))
+    assert len(seen.servers[HOST]) <= 10 and "t24" in seen.servers[HOST] and "t0" not in seen.servers[HOST]
+    for i in range(60):
+        seen.observe([tool(server=f"s{i}.example")], 100.0 + i)
+    assert seen.count <= 40 == seen.limit
+    assert seen.count == sum(map(len, seen.servers.values())) == sum(map(len, seen.names.values()))
+    assert "s59.example" in seen.servers and HOST not in seen.servers  # the oldest went first
