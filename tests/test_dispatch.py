@@ -262,6 +262,8 @@ CASES = {
                                                                    fire_delegate_changed),
     "an error looking a handler up is logged and the event goes on": (
         lambda: [BrokenLookup("broken"), Leaf("b")], fire_armed),
+    "an error looking up a child's handler is logged and the event goes on to the next addon": (
+        lambda: [Leaf("parent", children=[BrokenLookup("broken"), Leaf("p2")]), Leaf("b")], fire_armed),
     "an OptionsError goes up to the caller": (lambda: [OptionsRefuser("refuser"), Leaf("b")], fire_safely),
     "one configure per options change; a handler assigned in configure is seen": (lambda: [Leaf("a")],
                                                                                  fire_configured),
