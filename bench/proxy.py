@@ -9,7 +9,9 @@ mitmproxy, same routing addon, same upstream trust) are the number that matters.
 should be) and "ms/req" its CPU time per request (its child processes included), the least noisy measure of its
 cost on a shared machine. "client CPU" and "upstream CPU" show that the harness is not what limits a proxied row;
 "others CPU" is what the rest of the machine took meanwhile (of 200% on two cores): a row measured while it was
-high is not a clean number. The gateway must have audited every request it was sent (counted in its store
+high is not a clean number. With `--workers N` it also prints the most N processes could serve on this machine
+(the cores the client and the upstream left, at one process's CPU per request): on 2 cores that share the load,
+the bound, not the gateway, is what a ratio near it measures. The gateway must have audited every request it was sent (counted in its store
 afterwards), or its row measures a broken gateway and the exit status is 1.
 
     python bench/proxy.py                      # defaults: 20 clients, 3 rounds of 6 s per target
@@ -110,10 +112,19 @@ def report(targets: list[Target], tallies: dict[str, Tally], baseline: str | Non
     gw, md, direct = rows["gateway"], rows["mitmdump"], rows["direct"]
     print(f"gateway / mitmdump: req/s {ratio(gw['rps'], md['rps'])}, p50 {ratio(gw['p50'], md['p50'])}, "
           f"p99 {ratio(gw['p99'], md['p99'])}, proxy CPU per request {ratio(gw['cpu'], md['cpu'])}")
+    one = tallies["gateway"]
     for name, row in rows.items():
         if name.startswith("gateway x"):
             print(f"{name} / gateway: req/s {ratio(row['rps'], gw['rps'])}, p50 {ratio(row['p50'], gw['p50'])}, "
                   f"proxy CPU per request {ratio(row['cpu'], gw['cpu'])}")
+            # what the machine leaves them: its cores less what the client and the upstream took meanwhile, at the
+            # CPU per request one process needs, against the cores that one process kept busy
+            several = tallies[name]
+            left = (os.cpu_count() or 1) - (several.client_cpu + several.upstream_cpu) / several.seconds
+            if one.cpu and one.seconds:
+                print(f"  on this machine at most {ratio(left / (gw['cpu'] / 1000), gw['rps'])} one process: "
+                      f"{left:.2f} cores left by the client and the upstream, one process keeping "
+                      f"{one.cpu / one.seconds:.2f} cores busy")
     if "baseline" in rows:
         base = rows["baseline"]
         print(f"gateway / gateway at {baseline}: req/s {ratio(gw['rps'], base['rps'])}, p50 "
