@@ -11,8 +11,8 @@ cost on a shared machine. "client CPU" and "upstream CPU" show that the harness 
 "others CPU" is what the rest of the machine took meanwhile (of 200% on two cores): a row measured while it was
 high is not a clean number. With `--workers N` it also prints the most N processes could serve on this machine
 (the cores the client and the upstream left, at one process's CPU per request): on 2 cores that share the load,
-the bound, not the gateway, is what a ratio near it measures. The gateway must have audited every request it was sent (counted in its store
-afterwards), or its row measures a broken gateway and the exit status is 1.
+the bound, not the gateway, is what a ratio near it measures. The gateway must have audited every request it was
+sent (counted in its store afterwards), or its row measures a broken gateway and the exit status is 1.
 
     python bench/proxy.py                      # defaults: 20 clients, 3 rounds of 6 s per target
     python bench/proxy.py --clients 1          # unloaded latency
