@@ -80,6 +80,11 @@ GROW_TRIES = 4
 BOUNDARY_CHARS = 256  # characters on each side of a boundary between parts scanned together
 
 
+#: The views (decoded runs, normalised windows) `could_find` reads in the proxy itself; past this many characters
+#: it cannot say, and the text goes to the workers: a prompt of encoded runs costs the event loop no second pass.
+GATE_VIEW_CHARS = 4096
+
+
 class Scanner:
     """Finds what rules/recognizers.yaml describes. Build once per process (compiling takes about a second)."""
 
@@ -177,9 +182,12 @@ class Scanner:
         key must not be declared clean."""
         if self._prefilter.exhaustive or len(text) > self.rules.limits.chunk_chars:
             return None
+        views = [v.text for v in self._normalizer.views(text)]
+        if sum(map(len, views)) > GATE_VIEW_CHARS:
+            return None  # much of it encoded or obfuscated: the workers scan it, not the proxy's event loop
         units: set[int] = set()
         threats: set[str] = set()
-        for t in [text, *(v.text for v in self._normalizer.views(text))]:
+        for t in [text, *views]:
             if len(t) > self.rules.limits.chunk_chars:
                 return None
             context = TextContext(t, self.rules.context, self._context_words, self._literal_specs)

@@ -82,7 +82,8 @@ def test_a_flood_of_encoded_runs_does_not_hide_a_value(scanner):
     value = base64.b64encode(f"aws_access_key_id = {AWS}".encode()).decode()
     text = f"logs: {harmless} key: {value}"
     assert ("AWS_ACCESS_KEY", value) in [(f.entity, text[f.start:f.end]) for f in scanner.scan(text)]
-    assert "AWS_ACCESS_KEY" in scanner.could_find(text)
+    # the proxy's gate does not read that many decoded characters on its event loop: it cannot say (the workers scan)
+    assert scanner.could_find(text) is None
 
 
 @pytest.mark.parametrize("entity, value", CASES[:6], ids=[f"{e}-{i}" for i, (e, _) in enumerate(CASES[:6])])
