@@ -3,12 +3,13 @@
 Three things keep the numbers about the proxy and not about the harness (docs/stack.md):
 - the load generator is a raw asyncio HTTP/1.1 client over TLS inside an HTTP CONNECT tunnel (httpx's AsyncClient
   is itself a bottleneck at 50 concurrent requests; wrk cannot tunnel TLS through a CONNECT proxy);
-- the fake upstream is tests/support/upstream.py's FakeUpstream (no Nagle delay, a deep accept queue), run in a
+- the fake upstream is a bare asyncio protocol (UpstreamProtocol: no Nagle delay, a deep accept queue), run in a
   separate process so that its GIL is not the client's;
 - every target is measured in the same run, interleaved in rounds, so a noisy neighbour hurts them all alike.
 
 `python -m bench._common upstream CA_DIR [--chunks N --interval S]` serves the fake api.openai.com and prints its
-port; it stops when its stdin closes (so it can never outlive the benchmark).
+port; it stops when its stdin closes (so it can never outlive the benchmark). `python -m bench._common mitmdump N
+PORT READY -- ARGS` runs N bare mitmdumps on one port (Mitmdump).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,23 +106,77 @@ def sse_frames(chunks: int, tool_call: bool = False) -> list[bytes]:
 
 # --- the fake upstream, in its own process --------------------------------------------------------------------
 
+class UpstreamProtocol(asyncio.Protocol):
+    """The fake api.openai.com on one connection: HTTP/1.1 keep-alive, every POST answered with CHAT_REPLY, or
+    (`"stream":true`) with SSE frames sent chunked one by one `interval` apart (with a tool call when the request
+    offers tools). A bare asyncio protocol, not tests/support/upstream.py's threaded http.server: on a 2-core machine
+    the harness shares the cores with the proxies it measures, and that server's per-request Python (header
+    parsing, a thread per connection) took a sixth of a core at 1,000 req/s, which the proxies then could not have.
+    Requests on one connection are answered in order; a streamed answer holds the next request until it ends."""
+
+    def __init__(self, frames: list[bytes], with_call: list[bytes], interval: float):
+        self.frames, self.with_call, self.interval = frames, with_call, interval
+        self.buffer = bytearray()
+        self.streaming: asyncio.Task | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self.answer()
+
+    def answer(self) -> None:
+        while self.streaming is None:
+            head_end = self.buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            length = 0
+            for line in bytes(self.buffer[:head_end]).split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(self.buffer) < head_end + 4 + length:
+                return
+            body = bytes(self.buffer[head_end + 4:head_end + 4 + length])
+            del self.buffer[:head_end + 4 + length]
+            if b'"stream":true' not in body:
+                self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                                     b"\r\n%s" % (len(CHAT_REPLY), CHAT_REPLY))
+                continue
+            self.streaming = asyncio.ensure_future(self.stream(self.with_call if b'"tools"' in body else self.frames))
+
+    async def stream(self, frames: list[bytes]) -> None:
+        self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        for frame in frames:
+            if self.interval:
+                await asyncio.sleep(self.interval)
+            if self.transport.is_closing():
+                return
+            self.transport.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+        self.transport.write(b"0\r\n\r\n")
+        self.streaming = None
+        self.answer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.streaming is not None:
+            self.streaming.cancel()
+
+
 def serve_upstream(ca_dir: Path, chunks: int, interval: float) -> None:
-    from tests.support.upstream import FakeUpstream, Reply, TestCA, sse
+    from tests.support.upstream import TestCA
 
-    up = FakeUpstream(TestCA(ca_dir), [HOST])
-    up.requests = deque(maxlen=0)  # the benchmark asserts nothing about requests: record none, keep memory flat
-    frames, with_call = sse_frames(chunks), sse_frames(chunks, tool_call=True)
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        frames, with_call = sse_frames(chunks), sse_frames(chunks, tool_call=True)
+        server = await loop.create_server(lambda: UpstreamProtocol(frames, with_call, interval), "127.0.0.1", 0,
+                                          ssl=TestCA(ca_dir).server_context([HOST]), backlog=1024)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)  # until the benchmark closes our stdin (or dies)
+        server.close()
 
-    def answer(rec) -> Reply:
-        if b'"stream":true' in rec.body:  # a request offering tools gets a call of one
-            return Reply(content_type="text/event-stream",
-                         chunks=sse(with_call if b'"tools"' in rec.body else frames, delay=interval))
-        return Reply(body=CHAT_REPLY)
-
-    up.route(PATH, answer)
-    print(up.port, flush=True)
-    sys.stdin.read()  # until the benchmark closes our stdin (or dies)
-    up.close()
+    asyncio.run(serve())
 
 
 class Upstream:
@@ -148,30 +202,80 @@ class Upstream:
 # --- the proxies under test ------------------------------------------------------------------------------------
 
 class Mitmdump:
-    """Bare mitmdump with only the test routing addon: the floor the gateway's cost is measured against."""
+    """Bare mitmdump with only the test routing addon: the floor the gateway's cost is measured against.
 
-    def __init__(self, workdir: Path, upstream: Upstream, sets: list[str] = ()):
+    `processes` > 1 runs that many mitmdumps on one port the way `gateway run --workers` does (each on an event
+    loop whose servers set SO_REUSEPORT: cli.run.SharedPortLoop), under one launcher process whose descendants
+    they are, so `cpu_seconds(proc.pid)` counts them all: how far bare mitmproxy scales on this machine with the
+    same client and upstream, the ceiling a gateway's ratio is read against."""
+
+    def __init__(self, workdir: Path, upstream: Upstream, sets: list[str] = (), processes: int = 1):
         self.port = free_port()
         confdir = workdir / "ca"
         self.ca = confdir / "mitmproxy-ca-cert.pem"
-        args = [sys.executable, "-c", "import sys; from mitmproxy.tools.main import mitmdump; sys.exit(mitmdump())",
-                "-q", "--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={confdir}",
+        args = ["-q", "--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={confdir}",
                 "-s", str(ROUTE_ADDON), "--set", f"test_upstream={HOST}={upstream.port}",
                 "--set", f"ssl_verify_upstream_trusted_ca={upstream.ca}"]
         for s in sets:
             args += ["--set", s]
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "mitmdump.log"
+        ready = workdir / "listening"
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench._common", "mitmdump", str(processes), str(self.port), str(ready),
+                 "--", *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
-            wait_listening("mitmdump", self.proc, self.port, self.ca, self.log_path.read_text, 30)
+            wait_listening("mitmdump", self.proc, self.port, ready, self.log_path.read_text, 30)
         except RuntimeError:
             self.stop()
             raise
 
     def stop(self) -> None:
         _stop(self.proc)
+
+
+#: A mitmdump whose event loops set SO_REUSEPORT on the servers they start (mitmproxy's `run` calls asyncio.run
+#: without a loop factory, so the policy supplies it).
+_SHARED_PORT_MITMDUMP = """
+import asyncio, sys
+from cli.run import SharedPortLoop
+class SharedPortPolicy(asyncio.DefaultEventLoopPolicy):
+    _loop_factory = SharedPortLoop
+asyncio.set_event_loop_policy(SharedPortPolicy())
+from mitmproxy.tools.main import mitmdump
+sys.exit(mitmdump())
+"""
+
+
+def listeners(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:`port` (each SO_REUSEPORT socket is a line of /proc/net/tcp)."""
+    local = f"0100007F:{port:04X}"
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1] == local and line.split()[3] == "0A")
+
+
+def launch_mitmdumps(processes: int, port: int, ready: Path, args: list[str]) -> int:
+    """Start `processes` mitmdumps on `port`: the first alone (it creates the CA in the shared confdir), then the
+    rest; touch `ready` once all of them listen, and stop them all on SIGTERM or when one exits."""
+    children: list[subprocess.Popen] = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        for n in range(1, processes + 1):
+            children.append(subprocess.Popen([sys.executable, "-c", _SHARED_PORT_MITMDUMP, *args], cwd=ROOT))
+            deadline = time.monotonic() + 30
+            while listeners(port) < n:
+                if time.monotonic() > deadline or any(c.poll() is not None for c in children):
+                    print(f"bench: mitmdump {n} of {processes} did not listen on {port}", flush=True)
+                    return 1
+                time.sleep(0.05)
+        ready.touch()
+        while all(c.poll() is None for c in children):
+            time.sleep(0.5)
+        return 1
+    finally:
+        for c in children:
+            _stop(c)
 
 
 WARM = ("DLP: prefilter gate ready", "DLP: no prefilter gate", "DLP prefilter gate unavailable",
@@ -433,15 +537,25 @@ class Tally:
         self.first_error = self.first_error or f"{type(e).__name__}: {e}"
 
 
-def upstream_main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench._common")
-    parser.add_argument("role", choices=["upstream"])
-    parser.add_argument("ca_dir", type=Path)
-    parser.add_argument("--chunks", type=int, default=50)
-    parser.add_argument("--interval", type=float, default=0.01)
+    roles = parser.add_subparsers(dest="role", required=True)
+    upstream = roles.add_parser("upstream", help="serve the fake api.openai.com and print its port")
+    upstream.add_argument("ca_dir", type=Path)
+    upstream.add_argument("--chunks", type=int, default=50)
+    upstream.add_argument("--interval", type=float, default=0.01)
+    mitmdump = roles.add_parser("mitmdump", help="run N mitmdumps on one port (see Mitmdump)")
+    mitmdump.add_argument("processes", type=int)
+    mitmdump.add_argument("port", type=int)
+    mitmdump.add_argument("ready", type=Path)
+    mitmdump.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
+    if args.role == "mitmdump":
+        return launch_mitmdumps(args.processes, args.port, args.ready,
+                                args.args[1:] if args.args[:1] == ["--"] else args.args)
     serve_upstream(args.ca_dir, args.chunks, args.interval)
+    return 0
 
 
 if __name__ == "__main__":
-    upstream_main()
+    sys.exit(main())

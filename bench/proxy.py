@@ -9,15 +9,17 @@ mitmproxy, same routing addon, same upstream trust) are the number that matters.
 should be) and "ms/req" its CPU time per request (its child processes included), the least noisy measure of its
 cost on a shared machine. "client CPU" and "upstream CPU" show that the harness is not what limits a proxied row;
 "others CPU" is what the rest of the machine took meanwhile (of 200% on two cores): a row measured while it was
-high is not a clean number. With `--workers N` it also prints the most N processes could serve on this machine
-(the cores the client and the upstream left, at one process's CPU per request): on 2 cores that share the load,
-the bound, not the gateway, is what a ratio near it measures. The gateway must have audited every request it was
-sent (counted in its store afterwards), or its row measures a broken gateway and the exit status is 1.
+high is not a clean number. With `--workers N` it also measures N bare mitmdumps on one port (row "mitmdump xN",
+SO_REUSEPORT as the gateway does it) and prints, for both, the most N processes could serve on this machine (the
+cores the client and the upstream left, at one process's CPU per request): on 2 cores that share the load, the
+bound, not the proxy, is what a ratio near it measures, and bare mitmproxy's own ratio is the ceiling. The gateway
+must have audited every request it was sent (counted in its store afterwards), or its row measures a broken gateway
+and the exit status is 1.
 
     python bench/proxy.py                      # defaults: 20 clients, 3 rounds of 6 s per target
     python bench/proxy.py --clients 1          # unloaded latency
     python bench/proxy.py --baseline HEAD~5    # and the gateway of an earlier commit, in the same rounds
-    python bench/proxy.py --workers 2          # and `gateway run --workers 2` (row "gateway x2"), same rounds
+    python bench/proxy.py --workers 2          # and `gateway run --workers 2` ("gateway x2") and 2 mitmdumps
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ async def run_rounds(targets: list[Target], tallies: dict[str, Tally], upstream_
 
 
 def report(targets: list[Target], tallies: dict[str, Tally], baseline: str | None = None) -> None:
-    print(f"{'target':<10} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+    print(f"{'target':<12} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'proxy CPU':>9} {'ms/req':>6} {'client CPU':>10} {'upstream CPU':>12} {'others CPU':>10}")
     rows = {}
     for t in targets:
@@ -104,7 +106,7 @@ def report(targets: list[Target], tallies: dict[str, Tally], baseline: str | Non
                                   p99=percentile(tally.latencies, 99) * 1000,
                                   cpu=tally.cpu / n * 1000 if n and t.pid else float("nan"))
         cpu, per_request = (f"{tally.cpu / tally.seconds:.0%}", f"{row['cpu']:.2f}") if t.pid else ("-", "-")
-        print(f"{t.name:<10} {n:>8} {tally.errors:>6} {row['rps']:>8.0f} {row['p50']:>7.1f} {row['p99']:>7.1f} "
+        print(f"{t.name:<12} {n:>8} {tally.errors:>6} {row['rps']:>8.0f} {row['p50']:>7.1f} {row['p99']:>7.1f} "
               f"{cpu:>9} {per_request:>6} {tally.client_cpu / tally.seconds:>10.0%} "
               f"{tally.upstream_cpu / tally.seconds:>12.0%} {tally.others_cpu / tally.seconds:>10.0%}")
         if tally.first_error:
@@ -112,19 +114,21 @@ def report(targets: list[Target], tallies: dict[str, Tally], baseline: str | Non
     gw, md, direct = rows["gateway"], rows["mitmdump"], rows["direct"]
     print(f"gateway / mitmdump: req/s {ratio(gw['rps'], md['rps'])}, p50 {ratio(gw['p50'], md['p50'])}, "
           f"p99 {ratio(gw['p99'], md['p99'])}, proxy CPU per request {ratio(gw['cpu'], md['cpu'])}")
-    one = tallies["gateway"]
     for name, row in rows.items():
-        if name.startswith("gateway x"):
-            print(f"{name} / gateway: req/s {ratio(row['rps'], gw['rps'])}, p50 {ratio(row['p50'], gw['p50'])}, "
-                  f"proxy CPU per request {ratio(row['cpu'], gw['cpu'])}")
-            # what the machine leaves them: its cores less what the client and the upstream took meanwhile, at the
-            # CPU per request one process needs, against the cores that one process kept busy
-            several = tallies[name]
-            left = (os.cpu_count() or 1) - (several.client_cpu + several.upstream_cpu) / several.seconds
-            if one.cpu and one.seconds:
-                print(f"  on this machine at most {ratio(left / (gw['cpu'] / 1000), gw['rps'])} one process: "
-                      f"{left:.2f} cores left by the client and the upstream, one process keeping "
-                      f"{one.cpu / one.seconds:.2f} cores busy")
+        proxy, several_of, _ = name.partition(" x")
+        if not several_of:
+            continue
+        single, one = rows[proxy], tallies[proxy]
+        print(f"{name} / {proxy}: req/s {ratio(row['rps'], single['rps'])}, p50 {ratio(row['p50'], single['p50'])}, "
+              f"proxy CPU per request {ratio(row['cpu'], single['cpu'])}")
+        # what the machine leaves them: its cores less what the client and the upstream took meanwhile, at the CPU
+        # per request one process needs, against the cores that one process kept busy
+        several = tallies[name]
+        left = (os.cpu_count() or 1) - (several.client_cpu + several.upstream_cpu) / several.seconds
+        if one.cpu and one.seconds:
+            print(f"  on this machine at most {ratio(left / (single['cpu'] / 1000), single['rps'])} one process: "
+                  f"{left:.2f} cores left by the client and the upstream, one process keeping "
+                  f"{one.cpu / one.seconds:.2f} cores busy")
     if "baseline" in rows:
         base = rows["baseline"]
         print(f"gateway / gateway at {baseline}: req/s {ratio(gw['rps'], base['rps'])}, p50 "
@@ -157,6 +161,8 @@ def main() -> int:
                    Target("mitmdump", mitm.port, mitm.ca, via_proxy=True, pid=mitm.proc.pid),
                    Target("gateway", gateway.port, gateway.ca, via_proxy=True, pid=gateway.proc.pid)]
         for n in args.workers:
+            bare = ws.keep(Mitmdump(ws.dir / f"mitmdump-x{n}", upstream, processes=n))
+            targets.append(Target(f"mitmdump x{n}", bare.port, bare.ca, via_proxy=True, pid=bare.proc.pid))
             several = ws.keep(start_gateway(ws.dir / f"gateway-x{n}", upstream, workers=n))
             targets.append(Target(f"gateway x{n}", several.port, several.ca, via_proxy=True, pid=several.proc.pid))
             others.append(several)
