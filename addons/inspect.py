@@ -104,7 +104,9 @@ class Inspect:
         self.pool = None  # dlp.pool.DlpPool while DLP is on
         self.bulk = None  # the pool for prompts over BULK_CHARS, when gateway_dlp_bulk_workers > 0
         self.gate = None  # dlp.scanner.Scanner of the same rules, for its prefilter (Scanner.could_find)
-        self.threat_rules = None  # dlp.injection.InjectionRules the workers run, while DLP is on
+        # dlp.injection.InjectionRules the workers run, while DLP is on: a future, read in a thread (with rule sets
+        # included, ATR, reading them takes seconds) that a scan ending before it is read waits for
+        self.threat_rules: asyncio.Future | None = None
         self.timeout = float(DEFAULT_TIMEOUT)
         self.wait = float(DEFAULT_WAIT)
         self.running_ = False  # workers are started once every option is set, then restarted on change
@@ -163,6 +165,7 @@ class Inspect:
         """Workers for the rules and options in force. At start the scans wait for them (as long as
         `gateway_dlp_wait` allows) and /ready says so; after that the pools in use keep scanning until the new ones
         are warm and take over (`_warm`), so an edit of the recognizers never makes prompts wait or fail closed."""
+        from dlp.injection import rules_near
         from dlp.pool import DlpPool
 
         if not ctx.options.gateway_dlp:
@@ -179,13 +182,13 @@ class Inspect:
         # The bulk workers start with the first long prompt: many gateways never see one.
         for task in self.warming:  # a warm-up of an older rule set: superseded (it closes its pools)
             task.cancel()
+        loop = asyncio.get_running_loop()
+        threat_rules = loop.run_in_executor(None, rules_near, str(rules))
         first = self.pool is None
-        if first:  # nothing scans yet: the injection rules are read here, before any scan can end
-            from dlp.injection import rules_near
-
-            self._use(pools, rules_near(str(rules)), gate=None)
+        if first:  # nothing scans yet: these pools from now on, the scans waiting for the workers and the rules
+            self._use(pools, threat_rules, gate=None)
             ctx.master.addons.trigger(DlpReadyHook("dlp: the workers are starting"))
-        self.warming = [asyncio.get_running_loop().create_task(self._warm(pools, rules, swap=not first))]
+        self.warming = [loop.create_task(self._warm(pools, rules, threat_rules, swap=not first))]
         log.info("DLP: %d worker process(es) + %d for prompts over %d characters, recognizers from %s",
                  workers, bulk, BULK_CHARS, source)
 
@@ -225,7 +228,7 @@ class Inspect:
         snapshot.write_bytes(content)
         return snapshot
 
-    async def _warm(self, pools: tuple, rules: Path, swap: bool) -> None:
+    async def _warm(self, pools: tuple, rules: Path, threat_rules: asyncio.Future, swap: bool) -> None:
         """Build the scanners now, not on the first request; a worker that cannot is reported at once. Then the
         prefilter gate (`_gate`). With `swap`, these pools replace the ones in use once they are warm (a newer
         rule set cancels this first: the pools are closed unused). Then, once per process, what it has built by
@@ -236,6 +239,7 @@ class Inspect:
         try:
             try:
                 await pool.start()
+                await threat_rules  # read before a swap: the new pools' scans never wait for it
             except Exception as e:  # the same error then marks every scan 'errored': say it once, loudly, here
                 if swap:
                     log.error("DLP workers cannot scan with the new rules, the previous ones stay in force: %s", e)
@@ -245,10 +249,6 @@ class Inspect:
                     ctx.master.addons.trigger(DlpReadyHook(f"dlp: the workers cannot scan: {str(e)[:200]}"))
                 return
             gate = await self._gate(rules)
-            if swap:  # in a thread: with rule sets included (ATR) reading them takes seconds
-                from dlp.injection import rules_near
-
-                threat_rules = await asyncio.to_thread(rules_near, str(rules))
         except asyncio.CancelledError:
             if swap:
                 _close_pools(pools)
@@ -333,10 +333,17 @@ class Inspect:
 
         from dlp.injection import by_source
 
+        threat_rules = self.threat_rules  # of the pools this scan runs in: the pools in use may change meanwhile
         findings = await self._scan_texts(it, texts, "DLP scan", pool)
+        if findings:
+            # each finding says where its text came from, and prompt injection is scored for it (dlp.injection)
+            try:
+                findings = by_source(in_parts(findings, parts), it.exchange.request_sources(), await threat_rules)
+            except Exception as e:  # unreadable injection rules (_warm says so once): a scan that did not complete
+                it.exchange.warn(f"DLP scan failed: {type(e).__name__}: {str(e)[:200]}")
+                findings = None
         it.inspection = "errored" if findings is None else "inspected"
-        # each finding says where its text came from, and prompt injection is scored for it (dlp.injection)
-        it.findings = by_source(in_parts(findings or [], parts), it.exchange.request_sources(), self.threat_rules)
+        it.findings = findings or []
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """The scan of a request sent before it was scanned starts once the upstream answers: not while the
