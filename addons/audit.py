@@ -1,9 +1,10 @@
 """Record every AI exchange, and every tunnelled AI connection, as an audit record that is never lost.
 
 A flow can end in `response` or in `error` (clients close a stream as soon as they read its end marker): both
-hooks write the event, once. The event goes to the `AuditWriter`, and the hook then waits (asynchronously: the
-event loop keeps serving other flows) until the writer says it is durable in the local spool, so a client never
-receives an answer whose audit record a crash could still lose. If the spool does not confirm within
+hooks write the event, once. The event goes to the `AuditWriter` (with the others of the same turn of the event
+loop: storage.writer.Handover), and the hook then waits (asynchronously: the event loop keeps serving other flows)
+until the writer says it is durable in the local spool, so a client never receives an answer whose audit record a
+crash could still lose. If the spool does not confirm within
 `SPOOL_WAIT` the client is answered anyway and the delay is logged: auditing never takes the proxy down.
 
 Connections that are tunnelled instead of decrypted (do-not-decrypt AI hosts, shadow-AI domains in the catalog)
@@ -26,7 +27,6 @@ import logging
 import os
 import sqlite3
 import time
-from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,7 +46,7 @@ from storage.store import (
     StoreLockedError,
     StoreUnavailableError,
 )
-from storage.writer import AuditWriter
+from storage.writer import AuditWriter, Handover
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def default_spool(url: AuditUrl) -> Path:
 class Audit:
     def __init__(self) -> None:
         self.writer: AuditWriter | None = None
+        self.handover: Handover | None = None  # the writer's event-loop side
         self._opened: tuple | None = None  # the store options the writer was opened with
         self._tunnels: dict[str, ConnectionEvent] = {}  # client connection id -> record being built
 
@@ -150,6 +151,7 @@ class Audit:
             raise OptionsError(str(e)) from None
         except (OSError, sqlite3.Error) as e:
             raise OptionsError(f"cannot open the audit spool: {e}") from None
+        self.handover = Handover(self.writer, SPOOL_WAIT)
         self._opened = opened
         if o.gateway_audit_role == "spool":
             log.info("audit spool: %s (the audit process ships it to %s)", spool, url.redacted)
@@ -176,9 +178,11 @@ class Audit:
         # Masking and hashing a 60 MB prompt takes a quarter of a second: large interactions are built in a thread.
         size = sum(len(p.text) for p in it.exchange.request_parts()) + len(it.exchange.completion)
         event = await off_loop(size, self._event, it, ctx.options.gateway_capture)
-        await self._accepted(self._submit(event), it.event_id)
+        durable = self._submit(event)
+        if durable is not None:
+            await durable
 
-    def record(self, it: Interaction) -> Future | None:
+    def record(self, it: Interaction) -> asyncio.Future[bool] | None:
         """Submit one interaction's audit event without waiting; the future says when it is durable. For stages
         that cannot wait themselves (WebSocket turns, whose messages are already on their way)."""
         it.audited = True
@@ -201,24 +205,12 @@ class Audit:
                               reason=it.reason, capture="metadata", inspection="errored",
                               error=f"audit event incomplete: {type(e).__name__}: {str(e)[:200]}")
 
-    def _submit(self, event: AuditEvent) -> Future | None:
+    def _submit(self, event: AuditEvent) -> asyncio.Future[bool] | None:
         log.info("AI %s %s %s model=%s decision=%s status=%s", event.service, event.operation, event.user or
                  event.client_addr, event.model or "-", event.decision, event.status)
-        accepted = self.writer.submit(event) if self.writer is not None else None
+        durable = self.handover.submit(event) if self.handover is not None else None
         _announce(event)
-        return accepted
-
-    @staticmethod
-    async def _accepted(accepted: Future | None, event_id: str) -> None:
-        if accepted is None:
-            return  # refused (queue full): the writer counted and logged it
-        try:
-            await asyncio.wait_for(asyncio.wrap_future(accepted), SPOOL_WAIT)
-        except TimeoutError:
-            log.error("audit event %s not yet durable after %.0fs: answering the client anyway", event_id,
-                      SPOOL_WAIT)
-        except sqlite3.Error as e:  # the writer counted and logged the failed spool write
-            log.debug("audit event %s not spooled: %s", event_id, e)
+        return durable
 
     # --- tunnelled AI connections ------------------------------------------------------------------------------
 
@@ -259,7 +251,7 @@ class Audit:
         record.error = str(client.error or "")
         log.info("AI tunnel %s %s %s %.0fms", record.service, record.host, record.user or record.client_addr,
                  record.duration_ms)
-        self.writer.submit(record)
+        self.handover.submit(record)
         _announce(record)
 
     def done(self) -> None:
@@ -267,9 +259,10 @@ class Audit:
 
     def _close(self) -> None:
         if self.writer is not None:
+            self.handover.hand_over()  # what this turn of the loop submitted
             store = self.writer.store
             self.writer.close()
-            self.writer = None
+            self.writer, self.handover = None, None
             if store is not None:
                 store.close()
             ctx.master.addons.trigger(AuditOpenedHook(None))

@@ -4,8 +4,9 @@ Every record goes through a local spool before ClickHouse (a write-ahead log: SQ
 
     proxy event loop --submit()--> bounded queue --[spool thread]--> spool.sqlite --[ship thread]--> ClickHouse
 
-* `submit` is a non-blocking put; it returns a future that resolves once the record is durable in the spool
-  (group commit: one transaction for whatever arrived meanwhile). That is the moment a record is *accepted*: from
+* `submit` (one record) and `submit_many` (several, with one future: the audit addon hands over each turn of the
+  event loop's records at once) are non-blocking puts; the future resolves once the records are durable in the
+  spool (group commit: one transaction for whatever arrived meanwhile). That is the moment a record is *accepted*: from
   then on a `kill -9` of the gateway cannot lose it (SQLite WAL survives a process crash; `synchronous=NORMAL`
   trades only the last transactions on a power loss). The audit addon waits on the future (asynchronously, the
   event loop keeps serving) before the client gets its response.
@@ -32,6 +33,7 @@ Queue depth, spool size and failures are logged on every failure and on recovery
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import sqlite3
@@ -45,7 +47,7 @@ from pathlib import Path
 
 import orjson
 
-from core.audit import AuditEvent, ConnectionEvent
+from core.audit import AuditEvent, AuditRecord, ConnectionEvent
 from storage.sqlitefile import open_wal
 from storage.store import Store
 
@@ -79,7 +81,7 @@ def spool_counts(path: Path) -> dict[str, int]:
 
 @dataclass
 class _Item:
-    record: AuditEvent | ConnectionEvent | None  # None: stop
+    records: list[AuditRecord] | None  # None: stop
     accepted: Future
 
 
@@ -101,7 +103,10 @@ class AuditWriter:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_backoff = max_backoff
-        self.queue: queue.Queue[_Item] = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue  # records, however they are grouped into items
+        self.queue: queue.Queue[_Item] = queue.Queue()
+        self.queued = 0  # records submitted and not yet in the spool
+        self._queued_lock = threading.Lock()  # the spool thread never holds it across a write: submit never waits
         self.written = 0
         self.dropped = 0  # refused at submit (queue full) or not made durable (spool write failed)
         self.failures = 0  # failed attempts to write to ClickHouse
@@ -127,22 +132,33 @@ class AuditWriter:
 
     # --- the proxy's side --------------------------------------------------------------------------------------
 
-    def submit(self, record: AuditEvent | ConnectionEvent) -> Future | None:
+    def submit(self, record: AuditRecord) -> Future | None:
         """Queue a record without waiting. The future resolves (True) when it is durable in the spool; None when
         the queue is full (counted and logged: the one way a record is refused)."""
-        item = _Item(record, Future())
-        try:
-            self.queue.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.error("audit queue full (%d): %d records refused so far", self.queue.maxsize, self.dropped)
+        return self.submit_many([record])
+
+    def submit_many(self, records: list[AuditRecord]) -> Future | None:
+        """`submit` for several records at once: one put, one wake-up of the spool thread and one future for all
+        of them (resolved when all are durable: they are spooled in one transaction), or None when they would
+        overfill the queue (all refused, counted and logged)."""
+        with self._queued_lock:
+            if self.queued + len(records) > self.max_queue:
+                self.dropped += len(records)
+                dropped = self.dropped
+            else:
+                self.queued += len(records)
+                dropped = 0
+        if dropped:
+            if dropped == len(records) or dropped // 1000 > (dropped - len(records)) // 1000:  # first, each 1000th
+                log.error("audit queue full (%d records): %d records refused so far", self.max_queue, dropped)
             return None
+        item = _Item(records, Future())
+        self.queue.put_nowait(item)  # unbounded: the count above is the bound
         return item.accepted
 
     def status(self) -> dict[str, object]:
         since = self._busy_since
-        return {"queued": self.queue.qsize(), "spooled": self.spooled, "written": self.written,
+        return {"queued": self.queued, "spooled": self.spooled, "written": self.written,
                 "failures": self.failures, "dropped": self.dropped, "rejected": self.rejected,
                 "store": self.store.url.redacted if self.store else "not connected" if self.ship else "audit process",
                 "waiting_on_store_s": round(time.monotonic() - since, 1) if since else 0.0,
@@ -192,26 +208,29 @@ class AuditWriter:
                     items.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
-            records = [i for i in items if i.record is not None]
-            if records:
-                self._append(records)
+            batches = [i for i in items if i.records is not None]
+            if batches:
+                self._append(batches)
             for _ in items:
                 self.queue.task_done()
-            if len(records) < len(items):
+            if len(batches) < len(items):
                 return
 
     def _append(self, items: list[_Item]) -> None:
-        rows = [(TABLE_OF[type(i.record)], orjson.dumps(i.record.as_row())) for i in items]
+        rows = [(TABLE_OF[type(r)], orjson.dumps(r.as_row())) for i in items for r in i.records]
+        with self._queued_lock:
+            self.queued -= len(rows)
         try:
             with self._count_lock:
                 with self._spool:  # one transaction: group commit
                     self._spool.execute("BEGIN")
                     self._spool.executemany("INSERT INTO spool (tbl, row) VALUES (?, ?)", rows)
-                self.spooled += len(items)
+                self.spooled += len(rows)
         except sqlite3.Error as e:
-            self.dropped += len(items)
+            with self._queued_lock:
+                self.dropped += len(rows)
             self.last_error = f"spool write failed: {e}"
-            log.error("audit spool %s write failed (%s): %d records NOT recorded", self.spool_path, e, len(items))
+            log.error("audit spool %s write failed (%s): %d records NOT recorded", self.spool_path, e, len(rows))
             for i in items:
                 i.accepted.set_exception(e)
             return
@@ -261,7 +280,7 @@ class AuditWriter:
                 next_try = time.monotonic() + backoff
                 self.last_error = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
                 log.error("audit write failed (%s): %d spooled, %d queued, %d failures; retry in %.1fs",
-                          self.last_error, self.spooled, self.queue.qsize(), self.failures, backoff)
+                          self.last_error, self.spooled, self.queued, self.failures, backoff)
 
     def _connected_store(self) -> Store:
         if self.store is None:
@@ -334,3 +353,68 @@ class AuditWriter:
                 log.error("audit store rejected record %d (%s); kept in %s table 'rejected'",
                           seq, str(e).splitlines()[0][:200], self.spool_path)
 
+
+class Handover:
+    """The event loop's side of a writer: the records submitted during one turn of the loop go to the writer
+    together when it ends, and one wake-up of the loop settles all their waiters. One at a time, each record cost
+    a queue put, a wake-up of the spool thread and a wake-up of the loop (a write to its self-pipe and a read),
+    about 0.05 ms of the loop's CPU and 0.04 of the spool thread's per small request, a tenth of what the gateway
+    adds to bare mitmproxy. Each waiter still learns whether its own record is durable, and waits at most `wait`
+    seconds: auditing never holds a client forever."""
+
+    def __init__(self, writer: AuditWriter, wait: float):
+        self.writer = writer
+        self.wait = wait
+        self._records: list[AuditRecord] = []
+        self._waiters: list[asyncio.Future[bool]] = []
+
+    def submit(self, record: AuditRecord) -> asyncio.Future[bool]:
+        """Queue `record` with this turn's. The future resolves True once it is durable in the spool; False if it
+        was refused or the spool write failed (the writer counted and logged that), or after `wait` seconds
+        without an answer (logged here). Never an exception: a waiter that nobody awaits warns of nothing."""
+        loop = asyncio.get_running_loop()
+        if not self._records:
+            loop.call_soon(self.hand_over)
+        self._records.append(record)
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    def hand_over(self) -> None:
+        """Give the writer what this turn submitted; the owner calls it too before it closes the writer."""
+        if not self._records:
+            return
+        records, waiters = self._records, self._waiters
+        self._records, self._waiters = [], []
+        accepted = self.writer.submit_many(records)
+        if accepted is None:
+            _settle(waiters, False)
+            return
+        loop = waiters[0].get_loop()
+        late = loop.call_later(self.wait, self._late, records, waiters)
+        accepted.add_done_callback(lambda done: _wake(loop, self._durable, done, waiters, late))
+
+    @staticmethod
+    def _durable(accepted: Future, waiters: list[asyncio.Future[bool]], late: asyncio.TimerHandle) -> None:
+        late.cancel()
+        _settle(waiters, accepted.exception() is None)
+
+    def _late(self, records: list[AuditRecord], waiters: list[asyncio.Future[bool]]) -> None:
+        log.error("audit records %s not yet durable after %.0fs: answering the clients anyway",
+                  ", ".join(r.event_id for r in records), self.wait)
+        _settle(waiters, False)
+
+
+def _wake(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
+    """Run `callback` on `loop` from the spool thread; a loop that has closed meanwhile (the proxy shut down
+    with records in flight: they are spooled, only nobody waits any more) is left alone."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        pass
+
+
+def _settle(waiters: list[asyncio.Future[bool]], durable: bool) -> None:
+    for waiter in waiters:
+        if not waiter.done():  # answered late, or its request was cancelled
+            waiter.set_result(durable)

@@ -7,6 +7,7 @@ A `Switchable` store wraps a real chdb store and fails like an unreachable serve
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import sqlite3
@@ -18,7 +19,7 @@ import pytest
 
 from core.audit import AuditEvent, ConnectionEvent
 from storage.store import AuditUrl, AuditUrlError, Store, StoreUnavailableError
-from storage.writer import AuditWriter, spool_counts
+from storage.writer import AuditWriter, Handover, spool_counts
 
 
 class Switchable:
@@ -230,3 +231,97 @@ def test_a_hung_store_blocks_only_the_ship_thread(tmp_path, store):
     assert writer.flush(30)
     writer.close()
     assert count(store, "SELECT count() FROM events FINAL") == 51
+
+
+# --- the event loop's side: several records per hand-over, each waiter told about its own -------------------------
+
+def test_the_queue_bound_counts_records_and_refuses_a_batch_that_would_overfill_it_whole(tmp_path, caplog):
+    writer = AuditWriter(tmp_path / "spool.sqlite", ship=False, max_queue=3)
+    writer._count_lock.acquire()  # the spool thread stalls in its next write, as on a slow disk
+    try:
+        first = writer.submit(AuditEvent(prompt="first"))
+        wait_until(lambda: writer.queued == 0)  # taken by the spool thread, which now waits on the disk
+        waiting = writer.submit_many([AuditEvent(prompt="b"), AuditEvent(prompt="c")])
+        with caplog.at_level(logging.ERROR, logger="storage.writer"):
+            assert writer.submit_many([AuditEvent(prompt="d"), AuditEvent(prompt="e")]) is None  # 2 + 2 > 3
+        assert writer.submit(AuditEvent(prompt="f")) is not None  # 2 + 1 fits
+        assert writer.status()["queued"] == 3 and writer.dropped == 2
+        assert "audit queue full (3 records): 2 records refused so far" in caplog.text
+    finally:
+        writer._count_lock.release()
+    assert first.result(10) and waiting.result(10)
+    writer.close()
+    assert spool_counts(tmp_path / "spool.sqlite")["spooled"] == 4 and writer.status()["queued"] == 0
+
+
+class CountingWriter(AuditWriter):
+    """A real spool-only writer that remembers how the records were handed to it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.handed: list[int] = []
+
+    def submit_many(self, records):
+        self.handed.append(len(records))
+        return super().submit_many(records)
+
+
+def test_records_of_one_turn_of_the_loop_go_together_and_each_waiter_learns_it_is_durable(tmp_path):
+    writer = CountingWriter(tmp_path / "spool.sqlite", ship=False)
+    handover = Handover(writer, wait=10)
+
+    async def main():
+        turn = [handover.submit(AuditEvent(prompt=f"p{i}")) for i in range(5)]
+        await asyncio.sleep(0)
+        later = handover.submit(AuditEvent(prompt="next turn"))
+        return await asyncio.gather(*turn, later)
+
+    assert asyncio.run(main()) == [True] * 6
+    assert writer.handed == [5, 1]
+    writer.close()
+    assert spool_counts(tmp_path / "spool.sqlite")["spooled"] == 6
+
+
+def test_a_refused_or_unconfirmed_record_is_answered_false_and_a_cancelled_waiter_spares_its_siblings(
+        tmp_path, caplog):
+    writer = AuditWriter(tmp_path / "spool.sqlite", ship=False, max_queue=1)
+    handover = Handover(writer, wait=0.2)
+
+    async def main():
+        refused = [handover.submit(AuditEvent(prompt="a")), handover.submit(AuditEvent(prompt="b"))]  # 2 > 1
+        assert await asyncio.gather(*refused) == [False, False]
+        writer._count_lock.acquire()  # the spool never confirms in time
+        try:
+            stalled = handover.submit(AuditEvent(prompt="stalled"))
+            assert await asyncio.wait_for(stalled, 5) is False
+        finally:
+            writer._count_lock.release()
+        writer.max_queue = 10
+        gone, kept = handover.submit(AuditEvent(prompt="gone")), handover.submit(AuditEvent(prompt="kept"))
+        gone.cancel()  # its request went away; the record is still written
+        return await kept
+
+    with caplog.at_level(logging.ERROR, logger="storage.writer"):
+        assert asyncio.run(main()) is True
+    assert "not yet durable after 0s: answering the clients anyway" in caplog.text
+    assert writer.dropped == 2
+    writer.close()
+    assert spool_counts(tmp_path / "spool.sqlite")["spooled"] == 3  # stalled (late, not lost), gone and kept
+
+
+def test_records_handed_over_at_close_are_spooled_even_if_the_loop_is_gone(tmp_path, caplog):
+    writer = AuditWriter(tmp_path / "spool.sqlite", ship=False)
+    handover = Handover(writer, wait=10)
+
+    async def main():
+        handover.submit(AuditEvent(prompt="last"))
+        handover.hand_over()  # what the audit addon does on shutdown, before it closes the writer
+
+    writer._count_lock.acquire()
+    try:
+        asyncio.run(main())  # the loop closes before the spool thread answers
+    finally:
+        writer._count_lock.release()
+    writer.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no callback into the closed loop
+    assert spool_counts(tmp_path / "spool.sqlite")["spooled"] == 1
