@@ -63,6 +63,17 @@ def default_spool(url: AuditUrl) -> Path:
     return Path(os.path.expanduser(ctx.options.confdir)) / f"audit-spool-{url.host}-{url.port}.sqlite"
 
 
+def seconds(value: str) -> float:
+    """`gateway_audit_flush_interval` as seconds, or the reason it is not."""
+    try:
+        interval = float(value)
+    except ValueError:
+        raise OptionsError(f"gateway_audit_flush_interval must be a number of seconds, not {value!r}") from None
+    if not 0.05 <= interval <= 60:  # NaN too
+        raise OptionsError(f"gateway_audit_flush_interval must be between 0.05 and 60 seconds, not {value}")
+    return interval
+
+
 class Audit:
     def __init__(self) -> None:
         self.writer: AuditWriter | None = None
@@ -90,7 +101,7 @@ class Audit:
                           "all: this process spools and ships to the store; spool: a proxy process of several "
                           "(the audit process ships); ship: the audit process (`gateway run --workers N`).",
                           choices=list(ROLES))
-        loader.add_option("gateway_audit_flush_interval", float, 0.5,
+        loader.add_option("gateway_audit_flush_interval", str, "0.5",  # str: `--set` cannot parse a float
                           "Seconds between shipments of the spool to the store (a full batch goes sooner). "
                           "Longer: fewer, larger inserts, so less CPU per event for the store's merges "
                           "(bench/store.py: 0.35 ms per row at 0.5 s, 0.24 at 1 s, 0.20 at 2 s), and events "
@@ -114,9 +125,7 @@ class Audit:
                                f"not {o.gateway_capture!r}")
         if not updated & STORE_OPTIONS:
             return
-        if not 0.05 <= o.gateway_audit_flush_interval <= 60:
-            raise OptionsError(f"gateway_audit_flush_interval must be between 0.05 and 60 seconds, "
-                               f"not {o.gateway_audit_flush_interval:g}")
+        flush_interval = seconds(o.gateway_audit_flush_interval)
         if o.gateway_text_ttl_days < 1 or o.gateway_metadata_ttl_days < 1:
             raise OptionsError("gateway_text_ttl_days and gateway_metadata_ttl_days must be at least 1")
         if o.gateway_text_ttl_days > o.gateway_metadata_ttl_days:
@@ -140,7 +149,7 @@ class Audit:
             def open_store() -> Store:
                 return Store.open(url, **settings)
 
-            shipping = {"shared": o.gateway_audit_role == "ship", "flush_interval": o.gateway_audit_flush_interval}
+            shipping = {"shared": o.gateway_audit_role == "ship", "flush_interval": flush_interval}
             if o.gateway_audit_role == "spool":
                 self.writer = AuditWriter(spool, ship=False)
             elif url.scheme == "chdb":

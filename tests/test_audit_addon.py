@@ -23,8 +23,10 @@ def interaction(**kw) -> Interaction:
     ({"gateway_text_ttl_days": 0}, "at least 1"),
     ({"gateway_text_ttl_days": 500}, "cannot be longer than gateway_metadata_ttl_days"),
     ({"gateway_capture": "everything"}, "gateway_capture must be one of metadata, redacted, full"),
-    ({"gateway_audit_flush_interval": 0.0}, "between 0.05 and 60 seconds, not 0"),
-    ({"gateway_audit_flush_interval": 600.0}, "between 0.05 and 60 seconds, not 600"),
+    ({"gateway_audit_flush_interval": "0"}, "between 0.05 and 60 seconds, not 0"),
+    ({"gateway_audit_flush_interval": "600"}, "between 0.05 and 60 seconds, not 600"),
+    ({"gateway_audit_flush_interval": "nan"}, "between 0.05 and 60 seconds, not nan"),
+    ({"gateway_audit_flush_interval": "2s"}, "must be a number of seconds, not '2s'"),
     ({"gateway_audit": "http://u@h:8123/db", "gateway_audit_password_file": "/nonexistent/pw"},
      "cannot read audit password file"),
 ])
@@ -116,10 +118,10 @@ def test_store_options_set_again_to_the_same_values_keep_the_store_open(tmp_path
             tctx.configure(audit, **store, gateway_audit_role="ship")
             assert audit.writer is not writer  # another role: another writer
             assert audit.writer.flush_interval == 0.5
-            tctx.configure(audit, **store, gateway_audit_role="ship", gateway_audit_flush_interval=2.0)
+            tctx.options.set("gateway_audit_flush_interval=2")  # as `gateway run --set` gives it
             assert audit.writer.flush_interval == 2.0  # ships every 2 s from now on
             writer = audit.writer
-            tctx.options.update(**store, gateway_audit_role="ship", gateway_audit_flush_interval=2.0)
+            tctx.options.update(**store, gateway_audit_role="ship", gateway_audit_flush_interval="2")
             audit.configure({"gateway_audit_role", "gateway_audit"})  # as mitmproxy calls it for a repeated update
             assert audit.writer is writer
         finally:
