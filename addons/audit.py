@@ -63,7 +63,7 @@ def default_spool(url: AuditUrl) -> Path:
     return Path(os.path.expanduser(ctx.options.confdir)) / f"audit-spool-{url.host}-{url.port}.sqlite"
 
 
-def seconds(value: str) -> float:
+def flush_interval_seconds(value: str) -> float:
     """`gateway_audit_flush_interval` as seconds, or the reason it is not."""
     try:
         interval = float(value)
@@ -125,7 +125,7 @@ class Audit:
                                f"not {o.gateway_capture!r}")
         if not updated & STORE_OPTIONS:
             return
-        flush_interval = seconds(o.gateway_audit_flush_interval)
+        flush_interval = flush_interval_seconds(o.gateway_audit_flush_interval)
         if o.gateway_text_ttl_days < 1 or o.gateway_metadata_ttl_days < 1:
             raise OptionsError("gateway_text_ttl_days and gateway_metadata_ttl_days must be at least 1")
         if o.gateway_text_ttl_days > o.gateway_metadata_ttl_days:

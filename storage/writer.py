@@ -400,8 +400,9 @@ class Handover:
         _settle(waiters, accepted.exception() is None)
 
     def _late(self, records: list[AuditRecord], waiters: list[asyncio.Future[bool]]) -> None:
-        log.error("audit records %s not yet durable after %.0fs: answering the clients anyway",
-                  ", ".join(r.event_id for r in records), self.wait)
+        more = f" and {len(records) - 5} more" if len(records) > 5 else ""  # a turn's batch can be thousands
+        log.error("audit records %s%s not yet durable after %.0fs: answering the clients anyway",
+                  ", ".join(r.event_id for r in records[:5]), more, self.wait)
         _settle(waiters, False)
 
 

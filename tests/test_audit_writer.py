@@ -290,23 +290,23 @@ def test_a_refused_or_unconfirmed_record_is_answered_false_and_a_cancelled_waite
     async def main():
         refused = [handover.submit(AuditEvent(prompt="a")), handover.submit(AuditEvent(prompt="b"))]  # 2 > 1
         assert await asyncio.gather(*refused) == [False, False]
+        writer.max_queue = 10
         writer._count_lock.acquire()  # the spool never confirms in time
         try:
-            stalled = handover.submit(AuditEvent(prompt="stalled"))
-            assert await asyncio.wait_for(stalled, 5) is False
+            stalled = [handover.submit(AuditEvent(prompt=f"stalled {i}")) for i in range(7)]
+            assert await asyncio.wait_for(asyncio.gather(*stalled), 5) == [False] * 7
         finally:
             writer._count_lock.release()
-        writer.max_queue = 10
         gone, kept = handover.submit(AuditEvent(prompt="gone")), handover.submit(AuditEvent(prompt="kept"))
         gone.cancel()  # its request went away; the record is still written
         return await kept
 
     with caplog.at_level(logging.ERROR, logger="storage.writer"):
         assert asyncio.run(main()) is True
-    assert "not yet durable after 0s: answering the clients anyway" in caplog.text
+    assert " and 2 more not yet durable after 0s: answering the clients anyway" in caplog.text
     assert writer.dropped == 2
     writer.close()
-    assert spool_counts(tmp_path / "spool.sqlite")["spooled"] == 3  # stalled (late, not lost), gone and kept
+    assert spool_counts(tmp_path / "spool.sqlite")["spooled"] == 9  # stalled (late, not lost), gone and kept
 
 
 def test_records_handed_over_at_close_are_spooled_even_if_the_loop_is_gone(tmp_path, caplog):
