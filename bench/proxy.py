@@ -20,6 +20,7 @@ and the exit status is 1.
     python bench/proxy.py --clients 1          # unloaded latency
     python bench/proxy.py --baseline HEAD~5    # and the gateway of an earlier commit, in the same rounds
     python bench/proxy.py --workers 2          # and `gateway run --workers 2` ("gateway x2") and 2 mitmdumps
+    python bench/proxy.py --workers 2 --set gateway_audit_flush_interval=2   # the same with an option set
 """
 
 from __future__ import annotations
@@ -147,15 +148,20 @@ def main() -> int:
     parser.add_argument("--baseline", metavar="REV", help="also measure the gateway of this commit (e.g. HEAD~3)")
     parser.add_argument("--workers", type=int, action="append", default=[], metavar="N",
                         help="also measure the gateway with N proxy processes (repeatable); the row 'gateway' has 1")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                        help="a gateway option for every gateway row, as `gateway run --set` takes it (repeatable), "
+                             "e.g. gateway_audit_flush_interval=2: what an option costs, on one and on N processes")
     args = parser.parse_args()
     body = chat_body(size=args.body_size)
     print(f"bench/proxy.py: {args.clients} keep-alive clients, {len(body)} B chat completion POSTs, "
           f"{args.rounds} rounds x {args.seconds:g} s per target (at most {args.requests} requests per target)")
+    if args.sets:
+        print(f"gateway options: {' '.join(args.sets)}")
     print(machine_line())
     with Workspace() as ws:
         upstream = ws.keep(Upstream(ws.dir / "upstream"))
         mitm = ws.keep(Mitmdump(ws.dir / "mitmdump", upstream))
-        gateway = ws.keep(start_gateway(ws.dir / "gateway", upstream))
+        gateway = ws.keep(start_gateway(ws.dir / "gateway", upstream, sets=args.sets))
         others = []
         targets = [Target("direct", upstream.port, upstream.ca, via_proxy=False),
                    Target("mitmdump", mitm.port, mitm.ca, via_proxy=True, pid=mitm.proc.pid),
@@ -163,12 +169,12 @@ def main() -> int:
         for n in args.workers:
             bare = ws.keep(Mitmdump(ws.dir / f"mitmdump-x{n}", upstream, processes=n))
             targets.append(Target(f"mitmdump x{n}", bare.port, bare.ca, via_proxy=True, pid=bare.proc.pid))
-            several = ws.keep(start_gateway(ws.dir / f"gateway-x{n}", upstream, workers=n))
+            several = ws.keep(start_gateway(ws.dir / f"gateway-x{n}", upstream, sets=args.sets, workers=n))
             targets.append(Target(f"gateway x{n}", several.port, several.ca, via_proxy=True, pid=several.proc.pid))
             others.append(several)
         base = None
         if args.baseline:
-            base = ws.keep(start_gateway(ws.dir / "baseline", upstream,
+            base = ws.keep(start_gateway(ws.dir / "baseline", upstream, sets=args.sets,
                                          source=checkout(args.baseline, ws.dir / "baseline-tree")))
             targets.append(Target("baseline", base.port, base.ca, via_proxy=True, pid=base.proc.pid))
         tallies = {t.name: Tally() for t in targets}
